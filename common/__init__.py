@@ -1,0 +1,1 @@
+"""Code shared by the scripts: datasets, models, metrics, corruptions, checkpoints."""

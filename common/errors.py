@@ -1,0 +1,21 @@
+"""The one exception type that the scripts turn into a one-line message and exit status 2.
+
+Anything the *user* can fix (a wrong path, a bad flag value, a malformed file) is raised as
+``UsageError``; ``cli_main`` in every script catches it, prints ``error: <message>`` on stderr and
+exits with status 2. Everything else is a bug and keeps its traceback.
+"""
+import sys
+
+
+class UsageError(Exception):
+    """A problem with the user's input: message says what is wrong, which file, and what to do."""
+
+
+def run_cli(main, parser):
+    """Parse arguments, run ``main(args)``, and turn a UsageError into one stderr line + exit 2."""
+    args = parser.parse_args()
+    try:
+        return main(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
