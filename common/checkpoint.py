@@ -1,0 +1,92 @@
+"""Self-describing checkpoints: one dict that rebuilds its model from the file alone.
+
+    save_checkpoint(path, dict(model=..., optimizer=..., ...))   # atomic: temp file + rename
+    model, ckpt = load_model("runs/scribe/best.pt")              # weights_only=True, never unpickles code
+
+Layout: ``model`` (state dict), ``model_config`` (kwargs of ``build_model`` minus the weights source),
+``name``, ``epoch``, ``args`` (the training command's arguments), ``optimizer``, ``scheduler``,
+``scaler``, ``rng``, ``best_miou``, ``val`` (last validation metrics), ``git_commit``, ``versions``.
+"""
+import hashlib
+import os
+import pickle
+import subprocess
+
+import torch
+
+from .errors import UsageError
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a kill never leaves a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path: str, ckpt: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def read_checkpoint(path: str) -> dict:
+    """Load a checkpoint safely (``weights_only=True``) and check it is one of ours."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses anything that would run code on load (pickled callables, classes).
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"checkpoint {path}: refused, it holds objects that would execute code when "
+                         f"unpickled ({first[:160]}); only load checkpoints from people you trust, "
+                         f"and re-save it as plain tensors") from None
+    except Exception as e:
+        raise UsageError(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e)[:160]}); "
+                         f"is it truncated or not a torch checkpoint?") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise UsageError(f"checkpoint {path}: not a checkpoint written by train.py (no model_config; a bare "
+                         f"state dict cannot say which model it belongs to)")
+    return ckpt
+
+
+def load_model(path: str, device="cpu"):
+    """Rebuild the model a checkpoint describes, load its weights, and return ``(model.eval(), ckpt)``."""
+    from .models import build_model
+
+    ckpt = read_checkpoint(path)
+    cfg = dict(ckpt["model_config"])
+    cfg.pop("num_outputs", None)
+    model = build_model(**cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UsageError(f"checkpoint {path}: weights do not fit its model_config ({str(e)[:160]})") from None
+    return model.to(device).eval(), ckpt
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    """The repository's commit (with "+dirty" for local changes), or "unknown" outside git."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"

@@ -1,0 +1,208 @@
+"""Datasets and joint transforms (PROTOCOL.md, "Data" and "Transforms").
+
+The real loaders are torchvision's ``VOCSegmentation`` and ``SBDataset``; the synthetic dataset is
+written to disk in the same layouts and read by the same loaders, so there is one code path.
+
+    build_datasets("voc", voc_root=R, sbd_root=S, crop_size=224)  -> (train, val)
+    build_datasets("synthetic", synthetic_root="data/synthetic", crop_size=96)
+
+Every sample is ``(image, label)``: a float32 CHW tensor normalised with the ImageNet statistics and
+an int64 HW tensor of class indices with 255 = ignore.
+"""
+import os
+
+import numpy as np
+import torch
+import torchvision
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from .errors import UsageError
+
+# Image pixels padded in with 0, label pixels with 255 so that padding never counts in loss or metrics.
+PAD_FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+
+
+class ToTvTensors:
+    """PIL image + PIL (palette) label -> uint8 ``tv_tensors.Image`` + int64 ``tv_tensors.Mask``.
+
+    A palette PNG read as an array gives the class indices, not the colours, which is what we want.
+    Working on uint8 tensors from here on keeps the resize and jitter cheap.
+    """
+
+    def __call__(self, img, target):
+        image = tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))
+        mask = tv_tensors.Mask(torch.from_numpy(np.array(target, dtype=np.uint8)).to(torch.int64))
+        return image, mask
+
+
+class PadToSize(torch.nn.Module):
+    """Pad right and bottom up to ``size`` (image with 0, label with 255), as the paper's crop did."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, image, mask):
+        h, w = image.shape[-2:]
+        pad = [0, 0, max(0, self.size - w), max(0, self.size - h)]  # left, top, right, bottom
+        if pad[2] == 0 and pad[3] == 0:
+            return image, mask
+        return (TF.pad(image, pad, fill=PAD_FILL[tv_tensors.Image]),
+                TF.pad(mask, pad, fill=PAD_FILL[tv_tensors.Mask]))
+
+
+class Normalise(torch.nn.Module):
+    """uint8 image -> float32 ImageNet-normalised tensor; label -> plain int64 tensor."""
+
+    def forward(self, image, mask):
+        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+class JointCompose:
+    """Apply ``(image, mask) -> (image, mask)`` steps in order; plain v2 transforms take both at once."""
+
+    def __init__(self, *steps):
+        self.steps = steps
+
+    def __call__(self, image, mask):
+        for step in self.steps:
+            image, mask = step(image, mask)
+        return image, mask
+
+
+def train_transform(crop_size: int = 224):
+    """Random short side in [crop/2, 2*crop] (0.5x-2x of the base), pad to crop, random crop, jitter.
+
+    No horizontal flip: the companion code used none. ColorJitter touches only the image; v2 resizes
+    ``Mask`` with nearest neighbour by itself.
+    """
+    return JointCompose(
+        ToTvTensors(),
+        v2.RandomShortestSize(min_size=list(range(crop_size // 2, 2 * crop_size + 1)), antialias=True),
+        PadToSize(crop_size),
+        v2.RandomCrop(crop_size),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
+        Normalise(),
+    )
+
+
+def val_transform(size: int = 224):
+    """Validation during training: short side resized to ``size``, aspect kept, no crop."""
+    return JointCompose(ToTvTensors(), v2.Resize(size, antialias=True), Normalise())
+
+
+def paper_resize(img, target, size: int = 224):
+    """The "paper" evaluation protocol's geometry: exactly size x size, bilinear image, nearest label.
+
+    Returns uint8 HxWx3 and uint8 HxW numpy arrays, i.e. what gets corrupted and what gets scored.
+    """
+    image, mask = ToTvTensors()(img, target)
+    image = TF.resize(image, [size, size], antialias=True)
+    mask = TF.resize(mask, [size, size], interpolation=v2.InterpolationMode.NEAREST)
+    return image.permute(1, 2, 0).numpy(), mask.numpy().astype(np.uint8)
+
+
+def normalise_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Batch of uint8 BxHxWx3 (numpy layout) -> float32 Bx3xHxW normalised, on the batch's device."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def pad_collate(batch):
+    """Stack samples of different sizes by padding to the largest (image 0, label 255).
+
+    Validation keeps each image's aspect, so sizes differ inside a batch; padded pixels are ignored by
+    the metrics (the same choice torchvision's segmentation reference makes).
+    """
+    images, labels = zip(*batch)
+    h = max(i.shape[-2] for i in images)
+    w = max(i.shape[-1] for i in images)
+    out_i = images[0].new_zeros((len(images), 3, h, w))
+    out_l = labels[0].new_full((len(labels), h, w), IGNORE_INDEX)
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        out_i[k, :, : img.shape[-2], : img.shape[-1]] = img
+        out_l[k, : lab.shape[-2], : lab.shape[-1]] = lab
+    return out_i, out_l
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout checks: a wrong root is the most common first error, so say exactly what was expected.
+
+SYNTHETIC_HINT = "or run with --data synthetic to use the generated VOC-format dataset"
+
+
+def check_voc_root(voc_root, image_set: str) -> str:
+    """Return the split file path, or raise UsageError naming what is missing under ``voc_root``."""
+    if not voc_root:
+        raise UsageError(f"--voc-root is required with --data voc (the folder that contains VOCdevkit/), "
+                         f"{SYNTHETIC_HINT}")
+    base = os.path.join(voc_root, "VOCdevkit", "VOC2012")
+    if not os.path.isdir(base):
+        name = os.path.basename(os.path.normpath(voc_root))
+        hint = ""
+        if name in ("VOC2012", "VOCdevkit"):
+            hint = f" (it points at {name}/; pass the folder above VOCdevkit/)"
+        raise UsageError(f"--voc-root {voc_root}: expected {base}/ with JPEGImages/, SegmentationClass/ and "
+                         f"ImageSets/Segmentation/{hint}; {SYNTHETIC_HINT}")
+    split = os.path.join(base, "ImageSets", "Segmentation", f"{image_set}.txt")
+    for need in (os.path.join(base, "JPEGImages"), os.path.join(base, "SegmentationClass"), split):
+        if not os.path.exists(need):
+            raise UsageError(f"--voc-root {voc_root}: missing {need}; {SYNTHETIC_HINT}")
+    return split
+
+
+def check_sbd_root(sbd_root) -> str:
+    """Return the train_noval split path, or raise UsageError naming what is missing."""
+    if not sbd_root:
+        raise UsageError(f"--sbd-root is required with --data voc (the folder that contains img/, cls/ and "
+                         f"train_noval.txt; the paper trains on VOC train + SBD train_noval), {SYNTHETIC_HINT}")
+    split = os.path.join(sbd_root, "train_noval.txt")
+    for need in (os.path.join(sbd_root, "img"), os.path.join(sbd_root, "cls"), split):
+        if not os.path.exists(need):
+            raise UsageError(f"--sbd-root {sbd_root}: missing {need} (expected img/*.jpg, cls/*.mat and "
+                             f"train_noval.txt); {SYNTHETIC_HINT}")
+    return split
+
+
+def resolve_roots(data: str, voc_root=None, sbd_root=None, synthetic_root="data/synthetic",
+                  need_sbd: bool = True, quiet: bool = False):
+    """Turn ``--data`` into ``(voc_root, sbd_root)``, generating the synthetic dataset on first use."""
+    if data == "synthetic":
+        from .synthetic import ensure_synthetic
+        return ensure_synthetic(synthetic_root, quiet=quiet)
+    if data != "voc":
+        raise UsageError(f"--data {data!r}: expected 'voc' or 'synthetic'")
+    check_voc_root(voc_root, "val")
+    if need_sbd:
+        check_sbd_root(sbd_root)
+    return voc_root, sbd_root
+
+
+def voc_dataset(voc_root, image_set: str, transforms=None):
+    check_voc_root(voc_root, image_set)
+    return torchvision.datasets.VOCSegmentation(voc_root, year="2012", image_set=image_set, transforms=transforms)
+
+
+def sbd_dataset(sbd_root, transforms=None):
+    check_sbd_root(sbd_root)
+    return torchvision.datasets.SBDataset(sbd_root, image_set="train_noval", mode="segmentation",
+                                          transforms=transforms)
+
+
+def build_datasets(voc_root, sbd_root, crop_size: int = 224):
+    """The paper's training set (VOC train + SBD train_noval) and VOC val, with their transforms."""
+    tr = train_transform(crop_size)
+    train = torch.utils.data.ConcatDataset([voc_dataset(voc_root, "train", tr), sbd_dataset(sbd_root, tr)])
+    val = voc_dataset(voc_root, "val", val_transform(crop_size))
+    return train, val
+
+
+def image_id(dataset, index: int) -> str:
+    """The VOC file stem of sample ``index`` (the id the corruption seed rule uses)."""
+    return os.path.splitext(os.path.basename(dataset.images[index]))[0]
