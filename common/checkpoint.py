@@ -10,6 +10,7 @@ Layout: ``model`` (state dict), ``model_config`` (kwargs of ``build_model`` minu
 import hashlib
 import os
 import pickle
+import re
 import subprocess
 
 import torch
@@ -43,10 +44,11 @@ def read_checkpoint(path: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses anything that would run code on load (pickled callables, classes).
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"checkpoint {path}: refused, it holds objects that would execute code when "
-                         f"unpickled ({first[:160]}); only load checkpoints from people you trust, "
-                         f"and re-save it as plain tensors") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = found.group(1) if found else "a non-tensor object"
+        raise UsageError(f"checkpoint {path}: refused, it holds {what}, which would run code when unpickled "
+                         f"(loaded with weights_only=True); use a checkpoint written by train.py, or re-save "
+                         f"this one as plain tensors if you trust its source") from None
     except Exception as e:
         raise UsageError(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e)[:160]}); "
                          f"is it truncated or not a torch checkpoint?") from None

@@ -1,0 +1,373 @@
+"""Train one of the paper's three models (baseline, IBE, SCrIBE) on VOC 2012 + SBD or the synthetic set.
+
+The paper (defaults): DeepLabV3+ ResNet-50, ImageNet backbone, output stride 16, SGD lr 0.01 (head x10),
+momentum 0.9, weight decay 5e-5, poly 0.9 per iteration, 50 epochs, batch 20, crop 224:
+
+    python train.py --model scribe --data voc --voc-root /data/voc --sbd-root /data/sbd
+
+A laptop-sized run on the generated VOC-format dataset (about 2-3 minutes on 2 CPU cores):
+
+    python train.py --model ibe --data synthetic --backbone resnet18 --head-channels 64 \
+        --crop-size 96 --epochs 12 --batch-size 16 --lr 0.02
+
+Several GPUs or nodes: ``torchrun --nproc_per_node=8 train.py ...`` (--batch-size is per process).
+
+Writes ``<out>/<name>/``: ``checkpoint.pt`` (latest, every epoch, atomically), ``best.pt`` (best val
+mIoU) and ``log.jsonl`` (one line per epoch). ``--resume`` continues from ``checkpoint.pt``.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from common.checkpoint import git_commit, read_checkpoint, save_checkpoint
+from common.data import build_datasets, pad_collate, resolve_roots
+from common.errors import UsageError, run_cli
+from common.metrics import ConfusionMatrix
+from common.models import (ARCHS, BACKBONES, KINDS, build_model, default_output_stride, head_parameters,
+                           segmentation_loss)
+
+# Arguments that define the model or the optimisation problem: a resumed run must agree on them.
+MODEL_ARGS = ("model", "arch", "backbone", "output_stride", "head_channels", "data", "crop_size",
+              "batch_size", "epochs", "lr", "seed")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def init_distributed(args):
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a plain single process."""
+    args.world_size = int(os.environ.get("WORLD_SIZE", 1))
+    args.rank = int(os.environ.get("RANK", 0))
+    args.distributed = args.world_size > 1
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+        if args.distributed:
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(torch.device(args.device))
+    if args.distributed:
+        dist.init_process_group(backend="nccl" if args.device.startswith("cuda") else "gloo")
+
+
+def is_main(args) -> bool:
+    return args.rank == 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(args, epoch: int) -> int:
+    """All randomness of an epoch is a function of (seed, epoch, rank), so a resumed run repeats it."""
+    return (args.seed * 1_000_003 + epoch * 7919 + args.rank) % 2**63
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
+    random.setstate(state["python"])
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Rank r evaluates indices r, r+W, r+2W...: every image exactly once (DistributedSampler pads)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def make_optimizer(model, args):
+    backbone, head = head_parameters(model)
+    return torch.optim.SGD([{"params": backbone, "lr": args.lr}, {"params": head, "lr": args.lr * args.head_lr_mult}],
+                           lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def autocast(args):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
+# ----------------------------------------------------------------------------------------- train / eval
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
+    model.train()
+    cm = ConfusionMatrix()
+    loss_sum = torch.zeros((), device=args.device, dtype=torch.float64)
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=None if is_main(args) else True,
+               leave=False, dynamic_ncols=True)
+    for images, labels in bar:
+        images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
+        labels = labels.to(args.device, non_blocking=True)
+        with autocast(args):
+            logits = model(images)
+        loss = segmentation_loss(args.model, logits, labels, args.scribe_ignore_as_background)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()  # poly decay per iteration, as the paper's code did
+        loss_sum += loss.detach()
+        steps += 1
+        cm.update(labels, logits.detach().argmax(1))
+        if steps % args.print_freq == 0:
+            # Checking every step would synchronise the GPU each time; a NaN is caught within print_freq.
+            check_finite(loss_sum, epoch, steps, args)
+            bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}", miou=f"{cm.compute()['miou']:.3f}")
+    check_finite(loss_sum, epoch, steps, args)
+    if args.distributed:
+        dist.all_reduce(loss_sum)
+        loss_sum /= args.world_size
+    cm.all_reduce()
+    return loss_sum.item() / max(steps, 1), cm.compute()["miou"]
+
+
+def check_finite(loss_sum, epoch, step, args):
+    if not torch.isfinite(loss_sum):
+        ckpt = os.path.join(args.run_dir, "checkpoint.pt")
+        last = f"the last good checkpoint is {ckpt}" if os.path.exists(ckpt) else "no checkpoint was written"
+        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step} (--lr {args.lr}, --amp {args.amp}); "
+                         f"training stopped, {last}; lower --lr or use --amp none/bf16")
+
+
+@torch.inference_mode()
+def evaluate(model, loader, args):
+    model.eval()
+    cm = ConfusionMatrix()
+    for images, labels in tqdm(loader, desc="val", disable=None if is_main(args) else True, leave=False):
+        images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
+        with autocast(args):
+            logits = model(images)
+        cm.update(labels.to(args.device), logits.argmax(1))
+    cm.all_reduce()
+    return cm.compute()
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+def main(args):
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs {args.epochs}: must be at least 1")
+    init_distributed(args)
+    args.name = args.name or args.model
+    args.output_stride = args.output_stride or default_output_stride(args.arch, args.backbone)
+    args.run_dir = os.path.join(args.out, args.name)
+    if args.pretrained_backbone is None:
+        args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
+    device = torch.device(args.device)
+    args.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    ckpt_path = os.path.join(args.run_dir, "checkpoint.pt")
+    resume = read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and args.resume else None
+    if os.path.exists(ckpt_path) and not args.resume:
+        raise UsageError(f"{ckpt_path} already exists; pass --resume to continue it, or choose another "
+                         f"--out/--name (nothing was overwritten)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    if resume is not None:
+        old = resume.get("args", {})
+        diff = [f"--{k.replace('_', '-')} {old.get(k)} -> {getattr(args, k)}" for k in MODEL_ARGS
+                if k in old and old[k] != getattr(args, k)]
+        if diff:
+            raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
+                             f"original flags or choose another --name")
+
+    if is_main(args):
+        print(f"git commit: {git_commit()}")
+        print("arguments: " + json.dumps({k: v for k, v in sorted(vars(args).items()) if k != "memory_format"},
+                                         default=str))
+    voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
+                                       quiet=not is_main(args))
+    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size)
+    seed_everything(args.seed)
+
+    model = build_model(args.model, args.arch, args.backbone, args.output_stride, args.head_channels,
+                        "none" if resume is not None else args.pretrained_backbone)
+    if args.sync_bn and args.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=args.memory_format)
+    bare = model
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
+
+    generator = torch.Generator()
+    if args.distributed:
+        train_sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True)
+    else:
+        train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
+    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
+                              generator=generator, **loader_kw)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, collate_fn=pad_collate,
+                            sampler=ShardSampler(len(val_set), args.rank, args.world_size), **loader_kw)
+    if len(train_loader) == 0:
+        raise UsageError(f"the training set has {len(train_set)} images, fewer than one batch of "
+                         f"{args.batch_size} per process; lower --batch-size")
+
+    optimizer = make_optimizer(bare, args)
+    total = args.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: (1 - min(it, total) / total) ** 0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+
+    start_epoch, best = 0, -1.0
+    if resume is not None:
+        bare.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        set_rng_state(resume["rng"])
+        start_epoch, best = resume["epoch"] + 1, resume["best_miou"]
+        if is_main(args):
+            print(f"resumed {ckpt_path} after epoch {start_epoch} (best val mIoU {best:.4f})")
+    log_path = os.path.join(args.run_dir, "log.jsonl")
+    if is_main(args):
+        os.makedirs(args.run_dir, exist_ok=True)
+        truncate_log(log_path, start_epoch)
+    print_model_summary(bare, train_set, val_set, train_loader, args)
+
+    for epoch in range(start_epoch, args.epochs):
+        seed = epoch_seed(args, epoch)
+        seed_everything(seed)
+        generator.manual_seed(seed)
+        if args.distributed:
+            train_sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss, train_miou = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, epoch, args)
+        train_seconds = time.perf_counter() - t0
+        val = None
+        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
+            val = evaluate(model, val_loader, args)
+        row = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "train_miou": train_miou,
+               "val_miou": val["miou"] if val else None, "val_pixel_acc": val["pixel_acc"] if val else None,
+               "val_iou": val["iou"] if val else None, "seconds": time.perf_counter() - t0,
+               "images_per_s": len(train_loader) * args.batch_size * args.world_size / train_seconds}
+        if is_main(args):
+            improved = val is not None and val["miou"] > best
+            best = val["miou"] if improved else best
+            ckpt = {"model": bare.state_dict(), "model_config": bare.config, "name": args.name, "epoch": epoch,
+                    "args": {k: v for k, v in vars(args).items() if k != "memory_format"},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": rng_state(), "best_miou": best, "val": val,
+                    "git_commit": git_commit(), "versions": {"torch": str(torch.__version__)}}
+            # The log line goes first: if a kill lands between the two writes, the resumed run drops the
+            # line again (truncate_log) and redoes the epoch, so log and checkpoint never disagree.
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if improved:
+                save_checkpoint(os.path.join(args.run_dir, "best.pt"), ckpt)
+            save_checkpoint(ckpt_path, ckpt)
+            vm = f"{val['miou']:.4f}" if val else "-"
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  train mIoU {train_miou:.4f}  "
+                  f"val mIoU {vm}  {row['images_per_s']:.1f} img/s  {row['seconds']:.1f}s", flush=True)
+        if args.distributed:
+            dist.barrier()
+    if args.distributed:
+        dist.destroy_process_group()
+    return best
+
+
+def truncate_log(path: str, start_epoch: int) -> None:
+    """Keep only the log lines of epochs the checkpoint already holds (a kill may leave one more)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                if json.loads(line)["epoch"] <= start_epoch:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError):
+                break  # a torn last line from a crash
+    with open(path, "w") as fh:
+        fh.writelines(keep)
+
+
+def print_model_summary(model, train_set, val_set, loader, args):
+    if not is_main(args):
+        return
+    n = sum(p.numel() for p in model.parameters())
+    c = model.config
+    print(f"model {c['kind']}: {c['arch']} {c['backbone']} OS{c['output_stride']} head {c['head_channels']}, "
+          f"{n:,} parameters; train {len(train_set)} images ({len(loader)} steps/epoch x {args.world_size} "
+          f"process(es)), val {len(val_set)}; device {args.device}, amp {args.amp}")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Train DeepLabV3+ with the baseline, IBE or SCrIBE output structure. "
+                                "Defaults reproduce the paper.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=KINDS, required=True,
+                   help="output structure: baseline = softmax CE over 21 logits; ibe = 20 logits with "
+                        "background -logsumexp, CE; scribe = the IBE structure with per-class sigmoid BCE")
+    p.add_argument("--arch", choices=ARCHS, default="deeplabv3plus",
+                   help="deeplabv3plus is the paper's; deeplabv3 is the companion code's (torchvision's head)")
+    p.add_argument("--backbone", choices=list(BACKBONES), default="resnet50",
+                   help="resnet18/34 are for CPU work and run at output stride 32 (no dilation)")
+    p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None,
+                   help="default: 16 for deeplabv3plus, 8 for deeplabv3, 32 for resnet18/34")
+    p.add_argument("--head-channels", type=int, default=256, help="ASPP/decoder width; 64 makes a tiny CPU model")
+    p.add_argument("--pretrained-backbone", default=None,
+                   help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
+                        "to a backbone state dict; default: imagenet with --data voc, none with --data synthetic")
+    p.add_argument("--data", choices=("voc", "synthetic"), default="voc",
+                   help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; synthetic = the "
+                        "generated VOC-format dataset under --synthetic-root")
+    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012")
+    p.add_argument("--sbd-root", default=None, help="folder that contains img/, cls/ and train_noval.txt")
+    p.add_argument("--synthetic-root", default="data/synthetic", help="where the synthetic dataset is generated")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=20, help="per process (the paper: 20 on one GPU)")
+    p.add_argument("--lr", type=float, default=0.01, help="backbone learning rate; the head gets --head-lr-mult x")
+    p.add_argument("--head-lr-mult", type=float, default=10.0)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-5)
+    p.add_argument("--crop-size", type=int, default=224,
+                   help="training crop; the short side is drawn from [crop/2, 2*crop]; val resizes short side to it")
+    p.add_argument("--scribe-ignore-as-background", action="store_true",
+                   help="SCrIBE only: map label 255 to background before the one-hot, as the companion code did "
+                        "(default: 255 pixels are left out of the loss, as the paper describes)")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu; default: cuda when available")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast precision (bf16 is the fast choice on recent GPUs); the paper trained in fp32")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--print-freq", type=int, default=20, help="progress-bar update and NaN check interval (steps)")
+    p.add_argument("--out", default="runs", help="output folder; the run goes to <out>/<name>/")
+    p.add_argument("--name", default=None, help="run name; default: the --model value")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/<name>/checkpoint.pt (model, optimizer, schedule, scaler, epoch, RNG); "
+                        "starts fresh if there is none")
+    return p
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
