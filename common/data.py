@@ -212,3 +212,26 @@ def build_datasets(voc_root, sbd_root, crop_size: int = 224):
 def image_id(dataset, index: int) -> str:
     """The VOC file stem of sample ``index`` (the id the corruption seed rule uses)."""
     return os.path.splitext(os.path.basename(dataset.images[index]))[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Corruption evaluation: what gets corrupted and what gets scored (PROTOCOL.md, "Transforms").
+
+PROTOCOLS = ("paper", "native")
+
+
+def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
+    """``(image_id, uint8 HxWx3 image, uint8 HxW label)`` of VOC val image ``index`` under a protocol.
+
+    "paper": exactly size x size (bilinear image, nearest label), as the paper evaluated;
+    "native": the original resolution (our extension).
+    """
+    img, target = dataset[index]
+    if protocol == "paper":
+        image, label = paper_resize(img, target, size)
+        image = np.array(image)  # own, writable memory (a no-op resize returns a view of PIL's buffer)
+    elif protocol == "native":
+        image, label = np.asarray(img.convert("RGB")), np.array(target, dtype=np.uint8)
+    else:
+        raise UsageError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    return image_id(dataset, index), image, label

@@ -1,0 +1,186 @@
+"""Precompute corrupted VOC val images (VOC-C) as lossless PNGs, reproducibly and resumably.
+
+The paper precomputed the four slow corruptions (glass, motion, zoom blur and snow); that is the default:
+
+    python dump_voc_c.py --data voc --voc-root /data/voc --workers 16          # -> VOC-C/
+    python dump_voc_c.py --data synthetic --corruptions all --workers 2        # all 15 on the synthetic set
+    for c in glass_blur motion_blur zoom_blur snow; do python dump_voc_c.py --corruptions $c; done
+
+Writes ``<out>/<corruption>/<severity>/<id>.png``, ``<out>/labels/<id>.png`` and ``<out>/manifest.json``
+(protocol, size, seed rule, package versions, counts). Every file is written under a temporary name and
+renamed; a re-run skips files that decode to the right shape, so a killed dump resumes where it stopped.
+``--verify`` recomputes a sample and compares bytes. Pixels equal ``common.corruptions.corrupt_image``,
+i.e. ``imagecorruptions.corrupt`` under PROTOCOL.md's seed rule.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import numpy as np
+from tqdm import tqdm
+
+from common import vocc
+from common.checkpoint import atomic_write, git_commit
+from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
+from common.data import PROTOCOLS, eval_sample, resolve_roots, voc_dataset
+from common.errors import UsageError, run_cli
+
+# Worker-process state: the dataset is opened once per worker, not pickled with every task.
+_DATASET = None
+
+
+def _init_worker(voc_root):
+    global _DATASET
+    _DATASET = voc_dataset(voc_root, "val")
+
+
+def dump_one(index, conditions, out, protocol, size, dataset=None):
+    """Decode image ``index`` once and write its label and every pending (corruption, severity) PNG.
+
+    Returns (image_id, number of files written). Exceptions carry the image so the run can name it.
+    """
+    ds = dataset if dataset is not None else _DATASET
+    image_id = None
+    try:
+        image_id, image, label = eval_sample(ds, index, protocol, size)
+        written = 0
+        if vocc.read_png(vocc.label_path(out, image_id), label.shape) is None:
+            vocc.write_bytes(vocc.label_path(out, image_id), vocc.png_bytes(label, palette=True))
+            written += 1
+        for corruption, severity in conditions:
+            path = vocc.image_path(out, corruption, severity, image_id)
+            if vocc.read_png(path, image.shape) is not None:
+                continue  # done by an earlier (possibly killed) run; a torn file fails to decode
+            vocc.write_bytes(path, vocc.png_bytes(corrupt_image(image, image_id, corruption, severity)))
+            written += 1
+        return image_id, written
+    except Exception as e:
+        where = image_id or ds.images[index]
+        raise RuntimeError(f"image {where} ({ds.images[index]}): {type(e).__name__}: {e}") from None
+
+
+def verify(out, dataset, n, conditions, protocol, size, sample: int):
+    """Recompute ``sample`` evenly spread (image, condition) pairs and compare the PNG bytes on disk."""
+    pairs = [(i, c) for i in range(n) for c in conditions]
+    picks = [pairs[k] for k in np.linspace(0, len(pairs) - 1, min(sample, len(pairs))).round().astype(int)]
+    bad = 0
+    for index, (corruption, severity) in tqdm(picks, desc="verify", disable=None, leave=False):
+        image_id, image, _ = eval_sample(dataset, index, protocol, size)
+        path = vocc.image_path(out, corruption, severity, image_id)
+        want = vocc.png_bytes(corrupt_image(image, image_id, corruption, severity))
+        if not os.path.exists(path) or open(path, "rb").read() != want:
+            print(f"verify: MISMATCH {path}", file=sys.stderr)
+            bad += 1
+    return len(picks), bad
+
+
+def main(args):
+    corruptions = parse_corruptions(args.corruptions)
+    severities = parse_severities(args.severities)
+    if 0 in severities:
+        raise UsageError("--severities: 0 is the clean image, which is not dumped; use 1..5")
+    if args.protocol == "paper" and args.size < 32:
+        raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: must be at least 1")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    versions = corruption_versions()
+    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
+    dataset = voc_dataset(voc_root, "val")
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    size = args.size if args.protocol == "paper" else None
+    conditions = [(c, s) for c in corruptions for s in severities]
+
+    old = vocc.read_manifest(args.out)
+    if old is not None:
+        vocc.check_manifest(args.out, args.protocol, args.size, versions)
+    else:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
+    if not os.access(args.out, os.W_OK):
+        raise UsageError(f"--out {args.out}: not writable")
+
+    if args.verify:
+        checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
+        print(f"verify: {checked - bad} of {checked} recomputed files match byte for byte")
+        return 1 if bad else 0
+
+    print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
+          f"{severities}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
+          f"with {args.workers} worker(s)", flush=True)
+    t0 = time.perf_counter()
+    written = 0
+    bar = tqdm(total=n, desc="images", unit="img", disable=None, dynamic_ncols=True)
+    try:
+        if args.workers == 1:
+            for i in range(n):
+                written += dump_one(i, conditions, args.out, args.protocol, args.size, dataset)[1]
+                bar.update()
+        else:
+            with ProcessPoolExecutor(args.workers, initializer=_init_worker, initargs=(voc_root,)) as pool:
+                futures = [pool.submit(dump_one, i, conditions, args.out, args.protocol, args.size)
+                           for i in range(n)]
+                try:
+                    for f in as_completed(futures):
+                        written += f.result()[1]
+                        bar.update()
+                except BaseException:
+                    for f in futures:  # stop at the first failure: queued images are not started
+                        f.cancel()
+                    raise
+    except RuntimeError as e:
+        raise UsageError(f"dump stopped: {e}; files written so far are complete and a re-run resumes") from None
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+
+    # The manifest lists every condition present in the folder, so several runs (a shell loop over
+    # corruptions) add up to one description of the dump.
+    done = {}
+    if old is not None:
+        done = {k: v for k, v in old.get("images", {}).items()}
+    for c, s in conditions:
+        done[f"{c}/{s}"] = max(n, done.get(f"{c}/{s}", 0))
+    manifest = {"protocol": args.protocol, "size": size, "seed_rule": vocc.SEED_RULE, "versions": versions,
+                "data": args.data, "voc_root": os.path.abspath(voc_root), "images": dict(sorted(done.items())),
+                "git_commit": git_commit()}
+    atomic_write(os.path.join(args.out, vocc.MANIFEST),
+                 lambda tmp: open(tmp, "w").write(json.dumps(manifest, indent=1) + "\n"))
+    rate = n / seconds if seconds > 0 else float("inf")
+    print(f"done: {written} files written, {n * (len(conditions) + 1) - written} already there; "
+          f"{seconds:.1f}s, {rate:.2f} images/s ({rate * len(conditions):.1f} corrupted images/s)")
+    return 0
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Dump corrupted VOC val images (VOC-C) as lossless PNGs.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--corruptions", nargs="+", default=list(SLOW),
+                   help="names, short names or numbers; 'all' = the 15, 'held_out', 'slow', or a group "
+                        "(noise, blur, weather, digital)")
+    p.add_argument("--severities", nargs="+", default=["1", "2", "3", "4", "5"], help="severities in 1..5")
+    p.add_argument("--data", choices=("voc", "synthetic"), default="voc", help="which val set to corrupt")
+    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
+    p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
+    p.add_argument("--out", default="VOC-C", help="output folder (layout in the module docstring)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                   help="paper: resize to --size x --size before corrupting; native: original resolution")
+    p.add_argument("--size", type=int, default=224, help="image side under --protocol paper")
+    p.add_argument("--workers", type=int, default=1, help="processes; a failure in any stops the run")
+    p.add_argument("--limit", type=int, default=None, help="only the first N val images")
+    p.add_argument("--verify", action="store_true",
+                   help="instead of dumping, recompute --verify-sample files and compare bytes (exit 1 on a mismatch)")
+    p.add_argument("--verify-sample", type=int, default=20, help="how many files --verify recomputes")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser()))

@@ -1,0 +1,449 @@
+"""Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep).
+
+    python evaluate_corruptions.py --checkpoints runs/baseline/best.pt runs/ibe/best.pt runs/scribe/best.pt \
+        --data voc --voc-root /data/voc --voc-c VOC-C --out results
+
+Each image is decoded and corrupted once per condition (``--workers`` processes do that) and fed to
+every model. Severity 0 is the clean image, evaluated once as the condition ``clean/0``. Writes to --out:
+
+    run.json                                    models (path, sha256, config), protocol, versions, args
+    metrics.jsonl                               one row per (model, corruption, severity), schema in README
+    logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
+    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN
+
+Resumable per condition: finished conditions are skipped, every file is written atomically and
+metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill never tears it.
+``--shard K/N`` evaluates images K, K+N, ...; ``--merge DIR...`` adds shard folders into one result.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common import vocc
+from common.checkpoint import atomic_write, file_sha256, git_commit, load_model
+from common.constants import IGNORE_INDEX, NUM_CLASSES
+from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
+                                parse_corruptions, parse_severities)
+from common.data import PROTOCOLS, eval_sample, normalise_uint8, resolve_roots, voc_dataset
+from common.errors import UsageError, run_cli
+from common.logits import LogitTracker
+from common.metrics import miou_from_confusion
+
+CLEAN = "clean"  # the severity-0 condition, shared by all corruptions
+
+
+# ------------------------------------------------------------------------------------------- data side
+
+class ConditionImages(torch.utils.data.Dataset):
+    """Item k = image ``items[k][1]`` under condition ``conditions[items[k][0]]``, as uint8 arrays.
+
+    Runs in the loader's worker processes, which is where the corruption cost is spread out.
+    """
+
+    def __init__(self, dataset, indices, conditions, protocol, size, voc_c=None):
+        self.dataset, self.indices, self.conditions = dataset, indices, conditions
+        self.protocol, self.size, self.voc_c = protocol, size, voc_c
+
+    def __len__(self):
+        return len(self.conditions) * len(self.indices)
+
+    def __getitem__(self, k):
+        cond, pos = divmod(k, len(self.indices))
+        corruption, severity = self.conditions[cond]
+        index = self.indices[pos]
+        image_id, image, label = eval_sample(self.dataset, index, self.protocol, self.size)
+        if severity > 0:
+            dumped = None
+            if self.voc_c is not None:
+                dumped = vocc.read_png(vocc.image_path(self.voc_c, corruption, severity, image_id), image.shape)
+            image = dumped if dumped is not None else corrupt_image(image, image_id, corruption, severity)
+        return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "cond": cond, "pos": pos}
+
+
+class ConditionBatches(torch.utils.data.Sampler):
+    """Batches that never straddle two conditions, conditions in order."""
+
+    def __init__(self, n_conditions, n_images, batch_size):
+        self.batches = [list(range(c * n_images + s, c * n_images + min(s + batch_size, n_images)))
+                        for c in range(n_conditions) for s in range(0, n_images, batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+# ------------------------------------------------------------------------------------------ model side
+
+class ConditionStats:
+    """Everything one model accumulates over one condition: confusion, per-image counts, logits, END."""
+
+    def __init__(self, n_images):
+        self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        self.per_image = np.zeros((n_images, NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        self.tracker = LogitTracker()
+        self.end_sum = 0.0
+        self.pixels = 0
+
+    @torch.inference_mode()
+    def update(self, logits, labels, positions):
+        logits = logits.float()
+        pred = logits.argmax(1)
+        b = labels.shape[0]
+        # One bincount gives every image's 21x21 confusion: offset each image's cells by 441 * its slot.
+        keep = labels != IGNORE_INDEX
+        slot = torch.arange(b, device=labels.device).view(b, 1, 1).expand_as(labels)
+        idx = (slot * NUM_CLASSES + labels.long()) * NUM_CLASSES + pred
+        per = torch.bincount(idx[keep], minlength=b * NUM_CLASSES ** 2).view(b, NUM_CLASSES, NUM_CLASSES).cpu()
+        per = per.numpy()
+        self.per_image[positions] += per
+        self.confusion += per.sum(0)
+        self.tracker.update(logits, pred)
+        # END (PROTOCOL.md): bg = softmax over all 21 at channel 0; id = normalised max softmax over the
+        # 20 foreground logits; averaged over every output pixel, like the logit statistics.
+        k = NUM_CLASSES - 1
+        bg = torch.softmax(logits, 1)[:, 0]
+        ident = (torch.softmax(logits[:, 1:], 1).amax(1) - 1 / k) / (1 - 1 / k)
+        self.end_sum += float((bg.double() * ident.double()).sum())
+        self.pixels += pred.numel()
+
+
+def finite_or_none(x):
+    """JSON has no NaN: an undefined number (an absent class's IoU, say) is written as null."""
+    if isinstance(x, list):
+        return [finite_or_none(v) for v in x]
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
+    m = {k: finite_or_none(v) for k, v in miou_from_confusion(stats.confusion).items()}
+    end = stats.end_sum / stats.pixels if stats.pixels else None
+    return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
+            "kind": model_info["kind"], "corruption": corruption,
+            "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
+            "severity": severity, "protocol": args.protocol, "size": args.size if args.protocol == "paper" else None,
+            "miou": m["miou"], "pixel_acc": m["pixel_acc"], "iou": m["iou"],
+            "distance": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
+            "images": n_images, "seconds": seconds, "shard": args.shard}
+
+
+def save_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids):
+    stem = f"{corruption}_{severity}.npz"
+    tp = np.einsum("nkk->nk", stats.per_image)
+    fp = stats.per_image.sum(1) - tp
+    fn = stats.per_image.sum(2) - tp
+
+    def savez(path, **arrays):
+        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+    savez(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
+          end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
+    savez(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
+          image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn)
+
+
+# ------------------------------------------------------------------------------------- results folder
+
+def read_metrics(path):
+    """Rows of metrics.jsonl; a torn or malformed line (a crash mid-write elsewhere) ends the read."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not {"model", "corruption", "severity"} <= row.keys():
+                    raise ValueError
+            except ValueError:
+                print(f"warning: {path} line {n} is malformed; it and the lines after it are recomputed",
+                      file=sys.stderr)
+                break
+            rows.append(row)
+    return rows
+
+
+def write_metrics(path, rows):
+    key = {c: i for i, c in enumerate((CLEAN,) + CORRUPTIONS)}
+    rows = sorted(rows, key=lambda r: (key.get(r["corruption"], 99), r["corruption"], r["severity"], r["model"]))
+    atomic_write(path, lambda tmp: open(tmp, "w").write("".join(json.dumps(r) + "\n" for r in rows)))
+
+
+def parse_shard(spec):
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except (ValueError, AttributeError):
+        raise UsageError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. 0/4") from None
+    if not 0 <= k < n:
+        raise UsageError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return k, n
+
+
+def load_models(args):
+    if len(args.checkpoints) == 0:
+        raise UsageError("--checkpoints: give at least one checkpoint written by train.py")
+    if args.names and len(args.names) != len(args.checkpoints):
+        raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
+    models, infos = [], []
+    for i, path in enumerate(args.checkpoints):
+        model, ckpt = load_model(path, args.device)
+        if args.device.startswith("cuda"):
+            model = model.to(memory_format=torch.channels_last)
+        name = args.names[i] if args.names else ckpt.get("name") or model.config["kind"]
+        models.append(model)
+        infos.append({"name": name, "path": os.path.abspath(path), "sha256": file_sha256(path),
+                      "kind": model.config["kind"], "config": model.config})
+    names = [m["name"] for m in infos]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two checkpoints share a display name ({names}); pass --names to tell them apart")
+    return models, infos
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def main(args):
+    if args.merge:
+        return merge(args)
+    conditions = []
+    severities = parse_severities(args.severities)
+    corruptions = parse_corruptions(args.corruptions)
+    if 0 in severities:
+        conditions.append((CLEAN, 0))
+    conditions += [(c, s) for c in corruptions for s in severities if s > 0]
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.protocol == "paper" and args.size < 32:
+        raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: must be at least 1")
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    if args.voc_c is not None:
+        vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions())
+
+    models, infos = load_models(args)
+    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
+    dataset = voc_dataset(voc_root, "val")
+    n_total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    indices = list(range(shard[0], n_total, shard[1]))
+    image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
+
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
+    if not os.access(args.out, os.W_OK):
+        raise UsageError(f"--out {args.out}: not writable")
+    run = {"models": infos, "protocol": args.protocol, "size": args.size if args.protocol == "paper" else None,
+           "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
+           "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
+           "seed_rule": vocc.SEED_RULE, "git_commit": git_commit()}
+    run_path = os.path.join(args.out, "run.json")
+    if os.path.exists(run_path):
+        check_same_run(run_path, run)
+    atomic_write(run_path, lambda tmp: open(tmp, "w").write(json.dumps(run, indent=1) + "\n"))
+
+    # Resume: a condition is done when every model has its row and its two NPZ files.
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    rows = read_metrics(metrics_path)
+    names = [m["name"] for m in infos]
+    have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
+
+    def done(c, s):
+        return all((m, c, s) in have and os.path.exists(os.path.join(args.out, "logits", m, f"{c}_{s}.npz"))
+                   and os.path.exists(os.path.join(args.out, "confusion", m, f"{c}_{s}.npz")) for m in names)
+
+    todo = [cs for cs in conditions if not done(*cs)]
+    rows = [r for r in rows if (r["corruption"], r["severity"]) not in set(todo) or r["model"] not in names]
+    print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
+    print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
+          f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
+          f"{f' {args.size}px' if args.protocol == 'paper' else ''}, device {args.device}", flush=True)
+    if not todo:
+        write_metrics(metrics_path, rows)
+        return 0
+
+    batch = args.batch_size if args.protocol == "paper" else 1  # native sizes differ: one image per batch
+    items = ConditionImages(dataset, indices, todo, args.protocol, args.size, args.voc_c)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(indices), batch),
+                                         num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
+                                         persistent_workers=False)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    fmt = torch.channels_last if device_type == "cuda" else torch.contiguous_format
+    current, stats, bar, t0 = None, None, None, 0.0
+    sweep = time.perf_counter()
+
+    def finish(cond):
+        nonlocal rows
+        c, s = todo[cond]
+        seconds = time.perf_counter() - t0
+        new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
+        for st, info in zip(stats, infos):
+            save_condition(args.out, info["name"], c, s, st, image_ids)
+        rows = rows + new
+        write_metrics(metrics_path, rows)
+        bar.close()
+        print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",
+              flush=True)
+
+    with torch.inference_mode():
+        for batch_ in loader:
+            cond = int(batch_["cond"][0])
+            if cond != current:
+                if current is not None:
+                    finish(current)
+                current, t0 = cond, time.perf_counter()
+                stats = [ConditionStats(len(indices)) for _ in models]
+                c, s = todo[cond]
+                bar = tqdm(total=len(indices), desc=f"{c}/{s}", unit="img", disable=None, leave=False,
+                           dynamic_ncols=True)
+            x = normalise_uint8(batch_["image"].to(args.device, non_blocking=True)).contiguous(memory_format=fmt)
+            labels = batch_["label"].to(args.device, non_blocking=True)
+            positions = batch_["pos"].numpy()
+            for model, st, info in zip(models, stats, infos):
+                with torch.autocast(device_type, dtype=amp, enabled=amp is not None):
+                    logits = model(x)
+                st.update(logits, labels, positions)
+                if args.save_predictions:
+                    save_predictions(args.save_predictions, info["name"], todo[cond],
+                                     logits.argmax(1).cpu().numpy(), [image_ids[p] for p in positions])
+            bar.update(len(positions))
+            if bar.n % max(1, 4 * batch) < len(positions) or bar.n == len(indices):
+                bar.set_postfix_str(" ".join(f"{i['name']}={miou_from_confusion(st.confusion)['miou']:.3f}"
+                                             for i, st in zip(infos, stats)))
+        finish(current)
+    print(f"swept {len(todo)} conditions in {time.perf_counter() - sweep:.1f}s; results in {metrics_path}")
+    return 0
+
+
+def save_predictions(root, model_name, condition, preds, ids):
+    c, s = condition
+    for pred, image_id in zip(preds, ids):
+        path = os.path.join(root, model_name, f"{c}_{s}", f"{image_id}.png")
+        vocc.write_bytes(path, vocc.png_bytes(pred.astype(np.uint8), palette=True))
+
+
+def check_same_run(run_path, run):
+    """Refuse to mix results of other checkpoints, protocol or images into an existing --out."""
+    try:
+        with open(run_path) as fh:
+            old = json.load(fh)
+    except (OSError, ValueError):
+        return  # unreadable: it is rewritten below; metrics are validated row by row
+    old_models = {m["name"]: m["sha256"] for m in old.get("models", [])}
+    for m in run["models"]:
+        if m["name"] in old_models and old_models[m["name"]] != m["sha256"]:
+            raise UsageError(f"{run_path}: results for model {m['name']!r} come from another checkpoint "
+                             f"(sha256 differs); use another --out or --names")
+    for key in ("protocol", "size", "images", "shard", "data"):
+        if old.get(key) != run[key]:
+            raise UsageError(f"{run_path}: existing results were made with {key}={old.get(key)!r}, this run "
+                             f"has {run[key]!r}; use another --out")
+
+
+# ---------------------------------------------------------------------------------------------- merge
+
+def merge(args):
+    """Add shard folders: confusions, per-image counts and logit moments are sums, so this is exact."""
+    runs = []
+    for d in args.merge:
+        path = os.path.join(d, "run.json")
+        if not os.path.exists(path):
+            raise UsageError(f"--merge {d}: no run.json; is it an evaluate_corruptions.py --out folder?")
+        runs.append((d, json.load(open(path)), read_metrics(os.path.join(d, "metrics.jsonl"))))
+    base = runs[0][1]
+    for d, r, _ in runs[1:]:
+        if [m["sha256"] for m in r["models"]] != [m["sha256"] for m in base["models"]] or \
+                (r["protocol"], r["size"]) != (base["protocol"], base["size"]):
+            raise UsageError(f"--merge {d}: other checkpoints or protocol than {runs[0][0]}")
+    conds = sorted({(row["corruption"], row["severity"]) for row in runs[0][2]})
+    args.protocol, args.size, args.shard = base["protocol"], base["size"] or args.size, None
+    out_rows = []
+    for c, s in conds:
+        for info in base["models"]:
+            name, stem = info["name"], f"{c}_{s}.npz"
+            st, ids, secs, n = None, [], 0.0, 0
+            for d, _, rws in runs:
+                row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
+                if not row:
+                    raise UsageError(f"--merge {d}: no result for {name} {c}/{s}; finish that shard first")
+                lg, cf = (np.load(os.path.join(d, sub, name, stem)) for sub in ("logits", "confusion"))
+                part = ConditionStats(0)
+                part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
+                part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
+                tp, fp, fn = cf["tp"], cf["fp"], cf["fn"]
+                if st is None:
+                    st, per = part, [(tp, fp, fn)]
+                else:
+                    st.confusion = st.confusion + part.confusion
+                    st.tracker = st.tracker + part.tracker
+                    st.end_sum += part.end_sum
+                    st.pixels += part.pixels
+                    per.append((tp, fp, fn))
+                ids += list(cf["image_ids"])
+                secs += row[0]["seconds"]
+                n += row[0]["images"]
+            order = np.argsort(np.array(ids), kind="stable")
+            tp, fp, fn = (np.concatenate([p[i] for p in per])[order] for i in range(3))
+            out_rows.append(metrics_row(st, info, c, s, args, n, secs))
+            stem_path = os.path.join(args.out, "confusion", name, stem)
+            atomic_write(stem_path, lambda tmp: np.savez(open(tmp, "wb"), confusion=st.confusion,
+                                                         image_ids=np.array(ids)[order], tp=tp, fp=fp, fn=fn))
+            atomic_write(os.path.join(args.out, "logits", name, stem),
+                         lambda tmp: np.savez(open(tmp, "wb"), **st.tracker.state_dict(),
+                                              end_sum=np.float64(st.end_sum), pixels=np.int64(st.pixels)))
+    merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)
+    atomic_write(os.path.join(args.out, "run.json"), lambda tmp: open(tmp, "w").write(json.dumps(merged, indent=1)))
+    write_metrics(os.path.join(args.out, "metrics.jsonl"), out_rows)
+    print(f"merged {len(runs)} folders: {len(conds)} conditions x {len(base['models'])} models -> {args.out}")
+    return 0
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Evaluate checkpoints under the corruption benchmark (VOC-C).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", default=[], help="checkpoints written by train.py (self-describing)")
+    p.add_argument("--names", nargs="+", default=None, help="display names; default: the name stored in each checkpoint")
+    p.add_argument("--data", choices=("voc", "synthetic"), default="voc", help="which val set")
+    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
+    p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
+    p.add_argument("--voc-c", default=None,
+                   help="a dump_voc_c.py folder: read corrupted images from it where present, corrupt on the fly "
+                        "otherwise (identical pixels either way)")
+    p.add_argument("--corruptions", nargs="+", default=["all"],
+                   help="names, short names, numbers, 'all' (the 15), 'held_out', or a group")
+    p.add_argument("--severities", nargs="+", default=["0", "1", "2", "3", "4", "5"],
+                   help="0 = clean (evaluated once, reported as corruption 'clean'), 1..5")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                   help="paper: resize to --size x --size, corrupt, score at that size; native: original resolution")
+    p.add_argument("--size", type=int, default=224, help="image side under --protocol paper (smaller is faster)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (native protocol: always 1)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="loader processes that decode and corrupt images")
+    p.add_argument("--device", default=None, help="cuda or cpu; default: cuda when available")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision for the forward")
+    p.add_argument("--limit", type=int, default=None, help="only the first N val images")
+    p.add_argument("--shard", default=None, help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge)")
+    p.add_argument("--save-predictions", default=None,
+                   help="also write every prediction as a VOC palette PNG under DIR/<model>/<corruption>_<severity>/")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="instead of evaluating, add the shard folders DIR... into --out")
+    p.add_argument("--out", default="results", help="output folder (layout in the module docstring)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser()))

@@ -1,0 +1,177 @@
+"""evaluate_corruptions.py against oracles: saved predictions + numpy, dumps vs on the fly, shards, kills."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dump_voc_c
+import evaluate_corruptions as ev
+from common.logits import LogitTracker
+from common.synthetic import ensure_synthetic
+from helpers import ROOT, cli, tiny_checkpoint
+
+SIZE = 48
+CONDS = ["--corruptions", "gaussian", "glass", "jpeg", "--severities", "0", "1", "3"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ev")
+    root = d / "synthetic"
+    ensure_synthetic(root, n_voc_train=2, n_sbd=2, n_val=5, max_side=96, quiet=True)
+    ckpts = [tiny_checkpoint(d / "a.pt", "baseline", 1), tiny_checkpoint(d / "b.pt", "scribe", 2)]
+    return str(root), ckpts, d
+
+
+def evaluate(setup, out, *extra):
+    root, ckpts, _ = setup
+    args = ev.get_args_parser().parse_args(["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", root,
+                                            "--size", str(SIZE), "--batch-size", "2", "--workers", "0",
+                                            "--out", str(out), *CONDS, *extra])
+    return ev.main(args)
+
+
+def rows(out, drop=("seconds", "checkpoint", "shard")):
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    out = setup[2] / "reference"
+    evaluate(setup, out, "--save-predictions", str(setup[2] / "preds"))
+    return out
+
+
+def test_rows_cover_every_model_and_condition(reference):
+    r = rows(reference)
+    assert len(r) == 2 * (1 + 3 * 2)
+    assert {(x["corruption"], x["severity"]) for x in r} == {("clean", 0)} | {
+        (c, s) for c in ("gaussian_noise", "glass_blur", "jpeg_compression") for s in (1, 3)}
+    x = next(x for x in r if x["corruption"] == "glass_blur")
+    assert x["corruption_number"] == 4 and x["protocol"] == "paper" and x["size"] == SIZE and x["images"] == 5
+    assert len(x["iou"]) == 21 and len(x["checkpoint_sha256"]) == 64
+
+
+def test_miou_equals_numpy_oracle_from_saved_predictions(setup, reference):
+    root = setup[0]
+    from common.data import eval_sample, voc_dataset
+    ds = voc_dataset(os.path.join(root, "voc"), "val")
+    labels = {eval_sample(ds, i, "paper", SIZE)[0]: eval_sample(ds, i, "paper", SIZE)[2] for i in range(len(ds))}
+    for row in rows(reference):
+        folder = setup[2] / "preds" / row["model"] / f"{row['corruption']}_{row['severity']}"
+        t = np.concatenate([labels[i].ravel() for i in sorted(labels)])
+        p = np.concatenate([np.array(Image.open(folder / f"{i}.png")).ravel() for i in sorted(labels)])
+        keep = t != 255
+        t, p = t[keep].astype(int), p[keep].astype(int)
+        ious = []
+        for k in range(21):
+            inter, union = np.sum((t == k) & (p == k)), np.sum((t == k) | (p == k))
+            if union:
+                ious.append(inter / union)
+        assert row["miou"] == pytest.approx(np.mean(ious), abs=1e-12)
+        assert row["pixel_acc"] == pytest.approx(np.mean(t == p), abs=1e-12)
+
+
+def test_npz_files_agree_with_metrics(reference):
+    for row in rows(reference):
+        stem = f"{row['corruption']}_{row['severity']}.npz"
+        cf = np.load(os.path.join(reference, "confusion", row["model"], stem))
+        lg = np.load(os.path.join(reference, "logits", row["model"], stem))
+        # Per-image TP/FP/FN add up to the summed confusion matrix.
+        assert np.array_equal(cf["tp"].sum(0), np.diag(cf["confusion"]))
+        assert np.array_equal(cf["fp"].sum(0), cf["confusion"].sum(0) - np.diag(cf["confusion"]))
+        assert np.array_equal(cf["fn"].sum(0), cf["confusion"].sum(1) - np.diag(cf["confusion"]))
+        assert len(cf["image_ids"]) == 5
+        tr = LogitTracker.from_state_dict(lg)
+        assert tr.num_pixels == 5 * SIZE * SIZE == int(lg["pixels"])
+        d = tr.distance_margin()
+        assert (row["distance"] is None and math.isnan(d)) or row["distance"] == pytest.approx(d, rel=1e-12)
+        assert 0 <= row["end"] <= 1
+
+
+def test_dumped_images_give_identical_metrics(setup, reference, tmp_path):
+    args = dump_voc_c.get_args_parser().parse_args(["--data", "synthetic", "--synthetic-root", setup[0], "--out",
+                                                    str(tmp_path / "vocc"), "--size", str(SIZE), "--corruptions",
+                                                    "gaussian", "glass", "jpeg", "--severities", "1", "3"])
+    dump_voc_c.main(args)
+    evaluate(setup, tmp_path / "from_dump", "--voc-c", str(tmp_path / "vocc"))
+    assert rows(tmp_path / "from_dump") == rows(reference)
+
+
+def test_shards_merge_to_the_unsharded_result(setup, reference, tmp_path):
+    evaluate(setup, tmp_path / "s0", "--shard", "0/2")
+    evaluate(setup, tmp_path / "s1", "--shard", "1/2")
+    args = ev.get_args_parser().parse_args(["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                                            "--out", str(tmp_path / "merged")])
+    ev.main(args)
+    a, b = rows(tmp_path / "merged"), rows(reference)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        # Counts add exactly; float64 moment sums are added in another order (last-digit differences).
+        for k in x:
+            if k in ("distance", "end"):
+                assert x[k] == pytest.approx(y[k], rel=1e-12, abs=1e-12)
+            else:
+                assert x[k] == y[k], k
+    for m in ("baseline", "scribe"):
+        c1 = np.load(tmp_path / "merged" / "confusion" / m / "glass_blur_3.npz")
+        c2 = np.load(os.path.join(reference, "confusion", m, "glass_blur_3.npz"))
+        for k in ("confusion", "image_ids", "tp", "fp", "fn"):
+            assert np.array_equal(c1[k], c2[k])
+
+
+def test_sigkill_at_several_points_then_rerun_gives_the_same_metrics(setup, reference, tmp_path):
+    root, ckpts, _ = setup
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "evaluate_corruptions.py", "--checkpoints", *ckpts, "--data", "synthetic",
+           "--synthetic-root", root, "--size", str(SIZE), "--batch-size", "2", "--workers", "0", "--out", str(out), *CONDS]
+    metrics = out / "metrics.jsonl"
+    for after in (1, 3, 5):  # kill once that many conditions are written
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None:
+            if metrics.exists() and len(open(metrics).readlines()) >= 2 * after:
+                break
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    # A torn last line, as a crash in some other writer would leave, is dropped and recomputed.
+    with open(metrics, "a") as fh:
+        fh.write('{"model": "baseline", "corrupt')
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert rows(out) == rows(reference)
+    assert not [f for d, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--corruptions", "rain"], "valid"),
+    (["--corruptions", "99"], "99"),
+    (["--severities", "6"], "6"),
+    (["--shard", "3/2"], "--shard"),
+    (["--batch-size", "0"], "--batch-size"),
+])
+def test_bad_flags_are_one_line_exit_2(setup, tmp_path, flags, needle):
+    root, ckpts, _ = setup
+    r = cli("evaluate_corruptions.py", "--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", root,
+            "--out", str(tmp_path / "o"), *flags)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "o" / "metrics.jsonl")
+
+
+def test_foreign_checkpoint_is_refused(setup, tmp_path):
+    import torch
+    import torchvision
+    bare = tmp_path / "bare.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), bare)
+    r = cli("evaluate_corruptions.py", "--checkpoints", str(bare), "--data", "synthetic", "--synthetic-root",
+            setup[0], "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not a checkpoint written by train.py" in r.stderr

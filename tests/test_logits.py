@@ -1,0 +1,223 @@
+"""Tests for common/logits.py against a plain float64 numpy oracle (loop over classes, boolean masks)."""
+import numpy as np
+import pytest
+import torch
+
+from common.logits import LogitTracker
+
+K = 21
+RTOL = 1e-9
+
+
+def _logits(b=3, h=17, w=23, seed=0, absent=(5, 13, 20)):
+    """Float32 logits whose argmax never hits the classes in ``absent``; background favoured."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 2, (b, K, h, w)).astype(np.float32)
+    x[:, 0] += 1.5
+    for c in absent:
+        x[:, c] -= 50
+    return x
+
+
+def _oracle(x, k=K):
+    """Plain float64 statistics per predicted class, straight from PROTOCOL.md."""
+    x = np.asarray(x, dtype=np.float64)
+    pix = x.transpose(0, 2, 3, 1).reshape(-1, k)
+    pred = pix.argmax(1)
+    out = {"count": np.zeros(k), "sum": np.zeros((k, k)), "sq": np.zeros((k, k, k)),
+           "mean": np.full((k, k), np.nan), "cov": np.full((k, k, k), np.nan),
+           "corr": np.full((k, k, k), np.nan)}
+    for n in range(k):
+        sel = pix[pred == n]
+        out["count"][n] = len(sel)
+        out["sum"][n] = sel.sum(0)
+        out["sq"][n] = sel.T @ sel
+        if len(sel):
+            mu = sel.mean(0)
+            out["mean"][n] = mu
+            cov = (sel - mu).T @ (sel - mu) / len(sel)   # two-pass: independent of the tracker's formula
+            out["cov"][n] = cov
+            sd = np.sqrt(np.diag(cov))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["corr"][n] = cov / np.outer(sd, sd)
+    mu = out["mean"]
+    out["dist"] = np.array([[np.linalg.norm(mu[i] - mu[j]) for j in range(k)] for i in range(k)])
+    fg = [n for n in range(1, k) if out["count"][n] > 0]
+    out["margin"] = np.mean([mu[n, n] - mu[n, 0] for n in fg]) if fg else np.nan
+    return out
+
+
+def _close(a, b, rtol=RTOL):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    m = ~np.isnan(b)
+    scale = np.abs(b[m]).max() if m.any() else 1.0   # entries near 0 are judged against the array's scale
+    np.testing.assert_allclose(a[m], b[m], rtol=rtol, atol=rtol * scale)
+
+
+def test_matches_oracle_with_unpredicted_classes():
+    x = _logits()
+    ref = _oracle(x)
+    t = LogitTracker().update(torch.from_numpy(x))
+    assert t.count.dtype == np.float64 and t.sum.dtype == np.float64 and t.sq.dtype == np.float64
+    np.testing.assert_array_equal(t.count, ref["count"])
+    assert (t.count[[5, 13, 20]] == 0).all() and t.num_pixels == x.size / K
+    _close(t.sum, ref["sum"])
+    _close(t.sq, ref["sq"])
+    _close(t.mean(), ref["mean"])
+    _close(t.covariance(), ref["cov"], rtol=1e-8)      # one-pass vs two-pass formula
+    _close(t.correlation(), ref["corr"], rtol=1e-8)
+    _close(t.distance_matrix(), ref["dist"])
+    assert abs(t.distance_margin() - ref["margin"]) <= RTOL * abs(ref["margin"])
+    # empty classes: zero accumulators, NaN statistics
+    assert np.isnan(t.mean()[5]).all() and np.isnan(t.distance_matrix()[:, 13]).all()
+    assert np.isnan(t.covariance()[20]).all() and np.isnan(t.correlation()[20]).all()
+    assert np.allclose(np.diagonal(t.distance_matrix())[t.count > 0], 0)
+    q = t.sq
+    np.testing.assert_array_equal(q, q.transpose(0, 2, 1))   # exactly symmetric
+
+
+def test_numpy_and_torch_inputs_agree_and_3d_input():
+    x = _logits(seed=1)
+    a = LogitTracker().update(x)
+    b = LogitTracker().update(torch.from_numpy(x))
+    c = LogitTracker()
+    for img in x:                      # (K, H, W) one at a time
+        c.update(img)
+    for u, v in ((a, b), (a, c)):
+        np.testing.assert_array_equal(u.count, v.count)
+        _close(u.sum, v.sum, 1e-12)
+        _close(u.sq, v.sq, 1e-12)
+    ro = x.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(LogitTracker().update(ro).count, a.count)
+
+
+def test_float64_and_half_precision_inputs():
+    x = _logits(seed=2)
+    a = LogitTracker().update(torch.from_numpy(x).double())
+    _close(a.sq, _oracle(x)["sq"])
+    h = torch.from_numpy(x).to(torch.bfloat16)
+    b = LogitTracker().update(h)
+    _close(b.sq, _oracle(h.float().numpy())["sq"])
+
+
+def test_merge_two_halves_equals_one_pass():
+    x = _logits(b=4, seed=3)
+    whole = LogitTracker().update(x)
+    first, second = LogitTracker().update(x[:2]), LogitTracker().update(x[2:])
+    total = first + second
+    np.testing.assert_array_equal(total.count, whole.count)
+    _close(total.sum, whole.sum, 1e-12)
+    _close(total.sq, whole.sq, 1e-12)
+    assert first.count.sum() == 2 * 17 * 23          # __add__ left its operands alone
+    first += second
+    np.testing.assert_array_equal(first.count, whole.count)
+    with pytest.raises(ValueError):
+        LogitTracker(3).merge(whole)
+
+
+def test_state_dict_roundtrip_npz(tmp_path):
+    t = LogitTracker().update(_logits(seed=4))
+    np.savez(tmp_path / "logits.npz", **t.state_dict())
+    with np.load(tmp_path / "logits.npz") as d:
+        assert set(d.files) == {"count", "sum", "sq"}
+        u = LogitTracker.from_state_dict(d)
+    for key, value in t.state_dict().items():
+        np.testing.assert_array_equal(value, u.state_dict()[key])
+    _close(u.correlation(), t.correlation(), 0)
+    with pytest.raises(ValueError):
+        LogitTracker.from_state_dict({"count": np.zeros(3), "sum": np.zeros((3, 3)),
+                                      "sq": np.zeros((3, 3, 2))})
+
+
+def test_ties_follow_torch_argmax_first_max():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (2, K, 9, 11)).astype(np.float32)   # many exact ties
+    t = LogitTracker().update(torch.from_numpy(x))
+    pred = torch.from_numpy(x).argmax(1)
+    assert np.array_equal(pred.numpy(), x.argmax(1))           # torch and numpy agree: first max
+    np.testing.assert_array_equal(t.count, np.bincount(pred.reshape(-1).numpy(), minlength=K))
+    _close(t.sq, _oracle(x)["sq"])
+
+
+def test_given_predictions():
+    x = _logits(seed=6)
+    pred = torch.from_numpy(x).argmax(1)
+    a = LogitTracker().update(x)
+    b = LogitTracker().update(x, pred=pred)
+    np.testing.assert_array_equal(a.count, b.count)
+    _close(a.sq, b.sq, 1e-12)
+    # any labelling works (e.g. group by target instead); checked against a masked oracle
+    lab = np.random.default_rng(0).integers(0, K, pred.shape)
+    c = LogitTracker().update(x, pred=lab)
+    pix = x.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, K)
+    for n in (0, 7):
+        sel = pix[lab.reshape(-1) == n]
+        _close(c.sum[n], sel.sum(0))
+        _close(c.sq[n], sel.T @ sel)
+    with pytest.raises(ValueError):
+        LogitTracker().update(x, pred=np.full(pred.shape, 255))
+    with pytest.raises(ValueError):
+        LogitTracker().update(x, pred=pred[:, :5])
+
+
+def test_degenerate_classes_give_nan_not_garbage():
+    x = np.zeros((1, K, 40, 50), np.float32)
+    x[0, 0] = 5.0                                   # background everywhere ...
+    x[0, 1, 0, 0] = 9.0                             # ... except one pixel predicted class 1
+    x[0, 2] = 0.1                                   # logit 2: constant (not exactly representable)
+    t = LogitTracker().update(x)
+    assert t.count[0] == 1999 and t.count[1] == 1
+    corr = t.correlation()
+    assert np.isnan(corr[1]).all()                  # a single pixel has no variance at all
+    assert np.isnan(corr[0, 2]).all() and np.isnan(corr[0, :, 2]).all()   # constant logit
+    assert np.isnan(corr[0, 0, 0])                  # logit 0 is constant (5) within class 0 too
+    assert t.distance_margin() == pytest.approx(9.0 - 5.0)   # class 1 only: mu_1[1] - mu_1[0]
+    assert np.isnan(LogitTracker().distance_margin())
+    only_bg = LogitTracker().update(np.where(np.arange(K)[:, None, None] == 0, 1.0, 0.0)[None])
+    assert np.isnan(only_bg.distance_margin())
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        LogitTracker().update(np.zeros((2, 20, 4, 4), np.float32))
+    with pytest.raises(ValueError):
+        LogitTracker().update(np.zeros((2, K, 4, 4), np.int64))
+
+
+def test_all_reduce_without_distributed_is_noop():
+    t = LogitTracker().update(_logits(seed=7))
+    before = t.state_dict()
+    t.all_reduce()
+    np.testing.assert_array_equal(before["sq"], t.sq)
+
+
+def test_all_reduce_gloo_single_rank(tmp_path):
+    import torch.distributed as dist
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        t = LogitTracker().update(_logits(seed=8))
+        before = t.state_dict()
+        t.all_reduce()
+        for key in before:
+            np.testing.assert_array_equal(before[key], t.state_dict()[key])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("chunk", [7, 17 * 23, 500, 10 ** 6])
+def test_chunking_and_memory_layout_do_not_change_results(chunk):
+    # chunk 7 splits images, 391 is exactly one image, 500 groups images (partial last group).
+    from common.logits import _class_moments
+    x = torch.from_numpy(_logits(b=5, seed=9))
+    ref = _oracle(x.numpy())
+    for inp in (x, x.contiguous(memory_format=torch.channels_last),
+                x.transpose(2, 3).contiguous().transpose(2, 3)):        # H, W strides swapped
+        count, s, q = _class_moments(inp, None, chunk=chunk)
+        np.testing.assert_array_equal(count, ref["count"])
+        _close(s, ref["sum"])
+        _close(q, ref["sq"])
