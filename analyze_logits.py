@@ -1,0 +1,719 @@
+"""Robustness summary and logit-structure analysis of an evaluate_corruptions.py results folder.
+
+    python analyze_logits.py --results results [--out results] [--reference baseline] \
+        [--bootstrap 1000] [--seed 0]
+
+Reads what evaluate_corruptions.py wrote to --results (metrics.jsonl, logits/, confusion/, run.json)
+and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") defines:
+
+* clean mIoU; mPC = the paper's headline = mean mIoU over the 15 corruptions x severities 1..5;
+  rPC = mPC / clean mIoU; mIoU per corruption (mean over severities 1..5) and per severity
+  (mean over the 15 corruptions; severity 0 = clean);
+* CD_c, rCD_c and their means mCD, mrCD relative to the --reference model;
+* END and Distance (read from metrics.jsonl): clean, mean over the corruption conditions, per condition;
+* explained variance: PCA of the 21x21 class-mean logit matrix (rows = predicted classes as samples,
+  columns = the 21 logits, centred), cumulative explained-variance ratio of components 1..21, via
+  numpy's SVD. Rows of classes a model never predicted under a condition are NaN in
+  ``LogitTracker.mean()`` and are dropped; ``classes_used`` says how many rows were left. Components
+  beyond the matrix's rank explain nothing, so their cumulative ratio is 1. With fewer than 2 rows
+  (or rows that are all equal) the ratio is undefined: NaN in the npz, null in the JSON;
+* paired bootstrap 95% intervals (percentile method) of each model's mIoU minus the reference's, clean
+  and aggregate (mean over the corruption conditions), resampling validation images with replacement
+  (the same resampled images for every model and every condition) and recomputing mIoU from summed
+  per-image TP/FP/FN.
+
+Partial results (fewer corruptions, severities or models) are analysed as far as they go: every gap
+is listed in ``missing`` and printed as one ``missing: ...`` line, and every aggregate says how many
+conditions it covers and whether that is all of them (``complete``). Corruptions outside the paper's
+15 (the held-out extras) appear per corruption and per condition but never in an aggregate.
+
+Writes to --out (default: the --results folder), all three atomically (temporary name, then rename,
+only after everything has been computed, so a failed run leaves earlier outputs untouched):
+
+    analysis.json         numbers (schema below); mIoU values as fractions in [0, 1], NaN as null
+    tables.md             markdown tables; mIoU in percent with 1 decimal (like the paper's 42.1)
+    analysis_arrays.npz   arrays for figures (keys below)
+
+analysis.json:
+    schema "analyze_logits/1"; args; git_commit; results (absolute path); source {protocol, size,
+    images, models [{name, kind, checkpoint_sha256}]} from run.json (null when absent);
+    reference; models [names]; benchmark_corruptions [the 15]; severities [1..5]; units;
+    missing [{what: "metrics"|"logits"|"confusion", models [names], conditions ["<corruption>/<s>"],
+             message}]; notes [strings];
+    per_model {<model>: {
+        kind, clean_miou,
+        mpc  {value, n_conditions, of: 75, complete},   rpc {value, complete},
+        per_corruption {<corruption>: {miou (mean over the severities present), severities [s],
+                                       complete, benchmark (one of the 15?)}},
+        per_severity {"0".."5": {miou, n_corruptions, of, complete}},         ("0" = clean)
+        cd {<corruption>: {cd, rcd, severities [s used: present for model and reference], complete}},
+        mcd {value, n_corruptions, of: 15, complete},  mrcd {same},
+        end {clean, corrupted {value, n_conditions, of: 75, complete}},  distance {same},
+        explained_variance_clean {cumulative [21], classes_used} or null,
+        per_condition {"<corruption>/<s>" ("clean/0" for clean): {miou, pixel_acc, end, distance,
+                       explained_variance [21] or null, classes_used or null}}}};
+    bootstrap {n_resamples, seed, confidence: 0.95, method, n_images, reference,
+               comparisons {<model>: {clean {observed, lower, upper} or null,
+                                      aggregate {observed, lower, upper, n_conditions, of: 75,
+                                                 complete} or null}}}
+    (differences are model minus reference, as fractions of mIoU; the reference has no entry).
+
+analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefined):
+    models                                          (M,) str: model names, in analysis.json order
+    classes                                         (21,) str: VOC class names
+    <model>/clean/count                             (21,)        pixels predicted as each class
+    <model>/clean/mean                              (21, 21)     class-mean logits, row n = mu_n
+    <model>/clean/distance                          (21, 21)     D_ij = ||mu_i - mu_j||
+    <model>/clean/correlation                       (21, 21, 21) [n] = correlation of the logits
+                                                                 over pixels predicted n
+    <model>/clean/explained_variance                (21,)        cumulative ratio, components 1..21
+    <model>/<corruption>/<severity>/mean            (21, 21)     same, under that condition
+    <model>/<corruption>/<severity>/explained_variance  (21,)
+    (a key exists only where logits/<model>/<condition>.npz exists)
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from common.checkpoint import git_commit
+from common.constants import CLASSES, NUM_CLASSES
+from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
+from common.errors import UsageError, run_cli
+from common.logits import LogitTracker
+
+CLEAN = "clean"                      # evaluate_corruptions.py's name for the severity-0 condition
+SEVERITIES = (1, 2, 3, 4, 5)
+BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
+CONFIDENCE = 0.95
+# Below this a CD/rCD denominator counts as zero: mIoUs are ratios of pixel counts, so sums of
+# (1 - mIoU) over <= 5 severities that should cancel exactly can leave ~1e-16 of rounding.
+ZERO = 1e-12
+
+
+def cond_key(c, s):
+    return f"{c}/{s}"
+
+
+def num(x):
+    """A finite float or None (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+# --------------------------------------------------------------------------------- reading the inputs
+
+def read_metrics(path):
+    """Rows of metrics.jsonl, strictly: any malformed line is a UsageError naming file and line.
+
+    (evaluate_corruptions.py's own reader treats a bad line as a torn write to recompute; here a bad
+    line means the numbers cannot be trusted, so we stop instead of summarising part of the file.)
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: not found; is --results a folder written by evaluate_corruptions.py?")
+    rows, seen = [], {}
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            lacking = [k for k in ("model", "corruption", "severity", "miou") if k not in row]
+            if lacking:
+                raise UsageError(f"{where}: no {', '.join(lacking)} field")
+            c, s = row["corruption"], row["severity"]
+            if not isinstance(row["model"], str) or not row["model"]:
+                raise UsageError(f"{where}: model must be a non-empty string")
+            if c != CLEAN and c not in ALL_CORRUPTIONS:
+                raise UsageError(f"{where}: unknown corruption {c!r}")
+            if not isinstance(s, int) or isinstance(s, bool) or (c == CLEAN) != (s == 0) or not 0 <= s <= 5:
+                raise UsageError(f"{where}: severity {s!r} does not fit corruption {c!r} "
+                                 f"(clean is severity 0, corruptions 1..5)")
+            for k in ("miou", "pixel_acc", "end", "distance"):
+                v = row.get(k)
+                if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                    raise UsageError(f"{where}: {k} must be a number or null, got {v!r}")
+            key = (row["model"], c, s)
+            if key in seen:
+                raise UsageError(f"{where}: repeats {row['model']} {cond_key(c, s)} from line {seen[key]}")
+            seen[key] = n
+            rows.append(row)
+    if not rows:
+        raise UsageError(f"{path}: no rows; has evaluate_corruptions.py finished any condition?")
+    return rows
+
+
+def read_run(path):
+    """run.json, or None when absent (older or hand-made folders); unreadable is a UsageError."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as fh:
+            run = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable ({e})") from None
+    if not isinstance(run, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return run
+
+
+def load_npz(path, keys):
+    """The named arrays of one npz file, loaded into memory; a bad file is a UsageError naming it."""
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in keys}
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+# ---------------------------------------------------------------------------------------- statistics
+
+def explained_variance(mean):
+    """Cumulative explained-variance ratio (21,) of the PCA of a class-mean matrix, and the rows used.
+
+    Rows are samples (predicted classes), columns variables (logits), centred per column. NaN rows
+    (classes never predicted) are dropped. The squared singular values of the centred matrix are the
+    component variances (times a constant that cancels in the ratio).
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    rows = mean[~np.isnan(mean).any(axis=1)]
+    out = np.full(mean.shape[1], np.nan)
+    if rows.shape[0] < 2:
+        return out, int(rows.shape[0])
+    var = np.linalg.svd(rows - rows.mean(axis=0), compute_uv=False) ** 2
+    total = var.sum()
+    if not total > 0:
+        return out, int(rows.shape[0])
+    cum = np.cumsum(var) / total
+    out[:cum.size] = cum
+    out[cum.size:] = 1.0    # components beyond min(rows, 21) have zero variance
+    return out, int(rows.shape[0])
+
+
+def resample_miou(tp, union, weights):
+    """mIoU (B, C) of C conditions under B resamples of the images, from per-image counts.
+
+    tp, union: (n_images, C, K) per-image per-class TP and TP+FP+FN. weights: (B, n_images), how
+    often each image is drawn in each resample. IoU_k = sum TP / sum (TP+FP+FN), mIoU over classes
+    with sum (TP+FP+FN) > 0, which is PROTOCOL.md's row_k + col_k > 0. One matmul per model: the
+    weights are the same for every condition.
+    """
+    n, c, k = tp.shape
+    both = np.concatenate([tp.reshape(n, c * k), union.reshape(n, c * k)], axis=1).astype(np.float64)
+    summed = weights @ both
+    t = summed[:, :c * k].reshape(-1, c, k)
+    u = summed[:, c * k:].reshape(-1, c, k)
+    present = u > 0
+    iou = np.divide(t, u, out=np.zeros_like(t), where=present)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return iou.sum(-1) / present.sum(-1)
+
+
+def bootstrap_weights(n_images, n_resamples, seed):
+    """(B, n) multiplicities of images drawn uniformly with replacement, n per resample."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n_images, size=(n_resamples, n_images))
+    flat = (np.arange(n_resamples)[:, None] * n_images + idx).ravel()
+    return np.bincount(flat, minlength=n_resamples * n_images).reshape(n_resamples, n_images).astype(np.float64)
+
+
+def interval(observed, diffs):
+    lo, hi = np.nanpercentile(diffs, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return {"observed": num(observed), "lower": num(lo), "upper": num(hi)}
+
+
+def degradation(miou, ref, c):
+    """CD_c and rCD_c of one model against the reference (PROTOCOL.md), over the severities both have.
+
+    miou / ref: {(corruption, severity): mIoU} including (clean, 0). Returns (entry, notes).
+    """
+    sev = [s for s in SEVERITIES if miou.get((c, s)) is not None and ref.get((c, s)) is not None]
+    entry = {"cd": None, "rcd": None, "severities": sev, "complete": len(sev) == len(SEVERITIES)}
+    notes = []
+    if not sev:
+        return entry, notes
+    den = sum(1 - ref[c, s] for s in sev)
+    if abs(den) > ZERO:
+        entry["cd"] = sum(1 - miou[c, s] for s in sev) / den
+    else:
+        notes.append(f"CD of {c}/{span(sev)} undefined: the reference scores mIoU 1 at every severity (0/0)")
+    cm, cr = miou.get((CLEAN, 0)), ref.get((CLEAN, 0))
+    if cm is None or cr is None:
+        return entry, notes
+    den = sum(cr - ref[c, s] for s in sev)
+    if abs(den) > ZERO:
+        entry["rcd"] = sum(cm - miou[c, s] for s in sev) / den
+    else:
+        notes.append(f"rCD of {c}/{span(sev)} undefined: the reference loses no mIoU under it (denominator 0)")
+    return entry, notes
+
+
+def mean_over(values, of):
+    """{value, n, of, complete} for a mean over whichever of `of` items are not None."""
+    got = [v for v in values if v is not None]
+    return {"value": mean_or_none(got), "n": len(got), "of": of, "complete": len(got) == of}
+
+
+# -------------------------------------------------------------------------------------------- analysis
+
+def analyse(args):
+    """Everything but the writing: returns (analysis dict for analysis.json, arrays for the npz)."""
+    results = args.results
+    if not os.path.isdir(results):
+        raise UsageError(f"--results {results}: no such folder (give an evaluate_corruptions.py --out folder)")
+    metrics_path = os.path.join(results, "metrics.jsonl")
+    rows = read_metrics(metrics_path)
+    run = read_run(os.path.join(results, "run.json"))
+    notes = []
+    if run is None:
+        notes.append("no run.json: model order and kinds come from metrics.jsonl")
+
+    # Models in run.json order (the command's order), then any only found in metrics.jsonl.
+    models, kinds = [], {}
+    for m in (run or {}).get("models", []) or []:
+        if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"] not in models:
+            models.append(m["name"])
+            kinds[m["name"]] = m.get("kind")
+    for r in rows:
+        if r["model"] not in models:
+            models.append(r["model"])
+        kinds[r["model"]] = r.get("kind") or kinds.get(r["model"])
+    table = {(r["model"], r["corruption"], r["severity"]): r for r in rows}
+    with_rows = [m for m in models if any(k[0] == m for k in table)]
+
+    if args.reference is not None:
+        if args.reference not in with_rows:
+            raise UsageError(f"--reference {args.reference}: no such model in {metrics_path} "
+                             f"(models: {', '.join(with_rows)})")
+        reference = args.reference
+    else:
+        reference = next((m for m in with_rows if kinds.get(m) == "baseline"), with_rows[0])
+
+    # mIoU per model and condition, None where absent or undefined.
+    conditions = [(CLEAN, 0)] + BENCHMARK + [(c, s) for c in ALL_CORRUPTIONS[len(CORRUPTIONS):] for s in SEVERITIES
+                                             if any(k[1:] == (c, s) for k in table)]
+    miou = {m: {} for m in models}
+    for (m, c, s), r in table.items():
+        miou[m][c, s] = num(r["miou"])
+        if r["miou"] is None:
+            notes.append(f"{m} {cond_key(c, s)}: mIoU is null in metrics.jsonl (no pixel scored); left out")
+
+    missing = missing_rows(models, table)
+
+    # Logit statistics and per-image counts, where their files exist.
+    arrays = {"models": np.array(models), "classes": np.array(CLASSES)}
+    per_condition = {m: {} for m in models}
+    lacking = {"logits": {}, "confusion": {}}
+    counts = {m: {} for m in models}        # (m) -> {(c, s): (tp, union)} on the shared image order
+    ids_ref = None
+    for m in models:
+        for c, s in conditions:
+            r = table.get((m, c, s))
+            if r is None:
+                continue
+            entry = {"miou": num(r["miou"]), "pixel_acc": num(r.get("pixel_acc")), "end": num(r.get("end")),
+                     "distance": num(r.get("distance")), "explained_variance": None, "classes_used": None}
+            per_condition[m][cond_key(c, s)] = entry
+            lpath = os.path.join(results, "logits", m, f"{c}_{s}.npz")
+            if os.path.exists(lpath):
+                tracker = LogitTracker.from_state_dict(load_npz(lpath, ("count", "sum", "sq")))
+                if tracker.num_classes != NUM_CLASSES:
+                    raise UsageError(f"{lpath}: {tracker.num_classes} classes, expected {NUM_CLASSES}")
+                mu = tracker.mean()
+                ev, used = explained_variance(mu)
+                entry["explained_variance"] = [num(v) for v in ev] if np.isfinite(ev).all() else None
+                entry["classes_used"] = used
+                prefix = f"{m}/clean" if c == CLEAN else f"{m}/{c}/{s}"
+                arrays[f"{prefix}/mean"] = mu
+                arrays[f"{prefix}/explained_variance"] = ev
+                if c == CLEAN:
+                    arrays[f"{prefix}/count"] = tracker.count.copy()
+                    arrays[f"{prefix}/distance"] = tracker.distance_matrix()
+                    arrays[f"{prefix}/correlation"] = tracker.correlation()
+            else:
+                lacking["logits"].setdefault(m, []).append((c, s))
+            if c != CLEAN and c not in CORRUPTIONS:
+                continue        # held-out extras never enter the bootstrap
+            cpath = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
+            if not os.path.exists(cpath):
+                lacking["confusion"].setdefault(m, []).append((c, s))
+                continue
+            z = load_npz(cpath, ("image_ids", "tp", "fp", "fn"))
+            ids = np.asarray(z["image_ids"]).astype(str)
+            if ids_ref is None:
+                ids_ref, ids_path = ids, cpath
+            order = align(ids, ids_ref, cpath, ids_path)
+            tp, fp, fn = (np.asarray(z[k])[order] for k in ("tp", "fp", "fn"))
+            if not (tp.shape == fp.shape == fn.shape == (len(ids_ref), NUM_CLASSES)):
+                raise UsageError(f"{cpath}: tp/fp/fn shapes {tp.shape}, {fp.shape}, {fn.shape}; expected "
+                                 f"({len(ids_ref)}, {NUM_CLASSES})")
+            counts[m][c, s] = (tp, tp + fp + fn)
+    for what, by_model in lacking.items():
+        for m, conds in by_model.items():
+            names = [cond_key(*cs) for cs in conds]
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            effect = ("no explained variance or logit matrices there" if what == "logits"
+                      else "those conditions are left out of the bootstrap")
+            missing.append({"what": what, "models": [m], "conditions": names,
+                            "message": f"missing: {what}/{m}/ files for {len(names)} condition(s) with metrics "
+                                       f"rows ({shown}); {effect}"})
+
+    ref_miou = miou[reference]
+    per_model = {}
+    for m in models:
+        mi = miou[m]
+        clean = mi.get((CLEAN, 0))
+        mpc = mean_over([mi.get(cs) for cs in BENCHMARK], len(BENCHMARK))
+        per_corruption = {}
+        for c in [c for c in ALL_CORRUPTIONS if any((c, s) in mi for s in SEVERITIES)]:
+            sev = [s for s in SEVERITIES if mi.get((c, s)) is not None]
+            per_corruption[c] = {"miou": mean_or_none([mi[c, s] for s in sev]), "severities": sev,
+                                 "complete": len(sev) == len(SEVERITIES), "benchmark": c in CORRUPTIONS}
+        per_severity = {"0": {"miou": clean, "n_corruptions": None, "of": None, "complete": clean is not None}}
+        for s in SEVERITIES:
+            agg = mean_over([mi.get((c, s)) for c in CORRUPTIONS], len(CORRUPTIONS))
+            per_severity[str(s)] = {"miou": agg["value"], "n_corruptions": agg["n"], "of": agg["of"],
+                                    "complete": agg["complete"]}
+        cd = {}
+        for c in CORRUPTIONS:
+            entry, cd_notes = degradation(mi, ref_miou, c)
+            if entry["severities"]:
+                cd[c] = entry
+                # The denominators are the reference's alone, so say it once, not once per model.
+                notes += [t for t in cd_notes if t not in notes]
+        mcd = mean_over([cd[c]["cd"] if c in cd else None for c in CORRUPTIONS], len(CORRUPTIONS))
+        mrcd = mean_over([cd[c]["rcd"] if c in cd else None for c in CORRUPTIONS], len(CORRUPTIONS))
+        # A mean over all 15 corruptions is complete only if each CD_c used all five severities.
+        for agg in (mcd, mrcd):
+            agg["complete"] = agg["complete"] and all(cd[c]["complete"] for c in CORRUPTIONS if c in cd)
+        pc = per_condition[m]
+        logit_stats = {}
+        for key in ("end", "distance"):
+            corr = mean_over([pc[cond_key(*cs)][key] if cond_key(*cs) in pc else None for cs in BENCHMARK],
+                             len(BENCHMARK))
+            logit_stats[key] = {"clean": pc.get(cond_key(CLEAN, 0), {}).get(key),
+                                "corrupted": {"value": corr["value"], "n_conditions": corr["n"], "of": corr["of"],
+                                              "complete": corr["complete"]}}
+        clean_pc = pc.get(cond_key(CLEAN, 0))
+        ev_clean = None
+        if clean_pc is not None and clean_pc["classes_used"] is not None:
+            ev_clean = {"cumulative": clean_pc["explained_variance"], "classes_used": clean_pc["classes_used"]}
+        per_model[m] = {
+            "kind": kinds.get(m), "clean_miou": clean,
+            "mpc": {"value": mpc["value"], "n_conditions": mpc["n"], "of": mpc["of"], "complete": mpc["complete"]},
+            "rpc": {"value": (mpc["value"] / clean if mpc["value"] is not None and clean else None),
+                    "complete": mpc["complete"] and clean is not None},
+            "per_corruption": per_corruption, "per_severity": per_severity, "cd": cd,
+            "mcd": {"value": mcd["value"], "n_corruptions": mcd["n"], "of": mcd["of"], "complete": mcd["complete"]},
+            "mrcd": {"value": mrcd["value"], "n_corruptions": mrcd["n"], "of": mrcd["of"],
+                     "complete": mrcd["complete"]},
+            "end": logit_stats["end"], "distance": logit_stats["distance"],
+            "explained_variance_clean": ev_clean, "per_condition": pc,
+        }
+        if clean is not None and clean == 0 and mpc["value"] is not None:
+            notes.append(f"{m}: rPC undefined, clean mIoU is 0")
+
+    boot = bootstrap(models, reference, counts, miou, ids_ref, args, notes)
+    source = None
+    if run is not None:
+        source = {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
+                  "models": [{"name": m.get("name"), "kind": m.get("kind"), "checkpoint_sha256": m.get("sha256")}
+                             for m in run.get("models", []) if isinstance(m, dict)]}
+    analysis = {
+        "schema": "analyze_logits/1", "args": vars(args), "git_commit": git_commit(),
+        "results": os.path.abspath(results), "source": source, "reference": reference, "models": models,
+        "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
+        "units": "mIoU, mPC, differences: fractions in [0, 1]; tables.md shows mIoU in percent",
+        "missing": missing, "notes": notes, "per_model": per_model, "bootstrap": boot,
+    }
+    return analysis, arrays
+
+
+def missing_rows(models, table):
+    """Gaps in metrics.jsonl against clean + 15 x 5, one entry per (corruption, set of severities),
+    grouping models that lack the same severities."""
+    missing = []
+    for m in models:
+        if not any(k[0] == m for k in table):
+            missing.append({"what": "metrics", "models": [m],
+                            "conditions": [cond_key(c, s) for c, s in [(CLEAN, 0)] + BENCHMARK],
+                            "message": f"missing: {m} has no rows at all"})
+    present = [m for m in models if any(k[0] == m for k in table)]
+    for c in (CLEAN,) + CORRUPTIONS:
+        sevs = (0,) if c == CLEAN else SEVERITIES
+        groups = {}
+        for m in present:
+            lack = tuple(s for s in sevs if (m, c, s) not in table)
+            if lack:
+                groups.setdefault(lack, []).append(m)
+        for lack, ms in groups.items():
+            verb = "has" if len(ms) == 1 else "have"
+            missing.append({"what": "metrics", "models": ms, "conditions": [cond_key(c, s) for s in lack],
+                            "message": f"missing: {', '.join(ms)} {verb} no rows for {c}/{span(lack)}"})
+    return missing
+
+
+def span(sevs):
+    """(1, 2, 3, 5) -> '1-3,5'."""
+    parts, start = [], None
+    for i, s in enumerate(sevs):
+        if start is None:
+            start = s
+        if i + 1 == len(sevs) or sevs[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
+def align(ids, ids_ref, path, ref_path):
+    """Indices that put this file's images in the reference order; images must be the same set,
+    or the bootstrap could not pair them."""
+    if ids.shape == ids_ref.shape and np.array_equal(ids, ids_ref):
+        return np.arange(len(ids))
+    pos = {i: k for k, i in enumerate(ids)}
+    if len(pos) != len(ids) or set(pos) != set(ids_ref.tolist()):
+        raise UsageError(f"{path}: its image_ids are not the images of {ref_path}; a bootstrap pairs images, "
+                         f"so every model and condition must cover the same images (merge shards first)")
+    return np.array([pos[i] for i in ids_ref])
+
+
+def bootstrap(models, reference, counts, miou, ids, args, notes):
+    """Paired bootstrap of mIoU differences to the reference, clean and aggregate (see module doc)."""
+    out = {"n_resamples": args.bootstrap, "seed": args.seed, "confidence": CONFIDENCE,
+           "method": "percentile; images resampled with replacement, the same resamples for every model "
+                     "and condition; mIoU recomputed from summed per-image TP/FP/FN",
+           "n_images": None if ids is None else int(len(ids)), "reference": reference, "comparisons": {}}
+    if args.bootstrap == 0 or ids is None or not counts[reference]:
+        if args.bootstrap and ids is None:
+            notes.append("no confusion/ files: no bootstrap intervals")
+        elif args.bootstrap:
+            notes.append(f"the reference {reference} has no confusion/ files: no bootstrap intervals")
+        return out
+    weights = bootstrap_weights(len(ids), args.bootstrap, args.seed)
+    ones = np.ones((1, len(ids)))
+    boots, observed = {}, {}
+    for m in models:
+        conds = list(counts[m])
+        if not conds:
+            continue
+        tp = np.stack([counts[m][cs][0] for cs in conds], axis=1)
+        un = np.stack([counts[m][cs][1] for cs in conds], axis=1)
+        boots[m] = dict(zip(conds, resample_miou(tp, un, weights).T))
+        observed[m] = dict(zip(conds, resample_miou(tp, un, ones)[0]))
+        for cs, v in observed[m].items():
+            row = miou[m].get(cs)
+            if row is not None and abs(v - row) > 1e-9:
+                notes.append(f"{m} {cond_key(*cs)}: mIoU from confusion/ per-image counts ({v:.6f}) differs from "
+                             f"metrics.jsonl ({row:.6f}); the bootstrap uses the counts")
+    for m in models:
+        if m == reference or m not in boots:
+            continue
+        b, r = boots[m], boots[reference]
+        comp = {"clean": None, "aggregate": None}
+        if (CLEAN, 0) in b and (CLEAN, 0) in r:
+            comp["clean"] = interval(observed[m][CLEAN, 0] - observed[reference][CLEAN, 0],
+                                     b[CLEAN, 0] - r[CLEAN, 0])
+        common = [cs for cs in BENCHMARK if cs in b and cs in r]
+        if common:
+            def agg(d):
+                return np.mean([d[cs] for cs in common], axis=0)
+            comp["aggregate"] = dict(interval(agg(observed[m]) - agg(observed[reference]), agg(b) - agg(r)),
+                                     n_conditions=len(common), of=len(BENCHMARK),
+                                     complete=len(common) == len(BENCHMARK))
+        out["comparisons"][m] = comp
+    return out
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+def pct(x):
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def f3(x):
+    return "–" if x is None else f"{x:.3f}"
+
+
+def star(text, complete):
+    """Incomplete aggregates carry a * (explained under the table)."""
+    return text if complete or text == "–" else text + "*"
+
+
+def ci(c):
+    if c is None or c["observed"] is None:
+        return "–"
+    text = f"{100 * c['observed']:+.2f} [{100 * c['lower']:+.2f}, {100 * c['upper']:+.2f}]"
+    return star(text, c.get("complete", True))
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_rows(a):
+    rows = []
+    for m in a["models"]:
+        p = a["per_model"][m]
+        comp = a["bootstrap"]["comparisons"].get(m, {})
+        rows.append([m + (" (ref)" if m == a["reference"] else ""), pct(p["clean_miou"]),
+                     star(pct(p["mpc"]["value"]), p["mpc"]["complete"]),
+                     star(f3(p["rpc"]["value"]), p["rpc"]["complete"]),
+                     star(f3(p["mcd"]["value"]), p["mcd"]["complete"]),
+                     star(f3(p["mrcd"]["value"]), p["mrcd"]["complete"]),
+                     f3(p["end"]["clean"]),
+                     star(f3(p["end"]["corrupted"]["value"]), p["end"]["corrupted"]["complete"]),
+                     f3(p["distance"]["clean"]),
+                     star(f3(p["distance"]["corrupted"]["value"]), p["distance"]["corrupted"]["complete"]),
+                     ci(comp.get("clean")), ci(comp.get("aggregate"))])
+    return rows
+
+
+SUMMARY_HEADER = ["model", "clean mIoU", "mPC", "rPC", "mCD", "mrCD", "END clean", "END corr.",
+                  "Distance clean", "Distance corr.", "Δ clean mIoU [95% CI]", "Δ mPC [95% CI]"]
+
+
+def tables_markdown(a):
+    models, pm = a["models"], a["per_model"]
+    src = a["source"] or {}
+    b = a["bootstrap"]
+    out = [f"# Corruption robustness: {a['results']}", "",
+           f"Protocol {src.get('protocol', '?')}, size {src.get('size', '?')}, {src.get('images', '?')} images; "
+           f"reference model for CD/rCD and Δ: **{a['reference']}**.",
+           "mIoU, mPC and per-corruption/per-severity values are mIoU in **percent** (1 decimal); rPC, CD, "
+           "rCD, END, Distance and explained variance are ratios/values to 3 decimals; Δ are differences "
+           "to the reference in percentage points" + (
+               f" with a paired bootstrap 95% interval ({b['n_resamples']} resamples over {b['n_images']} images, "
+               f"seed {b['seed']})" if b["comparisons"] else " (no bootstrap: --bootstrap 0 or no confusion/ files)")
+           + ". A trailing * marks an aggregate over an incomplete set of conditions.", "",
+           "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(a)), ""]
+    corrs = [c for c in ALL_CORRUPTIONS if any(c in pm[m]["per_corruption"] for m in models)]
+    if corrs:
+        rows = [[m] + [star(pct(pm[m]["per_corruption"][c]["miou"]), pm[m]["per_corruption"][c]["complete"])
+                       if c in pm[m]["per_corruption"] else "–" for c in corrs] for m in models]
+        out += ["## mIoU (%) per corruption, mean over severities 1-5", "",
+                md_table(["model"] + [c if c in CORRUPTIONS else c + " (held out)" for c in corrs], rows), ""]
+    rows = [[m] + [star(pct(pm[m]["per_severity"][str(s)]["miou"]), pm[m]["per_severity"][str(s)]["complete"])
+                   for s in range(6)] for m in models]
+    out += ["## mIoU (%) per severity, mean over the 15 corruptions (0 = clean)", "",
+            md_table(["model"] + [str(s) for s in range(6)], rows), ""]
+    bench = [c for c in CORRUPTIONS if any(c in pm[m]["cd"] for m in models)]
+    if bench:
+        for key, title in (("cd", "CD"), ("rcd", "rCD")):
+            rows = [[m] + [star(f3(pm[m]["cd"][c][key]), pm[m]["cd"][c]["complete"]) if c in pm[m]["cd"] else "–"
+                           for c in bench] for m in models]
+            out += [f"## {title} per corruption (reference {a['reference']})", "",
+                    md_table(["model"] + bench, rows), ""]
+    ks = (1, 2, 3, 5, 10)
+    rows = []
+    for m in models:
+        ev = pm[m]["explained_variance_clean"]
+        cum = (ev or {}).get("cumulative")
+        rows.append([m] + [f3(cum[k - 1]) if cum else "–" for k in ks] + [str(ev["classes_used"]) if ev else "–"])
+    out += ["## Cumulative explained variance of the clean class-mean logit matrix", "",
+            md_table(["model"] + [f"{k} comp." for k in ks] + ["classes used"], rows), ""]
+    if a["missing"]:
+        out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in a["missing"]] + [""]
+    if a["notes"]:
+        out += ["## Notes", ""] + [f"- {n}" for n in a["notes"]] + [""]
+    return "\n".join(out)
+
+
+def print_summary(a):
+    header = ["model", "clean", "mPC", "rPC", "mCD", "mrCD", "END", "Distance", "Δclean [95% CI]", "ΔmPC [95% CI]"]
+    rows = [[r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[8], r[10], r[11]] for r in summary_rows(a)]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for r in [header] + rows:
+        print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
+    print("(mIoU in %, Δ in percentage points vs the reference; * = incomplete; END/Distance on clean)")
+
+
+def write_outputs(out, analysis, arrays, tables):
+    """All three files to temporary names first, then renamed: a failure leaves the old ones intact."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create it ({e.strerror})") from None
+    text = json.dumps(analysis, indent=1, allow_nan=False) + "\n"
+    writers = {
+        "analysis.json": lambda fh: fh.write(text.encode()),
+        "tables.md": lambda fh: fh.write(tables.encode()),
+        "analysis_arrays.npz": lambda fh: np.savez(fh, **arrays),
+    }
+    tmps = {}
+    try:
+        for name, write in writers.items():
+            tmps[name] = os.path.join(out, f".{name}.tmp-{os.getpid()}")
+            with open(tmps[name], "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for name, tmp in tmps.items():
+            os.replace(tmp, os.path.join(out, name))
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(args):
+    t0 = time.perf_counter()
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap {args.bootstrap}: must be 0 (off) or a positive number of resamples")
+    args.out = args.out or args.results
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}", flush=True)
+    analysis, arrays = analyse(args)
+    for gap in analysis["missing"]:
+        print(gap["message"])
+    for m in analysis["models"]:
+        mpc = analysis["per_model"][m]["mpc"]
+        if mpc["n_conditions"] and not mpc["complete"]:
+            print(f"{m}: aggregate over {mpc['n_conditions']} of {mpc['of']} conditions")
+    for n in analysis["notes"]:
+        print(f"note: {n}")
+    write_outputs(args.out, analysis, arrays, tables_markdown(analysis))
+    print_summary(analysis)
+    print(f"wrote analysis.json, tables.md, analysis_arrays.npz to {args.out} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Robustness tables, CD/rCD, bootstrap intervals and logit structure "
+                                            "from an evaluate_corruptions.py results folder.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--results", required=True,
+                   help="the --out folder of evaluate_corruptions.py (metrics.jsonl, logits/, confusion/, run.json)")
+    p.add_argument("--out", default=None,
+                   help="folder for analysis.json, tables.md, analysis_arrays.npz; None means the --results folder")
+    p.add_argument("--reference", default=None,
+                   help="model name that CD/rCD and the bootstrap differences are relative to; None means "
+                        "the model of kind 'baseline', else the first model")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the validation images (0 = no intervals); 1000 takes seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (recorded in the output)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser()))
