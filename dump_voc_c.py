@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import atomic_write, git_commit
+from common.checkpoint import OutputLock, atomic_write, git_commit
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, eval_sample, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
@@ -57,6 +57,8 @@ def dump_one(index, conditions, out, protocol, size, dataset=None):
             vocc.write_bytes(path, vocc.png_bytes(corrupt_image(image, image_id, corruption, severity)))
             written += 1
         return image_id, written
+    except UsageError:
+        raise  # already names the file (a damaged image or label)
     except Exception as e:
         where = image_id or ds.images[index]
         raise RuntimeError(f"image {where} ({ds.images[index]}): {type(e).__name__}: {e}") from None
@@ -97,22 +99,26 @@ def main(args):
     size = args.size if args.protocol == "paper" else None
     conditions = [(c, s) for c in corruptions for s in severities]
 
-    old = vocc.read_manifest(args.out)
-    if old is not None:
-        vocc.check_manifest(args.out, args.protocol, args.size, versions)
-    else:
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
-    if not os.access(args.out, os.W_OK):
-        raise UsageError(f"--out {args.out}: not writable")
-
     if args.verify:
+        vocc.check_manifest(args.out, args.protocol, args.size, versions)
         checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
         print(f"verify: {checked - bad} of {checked} recomputed files match byte for byte")
         return 1 if bad else 0
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
+    if not os.access(args.out, os.W_OK):
+        raise UsageError(f"--out {args.out}: not writable")
+    with OutputLock(args.out, "dump_voc_c.py"):
+        old = vocc.read_manifest(args.out)
+        if old is not None:
+            vocc.check_manifest(args.out, args.protocol, args.size, versions)
+        return dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, versions, old)
 
+
+def dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, versions, old):
+    """Write every missing file of ``conditions`` x the first ``n`` images, then the manifest."""
     print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
           f"{severities}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
           f"with {args.workers} worker(s)", flush=True)
@@ -136,8 +142,8 @@ def main(args):
                     for f in futures:  # stop at the first failure: queued images are not started
                         f.cancel()
                     raise
-    except RuntimeError as e:
-        raise UsageError(f"dump stopped: {e}; files written so far are complete and a re-run resumes") from None
+    except (RuntimeError, UsageError) as e:
+        raise UsageError(f"dump stopped at {e}; files written so far are complete and a re-run resumes") from None
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

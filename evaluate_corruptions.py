@@ -16,6 +16,7 @@ metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill
 ``--shard K/N`` evaluates images K, K+N, ...; ``--merge DIR...`` adds shard folders into one result.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import atomic_write, file_sha256, git_commit, load_model
+from common.checkpoint import OutputLock, atomic_write, file_sha256, git_commit, load_model
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
@@ -64,6 +65,7 @@ class ConditionImages(torch.utils.data.Dataset):
             if self.voc_c is not None:
                 dumped = vocc.read_png(vocc.image_path(self.voc_c, corruption, severity, image_id), image.shape)
             image = dumped if dumped is not None else corrupt_image(image, image_id, corruption, severity)
+        image = np.require(image, requirements="W")  # the library returns read-only arrays for pixelate and jpeg
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "cond": cond, "pos": pos}
 
 
@@ -211,7 +213,17 @@ def load_models(args):
 
 def main(args):
     if args.merge:
-        return merge(args)
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
+        with OutputLock(args.out, "evaluate_corruptions.py --merge"):
+            return merge(args)
+    with contextlib.ExitStack() as held:  # releases the output lock however evaluate() ends
+        return evaluate(args, held)
+
+
+def evaluate(args, held):
     conditions = []
     severities = parse_severities(args.severities)
     corruptions = parse_corruptions(args.corruptions)
@@ -246,6 +258,7 @@ def main(args):
         raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
     if not os.access(args.out, os.W_OK):
         raise UsageError(f"--out {args.out}: not writable")
+    held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
     run = {"models": infos, "protocol": args.protocol, "size": args.size if args.protocol == "paper" else None,
            "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
            "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
@@ -253,7 +266,6 @@ def main(args):
     run_path = os.path.join(args.out, "run.json")
     if os.path.exists(run_path):
         check_same_run(run_path, run)
-    atomic_write(run_path, lambda tmp: open(tmp, "w").write(json.dumps(run, indent=1) + "\n"))
 
     # Resume: a condition is done when every model has its row and its two NPZ files.
     metrics_path = os.path.join(args.out, "metrics.jsonl")
@@ -294,6 +306,8 @@ def main(args):
         for st, info in zip(stats, infos):
             save_condition(args.out, info["name"], c, s, st, image_ids)
         rows = rows + new
+        # run.json goes with the first result, so a run that fails before any result leaves nothing behind.
+        atomic_write(run_path, lambda tmp: open(tmp, "w").write(json.dumps(run, indent=1) + "\n"))
         write_metrics(metrics_path, rows)
         bar.close()
         print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",

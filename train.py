@@ -16,6 +16,7 @@ Writes ``<out>/<name>/``: ``checkpoint.pt`` (latest, every epoch, atomically), `
 mIoU) and ``log.jsonl`` (one line per epoch). ``--resume`` continues from ``checkpoint.pt``.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import git_commit, read_checkpoint, save_checkpoint
+from common.checkpoint import OutputLock, git_commit, read_checkpoint, save_checkpoint
 from common.data import build_datasets, pad_collate, resolve_roots
 from common.errors import UsageError, run_cli
 from common.metrics import ConfusionMatrix
@@ -171,6 +172,11 @@ def evaluate(model, loader, args):
 # ------------------------------------------------------------------------------------------------- main
 
 def main(args):
+    with contextlib.ExitStack() as held:  # releases the run folder's lock however training ends
+        return train(args, held)
+
+
+def train(args, held):
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.epochs < 1:
@@ -249,7 +255,11 @@ def main(args):
             print(f"resumed {ckpt_path} after epoch {start_epoch} (best val mIoU {best:.4f})")
     log_path = os.path.join(args.run_dir, "log.jsonl")
     if is_main(args):
-        os.makedirs(args.run_dir, exist_ok=True)
+        try:
+            os.makedirs(args.run_dir, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {args.out}: cannot create {args.run_dir} ({e.strerror})") from None
+        held.enter_context(OutputLock(args.run_dir, "train.py"))
         truncate_log(log_path, start_epoch)
     print_model_summary(bare, train_set, val_set, train_loader, args)
 

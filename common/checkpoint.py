@@ -92,3 +92,38 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+class OutputLock:
+    """One writer per output folder: an exclusive ``flock`` on ``<folder>/.lock``.
+
+    The kernel drops the lock when its process dies, even by SIGKILL, so a lock left by a killed run is
+    simply taken over; a live second writer is refused with a message naming its pid.
+    """
+
+    def __init__(self, folder: str, what: str):
+        self.path = os.path.join(folder, ".lock")
+        self.what = what
+        self.fh = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            owner = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise UsageError(f"{os.path.dirname(self.path)} is being written by {owner}; wait for it to finish "
+                             f"or use another --out (two writers would interleave their files)") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{self.what} (pid {os.getpid()})\n")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()  # closing releases the flock; the file itself may stay
+        return False

@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -190,15 +191,79 @@ def resolve_roots(data: str, voc_root=None, sbd_root=None, synthetic_root="data/
     return voc_root, sbd_root
 
 
+def check_sample(img, target, image_path, label_path):
+    """A hand-unpacked dataset can hold anything: refuse labels that would silently corrupt the metrics."""
+    label = np.asarray(target)
+    if label.ndim != 2:
+        raise UsageError(f"label {label_path}: expected a single-channel (palette) class map, got shape "
+                         f"{label.shape}")
+    if (img.size[1], img.size[0]) != label.shape:
+        raise UsageError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but its image {image_path} is "
+                         f"{img.size[0]}x{img.size[1]}; they must match")
+    bad = (label > 20) & (label != IGNORE_INDEX)
+    if bad.any():
+        raise UsageError(f"label {label_path} holds class values {sorted(set(np.unique(label[bad]).tolist()))[:5]} "
+                         f"outside 0..20 and 255; is it an RGB-coloured label instead of a palette PNG?")
+
+
+def _load_checked(load_image, load_label, image_path, label_path):
+    """Decode an image and its label; a damaged file becomes one UsageError that names it."""
+    for what, path, load in (("image", image_path, load_image), ("label", label_path, load_label)):
+        try:
+            obj = load()
+            if hasattr(obj, "load"):
+                obj.load()  # PIL decodes lazily: force it here so truncation shows up now
+        except (OSError, ValueError, SyntaxError, KeyError, IndexError) as e:
+            raise UsageError(f"cannot read {what} {path} ({e}): the file is damaged or truncated; "
+                             f"re-extract it or remove its id from the split file") from None
+        if what == "image":
+            img = obj.convert("RGB")
+        else:
+            target = obj
+    check_sample(img, target, image_path, label_path)
+    return img, target
+
+
+def _check_files_exist(paths, split_file):
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise UsageError(f"{split_file} names {len(missing)} file(s) that do not exist, first {missing[0]}")
+
+
+class VOCSegmentation(torchvision.datasets.VOCSegmentation):
+    """torchvision's loader, plus checks that turn a damaged file into one clear error naming it."""
+
+    def __init__(self, root, image_set, transforms=None):
+        split = check_voc_root(root, image_set)
+        super().__init__(root, year="2012", image_set=image_set, transforms=transforms)
+        _check_files_exist(self.images + self.targets, split)
+
+    def __getitem__(self, index):
+        img, target = _load_checked(lambda: Image.open(self.images[index]), lambda: Image.open(self.targets[index]),
+                                    self.images[index], self.targets[index])
+        return self.transforms(img, target) if self.transforms is not None else (img, target)
+
+
+class SBDataset(torchvision.datasets.SBDataset):
+    """torchvision's SBD loader (segmentation mode, train_noval), with the same checks."""
+
+    def __init__(self, root, transforms=None):
+        split = check_sbd_root(root)
+        super().__init__(root, image_set="train_noval", mode="segmentation", transforms=transforms)
+        _check_files_exist(self.images + self.masks, split)
+
+    def __getitem__(self, index):
+        img, target = _load_checked(lambda: Image.open(self.images[index]),
+                                    lambda: self._get_target(self.masks[index]), self.images[index], self.masks[index])
+        return self.transforms(img, target) if self.transforms is not None else (img, target)
+
+
 def voc_dataset(voc_root, image_set: str, transforms=None):
-    check_voc_root(voc_root, image_set)
-    return torchvision.datasets.VOCSegmentation(voc_root, year="2012", image_set=image_set, transforms=transforms)
+    return VOCSegmentation(voc_root, image_set, transforms)
 
 
 def sbd_dataset(sbd_root, transforms=None):
-    check_sbd_root(sbd_root)
-    return torchvision.datasets.SBDataset(sbd_root, image_set="train_noval", mode="segmentation",
-                                          transforms=transforms)
+    return SBDataset(sbd_root, transforms)
 
 
 def build_datasets(voc_root, sbd_root, crop_size: int = 224):

@@ -17,5 +17,14 @@ def run_cli(main, parser):
     try:
         return main(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """A UsageError raised in a DataLoader worker comes back wrapped in the worker's traceback text;
+    keep only our own message, its last line."""
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        return last.split("UsageError: ", 1)[-1]
+    return message

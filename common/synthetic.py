@@ -1,0 +1,391 @@
+"""A small synthetic stand-in for PASCAL VOC 2012 + SBD, written in their real on-disk layouts.
+
+    python -m common.synthetic --root data/synthetic        # about 2 s for the defaults on 2 cores
+
+writes (once; a second call with the same arguments returns at once)
+
+    <root>/synthetic.json                        arguments + generator version (the "done" stamp)
+    <root>/voc/VOCdevkit/VOC2012/JPEGImages/<id>.jpg              RGB, JPEG quality 90
+    <root>/voc/VOCdevkit/VOC2012/SegmentationClass/<id>.png       palette PNG, 0..20 and 255
+    <root>/voc/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+    <root>/sbd/img/<id>.jpg, <root>/sbd/cls/<id>.mat             GTcls struct as in the real SBD
+    <root>/sbd/{train,val,train_noval}.txt
+
+so that ``VOCSegmentation(<root>/voc, year="2012", image_set="train"|"val")`` and
+``SBDataset(<root>/sbd, image_set="train_noval", mode="segmentation"|"boundaries")`` read it unchanged
+(PROTOCOL.md, "Data"). Ids look like VOC's: VOC train ``2024_NNNNNN``, VOC val ``2025_NNNNNN``, SBD
+``2026_NNNNNN``, so the three sets never overlap (the real train_noval excludes VOC val too).
+
+Each image has a smooth low-saturation background (gradient, blotches, fine noise), 0-3 grey-ish
+irregular "distractor" blobs (labelled background) and 1-4 objects, 15-60% of the short side, which
+may overlap (the later one is on top and owns the label) and may be clipped by the border. Image and
+label come from one hard-edged PIL mask per object. A class is a (shape, texture, colour) triple;
+each of the 20 (shape, texture) pairs and each colour is used once. Colour (7 hues 50-60 degrees
+apart x 3 tones) is the strong cue; shape and texture back it up. Hues closer than that did not
+survive the training hue jitter (+-36 degrees): a from-scratch ResNet-18 trained for ~450 steps then
+confused neighbouring classes and ignored shape and texture (val mIoU 0.23 instead of ~0.6).
+
+    id class        shape    texture  colour           id class        shape    texture  colour
+     1 aeroplane    disc     solid    bright red       11 diningtable  disc     checker  dark spring
+     2 bicycle      square   solid    dark amber       12 dog          square   checker  pale azure
+     3 bird         triangle solid    pale lime        13 horse        triangle checker  bright indigo
+     4 boat         ring     solid    bright spring    14 motorbike    ring     checker  dark magenta
+     5 bottle       cross    solid    dark azure       15 person       cross    checker  pale red
+     6 bus          disc     stripes  pale indigo      16 pottedplant  disc     dots     bright amber
+     7 car          square   stripes  bright magenta   17 sheep        square   dots     dark lime
+     8 cat          triangle stripes  dark red         18 sofa         triangle dots     pale spring
+     9 chair        ring     stripes  pale amber       19 train        ring     dots     bright azure
+    10 cow          cross    stripes  bright lime      20 tvmonitor    cross    dots     dark indigo
+
+VOC labels get a 255 "ignore" band along every class boundary inside the image, like the real VOC
+outlines: a pixel is 255 when a pixel of another class lies within ``ignore_radius`` (Chebyshev) of
+it, i.e. a band 2 px wide for short sides under 120 px and 4 px above. SBD labels have no band; their
+per-class ``Boundaries`` are the class's pixels with a 4-neighbour of another class.
+
+Same arguments -> byte-identical files: every image draws from its own numpy Generator seeded by
+(seed, split, index), and the .mat header's creation time is replaced by a fixed text.
+"""
+import argparse
+import colorsys
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import scipy.io
+import scipy.ndimage as ndi
+import scipy.sparse
+from PIL import Image, ImageDraw
+
+from .constants import NUM_CLASSES, voc_palette
+from .errors import UsageError
+
+# Bump whenever the drawing changes, so that stamps of older datasets no longer match.
+GENERATOR_VERSION = "synthetic-voc-4"
+DEFAULTS = dict(n_voc_train=300, n_sbd=300, n_val=100, min_side=64, max_side=160, seed=0)
+STAMP = "synthetic.json"
+
+SHAPES = ("disc", "square", "triangle", "ring", "cross")
+TEXTURES = ("solid", "stripes", "checker", "dots")
+# Colour is the cue a small net learns first, and the training jitter moves it: hue by up to +-36
+# degrees, brightness and saturation by up to 30% (PROTOCOL.md "Transforms"). With hues 50-60 degrees
+# apart, and tones far apart in value or saturation, no class's undisturbed (val) colour lies inside
+# another class's jittered range.
+HUES = {"red": 0, "amber": 50, "lime": 100, "spring": 150, "azure": 200, "indigo": 250, "magenta": 300}
+TONES = {"bright": (0.82, 0.95), "dark": (0.9, 0.4), "pale": (0.42, 0.97)}  # (saturation, value)
+
+
+def class_style(k: int):
+    """(shape, texture, colour name, RGB) of class k in 1..20, as in the module docstring's table.
+
+    i % 7 and i % 3 (unique for i < 21) pick hue and tone, so look-alike colours (neighbouring hues,
+    or one hue in two tones) mostly land on classes of another shape or texture.
+    """
+    i = k - 1
+    hue, tone = list(HUES)[i % 7], list(TONES)[i % 3]
+    rgb = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(HUES[hue] / 360, *TONES[tone]))
+    return SHAPES[i % 5], TEXTURES[i // 5], f"{tone} {hue}", rgb
+
+
+SPLITS = {"voc_train": (0, "2024"), "voc_val": (1, "2025"), "sbd": (2, "2026")}  # split -> (seed code, id year)
+_MAT_HEADER = b"MATLAB 5.0 MAT-file, written by common.synthetic".ljust(116)  # fixed, not time.asctime()
+
+
+def ignore_radius(short_side: int) -> int:
+    """Half-width of the VOC 255 band: 1 px each side below a short side of 120 px, 2 px above."""
+    return max(1, round(short_side / 80))
+
+
+def _image_size(rng, min_side, max_side):
+    """Random (h, w), landscape or portrait, aspect at most 1.8, short side >= min_side."""
+    long = int(rng.integers(max(min_side, round(0.75 * max_side)), max_side + 1))
+    short = int(rng.integers(max(min_side, round(long / 1.8)), long + 1))
+    return (short, long) if rng.random() < 0.5 else (long, short)
+
+
+def _rotated(points, angle, cx, cy):
+    c, s = np.cos(angle), np.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
+
+
+def _shape_mask(rng, shape, h, w, cx, cy, size):
+    """Boolean HxW mask of one object of diameter ~size centred at (cx, cy), randomly rotated."""
+    m = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(m)
+    r, a = size / 2, rng.uniform(0, 2 * np.pi)
+    if shape in ("disc", "ring"):
+        ry = r * rng.uniform(0.85, 1.0)  # nearly round so that a disc never looks like a rectangle
+        d.ellipse([cx - r, cy - ry, cx + r, cy + ry], fill=1)
+        if shape == "ring":  # the hole shows whatever lies below; thickness 40-50% of the radius
+            k = rng.uniform(0.5, 0.6)
+            d.ellipse([cx - k * r, cy - k * ry, cx + k * r, cy + k * ry], fill=0)
+    elif shape == "square":
+        q = r * 0.75  # half-side, so that the square's area is close to the disc's
+        e = q * rng.uniform(0.7, 1.0)
+        d.polygon(_rotated([(-q, -e), (q, -e), (q, e), (-q, e)], a, cx, cy), fill=1)
+    elif shape == "triangle":
+        corners = [(r * np.cos(t), r * np.sin(t)) for t in (0, 2 * np.pi / 3, 4 * np.pi / 3)]
+        d.polygon(_rotated(corners, a, cx, cy), fill=1)
+    else:  # cross: two bars of width 35-45% of the size
+        t = r * rng.uniform(0.35, 0.45)
+        for pts in ([(-r, -t), (r, -t), (r, t), (-r, t)], [(-t, -r), (t, -r), (t, r), (-t, r)]):
+            d.polygon(_rotated(pts, a, cx, cy), fill=1)
+    return np.asarray(m, dtype=bool)
+
+
+def _texture(rng, texture, yy, xx, size):
+    """0/1 pattern (1 = second tone) on the pixel grid, with random period, angle and phase.
+
+    The period follows the object's size (3-4.5 periods across it), so the pattern survives the
+    0.5x-2x training rescale about as well as the shape does.
+    """
+    if texture == "solid":
+        return np.zeros(yy.shape, dtype=bool)
+    period, a = max(4.0, size * rng.uniform(0.22, 0.32)), rng.uniform(0, np.pi)
+    u = (xx * np.cos(a) + yy * np.sin(a)) / period + rng.random()
+    v = (-xx * np.sin(a) + yy * np.cos(a)) / period + rng.random()
+    if texture == "stripes":
+        return (u % 1) < 0.5
+    if texture == "checker":
+        return ((np.floor(2 * u) + np.floor(2 * v)) % 2) == 1
+    return ((u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2) < 0.3 ** 2  # dots
+
+
+def _greyish(rng, lo=0.25, hi=0.9):
+    """A low-saturation colour (at most 0.18), so background and distractors never take a class's."""
+    v = rng.uniform(lo, hi) * 255
+    return v * (1 - rng.uniform(0, 0.18) * rng.random(3))
+
+
+def _background(rng, h, w, yy, xx):
+    a = rng.uniform(0, 2 * np.pi)
+    t = (xx * np.cos(a) + yy * np.sin(a)) / max(h, w)
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    img = (1 - t)[..., None] * _greyish(rng) + t[..., None] * _greyish(rng)
+    # Low-contrast blotches: a 4x4 random field upsampled.
+    blot = Image.fromarray(rng.uniform(0, 255, (4, 4)).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    img += (np.asarray(blot, np.float32)[..., None] - 128) * rng.uniform(0.05, 0.2)
+    for _ in range(int(rng.integers(0, 4))):  # distractor blobs: irregular polygons, labelled 0
+        n, cx, cy = int(rng.integers(5, 9)), rng.uniform(0, w), rng.uniform(0, h)
+        r = rng.uniform(0.1, 0.3) * min(h, w)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = r * rng.uniform(0.5, 1.0, n)
+        m = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(m).polygon(list(zip(cx + rad * np.cos(ang), cy + rad * np.sin(ang))), fill=1)
+        img[np.asarray(m, dtype=bool)] = _greyish(rng)
+    return img
+
+
+def render(seed: int, split: str, index: int, min_side: int, max_side: int):
+    """Draw one image: returns (uint8 HxWx3 image, uint8 HxW class map without 255)."""
+    code = SPLITS[split][0]
+    rng = np.random.default_rng([seed, code, index])
+    h, w = _image_size(rng, min_side, max_side)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = _background(rng, h, w, yy, xx)
+    seg = np.zeros((h, w), np.uint8)
+    # Round-robin primary class: any 20 consecutive images of a split show all 20 classes.
+    primary = 1 + (index + 7 * code) % (NUM_CLASSES - 1)
+    others = rng.integers(1, NUM_CLASSES, int(rng.integers(0, 4)))
+    sizes = np.sort(rng.uniform(0.15, 0.6, len(others)))[::-1]  # big first, so small ones stay visible
+    objs = [(int(k), s, rng.uniform(0, w), rng.uniform(0, h)) for k, s in zip(others, sizes)]
+    # The primary object comes last (on top) and with its centre away from the border, so it is seen.
+    objs.append((primary, rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h))
+    for k, s, cx, cy in objs:
+        shape, texture, name, rgb = class_style(k)
+        size = max(s, 0.25 if shape == "ring" else 0) * min(h, w)  # thin rings would be all 255 band
+        mask = _shape_mask(rng, shape, h, w, cx, cy, size)
+        colour = np.array(rgb, np.float32) * rng.uniform(0.95, 1.05, 3) * rng.uniform(0.9, 1.1)
+        # The texture's second tone is a darker shade that stays inside the class's tone, so that the
+        # stripes of a bright colour do not look like the dark class of the same hue.
+        second = colour * (0.6 if name.startswith("dark") else 0.78)
+        a = rng.uniform(0, 2 * np.pi)  # shading: a gentle linear brightness ramp across the object
+        shade = 1 + 0.1 * ((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / max(size / 2, 1)
+        pattern = _texture(rng, texture, yy, xx, size)[..., None]
+        obj = np.where(pattern, second, colour) * np.clip(shade, 0.8, 1.2)[..., None]
+        img[mask] = obj[mask]
+        seg[mask] = k
+    img += rng.normal(0, 4, (h, w, 1))  # fine sensor-like noise over everything
+    return np.clip(img, 0, 255).round().astype(np.uint8), seg
+
+
+def voc_label(seg: np.ndarray) -> np.ndarray:
+    """VOC-style label: ``seg`` with 255 on every pixel that has another class within ignore_radius."""
+    size = 2 * ignore_radius(min(seg.shape)) + 1
+    # mode="nearest" repeats the edge, so the image border itself never gets a band (as in VOC).
+    band = ndi.maximum_filter(seg, size, mode="nearest") != ndi.minimum_filter(seg, size, mode="nearest")
+    return np.where(band, 255, seg).astype(np.uint8)
+
+
+def sbd_mat_bytes(seg: np.ndarray) -> bytes:
+    """The SBD ``cls/<id>.mat`` content: struct GTcls{Boundaries, Segmentation, CategoriesPresent}."""
+    cross = ndi.generate_binary_structure(2, 1)
+    edge = (ndi.maximum_filter(seg, footprint=cross, mode="nearest") != seg) | \
+           (ndi.minimum_filter(seg, footprint=cross, mode="nearest") != seg)
+    cells = np.empty((NUM_CLASSES - 1, 1), dtype=object)  # a 20x1 MATLAB cell of sparse logical maps
+    for k in range(1, NUM_CLASSES):
+        cells[k - 1, 0] = scipy.sparse.csc_matrix(edge & (seg == k))
+    present = np.array([k for k in range(1, NUM_CLASSES) if (seg == k).any()], np.uint8).reshape(-1, 1)
+    gt = {"Boundaries": cells, "Segmentation": seg, "CategoriesPresent": present}
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"GTcls": gt}, do_compression=True)
+    return _MAT_HEADER + buf.getvalue()[116:]  # savemat stamps the wall-clock time into the 116-byte header
+
+
+def _write_split(out, split, n, seed, min_side, max_side):
+    """Render n images of one split into ``out`` (VOC or SBD layout); return their ids."""
+    ids = [f"{SPLITS[split][1]}_{i:06d}" for i in range(n)]
+    pal = voc_palette().flatten().tolist()
+    for i, name in enumerate(ids):
+        img, seg = render(seed, split, i, min_side, max_side)
+        if split == "sbd":
+            Image.fromarray(img).save(os.path.join(out, "img", name + ".jpg"), quality=90)
+            with open(os.path.join(out, "cls", name + ".mat"), "wb") as f:
+                f.write(sbd_mat_bytes(seg))
+        else:
+            Image.fromarray(img).save(os.path.join(out, "JPEGImages", name + ".jpg"), quality=90)
+            lab = Image.fromarray(voc_label(seg))
+            lab.putpalette(pal)  # turns the "L" image into "P" with the VOC colours, as VOC ships them
+            lab.save(os.path.join(out, "SegmentationClass", name + ".png"))
+    return ids
+
+
+def _write_lines(path, ids):
+    with open(path, "w") as f:
+        f.write("".join(i + "\n" for i in ids))
+
+
+def _generate(dest, cfg):
+    voc = os.path.join(dest, "voc", "VOCdevkit", "VOC2012")
+    sbd = os.path.join(dest, "sbd")
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(voc, d))
+    for d in ("img", "cls"):
+        os.makedirs(os.path.join(sbd, d))
+    common = (cfg["seed"], cfg["min_side"], cfg["max_side"])
+    train = _write_split(voc, "voc_train", cfg["n_voc_train"], *common)
+    val = _write_split(voc, "voc_val", cfg["n_val"], *common)
+    sb = _write_split(sbd, "sbd", cfg["n_sbd"], *common)
+    sets = os.path.join(voc, "ImageSets", "Segmentation")
+    _write_lines(os.path.join(sets, "train.txt"), train)
+    _write_lines(os.path.join(sets, "val.txt"), val)
+    _write_lines(os.path.join(sets, "trainval.txt"), train + val)
+    # SBD's own train/val split (90/10); train_noval is all of it, since none of it is VOC val.
+    cut = len(sb) - len(sb) // 10
+    _write_lines(os.path.join(sbd, "train.txt"), sb[:cut])
+    _write_lines(os.path.join(sbd, "val.txt"), sb[cut:])
+    _write_lines(os.path.join(sbd, "train_noval.txt"), sb)
+    with open(os.path.join(dest, STAMP), "w") as f:  # written last: its presence means "complete"
+        json.dump(cfg, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def _read_stamp(root):
+    try:
+        with open(os.path.join(root, STAMP)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _is_foreign(root):
+    """True when root holds something that is not ours (a file, or a non-empty folder without stamp)."""
+    if not os.path.exists(root):
+        return False
+    return not os.path.isdir(root) or (bool(os.listdir(root)) and _read_stamp(root) is None)
+
+
+def _remove_dead_temps(root):
+    """Delete ``<root>.tmp-<pid>-*`` left by generations that were killed (their pid is gone)."""
+    parent, base = os.path.split(root)
+    for name in os.listdir(parent or "."):
+        pid = name[len(base) + 5:].split("-")[0] if name.startswith(base + ".tmp-") else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except OSError:
+            pass
+
+
+def ensure_synthetic(root, *, n_voc_train=DEFAULTS["n_voc_train"], n_sbd=DEFAULTS["n_sbd"],
+                     n_val=DEFAULTS["n_val"], min_side=DEFAULTS["min_side"], max_side=DEFAULTS["max_side"],
+                     seed=DEFAULTS["seed"], quiet=False) -> tuple[str, str]:
+    """Generate (once) and return (voc_root, sbd_root)."""
+    root = os.path.abspath(os.fspath(root))
+    cfg = dict(generator=GENERATOR_VERSION, n_voc_train=int(n_voc_train), n_sbd=int(n_sbd), n_val=int(n_val),
+               min_side=int(min_side), max_side=int(max_side), seed=int(seed))
+    roots = os.path.join(root, "voc"), os.path.join(root, "sbd")
+    if _read_stamp(root) == cfg:
+        return roots  # fast path: nothing is read or written
+    if min(n_voc_train, n_sbd, n_val) < 1 or not 16 <= min_side <= max_side or seed < 0:
+        raise UsageError(f"synthetic dataset: need counts >= 1, 16 <= min_side <= max_side and seed >= 0, "
+                         f"got {cfg}")
+    if _is_foreign(root):
+        raise UsageError(f"{root} exists and is not a synthetic dataset (no {STAMP}); "
+                         f"choose another root or remove it yourself")
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    _remove_dead_temps(root)
+    t0 = time.time()
+    # Build in a private sibling folder and rename it into place, so a killed run leaves no
+    # half-written <root>, and two ranks generating at once each install a complete copy.
+    tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.tmp-{os.getpid()}-", dir=parent)
+    try:
+        _generate(tmp, cfg)
+        for _ in range(5):
+            try:
+                os.rename(tmp, root)  # succeeds when root is absent (or an empty folder)
+                break
+            except OSError:
+                if _read_stamp(root) == cfg:  # another process finished the same dataset first: use theirs
+                    break
+                if _is_foreign(root):
+                    raise UsageError(f"{root} appeared meanwhile and is not a synthetic dataset")
+                # An older synthetic dataset (other arguments or version): move it aside, then retry.
+                old = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.old-", dir=parent)
+                try:
+                    os.rename(root, os.path.join(old, "x"))
+                except FileNotFoundError:
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            raise RuntimeError(f"could not move {tmp} to {root}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    if not quiet:
+        n = n_voc_train + n_val + n_sbd
+        print(f"synthetic: wrote {n} images (VOC train {n_voc_train}, val {n_val}, SBD {n_sbd}) "
+              f"to {root} in {time.time() - t0:.1f}s", flush=True)
+    return roots
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Generate the synthetic VOC 2012 + SBD dataset (once).")
+    p.add_argument("--root", default="data/synthetic", help="output folder; <root>/voc and <root>/sbd")
+    p.add_argument("--n-voc-train", type=int, default=DEFAULTS["n_voc_train"], help="VOC 2012 train images")
+    p.add_argument("--n-sbd", type=int, default=DEFAULTS["n_sbd"], help="SBD train_noval images")
+    p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"], help="VOC 2012 val images")
+    p.add_argument("--min-side", type=int, default=DEFAULTS["min_side"], help="smallest short side (px, >= 16)")
+    p.add_argument("--max-side", type=int, default=DEFAULTS["max_side"], help="largest long side (px)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                   help="same seed and sizes give byte-identical files")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    return p
+
+
+def main(args):
+    voc, sbd = ensure_synthetic(args.root, n_voc_train=args.n_voc_train, n_sbd=args.n_sbd, n_val=args.n_val,
+                                min_side=args.min_side, max_side=args.max_side, seed=args.seed, quiet=args.quiet)
+    if not args.quiet:
+        print(f"voc_root={voc}\nsbd_root={sbd}")
+
+
+if __name__ == "__main__":
+    from .errors import run_cli
+    run_cli(main, get_args_parser())

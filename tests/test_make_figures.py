@@ -1,0 +1,151 @@
+"""make_figures.py: every figure is drawn and not blank, the plotted severity curves against numpy, one
+colour scale across matrix panels, --pdf / --only, deterministic files, and bad input -> exit 2."""
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import analyze_logits
+import evaluate_corruptions
+import make_figures as mf
+from common.errors import UsageError
+from common.synthetic import ensure_synthetic
+from helpers import cli, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A small results folder (2 corruptions x severities 0..2, 3 val images at 40 px) and its analysis.
+
+    The image figures corrupt the --index image themselves, so the five grid corruptions need not be here.
+    """
+    d = tmp_path_factory.mktemp("figs")
+    ckpts = [tiny_checkpoint(d / "base.pt", "baseline", 1), tiny_checkpoint(d / "ibe.pt", "ibe", 2),
+             tiny_checkpoint(d / "scribe.pt", "scribe", 3)]
+    syn = str(d / "syn")
+    ensure_synthetic(syn, n_voc_train=1, n_sbd=1, n_val=3, max_side=64, quiet=True)
+    out = str(d / "results")
+    evaluate_corruptions.main(evaluate_corruptions.get_args_parser().parse_args(
+        ["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", syn, "--size", "40", "--workers", "0",
+         "--corruptions", "gaussian", "brightness", "--severities", "0", "1", "2", "--out", out]))
+    analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", out, "--bootstrap", "10"]))
+    return {"dir": out, "ckpts": ckpts, "root": d}
+
+
+def draw(*argv):
+    return mf.main(mf.get_args_parser().parse_args(list(argv)))
+
+
+def test_every_figure_is_drawn_and_not_blank(results, tmp_path, capsys):
+    draw("--results", results["dir"], "--out", str(tmp_path))
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{f}.png" for f in mf.FIGURES)
+    assert sum(line.startswith("wrote ") for line in out.splitlines()) == len(mf.FIGURES)
+    for name in mf.FIGURES:
+        img = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"))
+        assert img.shape[0] >= 250 and img.shape[1] >= 600, name
+        assert img.std() > 10, name
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, name
+
+
+def test_severity_curves_against_numpy(tmp_path):
+    rows = [{"model": "a", "corruption": "clean", "severity": 0, "miou": 0.7},
+            {"model": "b", "corruption": "clean", "severity": 0, "miou": 0.6}]
+    rng = np.random.default_rng(0)
+    table = {m: rng.uniform(0.2, 0.6, (3, 5)) for m in "ab"}
+    for m in "ab":
+        for c, corruption in enumerate(("gaussian_noise", "snow", "jpeg_compression")):
+            rows += [{"model": m, "corruption": corruption, "severity": s + 1, "miou": table[m][c, s]}
+                     for s in range(5)]
+        # A held-out extra never enters the paper's mean; an undefined mIoU (null) is skipped.
+        rows += [{"model": m, "corruption": "speckle_noise", "severity": 1, "miou": 0.0},
+                 {"model": m, "corruption": "fog", "severity": 2, "miou": None}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = mf.severity_curves(evaluate_corruptions.read_metrics(str(path)), ["a", "b"])
+    for m, clean in (("a", 0.7), ("b", 0.6)):
+        c = curves[m]
+        mean = np.concatenate([[clean], table[m].mean(0)])
+        half = np.concatenate([[0.0], 1.96 * table[m].std(0, ddof=1) / np.sqrt(3)])
+        np.testing.assert_array_equal(c["severity"], np.arange(6))
+        np.testing.assert_allclose(c["mean"], mean)
+        np.testing.assert_allclose(c["lower"], mean - half)
+        np.testing.assert_allclose(c["upper"], mean + half)
+        np.testing.assert_array_equal(c["n"], [1, 3, 3, 3, 3, 3])
+    one = mf.severity_curves(rows[:2] + [{"model": "a", "corruption": "snow", "severity": 1, "miou": 0.5}], ["a"])
+    assert one["a"]["mean"][1] == 0.5 and np.isnan(one["a"]["lower"][1])  # no band from one corruption
+
+
+def test_matrices_share_one_colour_scale():
+    rng = np.random.default_rng(1)
+    mats = [rng.normal(0, s, (21, 21)) for s in (1, 3, 5)]
+    mats[1][4] = np.nan  # a never-predicted class
+    fig = mf.draw_matrices([[(str(i), m) for i, m in enumerate(mats)]], "t", "logit")
+    clims = {im.get_clim() for ax in fig.axes for im in ax.images}
+    stack = np.stack(mats)
+    assert clims == {(np.nanmin(stack), np.nanmax(stack))}
+    assert len(fig.axes) == len(mats) + 1  # one colorbar for all panels
+    assert mf.shared_limits(mats) == (np.nanmin(stack), np.nanmax(stack))
+    fixed = mf.draw_matrices([[("a", mats[0])], [("b", mats[2])]], "t", "r", limits=(-1, 1))
+    assert {im.get_clim() for ax in fixed.axes for im in ax.images} == {(-1, 1)}
+    assert mf.shared_limits([np.full((2, 2), np.nan)]) == (0.0, 1.0)
+
+
+def test_pdf_only_and_determinism(results, tmp_path):
+    only = ["--only", "miou_vs_severity", "class_means", "--pdf"]
+    draw("--results", results["dir"], "--out", str(tmp_path / "a"), *only)
+    draw("--results", results["dir"], "--out", str(tmp_path / "b"), *only)
+    files = sorted(os.listdir(tmp_path / "a"))
+    assert files == ["class_means.pdf", "class_means.png", "miou_vs_severity.pdf", "miou_vs_severity.png"]
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert (tmp_path / "a" / "class_means.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_qualitative_grid_with_one_checkpoint(results, tmp_path):
+    # No SCrIBE checkpoint: the grid shows what is there instead of failing.
+    draw("--results", results["dir"], "--out", str(tmp_path), "--only", "qualitative_grid", "voc_sample",
+         "--checkpoints", results["ckpts"][0], "--index", "2")
+    assert sorted(os.listdir(tmp_path)) == ["qualitative_grid.png", "voc_sample.png"]
+
+
+def bad_case(results, tmp_path, case):
+    """(--results, extra arguments, text the error must contain) for one kind of bad input."""
+    if case == "no_results":
+        return str(tmp_path / "nowhere"), ["--only", "miou_vs_severity"], "nowhere"
+    if case in ("no_arrays", "no_metrics"):
+        res = str(tmp_path / "copy")
+        shutil.copytree(results["dir"], res)
+        os.remove(os.path.join(res, "analysis_arrays.npz" if case == "no_arrays" else "metrics.jsonl"))
+        if case == "no_arrays":
+            return res, ["--only", "miou_vs_severity", "explained_variance"], "run analyze_logits.py"
+        return res, ["--only", "per_corruption", "class_means"], "run evaluate_corruptions.py"
+    if case == "no_checkpoint":
+        return results["dir"], ["--only", "voc_sample", "--checkpoints", str(tmp_path / "missing.pt")], "missing.pt"
+    return results["dir"], ["--only", "miou_vs_severity", "contact_sheet", "--index", "3"], "--index 3"
+
+
+CASES = ["no_results", "no_arrays", "no_metrics", "no_checkpoint", "bad_index"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_refused_before_any_file(results, tmp_path, case):
+    res, args, expect = bad_case(results, tmp_path, case)
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=re.escape(expect)):
+        draw("--results", res, "--out", str(out), *args)
+    assert not out.exists() or not os.listdir(out)  # checked before drawing: not even the good figure
+
+
+@pytest.mark.parametrize("case", ["no_arrays", "bad_index"])
+def test_bad_input_exits_2_with_one_line(results, tmp_path, case):
+    res, args, expect = bad_case(results, tmp_path, case)
+    r = cli("make_figures.py", "--results", res, "--out", str(tmp_path / "out"), *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
