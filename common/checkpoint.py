@@ -95,10 +95,11 @@ def git_commit() -> str:
 
 
 class OutputLock:
-    """One writer per output folder: an exclusive ``flock`` on ``<folder>/.lock``.
+    """One writer per output folder: an exclusive POSIX record lock (``lockf``) on ``<folder>/.lock``.
 
     The kernel drops the lock when its process dies, even by SIGKILL, so a lock left by a killed run is
-    simply taken over; a live second writer is refused with a message naming its pid.
+    simply taken over; a live second writer is refused with a message naming its pid. POSIX locks, unlike
+    ``flock``, are not inherited by forked workers, which may outlive a killed parent by a few seconds.
     """
 
     def __init__(self, folder: str, what: str):
@@ -111,8 +112,8 @@ class OutputLock:
 
         self.fh = open(self.path, "a+")
         try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             self.fh.seek(0)
             owner = self.fh.read().strip() or "another process"
             self.fh.close()
@@ -122,8 +123,13 @@ class OutputLock:
         self.fh.truncate()
         self.fh.write(f"{self.what} (pid {os.getpid()})\n")
         self.fh.flush()
+        # We are the only writer now, so any temporary file in here was left by a killed run.
+        for folder, _, files in os.walk(os.path.dirname(self.path)):
+            for name in files:
+                if ".tmp-" in name:
+                    os.remove(os.path.join(folder, name))
         return self
 
     def __exit__(self, *exc):
-        self.fh.close()  # closing releases the flock; the file itself may stay
+        self.fh.close()  # closing releases the lock; the file itself stays
         return False

@@ -19,23 +19,26 @@ so that ``VOCSegmentation(<root>/voc, year="2012", image_set="train"|"val")`` an
 Each image has a smooth low-saturation background (gradient, blotches, fine noise), 0-3 grey-ish
 irregular "distractor" blobs (labelled background) and 1-4 objects, 15-60% of the short side, which
 may overlap (the later one is on top and owns the label) and may be clipped by the border. Image and
-label come from one hard-edged PIL mask per object. A class is a (shape, texture, colour) triple;
-each of the 20 (shape, texture) pairs and each colour is used once. Colour (7 hues 50-60 degrees
-apart x 3 tones) is the strong cue; shape and texture back it up. Hues closer than that did not
-survive the training hue jitter (+-36 degrees): a from-scratch ResNet-18 trained for ~450 steps then
-confused neighbouring classes and ignored shape and texture (val mIoU 0.23 instead of ~0.6).
+label come from one hard-edged PIL mask per object. A class is a (shape, texture, colour) triple, and
+each (shape, texture) pair and each colour (4 tones x 5 hues) is used once:
 
-    id class        shape    texture  colour           id class        shape    texture  colour
-     1 aeroplane    disc     solid    bright red       11 diningtable  disc     checker  dark spring
-     2 bicycle      square   solid    dark amber       12 dog          square   checker  pale azure
-     3 bird         triangle solid    pale lime        13 horse        triangle checker  bright indigo
-     4 boat         ring     solid    bright spring    14 motorbike    ring     checker  dark magenta
-     5 bottle       cross    solid    dark azure       15 person       cross    checker  pale red
-     6 bus          disc     stripes  pale indigo      16 pottedplant  disc     dots     bright amber
-     7 car          square   stripes  bright magenta   17 sheep        square   dots     dark lime
-     8 cat          triangle stripes  dark red         18 sofa         triangle dots     pale spring
-     9 chair        ring     stripes  pale amber       19 train        ring     dots     bright azure
-    10 cow          cross    stripes  bright lime      20 tvmonitor    cross    dots     dark indigo
+    id class        shape    texture  colour         id class        shape    texture  colour
+     1 aeroplane    disc     solid    bright red     11 diningtable  disc     checker  pale yellow
+     2 bicycle      square   solid    dark blue      12 dog          square   checker  muted rose
+     3 bird         triangle solid    pale violet    13 horse        triangle checker  bright green
+     4 boat         ring     solid    muted lime     14 motorbike    ring     checker  dark orange
+     5 bottle       cross    solid    muted cyan     15 person       cross    checker  bright azure
+     6 bus          disc     stripes  muted blue     16 pottedplant  disc     dots     dark cyan
+     7 car          square   stripes  pale green     17 sheep        square   dots     bright yellow
+     8 cat          triangle stripes  dark lime      18 sofa         triangle dots     muted orange
+     9 chair        ring     stripes  bright violet  19 train        ring     dots     pale azure
+    10 cow          cross    stripes  pale red       20 tvmonitor    cross    dots     dark rose
+
+Colour is the strong cue, shape and texture back it up. Why colour must be this coarse: with 20 hues
+18 degrees apart, or two classes per colour, a from-scratch DeepLabV3+ ResNet-18 trained for ~450
+steps (the laptop command in train.py) learned colour only, and the training hue jitter made
+neighbouring hues one class: val mIoU 0.23. With 7 hues x 3 tones it reached 0.64, its errors all
+between hues 50 degrees apart; hence 5 hues per tone.
 
 VOC labels get a 255 "ignore" band along every class boundary inside the image, like the real VOC
 outlines: a pixel is 255 when a pixel of another class lies within ``ignore_radius`` (Chebyshev) of
@@ -64,30 +67,38 @@ from .constants import NUM_CLASSES, voc_palette
 from .errors import UsageError
 
 # Bump whenever the drawing changes, so that stamps of older datasets no longer match.
-GENERATOR_VERSION = "synthetic-voc-4"
+GENERATOR_VERSION = "synthetic-voc-5"
 DEFAULTS = dict(n_voc_train=300, n_sbd=300, n_val=100, min_side=64, max_side=160, seed=0)
 STAMP = "synthetic.json"
 
-SHAPES = ("disc", "square", "triangle", "ring", "cross")
-TEXTURES = ("solid", "stripes", "checker", "dots")
 # Colour is the cue a small net learns first, and the training jitter moves it: hue by up to +-36
-# degrees, brightness and saturation by up to 30% (PROTOCOL.md "Transforms"). With hues 50-60 degrees
-# apart, and tones far apart in value or saturation, no class's undisturbed (val) colour lies inside
-# another class's jittered range.
-HUES = {"red": 0, "amber": 50, "lime": 100, "spring": 150, "azure": 200, "indigo": 250, "magenta": 300}
-TONES = {"bright": (0.82, 0.95), "dark": (0.9, 0.4), "pale": (0.42, 0.97)}  # (saturation, value)
+# degrees, brightness and saturation by up to 30% (PROTOCOL.md "Transforms"). So a tone has only five
+# hues, 72 degrees apart, and tones differ in value or saturation by more than the jitter; the two
+# tones that differ in value only (pale, muted) sit on hues 36 degrees apart as well.
+TONES = {"bright": (0.85, 0.95), "dark": (0.9, 0.4), "pale": (0.45, 0.97), "muted": (0.45, 0.6)}  # (sat, value)
+HUES = {"red": 0, "orange": 36, "yellow": 72, "lime": 108, "green": 144, "cyan": 180, "azure": 216,
+        "blue": 252, "violet": 288, "rose": 324}
+# Class k = row k: each (shape, texture) pair and each colour once, and each tone and each hue pair
+# (e.g. red/orange) spans all shapes and textures, so colour does not tell shape or texture.
+CLASS_TABLE = (
+    ("disc", "solid", "bright", "red"), ("square", "solid", "dark", "blue"),
+    ("triangle", "solid", "pale", "violet"), ("ring", "solid", "muted", "lime"),
+    ("cross", "solid", "muted", "cyan"), ("disc", "stripes", "muted", "blue"),
+    ("square", "stripes", "pale", "green"), ("triangle", "stripes", "dark", "lime"),
+    ("ring", "stripes", "bright", "violet"), ("cross", "stripes", "pale", "red"),
+    ("disc", "checker", "pale", "yellow"), ("square", "checker", "muted", "rose"),
+    ("triangle", "checker", "bright", "green"), ("ring", "checker", "dark", "orange"),
+    ("cross", "checker", "bright", "azure"), ("disc", "dots", "dark", "cyan"),
+    ("square", "dots", "bright", "yellow"), ("triangle", "dots", "muted", "orange"),
+    ("ring", "dots", "pale", "azure"), ("cross", "dots", "dark", "rose"),
+)
 
 
 def class_style(k: int):
-    """(shape, texture, colour name, RGB) of class k in 1..20, as in the module docstring's table.
-
-    i % 7 and i % 3 (unique for i < 21) pick hue and tone, so look-alike colours (neighbouring hues,
-    or one hue in two tones) mostly land on classes of another shape or texture.
-    """
-    i = k - 1
-    hue, tone = list(HUES)[i % 7], list(TONES)[i % 3]
+    """(shape, texture, tone, RGB) of class k in 1..20 (CLASS_TABLE, drawn in the module docstring)."""
+    shape, texture, tone, hue = CLASS_TABLE[k - 1]
     rgb = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(HUES[hue] / 360, *TONES[tone]))
-    return SHAPES[i % 5], TEXTURES[i // 5], f"{tone} {hue}", rgb
+    return shape, texture, tone, rgb
 
 
 SPLITS = {"voc_train": (0, "2024"), "voc_val": (1, "2025"), "sbd": (2, "2026")}  # split -> (seed code, id year)
@@ -195,13 +206,13 @@ def render(seed: int, split: str, index: int, min_side: int, max_side: int):
     # The primary object comes last (on top) and with its centre away from the border, so it is seen.
     objs.append((primary, rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h))
     for k, s, cx, cy in objs:
-        shape, texture, name, rgb = class_style(k)
+        shape, texture, tone, rgb = class_style(k)
         size = max(s, 0.25 if shape == "ring" else 0) * min(h, w)  # thin rings would be all 255 band
         mask = _shape_mask(rng, shape, h, w, cx, cy, size)
         colour = np.array(rgb, np.float32) * rng.uniform(0.95, 1.05, 3) * rng.uniform(0.9, 1.1)
         # The texture's second tone is a darker shade that stays inside the class's tone, so that the
         # stripes of a bright colour do not look like the dark class of the same hue.
-        second = colour * (0.6 if name.startswith("dark") else 0.78)
+        second = colour * (0.6 if tone == "dark" else 0.78)
         a = rng.uniform(0, 2 * np.pi)  # shading: a gentle linear brightness ramp across the object
         shade = 1 + 0.1 * ((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / max(size / 2, 1)
         pattern = _texture(rng, texture, yy, xx, size)[..., None]
