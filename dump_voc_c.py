@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -35,6 +36,15 @@ _DATASET = None
 def _init_worker(voc_root):
     global _DATASET
     _DATASET = voc_dataset(voc_root, "val")
+    # A pool worker outlives a parent killed with SIGKILL (nobody tells it), so watch for that and leave.
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def dump_one(index, conditions, out, protocol, size, dataset=None):

@@ -37,6 +37,17 @@ def digest_tree(root, skip=(".lock",)):
     return out
 
 
+def processes_mentioning(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text in open(f"/proc/{pid}/cmdline").read():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def kill_when(cmd, ready, timeout=300):
     """Start ``cmd`` and SIGKILL it as soon as ``ready()`` holds (or it exits by itself)."""
     p = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,6 +101,11 @@ def test_dump_killed_at_several_points_ends_valid_and_verified(data, tmp_path):
 
     for k in (1, 9, 20):
         kill_when(DUMP + ["--synthetic-root", data, "--out", str(out)], n_png(k))
+    # The pool's workers notice their parent's death and leave instead of lingering as orphans.
+    deadline = time.time() + 10
+    while processes_mentioning(str(out)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert processes_mentioning(str(out)) == []
     r = cli(*DUMP, "--synthetic-root", data, "--out", str(out))
     assert r.returncode == 0, r.stderr
     # Every PNG equals the uninterrupted dump's, byte for byte, and no temporary file is left behind.
