@@ -51,7 +51,7 @@ from tqdm import tqdm
 from common.checkpoint import git_commit, load_model
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.errors import UsageError, run_cli
-from common.synthetic import class_style
+from common.synthetic import class_style, second_tone
 from common.viz import colorize, predict
 
 TILE_W, TILE_H = 480, 270               # PROTOCOL.md: 2x2 tiles of 480x270 -> 960x540
@@ -205,10 +205,9 @@ class SyntheticClip:
         self.objects = []
         sizes = np.sort(rng.uniform(0.22, 0.42, n_objects))[::-1] * height  # big first: small ones stay on top
         for k, size in zip(rng.choice(np.arange(1, 21), n_objects, replace=False), sizes):
-            shape, texture, colour_name, rgb = class_style(int(k))
+            shape, texture, tone, rgb = class_style(int(k))
             colour = np.array(rgb, np.float32) * rng.uniform(0.95, 1.05, 3)
-            # common.synthetic's second tone: lighter on dark colours, darker on bright and pale ones.
-            second = colour + 0.3 * (255 - colour) if colour_name.startswith("dark") else 0.7 * colour
+            second = second_tone(colour, tone)  # the texture's second colour, as in the dataset
             heading, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 3.0)  # px per frame
             self.objects.append(dict(
                 r=size / 2, polys=_outline(shape, size / 2, rng.uniform(0.75, 1.0)), texture=texture,

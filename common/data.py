@@ -175,14 +175,10 @@ def resolve_roots(data: str, voc_root=None, sbd_root=None, synthetic_root="data/
                   need_sbd: bool = True, quiet: bool = False):
     """Turn ``--data`` into ``(voc_root, sbd_root)``, generating the synthetic dataset on first use."""
     if data == "synthetic":
-        from . import synthetic
-        # A dataset already generated there (e.g. with other sizes by ``python -m common.synthetic``) is
-        # used as it is; otherwise the defaults are generated.
-        stamp = synthetic._read_stamp(synthetic_root)
-        sizes = {}
-        if stamp and stamp.get("generator") == synthetic.GENERATOR_VERSION:
-            sizes = {k: stamp[k] for k in synthetic.DEFAULTS}
-        return synthetic.ensure_synthetic(synthetic_root, quiet=quiet, **sizes)
+        # Sizes are not passed: a dataset already generated there (e.g. with other sizes by
+        # ``python -m common.synthetic``) is used as it is, otherwise the defaults are generated.
+        from .synthetic import ensure_synthetic
+        return ensure_synthetic(synthetic_root, quiet=quiet)
     if data != "voc":
         raise UsageError(f"--data {data!r}: expected 'voc' or 'synthetic'")
     check_voc_root(voc_root, "val")

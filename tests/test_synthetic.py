@@ -2,6 +2,7 @@
 its labels obey the VOC/SBD conventions (checked with independent numpy code), and generation is
 deterministic, idempotent and safe against foreign folders, leftovers and concurrent callers."""
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -217,12 +218,22 @@ def test_deterministic_and_fast_path(tmp_path, small, monkeypatch):
     assert _tree_digest(third) != first
 
 
-def test_other_arguments_regenerate(tmp_path):
+def test_other_arguments_regenerate_and_unset_ones_keep_what_is_there(tmp_path):
     root = tmp_path / "d"
     synthetic.ensure_synthetic(root, n_voc_train=3, n_sbd=2, n_val=2, quiet=True)
-    voc, _ = synthetic.ensure_synthetic(root, n_voc_train=5, n_sbd=2, n_val=2, quiet=True)
-    assert len(_voc_ids(voc, "train")) == 5
+    voc, _ = synthetic.ensure_synthetic(root, n_voc_train=5, quiet=True)  # others kept: 2, 2
+    assert len(_voc_ids(voc, "train")) == 5 and len(_voc_ids(voc, "val")) == 2
     assert sorted(os.listdir(tmp_path)) == ["d"]  # no temporary or moved-aside folders left
+    # No arguments (what train.py passes): the dataset there is used as it is.
+    stamp = root / synthetic.STAMP
+    before = stamp.stat().st_mtime_ns
+    synthetic.ensure_synthetic(root, quiet=True)
+    assert stamp.stat().st_mtime_ns == before
+    # A dataset from an older generator is redrawn at its own sizes.
+    old = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps(dict(old, generator="synthetic-voc-0")))
+    synthetic.ensure_synthetic(root, quiet=True)
+    assert json.loads(stamp.read_text()) == old and len(_voc_ids(voc, "train")) == 5
 
 
 def test_foreign_folder_is_refused_and_untouched(tmp_path):
@@ -241,16 +252,18 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path):
         synthetic.ensure_synthetic(tmp_path / "x", min_side=100, max_side=80, quiet=True)
 
 
-def test_leftover_temp_dir_does_not_break_next_call(tmp_path):
-    # What a generation killed half-way leaves: a temp sibling (of a dead pid) with partial content.
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    junk = tmp_path / f"d.tmp-{dead.pid}-abc" / "voc" / "VOCdevkit"
-    junk.mkdir(parents=True)
-    (junk / "half.jpg").write_bytes(b"\xff\xd8")
+def test_leftover_temp_dirs_do_not_break_next_call(tmp_path):
+    # What generations killed half-way leave: temp siblings with partial content, one from long ago.
+    for name, age in (("d.tmp-123-old", 7200), ("d.tmp-456-new", 0)):
+        junk = tmp_path / name / "voc" / "VOCdevkit"
+        junk.mkdir(parents=True)
+        (junk / "half.jpg").write_bytes(b"\xff\xd8")
+        t = time.time() - age
+        os.utime(tmp_path / name, (t, t))
     voc, _ = synthetic.ensure_synthetic(tmp_path / "d", n_voc_train=2, n_sbd=2, n_val=2, quiet=True)
     assert len(VOCSegmentation(voc, image_set="train")) == 2
-    assert sorted(os.listdir(tmp_path)) == ["d"]
+    # The stale one is cleaned up; the recent one might belong to a live process and stays.
+    assert sorted(os.listdir(tmp_path)) == ["d", "d.tmp-456-new"]
 
 
 def test_two_processes_at_once_and_cli(tmp_path):
