@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import OutputLock, atomic_write, git_commit
+from common.checkpoint import OutputLock, atomic_write, git_commit, prepare_output_folder
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, eval_sample, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
@@ -114,12 +114,7 @@ def main(args):
         checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
         print(f"verify: {checked - bad} of {checked} recomputed files match byte for byte")
         return 1 if bad else 0
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
-    if not os.access(args.out, os.W_OK):
-        raise UsageError(f"--out {args.out}: not writable")
+    prepare_output_folder(args.out)
     with OutputLock(args.out, "dump_voc_c.py"):
         old = vocc.read_manifest(args.out)
         if old is not None:

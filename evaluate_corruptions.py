@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import OutputLock, atomic_write, file_sha256, git_commit, load_model
+from common.checkpoint import (OutputLock, atomic_write, file_sha256, git_commit, load_model,
+                               prepare_output_folder)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
@@ -213,10 +214,7 @@ def load_models(args):
 
 def main(args):
     if args.merge:
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
+        prepare_output_folder(args.out)
         with OutputLock(args.out, "evaluate_corruptions.py --merge"):
             return merge(args)
     with contextlib.ExitStack() as held:  # releases the output lock however evaluate() ends
@@ -252,12 +250,7 @@ def evaluate(args, held):
     indices = list(range(shard[0], n_total, shard[1]))
     image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
 
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
-    if not os.access(args.out, os.W_OK):
-        raise UsageError(f"--out {args.out}: not writable")
+    prepare_output_folder(args.out)
     held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
     run = {"models": infos, "protocol": args.protocol, "size": args.size if args.protocol == "paper" else None,
            "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import OutputLock, git_commit, read_checkpoint, save_checkpoint
+from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
 from common.data import build_datasets, pad_collate, resolve_roots
 from common.errors import UsageError, run_cli
 from common.metrics import ConfusionMatrix
@@ -255,10 +255,7 @@ def train(args, held):
             print(f"resumed {ckpt_path} after epoch {start_epoch} (best val mIoU {best:.4f})")
     log_path = os.path.join(args.run_dir, "log.jsonl")
     if is_main(args):
-        try:
-            os.makedirs(args.run_dir, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--out {args.out}: cannot create {args.run_dir} ({e.strerror})") from None
+        prepare_output_folder(args.run_dir)
         held.enter_context(OutputLock(args.run_dir, "train.py"))
         truncate_log(log_path, start_epoch)
     print_model_summary(bare, train_set, val_set, train_loader, args)

@@ -32,6 +32,18 @@ def atomic_write(path: str, write) -> None:
             os.remove(tmp)
 
 
+def prepare_output_folder(path: str, flag: str = "--out") -> None:
+    """Create ``path`` if needed, or raise one clear UsageError when it is a file or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
 def save_checkpoint(path: str, ckpt: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 

@@ -125,6 +125,16 @@ def resolve_corruption(spec) -> str:
     raise UsageError(f"unknown corruption {spec!r}; valid: {_valid_names()}")
 
 
+def _items(specs):
+    """The non-empty items of a spec list: ``["a,b", "c"]``, ``"a"`` or ``3`` alike."""
+    if isinstance(specs, (str, int, np.integer)):
+        specs = [specs]
+    for spec in specs:
+        for item in (spec.split(",") if isinstance(spec, str) else [spec]):
+            if not (isinstance(item, str) and item.strip() == ""):
+                yield item
+
+
 def parse_corruptions(specs) -> list:
     """Full names for a list of specs (as from ``nargs="+"``); order kept, duplicates dropped.
 
@@ -132,25 +142,19 @@ def parse_corruptions(specs) -> list:
     the sets: all (the paper's 15), held_out (the 4 extras), slow (glass, motion, zoom, snow), noise,
     blur, weather, digital.
     """
-    if isinstance(specs, (str, int, np.integer)):
-        specs = [specs]
     out = []
-    for spec in specs:
-        items = spec.split(",") if isinstance(spec, str) else [spec]
-        for item in items:
-            key = item.strip().lower() if isinstance(item, str) else item
-            if key == "":
-                continue
-            if isinstance(key, str) and key in _SETS:
-                names = _SETS[key]
-            else:
-                try:
-                    names = (resolve_corruption(key),)
-                except UsageError:
-                    raise UsageError(
-                        f"unknown corruption {item!r}; valid: {_valid_names()}; "
-                        f"or a set: {', '.join(_SETS)}") from None
-            out.extend(n for n in names if n not in out)
+    for item in _items(specs):
+        key = item.strip().lower() if isinstance(item, str) else item
+        if isinstance(key, str) and key in _SETS:
+            names = _SETS[key]
+        else:
+            try:
+                names = (resolve_corruption(key),)
+            except UsageError:
+                raise UsageError(
+                    f"unknown corruption {item!r}; valid: {_valid_names()}; "
+                    f"or a set: {', '.join(_SETS)}") from None
+        out.extend(n for n in names if n not in out)
     if not out:
         raise UsageError("no corruption given; use e.g. 'all', a group (noise, blur, weather, "
                          "digital) or names")
@@ -162,27 +166,21 @@ def parse_severities(specs) -> list:
 
     Order kept, duplicates dropped; anything else raises UsageError.
     """
-    if isinstance(specs, (str, int, np.integer)):
-        specs = [specs]
     out = []
-    for spec in specs:
-        items = spec.split(",") if isinstance(spec, str) else [spec]
-        for item in items:
-            if isinstance(item, str):
-                text = item.strip()
-                if text == "":
-                    continue
-                if not re.fullmatch(r"[+-]?\d+", text):
-                    raise UsageError(f"severity {item!r} is not an integer in 0..{MAX_SEVERITY}")
-                value = int(text)
-            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                value = int(item)
-            else:
+    for item in _items(specs):
+        if isinstance(item, str):
+            text = item.strip()
+            if not re.fullmatch(r"[+-]?\d+", text):
                 raise UsageError(f"severity {item!r} is not an integer in 0..{MAX_SEVERITY}")
-            if not 0 <= value <= MAX_SEVERITY:
-                raise UsageError(f"severity {value} is outside 0..{MAX_SEVERITY} (0 = clean)")
-            if value not in out:
-                out.append(value)
+            value = int(text)
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            value = int(item)
+        else:
+            raise UsageError(f"severity {item!r} is not an integer in 0..{MAX_SEVERITY}")
+        if not 0 <= value <= MAX_SEVERITY:
+            raise UsageError(f"severity {value} is outside 0..{MAX_SEVERITY} (0 = clean)")
+        if value not in out:
+            out.append(value)
     if not out:
         raise UsageError(f"no severity given; use integers in 0..{MAX_SEVERITY}")
     return out
