@@ -30,6 +30,8 @@ def world(tmp_path_factory):
     (d / "truncated.pt").write_bytes(open(good, "rb").read()[:1000])
     torch.save({"model": {}, "model_config": {}, "hook": Evil()}, d / "evil.pt")
     (d / "a_file").write_text("not a folder")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("this is not a video\n" * 50)
     # A previous, good evaluation whose files must survive every failed run below.
     r = cli("evaluate_corruptions.py", "--checkpoints", good, "--data", "synthetic", "--synthetic-root", str(syn),
             "--size", "32", "--workers", "0", "--corruptions", "jpeg", "--severities", "0", "1", "--out",
@@ -100,6 +102,7 @@ def cases(w, o):
     tr = ["train.py", "--model", "ibe", "--backbone", "resnet18", "--head-channels", "8", "--crop-size", "32",
           "--batch-size", "2", "--epochs", "1", "--workers", "0"]
     voc = w / "synthetic" / "voc"
+    vid = ["make_video.py", "--baseline", good, "--robust", good]
     return {
         "missing --voc-root": (tr + ["--data", "voc", "--out", str(o)], ["--voc-root", "--data synthetic"]),
         "root is VOC2012": (tr + ["--data", "voc", "--voc-root", str(voc / "VOCdevkit" / "VOC2012"),
@@ -137,6 +140,9 @@ def cases(w, o):
         "--batch-size 0 (evaluate)": (ev + syn + ["--checkpoints", good, "--batch-size", "0", "--out", str(o)],
                                       ["--batch-size"]),
         "--batch-size 0 (train)": (tr + syn + ["--batch-size", "0", "--out", str(o)], ["--batch-size"]),
+        "missing --video": (vid + ["--video", str(w / "nope.mp4"), "--out", str(o / "demo.mp4")], ["nope.mp4"]),
+        "empty --video": (vid + ["--video", str(w / "empty.mp4"), "--out", str(o / "demo.mp4")], ["empty.mp4"]),
+        "non-video --video": (vid + ["--video", str(w / "text.mp4"), "--out", str(o / "demo.mp4")], ["text.mp4"]),
     }
 
 
@@ -145,7 +151,7 @@ CASES = ["missing --voc-root", "root is VOC2012", "missing SBD", "split names a 
          "missing checkpoint", "truncated checkpoint", "foreign checkpoint", "pickled callable",
          "unknown corruption name", "unknown corruption number", "severity outside 0..5", "--shard 3/2",
          "--out is a file", "--out not writable", "train --out is a file", "--batch-size 0 (evaluate)",
-         "--batch-size 0 (train)"]
+         "--batch-size 0 (train)", "missing --video", "empty --video", "non-video --video"]
 
 
 @pytest.mark.parametrize("case", CASES)
