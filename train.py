@@ -18,10 +18,8 @@ mIoU) and ``log.jsonl`` (one line per epoch). ``--resume`` continues from ``chec
 import argparse
 import contextlib
 import json
-import math
 import os
 import random
-import sys
 import time
 
 import numpy as np

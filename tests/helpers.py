@@ -29,3 +29,12 @@ def tiny_checkpoint(path, kind, seed=0, name=None):
 def cli(*args, timeout=600, **kw):
     """Run a script of the repository as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def tiny_synthetic(tmp_path_factory, n_voc_train=2, n_sbd=2, n_val=3, max_side=96):
+    """A small synthetic VOC + SBD dataset in a fresh temp folder; returns its root as a str."""
+    from common.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    ensure_synthetic(root, n_voc_train=n_voc_train, n_sbd=n_sbd, n_val=n_val, max_side=max_side, quiet=True)
+    return str(root)

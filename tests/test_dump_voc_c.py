@@ -12,18 +12,15 @@ from PIL import Image
 import dump_voc_c
 from common.corruptions import CORRUPTIONS
 from common.data import eval_sample, voc_dataset
-from common.synthetic import ensure_synthetic
 from common.vocc import png_bytes
-from helpers import cli
+from helpers import cli, tiny_synthetic
 
 SIZE = 40
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("d") / "synthetic"
-    ensure_synthetic(root, n_voc_train=2, n_sbd=2, n_val=3, max_side=96, quiet=True)
-    return str(root)
+    return tiny_synthetic(tmp_path_factory)
 
 
 def dump(data, out, *extra):

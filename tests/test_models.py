@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from common.errors import UsageError

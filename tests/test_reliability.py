@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from common.checkpoint import read_checkpoint
-from common.synthetic import ensure_synthetic
-from helpers import ROOT, cli, tiny_checkpoint
+from helpers import ROOT, cli, tiny_checkpoint, tiny_synthetic
 
 TRAIN = ["train.py", "--model", "scribe", "--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8",
          "--crop-size", "32", "--batch-size", "2", "--epochs", "4", "--workers", "0", "--print-freq", "1"]
@@ -22,9 +21,7 @@ DUMP = ["dump_voc_c.py", "--data", "synthetic", "--corruptions", "gaussian", "mo
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel") / "synthetic"
-    ensure_synthetic(root, n_voc_train=3, n_sbd=3, n_val=4, max_side=80, quiet=True)
-    return str(root)
+    return tiny_synthetic(tmp_path_factory, n_voc_train=3, n_sbd=3, n_val=4, max_side=80)
 
 
 def digest_tree(root, skip=(".lock",)):

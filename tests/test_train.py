@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import train
+from helpers import tiny_synthetic
 from common.checkpoint import load_model, read_checkpoint
 from common.data import resolve_roots, build_datasets
-from common.synthetic import ensure_synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8", "--crop-size", "48",
@@ -19,9 +19,7 @@ TINY = ["--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8",
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    ensure_synthetic(root, n_voc_train=8, n_sbd=8, n_val=6, max_side=96, quiet=True)
-    return str(root)
+    return tiny_synthetic(tmp_path_factory, n_voc_train=8, n_sbd=8, n_val=6)
 
 
 def run_train(tiny_data, out, *extra):
