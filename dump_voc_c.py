@@ -36,6 +36,13 @@ _DATASET = None
 def _init_worker(voc_root):
     global _DATASET
     _DATASET = voc_dataset(voc_root, "val")
+    # Each worker is one process on one core: library thread pools would only fight the other workers
+    # (measured: 2 workers at 1.55x of one with them, ~1.67x without).
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     # A pool worker outlives a parent killed with SIGKILL (nobody tells it), so watch for that and leave.
     parent = os.getppid()
 

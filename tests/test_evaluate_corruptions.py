@@ -175,3 +175,22 @@ def test_foreign_checkpoint_is_refused(setup, tmp_path):
     r = cli("evaluate_corruptions.py", "--checkpoints", str(bare), "--data", "synthetic", "--synthetic-root",
             setup[0], "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a checkpoint written by train.py" in r.stderr
+
+
+def test_condition_stats_prediction_and_end_against_numpy():
+    import torch
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 21, 7, 9, generator=g) * 4
+    logits[0, 3, 0, 0] = logits[0, 7, 0, 0] = 50.0  # a tie: the first maximum wins, as np.argmax
+    logits[1, 0, 1, 1] = logits[1, 2, 1, 1] = 60.0
+    labels = torch.randint(0, 21, (3, 7, 9), generator=g)
+    st = ev.ConditionStats(3)
+    pred = st.update(logits, labels, np.arange(3))
+    z = logits.double().numpy()
+    assert np.array_equal(pred.numpy(), z.argmax(1))
+    e = np.exp(z - z.max(1, keepdims=True))
+    bg = e[:, 0] / e.sum(1)
+    f = np.exp(z[:, 1:] - z[:, 1:].max(1, keepdims=True))
+    ident = ((f / f.sum(1, keepdims=True)).max(1) - 1 / 20) / (1 - 1 / 20)
+    assert st.end_sum / st.pixels == pytest.approx(np.mean(bg * ident), rel=1e-6)
+    assert st.pixels == 3 * 7 * 9
