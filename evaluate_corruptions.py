@@ -100,8 +100,8 @@ class ConditionStats:
     def update(self, logits, labels, positions):
         """Add one batch; returns the predictions (argmax over the 21 channels, first maximum on ties)."""
         logits = logits.float()
-        fg_max, fg_arg = logits[:, 1:].max(1)  # max over dim 1 is ~6x faster than argmax(1) on NCHW here
-        pred = torch.where(logits[:, 0] >= fg_max, 0, fg_arg + 1)
+        pred = logits.max(1).indices  # same as argmax(1), ties and NaN included, ~6x faster on NCHW here
+        fg_max = logits[:, 1:].amax(1)
         b = labels.shape[0]
         # One bincount gives every image's 21x21 confusion: offset each image's cells by 441 * its slot.
         keep = labels != IGNORE_INDEX

@@ -23,5 +23,5 @@ def predict(model, images: np.ndarray, device="cpu", batch_size: int = 16) -> np
     out = []
     for s in range(0, len(images), batch_size):
         x = normalise_uint8(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
-        out.append(model(x).argmax(1).to(torch.uint8).cpu().numpy())
+        out.append(model(x).max(1).indices.to(torch.uint8).cpu().numpy())  # = argmax, faster on NCHW
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], dtype=np.uint8)

@@ -1,0 +1,720 @@
+"""Benchmarks: how close each script comes to its irreducible cost, measured side by side in one run.
+
+    python bench.py --quick        # this project's 2-core CPU, 70-80 s: ResNet-18 (64-channel heads) at 96 px
+    python bench.py --gpu          # one CUDA GPU: ResNet-50 checkpoints at 224, bigger batches
+
+Numbers from this machine, and what dominates each, are in BENCHMARKS.md. Run it on an otherwise idle
+machine: two multi-threaded torch processes on the same cores stall each other (a warning is printed when
+other processes keep the cores busy).
+
+Benchmarks, not tests: nothing here asserts, and nothing in tests/ times anything. Every measurement runs
+alone, one after the other (never two heavy ones at once), with torch's default thread count unless said.
+Prints the configuration, a table ``target | measured | target value | ok``, a breakdown of where the time
+went, and as the last line ONE JSON object: one key per target, each {"measured", "target", "rule", "ok",
+"seconds": {raw timings}}. Scratch files go to ``--root`` (default data/bench, git-ignored): the synthetic
+dataset is generated there once and kept; the per-run folder is removed at the end unless ``--keep``.
+
+The targets (ratios of times measured in this one run, on the same machine):
+
+  sweep_efficiency      evaluate_corruptions.main() wall time, run in-process (imports and interpreter start
+                        excluded; model loading, dataset opening and result writing included) with --workers 0
+                        and three checkpoints, divided by (a) + (b): (a) corrupt_image alone on the same images
+                        and conditions, (b) the three models' forward passes alone on the same batches
+                        (median of --repeats passes over the images, times the number of conditions). <= 1.2
+  shared_calls          corrupt_image calls counted (a wrapper on evaluate_corruptions.corrupt_image) in the
+                        1-checkpoint and the 3-checkpoint sweep: 3-model count / 1-model count, must be 1.
+  shared_time           (3-model sweep - 1-model sweep) / forward time of the two extra models. <= 1.1
+  dump_scaling          dump_voc_c.main() images/s with --workers 2 over --workers 1 (fresh folders), each run
+                        in a fresh process with main() timed inside it, after one warm-up call per corruption
+                        (the imagecorruptions import and numba compiles, reported apart). >= 1.7
+  dump_overhead         dump time per corrupted image (--workers 1) / corrupt_image time per image (a). <= 1.1
+  logits_vs_forward     LogitTracker.update on the logits of DeepLabV3+ R50 (random weights, eval) for one
+                        8x3x224x224 batch / that forward pass. <= 0.10
+  logits_vs_loop        LogitTracker.update / a float32 per-class boolean-mask loop (the paper notebook's
+                        way: mask = pred == n; sums[n] += logits[mask] ...; same count, sum, outer products). <= 2
+  train_vs_decode       common.data.train_transform(224) on decoded VOC-sized (500x375) JPEG + label /
+                        a bare JPEG decode (PIL open, convert RGB, np.asarray); one thread. <= 2
+  train_16_workers      16 x images/s of one thread running the whole training sample (dataset[i]: decode image
+                        and label, checks, train_transform), i.e. 16 loader workers if they scaled. >= 2000
+  video_end_to_end      make_video.main() frames/s / frames/s of the same pipeline (same clip, models,
+                        corruptions, encoder) with each 2x2 frame drawn as a matplotlib figure
+                        (imshow x4 + text, canvas.draw, buffer_rgba). >= 3; composing alone reported beside it.
+"""
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+import evaluate_corruptions
+import make_video
+from common import vocc
+from common.checkpoint import git_commit, save_checkpoint
+from common.corruptions import corrupt_image, parse_corruptions, parse_severities
+from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
+from common.logits import LogitTracker
+from common.models import build_model
+from common.synthetic import ensure_synthetic
+from common.viz import colorize, predict
+
+# Per mode: what the models are and how much work each measurement does. --quick fits this project's
+# 2-core CPU in a few minutes; --gpu is the paper's model size. Flags override single entries.
+CORRUPTIONS = ["gaussian_noise", "defocus_blur", "zoom_blur", "snow", "contrast", "jpeg_compression"]
+MODES = {
+    "quick": dict(device="cpu", backbone="resnet18", head_channels=64, images=40, size=96, batch_size=16,
+                  corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=2, repeats=3, logit_repeats=3,
+                  train_images=32, frames=40, video_size=128, video_batch=8),
+    "gpu": dict(device="cuda", backbone="resnet50", head_channels=256, images=100, size=224, batch_size=32,
+                corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=3, repeats=5, logit_repeats=10,
+                train_images=64, frames=130, video_size=224, video_batch=16),
+}
+ROOT = os.path.dirname(os.path.abspath(__file__))
+KINDS = ("baseline", "ibe", "scribe")   # the three checkpoints of the sweep (the paper's three models)
+TARGETS = ("sweep", "dump", "logits", "train", "video")   # measurement groups, for --only
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device="cpu"):
+    """(seconds, result) of one call, with the GPU drained before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def median_time(fn, repeats, device="cpu"):
+    """Median seconds of ``repeats`` calls (after none: warm up yourself where it matters)."""
+    return statistics.median(timed(fn, device)[0] for _ in range(repeats))
+
+
+@contextlib.contextmanager
+def quiet(log_path):
+    """Send a script's own prints and progress bars to a log file; show its tail if it fails."""
+    with open(log_path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            yield
+        except BaseException:
+            fh.flush()
+            sys.__stderr__.write("".join(open(log_path).readlines()[-20:]))
+            raise
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def random_checkpoint(path, kind, backbone, head_channels, seed):
+    """A random-weight model saved the way train.py saves it (as tests/helpers.py tiny_checkpoint does)."""
+    torch.manual_seed(seed)
+    model = build_model(kind, backbone=backbone, head_channels=head_channels)
+    randomise_bn(model)
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config, "name": kind,
+                           "epoch": 0, "args": {}})
+    return path
+
+
+def randomise_bn(model):
+    # Non-trivial BatchNorm statistics, so eval-mode outputs vary across classes (predictions are not
+    # all one class, which would make per-class work unrealistically cheap).
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+
+
+def result(measured, target, rule, seconds, **extra):
+    ok = {"<=": measured <= target, ">=": measured >= target, "==": measured == target}[rule]
+    return {"measured": round(float(measured), 4), "target": target, "rule": rule, "ok": bool(ok),
+            "seconds": {k: round(float(v), 4) for k, v in seconds.items()}, **extra}
+
+
+# ------------------------------------------------------------------------- 1-3: sweep, shared, dump
+
+def conditions_of(cfg):
+    """The (corruption, severity) list evaluate_corruptions.py builds: clean/0 first, then c x s>0."""
+    sev = parse_severities([str(s) for s in cfg["severities"]])
+    cor = parse_corruptions(cfg["corruptions"])
+    return ([("clean", 0)] if 0 in sev else []) + [(c, s) for c in cor for s in sev if s > 0]
+
+
+def sweep_args(cfg, ckpts, out):
+    return evaluate_corruptions.get_args_parser().parse_args([
+        "--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", cfg["synthetic_root"],
+        "--limit", str(cfg["images"]), "--size", str(cfg["size"]), "--batch-size", str(cfg["batch_size"]),
+        "--corruptions", *cfg["corruptions"], "--severities", *map(str, cfg["severities"]),
+        "--workers", "0", "--device", cfg["device"], "--out", out])
+
+
+def run_sweep(cfg, ckpts, out, log):
+    """(wall seconds, corrupt_image calls) of evaluate_corruptions.main in-process, --workers 0."""
+    calls = [0]
+    real = evaluate_corruptions.corrupt_image
+
+    def counting(*a, **kw):
+        calls[0] += 1
+        return real(*a, **kw)
+
+    evaluate_corruptions.corrupt_image = counting   # workers 0: the loader runs in this process
+    try:
+        with quiet(log):
+            seconds, rc = timed(lambda: evaluate_corruptions.main(sweep_args(cfg, ckpts, out)), cfg["device"])
+    finally:
+        evaluate_corruptions.corrupt_image = real
+    if rc != 0:
+        raise RuntimeError(f"evaluate_corruptions.main returned {rc}; see {log}")
+    return seconds, calls[0]
+
+
+# dump_voc_c.main() timed inside a fresh Python process. Before the clock starts, one corrupt_image call per
+# condition on a 32x32 image: the first use imports imagecorruptions (cv2, numba, scikit-image) and numba
+# compiles some corruptions, a once-per-run cost (reported as warmup) that forked workers then inherit.
+DUMP_MAIN = """
+import json, sys, time
+import numpy as np
+import dump_voc_c
+from common.corruptions import corrupt_image, parse_corruptions, parse_severities
+args = dump_voc_c.get_args_parser().parse_args(sys.argv[1:])
+t = time.perf_counter()
+for c in parse_corruptions(args.corruptions):
+    for s in parse_severities(args.severities):
+        corrupt_image(np.zeros((32, 32, 3), np.uint8), "warmup", c, s)
+warm = time.perf_counter() - t
+t = time.perf_counter()
+rc = dump_voc_c.main(args)
+print("BENCH-SECONDS", json.dumps([rc, time.perf_counter() - t, warm]))
+"""
+
+
+def run_dump(argv, log):
+    """(seconds of dump_voc_c.main, warm-up seconds), run in a fresh process; its output goes to ``log``."""
+    proc = subprocess.run([sys.executable, "-c", DUMP_MAIN, *argv], cwd=ROOT, capture_output=True, text=True)
+    with open(log, "a") as fh:
+        fh.write(proc.stdout + proc.stderr)
+    found = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-SECONDS")]
+    if not found or json.loads(found[-1].split(" ", 1)[1])[0] != 0:
+        raise RuntimeError(f"dump_voc_c.py failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}")
+    return json.loads(found[-1].split(" ", 1)[1])[1:]
+
+
+def bench_sweep_and_dump(cfg, ckpts, scratch, with_dump):
+    """Targets 1-3. Returns (results dict, breakdown lines)."""
+    dev, n, bs = cfg["device"], cfg["images"], cfg["batch_size"]
+    conds = conditions_of(cfg)
+    corrupted_conds = [(c, s) for c, s in conds if s > 0]
+    voc_root = os.path.join(cfg["synthetic_root"], "voc")
+    dataset = voc_dataset(voc_root, "val")
+    n = min(n, len(dataset))
+    log = os.path.join(scratch, "scripts.log")
+
+    # Warm-up: imagecorruptions' imports and numba JIT, first forward passes, a tiny sweep (lazy imports).
+    probe = eval_sample(dataset, 0, "paper", cfg["size"])[1]
+    for c, s in corrupted_conds:
+        corrupt_image(probe, "warmup", c, s)
+    warm = dict(cfg, images=2, corruptions=cfg["corruptions"][:1], severities=[0, 1])
+    run_sweep(warm, ckpts[:1], os.path.join(scratch, "sweep-warmup"), log)
+
+    # The two sweeps (1 and 3 checkpoints), alternated, each alone on the machine; medians.
+    t1s, t3s = [], []
+    for r in range(cfg["sweep_repeats"]):
+        t, calls1 = run_sweep(cfg, ckpts[:1], os.path.join(scratch, f"sweep-1-{r}"), log)
+        t1s.append(t)
+        t, calls3 = run_sweep(cfg, ckpts, os.path.join(scratch, f"sweep-3-{r}"), log)
+        t3s.append(t)
+    t1, t3 = statistics.median(t1s), statistics.median(t3s)
+    # The per-run fixed cost (load and hash checkpoints, open the dataset, git, locks): the 3-model sweep
+    # again on its finished folder, where every condition is skipped.
+    t_fixed = run_sweep(cfg, ckpts, os.path.join(scratch, "sweep-3-0"), log)[0]
+
+    # What the sweep re-does per condition besides corrupting: decode + resize each image (eval_sample).
+    samples = []
+    t_decode = timed(lambda: samples.extend(eval_sample(dataset, i, "paper", cfg["size"]) for i in range(n)))[0]
+    ids = [s[0] for s in samples]
+
+    # (a) corrupt_image alone, every image under every corrupted condition (as the sweep does them).
+    outputs = []
+
+    def corrupt_all():
+        outputs.clear()
+        for c, s in corrupted_conds:
+            for i in range(n):
+                outputs.append(corrupt_image(samples[i][1], ids[i], c, s))
+    t_corrupt = median_time(corrupt_all, cfg["sweep_repeats"])
+
+    # (b) forward passes alone, the sweep's batches: a pass over the n images is what each condition runs.
+    # Stats updates (confusion, LogitTracker, END) timed separately, for the breakdown.
+    models, infos = evaluate_corruptions.load_models(argparse.Namespace(checkpoints=ckpts, names=None, device=dev))
+    fmt = torch.channels_last if dev.startswith("cuda") else torch.contiguous_format
+    batches = []
+    for s0 in range(0, n, bs):
+        imgs = torch.from_numpy(np.stack([samples[i][1] for i in range(s0, min(s0 + bs, n))]))
+        labels = torch.from_numpy(np.stack([samples[i][2] for i in range(s0, min(s0 + bs, n))])).to(dev)
+        batches.append((normalise_uint8(imgs.to(dev)).contiguous(memory_format=fmt), labels,
+                        np.arange(s0, min(s0 + bs, n))))
+    per_model_fwd, per_model_upd = [], []
+    with torch.inference_mode():
+        for model in models:
+            model(batches[0][0])   # warm-up
+            fwd = []
+            for _ in range(cfg["repeats"]):
+                fwd.append(sum(timed(lambda: model(x), dev)[0] for x, _, _ in batches))
+            per_model_fwd.append(statistics.median(fwd))
+            st = evaluate_corruptions.ConditionStats(n)
+            upd = 0.0
+            for x, labels, pos in batches:
+                logits = model(x)
+                upd += timed(lambda: st.update(logits, labels, pos), dev)[0]
+            per_model_upd.append(upd)
+    k = len(conds)
+    fwd_all = k * sum(per_model_fwd)
+    fwd_extra = k * sum(per_model_fwd[1:])
+    decode_all = k * t_decode
+    update_all = k * sum(per_model_upd)
+
+    res = {}
+    res["sweep_efficiency"] = result(t3 / (t_corrupt + fwd_all), 1.2, "<=", dict(
+        sweep_3_models=t3, corrupt_alone=t_corrupt, forward_alone=fwd_all,
+        decode_resize_est=decode_all, stats_update_est=update_all, fixed_per_run=t_fixed,
+        unexplained=t3 - t_corrupt - fwd_all - decode_all - update_all - t_fixed))
+    res["shared_calls"] = result(calls3 / max(calls1, 1), 1.0, "==", {}, calls_1_model=calls1, calls_3_models=calls3,
+                                 calls_expected=n * len(corrupted_conds))
+    res["shared_time"] = result((t3 - t1) / fwd_extra, 1.1, "<=", dict(
+        sweep_1_model=t1, sweep_3_models=t3, extra_models_forward=fwd_extra,
+        extra_models_stats_update_est=k * sum(per_model_upd[1:])))
+    notes = [f"sweep: {k} conditions x {n} images, batch {bs}; 3-model sweep {t3:.2f}s = corrupt {t_corrupt:.2f}"
+             f" + forward {fwd_all:.2f} + decode/resize per condition ~{decode_all:.2f} + stats update "
+             f"~{update_all:.2f} + fixed per run {t_fixed:.2f} + other "
+             f"{t3 - t_corrupt - fwd_all - decode_all - update_all - t_fixed:.2f}",
+             f"shared: corrupt_image calls {calls1} (1 model) vs {calls3} (3 models), expected "
+             f"{n * len(corrupted_conds)}; forward per pass over {n} images: "
+             + ", ".join(f"{i['name']} {f:.3f}s" for i, f in zip(infos, per_model_fwd))]
+    del models
+
+    if with_dump:
+        def dump(workers):
+            # In a fresh process, as a user runs it; main() is timed inside that process. (Also: its pool
+            # forks, and a worker forked from this process, which has run multi-threaded torch ops, hangs
+            # in its first multi-threaded torch op unless it first sets one thread.)
+            argv = ["--data", "synthetic", "--synthetic-root", cfg["synthetic_root"], "--limit", str(n),
+                    "--size", str(cfg["size"]), "--corruptions", *cfg["corruptions"],
+                    "--severities", *[str(s) for s in cfg["severities"] if s > 0], "--workers", str(workers),
+                    "--out", os.path.join(scratch, f"dump-w{workers}")]
+            return run_dump(argv, log)
+        d1, warm1 = dump(1)
+        d2, warm2 = dump(2)
+        # Breakdown of the dump's own work per image: PNG encoding and the atomic (fsync'd) write.
+        sample = outputs[:: max(1, len(outputs) // 100)]
+        t_png = timed(lambda: [vocc.png_bytes(o) for o in sample])[0] / len(sample) * len(outputs)
+        wdir = os.path.join(scratch, "write-probe")
+        data = [vocc.png_bytes(o) for o in sample]
+        t_write = timed(lambda: [vocc.write_bytes(os.path.join(wdir, f"{j}.png"), b) for j, b in enumerate(data)])[0]
+        t_write = t_write / len(sample) * len(outputs)
+        n_files = n * len(corrupted_conds)
+        res["dump_scaling"] = result(d1 / d2, 1.7, ">=", dict(workers_1=d1, workers_2=d2, first_use_warmup=warm1),
+                                     images_per_s_1=round(n / d1, 2), images_per_s_2=round(n / d2, 2))
+        res["dump_overhead"] = result(d1 / t_corrupt, 1.1, "<=", dict(
+            dump_workers_1=d1, corrupt_alone=t_corrupt, decode_resize_once=t_decode, png_encode_est=t_png,
+            atomic_write_est=t_write), corrupted_images=n_files)
+        notes.append(f"dump: {n_files} PNGs; workers 1 {d1:.2f}s = corrupt {t_corrupt:.2f} + decode/resize "
+                     f"{t_decode:.2f} + PNG encode ~{t_png:.2f} + atomic write (fsync) ~{t_write:.2f} + other "
+                     f"{d1 - t_corrupt - t_decode - t_png - t_write:.2f}; workers 2 {d2:.2f}s")
+    return res, notes
+
+
+# ----------------------------------------------------------------------------------- 4: logit tracking
+
+def notebook_moments(logits):
+    """The paper notebook's way: per class a boolean mask over the batch, float32 sums. Same statistics."""
+    k = logits.shape[1]
+    pred = logits.argmax(1)
+    x = logits.permute(0, 2, 3, 1)                      # B x H x W x K view
+    count = torch.zeros(k, device=logits.device)
+    sums = torch.zeros((k, k), device=logits.device)
+    sq = torch.zeros((k, k, k), device=logits.device)
+    for n in range(k):
+        mask = pred == n
+        v = x[mask]                                     # N_n x K, float32
+        count[n] += v.shape[0]
+        sums[n] += v.sum(0)
+        sq[n] += v.T @ v
+    return count, sums, sq
+
+
+def bench_logits(cfg):
+    dev, reps = cfg["device"], cfg["logit_repeats"]
+    torch.manual_seed(0)
+    model = build_model("baseline")     # DeepLabV3+ R50, output stride 16, random weights
+    randomise_bn(model)
+    model = model.to(dev).eval()
+    x = torch.randn(8, 3, 224, 224, device=dev)
+    with torch.inference_mode():
+        logits = model(x)                                # warm-up (oneDNN / cuDNN pick their kernels)
+        t_fwd = median_time(lambda: model(x), reps, dev)
+        LogitTracker().update(logits)
+        t_track = median_time(lambda: LogitTracker().update(logits), max(reps, 5), dev)
+        notebook_moments(logits)
+        t_loop = median_time(lambda: notebook_moments(logits), max(reps, 5), dev)
+        classes = int((torch.bincount(logits.argmax(1).flatten(), minlength=21) > 0).sum())
+    res = {"logits_vs_forward": result(t_track / t_fwd, 0.10, "<=", dict(tracker_update=t_track, forward=t_fwd)),
+           "logits_vs_loop": result(t_track / t_loop, 2.0, "<=", dict(tracker_update=t_track, mask_loop=t_loop))}
+    notes = [f"logits: 8x21x224x224, {classes} classes predicted; forward {t_fwd:.3f}s, "
+             f"tracker {t_track * 1e3:.1f} ms, "
+             f"float32 mask loop {t_loop * 1e3:.1f} ms (medians; {torch.get_num_threads()} threads)"]
+    return res, notes
+
+
+# ---------------------------------------------------------------------------- 5: training input pipeline
+
+def make_voc_sized(cfg, dest):
+    """VOC-layout folder of ~500x375 JPEGs (quality 90) + palette labels, from upscaled synthetic images."""
+    src = voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")
+    base = os.path.join(dest, "VOCdevkit", "VOC2012")
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    ids = []
+    for i in range(min(cfg["train_images"], len(src))):
+        img, target = src[i]
+        size = (500, 375) if img.size[0] >= img.size[1] else (375, 500)
+        image_id = f"2099_{i:06d}"
+        img.resize(size, Image.BICUBIC).save(os.path.join(base, "JPEGImages", f"{image_id}.jpg"), quality=90)
+        label = np.asarray(target.resize(size, Image.NEAREST))
+        with open(os.path.join(base, "SegmentationClass", f"{image_id}.png"), "wb") as fh:
+            fh.write(vocc.png_bytes(label, palette=True))
+        ids.append(image_id)
+    with open(os.path.join(base, "ImageSets", "Segmentation", "train.txt"), "w") as fh:
+        fh.write("\n".join(ids) + "\n")
+    return dest
+
+
+def bench_train_input(cfg, scratch):
+    root = make_voc_sized(cfg, os.path.join(scratch, "voc-sized"))
+    tf = train_transform(224)
+    ds = voc_dataset(root, "train", tf)
+    plain = voc_dataset(root, "train")
+    n, reps = len(ds), cfg["repeats"]
+
+    def decode_all():
+        for p in ds.images:
+            with Image.open(p) as im:
+                np.asarray(im.convert("RGB"))
+
+    pairs = [plain[i] for i in range(n)]   # decoded (PIL image, PIL label), already loaded by the checks
+    steps = tf.steps
+    step_time = [0.0] * len(steps)
+
+    def transform_all():
+        for img, target in pairs:
+            tf(img, target)
+
+    def transform_steps():   # the same work, step by step, for the breakdown
+        for img, target in pairs:
+            a, b = img, target
+            for j, step in enumerate(steps):
+                t0 = time.perf_counter()
+                a, b = step(a, b)
+                step_time[j] += time.perf_counter() - t0
+
+    # One thread: what one DataLoader worker has (torch sets 1 thread in each worker).
+    with torch_threads(1):
+        torch.manual_seed(0)
+        decode_all(), transform_all(), ds[0]                         # warm-up
+        t_dec = median_time(decode_all, reps) / n
+        t_tf = median_time(transform_all, reps) / n
+        t_full = median_time(lambda: [ds[i] for i in range(n)], reps) / n
+        transform_steps()
+    per_core = 1 / t_full
+    names = [type(s).__name__ for s in steps]
+    res = {"train_vs_decode": result(t_tf / t_dec, 2.0, "<=", dict(
+               decode_per_image=t_dec, transform_per_image=t_tf, full_sample_per_image=t_full),
+               full_sample_vs_decode=round(t_full / t_dec, 3)),
+           "train_16_workers": result(16 * per_core, 2000, ">=", dict(full_sample_per_image=t_full),
+                                      images_per_s_per_core=round(per_core, 1))}
+    notes = [f"train input: {n} JPEGs ~500x375, 1 thread; decode {t_dec * 1e3:.2f} ms, transform {t_tf * 1e3:.2f} ms, "
+             f"dataset[i] {t_full * 1e3:.2f} ms ({per_core:.0f} images/s/core); transform steps (ms/image): "
+             + ", ".join(f"{nm} {t / n * 1e3:.2f}" for nm, t in zip(names, step_time))]
+    return res, notes
+
+
+# ------------------------------------------------------------------------------------------- 6: video
+
+def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
+    """The same 2x2 frame drawn the notebook way: one matplotlib figure per frame, rasterised by Agg."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(make_video.FRAME_W / 100, make_video.FRAME_H / 100), dpi=100, facecolor="black")
+    canvas = FigureCanvasAgg(fig)
+    tiles = ((original, "bilinear"), (corrupted, "bilinear"), (colorize(pred_baseline), "nearest"),
+             (colorize(pred_robust), "nearest"))
+    for k, ((img, interp), text) in enumerate(zip(tiles, labels)):
+        ax = fig.add_axes([(k % 2) / 2, 0.5 - (k // 2) / 2, 0.5, 0.5])
+        ax.imshow(img, interpolation=interp)
+        ax.set_axis_off()
+        ax.text(0.012, 0.97, text, transform=ax.transAxes, va="top", ha="left", color="white", fontsize=13,
+                bbox=dict(facecolor="black", alpha=0.8, edgecolor="none", pad=3))
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
+def bench_video(cfg, ckpts, scratch):
+    dev, frames, size, bs = cfg["device"], cfg["frames"], cfg["video_size"], cfg["video_batch"]
+    log = os.path.join(scratch, "scripts.log")
+    vdir = os.path.join(scratch, "video")
+    os.makedirs(vdir, exist_ok=True)
+    argv = ["--synthetic", "--frames", str(frames), "--size", str(size), "--batch-size", str(bs),
+            "--device", dev, "--baseline", ckpts[0], "--robust", ckpts[2]]
+
+    # make_video.py as it is. Warm-up first: every corruption of the schedule once (numba compiles glass
+    # blur on first use, ~2 s) and a short render (lazy imports, first forward passes).
+    probe = np.zeros((64, 64, 3), np.uint8)
+    for c, s in make_video.build_schedule():
+        if s > 0:
+            corrupt_image(probe, "warmup", c, s)
+    with quiet(log):
+        make_video.main(make_video.get_args_parser().parse_args(
+            argv[:1] + ["--frames", "4"] + argv[3:] + ["--out", os.path.join(vdir, "warm.mp4")]))
+        t_script, rc = timed(lambda: make_video.main(make_video.get_args_parser().parse_args(
+            argv + ["--out", os.path.join(vdir, "script.mp4")])), dev)
+    if rc != 0:
+        raise RuntimeError(f"make_video.main returned {rc}; see {log}")
+
+    # The same pipeline with matplotlib composing (make_video's own functions for everything else).
+    stage = dict(setup=0.0, source=0.0, prepare=0.0, predict=0.0, compose=0.0, encode=0.0, flush=0.0)
+    kept = []
+
+    def source():   # the synthetic clip, its generation time counted apart
+        gen = make_video.synthetic_frames(frames, 0)
+        while True:
+            t0 = time.perf_counter()
+            frame = next(gen, None)
+            stage["source"] += time.perf_counter() - t0
+            if frame is None:
+                return
+            yield frame
+
+    def mpl_pipeline():
+        t0 = time.perf_counter()
+        args = argparse.Namespace(baseline=ckpts[0], robust=ckpts[2], names=None, device=dev, batch_size=bs)
+        models, names = make_video.load_pair(args)
+        schedule = make_video.build_schedule()
+        mw, mh = make_video.model_size(make_video.SYNTH_W, make_video.SYNTH_H, size)
+        container, stream = make_video.open_output(os.path.join(vdir, "mpl.mp4"), Fraction(25),
+                                                   make_video.pick_codec())
+        stage["setup"] += time.perf_counter() - t0
+        start = 0
+        with container:
+            for batch in make_video.batches(source(), bs):
+                t0 = time.perf_counter()
+                conds, originals, corrupted = make_video.prepare_batch(batch, start, frames, schedule, (mw, mh))
+                t1 = time.perf_counter()
+                preds = [predict(m, corrupted, dev, bs) for m in models]
+                t2 = time.perf_counter()
+                stage["prepare"] += t1 - t0
+                stage["predict"] += t2 - t1
+                if not kept:
+                    kept.append((originals, corrupted, preds, conds, names))
+                for k, (c, s) in enumerate(conds):
+                    t3 = time.perf_counter()
+                    frame = mpl_compose(originals[k], corrupted[k], preds[0][k], preds[1][k],
+                                        ("original", make_video.condition_label(c, s), names[0], names[1]))
+                    t4 = time.perf_counter()
+                    vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                    vf.pts = start + k
+                    for packet in stream.encode(vf):
+                        container.mux(packet)
+                    stage["compose"] += t4 - t3
+                    stage["encode"] += time.perf_counter() - t4
+                start += len(batch)
+            t0 = time.perf_counter()
+            for packet in stream.encode(None):   # the encoder's lookahead: x264 encodes much of it here
+                container.mux(packet)
+            stage["flush"] += time.perf_counter() - t0
+
+    with quiet(log):
+        mpl_compose(*(np.zeros((64, 64, 3), np.uint8),) * 2, *(np.zeros((64, 64), np.uint8),) * 2, ("a",) * 4)
+        t_mpl = timed(mpl_pipeline, dev)[0]
+
+    # Composing alone, on the first batch's arrays: make_video.compose vs the matplotlib figure.
+    originals, corrupted, preds, conds, names = kept[0]
+    labels = [("original", make_video.condition_label(c, s), names[0], names[1]) for c, s in conds]
+    idx = range(len(conds))
+    t_np = median_time(lambda: [make_video.compose(originals[k], corrupted[k], preds[0][k], preds[1][k], labels[k])
+                                for k in idx], cfg["repeats"]) / len(conds)
+    t_fig = median_time(lambda: [mpl_compose(originals[k], corrupted[k], preds[0][k], preds[1][k], labels[k])
+                                 for k in idx], cfg["repeats"]) / len(conds)
+    res = {"video_end_to_end": result(t_mpl / t_script, 3.0, ">=", dict(
+        make_video=t_script, matplotlib_pipeline=t_mpl, compose_per_frame=t_np, mpl_compose_per_frame=t_fig,
+        **{f"mpl_pipeline_{k}": v for k, v in stage.items()}),
+        frames=frames, fps_make_video=round(frames / t_script, 2), fps_matplotlib=round(frames / t_mpl, 2),
+        compose_only_ratio=round(t_fig / t_np, 2))}
+    notes = [f"video: {frames} frames, models see {make_video.model_size(make_video.SYNTH_W, make_video.SYNTH_H, size)}"
+             f"; make_video {t_script:.2f}s ({frames / t_script:.1f} fps), matplotlib pipeline {t_mpl:.2f}s "
+             + "(" + ", ".join(f"{k} {v:.2f}" for k, v in stage.items()) + "); "
+             f"compose alone {t_np * 1e3:.1f} ms vs matplotlib {t_fig * 1e3:.1f} ms/frame "
+             f"({t_fig / t_np:.1f}x)"]
+    return res, notes
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def machine():
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"GPU {gpu}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def busy_cores(seconds=1.0):
+    """Cores kept busy by other processes over ``seconds`` while this one sleeps (Linux /proc/stat), or None."""
+    def sample():
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)   # busy (all but idle and iowait), total
+    try:
+        b0, t0 = sample()
+        time.sleep(seconds)
+        b1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def main(args):
+    mode = "gpu" if args.gpu else "quick"
+    if mode == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("error: --gpu needs CUDA, which this torch build/machine does not have; use --quick")
+    cfg = dict(MODES[mode])
+    for key in ("images", "size", "batch_size", "corruptions", "severities", "repeats", "sweep_repeats", "frames"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    root = os.path.abspath(args.root)
+    cfg["synthetic_root"] = os.path.join(root, "synthetic")
+    scratch = os.path.join(root, f"run-{os.getpid()}")
+    os.makedirs(scratch, exist_ok=True)
+    only = set(args.only or TARGETS)
+    print(f"bench.py --{mode}: {machine()}; git commit {git_commit()}")
+    print(f"config: {json.dumps({k: v for k, v in cfg.items() if k != 'synthetic_root'})}", flush=True)
+    busy = busy_cores()
+    if busy is not None and busy > 0.3:
+        # Two multi-threaded torch processes on the same cores stall each other on OpenMP barriers
+        # (seen here: identical sweep conditions took 0.8 s or 7.0 s), so every ratio below is unreliable.
+        print(f"warning: other processes keep {busy:.1f} cores busy; timings will be noisy", file=sys.stderr,
+              flush=True)
+
+    t_start = time.perf_counter()
+    ensure_synthetic(cfg["synthetic_root"], n_voc_train=4, n_sbd=4, n_val=max(100, cfg["images"]),
+                     quiet=True)
+    ckpts = [random_checkpoint(os.path.join(scratch, f"{k}.pt"), k, cfg["backbone"], cfg["head_channels"], seed)
+             for seed, k in enumerate(KINDS)]
+    results, notes = {}, []
+    jobs = [("sweep", lambda: bench_sweep_and_dump(cfg, ckpts, scratch, "dump" in only)),
+            ("dump", None),   # measured inside the sweep block, which times corrupt_image once for both
+            ("logits", lambda: bench_logits(cfg)),
+            ("train", lambda: bench_train_input(cfg, scratch)),
+            ("video", lambda: bench_video(cfg, ckpts, scratch))]
+    if "dump" in only and "sweep" not in only:
+        only.add("sweep")
+    for name, job in jobs:
+        if name not in only or job is None:
+            continue
+        t0 = time.perf_counter()
+        try:
+            res, lines = job()
+        except Exception as e:
+            traceback.print_exc()
+            res, lines = {name: {"error": f"{type(e).__name__}: {e}", "ok": False}}, []
+        results.update(res)
+        notes += lines
+        print(f"[{name} done in {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
+
+    print(f"\n{'target':<20} {'measured':>9}  {'target value':>12}  ok")
+    for key, r in results.items():
+        if "error" in r:
+            print(f"{key:<20} {'ERROR':>9}  {'':>12}  False   {r['error']}")
+        else:
+            print(f"{key:<20} {r['measured']:>9.3f}  {r['rule'] + ' ' + str(r['target']):>12}  {r['ok']}")
+    print("\n" + "\n".join(notes))
+    print(f"total {time.perf_counter() - t_start:.0f}s")
+    busy = busy_cores()
+    if busy is not None and busy > 0.3:   # a job that started meanwhile: the check at the start missed it
+        print(f"warning: at the end, other processes keep {busy:.1f} cores busy; timings may be noisy",
+              file=sys.stderr, flush=True)
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps(results))
+    return 0
+
+
+def get_args_parser():
+    q, g = MODES["quick"], MODES["gpu"]
+    p = argparse.ArgumentParser(
+        description="Measure each script against its irreducible cost, side by side in one run (targets in the "
+                    "module docstring); prints a table, a breakdown, then one JSON line.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="the default: sizes for a 2-core CPU, a few minutes (ResNet-18 with 64-channel heads at "
+                           f"{q['size']} px; the logit target uses DeepLabV3+ R50 on 8x3x224x224 in both modes)")
+    mode.add_argument("--gpu", action="store_true",
+                      help=f"one CUDA GPU: ResNet-50 checkpoints at {g['size']}, batch {g['batch_size']}, "
+                           f"{g['images']} images; stops with an error when CUDA is not available")
+    p.add_argument("--only", nargs="+", choices=TARGETS, default=None,
+                   help="run these measurement groups only (dump needs the sweep's corrupt_image timing, so it "
+                        "runs the sweep too); default: all")
+    p.add_argument("--images", type=int, default=None,
+                   help=f"val images in the sweep and the dump (quick {q['images']}, gpu {g['images']})")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"image side in the sweep and the dump (quick {q['size']}, gpu {g['size']})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"sweep batch size (quick {q['batch_size']}, gpu {g['batch_size']})")
+    p.add_argument("--corruptions", nargs="+", default=None,
+                   help=f"corruptions of the sweep and the dump (default: {' '.join(q['corruptions'])}: fast and "
+                        f"slow ones from every group; glass_blur, ~30x the others, would hide any overhead)")
+    p.add_argument("--severities", type=int, nargs="+", default=None,
+                   help=f"severities of the sweep, 0 = clean (default: {' '.join(map(str, q['severities']))}); "
+                        f"the dump takes those above 0")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"repeats of the short measurements, median (quick {q['repeats']}, gpu {g['repeats']})")
+    p.add_argument("--sweep-repeats", type=int, default=None,
+                   help=f"runs of each sweep and of the corrupt_image-alone pass, median (quick "
+                        f"{q['sweep_repeats']}, gpu {g['sweep_repeats']}); the dumps run once")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"frames of the synthetic video clip (quick {q['frames']}, gpu {g['frames']})")
+    p.add_argument("--root", default="data/bench",
+                   help="scratch folder: the synthetic dataset (generated once, kept) and this run's files "
+                        "(removed unless --keep); default: data/bench (git-ignored)")
+    p.add_argument("--keep", action="store_true", help="keep this run's files under ROOT/run-<pid>/")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
