@@ -14,6 +14,7 @@ i.e. ``imagecorruptions.corrupt`` under PROTOCOL.md's seed rule.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import threading
@@ -143,7 +144,11 @@ def dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, 
                 written += dump_one(i, conditions, args.out, args.protocol, args.size, dataset)[1]
                 bar.update()
         else:
-            with ProcessPoolExecutor(args.workers, initializer=_init_worker, initargs=(voc_root,)) as pool:
+            # forkserver, not fork: a child forked from a process whose torch/OpenMP thread pools have run
+            # can hang on its first parallel op (seen when the dump runs inside a bigger Python process).
+            ctx = multiprocessing.get_context("forkserver")
+            with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(voc_root,)) as pool:
                 futures = [pool.submit(dump_one, i, conditions, args.out, args.protocol, args.size)
                            for i in range(n)]
                 try:
