@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import OutputLock, atomic_write, git_commit, prepare_output_folder
+from common.checkpoint import OutputLock, git_commit, prepare_output_folder, write_text
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, eval_sample, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
@@ -175,8 +175,7 @@ def dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, 
     manifest = {"protocol": args.protocol, "size": size, "seed_rule": vocc.SEED_RULE, "versions": versions,
                 "data": args.data, "voc_root": os.path.abspath(voc_root), "images": dict(sorted(done.items())),
                 "git_commit": git_commit()}
-    atomic_write(os.path.join(args.out, vocc.MANIFEST),
-                 lambda tmp: open(tmp, "w").write(json.dumps(manifest, indent=1) + "\n"))
+    write_text(os.path.join(args.out, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")
     rate = n / seconds if seconds > 0 else float("inf")
     print(f"done: {written} files written, {n * (len(conditions) + 1) - written} already there; "
           f"{seconds:.1f}s, {rate:.2f} images/s ({rate * len(conditions):.1f} corrupted images/s)")

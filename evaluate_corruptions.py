@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import (OutputLock, atomic_write, file_sha256, git_commit, load_model,
-                               prepare_output_folder)
+from common.checkpoint import (OutputLock, file_sha256, git_commit, load_model, prepare_output_folder,
+                               write_npz, write_text)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
@@ -147,14 +147,10 @@ def save_condition(out, model_name, corruption, severity, stats: ConditionStats,
     tp = np.einsum("nkk->nk", stats.per_image)
     fp = stats.per_image.sum(1) - tp
     fn = stats.per_image.sum(2) - tp
-
-    def savez(path, **arrays):
-        atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
-
-    savez(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
-          end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
-    savez(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
-          image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn)
+    write_npz(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
+              end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
+    write_npz(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
+              image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn)
 
 
 # ------------------------------------------------------------------------------------- results folder
@@ -181,7 +177,7 @@ def read_metrics(path):
 def write_metrics(path, rows):
     key = {c: i for i, c in enumerate((CLEAN,) + CORRUPTIONS)}
     rows = sorted(rows, key=lambda r: (key.get(r["corruption"], 99), r["corruption"], r["severity"], r["model"]))
-    atomic_write(path, lambda tmp: open(tmp, "w").write("".join(json.dumps(r) + "\n" for r in rows)))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def parse_shard(spec):
@@ -304,7 +300,7 @@ def evaluate(args, held):
             save_condition(args.out, info["name"], c, s, st, image_ids)
         rows = rows + new
         # run.json goes with the first result, so a run that fails before any result leaves nothing behind.
-        atomic_write(run_path, lambda tmp: open(tmp, "w").write(json.dumps(run, indent=1) + "\n"))
+        write_text(run_path, json.dumps(run, indent=1) + "\n")
         write_metrics(metrics_path, rows)
         bar.close()
         print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",
@@ -411,13 +407,11 @@ def merge(args):
             tp, fp, fn = (np.concatenate([p[i] for p in per])[order] for i in range(3))
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
             stem_path = os.path.join(args.out, "confusion", name, stem)
-            atomic_write(stem_path, lambda tmp: np.savez(open(tmp, "wb"), confusion=st.confusion,
-                                                         image_ids=np.array(ids)[order], tp=tp, fp=fp, fn=fn))
-            atomic_write(os.path.join(args.out, "logits", name, stem),
-                         lambda tmp: np.savez(open(tmp, "wb"), **st.tracker.state_dict(),
-                                              end_sum=np.float64(st.end_sum), pixels=np.int64(st.pixels)))
+            write_npz(stem_path, confusion=st.confusion, image_ids=np.array(ids)[order], tp=tp, fp=fp, fn=fn)
+            write_npz(os.path.join(args.out, "logits", name, stem), **st.tracker.state_dict(),
+                      end_sum=np.float64(st.end_sum), pixels=np.int64(st.pixels))
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)
-    atomic_write(os.path.join(args.out, "run.json"), lambda tmp: open(tmp, "w").write(json.dumps(merged, indent=1)))
+    write_text(os.path.join(args.out, "run.json"), json.dumps(merged, indent=1) + "\n")
     write_metrics(os.path.join(args.out, "metrics.jsonl"), out_rows)
     print(f"merged {len(runs)} folders: {len(conds)} conditions x {len(base['models'])} models -> {args.out}")
     return 0

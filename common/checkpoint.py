@@ -13,6 +13,7 @@ import pickle
 import re
 import subprocess
 
+import numpy as np
 import torch
 
 from .errors import UsageError
@@ -30,6 +31,22 @@ def atomic_write(path: str, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomically write a text file (the handle is closed, so flushed, before the rename)."""
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+    atomic_write(path, write)
+
+
+def write_npz(path: str, **arrays) -> None:
+    """Atomically write an uncompressed NPZ (no pickles: plain numeric and string arrays only)."""
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(path, write)
 
 
 def prepare_output_folder(path: str, flag: str = "--out") -> None:
