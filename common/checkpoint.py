@@ -19,18 +19,25 @@ import torch
 from .errors import UsageError
 
 
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a kill never leaves a half-written file."""
+def atomic_write(path: str, write, durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a kill never leaves a half-written file.
+
+    ``durable`` fsyncs the data before the rename, so a power cut cannot leave an empty file under the
+    final name either. Bulk writers that re-check their files on resume (dump_voc_c.py's PNGs) pass
+    False and make the whole batch durable at once with ``os.sync()`` before recording it as done.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
 
 
 def write_text(path: str, text: str) -> None:

@@ -10,6 +10,7 @@ import io
 import json
 import os
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -31,24 +32,35 @@ def label_path(root, image_id: str) -> str:
     return os.path.join(root, "labels", f"{image_id}.png")
 
 
+# Corrupted RGB images: OpenCV's encoder, zlib level 1 with the RLE strategy and the "up" filter on every
+# row. At 224x224 that takes about 1 ms (Pillow's default adaptive filter at level 3: 3.5-4.5 ms, as long as
+# a fast corruption) and keeps smooth images at about a third to two thirds of their raw size.
+PNG_ENCODING = "OpenCV imencode: zlib level 1, strategy RLE, filter UP"
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
 def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
     """Encode RGB (or, with ``palette``, a VOC label as a palette PNG) with fixed settings: same bytes every time."""
     if palette:  # the values are class indices: store them as they are, with the VOC colours
         array = np.ascontiguousarray(array, dtype=np.uint8)
         im = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
         im.putpalette(voc_palette().ravel().tolist())
-    else:
-        im = Image.fromarray(array)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", compress_level=3)
+        return buf.getvalue()
+    ok, data = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), _PNG_PARAMS)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {array.shape} {array.dtype} image as PNG")
+    return data.tobytes()
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    """Write under a temporary name and rename, without an fsync per file (see ``atomic_write``)."""
     def write(tmp):
         with open(tmp, "wb") as fh:
             fh.write(data)
-    atomic_write(path, write)
+    atomic_write(path, write, durable=False)
 
 
 def read_png(path: str, shape=None):

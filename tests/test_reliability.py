@@ -155,3 +155,29 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(data, tmp_path)
     assert (out / ".lock").exists()
     r = cli(*DUMP, "--synthetic-root", data, "--out", str(out))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, durable, monkeypatch):
+    from common.checkpoint import atomic_write
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+
+    def half_then_fail(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"new, half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(str(target), half_then_fail, durable=durable)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+    def whole(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"new")
+
+    atomic_write(str(target), whole, durable=durable)
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["f.bin"]
+    assert len(synced) == (1 if durable else 0)   # only the durable write pays an fsync
