@@ -34,7 +34,28 @@ from common.errors import UsageError, run_cli
 _DATASET = None
 
 
-def _init_worker(voc_root):
+def _process_start(pid):
+    """The start time of process ``pid`` (clock ticks since boot), or None when it is gone or unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]   # field 22; the name before ")" may hold spaces
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid, start):
+    if start is not None:   # Linux: the same pid with the same start time (a reused pid has another)
+        return _process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _init_worker(voc_root, main_pid):
     global _DATASET
     _DATASET = voc_dataset(voc_root, "val")
     # Each worker is one process on one core: library thread pools would only fight the other workers
@@ -44,11 +65,13 @@ def _init_worker(voc_root):
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    # A pool worker outlives a parent killed with SIGKILL (nobody tells it), so watch for that and leave.
-    parent = os.getppid()
+    # A pool worker outlives a dump killed with SIGKILL: nobody tells it, its parent is the forkserver
+    # (which the workers themselves keep alive), and the task queue never reaches EOF because every
+    # worker holds its write end too. So watch the dump's own process, and leave when it is gone.
+    start = _process_start(main_pid)
 
     def watch():
-        while os.getppid() == parent:
+        while _alive(main_pid, start):
             time.sleep(0.5)
         os._exit(1)
 
@@ -152,7 +175,7 @@ def dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, 
             # can hang on its first parallel op (seen when the dump runs inside a bigger Python process).
             ctx = multiprocessing.get_context("forkserver")
             with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(voc_root,)) as pool:
+                                     initargs=(voc_root, os.getpid())) as pool:
                 futures = [pool.submit(dump_one, i, conditions, args.out, args.protocol, args.size)
                            for i in range(n)]
                 try:
