@@ -77,7 +77,7 @@ from common.viz import colorize, predict
 # 2-core CPU in a few minutes; --gpu is the paper's model size. Flags override single entries.
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "zoom_blur", "snow", "contrast", "jpeg_compression"]
 MODES = {
-    "quick": dict(device="cpu", backbone="resnet18", head_channels=64, images=40, size=96, batch_size=16,
+    "quick": dict(device="cpu", backbone="resnet50", head_channels=256, images=32, size=96, batch_size=16,
                   corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=2, repeats=3, logit_repeats=3,
                   train_images=32, frames=40, video_size=128, video_batch=8,
                   dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40]),

@@ -14,29 +14,31 @@ add across batches, processes and shards (``merge``, ``+``, ``all_reduce``); ``s
 of it, losslessly, for np.savez.
 
 How ``update`` is computed (chosen by benchmark): per chunk of ~65k pixels, the logits are copied
-once into a pixels x 21 float64 matrix (transpose and conversion in one pass), argmax is taken along
-its contiguous rows (~5x faster than along dim 1 of NCHW), pixels are stably sorted by predicted
-class, and each class's contiguous block B_n gives S_n = column sums and Q_n = B_n^T B_n as one
-matmul: one pass of P x 21 x 21 multiply-adds in all, instead of 21 masked passes over the batch.
+once into a pixels x 22 float64 matrix whose last column is 1 (transpose and conversion in one pass),
+pixels are stably sorted by predicted class, and each class's contiguous block B_n gives Q_n, S_n and
+N_n in one matmul B_n^T B_n: one pass of P x 22 x 22 multiply-adds in all, instead of 21 masked passes
+over the batch. The prediction itself comes from ``channel_argmax`` (amax, then the first channel equal
+to it), which on the CPU is ~1.7x faster than argmax along dim 1 of NCHW.
 
-Measured for 8x21x224x224 float32 logits on this project's 2-core CPU (AVX-512, torch 2.14, quiet
-machine, best of 10): 39 ms wall on 2 threads (34 ms on a real model output), versus 78 ms for a
-float32 per-class boolean-mask loop in the style of the paper's notebook (which also drifts ~1e-7
-relative from the float64 result). A DeepLabV3+ R50 forward on the same batch took 554-615 ms, so
-tracking adds ~6%. One thread, CPU time: 57 ms vs 138 ms. Alternatives (one thread, CPU time):
-transposing the blocks to 21 x N_n for the gemm, 76 ms; index_add_ of per-pixel outer products,
-730 ms; whole-batch instead of chunked buffers, 82-110 ms. On a machine shared with other jobs,
-every multi-threaded torch op (these gemms included) can stall ~15 ms on OpenMP barriers.
+Measured on this project's 2-core CPU (AVX-512, torch 2.14, 2 threads, medians): 13 ms for 16x21x96x96
+and 28 ms for 8x21x224x224 float32 logits, against 51-78 ms for a float32 per-class boolean-mask loop in
+the style of the paper's notebook (which also drifts ~1e-7 relative from the float64 result); a
+DeepLabV3+ R50 forward on the 224 batch takes ~0.6 s, so tracking adds ~5%. Tried and dropped: numpy's
+OpenBLAS runs these long, thin gemms ~1.4x faster, but its threads spin after each call and, alternating
+with torch's OpenMP threads inside the sweep, made the whole sweep 2x slower; whole-batch buffers instead
+of chunks (page faults, 1.5-2x slower); index_add_ of per-pixel outer products (~13x slower).
 """
+import threading
+
 import numpy as np
 import torch
 
 from common.constants import NUM_CLASSES
 
-# Pixels per chunk in ``update``. Each chunk makes two (pixels x 21) float64 buffers; at 2**16 pixels
-# they are 11 MB, which malloc recycles between chunks, whereas one 67 MB buffer per 8x224x224 batch is
-# a fresh mmap that page-faults on every call (measured, 2 threads: 2**15..2**17-pixel chunks 38-45 ms,
-# 2**19 and more 72 ms). A chunk holds whole images when they are smaller than this.
+# Pixels per chunk in ``update`` on the CPU, where the two (pixels x 22) float64 work matrices are kept
+# and reused between calls (``_buffers``). Measured, 2 threads, 16x21x96x96 / 8x21x224x224: 2**14 18.8 /
+# 44.6 ms, 2**15 16.4 / 35.9, 2**16 11.8 / 30.6, 2**17 12.4 / 31.2, whole batch 11.9 / 35.1 ms (fresh
+# buffers per chunk instead: 13-21 / 28-37 ms). A chunk holds whole images when they are smaller.
 _CHUNK_PIXELS = 2 ** 16
 # On a GPU, small chunks only add kernel launches and host syncs (counts.tolist()); memory is ample.
 _CHUNK_PIXELS_GPU = 2 ** 22
@@ -239,35 +241,70 @@ def _chunks(batch: int, pixels: int, chunk: int):
             yield b0, min(b0 + step, batch), 0, pixels
 
 
+_CPU_BUFFERS = threading.local()
+
+
+def _buffers(rows: int, cols: int, device):
+    """Two (rows, cols) float64 work matrices. On the CPU they are kept per thread and reused, because
+    fresh buffers of several MB are fresh mmaps that page-fault on every call (~20% of ``update``); a
+    GPU's caching allocator recycles its memory by itself."""
+    if device.type != "cpu":
+        return (torch.empty((rows, cols), dtype=torch.float64, device=device),
+                torch.empty((rows, cols), dtype=torch.float64, device=device))
+    kept = getattr(_CPU_BUFFERS, "pair", None)
+    if kept is None or kept[0].shape[0] < rows or kept[0].shape[1] != cols:
+        kept = _CPU_BUFFERS.pair = (torch.empty((rows, cols), dtype=torch.float64),
+                                    torch.empty((rows, cols), dtype=torch.float64))
+    return kept[0][:rows], kept[1][:rows]
+
+
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(1)`` for (B, K, H, W) logits: first maximum on ties, NaN counted as the maximum.
+
+    On the CPU, argmax and max(1).indices reduce NCHW along a strided axis slowly (4.4 ms for 16x21x96x96);
+    amax is vectorised there (0.1 ms), and marking each pixel's first channel equal to it, from the last
+    channel to the first, costs ~2.5 ms. On a GPU argmax is already fast.
+    """
+    if x.device.type != "cpu":
+        return x.argmax(1)
+    top = x.amax(1)
+    if torch.isnan(top).any():   # NaN equals nothing: leave those batches to argmax's own rule
+        return x.argmax(1)
+    k = x.shape[1]
+    pred = torch.full(top.shape, k - 1, dtype=torch.int64)
+    for c in range(k - 2, -1, -1):
+        pred.masked_fill_(x[:, c] == top, c)
+    return pred
+
+
 def _class_moments(x: torch.Tensor, pred, chunk=None):
-    """count (K,), S (K, K), Q (K, K, K) as float64 numpy for logits x (B, K, H, W) on any device."""
+    """count (K,), S (K, K), Q (K, K, K) as float64 numpy for logits x (B, K, H, W) on any device.
+
+    Per chunk: one pass copies the logits into a pixels x (K+1) float64 matrix whose last column is 1,
+    a stable sort by predicted class makes each class one contiguous block B_n, and one gemm
+    B_n^T B_n gives Q_n, S_n (the ones row) and N_n together.
+    """
     b, k, h, w = x.shape
     device = x.device
+    if pred is None:
+        pred = channel_argmax(x)
     if chunk is None:
         chunk = _CHUNK_PIXELS if device.type == "cpu" else _CHUNK_PIXELS_GPU
     xv = x.permute(0, 2, 3, 1).reshape(b, h * w, k)       # a view for NCHW and channels-last alike
-    pv = None if pred is None else pred.reshape(b, h * w)
-    count = torch.zeros(k, dtype=torch.int64, device=device)
-    s = torch.zeros((k, k), dtype=torch.float64, device=device)
-    q = torch.zeros((k, k, k), dtype=torch.float64, device=device)
+    pv = pred.reshape(b, h * w)
+    m = torch.zeros((k, k + 1, k + 1), dtype=torch.float64, device=device)
     for b0, b1, p0, p1 in _chunks(b, h * w, chunk):
-        # (pixels, K) float64 in one copy. The conversion is exact, so argmax over float64 equals
-        # argmax over the original dtype, ties included; along contiguous rows it is ~5x faster than
-        # torch.argmax(logits, dim=1) on NCHW.
-        xp = torch.empty((b1 - b0, p1 - p0, k), dtype=torch.float64, device=device)
-        xp.copy_(xv[b0:b1, p0:p1])
-        xp = xp.view(-1, k)
-        p = xp.argmax(dim=1) if pv is None else pv[b0:b1, p0:p1].reshape(-1)
+        xp, blocks = _buffers((b1 - b0) * (p1 - p0), k + 1, device)
+        # Transpose and widen in one pass (float64 holds float32 exactly); the last column is 1.
+        xp.view(b1 - b0, p1 - p0, k + 1)[..., :k].copy_(xv[b0:b1, p0:p1])
+        xp[:, k] = 1.0
+        p = pv[b0:b1, p0:p1].reshape(-1)
         counts = torch.bincount(p, minlength=k)
-        # Stable sort: each class's pixels become one contiguous block, in their original order, so
-        # the sums do not depend on the sort implementation.
-        order = torch.argsort(p, stable=True)
-        blocks = xp.index_select(0, order)
+        # Stable: each block keeps its pixels' original order, so sums do not depend on the sort.
+        torch.index_select(xp, 0, torch.argsort(p, stable=True), out=blocks)
         for n, blk in enumerate(torch.split(blocks, counts.tolist())):
             if blk.shape[0]:
-                s[n] += blk.sum(dim=0)
-                q[n] += blk.T @ blk
-        count += counts
-    # gemm need not return a bit-symmetric B^T B; (Q + Q^T) / 2 is exactly symmetric.
-    q = (q + q.transpose(1, 2)) * 0.5
-    return count.double().cpu().numpy(), s.cpu().numpy(), q.cpu().numpy()
+                m[n].addmm_(blk.T, blk)
+    m = (m + m.transpose(1, 2)) * 0.5     # gemm need not return a bit-symmetric B^T B
+    m = m.cpu().numpy()
+    return m[:, k, k].copy(), m[:, k, :k].copy(), m[:, :k, :k].copy()

@@ -184,8 +184,9 @@ def test_condition_stats_prediction_and_end_against_numpy():
     logits[0, 3, 0, 0] = logits[0, 7, 0, 0] = 50.0  # a tie: the first maximum wins, as np.argmax
     logits[1, 0, 1, 1] = logits[1, 2, 1, 1] = 60.0
     labels = torch.randint(0, 21, (3, 7, 9), generator=g)
-    st = ev.ConditionStats(3)
-    pred = st.update(logits, labels, np.arange(3))
+    labels[:, 2] = 255                                 # ignored pixels count in no confusion cell
+    st = ev.ConditionStats(5)
+    pred = st.update(logits, labels, np.array([4, 0, 2]))
     z = logits.double().numpy()
     assert np.array_equal(pred.numpy(), z.argmax(1))
     e = np.exp(z - z.max(1, keepdims=True))
@@ -194,3 +195,12 @@ def test_condition_stats_prediction_and_end_against_numpy():
     ident = ((f / f.sum(1, keepdims=True)).max(1) - 1 / 20) / (1 - 1 / 20)
     assert st.end_sum / st.pixels == pytest.approx(np.mean(bg * ident), rel=1e-6)
     assert st.pixels == 3 * 7 * 9
+    # Per-image confusion (rows: label, columns: prediction) at each image's slot, by hand.
+    lab, p = labels.numpy(), z.argmax(1)
+    for j, slot in enumerate([4, 0, 2]):
+        want = np.zeros((21, 21), np.int64)
+        for t, q in zip(lab[j].ravel(), p[j].ravel()):
+            if t != 255:
+                want[t, q] += 1
+        assert np.array_equal(st.per_image[slot], want)
+    assert not st.per_image[[1, 3]].any() and np.array_equal(st.confusion, st.per_image.sum(0))

@@ -212,12 +212,27 @@ def test_all_reduce_gloo_single_rank(tmp_path):
 @pytest.mark.parametrize("chunk", [7, 17 * 23, 500, 10 ** 6])
 def test_chunking_and_memory_layout_do_not_change_results(chunk):
     # chunk 7 splits images, 391 is exactly one image, 500 groups images (partial last group).
-    from common.logits import _class_moments
+    from common import logits as L
     x = torch.from_numpy(_logits(b=5, seed=9))
     ref = _oracle(x.numpy())
     for inp in (x, x.contiguous(memory_format=torch.channels_last),
-                x.transpose(2, 3).contiguous().transpose(2, 3)):        # H, W strides swapped
-        count, s, q = _class_moments(inp, None, chunk=chunk)
-        np.testing.assert_array_equal(count, ref["count"])
-        _close(s, ref["sum"])
-        _close(q, ref["sq"])
+                x.transpose(2, 3).contiguous().transpose(2, 3), x.to(torch.bfloat16).float()):
+        want = ref if inp.dtype == x.dtype and torch.equal(inp, x) else _oracle(inp.numpy())
+        count, s, q = L._class_moments(inp, None, chunk=chunk)
+        np.testing.assert_array_equal(count, want["count"])
+        _close(s, want["sum"])
+        _close(q, want["sq"])
+        np.testing.assert_array_equal(q, q.transpose(0, 2, 1))      # exactly symmetric
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_channel_argmax_equals_torch_argmax_with_ties_and_nan(seed):
+    from common.logits import channel_argmax
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.integers(0, 4, (3, K, 13, 9)).astype(np.float32))   # ties everywhere
+    assert torch.equal(channel_argmax(x), x.argmax(1))
+    assert torch.equal(channel_argmax(x), torch.from_numpy(x.numpy().argmax(1)))
+    y = torch.from_numpy(rng.normal(0, 1, (2, K, 8, 8)).astype(np.float32))
+    assert torch.equal(channel_argmax(y), y.argmax(1))
+    y[1, 7, 3, 3] = float("nan")                                       # NaN wins, as in torch.argmax
+    assert torch.equal(channel_argmax(y), y.argmax(1)) and int(channel_argmax(y)[1, 3, 3]) == 7
