@@ -113,16 +113,16 @@ class ConditionStats:
         self.confusion += per.sum(0)
         self.tracker.update(logits, pred)
         # END (PROTOCOL.md): bg = softmax over all 21 at channel 0; id = normalised max softmax over the
-        # 20 foreground logits; averaged over every output pixel, like the logit statistics. In log-sum-exp
-        # form with one exp pass, over the foreground: lse = logaddexp(z0, lse_fg), bg = exp(z0 - lse) and
-        # max softmax = exp(max z_fg - lse_fg).
+        # 20 foreground logits; averaged over every output pixel, like the logit statistics. With one exp
+        # pass, s = sum_fg exp(z - max z_fg) in [1, 20]: max softmax_fg = 1 / s and
+        # bg = 1 / (1 + s exp(max z_fg - z0)), which tends to 0 or 1 without NaN when the exp overflows.
         k = NUM_CLASSES - 1
         fg, z0 = logits[:, 1:], logits[:, 0]
         fg_max = fg.amax(1)
-        lse_fg = (fg - fg_max.unsqueeze(1)).exp_().sum(1).log_().add_(fg_max)
-        bg = torch.exp(z0 - torch.logaddexp(z0, lse_fg))
-        ident = (torch.exp(fg_max - lse_fg) - 1 / k) / (1 - 1 / k)
-        self.end_sum += float((bg.double() * ident.double()).sum())
+        s = (fg - fg_max.unsqueeze(1)).exp_().sum(1)
+        bg = torch.exp(fg_max - z0).mul_(s).add_(1).reciprocal_()
+        ident = s.reciprocal_().sub_(1 / k).mul_(1 / (1 - 1 / k))
+        self.end_sum += float(torch.dot(bg.view(-1).double(), ident.view(-1).double()))
         self.pixels += pred.numel()
         return pred
 
