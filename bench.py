@@ -45,6 +45,19 @@ The targets (ratios of times measured in this one run, on the same machine):
                         corruptions, both models' predictions) come from one run of the pipeline. >= 3
   video_end_to_end      (no target) make_video.main() frames/s / the same pipeline (clip, models, corruptions,
                         encoder) with matplotlib composing: the models and the encoder, common to both, bound it.
+
+Model throughput (the "model" group: by default with --gpu only; --only model runs it on a CPU at crop 96):
+
+  train_bf16_speedup    training images/s of DeepLabV3+ (crop 224, batch 32; train.py's train_one_epoch on
+                        batches already on the device) with bf16 autocast + channels_last / in fp32. >= 2
+  train_images_per_s    the faster of the two. >= 1500 on one H100
+  mfu_<mode>            (no target) achieved FLOP/s (images/s x the FLOPs of one training image, counted with
+                        torch.utils.flop_counter: 79.3 GFLOP for R50 at 224, forward 26.5) / the card's dense
+                        peak from its datasheet (bf16, or TF32 for fp32 runs, which cuDNN uses by default)
+  study_projected_minutes  3 x 50 epochs x 7,087 images at the measured training rate, plus the sweep: the
+                        larger of 3 models x 1,449 images x 76 conditions at the measured inference rates and
+                        every corruption of 1,449 images (timed here per image) spread over this machine's
+                        cores. <= 30
 """
 import argparse
 import contextlib
@@ -72,7 +85,7 @@ from common.checkpoint import git_commit, save_checkpoint
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.logits import LogitTracker
-from common.models import build_model
+from common.models import BACKBONES, build_model
 from common.synthetic import ensure_synthetic
 from common.viz import colorize, predict
 
@@ -83,15 +96,17 @@ MODES = {
     "quick": dict(device="cpu", backbone="resnet50", head_channels=256, images=32, size=96, batch_size=16,
                   corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=2, repeats=3, logit_repeats=3,
                   train_images=32, frames=40, video_size=128, video_batch=8,
-                  dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40]),
+                  dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40],
+                  train_crop=96, train_batch=4, train_steps=3, train_warmup=1, infer_steps=2, corrupt_images=1),
     "gpu": dict(device="cuda", backbone="resnet50", head_channels=256, images=100, size=224, batch_size=32,
                 corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=3, repeats=5, logit_repeats=10,
                 train_images=64, frames=130, video_size=224, video_batch=16,
-                dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40]),
+                dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40],
+                train_crop=224, train_batch=32, train_steps=40, train_warmup=10, infer_steps=20, corrupt_images=4),
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("baseline", "ibe", "scribe")   # the three checkpoints of the sweep (the paper's three models)
-TARGETS = ("sweep", "dump", "logits", "train", "video")   # measurement groups, for --only
+TARGETS = ("sweep", "dump", "logits", "train", "video", "model")   # measurement groups, for --only
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -164,7 +179,7 @@ def result(measured, target, rule, seconds, **extra):
     """One row of the JSON line. ``rule`` "info" marks a reported ratio without a target (ok is None)."""
     ok = None if rule == "info" else {"<=": measured <= target, ">=": measured >= target,
                                       "==": measured == target}[rule]
-    return {"measured": round(float(measured), 4), "target": target, "rule": rule, "ok": None if ok is None else bool(ok),
+    return {"measured": None if measured is None else round(float(measured), 4), "target": target, "rule": rule, "ok": None if ok is None else bool(ok),
             "seconds": {k: round(float(v), 4) for k, v in seconds.items()}, **extra}
 
 
@@ -657,6 +672,131 @@ def bench_video(cfg, ckpts, scratch):
     return res, notes
 
 
+# ---------------------------------------------------------------------- 7: model throughput (GPU)
+
+# Dense tensor-core peaks from NVIDIA's H100 and H200 datasheets (TFLOP/s, without sparsity), by a
+# substring of torch.cuda.get_device_name(); the first match wins. TF32 is what cuDNN uses for fp32
+# convolutions by default (torch.backends.cudnn.allow_tf32), so the fp32 run is judged against it.
+PEAK_TFLOPS = (("H200", dict(bf16=989.4, tf32=494.7)), ("H100 PCIe", dict(bf16=756.0, tf32=378.0)),
+               ("H100 NVL", dict(bf16=835.0, tf32=417.5)), ("H100", dict(bf16=989.4, tf32=494.7)))
+# The full study (PROTOCOL.md): 3 models x 50 epochs on VOC train + SBD train_noval, then the sweep of
+# 3 models over VOC val under clean + 15 corruptions x 5 severities.
+STUDY = dict(models=3, epochs=50, train_images=7087, val_images=1449, conditions=1 + 15 * 5)
+
+
+def model_flops(cfg, train_step: bool) -> float:
+    """FLOPs of one image through DeepLabV3+ (forward, or forward + backward), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    side = cfg["train_crop"]
+    with torch.device("meta"):
+        model = build_model("baseline", backbone=cfg["backbone"], head_channels=cfg["head_channels"])
+        x = torch.empty(2, 3, side, side)
+    model.train(train_step)
+    with FlopCounterMode(display=False) as counter:
+        y = model(x)
+        if train_step:
+            y.float().sum().backward()
+    return counter.get_total_flops() / 2
+
+
+def bench_model(cfg, scratch):
+    """Training and inference images/s (fp32 vs bf16 autocast + channels_last), model FLOPs utilisation
+    against the card's peak, and the projected wall time of the full study on this machine.
+
+    Training runs train.py's own ``train_one_epoch`` (loss, SGD step, poly schedule, confusion) on batches
+    already on the device: the input pipeline is measured apart (train_16_workers).
+    """
+    import train as train_script
+    from torch.optim.lr_scheduler import LambdaLR
+
+    dev, crop, bs = cfg["device"], cfg["train_crop"], cfg["train_batch"]
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu"
+    peak = next((p for key, p in PEAK_TFLOPS if key in name), None) if dev.startswith("cuda") else None
+    flops_train, flops_fwd = model_flops(cfg, True), model_flops(cfg, False)
+    modes = (("fp32", "none", torch.contiguous_format), ("bf16_channels_last", "bf16", torch.channels_last))
+    g = torch.Generator(device=dev).manual_seed(0)
+    batches = [(torch.randn(bs, 3, crop, crop, device=dev, generator=g),
+                torch.randint(0, 21, (bs, crop, crop), device=dev, generator=g)) for _ in range(cfg["train_steps"])]
+    train_ips, infer_ips = {}, {}
+    for label, amp, fmt in modes:
+        args = train_script.get_args_parser().parse_args(
+            ["--model", "baseline", "--backbone", cfg["backbone"], "--head-channels", str(cfg["head_channels"]),
+             "--amp", amp, "--batch-size", str(bs), "--crop-size", str(crop), "--print-freq", "1000000"])
+        args.device, args.rank, args.world_size, args.distributed, args.memory_format = dev, 0, 1, False, fmt
+        torch.manual_seed(0)
+        model = build_model("baseline", backbone=cfg["backbone"], head_channels=cfg["head_channels"])
+        model = model.to(dev, memory_format=fmt)
+        optimizer = train_script.make_optimizer(model, args)
+        scheduler = LambdaLR(optimizer, lambda step: 1.0)
+        scaler = torch.amp.GradScaler(dev.split(":")[0], enabled=False)
+
+        def epoch(steps):
+            return train_script.train_one_epoch(model, batches[:steps], optimizer, scheduler, scaler, 0, args)
+
+        with quiet(os.path.join(scratch, "model.log")):
+            epoch(cfg["train_warmup"])                       # cuDNN autotuning, allocator warm-up
+            t = timed(lambda: epoch(len(batches)), dev)[0]
+        train_ips[label] = bs * len(batches) / t
+        model = optimizer = None   # free the training copy before the inference models
+        # Inference, each of the three structures, as the sweep runs them (eval, inference_mode).
+        x = batches[0][0].contiguous(memory_format=fmt)
+        dtype = torch.bfloat16 if amp == "bf16" else None
+        for kind in KINDS:
+            m = build_model(kind, backbone=cfg["backbone"], head_channels=cfg["head_channels"]).eval()
+            m = m.to(dev, memory_format=fmt)
+            with torch.inference_mode(), torch.autocast(dev.split(":")[0], dtype=dtype, enabled=dtype is not None):
+                for _ in range(2):
+                    m(x)
+                t = timed(lambda: [m(x) for _ in range(cfg["infer_steps"])], dev)[0]
+            infer_ips[(label, kind)] = bs * cfg["infer_steps"] / t
+    speedup = train_ips["bf16_channels_last"] / train_ips["fp32"]
+
+    # Corruption cost per image at 224 px, every corruption and severity, on this machine's CPU: the
+    # sweep's loader workers (and the dump) spread it over the cores while the GPU runs the models.
+    val = voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")
+    samples = [eval_sample(val, i, "paper", 224) for i in range(cfg["corrupt_images"])]
+    for c in parse_corruptions(["all"]):
+        corrupt_image(samples[0][1], "warmup", c, 1)
+    t0 = time.perf_counter()
+    for image_id, image, _ in samples:
+        for c in parse_corruptions(["all"]):
+            for sev in range(1, 6):
+                corrupt_image(image, image_id, c, sev)
+    corrupt_per_val_image = (time.perf_counter() - t0) / len(samples)   # all 75 conditions of one image
+    best = max(train_ips, key=train_ips.get)
+    st = STUDY
+    t_train = st["models"] * st["epochs"] * st["train_images"] / train_ips[best]
+    t_gpu_sweep = sum(st["val_images"] * st["conditions"] / infer_ips[(best, k)] for k in KINDS)
+    cores = os.cpu_count() or 1
+    t_cpu_sweep = st["val_images"] * corrupt_per_val_image / cores
+    t_study = t_train + max(t_gpu_sweep, t_cpu_sweep)
+
+    res = {"train_bf16_speedup": result(speedup, 2.0, ">=", {}, images_per_s=
+                                        {k: round(v, 1) for k, v in train_ips.items()}),
+           "train_images_per_s": result(train_ips[best], 1500, ">=", {}, mode=best, device=name),
+           "study_projected_minutes": result(t_study / 60, 30, "<=", dict(
+               train=t_train, sweep_forward=t_gpu_sweep, sweep_corruptions_on_all_cores=t_cpu_sweep,
+               corrupt_all_75_per_image=corrupt_per_val_image), cpu_cores=cores, train_crop=crop, assumptions=(
+               "training at the best measured images/s, data loading keeping up; sweep = max(GPU forward of "
+               "3 models x 1449 images x 76 conditions, corruption CPU time / cores)"))}
+    for label in train_ips:
+        tflops = train_ips[label] * flops_train / 1e12
+        key = "bf16" if label.startswith("bf16") else "tf32"
+        res[f"mfu_{label}"] = result(tflops / peak[key] if peak else None, None, "info", {},
+                                     achieved_tflops=round(tflops, 1), peak_tflops=peak[key] if peak else None,
+                                     train_gflop_per_image=round(flops_train / 1e9, 2))
+    notes = [f"model: {name}; DeepLabV3+ {cfg['backbone']} at {crop}x{crop}, batch {bs}: {flops_fwd / 1e9:.2f} GFLOP "
+             f"forward, {flops_train / 1e9:.2f} per training image (counted); training images/s "
+             + ", ".join(f"{k} {v:.1f}" for k, v in train_ips.items()) + "; inference images/s "
+             + ", ".join(f"{k[1]} {k[0]} {v:.1f}" for k, v in infer_ips.items())
+             + f"; all 75 corruptions of one 224 px image {corrupt_per_val_image:.2f} s on one core; projected "
+             f"study: train {t_train / 60:.1f} min + sweep max(forward passes {t_gpu_sweep / 60:.1f}, "
+             f"corruptions {t_cpu_sweep / 60:.1f} on {cores} cores) = {t_study / 60:.1f} min"
+             + ("" if crop == 224 else f" (measured at crop {crop}, not the study's 224: not a projection of it)")]
+    return res, notes
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def machine():
@@ -691,14 +831,16 @@ def main(args):
     if mode == "gpu" and not torch.cuda.is_available():
         raise SystemExit("error: --gpu needs CUDA, which this torch build/machine does not have; use --quick")
     cfg = dict(MODES[mode])
-    for key in ("images", "size", "batch_size", "corruptions", "severities", "repeats", "sweep_repeats", "frames"):
+    for key in ("images", "size", "batch_size", "corruptions", "severities", "repeats", "sweep_repeats", "frames",
+                "backbone", "head_channels"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     root = os.path.abspath(args.root)
     cfg["synthetic_root"] = os.path.join(root, "synthetic")
     scratch = os.path.join(root, f"run-{os.getpid()}")
     os.makedirs(scratch, exist_ok=True)
-    only = set(args.only or TARGETS)
+    # The model group trains R50 at 224: minutes on a CPU, so --quick runs it only when asked (--only model).
+    only = set(args.only or (TARGETS if mode == "gpu" else [t for t in TARGETS if t != "model"]))
     print(f"bench.py --{mode}: {machine()}; git commit {git_commit()}")
     print(f"config: {json.dumps({k: v for k, v in cfg.items() if k != 'synthetic_root'})}", flush=True)
     busy = busy_cores()
@@ -718,7 +860,8 @@ def main(args):
             ("dump", lambda: bench_dump(cfg, scratch)),
             ("logits", lambda: bench_logits(cfg)),
             ("train", lambda: bench_train_input(cfg, scratch)),
-            ("video", lambda: bench_video(cfg, ckpts, scratch))]
+            ("video", lambda: bench_video(cfg, ckpts, scratch)),
+            ("model", lambda: bench_model(cfg, scratch))]
     for name, job in jobs:
         if name not in only:
             continue
@@ -732,13 +875,14 @@ def main(args):
         notes += lines
         print(f"[{name} done in {time.perf_counter() - t0:.1f}s]", file=sys.stderr, flush=True)
 
-    print(f"\n{'target':<20} {'measured':>9}  {'target value':>12}  ok")
+    print(f"\n{'target':<24} {'measured':>9}  {'target value':>12}  ok")
     for key, r in results.items():
         if "error" in r:
-            print(f"{key:<20} {'ERROR':>9}  {'':>12}  False   {r['error']}")
+            print(f"{key:<24} {'ERROR':>9}  {'':>12}  False   {r['error']}")
         else:
             rule = "(no target)" if r["rule"] == "info" else f"{r['rule']} {r['target']}"
-            print(f"{key:<20} {r['measured']:>9.3f}  {rule:>12}  {'' if r['ok'] is None else r['ok']}")
+            shown = "n/a" if r["measured"] is None else f"{r['measured']:.3f}"
+            print(f"{key:<24} {shown:>9}  {rule:>12}  {'' if r['ok'] is None else r['ok']}")
     print("\n" + "\n".join(notes))
     print(f"total {time.perf_counter() - t_start:.0f}s")
     busy = busy_cores()
@@ -765,6 +909,11 @@ def get_args_parser():
                            f"{g['images']} images; stops with an error when CUDA is not available")
     p.add_argument("--only", nargs="+", choices=TARGETS, default=None,
                    help="run these measurement groups only; default: all")
+    p.add_argument("--backbone", choices=tuple(BACKBONES), default=None,
+                   help=f"backbone of the random-weight checkpoints of the sweep and the video (quick "
+                        f"{q['backbone']}, gpu {g['backbone']}); a smaller one makes per-pixel bookkeeping weigh more")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help=f"ASPP/decoder width of those checkpoints (quick {q['head_channels']}, gpu {g['head_channels']})")
     p.add_argument("--images", type=int, default=None,
                    help=f"val images in the sweep (quick {q['images']}, gpu {g['images']})")
     p.add_argument("--size", type=int, default=None,

@@ -289,6 +289,8 @@ def evaluate(args, held):
     loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(indices), batch),
                                          num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
                                          persistent_workers=False)
+    # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
+    torch.backends.cudnn.benchmark = args.protocol == "paper"
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
     fmt = torch.channels_last if device_type == "cuda" else torch.contiguous_format

@@ -115,6 +115,9 @@ def autocast(args):
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
     model.train()
+    # Training crops all have one size, so cuDNN's per-shape autotuning pays off; validation keeps each
+    # image's aspect (a new shape nearly every batch), where it would autotune over and over.
+    torch.backends.cudnn.benchmark = True
     cm = ConfusionMatrix()
     loss_sum = torch.zeros((), device=args.device, dtype=torch.float64)
     steps = 0
@@ -157,6 +160,7 @@ def check_finite(loss_sum, epoch, step, args):
 @torch.inference_mode()
 def evaluate(model, loader, args):
     model.eval()
+    torch.backends.cudnn.benchmark = False
     cm = ConfusionMatrix()
     for images, labels in tqdm(loader, desc="val", disable=None if is_main(args) else True, leave=False):
         images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
