@@ -27,7 +27,7 @@ The targets (ratios of times measured in this one run, on the same machine):
   dump_scaling          dump_voc_c.main() images/s with --workers 2 over --workers 1, on the dump's default work
                         (the paper's slow four, 224 px, severities 1 3 5). Each run is a fresh process with
                         main() timed inside it, into a fresh folder; images/s by difference between a short
-                        and a long run (8 and 40 images), so per-run start-up (imports, numba compiles, the
+                        and a long run (quick: 8 and 48 images), so per-run start-up (imports, numba compiles, the
                         pool's workers starting) is reported apart. >= 1.7
   dump_overhead         dump time per image (--workers 1, by the same difference) / corrupt_image alone on
                         the same images and conditions. <= 1.1
@@ -94,14 +94,14 @@ from common.viz import colorize, predict
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "zoom_blur", "snow", "contrast", "jpeg_compression"]
 MODES = {
     "quick": dict(device="cpu", backbone="resnet50", head_channels=256, images=32, size=96, batch_size=16,
-                  corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=2, repeats=3, logit_repeats=3,
+                  corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=3, repeats=3, logit_repeats=3,
                   train_images=32, frames=40, video_size=128, video_batch=8,
-                  dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40],
+                  dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 48],
                   train_crop=96, train_batch=4, train_steps=3, train_warmup=1, infer_steps=2, corrupt_images=1),
     "gpu": dict(device="cuda", backbone="resnet50", head_channels=256, images=100, size=224, batch_size=32,
                 corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=3, repeats=5, logit_repeats=10,
                 train_images=64, frames=130, video_size=224, video_batch=16,
-                dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 40],
+                dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 48],
                 train_crop=224, train_batch=32, train_steps=40, train_warmup=10, infer_steps=20, corrupt_images=4),
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))
