@@ -1,7 +1,7 @@
 """Benchmarks: how close each script comes to its irreducible cost, measured side by side in one run.
 
-    python bench.py --quick        # this project's 2-core CPU, 70-80 s: ResNet-18 (64-channel heads) at 96 px
-    python bench.py --gpu          # one CUDA GPU: ResNet-50 checkpoints at 224, bigger batches
+    python bench.py --quick        # this project's 2-core CPU, ~3.5 min: DeepLabV3+ R50 (random weights) at 96 px
+    python bench.py --gpu          # one CUDA GPU: R50 at 224, bigger batches, plus training throughput and MFU
 
 Numbers from this machine, and what dominates each, are in BENCHMARKS.md. Run it on an otherwise idle
 machine: two multi-threaded torch processes on the same cores stall each other (a warning is printed when
