@@ -91,19 +91,17 @@ from common.viz import colorize, predict
 # Per mode: what the models are and how much work each measurement does. --quick fits this project's
 # 2-core CPU in a few minutes; --gpu is the paper's model size. Flags override single entries.
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "zoom_blur", "snow", "contrast", "jpeg_compression"]
+# Both modes: the paper's model, the sweep's conditions, and the dump on its own default work at 224 px.
+COMMON = dict(backbone="resnet50", head_channels=256, corruptions=CORRUPTIONS, severities=[0, 1, 3, 5],
+              sweep_repeats=3, dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5],
+              dump_images=[8, 48], dump_repeats=2)
 MODES = {
-    "quick": dict(device="cpu", backbone="resnet50", head_channels=256, images=32, size=96, batch_size=16,
-                  corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=3, repeats=3, logit_repeats=3,
-                  train_images=32, frames=40, video_size=128, video_batch=8,
-                  dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 48],
-                  dump_repeats=2, train_crop=96, train_batch=4, train_steps=3, train_warmup=1, infer_steps=2,
-                  corrupt_images=1),
-    "gpu": dict(device="cuda", backbone="resnet50", head_channels=256, images=100, size=224, batch_size=32,
-                corruptions=CORRUPTIONS, severities=[0, 1, 3, 5], sweep_repeats=3, repeats=5, logit_repeats=10,
-                train_images=64, frames=130, video_size=224, video_batch=16,
-                dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 48],
-                dump_repeats=2, train_crop=224, train_batch=32, train_steps=40, train_warmup=10, infer_steps=20,
-                corrupt_images=4),
+    "quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
+                  train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
+                  train_steps=3, train_warmup=1, infer_steps=2, corrupt_images=1),
+    "gpu": dict(COMMON, device="cuda", images=100, size=224, batch_size=32, repeats=5, logit_repeats=10,
+                train_images=64, frames=130, video_size=224, video_batch=16, train_crop=224, train_batch=32,
+                train_steps=40, train_warmup=10, infer_steps=20, corrupt_images=4),
 }
 ROOT = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("baseline", "ibe", "scribe")   # the three checkpoints of the sweep (the paper's three models)
