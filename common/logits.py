@@ -20,13 +20,14 @@ N_n in one matmul B_n^T B_n: one pass of P x 22 x 22 multiply-adds in all, inste
 over the batch. The prediction itself comes from ``channel_argmax`` (amax, then the first channel equal
 to it), which on the CPU is ~1.7x faster than argmax along dim 1 of NCHW.
 
-Measured on this project's 2-core CPU (AVX-512, torch 2.14, 2 threads, medians): 13 ms for 16x21x96x96
-and 28 ms for 8x21x224x224 float32 logits, against 51-78 ms for a float32 per-class boolean-mask loop in
+Measured on this project's 2-core CPU (AVX-512, torch 2.14, 2 threads): ~12 ms for 16x21x96x96 and
+30-40 ms for 8x21x224x224 float32 logits, against 47-101 ms for a float32 per-class boolean-mask loop in
 the style of the paper's notebook (which also drifts ~1e-7 relative from the float64 result); a
-DeepLabV3+ R50 forward on the 224 batch takes ~0.6 s, so tracking adds ~5%. Tried and dropped: numpy's
-OpenBLAS runs these long, thin gemms ~1.4x faster, but its threads spin after each call and, alternating
-with torch's OpenMP threads inside the sweep, made the whole sweep 2x slower; whole-batch buffers instead
-of chunks (page faults, 1.5-2x slower); index_add_ of per-pixel outer products (~13x slower).
+DeepLabV3+ R50 forward on the 224 batch takes 0.52-0.62 s, so tracking adds ~6% (bench.py, BENCHMARKS.md).
+Tried and dropped: numpy's OpenBLAS runs these long, thin gemms ~1.4x faster, but its threads spin after
+each call and, alternating with torch's OpenMP threads inside the sweep, made the whole sweep 2x slower;
+whole-batch buffers instead of chunks (1.15x slower at 224 px); index_add_ of per-pixel outer products
+(~13x slower).
 """
 import threading
 
