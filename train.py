@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
-from common.data import build_datasets, loader_worker_init, pad_collate, resolve_roots
+from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
 from common.errors import UsageError, run_cli
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, KINDS, build_model, default_output_stride, head_parameters,
@@ -231,7 +231,8 @@ def train(args, held):
         train_sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True)
     else:
         train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
-    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=loader_worker_init)
+    single_thread_opencv()   # the transform's OpenCV calls: one thread per loader worker (and here, if workers 0)
+    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
                               generator=generator, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, collate_fn=pad_collate,

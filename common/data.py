@@ -168,9 +168,13 @@ class TrainTransform:
         return self.to_tensors(self.colour(image, p), label)
 
 
-def loader_worker_init(worker_id: int):
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, as torch already has one, so that N
-    workers keep N cores busy instead of oversubscribing them."""
+def single_thread_opencv():
+    """One OpenCV thread in this process and in the DataLoader workers it forks afterwards (torch already
+    gives each worker one thread), so that N workers keep N cores busy instead of oversubscribing them.
+
+    Call it in the parent, before the loaders start: ``cv2.setNumThreads`` called inside a forked worker
+    deadlocks once the parent has used OpenCV's thread pool (seen in the full test suite).
+    """
     cv2.setNumThreads(1)
 
 

@@ -131,18 +131,34 @@ def test_call_normalises_and_pads_label_with_ignore():
     assert torch.allclose(x.double(), want, atol=1e-5)
 
 
-class _ThreadCount(torch.utils.data.Dataset):
+LOADER_AFTER_OPENCV_POOL = """
+import cv2, numpy as np, torch
+from common.data import single_thread_opencv
+big = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+cv2.GaussianBlur(big, (31, 31), 5)          # the parent has used OpenCV's thread pool
+single_thread_opencv()
+
+class ThreadCount(torch.utils.data.Dataset):
     def __len__(self):
         return 2
 
     def __getitem__(self, i):
-        import cv2
+        cv2.GaussianBlur(big[:300, :300], (5, 5), 1)
         return cv2.getNumThreads()
 
+print(list(torch.utils.data.DataLoader(ThreadCount(), batch_size=None, num_workers=1)), cv2.getNumThreads())
+"""
 
-def test_loader_workers_run_opencv_on_one_thread():
-    from common.data import loader_worker_init
 
-    loader = torch.utils.data.DataLoader(_ThreadCount(), batch_size=None, num_workers=1,
-                                         worker_init_fn=loader_worker_init)
-    assert list(loader) == [1, 1]
+def test_loader_workers_run_opencv_on_one_thread_without_deadlock():
+    # In a subprocess with a timeout: the deadlock this guards against (cv2.setNumThreads inside a forked
+    # worker after the parent used OpenCV's pool) would otherwise hang the test suite.
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    r = subprocess.run([sys.executable, "-c", LOADER_AFTER_OPENCV_POOL], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[1,", "1]", "1"]
