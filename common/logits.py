@@ -254,8 +254,11 @@ def _buffers(rows: int, cols: int, device):
                 torch.empty((rows, cols), dtype=torch.float64, device=device))
     kept = getattr(_CPU_BUFFERS, "pair", None)
     if kept is None or kept[0].shape[0] < rows or kept[0].shape[1] != cols:
-        kept = _CPU_BUFFERS.pair = (torch.empty((rows, cols), dtype=torch.float64),
-                                    torch.empty((rows, cols), dtype=torch.float64))
+        # Normal tensors even when the first call comes under torch.inference_mode (the sweep): an
+        # inference tensor could not be written to by a later call outside it.
+        with torch.inference_mode(False):
+            kept = _CPU_BUFFERS.pair = (torch.empty((rows, cols), dtype=torch.float64),
+                                        torch.empty((rows, cols), dtype=torch.float64))
     return kept[0][:rows], kept[1][:rows]
 
 

@@ -236,3 +236,17 @@ def test_channel_argmax_equals_torch_argmax_with_ties_and_nan(seed):
     assert torch.equal(channel_argmax(y), y.argmax(1))
     y[1, 7, 3, 3] = float("nan")                                       # NaN wins, as in torch.argmax
     assert torch.equal(channel_argmax(y), y.argmax(1)) and int(channel_argmax(y)[1, 3, 3]) == 7
+
+
+def test_update_inside_and_outside_inference_mode_in_either_order():
+    # The CPU work buffers are kept between calls; one made under inference_mode must not break a later
+    # call outside it (the sweep runs under inference_mode, analysis and tests outside), nor the reverse.
+    from common import logits as L
+    x = torch.from_numpy(_logits(b=2, seed=11))
+    ref = _oracle(x.numpy())
+    for first_inference in (True, False):
+        L._CPU_BUFFERS.__dict__.clear()
+        for inference in (first_inference, not first_inference, first_inference):
+            with torch.inference_mode(inference):
+                t = LogitTracker().update(x)
+            _close(t.sq, ref["sq"])
