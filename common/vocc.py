@@ -9,10 +9,12 @@ PNG is lossless, so an image read back from a dump is the very array ``corrupt_i
 import io
 import json
 import os
+import struct
+import zlib
 
-import cv2
 import numpy as np
 from PIL import Image
+from zlib_ng import zlib_ng
 
 from .checkpoint import atomic_write
 from .constants import voc_palette
@@ -32,12 +34,34 @@ def label_path(root, image_id: str) -> str:
     return os.path.join(root, "labels", f"{image_id}.png")
 
 
-# Corrupted RGB images: OpenCV's encoder, zlib level 1 with the RLE strategy and the "up" filter on every
-# row. At 224x224 that takes about 1 ms (Pillow's default adaptive filter at level 3: 3.5-4.5 ms, as long as
-# a fast corruption) and keeps smooth images at about a third to two thirds of their raw size.
-PNG_ENCODING = "OpenCV imencode: zlib level 1, strategy RLE, filter UP"
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
-               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+# Corrupted RGB images are written by the small PNG encoder below: every row with the "up" filter (the
+# difference to the row above, one numpy subtraction), then one Huffman-only deflate by zlib-ng. At 224x224
+# that takes ~0.5 ms, against ~1.1 ms for OpenCV's encoder at zlib level 1 (RLE strategy, up filter; system
+# zlib) and 3.5-4.5 ms for Pillow's default, at ~10% larger files than the former (60 KB on average for the
+# slow four at 224 px, 40% of raw). The slow corruptions take ~14 ms each, so encoding is ~3% of a dump.
+PNG_ENCODING = "rows filtered 'up', deflated by zlib-ng at level 1 with the Huffman-only strategy"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data (PNG specification, section 5.3)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def rgb_png(array: np.ndarray) -> bytes:
+    """A uint8 HxWx3 array as an 8-bit RGB PNG (non-interlaced), the same bytes for the same pixels."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 image, got {array.dtype} {array.shape}")
+    h, w, _ = array.shape
+    rows = np.ascontiguousarray(array).reshape(h, w * 3)
+    scanlines = np.empty((h, w * 3 + 1), np.uint8)
+    scanlines[:, 0] = 2                          # filter type 2, "up"; the row above row 0 counts as zeros
+    scanlines[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])   # uint8 arithmetic is modulo 256, as PNG's
+    deflate = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_HUFFMAN_ONLY)
+    idat = deflate.compress(scanlines.tobytes()) + deflate.flush()
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)   # 8 bits, RGB, deflate, adaptive filters, no interlace
+    return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
@@ -49,10 +73,7 @@ def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
         buf = io.BytesIO()
         im.save(buf, format="PNG", compress_level=3)
         return buf.getvalue()
-    ok, data = cv2.imencode(".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR), _PNG_PARAMS)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {array.shape} {array.dtype} image as PNG")
-    return data.tobytes()
+    return rgb_png(array)
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -108,3 +108,22 @@ def test_bad_flags_are_one_line_exit_2(data, tmp_path, flags, needle):
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "o" / "manifest.json")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 13, 3), (40, 40, 3), (224, 224, 3)])
+def test_png_encoder_is_lossless_for_two_independent_decoders(shape):
+    import cv2
+
+    from common.vocc import rgb_png
+    rng = np.random.default_rng(shape[1])
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    a[0] = 255                                  # extremes next to each other: the up filter wraps mod 256
+    a[-1, ::2] = 0
+    data = rgb_png(a)
+    assert data == rgb_png(a.copy())            # the same bytes for the same pixels
+    assert np.array_equal(np.array(Image.open(io.BytesIO(data))), a)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(bgr[..., ::-1], a)
+    Image.open(io.BytesIO(data)).verify()       # chunk CRCs
+    with pytest.raises(ValueError):
+        rgb_png(a.astype(np.float32))
