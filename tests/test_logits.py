@@ -250,3 +250,23 @@ def test_update_inside_and_outside_inference_mode_in_either_order():
             with torch.inference_mode(inference):
                 t = LogitTracker().update(x)
             _close(t.sq, ref["sq"])
+
+
+@pytest.mark.parametrize("n,tile", [(0, 4), (3, 4), (4, 4), (4 * 5 + 3, 4), (2048 * 2 + 1, 2048)])
+def test_gram_in_tiles_equals_one_matmul(n, tile):
+    from common.logits import _gram
+    a = np.random.default_rng(n).normal(0, 3, (n, 22))
+    got = _gram(torch.from_numpy(a), tile).numpy()
+    np.testing.assert_allclose(got, a.T @ a, rtol=1e-12, atol=1e-9)
+
+
+def test_blocks_larger_than_a_tile_match_the_oracle():
+    # 2 x 64 x 64 pixels, most predicted background: its block spans several 2048-row tiles.
+    x = _logits(b=2, h=64, w=64, seed=12)
+    x[:, 0] += 4
+    t = LogitTracker().update(torch.from_numpy(x))
+    ref = _oracle(x)
+    assert t.count[0] > 2 * 2048
+    np.testing.assert_array_equal(t.count, ref["count"])
+    _close(t.sum, ref["sum"])
+    _close(t.sq, ref["sq"])
