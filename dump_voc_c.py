@@ -35,12 +35,14 @@ _DATASET = None
 
 
 def _process_start(pid):
-    """The start time of process ``pid`` (clock ticks since boot), or None when it is gone or unknown."""
+    """The start time of process ``pid`` (clock ticks since boot), or None when it is gone, a zombie (killed,
+    not yet reaped) or unknown (no /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]   # field 22; the name before ")" may hold spaces
+            fields = fh.read().rsplit(")", 1)[1].split()   # the name before ")" may hold spaces
     except (OSError, IndexError):
         return None
+    return None if fields[0] in ("Z", "X") else fields[19]   # state (field 3), start time (field 22)
 
 
 def _alive(pid, start):
