@@ -147,10 +147,14 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
 
 
 def save_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids):
-    stem = f"{corruption}_{severity}.npz"
     tp = np.einsum("nkk->nk", stats.per_image)
-    fp = stats.per_image.sum(1) - tp
-    fn = stats.per_image.sum(2) - tp
+    write_condition(out, model_name, corruption, severity, stats, image_ids, tp,
+                    fp=stats.per_image.sum(1) - tp, fn=stats.per_image.sum(2) - tp)
+
+
+def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
+    """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN."""
+    stem = f"{corruption}_{severity}.npz"
     write_npz(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
               end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
     write_npz(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
@@ -412,10 +416,7 @@ def merge(args):
             order = np.argsort(np.array(ids), kind="stable")
             tp, fp, fn = (np.concatenate([p[i] for p in per])[order] for i in range(3))
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
-            stem_path = os.path.join(args.out, "confusion", name, stem)
-            write_npz(stem_path, confusion=st.confusion, image_ids=np.array(ids)[order], tp=tp, fp=fp, fn=fn)
-            write_npz(os.path.join(args.out, "logits", name, stem), **st.tracker.state_dict(),
-                      end_sum=np.float64(st.end_sum), pixels=np.int64(st.pixels))
+            write_condition(args.out, name, c, s, st, np.array(ids)[order], tp, fp, fn)
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)
     write_text(os.path.join(args.out, "run.json"), json.dumps(merged, indent=1) + "\n")
     write_metrics(os.path.join(args.out, "metrics.jsonl"), out_rows)
