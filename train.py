@@ -31,6 +31,7 @@ from tqdm import tqdm
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
 from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
 from common.errors import UsageError, run_cli
+from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, KINDS, build_model, default_output_stride, head_parameters,
                            segmentation_loss)
@@ -136,7 +137,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
         scheduler.step()  # poly decay per iteration, as the paper's code did
         loss_sum += loss.detach()
         steps += 1
-        cm.update(labels, logits.detach().argmax(1))
+        cm.update(labels, channel_argmax(logits.detach()))
         if steps % args.print_freq == 0:
             # Checking every step would synchronise the GPU each time; a NaN is caught within print_freq.
             check_finite(loss_sum, epoch, steps, args)
@@ -166,7 +167,7 @@ def evaluate(model, loader, args):
         images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
         with autocast(args):
             logits = model(images)
-        cm.update(labels.to(args.device), logits.argmax(1))
+        cm.update(labels.to(args.device), channel_argmax(logits))
     cm.all_reduce()
     return cm.compute()
 

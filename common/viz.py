@@ -4,6 +4,7 @@ import torch
 
 from .constants import voc_palette
 from .data import normalise_uint8
+from .logits import channel_argmax
 
 # PROTOCOL.md: vermillion, sky blue, grey (Wong's colour-blind-safe palette), as 0..1 RGB for matplotlib.
 MODEL_COLOURS = {"baseline": (213 / 255, 94 / 255, 0.0), "scribe": (86 / 255, 180 / 255, 233 / 255),
@@ -23,5 +24,5 @@ def predict(model, images: np.ndarray, device="cpu", batch_size: int = 16) -> np
     out = []
     for s in range(0, len(images), batch_size):
         x = normalise_uint8(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
-        out.append(model(x).max(1).indices.to(torch.uint8).cpu().numpy())  # = argmax, faster on NCHW
+        out.append(channel_argmax(model(x)).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], dtype=np.uint8)
