@@ -115,6 +115,24 @@ def load_model(path: str, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
+def save_random_checkpoint(path, kind: str, seed: int = 0, name=None, **model_kw) -> str:
+    """A random-weight model (``build_model(kind, **model_kw)``) saved the way train.py saves one, for tests and
+    benchmarks. BatchNorm gets non-trivial running statistics, so that eval-mode outputs vary across classes
+    (all-one-class predictions would also make per-class work unrealistically cheap)."""
+    from .models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(kind, **model_kw)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(str(path), {"model": model.state_dict(), "model_config": model.config, "name": name or kind,
+                                "epoch": 0, "args": {}})
+    return str(path)
+
+
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -3,27 +3,14 @@ import os
 import subprocess
 import sys
 
-import torch
-
-from common.checkpoint import save_checkpoint
-from common.models import build_model
+from common.checkpoint import save_random_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_checkpoint(path, kind, seed=0, name=None):
     """A randomly initialised ResNet-18 model with 8-channel heads, saved the way train.py saves it."""
-    torch.manual_seed(seed)
-    model = build_model(kind, backbone="resnet18", head_channels=8)
-    # Give BatchNorm non-trivial running statistics so eval-mode outputs vary across classes.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    save_checkpoint(str(path), {"model": model.state_dict(), "model_config": model.config,
-                                "name": name or kind, "epoch": 0, "args": {}})
-    return str(path)
+    return save_random_checkpoint(path, kind, seed, name, backbone="resnet18", head_channels=8)
 
 
 def cli(*args, timeout=600, **kw):
