@@ -82,11 +82,11 @@ from PIL import Image
 import evaluate_corruptions
 import make_video
 from common import vocc
-from common.checkpoint import git_commit, save_checkpoint
+from common.checkpoint import git_commit, load_model, save_random_checkpoint
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.logits import LogitTracker
-from common.models import BACKBONES, build_model
+from common.models import BACKBONES, build_model, model_flops
 from common.synthetic import ensure_synthetic
 from common.viz import colorize, predict
 
@@ -127,8 +127,7 @@ def timed(fn, device="cpu"):
 
 
 def best_time(fn, repeats, device="cpu"):
-    """Median seconds of ``repeats`` calls (after none: warm up yourself where it matters)."""
-    """The fastest of ``repeats`` calls. Interference (another VM, a daemon) only ever adds time, so the
+    """The fastest of ``repeats`` calls (no warm-up: do it yourself where it matters). Interference (another VM, a daemon) only ever adds time, so the
     minimum is the estimate of a step's own cost (timeit's rule); every side of every ratio gets it."""
     return min(timed(fn, device)[0] for _ in range(repeats))
 
@@ -156,26 +155,6 @@ def torch_threads(n):
     finally:
         torch.set_num_threads(old)
         cv2.setNumThreads(old_cv)
-
-
-def random_checkpoint(path, kind, backbone, head_channels, seed):
-    """A random-weight model saved the way train.py saves it (as tests/helpers.py tiny_checkpoint does)."""
-    torch.manual_seed(seed)
-    model = build_model(kind, backbone=backbone, head_channels=head_channels)
-    randomise_bn(model)
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config, "name": kind,
-                           "epoch": 0, "args": {}})
-    return path
-
-
-def randomise_bn(model):
-    # Non-trivial BatchNorm statistics, so eval-mode outputs vary across classes (predictions are not
-    # all one class, which would make per-class work unrealistically cheap).
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
 
 
 def result(measured, target, rule, seconds, **extra):
@@ -283,16 +262,25 @@ print("BENCH-SECONDS", json.dumps([best[0] / len(samples), {c: v / len(samples) 
 """
 
 
-def run_dump(argv, log):
-    """(seconds of dump_voc_c.main, warm-up seconds, seconds inside corrupt_image in the main process), run in
-    a fresh process; its output goes to ``log``."""
-    proc = subprocess.run([sys.executable, "-c", DUMP_MAIN, *argv], cwd=ROOT, capture_output=True, text=True)
+def run_script(code, argv, log):
+    """Run ``python -c code argv`` in a fresh process from the repository root, its output appended to ``log``;
+    returns the JSON list its last ``BENCH-SECONDS`` line carries."""
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True)
     with open(log, "a") as fh:
         fh.write(proc.stdout + proc.stderr)
     found = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-SECONDS")]
-    if not found or json.loads(found[-1].split(" ", 1)[1])[0] != 0:
-        raise RuntimeError(f"dump_voc_c.py failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}")
-    return json.loads(found[-1].split(" ", 1)[1])[1:]
+    if not found:
+        raise RuntimeError(f"bench script failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}")
+    return json.loads(found[-1].split(" ", 1)[1])
+
+
+def run_dump(argv, log):
+    """(seconds of dump_voc_c.main, warm-up seconds, seconds inside corrupt_image in the main process), run in
+    a fresh process."""
+    rc, *times = run_script(DUMP_MAIN, argv, log)
+    if rc != 0:
+        raise RuntimeError(f"dump_voc_c.main returned {rc}; see {log}")
+    return times
 
 
 def bench_sweep(cfg, ckpts, scratch):
@@ -421,20 +409,15 @@ def bench_dump(cfg, scratch):
     # is the denominator least exposed to drift between runs (noise that slows both slows both).
     inside = (runs[1, long_][2] - runs[1, short][2]) / (long_ - short)
 
-    # corrupt_image alone on the same images (the long run's extra ones) and conditions; the per-file work
-    # of the dump (PNG encoding, the write) timed apart for the breakdown.
-    proc = subprocess.run([sys.executable, "-c", CORRUPT_MAIN, voc_root, str(size), str(short), str(long_),
-                           str(cfg["dump_repeats"]), ",".join(cors), ",".join(map(str, sev))],
-                          cwd=ROOT, capture_output=True, text=True)
-    found = [line for line in proc.stdout.splitlines() if line.startswith("BENCH-SECONDS")]
-    if not found:
-        raise RuntimeError(f"corrupt_image alone failed (exit {proc.returncode}): {proc.stderr[-300:]}")
-    t_corrupt, per_cor = json.loads(found[-1].split(" ", 1)[1])
-    # The per-file work of the dump, timed apart for the breakdown (in this process).
+    # corrupt_image alone on the same images (the long run's extra ones) and conditions, in a fresh process.
+    t_corrupt, per_cor = run_script(CORRUPT_MAIN, [voc_root, str(size), str(short), str(long_),
+                                                   str(cfg["dump_repeats"]), ",".join(cors), ",".join(map(str, sev))],
+                                    log)
+    # The per-file work of the dump (PNG encoding, the write), timed apart for the breakdown, in this process.
     samples = [eval_sample(dataset, i, "paper", size) for i in range(short, long_)]
     outputs = [corrupt_image(image, image_id, c, s) for image_id, image, _ in samples for c in cors for s in sev]
-    t_png = timed(lambda: [vocc.png_bytes(o) for o in outputs])[0] / len(samples)
-    data = [vocc.png_bytes(o) for o in outputs]
+    t_png, data = timed(lambda: [vocc.png_bytes(o) for o in outputs])
+    t_png /= len(samples)
     wdir = os.path.join(scratch, "write-probe")
     t_write = timed(lambda: [vocc.write_bytes(os.path.join(wdir, f"{j}.png"), b) for j, b in enumerate(data)])[0]
     t_write /= len(samples)
@@ -482,12 +465,11 @@ def notebook_moments(logits):
     return count, sums, sq
 
 
-def bench_logits(cfg):
+def bench_logits(cfg, scratch):
     dev, reps = cfg["device"], cfg["logit_repeats"]
+    # DeepLabV3+ R50, output stride 16, random weights.
+    model = load_model(save_random_checkpoint(os.path.join(scratch, "logits-r50.pt"), "baseline"), dev)[0]
     torch.manual_seed(0)
-    model = build_model("baseline")     # DeepLabV3+ R50, output stride 16, random weights
-    randomise_bn(model)
-    model = model.to(dev).eval()
     x = torch.randn(8, 3, 224, 224, device=dev)
     with torch.inference_mode():
         logits = model(x)                                # warm-up (oneDNN / cuDNN pick their kernels)
@@ -734,22 +716,6 @@ PEAK_TFLOPS = (("H200", dict(bf16=989.4, tf32=494.7)), ("H100 PCIe", dict(bf16=7
 STUDY = dict(models=3, epochs=50, train_images=7087, val_images=1449, conditions=1 + 15 * 5)
 
 
-def model_flops(cfg, train_step: bool) -> float:
-    """FLOPs of one image through DeepLabV3+ (forward, or forward + backward), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    side = cfg["train_crop"]
-    with torch.device("meta"):
-        model = build_model("baseline", backbone=cfg["backbone"], head_channels=cfg["head_channels"])
-        x = torch.empty(2, 3, side, side)
-    model.train(train_step)
-    with FlopCounterMode(display=False) as counter:
-        y = model(x)
-        if train_step:
-            y.float().sum().backward()
-    return counter.get_total_flops() / 2
-
-
 def bench_model(cfg, scratch):
     """Training and inference images/s (fp32 vs bf16 autocast + channels_last), model FLOPs utilisation
     against the card's peak, and the projected wall time of the full study on this machine.
@@ -763,7 +729,8 @@ def bench_model(cfg, scratch):
     dev, crop, bs = cfg["device"], cfg["train_crop"], cfg["train_batch"]
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu"
     peak = next((p for key, p in PEAK_TFLOPS if key in name), None) if dev.startswith("cuda") else None
-    flops_train, flops_fwd = model_flops(cfg, True), model_flops(cfg, False)
+    size = dict(backbone=cfg["backbone"], head_channels=cfg["head_channels"], side=crop)
+    flops_train, flops_fwd = model_flops(train_step=True, **size), model_flops(train_step=False, **size)
     modes = (("fp32", "none", torch.contiguous_format), ("bf16_channels_last", "bf16", torch.channels_last))
     g = torch.Generator(device=dev).manual_seed(0)
     batches = [(torch.randn(bs, 3, crop, crop, device=dev, generator=g),
@@ -903,12 +870,12 @@ def main(args):
     t_start = time.perf_counter()
     ensure_synthetic(cfg["synthetic_root"], n_voc_train=4, n_sbd=4, n_val=max(100, cfg["images"]),
                      quiet=True)
-    ckpts = [random_checkpoint(os.path.join(scratch, f"{k}.pt"), k, cfg["backbone"], cfg["head_channels"], seed)
-             for seed, k in enumerate(KINDS)]
+    ckpts = [save_random_checkpoint(os.path.join(scratch, f"{k}.pt"), k, seed, backbone=cfg["backbone"],
+                                    head_channels=cfg["head_channels"]) for seed, k in enumerate(KINDS)]
     results, notes = {}, []
     jobs = [("sweep", lambda: bench_sweep(cfg, ckpts, scratch)),
             ("dump", lambda: bench_dump(cfg, scratch)),
-            ("logits", lambda: bench_logits(cfg)),
+            ("logits", lambda: bench_logits(cfg, scratch)),
             ("train", lambda: bench_train_input(cfg, scratch)),
             ("video", lambda: bench_video(cfg, ckpts, scratch)),
             ("model", lambda: bench_model(cfg, scratch))]
@@ -952,8 +919,8 @@ def get_args_parser():
                     "module docstring); prints a table, a breakdown, then one JSON line.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="the default: sizes for a 2-core CPU, a few minutes (ResNet-18 with 64-channel heads at "
-                           f"{q['size']} px; the logit target uses DeepLabV3+ R50 on 8x3x224x224 in both modes)")
+                      help="the default: sizes for a 2-core CPU, about 5 minutes (DeepLabV3+ R50 with random weights "
+                           f"at {q['size']} px in the sweep; the logit target uses 8x3x224x224 in both modes)")
     mode.add_argument("--gpu", action="store_true",
                       help=f"one CUDA GPU: ResNet-50 checkpoints at {g['size']}, batch {g['batch_size']}, "
                            f"{g['images']} images; stops with an error when CUDA is not available")
