@@ -61,7 +61,7 @@ for model in baseline ibe scribe; do
   if [ "$MODE" = quick ] && [ "$model" = scribe ]; then
     # SCrIBE's BCE is averaged over 21 channels, so its gradients are ~1/21 of cross-entropy's; trained from
     # scratch in 12 epochs it needs larger and more frequent steps (measured: 0.32 val mIoU at batch 16 /
-    # lr 0.02, 0.75 at batch 8 / lr 0.1). The paper's full settings use one recipe for all three.
+    # lr 0.02; 0.43-0.75 at batch 8 / lr 0.1, depending on --seed). The paper's full settings use one recipe.
     EXTRA=(--batch-size 8 --lr 0.1)
   fi
   python train.py --model "$model" "${DATA[@]}" "${TRAIN[@]}" "${EXTRA[@]}" --out "$OUT/train" --resume
