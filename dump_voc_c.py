@@ -29,6 +29,7 @@ from common.checkpoint import OutputLock, git_commit, prepare_output_folder, wri
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, eval_sample, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
+from common.host import keep_freed_memory
 
 # Worker-process state: the dataset is opened once per worker, not pickled with every task.
 _DATASET = None
@@ -67,6 +68,7 @@ def _init_worker(voc_root, main_pid):
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    keep_freed_memory()   # forkserver children do not inherit the dump's malloc settings
     # A pool worker outlives a dump killed with SIGKILL: nobody tells it, its parent is the forkserver
     # (which the workers themselves keep alive), and the task queue never reaches EOF because every
     # worker holds its write end too. So watch the dump's own process, and leave when it is gone.
@@ -127,6 +129,7 @@ def verify(out, dataset, n, conditions, protocol, size, sample: int):
 
 
 def main(args):
+    keep_freed_memory()   # glibc: corrupt_image's large temporaries stay in the heap (common/host.py)
     corruptions = parse_corruptions(args.corruptions)
     severities = parse_severities(args.severities)
     if 0 in severities:

@@ -35,6 +35,7 @@ from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, c
                                 parse_corruptions, parse_severities)
 from common.data import PROTOCOLS, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
+from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
 
@@ -221,6 +222,7 @@ def load_models(args):
 # ----------------------------------------------------------------------------------------------- main
 
 def main(args):
+    keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     if args.merge:
         prepare_output_folder(args.out)
         with OutputLock(args.out, "evaluate_corruptions.py --merge"):

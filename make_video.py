@@ -51,6 +51,7 @@ from tqdm import tqdm
 from common.checkpoint import git_commit, load_model
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.errors import UsageError, run_cli
+from common.host import keep_freed_memory
 from common.synthetic import class_style, second_tone
 from common.viz import colorize, predict
 
@@ -437,6 +438,7 @@ def load_pair(args):
 
 
 def main(args):
+    keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     schedule = build_schedule(args.corruptions, args.severity)  # unknown corruption: fails before any work
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
 from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
 from common.errors import UsageError, run_cli
+from common.host import keep_freed_memory
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, KINDS, build_model, default_output_stride, head_parameters,
@@ -175,6 +176,7 @@ def evaluate(model, loader, args):
 # ------------------------------------------------------------------------------------------------- main
 
 def main(args):
+    keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     with contextlib.ExitStack() as held:  # releases the run folder's lock however training ends
         return train(args, held)
 
