@@ -20,10 +20,13 @@ The targets (ratios of times measured in this one run, on the same machine):
                         excluded; model loading, dataset opening and result writing included) with --workers 0
                         and three checkpoints, divided by (a) + (b): (a) corrupt_image alone on the same images
                         and conditions, (b) the three models' forward passes alone on the same batches
-                        (fastest of --repeats passes over the images, times the number of conditions). <= 1.2
+                        (median of --repeats passes over the images, times the number of conditions). The two
+                        sweeps, (a) and (b) run back to back in each of --sweep-repeats rounds; each ratio is
+                        taken within a round, and the median round's is reported. <= 1.2
   shared_calls          corrupt_image calls counted (a wrapper on evaluate_corruptions.corrupt_image) in the
                         1-checkpoint and the 3-checkpoint sweep: 3-model count / 1-model count, must be 1.
-  shared_time           (3-model sweep - 1-model sweep) / forward time of the two extra models. <= 1.1
+  shared_time           (3-model sweep - 1-model sweep) / forward time of the two extra models, within a round
+                        (median round). <= 1.1
   dump_scaling          dump_voc_c.main() images/s with --workers 2 over --workers 1, on the dump's default work
                         (the paper's slow four, 224 px, severities 1 3 5). Each run is a fresh process with
                         main() timed inside it, into a fresh folder, twice (the faster counts); images/s by
@@ -974,7 +977,8 @@ def get_args_parser():
                    help=f"repeats of the short measurements, the fastest counts (quick {q['repeats']}, "
                         f"gpu {g['repeats']})")
     p.add_argument("--sweep-repeats", type=int, default=None,
-                   help=f"runs of each sweep and its corrupt_image-alone pass, the fastest counts (quick "
+                   help=f"rounds of the sweep measurements (both sweeps, corrupt_image alone, forward alone), the "
+                        f"median round's ratios count (quick "
                         f"{q['sweep_repeats']}, gpu {g['sweep_repeats']}); each dump runs {q['dump_repeats']} times")
     p.add_argument("--frames", type=int, default=None,
                    help=f"frames of the synthetic video clip (quick {q['frames']}, gpu {g['frames']})")
