@@ -14,23 +14,22 @@ add across batches, processes and shards (``merge``, ``+``, ``all_reduce``); ``s
 of it, losslessly, for np.savez.
 
 How ``update`` is computed (chosen by benchmark): per chunk of ~65k pixels, the logits are copied
-once into a pixels x 22 float64 matrix whose last column is 1 (transpose and conversion in one pass).
-One gather lays the pixels out class by class, in stable order of predicted class, each class's block
-padded with zero rows to whole 128-row tiles; one batched matmul gives every tile's B^T B, and adding
-the tiles into their classes gives Q_n, S_n and N_n together: P x 22 x 22 multiply-adds in all, in a
-fixed number of operations whatever the classes, instead of 21 masked passes over the batch. The
-prediction itself comes from ``channel_argmax`` (amax, then the first channel equal to it), which on
-the CPU is 2-10x faster than argmax along dim 1 of NCHW.
+once into a pixels x 22 float64 matrix whose last column is 1 (transpose and conversion in one pass),
+pixels are stably sorted by predicted class, and each class's contiguous block B_n gives Q_n, S_n and
+N_n in one matmul B_n^T B_n: one pass of P x 22 x 22 multiply-adds in all, instead of 21 masked passes
+over the batch. The prediction itself comes from ``channel_argmax`` (amax, then the first channel equal
+to it), which on the CPU is 2-10x faster than argmax along dim 1 of NCHW.
 
-Measured on this project's 2-core CPU (AVX-512, torch 2.14, 2 threads): ~11 ms for 16x21x96x96 and
-~27 ms for 8x21x224x224 float32 logits, against 47-101 ms for a float32 per-class boolean-mask loop in
-the style of the paper's notebook (which also drifts ~1e-7 relative from the float64 result); a
-DeepLabV3+ R50 forward on the 224 batch takes 0.52-0.62 s, so tracking adds ~5% (bench.py, BENCHMARKS.md).
+Measured on this project's 2-core CPU (AVX-512, torch 2.14, 2 threads): ~9-12 ms for 16x21x96x96 and
+22-32 ms for 8x21x224x224 float32 logits (fewer predicted classes: faster), against 47-101 ms for a
+float32 per-class boolean-mask loop in the style of the paper's notebook (which also drifts ~1e-7 relative
+from the float64 result); a DeepLabV3+ R50 forward on the 224 batch takes 0.52-0.62 s, so tracking adds
+~5% (bench.py, BENCHMARKS.md).
 Tried and dropped: numpy's OpenBLAS runs these long, thin gemms ~1.4x faster, but its threads spin after
 each call and, alternating with torch's OpenMP threads inside the sweep, made the whole sweep 2x slower;
-one (22 x N) @ (N x 22) matmul per class (MKL on this AMD CPU runs it 2x slower than a batched matmul
-over row tiles); whole-batch buffers instead of chunks (1.15x slower at 224 px); index_add_ of
-per-pixel outer products (~13x slower).
+whole-batch buffers instead of chunks (1.15x slower at 224 px); index_add_ of per-pixel outer products
+(~13x slower); every class's block padded with zero rows to whole 128-row tiles and all tiles in one
+batched matmul (5% faster with all 21 classes predicted, 10% slower with 3, the usual case).
 """
 import threading
 
@@ -44,7 +43,7 @@ from common.constants import NUM_CLASSES
 # 44.6 ms, 2**15 16.4 / 35.9, 2**16 11.8 / 30.6, 2**17 12.4 / 31.2, whole batch 11.9 / 35.1 ms (fresh
 # buffers per chunk instead: 13-21 / 28-37 ms). A chunk holds whole images when they are smaller.
 _CHUNK_PIXELS = 2 ** 16
-# On a GPU, small chunks only add kernel launches and host syncs (one per chunk); memory is ample.
+# On a GPU, small chunks only add kernel launches and host syncs (counts.tolist()); memory is ample.
 _CHUNK_PIXELS_GPU = 2 ** 22
 
 
@@ -246,29 +245,39 @@ def _chunks(batch: int, pixels: int, chunk: int):
 
 
 _CPU_BUFFERS = threading.local()
-# Rows per tile in ``_class_moments``: each class's block is padded with zero rows to a whole number of
-# tiles, at most TILE - 1 rows per class (4% of a 65k-pixel chunk with all 21 classes). A batched matmul
-# over (N/TILE, TILE, 22) ran alike for tiles of 64 to 2048 rows here (1.74-1.84 ms per 65k rows).
-_TILE = 128
+_GRAM_TILE = 2048   # rows per tile in ``_gram`` (1024-4096 measured alike)
 
 
 def _buffers(rows: int, cols: int, device):
-    """Two float64 work matrices: (rows + 1, cols), whose last row the caller keeps zero, and (rows + (cols - 1)
-    * (_TILE - 1) rounded up to a tile, cols) for the padded blocks. On the CPU they are kept per thread and
-    reused, because fresh buffers of several MB are fresh mmaps that page-fault on every call (~20% of
-    ``update``); a GPU's caching allocator recycles its memory by itself."""
-    padded = -(-(rows + (cols - 1) * (_TILE - 1)) // _TILE) * _TILE
+    """Two (rows, cols) float64 work matrices. On the CPU they are kept per thread and reused, because
+    fresh buffers of several MB are fresh mmaps that page-fault on every call (~20% of ``update``); a
+    GPU's caching allocator recycles its memory by itself."""
     if device.type != "cpu":
-        return (torch.empty((rows + 1, cols), dtype=torch.float64, device=device),
-                torch.empty((padded, cols), dtype=torch.float64, device=device))
+        return (torch.empty((rows, cols), dtype=torch.float64, device=device),
+                torch.empty((rows, cols), dtype=torch.float64, device=device))
     kept = getattr(_CPU_BUFFERS, "pair", None)
-    if kept is None or kept[0].shape[0] < rows + 1 or kept[1].shape[0] < padded or kept[0].shape[1] != cols:
+    if kept is None or kept[0].shape[0] < rows or kept[0].shape[1] != cols:
         # Normal tensors even when the first call comes under torch.inference_mode (the sweep): an
         # inference tensor could not be written to by a later call outside it.
         with torch.inference_mode(False):
-            kept = _CPU_BUFFERS.pair = (torch.empty((rows + 1, cols), dtype=torch.float64),
-                                        torch.empty((padded, cols), dtype=torch.float64))
-    return kept[0][:rows + 1], kept[1]
+            kept = _CPU_BUFFERS.pair = (torch.empty((rows, cols), dtype=torch.float64),
+                                        torch.empty((rows, cols), dtype=torch.float64))
+    return kept[0][:rows], kept[1][:rows]
+
+
+def _gram(block: torch.Tensor, tile: int = _GRAM_TILE) -> torch.Tensor:
+    """block^T block for a tall (N, C) float64 block, as a sum of (C, tile) @ (tile, C) products.
+
+    One batched matmul over row tiles plus a sum ran 2.8x faster than one (C, N) @ (N, C) matmul for
+    147k x 22 here (3.5 against 9.9 ms, MKL on this AMD CPU); the rows left over go through one matmul.
+    """
+    n = block.shape[0]
+    full = n - n % tile
+    out = block[full:].T @ block[full:]
+    if full:
+        tiles = block[:full].view(-1, tile, block.shape[1])
+        out += torch.bmm(tiles.transpose(1, 2), tiles).sum(0)
+    return out
 
 
 def channel_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -292,10 +301,9 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
 def _class_moments(x: torch.Tensor, pred, chunk=None):
     """count (K,), S (K, K), Q (K, K, K) as float64 numpy for logits x (B, K, H, W) on any device.
 
-    Per chunk: one pass copies the logits into a pixels x (K+1) float64 matrix whose last column is 1.
-    One gather, in stable order of predicted class, lays the pixels out class by class, each class's block
-    padded with zero rows (which add nothing) to whole tiles of ``_TILE`` rows. One batched matmul gives
-    every tile's B^T B, and adding each tile into its class gives Q_n, S_n (the ones row) and N_n together.
+    Per chunk: one pass copies the logits into a pixels x (K+1) float64 matrix whose last column is 1,
+    a stable sort by predicted class makes each class one contiguous block B_n, and one gemm
+    B_n^T B_n gives Q_n, S_n (the ones row) and N_n together.
     """
     b, k, h, w = x.shape
     device = x.device
@@ -307,28 +315,17 @@ def _class_moments(x: torch.Tensor, pred, chunk=None):
     pv = pred.reshape(b, h * w)
     m = torch.zeros((k, k + 1, k + 1), dtype=torch.float64, device=device)
     for b0, b1, p0, p1 in _chunks(b, h * w, chunk):
-        rows = (b1 - b0) * (p1 - p0)
-        xp, blocks = _buffers(rows, k + 1, device)
-        # Transpose and widen in one pass (float64 holds float32 exactly); the last column is 1, and the
-        # extra last row stays 0: the padding rows are gathered from it.
-        xp[:rows].view(b1 - b0, p1 - p0, k + 1)[..., :k].copy_(xv[b0:b1, p0:p1])
-        xp[:rows, k] = 1.0
-        xp[rows] = 0.0
+        xp, blocks = _buffers((b1 - b0) * (p1 - p0), k + 1, device)
+        # Transpose and widen in one pass (float64 holds float32 exactly); the last column is 1.
+        xp.view(b1 - b0, p1 - p0, k + 1)[..., :k].copy_(xv[b0:b1, p0:p1])
+        xp[:, k] = 1.0
         p = pv[b0:b1, p0:p1].reshape(-1)
         counts = torch.bincount(p, minlength=k)
-        tiles = (counts + (_TILE - 1)) // _TILE
-        # Sorted position j of class n goes to row j - start_n + padded_start_n; the rest read the zero row.
         # Stable: each block keeps its pixels' original order, so sums do not depend on the sort.
-        order = torch.argsort(p, stable=True)
-        shift = (torch.cumsum(tiles, 0) - tiles) * _TILE - (torch.cumsum(counts, 0) - counts)
-        dest = torch.arange(rows, device=device) + shift[p[order]]
-        total = int(tiles.sum()) * _TILE
-        src = torch.full((total,), rows, dtype=torch.int64, device=device)
-        src[dest] = order
-        t = torch.index_select(xp, 0, src, out=blocks[:total]).view(-1, _TILE, k + 1)
-        grams = torch.bmm(t.transpose(1, 2), t)
-        m.index_add_(0, torch.repeat_interleave(torch.arange(k, device=device), tiles, output_size=total // _TILE),
-                     grams)
+        torch.index_select(xp, 0, torch.argsort(p, stable=True), out=blocks)
+        for n, blk in enumerate(torch.split(blocks, counts.tolist())):
+            if blk.shape[0]:
+                m[n] += _gram(blk)
     m = (m + m.transpose(1, 2)) * 0.5     # gemm need not return a bit-symmetric B^T B
     m = m.cpu().numpy()
     return m[:, k, k].copy(), m[:, k, :k].copy(), m[:, :k, :k].copy()
