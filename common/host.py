@@ -3,12 +3,11 @@
 A DeepLabV3+ forward on the CPU allocates and frees tens of MB of activations per batch. With glibc's
 defaults, blocks over a (dynamic) threshold come from fresh mmaps and freed memory at the top of the heap is
 returned to the kernel, so the next batch page-faults the same memory in again: 11,000 minor faults per
-16x96x96 forward and statistics update, 6% of the forward's time, and more in the sweep, where each model's
-forward follows another model's statistics (they free large buffers of other sizes).
+16x96x96 forward and statistics update on this project's 2-core CPU, about 5% of the forward's time.
 ``keep_freed_memory`` makes malloc serve blocks up to 32 MB (glibc's largest setting) from its heap and
-keep up to 1 GB of freed memory there: 236 -> 222 ms per R50 forward at 16x96x96 on this project's 2-core
-CPU, faults 11,000 -> 600 (bench.py, BENCHMARKS.md). The cost is resident memory: the process keeps its
-peak heap instead of shrinking between batches.
+keep up to 1 GB of freed memory there: 227-236 -> 215-224 ms per R50 forward at 16x96x96 followed by the
+sweep's statistics, faults 11,000 -> 600-800 per batch; corrupt_image 4% faster (BENCHMARKS.md). The cost
+is resident memory: the process keeps its peak heap instead of shrinking between batches.
 
 glibc only (Linux); elsewhere (macOS, musl) it does nothing. It is a per-process setting: a process
 started with ``fork`` inherits it, one started by ``forkserver`` or ``spawn`` must call it itself.
