@@ -357,6 +357,7 @@ def bench_sweep(cfg, ckpts, scratch):
         rd["shared"] = (rd["sweep_3_models"] - rd["sweep_1_model"]) / rd["extra_models_forward"]
 
     def median_round(key):
+        """The round whose ratio is the median; of the two middle ones for an even count, the higher."""
         return sorted(rounds, key=lambda rd: rd[key])[len(rounds) // 2]
 
     # The per-run fixed cost (load and hash checkpoints, open the dataset, git, locks): the 3-model sweep
@@ -974,8 +975,8 @@ def get_args_parser():
     p.add_argument("--severities", type=int, nargs="+", default=None,
                    help=f"severities of the sweep, 0 = clean (default: {' '.join(map(str, q['severities']))})")
     p.add_argument("--repeats", type=int, default=None,
-                   help=f"repeats of the short measurements, the fastest counts (quick {q['repeats']}, "
-                        f"gpu {g['repeats']})")
+                   help=f"repeats of the short measurements, the fastest counts; the sweep's forward passes "
+                        f"alone take the median (quick {q['repeats']}, gpu {g['repeats']})")
     p.add_argument("--sweep-repeats", type=int, default=None,
                    help=f"rounds of the sweep measurements (both sweeps, corrupt_image alone, forward alone), the "
                         f"median round's ratios count (quick "

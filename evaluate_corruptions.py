@@ -208,8 +208,11 @@ def load_models(args):
     models, infos = [], []
     # The checkpoints' SHA-256 (provenance, in every metrics row) on a thread while the models load: hashlib
     # releases the GIL, so hashing 160 MB per R50 (0.09 s here) overlaps the loading instead of adding to it.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        hashes = [pool.submit(file_sha256, path) for path in args.checkpoints]
+    # Regular files only (a FIFO or a device would block the thread, and the exit with it; load_model refuses
+    # them with a clear message), and the hashes still queued are dropped when a checkpoint is refused.
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        hashes = [pool.submit(file_sha256, path) if os.path.isfile(path) else None for path in args.checkpoints]
         for i, path in enumerate(args.checkpoints):
             model, ckpt = load_model(path, args.device)
             if args.device.startswith("cuda"):
@@ -218,8 +221,10 @@ def load_models(args):
             models.append(model)
             infos.append({"name": name, "path": os.path.abspath(path), "sha256": None,
                           "kind": model.config["kind"], "config": model.config})
-        for info, sha in zip(infos, hashes):
-            info["sha256"] = sha.result()
+        for info, sha, path in zip(infos, hashes, args.checkpoints):
+            info["sha256"] = sha.result() if sha is not None else file_sha256(path)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     names = [m["name"] for m in infos]
     if len(set(names)) != len(names):
         raise UsageError(f"two checkpoints share a display name ({names}); pass --names to tell them apart")

@@ -75,7 +75,8 @@ def save_checkpoint(path: str, ckpt: dict) -> None:
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint safely (``weights_only=True``) and check it is one of ours."""
     if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path}: no such file")
+        what = "not a regular file" if os.path.exists(path) else "no such file"
+        raise UsageError(f"checkpoint {path}: {what}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -281,20 +281,21 @@ def _gram(block: torch.Tensor, tile: int = _GRAM_TILE) -> torch.Tensor:
 
 
 def channel_argmax(x: torch.Tensor) -> torch.Tensor:
-    """``x.argmax(1)`` for (B, K, H, W) logits: first maximum on ties, NaN counted as the maximum.
+    """``x.argmax(1)`` for (B, K, ...) logits, (B, K, H, W) in this project: first maximum on ties, NaN counted
+    as the maximum.
 
     On the CPU, argmax and max(1).indices reduce NCHW along a strided axis slowly (4.4-13 ms for
     16x21x96x96); amax is vectorised there. So: top = amax over channels; each channel c equal to it gets the
     weight K - c (uint8), and K minus the largest weight is the first such channel. 1.25 ms for 16x21x96x96
     (a masked fill per channel, from the last to the first, took 2.7 ms). On a GPU argmax is already fast.
     """
-    k = x.shape[1]
-    if x.device.type != "cpu" or k > 255:
+    if x.dim() < 2 or x.device.type != "cpu" or x.shape[1] > 255 or not x.is_floating_point():
         return x.argmax(1)
+    k = x.shape[1]
     top = x.amax(1, keepdim=True)
     if torch.isnan(top).any():   # NaN equals nothing: leave those batches to argmax's own rule
         return x.argmax(1)
-    weight = torch.arange(k, 0, -1, dtype=torch.uint8).view(1, k, 1, 1)
+    weight = torch.arange(k, 0, -1, dtype=torch.uint8).view(1, k, *[1] * (x.dim() - 2))
     return torch.mul(x == top, weight).amax(1).to(torch.int64).neg_().add_(k)
 
 

@@ -181,3 +181,22 @@ def test_malformed_metrics_line_for_analysis(world, tmp_path):
     r = cli("analyze_logits.py", "--results", str(tmp_path / "r"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "metrics.jsonl" in r.stderr
     assert (tmp_path / "r" / "analysis.json").read_bytes() == before
+
+
+def test_a_fifo_or_device_as_checkpoint_is_refused_without_hanging(world):
+    # evaluate_corruptions.py hashes the checkpoints on a thread while the models load. A FIFO without a writer,
+    # or /dev/zero, would block that thread and the exit with it: they must be refused like a missing file,
+    # at once, also after a good checkpoint whose hash is under way.
+    fifo = world / "fifo.pt"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    good = str(world / "good.pt")
+    for ckpts in ([str(fifo)], [good, str(fifo)], [good, "/dev/zero"]):
+        out = world / "o-fifo"
+        r = cli("evaluate_corruptions.py", "--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root",
+                str(world / "synthetic"), "--size", "32", "--workers", "0", "--corruptions", "jpeg",
+                "--severities", "1", "--out", str(out), timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert ckpts[-1] in lines[0] and "not a regular file" in lines[0], lines[0]
+        assert not out.exists()

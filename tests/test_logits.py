@@ -277,3 +277,14 @@ def test_channel_argmax_beyond_255_channels_falls_back_to_argmax():
     from common.logits import channel_argmax
     x = torch.from_numpy(np.random.default_rng(5).integers(0, 3, (2, 300, 4, 5)).astype(np.float32))
     assert torch.equal(channel_argmax(x), x.argmax(1))
+
+
+def test_channel_argmax_on_other_ranks_and_dtypes():
+    # (B, K), (B, K, N) with B == K (a weight broadcast wrongly would mix the two axes) and integer logits.
+    from common.logits import channel_argmax
+    rng = np.random.default_rng(6)
+    for shape in [(5, K), (K, K, 6), (2, K, 3, 4, 5)]:
+        x = torch.from_numpy(rng.integers(0, 3, shape).astype(np.float32))
+        assert torch.equal(channel_argmax(x), x.argmax(1)), shape
+    xi = torch.from_numpy(rng.integers(0, 3, (2, K, 4, 4)))
+    assert torch.equal(channel_argmax(xi), xi.argmax(1))
