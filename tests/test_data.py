@@ -162,3 +162,17 @@ def test_loader_workers_run_opencv_on_one_thread_without_deadlock():
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["[1,", "1]", "1"]
+
+
+def test_normalise_uint8_against_the_formula():
+    # The one ImageNet normalisation of the project (training crops, sweep batches, video frames):
+    # (x / 255 - mean) / std in float64 by hand, NCHW and contiguous.
+    from common.data import normalise_uint8
+    x = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (3, 9, 11, 3), dtype=np.uint8))
+    x[0, 0, 0] = 0
+    x[0, 0, 1] = 255
+    got = normalise_uint8(x)
+    want = (x.permute(0, 3, 1, 2).double() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert got.shape == (3, 3, 9, 11) and got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.allclose(got.double(), want, rtol=0, atol=1e-6)
