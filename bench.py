@@ -743,6 +743,20 @@ PEAK_TFLOPS = (("H200", dict(bf16=989.4, tf32=494.7)), ("H100 PCIe", dict(bf16=7
 STUDY = dict(models=3, epochs=50, train_images=7087, val_images=1449, conditions=1 + 15 * 5)
 
 
+def project_study(train_images_per_s, infer_images_per_s, corrupt_s_per_val_image, cores, study=STUDY):
+    """(train, GPU forward of the sweep, corruptions of the sweep on all cores, whole study) in seconds.
+
+    Training: models x epochs x train images at the training rate. The sweep: its forward passes (each
+    model's val images x conditions at that model's inference rate, one model after another) and its
+    corruptions (every val image's corruptions, spread over the cores by the loader workers) overlap, so
+    the slower of the two counts.
+    """
+    t_train = study["models"] * study["epochs"] * study["train_images"] / train_images_per_s
+    t_forward = sum(study["val_images"] * study["conditions"] / ips for ips in infer_images_per_s)
+    t_corrupt = study["val_images"] * corrupt_s_per_val_image / cores
+    return t_train, t_forward, t_corrupt, t_train + max(t_forward, t_corrupt)
+
+
 def bench_model(cfg, scratch):
     """Training and inference images/s (fp32 vs bf16 autocast + channels_last), model FLOPs utilisation
     against the card's peak, and the projected wall time of the full study on this machine.
@@ -809,12 +823,9 @@ def bench_model(cfg, scratch):
                 corrupt_image(image, image_id, c, sev)
     corrupt_per_val_image = (time.perf_counter() - t0) / len(samples)   # all 75 conditions of one image
     best = max(train_ips, key=train_ips.get)
-    st = STUDY
-    t_train = st["models"] * st["epochs"] * st["train_images"] / train_ips[best]
-    t_gpu_sweep = sum(st["val_images"] * st["conditions"] / infer_ips[(best, k)] for k in KINDS)
     cores = os.cpu_count() or 1
-    t_cpu_sweep = st["val_images"] * corrupt_per_val_image / cores
-    t_study = t_train + max(t_gpu_sweep, t_cpu_sweep)
+    t_train, t_gpu_sweep, t_cpu_sweep, t_study = project_study(
+        train_ips[best], [infer_ips[(best, k)] for k in KINDS], corrupt_per_val_image, cores)
 
     res = {"train_bf16_speedup": result(speedup, 2.0, ">=", {}, images_per_s=
                                         {k: round(v, 1) for k, v in train_ips.items()}),
