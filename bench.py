@@ -76,14 +76,12 @@ import time
 import traceback
 from fractions import Fraction
 
-import av
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 import evaluate_corruptions
-import make_video
 from common import vocc
 from common.checkpoint import git_commit, load_model, save_random_checkpoint
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
@@ -597,6 +595,7 @@ def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    import make_video
     fig = Figure(figsize=(make_video.FRAME_W / 100, make_video.FRAME_H / 100), dpi=100, facecolor="black")
     canvas = FigureCanvasAgg(fig)
     tiles = ((original, "bilinear"), (corrupted, "bilinear"), (colorize(pred_baseline), "nearest"),
@@ -612,6 +611,9 @@ def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
 
 
 def bench_video(cfg, ckpts, scratch):
+    import av           # PyAV and make_video (which needs it) only here: the other groups run without them
+    import make_video
+
     dev, frames, size, bs = cfg["device"], cfg["frames"], cfg["video_size"], cfg["video_batch"]
     log = os.path.join(scratch, "scripts.log")
     vdir = os.path.join(scratch, "video")
@@ -781,6 +783,7 @@ def bench_model(cfg, scratch):
         args = train_script.get_args_parser().parse_args(
             ["--model", "baseline", "--backbone", cfg["backbone"], "--head-channels", str(cfg["head_channels"]),
              "--amp", amp, "--batch-size", str(bs), "--crop-size", str(crop), "--print-freq", "1000000"])
+        train_script.resolve_recipe(args)
         args.device, args.rank, args.world_size, args.distributed, args.memory_format = dev, 0, 1, False, fmt
         torch.manual_seed(0)
         model = build_model("baseline", backbone=cfg["backbone"], head_channels=cfg["head_channels"])

@@ -134,7 +134,7 @@ def main(args):
     severities = parse_severities(args.severities)
     if 0 in severities:
         raise UsageError("--severities: 0 is the clean image, which is not dumped; use 1..5")
-    if args.protocol == "paper" and args.size < 32:
+    if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
@@ -146,7 +146,7 @@ def main(args):
     voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
     dataset = voc_dataset(voc_root, "val")
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    size = args.size if args.protocol == "paper" else None
+    size = args.size if args.protocol != "native" else None
     conditions = [(c, s) for c in corruptions for s in severities]
 
     if args.verify:
@@ -230,8 +230,9 @@ def get_args_parser():
     p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
     p.add_argument("--out", default="VOC-C", help="output folder (layout in the module docstring)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
-                   help="paper: resize to --size x --size before corrupting; native: original resolution")
-    p.add_argument("--size", type=int, default=224, help="image side under --protocol paper")
+                   help="paper: Pillow-resize to --size x --size before corrupting; shortside: short side --size, "
+                        "aspect kept; native: original resolution")
+    p.add_argument("--size", type=int, default=224, help="image side under --protocol paper (short side: shortside)")
     p.add_argument("--workers", type=int, default=1, help="processes; a failure in any stops the run")
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--verify", action="store_true",

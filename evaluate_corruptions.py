@@ -35,6 +35,7 @@ from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
 from common.data import PROTOCOLS, eval_sample, normalise_uint8, resolve_roots, voc_dataset
+from common.device import autocast, memory_format, resolve_device, use_device
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
@@ -142,10 +143,15 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
     return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
             "kind": model_info["kind"], "corruption": corruption,
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
-            "severity": severity, "protocol": args.protocol, "size": args.size if args.protocol == "paper" else None,
+            "severity": severity, "protocol": args.protocol, "size": protocol_size(args),
             "miou": m["miou"], "pixel_acc": m["pixel_acc"], "iou": m["iou"],
             "distance": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
             "images": n_images, "seconds": seconds, "shard": args.shard}
+
+
+def protocol_size(args):
+    """The --size the protocol resizes to (the side under "paper", the short side under "shortside")."""
+    return None if args.protocol == "native" else args.size
 
 
 def save_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids):
@@ -215,8 +221,7 @@ def load_models(args):
         hashes = [pool.submit(file_sha256, path) if os.path.isfile(path) else None for path in args.checkpoints]
         for i, path in enumerate(args.checkpoints):
             model, ckpt = load_model(path, args.device)
-            if args.device.startswith("cuda"):
-                model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=memory_format(torch.device(args.device)))
             name = args.names[i] if args.names else ckpt.get("name") or model.config["kind"]
             models.append(model)
             infos.append({"name": name, "path": os.path.abspath(path), "sha256": None,
@@ -252,14 +257,14 @@ def evaluate(args, held):
     conditions += [(c, s) for c in corruptions for s in severities if s > 0]
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.protocol == "paper" and args.size < 32:
+    if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
     shard = parse_shard(args.shard) if args.shard else (0, 1)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    device = resolve_device(args.device)
+    use_device(device)
+    args.device = str(device)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file, not a folder")
     if args.voc_c is not None:
@@ -274,7 +279,7 @@ def evaluate(args, held):
 
     prepare_output_folder(args.out)
     held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
-    run = {"models": infos, "protocol": args.protocol, "size": args.size if args.protocol == "paper" else None,
+    run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args),
            "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
            "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
            "seed_rule": vocc.SEED_RULE, "git_commit": git_commit()}
@@ -297,21 +302,19 @@ def evaluate(args, held):
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
     print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
           f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
-          f"{f' {args.size}px' if args.protocol == 'paper' else ''}, device {args.device}", flush=True)
+          f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
     if not todo:
         write_metrics(metrics_path, rows)
         return 0
 
-    batch = args.batch_size if args.protocol == "paper" else 1  # native sizes differ: one image per batch
+    batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
     items = ConditionImages(dataset, indices, todo, args.protocol, args.size, args.voc_c)
     loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(indices), batch),
                                          num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
                                          persistent_workers=False)
     # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
     torch.backends.cudnn.benchmark = args.protocol == "paper"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
-    fmt = torch.channels_last if device_type == "cuda" else torch.contiguous_format
+    fmt = memory_format(device)
     current, stats, bar, t0 = None, None, None, 0.0
     sweep = time.perf_counter()
 
@@ -345,7 +348,7 @@ def evaluate(args, held):
             labels = batch_["label"].to(args.device, non_blocking=True)
             positions = batch_["pos"].numpy()
             for model, st, info in zip(models, stats, infos):
-                with torch.autocast(device_type, dtype=amp, enabled=amp is not None):
+                with autocast(device, args.amp):
                     logits = model(x)
                 pred = st.update(logits, labels, positions)
                 if args.save_predictions:
@@ -454,12 +457,16 @@ def get_args_parser():
     p.add_argument("--severities", nargs="+", default=["0", "1", "2", "3", "4", "5"],
                    help="0 = clean (evaluated once, reported as corruption 'clean'), 1..5")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
-                   help="paper: resize to --size x --size, corrupt, score at that size; native: original resolution")
-    p.add_argument("--size", type=int, default=224, help="image side under --protocol paper (smaller is faster)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (native protocol: always 1)")
+                   help="paper: Pillow-resize to --size x --size, corrupt, score at that size (the paper's sweep); "
+                        "shortside: short side --size, aspect kept (the notebook's FixScaleResize, for its clean PCA "
+                        "pass); native: original resolution")
+    p.add_argument("--size", type=int, default=224,
+                   help="image side under --protocol paper, short side under shortside (smaller is faster)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (shortside and native protocols: always 1, sizes differ)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="loader processes that decode and corrupt images")
-    p.add_argument("--device", default=None, help="cuda or cpu; default: cuda when available")
+    p.add_argument("--device", default=None, help="cuda (the current GPU), cuda:N or cpu; default: cuda when available")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision for the forward")
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--shard", default=None, help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge)")

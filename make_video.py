@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from common.checkpoint import git_commit, load_model
+from common.device import resolve_device, use_device
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
@@ -444,9 +445,9 @@ def main(args):
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.size < MIN_SIDE:
         raise UsageError(f"--size {args.size}: must be at least {MIN_SIDE} (imagecorruptions' smallest image)")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    device = resolve_device(args.device)
+    use_device(device)
+    args.device = str(device)
     if args.synthetic:
         if args.frames < 1:
             raise UsageError(f"--frames {args.frames}: must be at least 1")
@@ -525,7 +526,7 @@ def get_args_parser():
     p.add_argument("--size", type=int, default=224,
                    help="short side of the frames the models see (the paper evaluated at 224); smaller is faster")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
-    p.add_argument("--device", default=None, help="cuda or cpu; default: cuda when available")
+    p.add_argument("--device", default=None, help="cuda (the current GPU), cuda:N or cpu; default: cuda when available")
     return p
 
 

@@ -1,19 +1,26 @@
 """Train one of the paper's three models (baseline, IBE, SCrIBE) on VOC 2012 + SBD or the synthetic set.
 
-The paper (defaults): DeepLabV3+ ResNet-50, ImageNet backbone, output stride 16, SGD lr 0.01 (head x10),
-momentum 0.9, weight decay 5e-5, poly 0.9 per iteration, 50 epochs, batch 20, crop 224:
+The default recipe is the companion notebook's, which produced the paper's table (``--recipe notebook``):
+torchvision's DeepLabV3 head on an ImageNet ResNet-50 at output stride 8, IBE applied before upsampling,
+SGD lr 0.01 (head x10), momentum 0.9, weight decay 5e-5, poly 0.9 stepped once per epoch, 50 epochs,
+batch 30, crop 224, SCrIBE's BCE with 255 as background. ``--recipe paper`` is the paper's text instead
+(DeepLabV3+ at output stride 16, IBE after upsampling, poly per iteration, batch 20, 255 masked out of
+SCrIBE's loss). Any explicit flag overrides its recipe's value (PROTOCOL.md).
 
     python train.py --model scribe --data voc --voc-root /data/voc --sbd-root /data/sbd
+    python train.py --model scribe --recipe paper --data voc --voc-root /data/voc --sbd-root /data/sbd
 
-A laptop-sized run on the generated VOC-format dataset (about 2-3 minutes on 2 CPU cores):
+A laptop-sized run on the generated VOC-format dataset (a few minutes on 2 CPU cores):
 
     python train.py --model ibe --data synthetic --backbone resnet18 --head-channels 64 \
         --crop-size 96 --epochs 12 --batch-size 16 --lr 0.02
 
 Several GPUs or nodes: ``torchrun --nproc_per_node=8 train.py ...`` (--batch-size is per process).
 
-Writes ``<out>/<name>/``: ``checkpoint.pt`` (latest, every epoch, atomically), ``best.pt`` (best val
-mIoU) and ``log.jsonl`` (one line per epoch). ``--resume`` continues from ``checkpoint.pt``.
+Writes ``<out>/<name>/``: ``checkpoint.pt`` (after every epoch, atomically; after the last epoch it holds
+the final weights, which are what the paper evaluated) and ``log.jsonl`` (one line per epoch); with
+``--save-best`` also ``best.pt``, the epoch with the best val mIoU (VOC val is also the test set, so that
+selects on the test split). ``--resume`` continues from ``checkpoint.pt``.
 """
 import argparse
 import contextlib
@@ -30,35 +37,59 @@ from tqdm import tqdm
 
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
 from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
+from common.device import autocast, memory_format, resolve_device, set_deterministic, use_device
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
-from common.models import (ARCHS, BACKBONES, KINDS, build_model, default_output_stride, head_parameters,
-                           segmentation_loss)
+from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
+                           head_parameters, segmentation_loss)
 
-# Arguments that define the model or the optimisation problem: a resumed run must agree on them.
-MODEL_ARGS = ("model", "arch", "backbone", "output_stride", "head_channels", "data", "crop_size",
-              "batch_size", "epochs", "lr", "seed")
+# What each --recipe sets (PROTOCOL.md); an explicit flag overrides its entry. Everything else (optimiser,
+# learning rates, epochs, crop, augmentation) is the same in both.
+RECIPES = {
+    # The companion notebook, which produced the paper's numbers.
+    "notebook": dict(arch="deeplabv3", ibe_placement="logits", poly_step="epoch", batch_size=30,
+                     scribe_ignore_as_background=True),
+    # The paper's text.
+    "paper": dict(arch="deeplabv3plus", ibe_placement="output", poly_step="iteration", batch_size=20,
+                  scribe_ignore_as_background=False),
+}
+
+# Arguments that define the model or the optimisation problem: a resumed run must agree on them. (--amp is
+# not one: it changes the arithmetic, not the problem, so a run may resume in another precision; each
+# log.jsonl line records the one its epoch used.)
+MODEL_ARGS = ("model", "recipe", "arch", "backbone", "output_stride", "head_channels", "ibe_placement",
+              "pretrained_backbone", "data", "crop_size", "batch_size", "epochs", "lr", "head_lr_mult",
+              "momentum", "weight_decay", "poly_step", "scribe_ignore_as_background", "seed")
+
+
+def resolve_recipe(args) -> dict:
+    """Fill every recipe setting the command line left unset (None) from ``RECIPES[args.recipe]``; returns
+    the resolved settings (also kept in ``args``, hence in the checkpoint and the printed arguments)."""
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.output_stride = args.output_stride or default_output_stride(args.arch, args.backbone)
+    return {k: getattr(args, k) for k in (*RECIPES[args.recipe], "output_stride")}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 def init_distributed(args):
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a plain single process."""
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a plain single process.
+
+    ``args.device`` becomes an indexed device string (``cuda:0``, never a bare ``cuda``, which
+    ``torch.cuda.set_device`` refuses): LOCAL_RANK's GPU under torchrun, the current one otherwise.
+    """
     args.world_size = int(os.environ.get("WORLD_SIZE", 1))
     args.rank = int(os.environ.get("RANK", 0))
     args.distributed = args.world_size > 1
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: CUDA is not available here; use --device cpu")
-        if args.distributed:
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(torch.device(args.device))
+    device = resolve_device(args.device)
+    use_device(device)
+    args.device = str(device)
     if args.distributed:
-        dist.init_process_group(backend="nccl" if args.device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
 def is_main(args) -> bool:
@@ -107,10 +138,11 @@ def make_optimizer(model, args):
                            lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def autocast(args):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
-    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+def poly_schedule(optimizer, args, steps_per_epoch: int):
+    """Poly decay (1 - t/T) ** 0.9: t counts epochs (the notebook's LambdaLR, stepped after each epoch) or
+    iterations (the paper's text, stepped after each step); see ``train_one_epoch`` and ``train``."""
+    total = args.epochs if args.poly_step == "epoch" else args.epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - min(t, total) / total) ** 0.9)
 
 
 # ----------------------------------------------------------------------------------------- train / eval
@@ -119,7 +151,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
     model.train()
     # Training crops all have one size, so cuDNN's per-shape autotuning pays off; validation keeps each
     # image's aspect (a new shape nearly every batch), where it would autotune over and over.
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not args.deterministic
+    device = torch.device(args.device)
     cm = ConfusionMatrix()
     loss_sum = torch.zeros((), device=args.device, dtype=torch.float64)
     steps = 0
@@ -128,14 +161,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
     for images, labels in bar:
         images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
         labels = labels.to(args.device, non_blocking=True)
-        with autocast(args):
+        with autocast(device, args.amp):
             logits = model(images)
         loss = segmentation_loss(args.model, logits, labels, args.scribe_ignore_as_background)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()  # poly decay per iteration, as the paper's code did
+        if args.poly_step == "iteration":
+            scheduler.step()  # the paper's text; the notebook steps once per epoch (``train``)
         loss_sum += loss.detach()
         steps += 1
         cm.update(labels, channel_argmax(logits.detach()))
@@ -163,10 +197,11 @@ def check_finite(loss_sum, epoch, step, args):
 def evaluate(model, loader, args):
     model.eval()
     torch.backends.cudnn.benchmark = False
+    device = torch.device(args.device)
     cm = ConfusionMatrix()
     for images, labels in tqdm(loader, desc="val", disable=None if is_main(args) else True, leave=False):
         images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
-        with autocast(args):
+        with autocast(device, args.amp):
             logits = model(images)
         cm.update(labels.to(args.device), channel_argmax(logits))
     cm.all_reduce()
@@ -182,18 +217,21 @@ def main(args):
 
 
 def train(args, held):
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs}: must be at least 1")
+    recipe = resolve_recipe(args)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.val_batch_size < 1:
+        raise UsageError(f"--val-batch-size {args.val_batch_size}: must be at least 1")
     init_distributed(args)
+    set_deterministic(args.deterministic)
     args.name = args.name or args.model
-    args.output_stride = args.output_stride or default_output_stride(args.arch, args.backbone)
     args.run_dir = os.path.join(args.out, args.name)
     if args.pretrained_backbone is None:
         args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
     device = torch.device(args.device)
-    args.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    args.memory_format = memory_format(device)
 
     ckpt_path = os.path.join(args.run_dir, "checkpoint.pt")
     resume = read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and args.resume else None
@@ -212,6 +250,7 @@ def train(args, held):
 
     if is_main(args):
         print(f"git commit: {git_commit()}")
+        print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
         print("arguments: " + json.dumps({k: v for k, v in sorted(vars(args).items()) if k != "memory_format"},
                                          default=str))
     voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
@@ -220,7 +259,7 @@ def train(args, held):
     seed_everything(args.seed)
 
     model = build_model(args.model, args.arch, args.backbone, args.output_stride, args.head_channels,
-                        "none" if resume is not None else args.pretrained_backbone)
+                        "none" if resume is not None else args.pretrained_backbone, args.ibe_placement)
     if args.sync_bn and args.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=args.memory_format)
@@ -238,15 +277,14 @@ def train(args, held):
     loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
                               generator=generator, **loader_kw)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, collate_fn=pad_collate,
+    val_loader = DataLoader(val_set, batch_size=args.val_batch_size, collate_fn=pad_collate,
                             sampler=ShardSampler(len(val_set), args.rank, args.world_size), **loader_kw)
     if len(train_loader) == 0:
         raise UsageError(f"the training set has {len(train_set)} images, fewer than one batch of "
                          f"{args.batch_size} per process; lower --batch-size")
 
     optimizer = make_optimizer(bare, args)
-    total = args.epochs * len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: (1 - min(it, total) / total) ** 0.9)
+    scheduler = poly_schedule(optimizer, args, len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
 
     start_epoch, best = 0, -1.0
@@ -254,7 +292,8 @@ def train(args, held):
         bare.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
+        if resume["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])   # else: fp16 starts (or stops) here, with a fresh scale
         set_rng_state(resume["rng"])
         start_epoch, best = resume["epoch"] + 1, resume["best_miou"]
         if is_main(args):
@@ -273,12 +312,15 @@ def train(args, held):
         if args.distributed:
             train_sampler.set_epoch(epoch)
         t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]   # the backbone's, at the epoch's first step
         loss, train_miou = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, epoch, args)
+        if args.poly_step == "epoch":
+            scheduler.step()   # the notebook's LambdaLR, stepped after the epoch
         train_seconds = time.perf_counter() - t0
         val = None
         if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
             val = evaluate(model, val_loader, args)
-        row = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "train_miou": train_miou,
+        row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "amp": args.amp, "train_miou": train_miou,
                "val_miou": val["miou"] if val else None, "val_pixel_acc": val["pixel_acc"] if val else None,
                "val_iou": val["iou"] if val else None, "seconds": time.perf_counter() - t0,
                "images_per_s": len(train_loader) * args.batch_size * args.world_size / train_seconds}
@@ -294,7 +336,7 @@ def train(args, held):
             # line again (truncate_log) and redoes the epoch, so log and checkpoint never disagree.
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            if improved:
+            if improved and args.save_best:
                 save_checkpoint(os.path.join(args.run_dir, "best.pt"), ckpt)
             save_checkpoint(ckpt_path, ckpt)
             vm = f"{val['miou']:.4f}" if val else "-"
@@ -328,24 +370,34 @@ def print_model_summary(model, train_set, val_set, loader, args):
         return
     n = sum(p.numel() for p in model.parameters())
     c = model.config
-    print(f"model {c['kind']}: {c['arch']} {c['backbone']} OS{c['output_stride']} head {c['head_channels']}, "
+    ibe = f", IBE on the {c['ibe_placement']}" if c.get("ibe_placement") else ""
+    print(f"model {c['kind']}: {c['arch']} {c['backbone']} OS{c['output_stride']} head {c['head_channels']}{ibe}, "
           f"{n:,} parameters; train {len(train_set)} images ({len(loader)} steps/epoch x {args.world_size} "
           f"process(es)), val {len(val_set)}; device {args.device}, amp {args.amp}")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Train DeepLabV3+ with the baseline, IBE or SCrIBE output structure. "
-                                "Defaults reproduce the paper.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train DeepLab with the baseline, IBE or SCrIBE output structure. "
+                                "Defaults reproduce the companion notebook behind the paper's table; flags marked "
+                                "'recipe' default to --recipe's value.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=KINDS, required=True,
                    help="output structure: baseline = softmax CE over 21 logits; ibe = 20 logits with "
                         "background -logsumexp, CE; scribe = the IBE structure with per-class sigmoid BCE")
-    p.add_argument("--arch", choices=ARCHS, default="deeplabv3plus",
-                   help="deeplabv3plus is the paper's; deeplabv3 is the companion code's (torchvision's head)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="notebook",
+                   help="notebook = the companion code that produced the paper's numbers (DeepLabV3 OS8, IBE before "
+                        "upsampling, poly per epoch, batch 30, SCrIBE 255 -> background); paper = the paper's text "
+                        "(DeepLabV3+ OS16, IBE after upsampling, poly per iteration, batch 20, 255 masked)")
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="recipe: deeplabv3 (notebook: torchvision's head, no decoder) or deeplabv3plus (paper)")
     p.add_argument("--backbone", choices=list(BACKBONES), default="resnet50",
                    help="resnet18/34 are for CPU work and run at output stride 32 (no dilation)")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None,
-                   help="default: 16 for deeplabv3plus, 8 for deeplabv3, 32 for resnet18/34")
+                   help="default: 8 for deeplabv3, 16 for deeplabv3plus, 32 for resnet18/34")
     p.add_argument("--head-channels", type=int, default=256, help="ASPP/decoder width; 64 makes a tiny CPU model")
+    p.add_argument("--ibe-placement", choices=IBE_PLACEMENTS, default=None,
+                   help="recipe; IBE/SCrIBE: -logsumexp on the head's stride-8 logits before upsampling (logits, the "
+                        "notebook) or on the upsampled output (output, the paper's text)")
     p.add_argument("--pretrained-backbone", default=None,
                    help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
                         "to a backbone state dict; default: imagenet with --data voc, none with --data synthetic")
@@ -356,21 +408,37 @@ def get_args_parser():
     p.add_argument("--sbd-root", default=None, help="folder that contains img/, cls/ and train_noval.txt")
     p.add_argument("--synthetic-root", default="data/synthetic", help="where the synthetic dataset is generated")
     p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=20, help="per process (the paper: 20 on one GPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="recipe: 30 (notebook) or 20 (paper); per process under torchrun")
+    p.add_argument("--val-batch-size", type=int, default=1,
+                   help="validation keeps each image's aspect; batches above 1 pad images to one size, which changes "
+                        "the logits near the padded borders (the notebook validated one image at a time)")
     p.add_argument("--lr", type=float, default=0.01, help="backbone learning rate; the head gets --head-lr-mult x")
     p.add_argument("--head-lr-mult", type=float, default=10.0)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-5)
+    p.add_argument("--poly-step", choices=("epoch", "iteration"), default=None,
+                   help="recipe: poly decay (1 - t/T)^0.9 with t in epochs, stepped after each epoch (notebook), "
+                        "or in iterations (paper)")
     p.add_argument("--crop-size", type=int, default=224,
                    help="training crop; the short side is drawn from [crop/2, 2*crop]; val resizes short side to it")
-    p.add_argument("--scribe-ignore-as-background", action="store_true",
-                   help="SCrIBE only: map label 255 to background before the one-hot, as the companion code did "
-                        "(default: 255 pixels are left out of the loss, as the paper describes)")
+    p.add_argument("--scribe-ignore-as-background", action=argparse.BooleanOptionalAction, default=None,
+                   help="recipe, SCrIBE only: map label 255 to background before the one-hot and average BCE over "
+                        "every element (notebook), or leave 255 pixels out of the loss (--no-..., paper)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--save-best", action="store_true",
+                   help="also keep best.pt, the epoch with the best val mIoU. VOC val is also the test set, so this "
+                        "selects on the test split; the paper evaluated the final weights (checkpoint.pt)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu; default: cuda when available")
+    p.add_argument("--device", default=None,
+                   help="cuda (the current GPU, or LOCAL_RANK's under torchrun), cuda:N or cpu; default: cuda when "
+                        "available")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                   help="autocast precision (bf16 is the fast choice on recent GPUs); the paper trained in fp32")
+                   help="autocast precision (bf16 is the fast choice on recent GPUs); the paper trained in fp32. "
+                        "A run may resume in another precision")
+    p.add_argument("--deterministic", action="store_true",
+                   help="cuDNN deterministic algorithms and torch's deterministic kernels, for repeatable GPU runs "
+                        "(slower; CPU runs are deterministic already)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--print-freq", type=int, default=20, help="progress-bar update and NaN check interval (steps)")

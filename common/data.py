@@ -16,44 +16,9 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .errors import UsageError
-
-class ToTvTensors:
-    """PIL image + PIL (palette) label -> uint8 ``tv_tensors.Image`` + int64 ``tv_tensors.Mask``.
-
-    A palette PNG read as an array gives the class indices, not the colours, which is what we want.
-    Working on uint8 tensors from here on keeps the resize and jitter cheap.
-    """
-
-    def __call__(self, img, target):
-        image = tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))
-        mask = tv_tensors.Mask(torch.from_numpy(np.array(target, dtype=np.uint8)).to(torch.int64))
-        return image, mask
-
-
-class Normalise(torch.nn.Module):
-    """uint8 image -> float32 ImageNet-normalised tensor; label -> plain int64 tensor."""
-
-    def forward(self, image, mask):
-        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-
-
-class JointCompose:
-    """Apply ``(image, mask) -> (image, mask)`` steps in order; plain v2 transforms take both at once."""
-
-    def __init__(self, *steps):
-        self.steps = steps
-
-    def __call__(self, image, mask):
-        for step in self.steps:
-            image, mask = step(image, mask)
-        return image, mask
 
 
 def adjust_brightness(rgb: np.ndarray, factor: float) -> np.ndarray:
@@ -113,9 +78,11 @@ class TrainTransform:
         """One random draw: resized size, crop offsets, jitter order and factors."""
         c = self.crop_size
         short = int(torch.randint(c // 2, 2 * c + 1, ()))
-        scale = short / min(width, height)
-        new_w = short if width <= height else int(round(width * scale))
-        new_h = short if height < width else int(round(height * scale))
+        # The notebook's RandomScaleCrop: the long side is truncated, not rounded.
+        if height > width:
+            new_w, new_h = short, int(height * short / width)
+        else:
+            new_w, new_h = int(width * short / height), short
         top = int(torch.randint(0, max(new_h, c) - c + 1, ()))
         left = int(torch.randint(0, max(new_w, c) - c + 1, ()))
         b, k, s, h = self.jitter
@@ -174,20 +141,54 @@ def train_transform(crop_size: int = 224):
     return TrainTransform(crop_size)
 
 
+class ShortSideTransform:
+    """Validation during training: the notebook's FixScaleResize (``shortside_resize``), then normalised."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+
+    def __call__(self, img, target):
+        image, label = shortside_resize(img, target, self.size)
+        return normalise_uint8(torch.from_numpy(image)[None])[0], torch.from_numpy(label.astype(np.int64))
+
+
 def val_transform(size: int = 224):
-    """Validation during training: short side resized to ``size``, aspect kept, no crop."""
-    return JointCompose(ToTvTensors(), v2.Resize(size, antialias=True), Normalise())
+    """Validation during training: short side resized to ``size`` with Pillow, aspect kept, no crop."""
+    return ShortSideTransform(size)
+
+
+def _pil_resize(img, target, width: int, height: int):
+    """Pillow BILINEAR image, NEAREST label, on the decoded PIL images, as the notebook did; uint8 arrays.
+
+    Pillow's BILINEAR widens its kernel when it shrinks (it antialiases); its NEAREST samples the source
+    pixel under each output pixel's centre. torch's tensor resize differs from both (a grey level on many
+    pixels, and half a pixel for labels), which is why evaluation goes through Pillow.
+    """
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    image = np.array(img.resize((width, height), Image.BILINEAR))
+    label = np.array(target.resize((width, height), Image.NEAREST), dtype=np.uint8)
+    return image, label
 
 
 def paper_resize(img, target, size: int = 224):
-    """The "paper" evaluation protocol's geometry: exactly size x size, bilinear image, nearest label.
+    """The "paper" evaluation protocol's geometry: exactly size x size, Pillow bilinear image, nearest label.
 
     Returns uint8 HxWx3 and uint8 HxW numpy arrays, i.e. what gets corrupted and what gets scored.
     """
-    image, mask = ToTvTensors()(img, target)
-    image = TF.resize(image, [size, size], antialias=True)
-    mask = TF.resize(mask, [size, size], interpolation=v2.InterpolationMode.NEAREST)
-    return image.permute(1, 2, 0).numpy(), mask.numpy().astype(np.uint8)
+    return _pil_resize(img, target, size, size)
+
+
+def shortside_size(width: int, height: int, size: int = 224):
+    """The notebook's FixScaleResize: short side ``size``, long side ``int(long * size / short)``."""
+    if width > height:
+        return int(width * size / height), size
+    return size, int(height * size / width)
+
+
+def shortside_resize(img, target, size: int = 224):
+    """The "shortside" protocol (and validation while training): aspect kept, Pillow bilinear / nearest."""
+    return _pil_resize(img, target, *shortside_size(*img.size, size))
 
 
 # ImageNet normalisation (x / 255 - mean) / std as one multiply-subtract: x * scale - shift, in float32.
@@ -370,19 +371,21 @@ def image_id(dataset, index: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Corruption evaluation: what gets corrupted and what gets scored (PROTOCOL.md, "Transforms").
 
-PROTOCOLS = ("paper", "native")
+PROTOCOLS = ("paper", "shortside", "native")
 
 
 def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
     """``(image_id, uint8 HxWx3 image, uint8 HxW label)`` of VOC val image ``index`` under a protocol.
 
-    "paper": exactly size x size (bilinear image, nearest label), as the paper evaluated;
+    "paper": exactly size x size (Pillow bilinear image, nearest label), as the paper's sweep evaluated;
+    "shortside": short side ``size``, aspect kept (the notebook's FixScaleResize, its clean PCA pass);
     "native": the original resolution (our extension).
     """
     img, target = dataset[index]
     if protocol == "paper":
         image, label = paper_resize(img, target, size)
-        image = np.array(image)  # own, writable memory (a no-op resize returns a view of PIL's buffer)
+    elif protocol == "shortside":
+        image, label = shortside_resize(img, target, size)
     elif protocol == "native":
         image, label = np.asarray(img.convert("RGB")), np.array(target, dtype=np.uint8)
     else:

@@ -42,12 +42,16 @@ class ConfusionMatrix:
         self.mat = None
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        """Add one batch. Never waits for the GPU: ignored pixels go to one spare bin at the end instead of
+        being selected out (boolean indexing needs the count on the host), and the counts are added into a
+        fixed-size vector with ``index_add_`` (``bincount`` reads the largest index back to size its output)."""
         n = self.num_classes
-        target = target.reshape(-1)
-        pred = pred.reshape(-1)
-        keep = target != IGNORE_INDEX
-        idx = target[keep].to(torch.int64) * n + pred[keep].to(torch.int64)
-        counts = torch.bincount(idx, minlength=n * n).reshape(n, n)
+        target = target.reshape(-1).to(torch.int64)
+        idx = target * n + pred.reshape(-1).to(torch.int64)
+        idx = torch.where(target == IGNORE_INDEX, n * n, idx)
+        counts = torch.zeros(n * n + 1, dtype=torch.int64, device=idx.device)
+        counts.index_add_(0, idx, torch.ones_like(idx))
+        counts = counts[:-1].reshape(n, n)
         self.mat = counts if self.mat is None else self.mat + counts.to(self.mat.device)
 
     def reset(self) -> None:

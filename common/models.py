@@ -5,9 +5,12 @@
     model = build_model("ibe", backbone="resnet18", head_channels=64)   # small enough for a CPU
 
 Every model returns ``(B, 21, H, W)`` logits at input resolution. For IBE and SCrIBE the network emits
-20 foreground logits z and channel 0 is ``-logsumexp(z)`` (Implicit Background Estimation), applied
-*after* upsampling so that "background iff every foreground logit is negative" holds at every output
-pixel (the companion code applied it before upsampling; PROTOCOL.md, "Models").
+20 foreground logits z and channel 0 is ``-logsumexp(z)`` (Implicit Background Estimation). Where it is
+applied is ``ibe_placement``: "logits" applies it to the classifier's output at the feature stride and
+then upsamples the 21 channels, as the companion notebook did (train.py's default recipe); "output"
+upsamples the 20 channels first, so that channel 0 is exactly -logsumexp of the others at every output
+pixel (PROTOCOL.md, "Models"). The keyword defaults of ``build_model`` are the paper's text (DeepLabV3+,
+output stride 16, "output"); train.py's ``--recipe`` chooses between the two.
 """
 import os
 
@@ -23,6 +26,7 @@ from .errors import UsageError
 
 KINDS = ("baseline", "ibe", "scribe")
 ARCHS = ("deeplabv3plus", "deeplabv3")
+IBE_PLACEMENTS = ("logits", "output")   # -logsumexp before or after the bilinear upsampling
 BACKBONES = {  # name -> (constructor, ImageNet weights enum, channels of layer1 and layer4, can dilate)
     "resnet18": (resnet.resnet18, resnet.ResNet18_Weights, 64, 512, False),
     "resnet34": (resnet.resnet34, resnet.ResNet34_Weights, 64, 512, False),
@@ -66,6 +70,14 @@ class DeepLabV3PlusHead(nn.Module):
         return self.classifier(self.fuse(torch.cat([self.reduce(low), high], dim=1)))
 
 
+def deeplabv3_head(in_channels, num_outputs, rates, width=256) -> nn.Module:
+    """torchvision's ``DeepLabHead`` (ASPP, 3x3 conv, BN, ReLU, 1x1 classifier), at any width."""
+    if width == 256:
+        return DeepLabHead(in_channels, num_outputs, rates)
+    return nn.Sequential(ASPP(in_channels, rates, width), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, num_outputs, 1))
+
+
 class SegmentationModel(nn.Module):
     """Backbone + head + output structure. ``config`` is everything needed to rebuild it from a checkpoint."""
 
@@ -75,6 +87,7 @@ class SegmentationModel(nn.Module):
         self.backbone = backbone
         self.classifier = classifier  # torchvision's name, so DeepLabV3 state dicts load as they are
         self.implicit_background = config["kind"] in ("ibe", "scribe")
+        self.ibe_before_upsampling = config.get("ibe_placement") == "logits"
 
     def forward(self, x):
         size = x.shape[-2:]
@@ -83,8 +96,10 @@ class SegmentationModel(nn.Module):
             out = self.classifier(feats["low"], feats["out"])
         else:
             out = self.classifier(feats["out"])
+        if self.implicit_background and self.ibe_before_upsampling:
+            out = implicit_background(out)   # the notebook: at the feature stride, then upsampled
         out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        if self.implicit_background:
+        if self.implicit_background and not self.ibe_before_upsampling:
             out = implicit_background(out)
         return out
 
@@ -99,8 +114,10 @@ def implicit_background(z: torch.Tensor) -> torch.Tensor:
 
 
 def build_model(kind: str, arch: str = "deeplabv3plus", backbone: str = "resnet50", output_stride=None,
-                head_channels: int = 256, pretrained_backbone: str = "none") -> SegmentationModel:
-    """Build one of the paper's models. ``pretrained_backbone``: "none", "imagenet" or a state-dict path."""
+                head_channels: int = 256, pretrained_backbone: str = "none",
+                ibe_placement: str = "output") -> SegmentationModel:
+    """Build one of the paper's models. ``pretrained_backbone``: "none", "imagenet" or a state-dict path;
+    ``ibe_placement`` ("logits" or "output", IBE/SCrIBE only): see the module docstring."""
     if kind not in KINDS:
         raise UsageError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
     if arch not in ARCHS:
@@ -114,6 +131,8 @@ def build_model(kind: str, arch: str = "deeplabv3plus", backbone: str = "resnet5
         raise UsageError(f"--output-stride {output_stride} is not possible with {backbone}; use {allowed}")
     if head_channels < 8:
         raise UsageError(f"--head-channels {head_channels}: must be at least 8")
+    if ibe_placement not in IBE_PLACEMENTS:
+        raise UsageError(f"--ibe-placement {ibe_placement!r}: expected one of {', '.join(IBE_PLACEMENTS)}")
 
     dilate = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
     net = ctor(weights=None, replace_stride_with_dilation=dilate if can_dilate else None)
@@ -123,13 +142,13 @@ def build_model(kind: str, arch: str = "deeplabv3plus", backbone: str = "resnet5
         body = IntermediateLayerGetter(net, return_layers={"layer1": "low", "layer4": "out"})
         head = DeepLabV3PlusHead(low_ch, high_ch, num_outputs, aspp_rates(output_stride), head_channels)
     else:
-        # torchvision's own DeepLabHead, so --arch deeplabv3 is deeplabv3_resnet50 parameter for parameter.
+        # torchvision's DeepLabHead, so --arch deeplabv3 is deeplabv3_resnet50 parameter for parameter (and
+        # name for name); with --head-channels other than 256, the same layers at that width.
         body = IntermediateLayerGetter(net, return_layers={"layer4": "out"})
-        head = DeepLabHead(high_ch, num_outputs, aspp_rates(output_stride))
-        if head_channels != 256:
-            raise UsageError("--head-channels applies to --arch deeplabv3plus only")
+        head = deeplabv3_head(high_ch, num_outputs, aspp_rates(output_stride), head_channels)
     config = dict(kind=kind, arch=arch, backbone=backbone, output_stride=output_stride,
-                  head_channels=head_channels, num_outputs=num_outputs)
+                  head_channels=head_channels, num_outputs=num_outputs,
+                  ibe_placement=ibe_placement if kind in ("ibe", "scribe") else None)
     return SegmentationModel(config, body, head)
 
 
@@ -177,10 +196,11 @@ def count_parameters(model: nn.Module) -> int:
 
 def segmentation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
                       ignore_as_background: bool = False) -> torch.Tensor:
-    """Cross-entropy for baseline and IBE; masked one-hot BCE-with-logits for SCrIBE.
+    """Cross-entropy (ignore 255) for baseline and IBE; one-hot BCE-with-logits for SCrIBE.
 
     SCrIBE's loss is averaged over the 21 channels and the non-255 pixels. ``ignore_as_background``
-    reproduces the companion code, which turned 255 into background before the one-hot.
+    is the companion notebook's (the default recipe): 255 becomes background before the one-hot, and the
+    loss is ``BCEWithLogitsLoss()``'s mean over all B x 21 x H x W elements.
     """
     if kind != "scribe":
         return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)

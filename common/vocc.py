@@ -14,7 +14,6 @@ import zlib
 
 import numpy as np
 from PIL import Image
-from zlib_ng import zlib_ng
 
 from .checkpoint import atomic_write
 from .constants import voc_palette
@@ -58,6 +57,8 @@ def rgb_png(array: np.ndarray) -> bytes:
     scanlines[:, 0] = 2                          # filter type 2, "up"; the row above row 0 counts as zeros
     scanlines[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])   # uint8 arithmetic is modulo 256, as PNG's
+    from zlib_ng import zlib_ng   # only where PNGs are encoded: training and the sweep never need it
+
     deflate = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 9, zlib_ng.Z_HUFFMAN_ONLY)
     idat = deflate.compress(scanlines.tobytes()) + deflate.flush()
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)   # 8 bits, RGB, deflate, adaptive filters, no interlace
@@ -113,7 +114,7 @@ def check_manifest(root, protocol: str, size: int, versions: dict) -> dict:
     m = read_manifest(root)
     if m is None:
         raise UsageError(f"{root}: no {MANIFEST}; is this a folder written by dump_voc_c.py?")
-    want = {"protocol": protocol, "size": size if protocol == "paper" else None}
+    want = {"protocol": protocol, "size": size if protocol != "native" else None}
     got = {k: m.get(k) for k in want}
     if got != want:
         raise UsageError(f"{root} was dumped with {got}, this run uses {want}; dump again or match the flags")

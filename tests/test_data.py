@@ -1,5 +1,6 @@
 """The training transform against independent oracles: Pillow's whole-image resize + numpy pad and crop
 for the geometry, torchvision's functional colour ops for the jitter."""
+import os
 import numpy as np
 import pytest
 import torch
@@ -66,7 +67,9 @@ def test_params_follow_the_protocol_ranges():
         p = tf.get_params(500, 375)
         w, h = p["size"]
         shorts.append(h)
-        assert w == round(500 * h / 375)
+        assert w == int(500 * h / 375)   # the notebook truncates the long side (PROTOCOL.md)
+        q = tf.get_params(375, 500)["size"]
+        assert q[1] == int(500 * q[0] / 375) and 112 <= q[0] <= 448
         assert 0 <= p["top"] <= max(h, 224) - 224 and 0 <= p["left"] <= max(w, 224) - 224
         assert sorted(p["order"]) == [0, 1, 2, 3]
         b, c, s, hue = p["factors"]
@@ -176,3 +179,59 @@ def test_normalise_uint8_against_the_formula():
         / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     assert got.shape == (3, 3, 9, 11) and got.dtype == torch.float32 and got.is_contiguous()
     assert torch.allclose(got.double(), want, rtol=0, atol=1e-6)
+
+
+def _photos():
+    """Real photographs (scikit-image ships them) in both orientations, an odd size, and a square one,
+    each with a label map of blocks, 255 borders included."""
+    import skimage.data
+    out = []
+    for name, crop in (("chelsea", None), ("coffee", (slice(0, 397), slice(0, 263))), ("astronaut", None),
+                       ("rocket", (slice(3, 427), slice(17, 600)))):
+        rgb = getattr(skimage.data, name)()
+        if crop:
+            rgb = rgb[crop]
+        h, w = rgb.shape[:2]
+        yy, xx = np.mgrid[:h, :w]
+        label = ((yy // 37 + xx // 53) % 21).astype(np.uint8)
+        label[(yy % 37 < 2) | (xx % 53 < 2)] = IGNORE_INDEX
+        # VOC's labels are palette PNGs, SBD's come from .mat files as mode "L": Pillow treats them apart.
+        target = Image.fromarray(label, mode="L")
+        out.append((name, Image.fromarray(rgb), target.convert("P") if len(out) % 2 else target))
+    return out
+
+
+@pytest.mark.parametrize("name,img,target", _photos(), ids=[p[0] for p in _photos()])
+def test_paper_and_shortside_geometry_equal_pillow_called_directly(name, img, target):
+    from common.data import paper_resize, shortside_resize, val_transform
+    image, label = paper_resize(img, target, 224)
+    np.testing.assert_array_equal(image, np.asarray(img.resize((224, 224), Image.BILINEAR)))
+    np.testing.assert_array_equal(label, np.asarray(target.resize((224, 224), Image.NEAREST)))
+    # FixScaleResize: short side 224, long side int(long * 224 / short), Pillow bilinear / nearest.
+    w, h = img.size
+    size = (int(w * 224 / h), 224) if w > h else (224, int(h * 224 / w))
+    image, label = shortside_resize(img, target, 224)
+    np.testing.assert_array_equal(image, np.asarray(img.resize(size, Image.BILINEAR)))
+    np.testing.assert_array_equal(label, np.asarray(target.resize(size, Image.NEAREST)))
+    # Validation while training is the same geometry, normalised by formula.
+    x, y = val_transform(224)(img, target)
+    np.testing.assert_array_equal(y.numpy(), np.asarray(target.resize(size, Image.NEAREST)))
+    want = (np.asarray(img.resize(size, Image.BILINEAR)).transpose(2, 0, 1) / 255.0
+            - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[:, None, None]
+    np.testing.assert_allclose(x.numpy(), want, atol=1e-5)
+
+
+def test_eval_sample_protocols_on_the_synthetic_set(tmp_path_factory):
+    from common.data import eval_sample, voc_dataset
+    from helpers import tiny_synthetic
+    root = tiny_synthetic(tmp_path_factory, n_voc_train=1, n_sbd=1, n_val=3)
+    val = voc_dataset(os.path.join(root, "voc"), "val")
+    for i in range(len(val)):
+        img, target = val[i]
+        w, h = img.size
+        for protocol, size in (("paper", (64, 64)), ("shortside", (int(w * 64 / h), 64) if w > h else
+                                                                     (64, int(h * 64 / w)))):
+            _, image, label = eval_sample(val, i, protocol, 64)
+            np.testing.assert_array_equal(image, np.asarray(img.convert("RGB").resize(size, Image.BILINEAR)))
+            np.testing.assert_array_equal(label, np.asarray(target.resize(size, Image.NEAREST)))
+            assert image.flags.writeable

@@ -40,20 +40,66 @@ def test_output_strides_and_dilation():
         build_model("baseline", backbone="resnet18", output_stride=16)
 
 
+def numpy_lse(z, axis):
+    m = z.max(axis, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def numpy_bilinear(z, out_h, out_w):
+    """Bilinear upsampling with align_corners=False written out: pixel centres map to (i + 0.5) * in / out - 0.5,
+    clamped at 0, between the two neighbouring source pixels (the last one repeated at the border)."""
+    _, _, h, w = z.shape
+
+    def taps(n_out, n_in):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, fy = taps(out_h, h)
+    x0, x1, fx = taps(out_w, w)
+    rows = z[:, :, y0] * (1 - fy)[:, None] + z[:, :, y1] * fy[:, None]
+    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+
+
 @pytest.mark.parametrize("kind", ["ibe", "scribe"])
-def test_implicit_background_is_minus_logsumexp_at_every_pixel(kind):
+def test_implicit_background_after_upsampling_is_minus_logsumexp_at_every_pixel(kind):
     torch.manual_seed(0)
-    m = build_model(kind, backbone="resnet18", head_channels=16).eval()
+    m = build_model(kind, backbone="resnet18", head_channels=16, ibe_placement="output").eval()
     with torch.no_grad():
         out = m(torch.randn(2, 3, 70, 90)).double().numpy()
     assert out.shape == (2, 21, 70, 90)
     fg = out[:, 1:]
-    mx = fg.max(1)
-    lse = mx + np.log(np.exp(fg - mx[:, None]).sum(1))  # numpy log-sum-exp
-    np.testing.assert_allclose(out[:, 0], -lse, rtol=1e-5, atol=1e-5)
-    # Hence background wins iff every foreground logit is negative.
-    pred_bg = out.argmax(1) == 0
-    assert np.array_equal(pred_bg, (fg < 0).all(1)) or np.abs(fg).min() < 1e-4
+    np.testing.assert_allclose(out[:, 0], -numpy_lse(fg, 1), rtol=1e-5, atol=1e-5)
+    # Background can only win where every foreground logit is negative (necessary, not sufficient).
+    assert ((fg < 0).all(1) | (out.argmax(1) != 0)).all()
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus"])
+def test_implicit_background_on_the_logits_is_upsampled_from_the_head(arch):
+    # The notebook: cat([-logsumexp(z), z]) on the head's stride-s output z, then bilinear upsampling.
+    torch.manual_seed(1)
+    m = build_model("ibe", arch=arch, backbone="resnet18", head_channels=16, ibe_placement="logits").eval()
+    last = [c for c in m.classifier.modules() if isinstance(c, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(30)   # logits of a trained model's size, so that the two placements differ clearly
+    x = torch.randn(2, 3, 70, 90)
+    with torch.no_grad():
+        feats = m.backbone(x)
+        z = (m.classifier(feats["low"], feats["out"]) if arch == "deeplabv3plus" else m.classifier(feats["out"]))
+        out = m(x).double().numpy()
+    z = z.double().numpy()
+    expected = numpy_bilinear(np.concatenate([-numpy_lse(z, 1)[:, None], z], 1), 70, 90)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    # ... which is not -logsumexp of the upsampled foreground (that is the "output" placement).
+    assert np.abs(out[:, 0] + numpy_lse(out[:, 1:], 1)).max() > 1e-2
+
+
+def test_background_need_not_win_where_every_foreground_logit_is_negative():
+    from common.models import implicit_background
+    z = torch.full((1, 20, 1, 1), -0.1)
+    out = implicit_background(z)
+    assert out[0, 0, 0, 0].item() == pytest.approx(-(np.log(20) - 0.1))   # -2.9, below every -0.1
+    assert out.argmax(1).item() != 0
 
 
 def test_baseline_has_21_free_logits():
@@ -94,6 +140,17 @@ def test_scribe_loss_equals_hand_written_masked_bce(ignore_as_background):
         logits2 = logits.clone()
         logits2[0, :, :2] = 100.0
         assert segmentation_loss("scribe", logits2, target).item() == pytest.approx(got, rel=1e-7)
+
+
+def test_notebook_scribe_loss_is_bce_with_logits_on_the_one_hot_with_255_as_background():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 21, 5, 6, generator=g) * 3
+    target = torch.randint(0, 21, (2, 5, 6), generator=g)
+    target[1, 3:] = 255
+    onehot = torch.nn.functional.one_hot(torch.where(target == 255, 0, target), 21).permute(0, 3, 1, 2).float()
+    expected = torch.nn.BCEWithLogitsLoss()(logits, onehot).item()
+    assert segmentation_loss("scribe", logits, target, ignore_as_background=True).item() == pytest.approx(expected,
+                                                                                                          rel=1e-6)
 
 
 def test_cross_entropy_ignores_255_for_baseline_and_ibe():

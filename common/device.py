@@ -1,0 +1,81 @@
+"""Device and precision set-up shared by every script that runs a model.
+
+    device = resolve_device(args.device)          # None -> cuda if available; "cuda" -> cuda:<index>
+    with autocast(device, args.amp): logits = model(x)
+    fmt = memory_format(device)                    # channels_last on CUDA
+
+``torch.cuda.set_device`` refuses a device without an index (``torch.device("cuda")`` raises
+``ValueError: Expected a torch.device with a specified index or an integer``), so a bare ``cuda`` is
+turned into ``cuda:<LOCAL_RANK>`` under torchrun and into the current device otherwise, before anything
+uses it. ``cuda:N`` is honoured as given.
+"""
+import os
+
+import torch
+
+from .errors import UsageError
+
+# --amp choices -> autocast dtype ("none": fp32, as the paper trained).
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(requested=None) -> torch.device:
+    """The ``--device`` string as a ``torch.device`` that always carries an index on CUDA.
+
+    None means cuda when available, else cpu. Under torchrun (LOCAL_RANK set) a bare ``cuda`` is the
+    process's own GPU. Refuses, with one line, a CUDA device that this machine does not have.
+    """
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"--device {requested!r}: not a device ({e}); use cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    index = device.index
+    if index is None:
+        local = os.environ.get("LOCAL_RANK")
+        index = int(local) if local is not None else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise UsageError(f"--device {requested}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+                         + (f" (LOCAL_RANK={os.environ['LOCAL_RANK']})" if device.index is None else ""))
+    return torch.device("cuda", index)
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``device`` the current CUDA device (a no-op elsewhere); it must carry an index."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def autocast(device: torch.device, amp: str = "none"):
+    """``torch.autocast`` for the --amp choice on ``device``'s type; disabled for "none"."""
+    if amp not in AMP_DTYPES:
+        raise UsageError(f"--amp {amp!r}: expected one of {', '.join(AMP_DTYPES)}")
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def memory_format(device: torch.device):
+    """channels_last on CUDA (cuDNN's fast layout for convolutions); the default layout elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def set_deterministic(enabled: bool) -> None:
+    """cuDNN's deterministic algorithms and torch's deterministic kernels, for bit-identical GPU reruns.
+
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG set before its first call to be deterministic. Kernels that have
+    no deterministic CUDA version (bilinear upsampling's backward, which every model here uses) warn
+    instead of failing (``warn_only``): a rerun is then as repeatable as torch can make it. On the CPU
+    every kernel used here is deterministic already.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
