@@ -1,6 +1,6 @@
 """Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep).
 
-    python evaluate_corruptions.py --checkpoints runs/baseline/best.pt runs/ibe/best.pt runs/scribe/best.pt \
+    python evaluate_corruptions.py --checkpoints runs/baseline/checkpoint.pt runs/ibe/checkpoint.pt runs/scribe/checkpoint.pt \
         --data voc --voc-root /data/voc --voc-c VOC-C --out results
 
 Each image is decoded and corrupted once per condition (``--workers`` processes do that) and fed to

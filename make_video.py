@@ -1,8 +1,8 @@
 """The paper's demo video: a clip run through a baseline and a robust (SCrIBE) model under corruptions.
 
-    python make_video.py --video clip.mp4 --baseline runs/baseline/best.pt --robust runs/scribe/best.pt \
+    python make_video.py --video clip.mp4 --baseline runs/baseline/checkpoint.pt --robust runs/scribe/checkpoint.pt \
         --out demo.mp4
-    python make_video.py --synthetic --baseline runs/baseline/best.pt --robust runs/scribe/best.pt \
+    python make_video.py --synthetic --baseline runs/baseline/checkpoint.pt --robust runs/scribe/checkpoint.pt \
         --out demo.mp4                       # 130 generated frames of moving synthetic-VOC shapes
 
 writes ``--out`` (H.264 ``libx264``, yuv420p; ``mpeg4`` where this PyAV build lacks libx264), one output

@@ -3,23 +3,28 @@
 # analyse, draw every figure, render the demo video.
 #
 #   bash reproduce.sh                                   # quick mode: synthetic data, small CPU config, runs/quick/
-#   bash reproduce.sh --voc-root R --sbd-root S         # full mode: the paper's settings (GPU), runs/full/
+#   bash reproduce.sh --voc-root R --sbd-root S         # full mode: the notebook recipe behind the paper's table
+#   bash reproduce.sh --voc-root R --sbd-root S --recipe paper      # full mode, the paper text's recipe
 #   bash reproduce.sh --voc-root R --sbd-root S --video clip.mp4    # demo on your own clip
+#   PYTHON=python3.12 bash reproduce.sh                 # another interpreter (default: python)
 #
+# The final weights of every model (checkpoint.pt after the last epoch) are evaluated, as the paper did.
 # Every step is resumable: re-running after an interruption continues where it stopped. The script stops at
 # the first failing step and says which one.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-VOC_ROOT="" SBD_ROOT="" VIDEO="" OUT="" DEVICE=""
+VOC_ROOT="" SBD_ROOT="" VIDEO="" OUT="" DEVICE="" RECIPE=""
+PYTHON=${PYTHON:-python}
 while [ $# -gt 0 ]; do
   case "$1" in
+    --recipe) RECIPE="$2"; shift 2 ;;
     --voc-root) VOC_ROOT="$2"; shift 2 ;;
     --sbd-root) SBD_ROOT="$2"; shift 2 ;;
     --video) VIDEO="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --device) DEVICE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "reproduce.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -29,9 +34,9 @@ if [ -n "$VOC_ROOT$SBD_ROOT" ]; then
     echo "reproduce.sh: full mode needs both --voc-root and --sbd-root" >&2; exit 2
   fi
   MODE=full
-  OUT=${OUT:-runs/full}
+  OUT=${OUT:-runs/full${RECIPE:+-$RECIPE}}
   DATA=(--data voc --voc-root "$VOC_ROOT")
-  TRAIN=(--sbd-root "$SBD_ROOT" --amp bf16)           # everything else: the paper's defaults
+  TRAIN=(--sbd-root "$SBD_ROOT" --amp bf16)           # everything else: the recipe's settings
   EVAL=(--size 224 --batch-size 32 --amp bf16)
   DUMP=(--size 224 --workers "$(nproc)")
 else
@@ -44,6 +49,7 @@ else
   EVAL=(--size 96 --limit 60 --batch-size 20 --workers 1)
   DUMP=(--size 96 --limit 60 --workers 2)
 fi
+[ -n "$RECIPE" ] && TRAIN+=(--recipe "$RECIPE")
 [ -n "$DEVICE" ] && TRAIN+=(--device "$DEVICE") && EVAL+=(--device "$DEVICE")
 
 STEP=""
@@ -64,28 +70,34 @@ for model in baseline ibe scribe; do
     # lr 0.02; 0.43-0.75 at batch 8 / lr 0.1, depending on --seed). The paper's full settings use one recipe.
     EXTRA=(--batch-size 8 --lr 0.1)
   fi
-  python train.py --model "$model" "${DATA[@]}" "${TRAIN[@]}" "${EXTRA[@]}" --out "$OUT/train" --resume
+  "$PYTHON" train.py --model "$model" "${DATA[@]}" "${TRAIN[@]}" "${EXTRA[@]}" --out "$OUT/train" --resume
 done
 
 # The paper precomputed its four slow corruptions; its users looped over them in the shell.
 for corruption in glass_blur motion_blur zoom_blur snow; do
   step "dump $corruption"
-  python dump_voc_c.py --corruptions "$corruption" "${DATA[@]}" "${DUMP[@]}" --out "$OUT/VOC-C"
+  "$PYTHON" dump_voc_c.py --corruptions "$corruption" "${DATA[@]}" "${DUMP[@]}" --out "$OUT/VOC-C"
 done
 
+CKPTS=("$OUT"/train/{baseline,ibe,scribe}/checkpoint.pt)   # the final weights
 step "evaluate 15 corruptions x severities 0..5"
-python evaluate_corruptions.py --checkpoints "$OUT"/train/{baseline,ibe,scribe}/best.pt "${DATA[@]}" "${EVAL[@]}" \
-  --voc-c "$OUT/VOC-C" --out "$OUT/results"
+"$PYTHON" evaluate_corruptions.py --checkpoints "${CKPTS[@]}" "${DATA[@]}" "${EVAL[@]}" --voc-c "$OUT/VOC-C" \
+  --out "$OUT/results"
+
+# The notebook's clean "FixScaleResize" pass (short side kept at the size, aspect kept), which its PCA came from.
+step "clean shortside pass (for the PCA)"
+"$PYTHON" evaluate_corruptions.py --checkpoints "${CKPTS[@]}" "${DATA[@]}" "${EVAL[@]}" --protocol shortside \
+  --corruptions all --severities 0 --out "$OUT/results/shortside"
 
 step "analyse"
-python analyze_logits.py --results "$OUT/results"
+"$PYTHON" analyze_logits.py --results "$OUT/results"
 
 step "figures"
-python make_figures.py --results "$OUT/results" --out "$OUT/figures" "${DATA[@]}"
+"$PYTHON" make_figures.py --results "$OUT/results" --out "$OUT/figures" "${DATA[@]}"
 
 step "video"
 if [ -n "$VIDEO" ]; then SOURCE=(--video "$VIDEO"); else SOURCE=(--synthetic); fi
-python make_video.py "${SOURCE[@]}" --baseline "$OUT/train/baseline/best.pt" --robust "$OUT/train/scribe/best.pt" \
+"$PYTHON" make_video.py "${SOURCE[@]}" --baseline "${CKPTS[0]}" --robust "${CKPTS[2]}" \
   --out "$OUT/demo.mp4"
 
 STEP=""

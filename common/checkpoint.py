@@ -1,7 +1,7 @@
 """Self-describing checkpoints: one dict that rebuilds its model from the file alone.
 
     save_checkpoint(path, dict(model=..., optimizer=..., ...))   # atomic: temp file + rename
-    model, ckpt = load_model("runs/scribe/best.pt")              # weights_only=True, never unpickles code
+    model, ckpt = load_model("runs/scribe/checkpoint.pt")              # weights_only=True, never unpickles code
 
 Layout: ``model`` (state dict), ``model_config`` (kwargs of ``build_model`` minus the weights source),
 ``name``, ``epoch``, ``args`` (the training command's arguments), ``optimizer``, ``scheduler``,

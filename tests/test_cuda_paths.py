@@ -134,3 +134,19 @@ def test_video_on_cuda(tmp_path, monkeypatch):
         assert make_video.main(args) in (0, None)
     assert fake.set_device_calls == [0] and torch.device("cuda", 0) in fake.devices
     assert os.path.getsize(out) > 0
+
+
+def test_training_and_the_sweep_import_without_pyav_or_zlib_ng():
+    # A GPU machine without registry access may lack them: only the video (PyAV) and the PNG encoder of the
+    # dump (zlib-ng) need them, and they import them where they are used.
+    import subprocess
+    import sys
+    from helpers import ROOT
+    code = ("import sys; sys.modules['av'] = None; sys.modules['zlib_ng'] = None\n"
+            "import train, evaluate_corruptions, analyze_logits\n"
+            "import common.vocc\n"
+            "try:\n    common.vocc.rgb_png(__import__('numpy').zeros((2, 2, 3), 'uint8'))\n"
+            "except ImportError:\n    print('encoder needs zlib_ng')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "encoder needs zlib_ng"   # the block is real: the encoder does import it

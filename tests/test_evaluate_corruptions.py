@@ -210,3 +210,35 @@ def test_condition_stats_prediction_and_end_against_numpy():
                 want[t, q] += 1
         assert np.array_equal(st.per_image[slot], want)
     assert not st.per_image[[1, 3]].any() and np.array_equal(st.confusion, st.per_image.sum(0))
+
+
+def test_shortside_clean_pass_sees_pillow_resized_images_at_their_own_aspect(setup, tmp_path):
+    # The notebook's FixScaleResize pass, recomputed by hand: Pillow resize to short side SIZE (long side
+    # int(long * SIZE / short)), normalisation by formula, the model called directly, numpy argmax.
+    import torch
+    from common.checkpoint import load_model
+    from common.constants import IMAGENET_MEAN, IMAGENET_STD
+    root, ckpts, _ = setup
+    out, preds = tmp_path / "short", tmp_path / "preds"
+    args = ev.get_args_parser().parse_args(["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", root,
+                                            "--protocol", "shortside", "--size", str(SIZE), "--severities", "0",
+                                            "--workers", "0", "--out", str(out), "--save-predictions", str(preds)])
+    assert ev.main(args) == 0
+    r = rows(out)
+    assert len(r) == 2 and {(x["protocol"], x["size"], x["corruption"]) for x in r} == {("shortside", SIZE, "clean")}
+    model, _ = load_model(ckpts[0])
+    images = sorted(os.listdir(os.path.join(root, "voc", "VOCdevkit", "VOC2012", "JPEGImages")))
+    val = open(os.path.join(root, "voc", "VOCdevkit", "VOC2012", "ImageSets", "Segmentation", "val.txt")).read().split()
+    shapes = set()
+    for image_id in val:
+        img = Image.open(os.path.join(root, "voc", "VOCdevkit", "VOC2012", "JPEGImages", f"{image_id}.jpg")).convert("RGB")
+        w, h = img.size
+        size = (int(w * SIZE / h), SIZE) if w > h else (SIZE, int(h * SIZE / w))
+        x = (np.asarray(img.resize(size, Image.BILINEAR)) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x.transpose(2, 0, 1)[None]).float()).numpy()[0]
+        got = np.array(Image.open(preds / r[0]["model"] / "clean_0" / f"{image_id}.png"))
+        assert got.shape == (size[1], size[0])
+        assert (got == logits.argmax(0)).mean() > 0.999   # float32 rounding may flip a near-tie
+        shapes.add(got.shape)
+    assert len(images) >= len(val) and len(shapes) > 1   # the images kept their different aspects
