@@ -1,7 +1,7 @@
 """Robustness summary and logit-structure analysis of an evaluate_corruptions.py results folder.
 
     python analyze_logits.py --results results [--out results] [--reference baseline] \
-        [--bootstrap 1000] [--seed 0]
+        [--bootstrap 1000] [--seed 0] [--pca-pass results/shortside]
 
 Reads what evaluate_corruptions.py wrote to --results (metrics.jsonl, logits/, confusion/, run.json)
 and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") defines:
@@ -9,14 +9,35 @@ and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") d
 * clean mIoU; mPC = the paper's headline = mean mIoU over the 15 corruptions x severities 1..5;
   rPC = mPC / clean mIoU; mIoU per corruption (mean over severities 1..5) and per severity
   (mean over the 15 corruptions; severity 0 = clean);
+* the headline also as ``mean_sev0_5``: the mean over the 15 corruptions of each corruption's mean over
+  severities 0..5, severity 0 being the clean mIoU. That is the mean of the notebook's results table,
+  whose rows (one per corruption) hold levels 0-5, level 0 the uncorrupted images; PROTOCOL.md: which of
+  the two means the paper's 42.1 / 40.3 / 37.5 are is not stated. Complete, it is (clean + 5 mPC) / 6;
+  with gaps, each corruption averages the clean mIoU and the severities it has (null without a clean row);
 * CD_c, rCD_c and their means mCD, mrCD relative to the --reference model;
-* END and Distance (read from metrics.jsonl): clean, mean over the corruption conditions, per condition;
+* END and Distance (read from metrics.jsonl): clean, mean over the corruption conditions, per condition.
+  Distance twice (LogitTracker): ``distance``, the notebook's (mean over all 20 foreground classes of
+  mu_n[n] - mu_n[0], never-predicted classes counting 0: ``distance_notebook``), and
+  ``distance_predicted``, the same mean over the foreground classes predicted at least once
+  (``distance_margin``; null for rows written before it existed). Where logits/ are present both are
+  recomputed from them, and a row that disagrees gets a note (older rows held the second under the
+  first's name);
 * explained variance: PCA of the 21x21 class-mean logit matrix (rows = predicted classes as samples,
   columns = the 21 logits, centred), cumulative explained-variance ratio of components 1..21, via
   numpy's SVD. Rows of classes a model never predicted under a condition are NaN in
   ``LogitTracker.mean()`` and are dropped; ``classes_used`` says how many rows were left. Components
   beyond the matrix's rank explain nothing, so their cumulative ratio is 1. With fewer than 2 rows
-  (or rows that are all equal) the ratio is undefined: NaN in the npz, null in the JSON;
+  (or rows that are all equal) the ratio is undefined: NaN in the npz, null in the JSON.
+  Beside it, ``explained_variance_notebook``: the notebook's sklearn PCA(21) on all 21 rows with NaN
+  means set to 0, so each never-predicted class is a row of zeros (a point at the origin that the
+  PCA also has to explain). The first is the default because a class that was never predicted has no
+  mean, not a mean of 0; the two agree when every class is predicted;
+* the clean explained variance (``explained_variance_clean`` and the npz's ``<model>/clean/...``
+  explained-variance arrays) comes from a separate clean pass when there is one (``--pca-pass``; by
+  default ``<results>/shortside``, the notebook's FixScaleResize pass that reproduce.sh runs with
+  ``evaluate_corruptions.py --protocol shortside --out <results>/shortside``), else from the clean
+  condition of the main sweep; ``explained_variance_source`` says which. That pass's run.json must give
+  every model it shares with the main run.json the same checkpoint_sha256 (else exit status 2);
 * paired bootstrap 95% intervals (percentile method) of each model's mIoU minus the reference's, clean
   and aggregate (mean over the corruption conditions), resampling validation images with replacement
   (the same resampled images for every model and every condition) and recomputing mIoU from summed
@@ -37,21 +58,29 @@ only after everything has been computed, so a failed run leaves earlier outputs 
 analysis.json:
     schema "analyze_logits/1"; args; git_commit; results (absolute path); source {protocol, size,
     images, models [{name, kind, checkpoint_sha256}]} from run.json (null when absent);
+    pca_pass (absolute path of the --pca-pass folder, or null); explained_variance_source
+    ("<protocol> pass at <path>" or "clean condition of the main sweep");
     reference; models [names]; benchmark_corruptions [the 15]; severities [1..5]; units;
-    missing [{what: "metrics"|"logits"|"confusion", models [names], conditions ["<corruption>/<s>"],
-             message}]; notes [strings];
+    missing [{what: "metrics"|"logits"|"confusion"|"pca_logits", models [names],
+             conditions ["<corruption>/<s>"], message}]; notes [strings];
     per_model {<model>: {
         kind, clean_miou,
         mpc  {value, n_conditions, of: 75, complete},   rpc {value, complete},
+        mean_sev0_5 {value, n_conditions (corrupted ones used), of: 75, clean (clean mIoU present?),
+                     complete},
         per_corruption {<corruption>: {miou (mean over the severities present), severities [s],
                                        complete, benchmark (one of the 15?)}},
         per_severity {"0".."5": {miou, n_corruptions, of, complete}},         ("0" = clean)
         cd {<corruption>: {cd, rcd, severities [s used: present for model and reference], complete}},
         mcd {value, n_corruptions, of: 15, complete},  mrcd {same},
         end {clean, corrupted {value, n_conditions, of: 75, complete}},  distance {same},
-        explained_variance_clean {cumulative [21], classes_used} or null,
+        distance_predicted {same},
+        explained_variance_clean {cumulative [21] or null, classes_used, cumulative_notebook [21] or null,
+                                  source} or null,
         per_condition {"<corruption>/<s>" ("clean/0" for clean): {miou, pixel_acc, end, distance,
-                       explained_variance [21] or null, classes_used or null}}}};
+                       distance_predicted, explained_variance [21] or null, classes_used or null,
+                       explained_variance_notebook [21] or null}}}};
+    (per_condition is always the main sweep's, its clean/0 included);
     bootstrap {n_resamples, seed, confidence: 0.95, method, n_images, reference,
                comparisons {<model>: {clean {observed, lower, upper} or null,
                                       aggregate {observed, lower, upper, n_conditions, of: 75,
@@ -66,10 +95,18 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
     <model>/clean/distance                          (21, 21)     D_ij = ||mu_i - mu_j||
     <model>/clean/correlation                       (21, 21, 21) [n] = correlation of the logits
                                                                  over pixels predicted n
-    <model>/clean/explained_variance                (21,)        cumulative ratio, components 1..21
+    <model>/clean/correlation_notebook              (21, 21, 21) [n] = the notebook's quantity,
+                                                                 (Q_n - mu_n mu_n^T) / N_n scaled by its diagonal
+    <model>/clean/explained_variance                (21,)        cumulative ratio, components 1..21,
+                                                                 from explained_variance_source
+    <model>/clean/explained_variance_notebook       (21,)        the same with NaN means as zero rows
+    <model>/clean/explained_variance_count          (21,)        pixels predicted as each class in that pass
     <model>/<corruption>/<severity>/mean            (21, 21)     same, under that condition
     <model>/<corruption>/<severity>/explained_variance  (21,)
-    (a key exists only where logits/<model>/<condition>.npz exists)
+    <model>/<corruption>/<severity>/explained_variance_notebook  (21,)
+    explained_variance_source                       () str       as in analysis.json
+    (a key exists only where logits/<model>/<condition>.npz exists; the clean explained-variance keys
+    only where the source pass has that model's clean logits)
 """
 import argparse
 import json
@@ -77,6 +114,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -105,6 +143,11 @@ def num(x):
         return None
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def finite_list(a):
+    """An array as a JSON list, or None when any entry is undefined."""
+    return [float(v) for v in a] if np.isfinite(a).all() else None
 
 
 def mean_or_none(values):
@@ -145,7 +188,7 @@ def read_metrics(path):
             if not isinstance(s, int) or isinstance(s, bool) or (c == CLEAN) != (s == 0) or not 0 <= s <= 5:
                 raise UsageError(f"{where}: severity {s!r} does not fit corruption {c!r} "
                                  f"(clean is severity 0, corruptions 1..5)")
-            for k in ("miou", "pixel_acc", "end", "distance"):
+            for k in ("miou", "pixel_acc", "end", "distance", "distance_predicted"):
                 v = row.get(k)
                 if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
                     raise UsageError(f"{where}: {k} must be a number or null, got {v!r}")
@@ -178,21 +221,84 @@ def load_npz(path, keys):
     try:
         with np.load(path) as z:
             return {k: z[k] for k in keys}
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:   # a torn file is a bad zip
         raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def read_tracker(path):
+    """The LogitTracker state of one logits/<model>/<condition>.npz file."""
+    tracker = LogitTracker.from_state_dict(load_npz(path, ("count", "sum", "sq")))
+    if tracker.num_classes != NUM_CLASSES:
+        raise UsageError(f"{path}: {tracker.num_classes} classes, expected {NUM_CLASSES}")
+    return tracker
+
+
+def resolve_pca_pass(arg, results):
+    """The folder of the clean pass for the explained variance, or None for the main sweep's clean condition."""
+    if arg == "none":
+        return None
+    if arg is None:
+        auto = os.path.join(results, "shortside")
+        return auto if os.path.isdir(os.path.join(auto, "logits")) else None
+    if not os.path.isdir(os.path.join(arg, "logits")):
+        raise UsageError(f"--pca-pass {arg}: no logits/ folder there; give the --out folder of "
+                         f"evaluate_corruptions.py --protocol shortside, or none")
+    return arg
+
+
+def pca_pass_trackers(folder, results, run, models, missing, notes):
+    """{model: LogitTracker} of the pass's clean condition, after checking its run.json against the main one.
+
+    The explained variance is only meaningful for the checkpoints the sweep evaluated, so a model name that
+    both run.json files list with different checkpoint_sha256 is refused. A model the pass lacks (not in
+    its run.json or no clean_0.npz) gets a ``pca_logits`` entry in ``missing`` and no explained variance,
+    rather than one from the main sweep's other protocol under the same heading.
+    """
+    run_path = os.path.join(folder, "run.json")
+    prun = read_run(run_path)
+    if prun is None:
+        raise UsageError(f"{run_path}: not found, so the checkpoints of --pca-pass {folder} cannot be checked "
+                         f"(give --pca-pass none to use the main sweep's clean condition)")
+    if run is None:
+        raise UsageError(f"{os.path.join(results, 'run.json')}: not found, so the checkpoints of --pca-pass "
+                         f"{folder} cannot be checked against it (give --pca-pass none)")
+    main_sha = {m.get("name"): m.get("sha256") for m in run.get("models", []) or [] if isinstance(m, dict)}
+    pass_sha = {m.get("name"): m.get("sha256") for m in prun.get("models", []) or [] if isinstance(m, dict)}
+    differ = [n for n in pass_sha if n in main_sha and (pass_sha[n] is None or pass_sha[n] != main_sha[n])]
+    if differ:
+        raise UsageError(f"--pca-pass {folder}: its run.json gives {', '.join(map(str, differ))} another "
+                         f"checkpoint_sha256 than {os.path.join(results, 'run.json')}; rerun that pass with the "
+                         f"evaluated checkpoints")
+    if prun.get("protocol") != "shortside":
+        notes.append(f"--pca-pass {folder} ran protocol {prun.get('protocol')}, not shortside (the notebook's "
+                     f"FixScaleResize pass for the PCA figure)")
+    trackers, lacking = {}, []
+    for m in models:
+        path = os.path.join(folder, "logits", m, f"{CLEAN}_0.npz")
+        if m in pass_sha and os.path.exists(path):
+            trackers[m] = read_tracker(path)
+        else:
+            lacking.append(m)
+    if lacking:
+        missing.append({"what": "pca_logits", "models": lacking, "conditions": [cond_key(CLEAN, 0)],
+                        "message": f"missing: {', '.join(lacking)} not in {run_path} or without "
+                                   f"logits/<model>/{CLEAN}_0.npz there; no clean explained variance for "
+                                   f"{'it' if len(lacking) == 1 else 'them'}"})
+    return trackers, f"{prun.get('protocol')} pass at {os.path.abspath(folder)}"
 
 
 # ---------------------------------------------------------------------------------------- statistics
 
-def explained_variance(mean):
+def explained_variance(mean, notebook=False):
     """Cumulative explained-variance ratio (21,) of the PCA of a class-mean matrix, and the rows used.
 
     Rows are samples (predicted classes), columns variables (logits), centred per column. NaN rows
-    (classes never predicted) are dropped. The squared singular values of the centred matrix are the
-    component variances (times a constant that cancels in the ratio).
+    (classes never predicted) are dropped, or with ``notebook`` set to 0 and kept, as the companion
+    notebook's sklearn PCA(21) on the NaN-to-0 matrix did. The squared singular values of the centred
+    matrix are the component variances (times a constant that cancels in the ratio).
     """
     mean = np.asarray(mean, dtype=np.float64)
-    rows = mean[~np.isnan(mean).any(axis=1)]
+    rows = np.nan_to_num(mean, nan=0.0) if notebook else mean[~np.isnan(mean).any(axis=1)]
     out = np.full(mean.shape[1], np.nan)
     if rows.shape[0] < 2:
         return out, int(rows.shape[0])
@@ -264,6 +370,21 @@ def degradation(miou, ref, c):
     return entry, notes
 
 
+def mean_sev0_5(mi):
+    """The headline as the mean of the notebook's results table: mean over the 15 corruptions of the mean
+    over severities 0..5, severity 0 = the clean mIoU. Corruptions without any severity are left out;
+    undefined (None) without a clean mIoU, since every row of that table starts with it."""
+    clean = mi.get((CLEAN, 0))
+    rows, used = [], 0
+    for c in CORRUPTIONS:
+        vals = [mi[c, s] for s in SEVERITIES if mi.get((c, s)) is not None]
+        if vals and clean is not None:
+            rows.append(float(np.mean([clean] + vals)))
+            used += len(vals)
+    return {"value": mean_or_none(rows), "n_conditions": used, "of": len(BENCHMARK), "clean": clean is not None,
+            "complete": used == len(BENCHMARK) and clean is not None}
+
+
 def mean_over(values, of):
     """{value, n, of, complete} for a mean over whichever of `of` items are not None."""
     got = [v for v in values if v is not None]
@@ -315,10 +436,17 @@ def analyse(args):
             notes.append(f"{m} {cond_key(c, s)}: mIoU is null in metrics.jsonl (no pixel scored); left out")
 
     missing = missing_rows(models, table)
+    pca_dir = resolve_pca_pass(args.pca_pass, results)
+    if pca_dir is not None:
+        pca_trackers, ev_source = pca_pass_trackers(pca_dir, results, run, models, missing, notes)
+    else:
+        pca_trackers, ev_source = {}, "clean condition of the main sweep"
 
     # Logit statistics and per-image counts, where their files exist.
-    arrays = {"models": np.array(models), "classes": np.array(CLASSES)}
+    arrays = {"models": np.array(models), "classes": np.array(CLASSES),
+              "explained_variance_source": np.array(ev_source)}
     per_condition = {m: {} for m in models}
+    disagree = {}                           # (model, row field) -> conditions where logits/ say otherwise
     lacking = {"logits": {}, "confusion": {}}
     counts = {m: {} for m in models}        # (m) -> {(c, s): (tp, union)} on the shared image order
     ids_ref = None
@@ -328,24 +456,35 @@ def analyse(args):
             if r is None:
                 continue
             entry = {"miou": num(r["miou"]), "pixel_acc": num(r.get("pixel_acc")), "end": num(r.get("end")),
-                     "distance": num(r.get("distance")), "explained_variance": None, "classes_used": None}
+                     "distance": num(r.get("distance")), "distance_predicted": num(r.get("distance_predicted")),
+                     "explained_variance": None, "classes_used": None, "explained_variance_notebook": None}
             per_condition[m][cond_key(c, s)] = entry
             lpath = os.path.join(results, "logits", m, f"{c}_{s}.npz")
             if os.path.exists(lpath):
-                tracker = LogitTracker.from_state_dict(load_npz(lpath, ("count", "sum", "sq")))
-                if tracker.num_classes != NUM_CLASSES:
-                    raise UsageError(f"{lpath}: {tracker.num_classes} classes, expected {NUM_CLASSES}")
+                tracker = read_tracker(lpath)
                 mu = tracker.mean()
                 ev, used = explained_variance(mu)
-                entry["explained_variance"] = [num(v) for v in ev] if np.isfinite(ev).all() else None
+                ev_nb, _ = explained_variance(mu, notebook=True)
+                entry["explained_variance"] = finite_list(ev)
                 entry["classes_used"] = used
+                entry["explained_variance_notebook"] = finite_list(ev_nb)
                 prefix = f"{m}/clean" if c == CLEAN else f"{m}/{c}/{s}"
                 arrays[f"{prefix}/mean"] = mu
-                arrays[f"{prefix}/explained_variance"] = ev
                 if c == CLEAN:
                     arrays[f"{prefix}/count"] = tracker.count.copy()
                     arrays[f"{prefix}/distance"] = tracker.distance_matrix()
                     arrays[f"{prefix}/correlation"] = tracker.correlation()
+                    arrays[f"{prefix}/correlation_notebook"] = tracker.correlation_notebook()
+                    if pca_dir is None:
+                        pca_trackers[m] = tracker
+                else:
+                    arrays[f"{prefix}/explained_variance"] = ev
+                    arrays[f"{prefix}/explained_variance_notebook"] = ev_nb
+                for key, value in (("distance", tracker.distance_notebook()),
+                                   ("distance_predicted", tracker.distance_margin())):
+                    if entry[key] is not None and num(value) is not None and \
+                            not math.isclose(entry[key], value, rel_tol=1e-9, abs_tol=1e-12):
+                        disagree.setdefault((m, key), []).append((cond_key(c, s), entry[key], value))
             else:
                 lacking["logits"].setdefault(m, []).append((c, s))
             if c != CLEAN and c not in CORRUPTIONS:
@@ -364,6 +503,11 @@ def analyse(args):
                 raise UsageError(f"{cpath}: tp/fp/fn shapes {tp.shape}, {fp.shape}, {fn.shape}; expected "
                                  f"({len(ids_ref)}, {NUM_CLASSES})")
             counts[m][c, s] = (tp, tp + fp + fn)
+    for (m, key), where in disagree.items():
+        cs, row, value = where[0]
+        notes.append(f"{m}: {key} in metrics.jsonl differs from the one recomputed from logits/ in {len(where)} "
+                     f"condition(s) (first {cs}: {row:.6g} against {value:.6g}); rows written before both "
+                     f"Distances existed held the predicted-classes mean as distance: rerun evaluate_corruptions.py")
     for what, by_model in lacking.items():
         for m, conds in by_model.items():
             names = [cond_key(*cs) for cs in conds]
@@ -404,26 +548,34 @@ def analyse(args):
             agg["complete"] = agg["complete"] and all(cd[c]["complete"] for c in CORRUPTIONS if c in cd)
         pc = per_condition[m]
         logit_stats = {}
-        for key in ("end", "distance"):
+        for key in ("end", "distance", "distance_predicted"):
             corr = mean_over([pc[cond_key(*cs)][key] if cond_key(*cs) in pc else None for cs in BENCHMARK],
                              len(BENCHMARK))
             logit_stats[key] = {"clean": pc.get(cond_key(CLEAN, 0), {}).get(key),
                                 "corrupted": {"value": corr["value"], "n_conditions": corr["n"], "of": corr["of"],
                                               "complete": corr["complete"]}}
-        clean_pc = pc.get(cond_key(CLEAN, 0))
         ev_clean = None
-        if clean_pc is not None and clean_pc["classes_used"] is not None:
-            ev_clean = {"cumulative": clean_pc["explained_variance"], "classes_used": clean_pc["classes_used"]}
+        if m in pca_trackers:
+            tracker = pca_trackers[m]
+            ev, used = explained_variance(tracker.mean())
+            ev_nb, _ = explained_variance(tracker.mean(), notebook=True)
+            ev_clean = {"cumulative": finite_list(ev), "classes_used": used,
+                        "cumulative_notebook": finite_list(ev_nb), "source": ev_source}
+            arrays[f"{m}/clean/explained_variance"] = ev
+            arrays[f"{m}/clean/explained_variance_notebook"] = ev_nb
+            arrays[f"{m}/clean/explained_variance_count"] = tracker.count.copy()
         per_model[m] = {
             "kind": kinds.get(m), "clean_miou": clean,
             "mpc": {"value": mpc["value"], "n_conditions": mpc["n"], "of": mpc["of"], "complete": mpc["complete"]},
             "rpc": {"value": (mpc["value"] / clean if mpc["value"] is not None and clean else None),
                     "complete": mpc["complete"] and clean is not None},
+            "mean_sev0_5": mean_sev0_5(mi),
             "per_corruption": per_corruption, "per_severity": per_severity, "cd": cd,
             "mcd": {"value": mcd["value"], "n_corruptions": mcd["n"], "of": mcd["of"], "complete": mcd["complete"]},
             "mrcd": {"value": mrcd["value"], "n_corruptions": mrcd["n"], "of": mrcd["of"],
                      "complete": mrcd["complete"]},
             "end": logit_stats["end"], "distance": logit_stats["distance"],
+            "distance_predicted": logit_stats["distance_predicted"],
             "explained_variance_clean": ev_clean, "per_condition": pc,
         }
         if clean is not None and clean == 0 and mpc["value"] is not None:
@@ -437,7 +589,9 @@ def analyse(args):
                              for m in run.get("models", []) if isinstance(m, dict)]}
     analysis = {
         "schema": "analyze_logits/1", "args": vars(args), "git_commit": git_commit(),
-        "results": os.path.abspath(results), "source": source, "reference": reference, "models": models,
+        "results": os.path.abspath(results), "source": source,
+        "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
+        "reference": reference, "models": models,
         "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
         "units": "mIoU, mPC, differences: fractions in [0, 1]; tables.md shows mIoU in percent",
         "missing": missing, "notes": notes, "per_model": per_model, "bootstrap": boot,
@@ -575,6 +729,7 @@ def summary_rows(a):
         comp = a["bootstrap"]["comparisons"].get(m, {})
         rows.append([m + (" (ref)" if m == a["reference"] else ""), pct(p["clean_miou"]),
                      star(pct(p["mpc"]["value"]), p["mpc"]["complete"]),
+                     star(pct(p["mean_sev0_5"]["value"]), p["mean_sev0_5"]["complete"]),
                      star(f3(p["rpc"]["value"]), p["rpc"]["complete"]),
                      star(f3(p["mcd"]["value"]), p["mcd"]["complete"]),
                      star(f3(p["mrcd"]["value"]), p["mrcd"]["complete"]),
@@ -582,12 +737,24 @@ def summary_rows(a):
                      star(f3(p["end"]["corrupted"]["value"]), p["end"]["corrupted"]["complete"]),
                      f3(p["distance"]["clean"]),
                      star(f3(p["distance"]["corrupted"]["value"]), p["distance"]["corrupted"]["complete"]),
+                     f3(p["distance_predicted"]["clean"]),
+                     star(f3(p["distance_predicted"]["corrupted"]["value"]),
+                          p["distance_predicted"]["corrupted"]["complete"]),
                      ci(comp.get("clean")), ci(comp.get("aggregate"))])
     return rows
 
 
-SUMMARY_HEADER = ["model", "clean mIoU", "mPC", "rPC", "mCD", "mrCD", "END clean", "END corr.",
-                  "Distance clean", "Distance corr.", "Δ clean mIoU [95% CI]", "Δ mPC [95% CI]"]
+SUMMARY_HEADER = ["model", "clean mIoU", "mPC", "mean sev. 0-5", "rPC", "mCD", "mrCD", "END clean", "END corr.",
+                  "Distance clean", "Distance corr.", "Distance (pred.) clean", "Distance (pred.) corr.",
+                  "Δ clean mIoU [95% CI]", "Δ mPC [95% CI]"]
+SUMMARY_CAPTION = (
+    "mPC: mean mIoU over the 15 corruptions x severities 1-5 (75 conditions), the benchmark's definition. "
+    "mean sev. 0-5: mean over the 15 corruptions of each corruption's mean mIoU over severities 0-5, severity 0 "
+    "being the clean mIoU (one row of the notebook's results table per corruption, levels 0-5); complete, it is "
+    "(clean + 5 x mPC) / 6. Which of the two the paper's headline (42.1 / 40.3 / 37.5) is, is not stated. "
+    "Distance: the notebook's, mean over all 20 foreground classes n of mean logit n minus mean background "
+    "logit over the pixels predicted n, classes never predicted counting 0; Distance (pred.): the same mean "
+    "over the foreground classes predicted at least once. corr. = mean over the corrupted conditions.")
 
 
 def tables_markdown(a):
@@ -603,7 +770,7 @@ def tables_markdown(a):
                f" with a paired bootstrap 95% interval ({b['n_resamples']} resamples over {b['n_images']} images, "
                f"seed {b['seed']})" if b["comparisons"] else " (no bootstrap: --bootstrap 0 or no confusion/ files)")
            + ". A trailing * marks an aggregate over an incomplete set of conditions.", "",
-           "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(a)), ""]
+           "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(a)), "", SUMMARY_CAPTION, ""]
     corrs = [c for c in ALL_CORRUPTIONS if any(c in pm[m]["per_corruption"] for m in models)]
     if corrs:
         rows = [[m] + [star(pct(pm[m]["per_corruption"][c]["miou"]), pm[m]["per_corruption"][c]["complete"])
@@ -625,10 +792,16 @@ def tables_markdown(a):
     rows = []
     for m in models:
         ev = pm[m]["explained_variance_clean"]
-        cum = (ev or {}).get("cumulative")
-        rows.append([m] + [f3(cum[k - 1]) if cum else "–" for k in ks] + [str(ev["classes_used"]) if ev else "–"])
+        for key, definition, used in (("cumulative", "predicted classes", (ev or {}).get("classes_used")),
+                                      ("cumulative_notebook", "notebook (all 21, NaN as 0)", NUM_CLASSES)):
+            cum = (ev or {}).get(key)
+            rows.append([m, definition] + [f3(cum[k - 1]) if cum else "–" for k in ks]
+                        + [str(used) if ev else "–"])
     out += ["## Cumulative explained variance of the clean class-mean logit matrix", "",
-            md_table(["model"] + [f"{k} comp." for k in ks] + ["classes used"], rows), ""]
+            f"From the {a['explained_variance_source']}. Rows of the PCA: the predicted classes' mean logit vectors "
+            "(classes never predicted left out), or as the notebook did, all 21 with a never-predicted class's "
+            "mean set to 0.", "",
+            md_table(["model", "definition"] + [f"{k} comp." for k in ks] + ["rows"], rows), ""]
     if a["missing"]:
         out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in a["missing"]] + [""]
     if a["notes"]:
@@ -637,8 +810,13 @@ def tables_markdown(a):
 
 
 def print_summary(a):
-    header = ["model", "clean", "mPC", "rPC", "mCD", "mrCD", "END", "Distance", "Δclean [95% CI]", "ΔmPC [95% CI]"]
-    rows = [[r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[8], r[10], r[11]] for r in summary_rows(a)]
+    shown = {"model": "model", "clean mIoU": "clean", "mPC": "mPC", "mean sev. 0-5": "sev0-5", "rPC": "rPC",
+             "mCD": "mCD", "mrCD": "mrCD", "END clean": "END", "Distance clean": "Distance",
+             "Distance (pred.) clean": "Dist.pred", "Δ clean mIoU [95% CI]": "Δclean [95% CI]",
+             "Δ mPC [95% CI]": "ΔmPC [95% CI]"}
+    cols = [SUMMARY_HEADER.index(h) for h in shown]
+    header = list(shown.values())
+    rows = [[r[i] for i in cols] for r in summary_rows(a)]
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for r in [header] + rows:
         print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
@@ -692,6 +870,7 @@ def main(args):
             print(f"{m}: aggregate over {mpc['n_conditions']} of {mpc['of']} conditions")
     for n in analysis["notes"]:
         print(f"note: {n}")
+    print(f"explained variance from the {analysis['explained_variance_source']}")
     write_outputs(args.out, analysis, arrays, tables_markdown(analysis))
     print_summary(analysis)
     print(f"wrote analysis.json, tables.md, analysis_arrays.npz to {args.out} ({time.perf_counter() - t0:.1f}s)")
@@ -712,6 +891,10 @@ def get_args_parser():
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap resamples of the validation images (0 = no intervals); 1000 takes seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (recorded in the output)")
+    p.add_argument("--pca-pass", default=None, metavar="DIR",
+                   help="a clean evaluate_corruptions.py --protocol shortside --out folder (same checkpoints) that the "
+                        "clean explained variance is computed from, as in the notebook; None means <results>/shortside "
+                        "when it holds logits/, else the main sweep's clean condition; 'none' forces the latter")
     return p
 
 

@@ -14,11 +14,15 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     miou_vs_severity.png    per model: mean mIoU over the paper's corruptions present vs severity (0 = clean),
                             band = mean +- 1.96 * SD / sqrt(n) over those corruptions (normal 95% interval)
     per_corruption.png      one panel per corruption present: mIoU vs severity 0..5 per model
-    explained_variance.png  cumulative explained variance of the clean class-mean logit matrix, components 1..21
+    explained_variance.png  cumulative explained variance of the clean class-mean logit matrix, components 1..21,
+                            from the pass analysis_arrays.npz names (the shortside pass when there was one)
     class_means.png         clean class-mean logits (rows: predicted class, columns: logit), models side by side
     distance_matrices.png   clean distances ||mu_i - mu_j|| between class means, models side by side
     correlations.png        correlation of the 21 logits over the pixels predicted as background and as the
                             3 foreground classes predicted most often (over all models), one row per model
+    correlations_notebook.png  the same panels of the notebook's quantity, (Q - mu mu^T) / N scaled by its
+                            diagonal (not the covariance; near 1 wherever the mean logits dominate), in the
+                            paper's colour range 0.8..1 (lower values drawn as 0.8), for comparison with its figure
     qualitative_grid.png    the five corruptions above at severity 0..3: input | baseline | SCrIBE prediction
     contact_sheet.png       the first 100 val images with their indices, for picking --index
 
@@ -28,6 +32,7 @@ kind baseline and of kind scribe; a missing one is replaced by the next unused c
 exit status 2 and no new file; each file is written to a temporary name and renamed. Matrices drawn
 side by side share one colour scale (nanmin..nanmax over all panels; correlations -1..1); light grey
 marks undefined entries (classes the model never predicted). Same inputs give the same files.
+(correlations.png uses -1..1 and correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
 """
 import argparse
 import json
@@ -57,7 +62,7 @@ CONTACT_MAX = 100
 # What each figure reads: metrics.jsonl, analysis_arrays.npz, the val set, the checkpoints.
 NEEDS = {"voc_sample": {"images", "models"}, "corruption_grid": {"images"}, "miou_vs_severity": {"metrics"},
          "per_corruption": {"metrics"}, "explained_variance": {"arrays"}, "class_means": {"arrays"},
-         "distance_matrices": {"arrays"}, "correlations": {"arrays"},
+         "distance_matrices": {"arrays"}, "correlations": {"arrays"}, "correlations_notebook": {"arrays"},
          "qualitative_grid": {"images", "models"}, "contact_sheet": {"images"}}
 FIGURES = tuple(NEEDS)
 RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 8,
@@ -161,10 +166,12 @@ def shared_limits(matrices):
     return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)  # a constant matrix still needs a valid range
 
 
-def draw_matrices(grid, title, cbar_label, cmap="viridis", limits=None, xlabel="logit", ylabel="predicted class"):
+def draw_matrices(grid, title, cbar_label, cmap="viridis", limits=None, xlabel="logit", ylabel="predicted class",
+                  extend="neither"):
     """A rows x columns grid [[(panel title, 21x21 matrix), ...], ...] on one colour scale, one colorbar.
 
-    ``limits`` None -> ``shared_limits`` of every panel. NaN entries are drawn light grey.
+    ``limits`` None -> ``shared_limits`` of every panel. NaN entries are drawn light grey. ``extend``
+    ("min", "max", "both") marks on the colorbar that values beyond ``limits`` are clipped.
     """
     vmin, vmax = limits or shared_limits([m for row in grid for _, m in row])
     cmap = plt.get_cmap(cmap).with_extremes(bad="0.85")
@@ -186,7 +193,7 @@ def draw_matrices(grid, title, cbar_label, cmap="viridis", limits=None, xlabel="
                 ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(ylabel)
-    fig.colorbar(im, ax=axes, shrink=min(0.9, 0.5 + 0.15 * nr), label=cbar_label)
+    fig.colorbar(im, ax=axes, shrink=min(0.9, 0.5 + 0.15 * nr), label=cbar_label, extend=extend)
     fig.suptitle(title)
     return fig
 
@@ -240,7 +247,8 @@ def fig_per_corruption(ctx):
 
 def array(ctx, name, key):
     """``<model>/clean/<key>`` of analysis_arrays.npz, or NaN when the model had no clean logits."""
-    ndim = {"count": 1, "explained_variance": 1, "mean": 2, "distance": 2, "correlation": 3}[key]
+    ndim = {"count": 1, "explained_variance": 1, "explained_variance_count": 1, "mean": 2, "distance": 2,
+            "correlation": 3, "correlation_notebook": 3}[key]
     return ctx["arrays"].get(f"{name}/clean/{key}", np.full((NUM_CLASSES,) * ndim, np.nan))
 
 
@@ -248,12 +256,17 @@ def fig_explained_variance(ctx):
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     comps = np.arange(1, NUM_CLASSES + 1)
     for name in ctx["array_names"]:
-        ev, used = array(ctx, name, "explained_variance"), int((array(ctx, name, "count") > 0).sum())
+        # Classes predicted in the pass the PCA came from (older arrays: the main sweep's clean count).
+        count_key = ("explained_variance_count" if f"{name}/clean/explained_variance_count" in ctx["arrays"]
+                     else "count")
+        ev, used = array(ctx, name, "explained_variance"), int((array(ctx, name, count_key) > 0).sum())
         note = f"classes predicted: {used}" + ("" if np.isfinite(ev).any() else ", undefined below 2")
         ax.plot(comps, ev, **{**ctx["styles"][name], "label": f"{name} ({note})", "markersize": 4})
     ax.set(xlabel="number of principal components", ylabel="cumulative explained variance ratio",
            xticks=comps, ylim=(0, 1.03), xlim=(0.5, NUM_CLASSES + 0.5))
-    ax.set_title("PCA of the clean class-mean logit matrix (rows: predicted classes)")
+    source = str(ctx["arrays"].get("explained_variance_source", "clean condition of the main sweep"))
+    ax.set_title("PCA of the clean class-mean logit matrix (rows: predicted classes)\n"
+                 f"from the {source.split(' at ')[0]}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return fig
@@ -271,15 +284,33 @@ def fig_distance_matrices(ctx):
                          "Euclidean distance", cmap="magma", xlabel="predicted class")
 
 
-def fig_correlations(ctx):
+# The two correlation figures: which analysis_arrays.npz matrix, and how it is drawn.
+CORRELATION_VIEWS = {
+    "correlation": {"limits": (-1, 1), "cmap": "RdBu_r", "extend": "neither", "cbar": "correlation",
+                    "title": "Correlation between the 21 logits over the pixels predicted as each column's class "
+                             "(clean val; grey: undefined)"},
+    # PROTOCOL.md: the paper's figure shows the notebook's quantity, on a 0.8-1 colour scale.
+    "correlation_notebook": {
+        "limits": (0.8, 1.0), "cmap": "viridis", "extend": "min", "cbar": "notebook's 'correlation' (below 0.8: 0.8)",
+        "title": "The notebook's 'correlation' of the 21 logits, as in the paper's figure: (Q − μμᵀ)/N scaled "
+                 "by its diagonal,\nnot the covariance Q/N − μμᵀ (independent logits of mean −8, SD 2 give 0.94 "
+                 "here, 0 as a correlation); clean val, grey: undefined"},
+}
+
+
+def fig_correlations(ctx, key="correlation"):
+    view = CORRELATION_VIEWS[key]
     names = ctx["array_names"]
     counts = sum(np.nan_to_num(array(ctx, n, "count")) for n in names)
     fg = [int(k) for k in np.argsort(-counts[1:], kind="stable")[:3] + 1 if counts[k] > 0]
     grid = [[(f"{n}: {CLASSES[k]}\n{int(np.nan_to_num(array(ctx, n, 'count')[k])):,} px",
-              array(ctx, n, "correlation")[k]) for k in [0] + fg] for n in names]
-    return draw_matrices(grid, "Correlation between the 21 logits over the pixels predicted as each column's class "
-                               "(clean val; grey: undefined)", "correlation", cmap="RdBu_r", limits=(-1, 1),
-                         ylabel="logit")
+              array(ctx, n, key)[k]) for k in [0] + fg] for n in names]
+    return draw_matrices(grid, view["title"], view["cbar"], cmap=view["cmap"], limits=view["limits"],
+                         ylabel="logit", extend=view["extend"])
+
+
+def fig_correlations_notebook(ctx):
+    return fig_correlations(ctx, "correlation_notebook")
 
 
 # ----------------------------------------------------------------------------- figures from images

@@ -13,6 +13,14 @@ correlations, distance matrix, the "Distance" margin) is derived from these thre
 add across batches, processes and shards (``merge``, ``+``, ``all_reduce``); ``state_dict`` holds all
 of it, losslessly, for np.savez.
 
+Two statistics come in two versions, the companion notebook's (which produced the paper's numbers and
+figures) and a corrected one, so that both can be reported side by side:
+
+    "Distance"    ``distance_notebook``  mean over all 20 foreground classes, never-predicted ones counting 0
+                  ``distance_margin``    mean over the foreground classes predicted at least once
+    correlation   ``correlation_notebook``  (Q_n - mu_n mu_n^T) / N_n scaled by its diagonal (not a covariance)
+                  ``correlation``           the covariance Q_n / N_n - mu_n mu_n^T scaled by its diagonal
+
 How ``update`` is computed (chosen by benchmark): per chunk of ~65k pixels, the logits are copied
 once into a pixels x 22 float64 matrix whose last column is 1 (transpose and conversion in one pass),
 pixels are stably sorted by predicted class, and each class's contiguous block B_n gives Q_n, S_n and
@@ -186,16 +194,37 @@ class LogitTracker:
         variance within it: var <= rtol * (Q_n)_ii / N_n, i.e. below the cancellation noise of the
         one-pass formula (a logit that is constant over one pixel, or over many, lands there).
         """
-        cov = self.covariance()
-        var = np.diagonal(cov, axis1=1, axis2=2)                       # (K, K): [n, i]
+        return self._scaled_by_diagonal(self.covariance(), rtol)
+
+    def correlation_notebook(self, rtol: float = 1e-9) -> np.ndarray:
+        """(K, K, K): the companion notebook's "correlation", C_n = (Q_n - mu_n mu_n^T) / N_n scaled to
+        D^-1/2 C_n D^-1/2 with D = diag(C_n); kept to compare with the paper's figure (colour range 0.8-1).
+
+        It is not a correlation: mu_n mu_n^T is subtracted once instead of N_n times, so
+        C_n = Q_n / N_n - mu_n mu_n^T / N_n = cov_n + mu_n mu_n^T (1 - 1/N_n), and the class mean dominates.
+        For independent logits of mean -8 and SD 2 it gives 64 / (4 + 64) = 0.94 off the diagonal, where
+        the true correlation (``correlation``) is 0. NaN for empty classes and, as in ``correlation``, in
+        row and column i where C_ii <= rtol * (Q_n)_ii / N_n (a class predicted at exactly one pixel has
+        C_n = 0, so all of it is NaN).
+        """
+        mu = self.mean()                                               # NaN rows for empty classes
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = (self.sq - mu[:, :, None] * mu[:, None, :]) / self.count[:, None, None]
+        c[self.count == 0] = np.nan
+        return self._scaled_by_diagonal(c, rtol)
+
+    def _scaled_by_diagonal(self, mat: np.ndarray, rtol: float) -> np.ndarray:
+        """mat_n,ij / sqrt(mat_n,ii mat_n,jj) per class n, diagonal exactly 1; NaN in row and column i
+        where mat_n,ii <= rtol * (Q_n)_ii / N_n (zero up to the rounding of Q_n) or the class is empty."""
+        diag = np.diagonal(mat, axis1=1, axis2=2)                      # (K, K): [n, i]
         with np.errstate(invalid="ignore", divide="ignore"):
             second = np.diagonal(self.sq, axis1=1, axis2=2) / self.count[:, None]
-            ok = var > rtol * second                                   # False for NaN too
-            sd = np.where(ok, np.sqrt(np.where(ok, var, 1.0)), np.nan)
-            corr = cov / sd[:, :, None] / sd[:, None, :]
+            ok = diag > rtol * second                                  # False for NaN too
+            sd = np.where(ok, np.sqrt(np.where(ok, diag, 1.0)), np.nan)
+            out = mat / sd[:, :, None] / sd[:, None, :]
         idx = np.arange(self.num_classes)
-        corr[:, idx, idx] = np.where(ok, 1.0, np.nan)
-        return corr
+        out[:, idx, idx] = np.where(ok, 1.0, np.nan)
+        return out
 
     def distance_matrix(self) -> np.ndarray:
         """(K, K) D_ij = ||mu_i - mu_j||_2 between class-mean logit vectors; NaN rows/cols for empty."""
@@ -204,15 +233,31 @@ class LogitTracker:
         return np.sqrt(((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1))
 
     def distance_margin(self) -> float:
-        """The paper's "Distance": mean over foreground classes n with N_n > 0 of mu_n[n] - mu_n[0].
+        """"Distance" over the predicted classes (reported as ``distance_predicted``): the mean over the
+        foreground classes n with N_n > 0 of mu_n[n] - mu_n[0], the margin of the predicted class's own
+        logit over the background logit (class 0) at the pixels predicted n.
 
-        Class 0 is background; NaN if no foreground class was ever predicted.
+        NaN if no foreground class was ever predicted. ``distance_notebook`` is the paper's version.
         """
         mu = self.mean()
         fg = np.arange(1, self.num_classes)
         fg = fg[self.count[fg] > 0]
         if fg.size == 0:
             return float("nan")
+        return float(np.mean(mu[fg, fg] - mu[fg, 0]))
+
+    def distance_notebook(self) -> float:
+        """The companion notebook's "Distance" (the paper's; reported as ``distance``): the mean over all
+        K - 1 = 20 foreground classes n of mu_n[n] - mu_n[0], with the means of never-predicted classes set
+        to 0, so each of them adds 0 to the sum and still counts in the division by 20.
+
+        It is ``distance_margin`` times (foreground classes predicted) / 20: lower when a model predicts
+        fewer classes, whatever its margins. NaN only when the tracker holds no pixel at all.
+        """
+        if self.num_pixels == 0:
+            return float("nan")
+        mu = np.nan_to_num(self.mean(), nan=0.0)
+        fg = np.arange(1, self.num_classes)
         return float(np.mean(mu[fg, fg] - mu[fg, 0]))
 
     def __repr__(self):

@@ -17,28 +17,34 @@ K = 21
 
 # ------------------------------------------------------------------------------------------- helpers
 
-def write_results(root, mious, kinds, end=None, distance=None, confusion=None, logits=None, run_models=None):
+def write_results(root, mious, kinds, end=None, distance=None, confusion=None, logits=None, run_models=None,
+                  distance_predicted=None, protocol="paper", sha256=None):
     """A results folder as evaluate_corruptions.py lays it out.
 
-    mious {model: {(corruption, severity): mIoU}}; end/distance same shape (optional);
-    confusion {model: {(c, s): (ids, tp, fp, fn)}}; logits {model: {(c, s): (count, sum, sq)}}.
+    mious {model: {(corruption, severity): mIoU}}; end/distance/distance_predicted same shape (optional;
+    rows carry no distance_predicted field at all when it is None, as rows written before it existed);
+    confusion {model: {(c, s): (ids, tp, fp, fn)}}; logits {model: {(c, s): (count, sum, sq)}};
+    run.json lists run_models [(name, kind)] with checkpoint hashes sha256 {name: hex} (default 0...0).
     """
     os.makedirs(root, exist_ok=True)
     lines = []
     for m, conds in mious.items():
         for (c, s), v in conds.items():
-            lines.append(json.dumps({
-                "model": m, "kind": kinds[m], "corruption": c,
-                "corruption_number": None if c == "clean" else corruption_number(c), "severity": s,
-                "protocol": "paper", "size": 224, "miou": v, "pixel_acc": 0.9, "iou": [None] * K,
-                "end": (end or {}).get(m, {}).get((c, s)), "distance": (distance or {}).get(m, {}).get((c, s)),
-                "images": 3, "seconds": 0.1, "shard": None}))
+            row = {"model": m, "kind": kinds[m], "corruption": c,
+                   "corruption_number": None if c == "clean" else corruption_number(c), "severity": s,
+                   "protocol": protocol, "size": 224 if protocol == "paper" else None, "miou": v, "pixel_acc": 0.9,
+                   "iou": [None] * K, "end": (end or {}).get(m, {}).get((c, s)),
+                   "distance": (distance or {}).get(m, {}).get((c, s)), "images": 3, "seconds": 0.1, "shard": None}
+            if distance_predicted is not None:
+                row["distance_predicted"] = distance_predicted.get(m, {}).get((c, s))
+            lines.append(json.dumps(row))
     with open(os.path.join(root, "metrics.jsonl"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     if run_models is not None:
         with open(os.path.join(root, "run.json"), "w") as fh:
-            json.dump({"models": [{"name": m, "kind": k, "sha256": "0" * 64} for m, k in run_models],
-                       "protocol": "paper", "size": 224, "images": 3}, fh)
+            json.dump({"models": [{"name": m, "kind": k, "sha256": (sha256 or {}).get(m, "0" * 64)}
+                                  for m, k in run_models],
+                       "protocol": protocol, "size": 224 if protocol == "paper" else None, "images": 3}, fh)
     for m, conds in (confusion or {}).items():
         for (c, s), (ids, tp, fp, fn) in conds.items():
             os.makedirs(os.path.join(root, "confusion", m), exist_ok=True)
@@ -202,14 +208,19 @@ def test_complete_sweep(tmp_path):
     s = a["per_model"]["scribe"]
     assert s["mpc"]["complete"] and s["mpc"]["n_conditions"] == 75 and s["mcd"]["complete"] and s["rpc"]["complete"]
     assert s["mpc"]["value"] == pytest.approx(np.mean([mious["scribe"][cs] for cs in conds[1:]]))
+    assert s["mean_sev0_5"]["complete"] and s["mean_sev0_5"]["n_conditions"] == 75
+    assert s["mean_sev0_5"]["value"] == pytest.approx(np.mean(
+        [np.mean([mious["scribe"]["clean", 0]] + [mious["scribe"][c, sv] for sv in range(1, 6)]) for c in CORRUPTIONS]))
     agg = a["bootstrap"]["comparisons"]["scribe"]["aggregate"]
     assert agg["complete"] and agg["n_conditions"] == 75
     assert agg["observed"] == pytest.approx(np.mean([mious["scribe"][cs] - mious["base"][cs] for cs in conds[1:]]))
     z = np.load(tmp_path / "analysis_arrays.npz")
     for m in ("base", "scribe"):
-        for key in ("count", "mean", "distance", "correlation", "explained_variance"):
+        for key in ("count", "mean", "distance", "correlation", "correlation_notebook", "explained_variance",
+                    "explained_variance_notebook", "explained_variance_count"):
             assert f"{m}/clean/{key}" in z.files
-        assert all(f"{m}/{c}/{sv}/explained_variance" in z.files for c, sv in conds[1:])
+        assert all(f"{m}/{c}/{sv}/{key}" in z.files for c, sv in conds[1:]
+                   for key in ("explained_variance", "explained_variance_notebook"))
     assert list(z["models"]) == ["base", "scribe"] and z["base/clean/correlation"].shape == (K, K, K)
 
 
@@ -366,3 +377,232 @@ def test_missing_inputs(tmp_path):
     write_results(tmp_path, {"base": BASE}, {"base": "baseline"})
     with pytest.raises(UsageError, match="--reference nobody"):
         analyse(tmp_path, "--reference", "nobody")
+
+
+# --------------------------------------------------------------- the notebook's definitions beside ours
+
+def hand_state(rng, absent=(), pixels=3000):
+    """count, sum, sq of random per-pixel logit vectors grouped by their argmax, summed by hand in numpy;
+    the classes in ``absent`` are never the argmax."""
+    x = rng.normal(-2, 2, (pixels, K))
+    x[:, 0] += 2
+    x[:, list(absent)] -= 50
+    pred = x.argmax(1)
+    count = np.array([(pred == n).sum() for n in range(K)], dtype=np.float64)
+    sm = np.stack([x[pred == n].sum(0) for n in range(K)])
+    sq = np.stack([x[pred == n].T @ x[pred == n] for n in range(K)])
+    return count, sm, sq
+
+
+def test_correlation_notebook_array_against_numpy(tmp_path):
+    count, sm, sq = hand_state(np.random.default_rng(11), absent=(3, 8))
+    write_results(tmp_path, {"base": {("clean", 0): 0.5}}, {"base": "baseline"},
+                  logits={"base": {("clean", 0): (count, sm, sq)}})
+    analyse(tmp_path, "--bootstrap", "0")
+    z = np.load(tmp_path / "analysis_arrays.npz")
+    got, ours = z["base/clean/correlation_notebook"], z["base/clean/correlation"]
+    assert got.shape == (K, K, K)
+    for n in range(K):
+        if count[n] == 0:
+            assert np.isnan(got[n]).all()
+            continue
+        mu = sm[n] / count[n]
+        c = (sq[n] - np.outer(mu, mu)) / count[n]                 # the notebook's C_n, not a covariance
+        want = c / np.sqrt(np.outer(np.diag(c), np.diag(c)))
+        np.testing.assert_allclose(got[n], want, rtol=1e-10, atol=1e-12)
+        cov = sq[n] / count[n] - np.outer(mu, mu)                 # and `correlation` stays the true one
+        np.testing.assert_allclose(ours[n], cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))), rtol=1e-8,
+                                   atol=1e-10)
+    assert np.nanmax(np.abs(got - ours)) > 0.1
+
+
+def test_explained_variance_notebook_keeps_never_predicted_rows_as_zeros(tmp_path):
+    rng = np.random.default_rng(4)
+    count = rng.integers(1, 1000, size=K).astype(float)
+    count[[2, 11]] = 0
+    cnt, sm, sq, mu = class_means_state(rng, count)
+    zeroed = np.where((count > 0)[:, None], mu, 0.0)          # sklearn PCA(21) on the NaN -> 0 matrix
+    full = class_means_state(np.random.default_rng(4), np.full(K, 5.0))
+    write_results(tmp_path, {"base": {("clean", 0): 0.5, ("fog", 2): 0.4}, "all": {("clean", 0): 0.5}},
+                  {"base": "baseline", "all": "ibe"},
+                  logits={"base": {("clean", 0): (cnt, sm, sq), ("fog", 2): (cnt, sm, sq)},
+                          "all": {("clean", 0): full[:3]}})
+    a = analyse(tmp_path, "--bootstrap", "0")
+    z = np.load(tmp_path / "analysis_arrays.npz")
+    want = eigh_explained(zeroed)
+    np.testing.assert_allclose(z["base/clean/explained_variance_notebook"], want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(z["base/fog/2/explained_variance_notebook"], want, rtol=1e-9, atol=1e-12)
+    ev = a["per_model"]["base"]["explained_variance_clean"]
+    np.testing.assert_allclose(ev["cumulative_notebook"], want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ev["cumulative"], eigh_explained(mu[count > 0]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a["per_model"]["base"]["per_condition"]["fog/2"]["explained_variance_notebook"],
+                               want, rtol=1e-9, atol=1e-12)
+    assert np.abs(np.array(ev["cumulative_notebook"]) - ev["cumulative"]).max() > 1e-3
+    # Every class predicted: the two definitions are one.
+    np.testing.assert_allclose(z["all/clean/explained_variance_notebook"], z["all/clean/explained_variance"],
+                               rtol=1e-12)
+    tables = open(tmp_path / "tables.md").read()
+    assert "| base | notebook (all 21, NaN as 0) | " + f"{want[0]:.3f} | {want[1]:.3f} |" in tables
+    assert "| base | predicted classes | " + f"{ev['cumulative'][0]:.3f} |" in tables
+
+
+def test_both_headline_means_by_hand(tmp_path):
+    write_results(tmp_path, {"ibe": IBE, "base": BASE}, {"ibe": "ibe", "base": "baseline"})
+    a = analyse(tmp_path, "--bootstrap", "0")
+    tables = open(tmp_path / "tables.md").read()
+    for m, table in (("ibe", IBE), ("base", BASE)):
+        rows = [[table["clean", 0]] + [table[c, s] for s in range(1, 6)] for c in ("gaussian_noise", "fog")]
+        want = np.mean([np.mean(r) for r in rows])              # per corruption over levels 0-5, then over them
+        mpc = np.mean([r[1:] for r in rows])
+        got = a["per_model"][m]["mean_sev0_5"]
+        assert got["value"] == pytest.approx(want)
+        assert (got["n_conditions"], got["of"], got["clean"], got["complete"]) == (10, 75, True, False)
+        name = m + (" (ref)" if m == "base" else "")
+        assert f"| {name} | {100 * table['clean', 0]:.1f} | {100 * mpc:.1f}* | {100 * want:.1f}* |" in tables
+    assert "mean sev. 0-5" in tables and "severity 0 being the clean mIoU" in tables
+    # No clean row: the notebook's table rows start with it, so no mean over 0-5.
+    write_results(tmp_path / "noclean", {"ibe": {k: v for k, v in IBE.items() if k[0] != "clean"}}, {"ibe": "ibe"})
+    got = analyse(tmp_path / "noclean", "--bootstrap", "0")["per_model"]["ibe"]["mean_sev0_5"]
+    assert got["value"] is None and got["clean"] is False and got["complete"] is False
+
+
+def test_both_distances_reported(tmp_path):
+    dist = {"ibe": {cs: (1.0 if cs[0] == "clean" else 0.5 if cs[0] == "fog" else 0.25) for cs in IBE}}
+    pred = {"ibe": {cs: 2 * v for cs, v in dist["ibe"].items()}}
+    write_results(tmp_path, {"ibe": IBE, "base": BASE}, {"ibe": "ibe", "base": "baseline"}, distance=dist,
+                  distance_predicted=pred)
+    a = analyse(tmp_path, "--bootstrap", "0")
+    d, p = a["per_model"]["ibe"]["distance"], a["per_model"]["ibe"]["distance_predicted"]
+    assert d["clean"] == 1.0 and p["clean"] == 2.0
+    assert d["corrupted"]["value"] == pytest.approx(0.375) and p["corrupted"]["value"] == pytest.approx(0.75)
+    assert p["corrupted"]["n_conditions"] == 10 and p["corrupted"]["complete"] is False
+    assert a["per_model"]["ibe"]["per_condition"]["fog/1"]["distance_predicted"] == 1.0
+    tables = open(tmp_path / "tables.md").read()
+    header = tables.splitlines()[[line.startswith("| model | clean mIoU") for line in tables.splitlines()].index(True)]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    row = next(line for line in tables.splitlines() if line.startswith("| ibe |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    got = dict(zip(cols, cells))
+    assert (got["Distance clean"], got["Distance corr."]) == ("1.000", "0.375*")
+    assert (got["Distance (pred.) clean"], got["Distance (pred.) corr."]) == ("2.000", "0.750*")
+    # Rows written before distance_predicted existed: null, not an error.
+    write_results(tmp_path / "old", {"ibe": IBE}, {"ibe": "ibe"}, distance=dist)
+    old = analyse(tmp_path / "old", "--bootstrap", "0")["per_model"]["ibe"]
+    assert old["distance_predicted"]["clean"] is None and old["distance_predicted"]["corrupted"]["value"] is None
+    assert old["distance"]["clean"] == 1.0
+
+
+def test_distance_rows_checked_against_logits(tmp_path):
+    count, sm, sq = hand_state(np.random.default_rng(2), absent=(4, 9, 15))
+    mu = np.where((count > 0)[:, None], sm / np.maximum(count, 1)[:, None], 0.0)
+    fg = [n for n in range(1, K) if count[n] > 0]
+    notebook = sum(mu[n, n] - mu[n, 0] for n in fg) / 20
+    predicted = sum(mu[n, n] - mu[n, 0] for n in fg) / len(fg)
+    conds = {("clean", 0): 0.5}
+    logits = {"base": {("clean", 0): (count, sm, sq)}}
+    write_results(tmp_path / "ok", {"base": conds}, {"base": "baseline"}, logits=logits,
+                  distance={"base": {("clean", 0): notebook}}, distance_predicted={"base": {("clean", 0): predicted}})
+    assert not [n for n in analyse(tmp_path / "ok", "--bootstrap", "0")["notes"] if "distance" in n]
+    # An older row: the predicted-classes mean under the name distance.
+    write_results(tmp_path / "old", {"base": conds}, {"base": "baseline"}, logits=logits,
+                  distance={"base": {("clean", 0): predicted}})
+    notes = [n for n in analyse(tmp_path / "old", "--bootstrap", "0")["notes"] if "distance" in n]
+    assert len(notes) == 1 and "base: distance in metrics.jsonl differs" in notes[0] and "clean/0" in notes[0]
+
+
+# ------------------------------------------------------------------------------ the shortside PCA pass
+
+def pca_folders(root, pass_sha=None, pass_protocol="shortside"):
+    """A main sweep (clean + fog/1, two models) and a clean shortside pass in root/shortside with other
+    class means. Returns the class means of both passes."""
+    rng = np.random.default_rng(9)
+    count = rng.integers(1, 500, size=K).astype(float)
+    count[6] = 0
+    main = {m: class_means_state(rng, count) for m in ("base", "scribe")}
+    short = {m: class_means_state(rng, count + 7 * (count > 0)) for m in ("base", "scribe")}
+    kinds = {"base": "baseline", "scribe": "scribe"}
+    sha = {"base": "a" * 64, "scribe": "b" * 64}
+    write_results(root, {m: {("clean", 0): 0.6, ("fog", 1): 0.5} for m in kinds}, kinds,
+                  logits={m: {("clean", 0): main[m][:3], ("fog", 1): main[m][:3]} for m in kinds},
+                  run_models=list(kinds.items()), sha256=sha)
+    write_results(root / "shortside", {m: {("clean", 0): 0.62} for m in kinds}, kinds,
+                  logits={m: {("clean", 0): short[m][:3]} for m in kinds}, run_models=list(kinds.items()),
+                  sha256={**sha, **(pass_sha or {})}, protocol=pass_protocol)
+    return main, short
+
+
+def test_pca_from_the_shortside_pass_when_present(tmp_path):
+    main, short = pca_folders(tmp_path)
+    keep = main["base"][0] > 0
+    a = analyse(tmp_path, "--bootstrap", "0")
+    src = f"shortside pass at {tmp_path / 'shortside'}"
+    assert a["explained_variance_source"] == src and a["pca_pass"] == str(tmp_path / "shortside")
+    z = np.load(tmp_path / "analysis_arrays.npz")
+    assert str(z["explained_variance_source"]) == src
+    for m in ("base", "scribe"):
+        mu = short[m][3]
+        want = eigh_explained(mu[keep])
+        ev = a["per_model"][m]["explained_variance_clean"]
+        np.testing.assert_allclose(ev["cumulative"], want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ev["cumulative_notebook"], eigh_explained(np.where(keep[:, None], mu, 0)),
+                                   rtol=1e-9, atol=1e-12)
+        assert ev["source"] == src and ev["classes_used"] == K - 1
+        np.testing.assert_allclose(z[f"{m}/clean/explained_variance"], want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(z[f"{m}/clean/explained_variance_count"], short[m][0])
+        # The main sweep's own clean condition is still there, per condition, and differs.
+        main_ev = eigh_explained(main[m][3][keep])
+        np.testing.assert_allclose(a["per_model"][m]["per_condition"]["clean/0"]["explained_variance"], main_ev,
+                                   rtol=1e-9, atol=1e-12)
+        assert np.abs(main_ev - want).max() > 1e-3
+        np.testing.assert_array_equal(z[f"{m}/clean/count"], main[m][0])   # the other matrices: main sweep
+    assert f"From the {src}." in open(tmp_path / "tables.md").read()
+
+    # --pca-pass none: the main sweep's clean condition.
+    b = analyse(tmp_path, "--bootstrap", "0", "--pca-pass", "none", "--out", str(tmp_path / "nopass"))
+    assert b["explained_variance_source"] == "clean condition of the main sweep" and b["pca_pass"] is None
+    np.testing.assert_allclose(b["per_model"]["base"]["explained_variance_clean"]["cumulative"],
+                               eigh_explained(main["base"][3][keep]), rtol=1e-9, atol=1e-12)
+    assert "From the clean condition of the main sweep." in open(tmp_path / "nopass" / "tables.md").read()
+    # An explicit folder elsewhere.
+    os.rename(tmp_path / "shortside", tmp_path / "elsewhere")
+    c = analyse(tmp_path, "--bootstrap", "0", "--pca-pass", str(tmp_path / "elsewhere"), "--out",
+                str(tmp_path / "explicit"))
+    assert c["explained_variance_source"] == f"shortside pass at {tmp_path / 'elsewhere'}"
+    np.testing.assert_allclose(c["per_model"]["scribe"]["explained_variance_clean"]["cumulative"],
+                               eigh_explained(short["scribe"][3][keep]), rtol=1e-9, atol=1e-12)
+    # Without the folder, the default falls back to the main sweep.
+    d = analyse(tmp_path, "--bootstrap", "0", "--out", str(tmp_path / "default"))
+    assert d["explained_variance_source"] == "clean condition of the main sweep"
+
+
+def test_pca_pass_of_other_checkpoints_is_refused(tmp_path):
+    pca_folders(tmp_path, pass_sha={"scribe": "c" * 64})
+    with pytest.raises(UsageError, match="scribe another checkpoint_sha256"):
+        analyse(tmp_path, "--bootstrap", "0")
+    r = cli("analyze_logits.py", "--results", str(tmp_path), "--bootstrap", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --pca-pass") and "checkpoint_sha256" in err[0]
+    assert not os.path.exists(tmp_path / "analysis.json")
+
+
+def test_pca_pass_gaps_and_damage(tmp_path):
+    pca_folders(tmp_path, pass_protocol="paper")
+    os.remove(tmp_path / "shortside" / "logits" / "scribe" / "clean_0.npz")
+    a = analyse(tmp_path, "--bootstrap", "0")
+    assert a["per_model"]["scribe"]["explained_variance_clean"] is None          # not the main sweep's instead
+    assert a["per_model"]["base"]["explained_variance_clean"] is not None
+    assert any(x["what"] == "pca_logits" and x["models"] == ["scribe"] for x in a["missing"])
+    assert any("ran protocol paper, not shortside" in n for n in a["notes"])
+    z = np.load(tmp_path / "analysis_arrays.npz")
+    assert "scribe/clean/explained_variance" not in z.files and "scribe/clean/correlation" in z.files
+    # A torn file there is refused like one of the main sweep's.
+    with open(tmp_path / "shortside" / "logits" / "base" / "clean_0.npz", "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(UsageError, match="shortside/logits/base/clean_0.npz: unreadable"):
+        analyse(tmp_path, "--bootstrap", "0")
+    os.remove(tmp_path / "shortside" / "run.json")
+    with pytest.raises(UsageError, match="cannot be checked"):
+        analyse(tmp_path, "--bootstrap", "0")
+    with pytest.raises(UsageError, match="no logits/ folder"):
+        analyse(tmp_path, "--bootstrap", "0", "--pca-pass", str(tmp_path / "logits" / "base"))

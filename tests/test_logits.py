@@ -288,3 +288,96 @@ def test_channel_argmax_on_other_ranks_and_dtypes():
         assert torch.equal(channel_argmax(x), x.argmax(1)), shape
     xi = torch.from_numpy(rng.integers(0, 3, (2, K, 4, 4)))
     assert torch.equal(channel_argmax(xi), xi.argmax(1))
+
+
+# ----------------------------------------------------------------------- the notebook's definitions
+
+def _grouped(seed, absent, b=2, h=31, w=29):
+    """Random per-pixel logit vectors, their argmax, and N, S, Q built by hand per predicted class."""
+    x = _logits(b=b, h=h, w=w, seed=seed, absent=absent).astype(np.float64)
+    pix = x.transpose(0, 2, 3, 1).reshape(-1, K)
+    pred = pix.argmax(1)
+    n = np.array([(pred == c).sum() for c in range(K)], dtype=np.float64)
+    s = np.stack([pix[pred == c].sum(0) for c in range(K)])
+    q = np.stack([pix[pred == c].T @ pix[pred == c] for c in range(K)])
+    return x.astype(np.float32), n, s, q
+
+
+@pytest.mark.parametrize("absent", [(), (5, 13, 20), tuple(range(2, 21))])
+def test_distance_notebook_divides_by_20_and_distance_predicted_does_not(absent):
+    x, n, s, q = _grouped(20 + len(absent), absent)
+    t = LogitTracker().update(torch.from_numpy(x))
+    np.testing.assert_array_equal(t.count, n)
+    assert (n[list(absent)] == 0).all() and (n[1:] > 0).sum() == 20 - len(absent)
+    # The notebook: mean_n = S_n / N_n, NaN -> 0, then sum over n = 1..20 of mean_n[n] - mean_n[0], / 20.
+    total = 0.0
+    for c in range(1, K):
+        if n[c] > 0:
+            total += s[c, c] / n[c] - s[c, 0] / n[c]
+    assert t.distance_notebook() == pytest.approx(total / 20, rel=1e-12)
+    predicted = [c for c in range(1, K) if n[c] > 0]
+    assert t.distance_margin() == pytest.approx(total / len(predicted), rel=1e-12)
+    if absent:
+        assert abs(t.distance_notebook() - t.distance_margin()) > 1e-3 * abs(t.distance_margin())
+
+
+def test_distance_notebook_edge_cases():
+    assert np.isnan(LogitTracker().distance_notebook())               # no pixel at all
+    only_bg = LogitTracker().update(np.where(np.arange(K)[:, None, None] == 0, 1.0, 0.0)[None])
+    assert only_bg.distance_notebook() == 0.0                          # every foreground class counts 0
+    assert np.isnan(only_bg.distance_margin())
+    x = np.zeros((1, K, 40, 50), np.float32)
+    x[0, 0] = 5.0
+    x[0, 1, 0, 0] = 9.0                                                # one pixel of class 1: margin 4
+    assert LogitTracker().update(x).distance_notebook() == pytest.approx(4.0 / 20)
+
+
+def _notebook_corr(n, s, q):
+    """(Q_n - mu_n mu_n^T) / N_n, scaled by the square roots of its diagonal, class by class."""
+    out = np.full((K, K, K), np.nan)
+    for c in range(K):
+        if n[c] == 0:
+            continue
+        mu = s[c] / n[c]
+        cm = (q[c] - np.outer(mu, mu)) / n[c]
+        d = np.sqrt(np.diag(cm))
+        out[c] = cm / np.outer(d, d)
+    return out
+
+
+def test_correlation_notebook_against_numpy():
+    x, n, s, q = _grouped(31, (5, 13, 20))
+    t = LogitTracker().update(torch.from_numpy(x))
+    want = _notebook_corr(n, s, q)
+    got = t.correlation_notebook()
+    _close(got, want, rtol=1e-10)
+    assert np.isnan(got[[5, 13, 20]]).all()
+    idx = np.arange(K)
+    present = n > 0
+    np.testing.assert_array_equal(got[present][:, idx, idx], 1.0)
+    # Not the covariance-based correlation, which test_matches_oracle_with_unpredicted_classes checks.
+    assert np.nanmax(np.abs(got - t.correlation())) > 0.1
+
+
+def test_correlation_notebook_is_about_094_for_independent_logits():
+    # Independent logits, mean -8, SD 2, all grouped into one class: the true correlation is 0, the notebook's
+    # quantity is 64 / (64 + 4) = 0.941 off the diagonal.
+    rng = np.random.default_rng(0)
+    x = rng.normal(-8, 2, (4, K, 100, 100)).astype(np.float32)
+    t = LogitTracker().update(x, pred=torch.zeros(4, 100, 100, dtype=torch.long))
+    off = ~np.eye(K, dtype=bool)
+    nb, true = t.correlation_notebook()[0][off], t.correlation()[0][off]
+    assert nb.min() > 0.9 and nb.mean() == pytest.approx(64 / 68, abs=5e-3)
+    assert np.abs(true).max() < 0.05
+
+
+def test_correlation_notebook_degenerate_classes():
+    x = np.zeros((1, K, 40, 50), np.float32)
+    x[0, 0] = 5.0
+    x[0, 1, 0, 0] = 9.0                      # class 1 predicted at one pixel: C_1 = 0, all NaN
+    t = LogitTracker().update(x)
+    c = t.correlation_notebook()
+    assert np.isnan(c[1]).all() and np.isnan(c[2:]).all()
+    assert np.isfinite(c[0][[0]][:, [0]]).all()    # logit 0 constant 5 over 1999 px: C = 25 (1 - 1/N) > 0
+    zero = c[0, 2]                                 # logit 2 is 0 everywhere in class 0: zero diagonal
+    assert np.isnan(zero).all() and np.isnan(c[0, :, 2]).all()

@@ -149,3 +149,71 @@ def test_bad_input_exits_2_with_one_line(results, tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def panels(fig):
+    """{panel title: (data as float array with NaN where masked, colour limits)} of a draw_matrices figure."""
+    out = {}
+    for ax in fig.axes:
+        for im in ax.images:
+            out[ax.get_title()] = (np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan), im.get_clim())
+    return out
+
+
+def notebook_correlation_by_hand(path):
+    """(Q_n - mu_n mu_n^T) / N_n scaled by the square roots of its diagonal, from a logits/ npz."""
+    z = np.load(path)
+    out = {}
+    for n in np.flatnonzero(z["count"] > 1):
+        mu = z["sum"][n] / z["count"][n]
+        c = (z["sq"][n] - np.outer(mu, mu)) / z["count"][n]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[int(n)] = c / np.sqrt(np.outer(np.diag(c), np.diag(c)))
+    return out
+
+
+def test_correlations_notebook_draws_the_notebook_quantity_on_08_to_1(results, tmp_path):
+    from common.constants import CLASSES
+    assert "correlations_notebook" in mf.FIGURES
+    args = mf.get_args_parser().parse_args(["--results", results["dir"], "--only", "correlations",
+                                            "correlations_notebook"])
+    ctx = mf.read_results(args, args.only)
+    figs = mf.fig_correlations_notebook(ctx), mf.fig_correlations(ctx)
+    nb, ours = panels(figs[0]), panels(figs[1])
+    assert nb.keys() == ours.keys() and len(nb) == 4 * len(ctx["array_names"])
+    assert {clim for _, clim in nb.values()} == {(0.8, 1.0)} and {clim for _, clim in ours.values()} == {(-1, 1)}
+    differs = 0
+    for title, (data, _) in nb.items():
+        name, cls = title.split("\n")[0].split(": ")
+        k = CLASSES.index(cls)
+        want = notebook_correlation_by_hand(os.path.join(results["dir"], "logits", name, "clean_0.npz")).get(k)
+        if want is None:
+            assert np.isnan(data).all()
+            continue
+        ok = np.isfinite(data)
+        assert ok.any() and np.isfinite(want[ok]).all()      # every value drawn is checked
+        np.testing.assert_allclose(data[ok], want[ok], rtol=1e-8, atol=1e-10)
+        differs += np.nanmax(np.abs(data - ours[title][0])) > 1e-3
+    assert differs > 0   # at least one panel shows something other than the covariance-based correlation
+
+    # The pictures differ too (test_every_figure_is_drawn_and_not_blank writes both files); low dpi: fast.
+    pixels = []
+    for fig in figs:
+        fig.savefig(tmp_path / "f.png", dpi=20)
+        pixels.append(np.asarray(Image.open(tmp_path / "f.png").convert("RGB")))
+        mf.plt.close(fig)
+    assert pixels[0].shape != pixels[1].shape or (pixels[0] != pixels[1]).any()
+
+
+def test_explained_variance_figure_names_its_pass():
+    ev = np.linspace(0.5, 1, 21)
+    count, pca_count = np.ones(21), np.ones(21)
+    pca_count[[3, 4, 5]] = 0
+    ctx = {"array_names": ["m"], "styles": mf.styles([{"name": "m", "kind": "baseline"}]),
+           "arrays": {"m/clean/explained_variance": ev, "m/clean/count": count,
+                      "m/clean/explained_variance_count": pca_count,
+                      "explained_variance_source": np.array("shortside pass at /somewhere")}}
+    ax = mf.fig_explained_variance(ctx).axes[0]
+    assert "shortside pass" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["m (classes predicted: 18)"]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), ev)
