@@ -145,7 +145,10 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
             "severity": severity, "protocol": args.protocol, "size": protocol_size(args),
             "miou": m["miou"], "pixel_acc": m["pixel_acc"], "iou": m["iou"],
-            "distance": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
+            # The notebook's Distance (all 20 foreground classes, never-predicted ones counting 0), and the
+            # same mean over the classes the model predicted (PROTOCOL.md, "Logit structure").
+            "distance": finite_or_none(stats.tracker.distance_notebook()),
+            "distance_predicted": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
             "images": n_images, "seconds": seconds, "shard": args.shard}
 
 

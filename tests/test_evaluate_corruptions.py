@@ -96,8 +96,16 @@ def test_npz_files_agree_with_metrics(reference):
         assert len(cf["image_ids"]) == 5
         tr = LogitTracker.from_state_dict(lg)
         assert tr.num_pixels == 5 * SIZE * SIZE == int(lg["pixels"])
-        d = tr.distance_margin()
-        assert (row["distance"] is None and math.isnan(d)) or row["distance"] == pytest.approx(d, rel=1e-12)
+        # Both Distances from the saved sums by hand: mu_n = S_n / N_n (0 where N_n = 0), margin mu_n[n] - mu_n[0].
+        count, mean = lg["count"], np.zeros((21, 21))
+        mean[count > 0] = lg["sum"][count > 0] / count[count > 0, None]
+        margin = np.array([mean[n, n] - mean[n, 0] for n in range(1, 21)])
+        assert row["distance"] == pytest.approx(margin.sum() / 20, rel=1e-12)
+        seen = count[1:] > 0
+        if seen.any():
+            assert row["distance_predicted"] == pytest.approx(margin[seen].mean(), rel=1e-12)
+        else:
+            assert row["distance_predicted"] is None
         assert 0 <= row["end"] <= 1
 
 
