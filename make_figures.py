@@ -51,6 +51,7 @@ from common.checkpoint import atomic_write, file_sha256, load_model  # noqa: E40
 from common.constants import CLASSES, NUM_CLASSES  # noqa: E402
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, MIN_SIDE, corrupt_image  # noqa: E402
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
+from common.device import resolve_device, use_device  # noqa: E402
 from common.errors import UsageError, run_cli  # noqa: E402
 from common.viz import MODEL_COLOURS, colorize, predict  # noqa: E402
 from evaluate_corruptions import read_metrics  # noqa: E402  (the writer's own reader: one parser for the format)
@@ -452,7 +453,9 @@ def read_images(args, ctx, wanted):
                          f"contact_sheet.png shows them with their indices")
     ctx["index"] = args.index
     ctx["image_id"], ctx["image"], ctx["label"] = eval_sample(ds, args.index, "paper", size)
-    ctx["cache"], ctx["device"], ctx["models"] = {}, args.device, []
+    device = resolve_device(args.device)
+    use_device(device)
+    ctx["cache"], ctx["device"], ctx["models"] = {}, str(device), []
     if not any("models" in NEEDS[f] for f in wanted):
         return
     known = {m.get("sha256"): m for m in run.get("models", [])}
@@ -464,7 +467,7 @@ def read_images(args, ctx, wanted):
         if not os.path.isfile(path):
             raise UsageError(f"checkpoint {path}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
-        model, ckpt = load_model(path, args.device)
+        model, ckpt = load_model(path, ctx["device"])
         # The display name of the evaluation when this exact file was evaluated, else the checkpoint's own.
         info = known.get(file_sha256(path)) or {"name": ckpt.get("name") or model.config["kind"]}
         ctx["models"].append({"name": info["name"], "kind": model.config["kind"], "model": model})
@@ -505,7 +508,7 @@ def get_args_parser():
                    help="val image shown in the image figures (contact_sheet.png shows the indices)")
     p.add_argument("--size", type=int, default=None,
                    help="image side (paper protocol); default: run.json's size, 224 if it has none")
-    p.add_argument("--device", default="cpu", help="device for the predictions (a few images: cpu is enough)")
+    p.add_argument("--device", default="cpu", help="device for the predictions: cpu (a few images: enough), cuda or cuda:N")
     return p
 
 
