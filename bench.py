@@ -1,7 +1,8 @@
 """Benchmarks: how close each script comes to its irreducible cost, measured side by side in one run.
 
-    python bench.py --quick        # this project's 2-core CPU, ~3.5 min: DeepLabV3+ R50 (random weights) at 96 px
-    python bench.py --gpu          # one CUDA GPU: R50 at 224, bigger batches, plus training throughput and MFU
+    python bench.py --quick        # this project's 2-core CPU, ~8 min: random-weight R50 checkpoints at 96 px
+    python bench.py --gpu --minutes 8 --out bench.jsonl    # one CUDA GPU: model groups at 224 first, then the rest
+    python bench.py --gpu --only model logits             # needs only torch, torchvision, numpy, Pillow
 
 Numbers from this machine, and what dominates each, are in BENCHMARKS.md. Run it on an otherwise idle
 machine: two multi-threaded torch processes on the same cores stall each other (a warning is printed when
@@ -9,12 +10,39 @@ other processes keep the cores busy).
 
 Benchmarks, not tests: nothing here asserts, and nothing in tests/ times anything. Every measurement runs
 alone, one after the other (never two heavy ones at once), with torch's default thread count unless said.
-Prints the configuration, a table ``target | measured | target value | ok``, a breakdown of where the time
-went, and as the last line ONE JSON object: one key per target, each {"measured", "target", "rule", "ok",
-"seconds": {raw timings}}. Scratch files go to ``--root`` (default data/bench, git-ignored): the synthetic
-dataset is generated there once and kept; the per-run folder is removed at the end unless ``--keep``.
+Scratch files go to ``--root`` (default data/bench, git-ignored): the synthetic dataset is generated there once
+and kept; the per-run folder is removed at the end unless ``--keep``.
 
-The targets (ratios of times measured in this one run, on the same machine):
+Measurement groups (``--only`` takes these names; ``model`` = the train_*, infer_*, deterministic and study
+groups, ``sweep`` = both sweeps), in the order they run:
+
+  train_v3 train_v3plus     training images/s, fp32 and bf16 + channels_last, MFU (GPU: at each recipe's batch)
+  infer_v3 infer_v3plus     inference images/s of baseline, IBE and SCrIBE in both precisions
+  deterministic             training images/s with and without --deterministic, alternated (notebook model)
+  logits                    the logit tracker against the forward and the notebook's mask loop
+  corrupt                   every corruption at every severity of a 224 px image, on one core
+  study                     the full study projected from the rates above (needs train_v3 and infer_v3)
+  sweep_v3 sweep_v3plus     the corruption sweep's overhead and sharing, three checkpoints of each model
+  dump train video          the VOC-C dump, the training input pipeline, the demo video (CPU)
+
+_v3 is the companion notebook's model, the default recipe (torchvision's DeepLabV3 head, ResNet-50, output
+stride 8, 62.6 GFLOP per 224 px forward); _v3plus the paper's text (DeepLabV3+, stride 16, 26.5 GFLOP).
+--gpu runs all groups, --quick all but the model groups and corrupt; a group that fails does not stop the
+others (exit status 1 at the end). --minutes M skips, before it starts, any group whose rough estimate
+(ESTIMATES below) no longer fits in what is left of M minutes.
+
+Output. As each group ends, one JSON line on stdout (and appended to --out, flushed):
+    {"group", "estimate_s", "seconds", "max_memory_allocated_mib" (CUDA; null on a CPU), "results": {target:
+     row}, "notes": [breakdown lines]}, or {"group", "estimate_s", "seconds", "error": "<the traceback's last
+     line>"}, or {"group", "estimate_s", "skipped": "budget" (with "left_s") or why its inputs are missing}.
+A row is {"measured", "target", "rule" ("<=", ">=", "==", or "info": reported without a target), "ok",
+"seconds": {raw timings}, ...}. On a GPU the ratios calibrated on the 2-core CPU (CPU_CALIBRATED) are reported
+as "info" with the CPU target in "cpu_target". At the end: a table ``target | measured | target value | ok``,
+the breakdown lines, and as the last line ONE JSON object of every row. --tiny (hidden) shrinks everything
+to seconds for the tests; its numbers mean nothing.
+
+The targets (ratios of times measured in this one run, on the same machine; the sweep's three carry the
+suffix _v3 or _v3plus, and on a GPU the sweep runs with --amp bf16):
 
   sweep_efficiency      evaluate_corruptions.main() wall time, run in-process (imports and interpreter start
                         excluded; model loading, dataset opening and result writing included) with --workers 0
@@ -51,18 +79,23 @@ The targets (ratios of times measured in this one run, on the same machine):
   video_end_to_end      (no target) make_video.main() frames/s / the same pipeline (clip, models, corruptions,
                         encoder) with matplotlib composing: the models and the encoder, common to both, bound it.
 
-Model throughput (the "model" group: by default with --gpu only; --only model runs it on a CPU at crop 96):
+Model throughput (suffix _v3 or _v3plus; on a CPU only with --only, at crop 96):
 
-  train_bf16_speedup    training images/s of DeepLabV3+ (crop 224, batch 32; train.py's train_one_epoch on
+  train_bf16_speedup    training images/s (train.py's train_one_epoch with the recipe's own arguments, on
                         batches already on the device) with bf16 autocast + channels_last / in fp32. >= 2
-  train_images_per_s    the faster of the two. >= 1500 on one H100
+  train_images_per_s    the faster of the two. >= 1500 for DeepLabV3+ on one H100; the notebook model (2.4x its
+                        FLOPs) is reported beside the same FLOP rate, without a target
   mfu_<mode>            (no target) achieved FLOP/s (images/s x the FLOPs of one training image, counted with
-                        torch.utils.flop_counter: 79.3 GFLOP for R50 at 224, forward 26.5) / the card's dense
-                        peak from its datasheet (bf16, or TF32 for fp32 runs, which cuDNN uses by default)
-  study_projected_minutes  3 x 50 epochs x 7,087 images at the measured training rate, plus the sweep: the
-                        larger of 3 models x 1,449 images x 76 conditions at the measured inference rates and
-                        every corruption of 1,449 images (timed here per image) spread over this machine's
-                        cores. <= 30
+                        torch.utils.flop_counter: 187.6 GFLOP for the notebook model at 224, 79.3 for DeepLabV3+)
+                        / the card's dense datasheet peak (bf16, or TF32 for fp32 runs, which cuDNN uses by default)
+  infer_images_per_s_<kind>  (no target) the faster precision's images/s, both in the row
+  deterministic_cost_v3 (no target) training images/s with --deterministic / without, median pair; the kernels
+                        that warned for lack of a deterministic CUDA version are listed
+  study_projected_minutes  3 x 50 epochs x 7,087 images at the notebook model's measured training rate, plus the
+                        sweep: the larger of 3 models x 1,449 images x 76 conditions at its inference rates and
+                        every corruption of 1,449 images (the corrupt group) spread over this machine's cores.
+                        <= 30. _v3plus: the same for DeepLabV3+. Without the corrupt group it is a lower bound,
+                        and the row says so.
 """
 import argparse
 import contextlib
@@ -1300,10 +1333,10 @@ def get_args_parser():
                       help=f"one CUDA GPU: training and inference throughput, MFU and --deterministic's cost for "
                            f"both models at 224, then the CPU-side groups; stops with an error when CUDA is not "
                            f"available")
-    p.add_argument("--only", nargs="+", choices=GROUPS + tuple(ALIASES), default=None,
-                   help="run these measurement groups only (model = every training and inference group plus the "
-                        "study projection; sweep = both sweeps); default: all with --gpu, the CPU groups with "
-                        "--quick")
+    p.add_argument("--only", nargs="+", choices=GROUPS + tuple(ALIASES), default=None, metavar="GROUP",
+                   help=f"run these measurement groups only: {', '.join(GROUPS)}; model = the training, inference "
+                        f"and deterministic groups plus the study projection; sweep = both sweeps. Default: all "
+                        f"with --gpu, {' '.join(DEFAULT_GROUPS['quick'])} with --quick")
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget: a group whose rough estimate (ESTIMATES in bench.py) no longer fits in what "
                         "is left is skipped and reported as skipped; default: no budget")
