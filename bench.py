@@ -122,7 +122,7 @@ from common import vocc
 from common.checkpoint import git_commit, load_model, save_random_checkpoint
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
-from common.device import autocast, memory_format, resolve_device, set_deterministic, use_device
+from common.device import autocast, resolve_device, set_deterministic, use_device
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
 from common.logits import LogitTracker
@@ -854,9 +854,9 @@ def train_args(cfg, arch, amp, batch_size, scratch, deterministic=False):
                                                                       if batch_size else [])
     args = train_script.get_args_parser().parse_args(argv + (["--deterministic"] if deterministic else []))
     train_script.resolve_recipe(args)
-    device = torch.device(cfg["device"])
     args.rank, args.world_size, args.distributed = 0, 1, False
-    args.memory_format = memory_format(device) if amp != "none" else torch.contiguous_format
+    # The two precisions compared (``modes``): fp32 in the default layout, bf16 with channels_last, on any device.
+    args.memory_format = torch.channels_last if amp != "none" else torch.contiguous_format
     args.run_dir = os.path.join(scratch, "train-" + arch)
     return args
 
