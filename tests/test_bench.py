@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import bench
+from common.models import model_flops
 
 
 def test_study_projection_by_hand():
@@ -41,3 +42,53 @@ def test_sweep_conditions_are_clean_then_every_corruption_and_severity():
     assert bench.conditions_of(cfg) == [("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5),
                                         ("snow", 1), ("snow", 5)]
     assert len(bench.conditions_of(bench.MODES["quick"])) == 1 + 6 * 3   # the quick sweep's 19
+
+
+def test_notebook_model_flops_match_the_published_figure():
+    # The companion notebook's model (torchvision's DeepLabV3 head, ResNet-50, output stride 8): 62.6 GFLOP per
+    # 224x224 forward as published, 2.4x DeepLabV3+ at output stride 16 (26.5 GFLOP).
+    v3 = model_flops(arch="deeplabv3", output_stride=8)
+    assert v3 == pytest.approx(62.6e9, rel=0.005)
+    assert round(v3 / model_flops(arch="deeplabv3plus", output_stride=16), 1) == 2.4
+    # The bench's model_kw gives the groups exactly that model for the notebook recipe.
+    kw = bench.model_kw(dict(backbone="resnet50", head_channels=256), "deeplabv3")
+    assert (kw["arch"], kw["output_stride"], kw["ibe_placement"]) == ("deeplabv3", 8, "logits")
+
+
+@pytest.mark.parametrize("name, bf16, tf32", [
+    # Datasheet figures (with sparsity) halved: SXM 1,979 / 989; PCIe 1,513 / 756; NVL 1,671 / 835.
+    ("NVIDIA H100 80GB HBM3", 989.5, 494.5),     # the SXM board, which its name does not say
+    ("NVIDIA H100 PCIe", 756.5, 378.0),
+    ("NVIDIA H100 NVL", 835.5, 417.5),
+    ("NVIDIA H200", 989.5, 494.5),               # SXM
+    ("NVIDIA H200 NVL", 835.5, 417.5),
+])
+def test_peak_tflops_by_device_name(name, bf16, tf32):
+    peak = bench.peak_tflops(name)
+    assert peak["bf16"] == pytest.approx(bf16) and peak["tf32"] == pytest.approx(tf32)
+
+
+@pytest.mark.parametrize("name", ["NVIDIA GH200 480GB", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+                                  "cpu"])
+def test_no_peak_is_claimed_for_other_cards_or_a_mig_slice(name):
+    assert bench.peak_tflops(name) is None
+
+
+def test_study_headline_is_the_notebook_model_by_hand(monkeypatch):
+    # Notebook model at 500 training images/s and 3,000 / 2,000 / 1,000 inference images/s; DeepLabV3+ at
+    # 1,500 and 6,000 each; 1.6 s of corruptions per val image on 16 cores.
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 16)
+    ctx = dict(cfg=dict(train_crop=224), corrupt_per_val_image=1.6,
+               train_ips={"deeplabv3": (500.0, "bf16_channels_last"), "deeplabv3plus": (1500.0, "bf16_channels_last")},
+               infer_ips={"deeplabv3": dict(baseline=3000.0, ibe=2000.0, scribe=1000.0),
+                          "deeplabv3plus": dict(baseline=6000.0, ibe=6000.0, scribe=6000.0)})
+    res, _ = bench.bench_study(ctx)
+    # 3 x 50 x 7,087 / 500 = 2,126.1 s of training; forward 110,124 x (1/3000 + 1/2000 + 1/1000) = 201.9 s
+    # > corruptions 1,449 x 1.6 / 16 = 144.9 s: 2,328.0 s = 38.80 min.
+    assert res["study_projected_minutes"]["measured"] == pytest.approx(38.80, abs=0.005)
+    assert res["study_projected_minutes"]["ok"] is False
+    # DeepLabV3+: 708.7 s + max(3 x 110,124 / 6000 = 55.06, 144.9) = 853.6 s = 14.23 min.
+    assert res["study_projected_minutes_v3plus"]["measured"] == pytest.approx(14.23, abs=0.005)
+    ctx["train_ips"].pop("deeplabv3")
+    with pytest.raises(bench.Skip):
+        bench.bench_study(ctx)
