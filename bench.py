@@ -24,6 +24,8 @@ groups, ``sweep`` = both sweeps), in the order they run:
   study                     the full study projected from the rates above (needs train_v3 and infer_v3)
   sweep_v3 sweep_v3plus     the corruption sweep's overhead and sharing, three checkpoints of each model
   dump train video          the VOC-C dump, the training input pipeline, the demo video (CPU)
+  gradients                 cross-entropy's gradient over SCrIBE's BCE on one IBE model and the same crops, at
+                            initialisation (info; run with --only gradients)
 
 _v3 is the companion notebook's model, the default recipe (torchvision's DeepLabV3 head, ResNet-50, output
 stride 8, 62.6 GFLOP per 224 px forward); _v3plus the paper's text (DeepLabV3+, stride 16, 26.5 GFLOP).
@@ -121,12 +123,12 @@ import train as train_script
 from common import vocc
 from common.checkpoint import git_commit, load_model, save_random_checkpoint
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
-from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
+from common.data import build_datasets, eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, resolve_device, set_deterministic, use_device
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
 from common.logits import LogitTracker
-from common.models import BACKBONES, build_model, default_output_stride, model_flops
+from common.models import BACKBONES, build_model, default_output_stride, model_flops, segmentation_loss
 from common.synthetic import ensure_synthetic
 from common.viz import colorize, predict
 
@@ -142,13 +144,13 @@ MODES = {
     "quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
                   train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
                   train_steps=3, train_warmup=1, infer_steps=2, infer_batch=4, infer_size=96, corrupt_images=1,
-                  deterministic_pairs=1, sweep_amp="none"),
+                  deterministic_pairs=1, sweep_amp="none", gradient_batch=8, gradient_batches=4),
     # train_batch None: each recipe's own (notebook 30, paper 20). The sweeps run their corruptions on one core
     # (--workers 0), which bounds them on a GPU: 32 images and one round keep each to a few minutes.
     "gpu": dict(COMMON, device="cuda", images=32, size=224, batch_size=32, repeats=5, logit_repeats=10,
                 sweep_repeats=1, train_images=64, frames=130, video_size=224, video_batch=16, train_crop=224,
                 train_batch=None, train_steps=40, train_warmup=10, infer_steps=20, infer_batch=32, infer_size=224,
-                corrupt_images=4, deterministic_pairs=2, sweep_amp="bf16"),
+                corrupt_images=4, deterministic_pairs=2, sweep_amp="bf16", gradient_batch=16, gradient_batches=4),
 }
 # --tiny (for tests): every group at a size that runs in seconds. Its numbers mean nothing.
 TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=2, corruptions=["gaussian_noise"],
@@ -157,7 +159,8 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             train_warmup=1, infer_steps=1, infer_batch=2, infer_size=32, corrupt_images=1, corrupt_size=32,
             corrupt_corruptions=["contrast"],
             dump_corruptions=["zoom_blur"], dump_size=32, dump_severities=[1], dump_images=[1, 2], dump_repeats=1,
-            deterministic_pairs=1, min_val=4, synthetic_min_side=32, synthetic_max_side=48)
+            deterministic_pairs=1, min_val=4, synthetic_min_side=32, synthetic_max_side=48, gradient_batch=2,
+            gradient_batches=1)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("baseline", "ibe", "scribe")   # the three checkpoints of the sweep (the paper's three models)
 
@@ -1023,6 +1026,56 @@ def bench_deterministic(ctx):
     return res, notes
 
 
+def logit_gradients(logits, target):
+    """Norms of d loss / d logits for cross-entropy (ignore 255) and the notebook's SCrIBE BCE (255 ->
+    background, mean over every element), on the same logits: how much smaller SCrIBE's steps start."""
+    norms = {}
+    for kind in ("ibe", "scribe"):
+        z = logits.detach().clone().requires_grad_(True)
+        segmentation_loss(kind, z, target, ignore_as_background=True).backward()
+        norms[kind] = float(z.grad.norm())
+    return norms["ibe"], norms["scribe"]
+
+
+def bench_loss_gradients(ctx):
+    """Cross-entropy's gradient against SCrIBE's BCE, on one IBE model (the notebook's placement) and the same
+    synthetic training crops, at initialisation: with respect to the logits and to all parameters."""
+    cfg = ctx["cfg"]
+    voc, sbd = os.path.join(cfg["synthetic_root"], "voc"), os.path.join(cfg["synthetic_root"], "sbd")
+    train_set, _ = build_datasets(voc, sbd, cfg["train_crop"])
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg["gradient_batch"], shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    res, notes = {}, []
+    for arch in ("deeplabv3", "deeplabv3plus"):
+        torch.manual_seed(0)
+        model = build_model("ibe", **dict(model_kw(cfg, arch), ibe_placement="logits")).to(cfg["device"]).train()
+        on_logits, on_params = [], []
+        for k, (x, y) in enumerate(loader):
+            if k == cfg["gradient_batches"]:
+                break
+            x, y = x.to(cfg["device"]), y.to(cfg["device"])
+            grads = {}
+            for kind in ("ibe", "scribe"):
+                model.zero_grad(set_to_none=True)
+                segmentation_loss(kind, model(x), y, ignore_as_background=True).backward()
+                grads[kind] = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()
+                                                   if p.grad is not None)))
+            with torch.no_grad():
+                logits = model(x)
+            ce, bce = logit_gradients(logits, y)
+            on_logits.append(ce / bce)
+            on_params.append(grads["ibe"] / grads["scribe"])
+        short = SHORT[arch]
+        res[f"ce_over_bce_gradient_logits_{short}"] = result(float(np.median(on_logits)), None, "info", {},
+                                                             per_batch=[round(r, 2) for r in on_logits])
+        res[f"ce_over_bce_gradient_params_{short}"] = result(float(np.median(on_params)), None, "info", {},
+                                                             per_batch=[round(r, 2) for r in on_params])
+        notes.append(f"gradients {arch}: cross-entropy / SCrIBE BCE, per batch, logits "
+                     + ", ".join(f"{r:.1f}" for r in on_logits) + "; parameters "
+                     + ", ".join(f"{r:.1f}" for r in on_params))
+    return res, notes
+
+
 def bench_corrupt(ctx):
     """Corruption cost per val image at 224 px, every corruption and severity, on one core of this machine:
     the sweep's loader workers (and the dump) spread it over the cores while the GPU runs the models."""
@@ -1114,11 +1167,12 @@ def groups(ctx):
         ("dump", data(lambda: bench_dump(cfg, scratch))),
         ("train", data(lambda: bench_train_input(cfg, scratch))),
         ("video", lambda: bench_video(cfg, ckpts("deeplabv3plus"), scratch)),
+        ("gradients", data(lambda: bench_loss_gradients(ctx))),
     ]
 
 
 GROUPS = ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "logits", "corrupt", "study",
-          "sweep_v3", "sweep_v3plus", "dump", "train", "video")
+          "sweep_v3", "sweep_v3plus", "dump", "train", "video", "gradients")
 # --only accepts these names for several groups. "model" is everything that needs the model on the device and
 # nothing beyond torch, torchvision, numpy and Pillow (no imagecorruptions, PyAV or zlib-ng).
 ALIASES = {"model": ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "study"),
@@ -1133,9 +1187,9 @@ DEFAULT_GROUPS = {"gpu": GROUPS, "quick": ("sweep_v3", "sweep_v3plus", "dump", "
 # one fast core. Tiny (tests): a second each.
 ESTIMATES = {
     "quick": dict(train_v3=150, train_v3plus=100, infer_v3=90, infer_v3plus=60, deterministic=200, logits=15,
-                  corrupt=40, study=1, sweep_v3=240, sweep_v3plus=150, dump=90, train=10, video=45),
+                  corrupt=40, study=1, sweep_v3=240, sweep_v3plus=150, dump=90, train=10, video=45, gradients=60),
     "gpu": dict(train_v3=60, train_v3plus=45, infer_v3=30, infer_v3plus=20, deterministic=45, logits=15,
-                corrupt=30, study=1, sweep_v3=200, sweep_v3plus=200, dump=90, train=10, video=60),
+                corrupt=30, study=1, sweep_v3=200, sweep_v3plus=200, dump=90, train=10, video=60, gradients=20),
     "tiny": {g: 1 for g in GROUPS},
 }
 
