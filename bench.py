@@ -1043,8 +1043,11 @@ def bench_loss_gradients(ctx):
     cfg = ctx["cfg"]
     voc, sbd = os.path.join(cfg["synthetic_root"], "voc"), os.path.join(cfg["synthetic_root"], "sbd")
     train_set, _ = build_datasets(voc, sbd, cfg["train_crop"])
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg["gradient_batch"], shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
+    # Random crops drawn with replacement: the bench's synthetic set holds only 8 training images.
+    n = cfg["gradient_batch"] * cfg["gradient_batches"]
+    sampler = torch.utils.data.RandomSampler(train_set, replacement=True, num_samples=n,
+                                             generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg["gradient_batch"], sampler=sampler)
     res, notes = {}, []
     for arch in ("deeplabv3", "deeplabv3plus"):
         torch.manual_seed(0)
