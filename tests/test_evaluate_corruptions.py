@@ -370,3 +370,75 @@ def test_one_condition_recomputed_by_hand_matches_every_file(setup, reference, c
         want = hand_condition(model, xs, labels)
         assert want["ties"] < 0.001 * want["pixels"]
         check_against_hand(reference, ckpt["name"], corruption, severity, want, val_ids(root))
+
+
+# ------------------------------------------------------------------------------------- the other flags
+
+def test_native_protocol_corrupts_and_scores_the_original_resolution(setup, tmp_path):
+    from common.checkpoint import load_model
+    root, ckpts, _ = setup
+    out = tmp_path / "native"
+    assert evaluate(setup, out, "--protocol", "native", "--corruptions", "gaussian", "--severities", "0", "1") == 0
+    assert {(r["protocol"], r["size"]) for r in rows(out)} == {("native", None)} and len(rows(out)) == 4
+    for corruption, severity in (("clean", 0), ("gaussian_noise", 1)):
+        xs, labels = hand_inputs(root, corruption, severity, size=None)
+        assert len({x.shape for x in xs}) > 1          # the images keep their own sizes
+        for path in ckpts:
+            model, ckpt = load_model(path)
+            want = hand_condition(model, xs, labels)
+            check_against_hand(out, ckpt["name"], corruption, severity, want, val_ids(root))
+
+
+def test_amp_bf16_is_other_arithmetic_with_nearly_the_same_miou(setup, reference, tmp_path):
+    out = tmp_path / "bf16"
+    assert evaluate(setup, out, "--amp", "bf16", "--corruptions", "gaussian", "--severities", "0", "1") == 0
+    assert json.load(open(out / "run.json"))["args"]["amp"] == "bf16"
+    ref = {(r["model"], r["corruption"], r["severity"]): r for r in rows(reference)}
+    got = rows(out)
+    assert len(got) == 4
+    for r in got:
+        fp32 = ref[r["model"], r["corruption"], r["severity"]]
+        assert r["miou"] == pytest.approx(fp32["miou"], abs=0.02)
+        assert r["pixel_acc"] == pytest.approx(fp32["pixel_acc"], abs=0.02)
+        stem = f"{r['corruption']}_{r['severity']}.npz"
+        a = np.load(out / "logits" / r["model"] / stem)
+        b = np.load(os.path.join(reference, "logits", r["model"], stem))
+        # bfloat16 keeps 8 significant bits: the logit sums move by far more than float32 rounding would.
+        rel = np.abs(a["sum"] - b["sum"]).max() / np.abs(b["sum"]).max()
+        assert 1e-4 < rel < 0.1
+
+
+def test_names_rename_the_models_everywhere(setup, reference, tmp_path):
+    out = tmp_path / "named"
+    assert evaluate(setup, out, "--names", "first", "second", "--corruptions", "gaussian", "--severities", "0") == 0
+    got = {r["model"]: r for r in rows(out)}
+    assert set(got) == {"first", "second"}
+    assert [m["name"] for m in json.load(open(out / "run.json"))["models"]] == ["first", "second"]
+    ref = {r["model"]: r for r in rows(reference) if r["corruption"] == "clean"}
+    for name, old in (("first", "baseline"), ("second", "scribe")):     # the checkpoints' order
+        assert {k: v for k, v in got[name].items() if k != "model"} == {k: v for k, v in ref[old].items() if k != "model"}
+        for sub in ("logits", "confusion"):
+            assert os.path.exists(out / sub / name / "clean_0.npz") and not os.path.exists(out / sub / old)
+    root, ckpts, _ = setup
+    r = cli("evaluate_corruptions.py", "--checkpoints", *ckpts, "--names", "only-one", "--data", "synthetic",
+            "--synthetic-root", root, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--names: 1 names for 2 checkpoints" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_224_px_are_bit_identical(setup, tmp_path):
+    root, ckpts, _ = setup
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out, workers in zip(outs, ("0", "1")):
+        args = ev.get_args_parser().parse_args(["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root",
+                                                root, "--size", "224", "--limit", "1", "--workers", workers,
+                                                "--corruptions", "gaussian", "jpeg", "--severities", "0", "2",
+                                                "--out", str(out)])
+        assert ev.main(args) == 0
+    a, b = (rows(out, drop=("seconds",)) for out in outs)
+    assert len(a) == 2 * 3 and a == b and {r["size"] for r in a} == {224}
+    for sub in ("logits", "confusion"):
+        for dirpath, _, files in os.walk(outs[0] / sub):
+            for f in files:
+                x, y = np.load(os.path.join(dirpath, f)), np.load(os.path.join(dirpath.replace(str(outs[0]), str(outs[1])), f))
+                assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files), f
