@@ -285,7 +285,8 @@ def evaluate(args, held):
     run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args),
            "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
            "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
-           "seed_rule": vocc.SEED_RULE, "git_commit": git_commit()}
+           "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
+           "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
     run_path = os.path.join(args.out, "run.json")
     if os.path.exists(run_path):
         check_same_run(run_path, run)

@@ -606,3 +606,123 @@ def test_pca_pass_gaps_and_damage(tmp_path):
         analyse(tmp_path, "--bootstrap", "0")
     with pytest.raises(UsageError, match="no logits/ folder"):
         analyse(tmp_path, "--bootstrap", "0", "--pca-pass", str(tmp_path / "logits" / "base"))
+
+
+# ------------------------------------------------------------ the bootstrap against a hand-written loop
+
+def hand_bootstrap(files, models, reference, conds, aggregate, n_resamples, seed):
+    """The paired bootstrap written out: resample b draws row b of
+    ``np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))`` (image positions in the order of
+    the first file, models[0] clean; PROTOCOL.md: images with replacement, n of them), the same draw for
+    every model and condition; each model's mIoU of each condition from the drawn images' summed TP/FP/FN,
+    looked up by image id; intervals at the 2.5th and 97.5th percentiles of the differences to the reference.
+    files {model: {(c, s): (ids, tp, fp, fn)}}; returns {model: {"clean": (lo, hi), "aggregate": (lo, hi)}}."""
+    order = list(files[models[0]][("clean", 0)][0])
+    n = len(order)
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    by_id = {m: {cs: {i: k for k, i in enumerate(files[m][cs][0])} for cs in conds} for m in models}
+    diffs = {m: {"clean": [], "aggregate": []} for m in models if m != reference}
+    for b in range(n_resamples):
+        picked = [order[k] for k in draws[b]]
+        score = {}
+        for m in models:
+            for cs in conds:
+                ids, tp, fp, fn = files[m][cs]
+                rows = [by_id[m][cs][i] for i in picked]
+                score[m, cs] = miou_oracle(tp[rows], fp[rows], fn[rows])
+        for m in diffs:
+            diffs[m]["clean"].append(score[m, ("clean", 0)] - score[reference, ("clean", 0)])
+            diffs[m]["aggregate"].append(np.mean([score[m, cs] - score[reference, cs] for cs in aggregate]))
+    return {m: {k: tuple(np.percentile(v, [2.5, 97.5])) for k, v in d.items()} for m, d in diffs.items()}
+
+
+def bootstrap_folder(root, permute=False, twin=True):
+    """Three models (base, ibe, scribe) and a copy of base (twin) on 12 images, clean + three benchmark
+    conditions + one held-out condition whose files must not enter the aggregate. With ``permute``, every
+    file but base's clean one lists its images in its own random order (image ids keep the rows paired)."""
+    rng = np.random.default_rng(21)
+    ids = [f"2008_{i:06d}" for i in range(12)]
+    conds = [("clean", 0), ("gaussian_noise", 1), ("fog", 3), ("jpeg_compression", 5), ("speckle_noise", 2)]
+    files, mious = {}, {}
+    for m, skill in (("base", 1), ("ibe", 2), ("scribe", 3)):
+        files[m], mious[m] = {}, {}
+        for cs in conds:
+            tp, fp, fn = random_counts(rng, len(ids), skill)
+            files[m][cs] = (ids, tp, fp, fn)
+            mious[m][cs] = miou_oracle(tp, fp, fn)
+    if twin:
+        files["twin"], mious["twin"] = dict(files["base"]), dict(mious["base"])
+    if permute:
+        prng = np.random.default_rng(5)
+        for m in files:
+            for cs in conds:
+                if (m, cs) == ("base", ("clean", 0)):
+                    continue
+                p = prng.permutation(len(ids))
+                got_ids, tp, fp, fn = files[m][cs]
+                files[m][cs] = ([got_ids[k] for k in p], tp[p], fp[p], fn[p])
+    kinds = {"base": "baseline", "ibe": "ibe", "scribe": "scribe", "twin": "baseline"}
+    names = list(files)
+    write_results(root, mious, kinds, confusion=files, run_models=[(m, kinds[m]) for m in names])
+    return files, names, conds
+
+
+def test_bootstrap_intervals_equal_a_hand_written_paired_loop(tmp_path):
+    files, names, conds = bootstrap_folder(tmp_path / "a")
+    a = analyse(tmp_path / "a", "--bootstrap", "300", "--seed", "11")
+    bench = conds[1:4]                       # speckle_noise is held out: never in the aggregate
+    want = hand_bootstrap(files, names, "base", conds[:4], bench, 300, 11)
+    comps = a["bootstrap"]["comparisons"]
+    assert set(comps) == {"ibe", "scribe", "twin"} and a["bootstrap"]["confidence"] == 0.95
+    for m in ("ibe", "scribe"):
+        for k in ("clean", "aggregate"):
+            assert (comps[m][k]["lower"], comps[m][k]["upper"]) == pytest.approx(want[m][k], rel=1e-9, abs=1e-12)
+            assert comps[m][k]["lower"] < comps[m][k]["upper"]
+        assert comps[m]["aggregate"]["n_conditions"] == 3
+    # Two identical models: every resample gives a difference of exactly 0.
+    for k in ("clean", "aggregate"):
+        assert (comps["twin"][k]["observed"], comps["twin"][k]["lower"], comps["twin"][k]["upper"]) == (0, 0, 0)
+
+    # Every file but the first in its own image order: the pairing goes by image id, so the same intervals.
+    bootstrap_folder(tmp_path / "p", permute=True)
+    b = analyse(tmp_path / "p", "--bootstrap", "300", "--seed", "11")
+    assert b["bootstrap"]["comparisons"] == comps
+
+
+def test_held_out_corruptions_enter_no_aggregate(tmp_path):
+    # IBE/BASE plus all four held-out extras at every severity with values far from the benchmark's (mIoU 0,
+    # END 0.9, Distances 50): any of them in an aggregate moves it. Expected values: benchmark rows only.
+    held = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+    mious, end, dist, pred = {}, {}, {}, {}
+    for m, table in (("ibe", IBE), ("base", BASE)):
+        mious[m] = {**table, **{(c, s): 0.0 for c in held for s in range(1, 6)}}
+        end[m] = {cs: (0.9 if cs[0] in held else 0.1 + 0.01 * cs[1]) for cs in mious[m]}
+        dist[m] = {cs: (50.0 if cs[0] in held else 1.0 + cs[1]) for cs in mious[m]}
+        pred[m] = {cs: 2 * v for cs, v in dist[m].items()}
+    write_results(tmp_path, mious, {"ibe": "ibe", "base": "baseline"}, end=end, distance=dist,
+                  distance_predicted=pred)
+    a = analyse(tmp_path, "--bootstrap", "0")
+    for m, table in (("ibe", IBE), ("base", BASE)):
+        p = a["per_model"][m]
+        bench = [cs for cs in table if cs[0] != "clean"]
+        assert p["mpc"]["value"] == pytest.approx(np.mean([table[cs] for cs in bench]))
+        assert p["mpc"]["n_conditions"] == 10
+        assert p["rpc"]["value"] == pytest.approx(np.mean([table[cs] for cs in bench]) / table["clean", 0])
+        for s in range(1, 6):
+            assert p["per_severity"][str(s)]["miou"] == pytest.approx(
+                np.mean([table["gaussian_noise", s], table["fog", s]]))
+            assert p["per_severity"][str(s)]["n_corruptions"] == 2
+        sev0_5 = np.mean([np.mean([table["clean", 0]] + [table[c, s] for s in range(1, 6)])
+                          for c in ("gaussian_noise", "fog")])
+        assert p["mean_sev0_5"]["value"] == pytest.approx(sev0_5) and p["mean_sev0_5"]["n_conditions"] == 10
+        for key, values in (("end", end), ("distance", dist), ("distance_predicted", pred)):
+            corr = p[key]["corrupted"]
+            assert corr["value"] == pytest.approx(np.mean([values[m][cs] for cs in bench]))
+            assert corr["n_conditions"] == 10
+        assert set(p["cd"]) == {"gaussian_noise", "fog"} and p["mcd"]["n_corruptions"] == 2
+        # They are still reported on their own, marked as not the benchmark's.
+        for c in held:
+            assert p["per_corruption"][c] == {"miou": 0.0, "severities": [1, 2, 3, 4, 5], "complete": True,
+                                              "benchmark": False}
+            assert p["per_condition"][f"{c}/3"]["miou"] == 0.0
+    assert a["per_model"]["ibe"]["mcd"]["value"] == pytest.approx((0.912 + 1.6 / 1.75) / 2)

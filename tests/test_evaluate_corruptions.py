@@ -250,3 +250,195 @@ def test_shortside_clean_pass_sees_pillow_resized_images_at_their_own_aspect(set
         assert (got == logits.argmax(0)).mean() > 0.999   # float32 rounding may flip a near-tie
         shapes.add(got.shape)
     assert len(images) >= len(val) and len(shapes) > 1   # the images kept their different aspects
+
+
+# ------------------------------------------------------------------ one sweep condition, by hand end to end
+
+def val_ids(root):
+    return open(os.path.join(root, "voc", "VOCdevkit", "VOC2012", "ImageSets", "Segmentation", "val.txt")).read().split()
+
+
+def hand_inputs(root, corruption, severity, size=SIZE):
+    """What the paper protocol feeds the models, written out from PROTOCOL.md: Pillow BILINEAR image and
+    NEAREST label (size x size, or the original size with size None), the image corrupted by
+    ``imagecorruptions.corrupt`` after ``np.random.seed(crc32("<id>|<corruption>|<severity>"))`` (the seed
+    also as keyword for impulse_noise and glass_blur), then (x / 255 - mean) / std."""
+    import zlib
+
+    from imagecorruptions import corrupt
+
+    from common.constants import IMAGENET_MEAN, IMAGENET_STD
+    base = os.path.join(root, "voc", "VOCdevkit", "VOC2012")
+    xs, labels = [], []
+    for image_id in val_ids(root):
+        img = Image.open(os.path.join(base, "JPEGImages", f"{image_id}.jpg")).convert("RGB")
+        lbl = Image.open(os.path.join(base, "SegmentationClass", f"{image_id}.png"))
+        if size is not None:
+            img, lbl = img.resize((size, size), Image.BILINEAR), lbl.resize((size, size), Image.NEAREST)
+        rgb, label = np.array(img), np.array(lbl)
+        if severity > 0:
+            seed = zlib.crc32(f"{image_id}|{corruption}|{severity}".encode())
+            kw = {"seed": seed} if corruption in ("impulse_noise", "glass_blur") else {}
+            np.random.seed(seed)
+            rgb = np.uint8(corrupt(rgb, corruption_name=corruption, severity=severity, **kw))
+        x = (rgb / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        xs.append(x.transpose(2, 0, 1).astype(np.float32))
+        labels.append(label.astype(np.int64))
+    return xs, labels
+
+
+def hand_condition(model, xs, labels):
+    """Everything the sweep writes for one model and condition, by numpy from ``model(x)`` called directly:
+    per-image confusion (rows target, columns prediction, label 255 left out), the tracker's sums over every
+    pixel grouped by argmax, END by its formula. Also the number of near-tie pixels, where float32 rounding
+    of another but equivalent normalisation may flip the argmax."""
+    import torch
+    k = 21
+    per, count, sm, sq = [], np.zeros(k), np.zeros((k, k)), np.zeros((k, k, k))
+    end_terms, ties = [], 0
+    for x, label in zip(xs, labels):
+        with torch.no_grad():
+            z = model(torch.from_numpy(x)[None]).double().numpy()[0].reshape(k, -1).T     # pixels x 21
+        pred = z.argmax(1)
+        top2 = np.sort(z, 1)[:, -2:]
+        ties += int((top2[:, 1] - top2[:, 0] < 1e-4).sum())
+        conf = np.zeros((k, k), np.int64)
+        t = label.ravel()
+        np.add.at(conf, (t[t != 255], pred[t != 255]), 1)      # row: target, column: prediction
+        per.append(conf)
+        for n in range(k):
+            rows = z[pred == n]
+            count[n] += len(rows)
+            sm[n] += rows.sum(0)
+            sq[n] += rows.T @ rows
+        e = np.exp(z - z.max(1, keepdims=True))
+        bg = e[:, 0] / e.sum(1)
+        f = np.exp(z[:, 1:] - z[:, 1:].max(1, keepdims=True))
+        ident = ((f / f.sum(1, keepdims=True)).max(1) - 1 / 20) / (1 - 1 / 20)
+        end_terms.append(bg * ident)
+    per = np.stack(per)
+    mu = np.zeros((k, k))
+    mu[count > 0] = sm[count > 0] / count[count > 0, None]
+    margin = np.array([mu[n, n] - mu[n, 0] for n in range(1, k)])
+    conf = per.sum(0)
+    ious = [conf[c, c] / (conf[c].sum() + conf[:, c].sum() - conf[c, c]) if conf[c].sum() + conf[:, c].sum() else None
+            for c in range(k)]
+    return {"per_image": per, "confusion": conf, "count": count, "sum": sm, "sq": sq, "ties": ties,
+            "iou": ious, "miou": np.mean([v for v in ious if v is not None]),
+            "pixel_acc": np.trace(conf) / conf.sum(), "end": np.concatenate(end_terms).mean(),
+            "distance": margin.sum() / 20, "distance_predicted": margin[count[1:] > 0].mean(),
+            "pixels": sum(len(t.ravel()) for t in labels)}
+
+
+def check_against_hand(out, model_name, corruption, severity, want, ids):
+    """Every file of one condition against the hand computation: the metrics row, both NPZ files."""
+    stem = f"{corruption}_{severity}.npz"
+    row = next(r for r in rows(out) if (r["model"], r["corruption"], r["severity"]) == (model_name, corruption, severity))
+    cf = np.load(os.path.join(out, "confusion", model_name, stem))
+    lg = np.load(os.path.join(out, "logits", model_name, stem))
+    flips = want["ties"]
+    assert np.abs(cf["confusion"] - want["confusion"]).sum() <= 2 * flips
+    per = want["per_image"]
+    tp = np.einsum("nkk->nk", per)
+    for key, value in (("tp", tp), ("fp", per.sum(1) - tp), ("fn", per.sum(2) - tp)):
+        assert np.abs(cf[key] - value).sum() <= 2 * flips, key
+    assert list(cf["image_ids"]) == ids
+    exact = 0 if flips else 1e-12
+    assert row["miou"] == pytest.approx(want["miou"], abs=exact or 0.01)
+    assert row["pixel_acc"] == pytest.approx(want["pixel_acc"], abs=exact or 0.01)
+    for got, w in zip(row["iou"], want["iou"]):
+        assert (got is None) == (w is None) and (w is None or got == pytest.approx(w, abs=exact or 0.05))
+    assert int(lg["pixels"]) == want["pixels"] and lg["count"].sum() == want["pixels"]
+    if not flips:
+        np.testing.assert_array_equal(lg["count"], want["count"])
+        np.testing.assert_allclose(lg["sum"], want["sum"], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(lg["sq"], want["sq"], rtol=1e-4, atol=1e-3)
+        assert row["distance"] == pytest.approx(want["distance"], rel=1e-5, abs=1e-6)
+        assert row["distance_predicted"] == pytest.approx(want["distance_predicted"], rel=1e-5, abs=1e-6)
+    # END as written to metrics.jsonl against its formula, and the sums behind it in the logits file.
+    assert row["end"] == pytest.approx(want["end"], rel=1e-5, abs=1e-7)
+    assert float(lg["end_sum"]) / int(lg["pixels"]) == pytest.approx(row["end"], rel=1e-12)
+
+
+@pytest.mark.parametrize("corruption, severity", [("clean", 0), ("gaussian_noise", 3), ("glass_blur", 1)])
+def test_one_condition_recomputed_by_hand_matches_every_file(setup, reference, corruption, severity):
+    from common.checkpoint import load_model
+    root, ckpts, _ = setup
+    xs, labels = hand_inputs(root, corruption, severity)
+    for path in ckpts:
+        model, ckpt = load_model(path)
+        want = hand_condition(model, xs, labels)
+        assert want["ties"] < 0.001 * want["pixels"]
+        check_against_hand(reference, ckpt["name"], corruption, severity, want, val_ids(root))
+
+
+# ------------------------------------------------------------------------------------- the other flags
+
+def test_native_protocol_corrupts_and_scores_the_original_resolution(setup, tmp_path):
+    from common.checkpoint import load_model
+    root, ckpts, _ = setup
+    out = tmp_path / "native"
+    assert evaluate(setup, out, "--protocol", "native", "--corruptions", "gaussian", "--severities", "0", "1") == 0
+    assert {(r["protocol"], r["size"]) for r in rows(out)} == {("native", None)} and len(rows(out)) == 4
+    for corruption, severity in (("clean", 0), ("gaussian_noise", 1)):
+        xs, labels = hand_inputs(root, corruption, severity, size=None)
+        assert len({x.shape for x in xs}) > 1          # the images keep their own sizes
+        for path in ckpts:
+            model, ckpt = load_model(path)
+            want = hand_condition(model, xs, labels)
+            check_against_hand(out, ckpt["name"], corruption, severity, want, val_ids(root))
+
+
+def test_amp_bf16_is_other_arithmetic_with_nearly_the_same_miou(setup, reference, tmp_path):
+    out = tmp_path / "bf16"
+    assert evaluate(setup, out, "--amp", "bf16", "--corruptions", "gaussian", "--severities", "0", "1") == 0
+    assert json.load(open(out / "run.json"))["args"]["amp"] == "bf16"
+    ref = {(r["model"], r["corruption"], r["severity"]): r for r in rows(reference)}
+    got = rows(out)
+    assert len(got) == 4
+    for r in got:
+        fp32 = ref[r["model"], r["corruption"], r["severity"]]
+        assert r["miou"] == pytest.approx(fp32["miou"], abs=0.02)
+        assert r["pixel_acc"] == pytest.approx(fp32["pixel_acc"], abs=0.02)
+        stem = f"{r['corruption']}_{r['severity']}.npz"
+        a = np.load(out / "logits" / r["model"] / stem)
+        b = np.load(os.path.join(reference, "logits", r["model"], stem))
+        # bfloat16 keeps 8 significant bits: the logit sums move by far more than float32 rounding would.
+        rel = np.abs(a["sum"] - b["sum"]).max() / np.abs(b["sum"]).max()
+        assert 1e-4 < rel < 0.1
+
+
+def test_names_rename_the_models_everywhere(setup, reference, tmp_path):
+    out = tmp_path / "named"
+    assert evaluate(setup, out, "--names", "first", "second", "--corruptions", "gaussian", "--severities", "0") == 0
+    got = {r["model"]: r for r in rows(out)}
+    assert set(got) == {"first", "second"}
+    assert [m["name"] for m in json.load(open(out / "run.json"))["models"]] == ["first", "second"]
+    ref = {r["model"]: r for r in rows(reference) if r["corruption"] == "clean"}
+    for name, old in (("first", "baseline"), ("second", "scribe")):     # the checkpoints' order
+        assert {k: v for k, v in got[name].items() if k != "model"} == {k: v for k, v in ref[old].items() if k != "model"}
+        for sub in ("logits", "confusion"):
+            assert os.path.exists(out / sub / name / "clean_0.npz") and not os.path.exists(out / sub / old)
+    root, ckpts, _ = setup
+    r = cli("evaluate_corruptions.py", "--checkpoints", *ckpts, "--names", "only-one", "--data", "synthetic",
+            "--synthetic-root", root, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--names: 1 names for 2 checkpoints" in r.stderr
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_224_px_are_bit_identical(setup, tmp_path):
+    root, ckpts, _ = setup
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out, workers in zip(outs, ("0", "1")):
+        args = ev.get_args_parser().parse_args(["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root",
+                                                root, "--size", "224", "--limit", "1", "--workers", workers,
+                                                "--corruptions", "gaussian", "jpeg", "--severities", "0", "2",
+                                                "--out", str(out)])
+        assert ev.main(args) == 0
+    a, b = (rows(out, drop=("seconds",)) for out in outs)
+    assert len(a) == 2 * 3 and a == b and {r["size"] for r in a} == {224}
+    for sub in ("logits", "confusion"):
+        for dirpath, _, files in os.walk(outs[0] / sub):
+            for f in files:
+                x, y = np.load(os.path.join(dirpath, f)), np.load(os.path.join(dirpath.replace(str(outs[0]), str(outs[1])), f))
+                assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files), f

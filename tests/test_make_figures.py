@@ -217,3 +217,121 @@ def test_explained_variance_figure_names_its_pass():
     assert "shortside pass" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["m (classes predicted: 18)"]
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), ev)
+
+
+# --------------------------------------------------------------- panels read back against their sources
+
+# The standard VOC colormap as published with the devkit (VOCdevkit VOClabelcolormap), class by class.
+VOC_RGB = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0, 0, 128), 5: (128, 0, 128),
+           6: (0, 128, 128), 7: (128, 128, 128), 8: (64, 0, 0), 9: (192, 0, 0), 10: (64, 128, 0),
+           11: (192, 128, 0), 12: (64, 0, 128), 13: (192, 0, 128), 14: (64, 128, 128), 15: (192, 128, 128),
+           16: (0, 64, 0), 17: (128, 64, 0), 18: (0, 192, 0), 19: (128, 192, 0), 20: (0, 64, 128),
+           255: (224, 224, 192)}
+
+
+def paint(label):
+    """A class map coloured with the literal table; PROTOCOL.md: anything above 20 (255) drawn white."""
+    table = np.full((256, 3), 255, np.uint8)
+    for c in range(21):
+        table[c] = VOC_RGB[c]
+    return table[np.asarray(label, dtype=np.uint8)]
+
+
+def test_voc_palette_is_the_published_colormap():
+    import io
+
+    from common.constants import voc_palette
+    from common.viz import colorize
+    from common.vocc import png_bytes
+    pal = voc_palette()
+    for c, rgb in VOC_RGB.items():
+        assert tuple(int(v) for v in pal[c]) == rgb, c
+    labels = np.array([list(range(11)), list(range(10, 21))], dtype=np.uint8)
+    labels[0, 0] = 255
+    np.testing.assert_array_equal(colorize(labels), paint(labels))
+    assert tuple(colorize(np.array([255]))[0]) == (255, 255, 255)
+    # Saved predictions and labels are palette PNGs with those colours.
+    im = Image.open(io.BytesIO(png_bytes(labels, palette=True)))
+    assert im.mode == "P" and np.array_equal(np.array(im), labels)
+    pngpal = np.array(im.getpalette()[:768], np.uint8).reshape(-1, 3)
+    for c, rgb in VOC_RGB.items():
+        assert tuple(int(v) for v in pngpal[c]) == rgb, c
+
+
+def test_class_means_and_distance_panels_are_those_of_the_logits_files(tmp_path):
+    # A results folder with every class predicted (two models, other class means), analysed, then drawn:
+    # each panel read back against mu_n = S_n / N_n and ||mu_i - mu_j|| from the logits files by hand.
+    rng = np.random.default_rng(3)
+    rows = []
+    for m, kind in (("base", "baseline"), ("scribe", "scribe")):
+        os.makedirs(tmp_path / "logits" / m)
+        count = rng.integers(1, 50, 21).astype(float)
+        count[7 if m == "base" else 12] = 0                       # one never-predicted class: grey
+        x = rng.normal(0, 4, (21, 21))
+        np.savez(tmp_path / "logits" / m / "clean_0.npz", count=count, sum=x * count[:, None],
+                 sq=count[:, None, None] * (x[:, :, None] * x[:, None, :] + np.eye(21)), end_sum=np.float64(0),
+                 pixels=np.int64(count.sum()))
+        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(tmp_path), "--bootstrap", "0"]))
+    args = mf.get_args_parser().parse_args(["--results", str(tmp_path), "--only", "class_means", "distance_matrices"])
+    ctx = mf.read_results(args, args.only)
+    means, dists = panels(mf.fig_class_means(ctx)), panels(mf.fig_distance_matrices(ctx))
+    assert set(means) == set(dists) == {"base", "scribe"}
+    for name in means:
+        z = np.load(tmp_path / "logits" / name / "clean_0.npz")
+        mu = np.full((21, 21), np.nan)
+        seen = z["count"] > 0
+        mu[seen] = z["sum"][seen] / z["count"][seen, None]
+        d = np.array([[np.sqrt(np.sum((mu[i] - mu[j]) ** 2)) for j in range(21)] for i in range(21)])
+        np.testing.assert_allclose(means[name][0], mu, rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(dists[name][0], d, rtol=1e-9, atol=1e-12, equal_nan=True)
+        assert np.isnan(means[name][0]).sum() == 21 and np.isfinite(dists[name][0]).sum() == 20 * 20
+    for figure in (means, dists):                               # one colour scale over each figure's panels
+        stack = [v[0] for v in figure.values()]
+        assert {clim for _, clim in figure.values()} == {(np.nanmin(stack), np.nanmax(stack))}
+
+
+def test_qualitative_grid_shows_each_models_own_predictions(results):
+    # Input and prediction tiles read back from the figure, against the index image corrupted by hand
+    # (PROTOCOL.md's seed rule) and each model called directly on it, coloured by the literal palette.
+    import zlib
+
+    import torch
+    from imagecorruptions import corrupt
+
+    from common.checkpoint import load_model
+    from common.constants import IMAGENET_MEAN, IMAGENET_STD
+    args = mf.get_args_parser().parse_args(["--results", results["dir"], "--only", "qualitative_grid"])
+    ctx = mf.read_results(args, args.only)
+    mf.read_images(args, ctx, args.only)
+    fig = mf.fig_qualitative_grid(ctx)
+    tiles = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    mf.plt.close(fig)
+    per = 3                                               # input | baseline | scribe
+    assert len(tiles) == len(mf.GRID_CORRUPTIONS) * len(mf.QUALITATIVE_SEVERITIES) * per
+    run = json.load(open(os.path.join(results["dir"], "run.json")))
+    base = os.path.join(run["voc_root"], "VOCdevkit", "VOC2012")
+    image_id = open(os.path.join(base, "ImageSets", "Segmentation", "val.txt")).read().split()[0]   # --index 0
+    img = np.array(Image.open(os.path.join(base, "JPEGImages", f"{image_id}.jpg")).convert("RGB")
+                   .resize((40, 40), Image.BILINEAR))
+    models = {load_model(p)[0].config["kind"]: load_model(p)[0] for p in results["ckpts"]}
+    differ = 0
+    for k, (c, s) in enumerate((c, s) for c in mf.GRID_CORRUPTIONS for s in mf.QUALITATIVE_SEVERITIES):
+        x = img
+        if s:
+            seed = zlib.crc32(f"{image_id}|{c}|{s}".encode())
+            np.random.seed(seed)
+            x = np.uint8(corrupt(img, corruption_name=c, severity=s))
+        np.testing.assert_array_equal(np.asarray(tiles[per * k]), x)
+        t = torch.from_numpy(((x / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD))
+                             .transpose(2, 0, 1)[None]).float()
+        want = {}
+        for n, kind in enumerate(("baseline", "scribe")):
+            with torch.no_grad():
+                want[kind] = models[kind](t).numpy()[0].argmax(0)
+            got = np.asarray(tiles[per * k + 1 + n])
+            assert got.shape == (40, 40, 3)
+            assert (got == paint(want[kind])).all(-1).mean() > 0.99, (c, s, kind)
+        differ += (want["baseline"] != want["scribe"]).mean() > 0.05
+    assert differ > 0      # the two columns show different models

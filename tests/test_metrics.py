@@ -48,3 +48,22 @@ def test_confusion_matrix_matches_numpy_with_255_and_absent_classes():
 
 def test_empty_matrix_gives_nan():
     assert math.isnan(ConfusionMatrix().compute()["miou"])
+
+
+def test_rows_are_targets_and_columns_predictions():
+    # An asymmetric case: 6 pixels of class 1 predicted as 2, none of class 2 predicted as 1. IoU alone is
+    # the same for the matrix and its transpose, so the cells are checked one by one.
+    from common.metrics import miou_from_confusion
+    target = torch.tensor([[1, 1, 1, 1, 1, 1, 2, 2, 0, 255]])
+    pred = torch.tensor([[2, 2, 2, 2, 2, 2, 2, 2, 0, 1]])
+    cm = ConfusionMatrix()
+    cm.update(target, pred)
+    mat = cm.numpy()
+    assert mat[1, 2] == 6 and mat[2, 1] == 0 and mat[2, 2] == 2 and mat[0, 0] == 1 and mat.sum() == 9
+    # Class 1: 6 target pixels, 0 predicted -> IoU 0; class 2: tp 2, fp 6, fn 0 -> 2 / 8; class 0: 1.
+    got = miou_from_confusion(mat)
+    assert got["iou"][:3] == [1.0, 0.0, 0.25]
+    assert got["pixel_acc"] == 3 / 9
+    # The per-class counts the bootstrap reads are read off that orientation (rows = target):
+    tp = np.diag(mat)
+    assert (mat.sum(0) - tp)[2] == 6 and (mat.sum(1) - tp)[1] == 6     # class 2's FP, class 1's FN
