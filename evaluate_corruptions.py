@@ -390,6 +390,11 @@ def check_same_run(run_path, run):
         if old.get(key) != run[key]:
             raise UsageError(f"{run_path}: existing results were made with {key}={old.get(key)!r}, this run "
                              f"has {run[key]!r}; use another --out")
+    # The precision changes the numbers too (folders written before run.json held the arguments: unchecked).
+    old_amp = (old.get("args") or {}).get("amp")
+    if old_amp is not None and old_amp != run["args"]["amp"]:
+        raise UsageError(f"{run_path}: existing results were made with --amp {old_amp}, this run has --amp "
+                         f"{run['args']['amp']}; use another --out")
 
 
 # ---------------------------------------------------------------------------------------------- merge

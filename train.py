@@ -86,6 +86,11 @@ def init_distributed(args):
     args.rank = int(os.environ.get("RANK", 0))
     args.distributed = args.world_size > 1
     device = resolve_device(args.device)
+    if args.sync_bn and args.distributed and device.type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only; this run is on "
+                         f"{device}); drop --sync-bn")
+    if args.sync_bn and not args.distributed and args.rank == 0:
+        print("note: --sync-bn has no effect in a single process (it syncs BatchNorm across torchrun's processes)")
     use_device(device)
     args.device = str(device)
     if args.distributed:

@@ -150,3 +150,13 @@ def test_training_and_the_sweep_import_without_pyav_or_zlib_ng():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "encoder needs zlib_ng"   # the block is real: the encoder does import it
+
+
+def test_sync_bn_under_torchrun_needs_cuda(monkeypatch, tmp_path):
+    # Torch's SyncBatchNorm runs on GPUs only: on CPU processes it is refused up front, not by a torch traceback.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    args = train.get_args_parser().parse_args(["--model", "ibe", "--device", "cpu", "--sync-bn", "--out",
+                                               str(tmp_path)])
+    with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
+        train.init_distributed(args)

@@ -442,3 +442,16 @@ def test_two_sweeps_at_224_px_are_bit_identical(setup, tmp_path):
             for f in files:
                 x, y = np.load(os.path.join(dirpath, f)), np.load(os.path.join(dirpath.replace(str(outs[0]), str(outs[1])), f))
                 assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files), f
+
+
+def test_a_folder_made_in_another_precision_is_refused(setup, tmp_path):
+    out = tmp_path / "amp"
+    args = ["--corruptions", "brightness", "--severities", "0"]
+    root, ckpts, _ = setup
+    base = ["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", root, "--size", str(SIZE),
+            "--workers", "0", "--out", str(out), *args]
+    assert ev.main(ev.get_args_parser().parse_args(base)) == 0
+    before = open(out / "metrics.jsonl").read()
+    with pytest.raises(ev.UsageError, match="--amp none, this run has --amp bf16"):
+        ev.main(ev.get_args_parser().parse_args(base + ["--amp", "bf16"]))
+    assert open(out / "metrics.jsonl").read() == before
