@@ -43,8 +43,20 @@ else
   MODE=quick
   OUT=${OUT:-runs/quick}
   DATA=(--data synthetic --synthetic-root data/synthetic)
-  # Small CPU configuration: ResNet-18 (output stride 32) with 64-channel heads, from scratch, 96 px crops.
-  TRAIN=(--backbone resnet18 --head-channels 64 --crop-size 96 --epochs 12 --batch-size 16 --lr 0.02 --workers 1 --val-every 3)
+  # One small CPU recipe for all three models, otherwise the notebook's (IBE on the logits, poly per epoch, final
+  # weights). Its deviations, each forced by a measurement on the synthetic set (seed 0, final val mIoU; README):
+  # - ResNet-18 (output stride 32) with 64-channel heads, 96 px crops, 12 epochs, batch 16: the CPU budget;
+  # - --arch deeplabv3plus: torchvision's DeepLabV3 head sees a 3x3 map here and does not learn (baseline 0.089
+  #   against 0.751 with the decoder);
+  # - a backbone pretrained once on the training set as a multi-label classifier (pretrain_backbone.py), the
+  #   stand-in for the paper's ImageNet backbone: SCrIBE from scratch stays under 0.33 in every run tried;
+  # - lr 0.04 (head x10): SCrIBE's BCE gives ~10x smaller gradients than cross-entropy (bench.py --only
+  #   gradients); SCrIBE reached 0.625 at lr 0.02 and 0.696 at 0.04 on the pretrained backbone;
+  # - SCrIBE's label 255 left out of its loss: the synthetic set's 255 band is ~half as large as all its
+  #   foreground (real VOC + SBD: ~4%), and as background it taught SCrIBE the band (0.515 against 0.625).
+  BACKBONE="$OUT/backbone/backbone.pt"
+  TRAIN=(--backbone resnet18 --head-channels 64 --crop-size 96 --epochs 12 --batch-size 16 --lr 0.04 --workers 1
+         --val-every 12 --arch deeplabv3plus --no-scribe-ignore-as-background --pretrained-backbone "$BACKBONE")
   # Evaluation at 96 x 96 on the first 60 synthetic val images.
   EVAL=(--size 96 --limit 60 --batch-size 20 --workers 1)
   DUMP=(--size 96 --limit 60 --workers 2)
@@ -61,16 +73,14 @@ echo "reproduce.sh: $MODE mode, outputs under $OUT/"
 echo "  train: ${DATA[*]} ${TRAIN[*]}"
 echo "  evaluate: ${EVAL[*]}"
 
+if [ "$MODE" = quick ]; then
+  step "pretrain the shared backbone"
+  "$PYTHON" pretrain_backbone.py --backbone resnet18 "${DATA[@]}" --out "$OUT/backbone"
+fi
+
 for model in baseline ibe scribe; do
   step "train $model"
-  EXTRA=()
-  if [ "$MODE" = quick ] && [ "$model" = scribe ]; then
-    # SCrIBE's BCE is averaged over 21 channels, so its gradients are ~1/21 of cross-entropy's; trained from
-    # scratch in 12 epochs it needs larger and more frequent steps (measured: 0.32 val mIoU at batch 16 /
-    # lr 0.02; 0.43-0.75 at batch 8 / lr 0.1, depending on --seed). The paper's full settings use one recipe.
-    EXTRA=(--batch-size 8 --lr 0.1)
-  fi
-  "$PYTHON" train.py --model "$model" "${DATA[@]}" "${TRAIN[@]}" "${EXTRA[@]}" --out "$OUT/train" --resume
+  "$PYTHON" train.py --model "$model" "${DATA[@]}" "${TRAIN[@]}" --out "$OUT/train" --resume
 done
 
 # The paper precomputed its four slow corruptions; its users looped over them in the shell.
