@@ -25,3 +25,15 @@ def tiny_synthetic(tmp_path_factory, n_voc_train=2, n_sbd=2, n_val=3, max_side=9
     root = tmp_path_factory.mktemp("data") / "synthetic"
     ensure_synthetic(root, n_voc_train=n_voc_train, n_sbd=n_sbd, n_val=n_val, max_side=max_side, quiet=True)
     return str(root)
+
+
+# train.py at a size that trains in seconds: ResNet-18 with 8-channel heads, 48 px crops, batches of 4.
+TINY_TRAIN = ["--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8", "--crop-size", "48",
+              "--batch-size", "4", "--workers", "0", "--lr", "0.01", "--print-freq", "2"]
+
+
+def run_tiny_train(data, out, *extra):
+    """train.main in-process on the tiny synthetic set ``data``, writing to ``out``; later flags win."""
+    import train
+    args = train.get_args_parser().parse_args(TINY_TRAIN + ["--synthetic-root", data, "--out", str(out), *extra])
+    return train.main(args)

@@ -13,10 +13,8 @@ from common.checkpoint import read_checkpoint
 from common.device import resolve_device
 from common.errors import UsageError
 from fake_cuda import FakeCuda
-from helpers import tiny_checkpoint, tiny_synthetic
+from helpers import run_tiny_train, tiny_checkpoint, tiny_synthetic
 
-TINY = ["--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8", "--crop-size", "48",
-        "--batch-size", "4", "--workers", "0", "--print-freq", "2", "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +23,7 @@ def data(tmp_path_factory):
 
 
 def run_train(data, out, *extra):
-    args = train.get_args_parser().parse_args(TINY + ["--synthetic-root", data, "--out", str(out), *extra])
-    return train.main(args)
+    return run_tiny_train(data, out, "--epochs", "1", *extra)
 
 
 def test_the_fake_is_as_strict_as_torch_about_set_device(monkeypatch):

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 import train
-from helpers import tiny_synthetic
+from helpers import TINY_TRAIN, run_tiny_train, tiny_synthetic
 from common.checkpoint import load_model, read_checkpoint, save_random_checkpoint
 from common.data import resolve_roots, build_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8", "--crop-size", "48",
-        "--batch-size", "4", "--workers", "0", "--lr", "0.01", "--print-freq", "2"]
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +23,7 @@ def tiny_data(tmp_path_factory):
 
 
 def run_train(tiny_data, out, *extra):
-    args = train.get_args_parser().parse_args(TINY + ["--synthetic-root", tiny_data, "--out", str(out), *extra])
-    return train.main(args)
+    return run_tiny_train(tiny_data, out, *extra)
 
 
 def test_training_writes_checkpoints_and_log(tiny_data, tmp_path):
