@@ -239,19 +239,7 @@ def train(args, held):
     args.memory_format = memory_format(device)
 
     ckpt_path = os.path.join(args.run_dir, "checkpoint.pt")
-    resume = read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) and args.resume else None
-    if os.path.exists(ckpt_path) and not args.resume:
-        raise UsageError(f"{ckpt_path} already exists; pass --resume to continue it, or choose another "
-                         f"--out/--name (nothing was overwritten)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a folder")
-    if resume is not None:
-        old = resume.get("args", {})
-        diff = [f"--{k.replace('_', '-')} {old.get(k)} -> {getattr(args, k)}" for k in MODEL_ARGS
-                if k in old and old[k] != getattr(args, k)]
-        if diff:
-            raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
-                             f"original flags or choose another --name")
+    resume = checkpoint_to_resume(ckpt_path, args)
 
     if is_main(args):
         print(f"git commit: {git_commit()}")
@@ -352,6 +340,27 @@ def train(args, held):
     if args.distributed:
         dist.destroy_process_group()
     return best
+
+
+def checkpoint_to_resume(ckpt_path: str, args):
+    """The checkpoint ``--resume`` continues (None for a fresh run); refuses to overwrite a run without
+    --resume, and to resume one made with other model or optimisation settings (MODEL_ARGS)."""
+    exists = os.path.exists(ckpt_path)
+    if exists and not args.resume:
+        raise UsageError(f"{ckpt_path} already exists; pass --resume to continue it, or choose another "
+                         f"--out/--name (nothing was overwritten)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a folder")
+    if not exists:
+        return None
+    resume = read_checkpoint(ckpt_path)
+    old = resume.get("args", {})
+    diff = [f"--{k.replace('_', '-')} {old.get(k)} -> {getattr(args, k)}" for k in MODEL_ARGS
+            if k in old and old[k] != getattr(args, k)]
+    if diff:
+        raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
+                         f"original flags or choose another --name")
+    return resume
 
 
 def truncate_log(path: str, start_epoch: int) -> None:
