@@ -29,14 +29,15 @@ import torch
 from tqdm import tqdm
 
 from common import vocc
-from common.checkpoint import (OutputLock, file_sha256, git_commit, load_model, prepare_output_folder,
+from common import external
+from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_output_folder,
                                write_npz, write_text)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
 from common.data import PROTOCOLS, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.errors import UsageError, run_cli
+from common.errors import UsageError, check_plain_name, run_cli
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
@@ -210,27 +211,43 @@ def parse_shard(spec):
 
 
 def load_models(args):
+    """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
+    common/external.py) and their run.json entries, display names checked as plain file names."""
     if len(args.checkpoints) == 0:
-        raise UsageError("--checkpoints: give at least one checkpoint written by train.py")
+        raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
+                         "or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
+    # (getattr: bench.py calls this with a Namespace of checkpoints, names and device only)
+    options = external.model_options(args.checkpoints, getattr(args, "weights_file", None),
+                                     getattr(args, "model_kind", None))
     models, infos = [], []
     # The checkpoints' SHA-256 (provenance, in every metrics row) on a thread while the models load: hashlib
     # releases the GIL, so hashing 160 MB per R50 (0.09 s here) overlaps the loading instead of adding to it.
     # Regular files only (a FIFO or a device would block the thread, and the exit with it; load_model refuses
     # them with a clear message), and the hashes still queued are dropped when a checkpoint is refused.
+    # torchvision and factory models get their identity hash from external.load_spec.
     pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        hashes = [pool.submit(file_sha256, path) if os.path.isfile(path) else None for path in args.checkpoints]
-        for i, path in enumerate(args.checkpoints):
-            model, ckpt = load_model(path, args.device)
+        hashes = [pool.submit(file_sha256, spec) if external.spec_kind(spec) == "checkpoint" and os.path.isfile(spec)
+                  else None for spec in args.checkpoints]
+        for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
+            model, info = external.load_spec(spec, args.device, weights_file, kind, hash_file=False)
             model = model.to(memory_format=memory_format(torch.device(args.device)))
-            name = args.names[i] if args.names else ckpt.get("name") or model.config["kind"]
+            if args.names:
+                info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
+            else:   # a checkpoint's stored name, or one derived from the spec: both become folder names
+                check_plain_name(info["name"], f"checkpoint {spec}" if "identity" not in info else spec)
+            if "identity" in info:
+                ident = info["identity"]
+                print(f"model {info['name']}: {spec} (kind {info['kind']}, weights "
+                      f"{ident['weights_file'] or 'its own'}, sha256 {ident['weights_sha256'][:12]}, torchvision "
+                      f"{ident['torchvision']})")
             models.append(model)
-            infos.append({"name": name, "path": os.path.abspath(path), "sha256": None,
-                          "kind": model.config["kind"], "config": model.config})
-        for info, sha, path in zip(infos, hashes, args.checkpoints):
-            info["sha256"] = sha.result() if sha is not None else file_sha256(path)
+            infos.append(info)
+        for info, sha, spec in zip(infos, hashes, args.checkpoints):
+            if info["sha256"] is None:
+                info["sha256"] = sha.result() if sha is not None else file_sha256(spec)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     names = [m["name"] for m in infos]
@@ -453,8 +470,14 @@ def merge(args):
 def get_args_parser():
     p = argparse.ArgumentParser(description="Evaluate checkpoints under the corruption benchmark (VOC-C).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", default=[], help="checkpoints written by train.py (self-describing)")
-    p.add_argument("--names", nargs="+", default=None, help="display names; default: the name stored in each checkpoint")
+    p.add_argument("--checkpoints", nargs="+", default=[], metavar="SPEC",
+                   help="the models: checkpoints written by train.py (self-describing), torchvision:<builder>"
+                        "[:<weights>] (e.g. torchvision:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1; weights from the "
+                        "torch hub cache) or module.path:factory (a function returning an nn.Module)")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="display names (plain file names); default: the name stored in each checkpoint, the "
+                        "builder's name for torchvision:, the factory's for module:factory")
+    external.add_model_arguments(p, "--checkpoints")
     p.add_argument("--data", choices=("voc", "synthetic"), default="voc", help="which val set")
     p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
     p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
