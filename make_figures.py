@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from common.checkpoint import atomic_write, file_sha256, load_model  # noqa: E402
+from common import external  # noqa: E402
+from common.checkpoint import atomic_write  # noqa: E402
 from common.constants import CLASSES, NUM_CLASSES  # noqa: E402
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, MIN_SIDE, corrupt_image  # noqa: E402
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
@@ -459,17 +460,24 @@ def read_images(args, ctx, wanted):
     if not any("models" in NEEDS[f] for f in wanted):
         return
     known = {m.get("sha256"): m for m in run.get("models", [])}
-    paths = args.checkpoints or [m["path"] for m in run.get("models", [])]
-    if not paths:
+    if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/external.py)
+        options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
+        entries = [(spec, None, opts) for spec, opts in zip(args.checkpoints, options)]
+    else:                  # as evaluated: run.json's files, or its specs with their weights file and kind
+        entries = [(m["path"], m, None) for m in run.get("models", [])]
+    if not entries:
         raise UsageError(f"--checkpoints: none given and {args.results}/run.json lists none; pass the "
-                         f"checkpoints written by train.py")
-    for path in paths:
-        if not os.path.isfile(path):
-            raise UsageError(f"checkpoint {path}: no such file; pass --checkpoints with the files that were "
+                         f"checkpoints written by train.py (or torchvision:/module:factory specs)")
+    for spec, recorded, opts in entries:
+        if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
+            raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
-        model, ckpt = load_model(path, ctx["device"])
-        # The display name of the evaluation when this exact file was evaluated, else the checkpoint's own.
-        info = known.get(file_sha256(path)) or {"name": ckpt.get("name") or model.config["kind"]}
+        if recorded is not None:
+            model, info = external.load_recorded(recorded, ctx["device"])
+        else:
+            model, info = external.load_spec(spec, ctx["device"], *opts)
+        # The display name of the evaluation when this exact model was evaluated, else its own.
+        info = known.get(info["sha256"]) or info
         ctx["models"].append({"name": info["name"], "kind": model.config["kind"], "model": model})
 
 
@@ -502,8 +510,10 @@ def get_args_parser():
                    help="val set for the image figures; default: the one run.json records")
     p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
     p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
-    p.add_argument("--checkpoints", nargs="+", default=None,
-                   help="models for voc_sample and qualitative_grid; default: the checkpoints in run.json")
+    p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
+                   help="models for voc_sample and qualitative_grid: checkpoints, torchvision:<builder>[:<weights>] "
+                        "or module.path:factory; default: the models in run.json (with their weights file and kind)")
+    external.add_model_arguments(p, "--checkpoints")
     p.add_argument("--index", type=int, default=0,
                    help="val image shown in the image figures (contact_sheet.png shows the indices)")
     p.add_argument("--size", type=int, default=None,
