@@ -94,15 +94,14 @@ def main(args):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Turn a bare state dict into a self-describing checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Turn a bare state dict into a self-describing checkpoint.")
     p.add_argument("--state-dict", required=True,
                    help="the weights: a state dict saved with torch.save (or a dict holding one under 'model' or "
                         "'state_dict'); read with weights_only=True")
     p.add_argument("--out", required=True, help="the checkpoint to write (e.g. runs/<name>/checkpoint.pt)")
     p.add_argument("--name", default=None,
                    help="display name stored in the checkpoint; default: the builder's name or --model")
-    p.add_argument("--model", choices=KINDS, default="baseline", help="output structure")
+    p.add_argument("--model", choices=KINDS, default="baseline", help="output structure (default baseline)")
     p.add_argument("--torchvision-builder", default=None,
                    help=f"torchvision builder the state dict was saved from ({', '.join(TORCHVISION_BUILDERS)}); "
                         f"sets --arch, --backbone, --output-stride and --head-channels")
@@ -112,7 +111,8 @@ def get_args_parser():
                    help="8, 16 or 32; default: 8 for deeplabv3, 16 for deeplabv3plus, 32 for resnet18/34")
     p.add_argument("--head-channels", type=int, default=None, help="ASPP (and decoder) width (default 256)")
     p.add_argument("--ibe-placement", choices=IBE_PLACEMENTS, default="logits",
-                   help="IBE/SCrIBE: -logsumexp before (logits, train.py's default) or after (output) upsampling")
+                   help="IBE/SCrIBE: -logsumexp before (logits, the default, as train.py's default recipe) or after "
+                        "(output) the upsampling")
     return p
 
 

@@ -127,7 +127,7 @@ def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_
         name = attr.split(".")[-1]
         model = ExternalModel(net, model_kind or "baseline", {"source": "factory", "factory": spec, "arch": attr},
                               spec)
-        probe(model, spec)
+        probe(model.to(device), spec)
     identity["model_kind"] = model.config["kind"]
     identity["torchvision"] = torchvision_version()
     fixed = {k: identity.get(k) for k in ("source", "builder", "factory", "weights_sha256", "model_kind",
@@ -184,7 +184,7 @@ class ExternalModel(nn.Module):
 def probe(model: ExternalModel, spec: str) -> None:
     """One forward on a zero image, so a wrong output is reported before the sweep starts, not mid-way."""
     model.eval()
-    x = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE)
+    x = torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE, device=next(model.parameters(), torch.empty(0)).device)
     try:
         with torch.inference_mode():
             model(x)
