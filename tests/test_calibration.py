@@ -1,0 +1,216 @@
+"""Calibration (common/calibration.py) against numpy by hand: ECE / NLL / Brier on random logits with 255s,
+the bin edges, empty bins, additivity, IBE's 21 channels; then through the sweep, the analysis and the figure."""
+import json
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+import analyze_logits as al
+import evaluate_corruptions as ev
+from common.calibration import BINS, Calibration, bin_index
+from helpers import cli, tiny_checkpoint, tiny_synthetic
+
+K = 21
+
+
+def numpy_calibration(z, labels, rows=None, n_rows=1):
+    """Everything by hand in float64: z (B, 21, ...) logits, labels (B, ...) with 255 ignored.
+
+    softmax p; confidence c = max p, prediction argmax (first maximum); bin floor(15 c), 1.0 in the last;
+    ECE = sum_b (n_b / N) |acc_b - conf_b|; NLL = mean -log p_y from z_y - logsumexp z; Brier = mean
+    sum_k (p_k - onehot_k)^2. Also the per-row tables, rows (B,) giving each image's row.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    b = z.shape[0]
+    rows = np.zeros(b, int) if rows is None else np.asarray(rows)
+    pix = np.moveaxis(z, 1, -1).reshape(b, -1, K)
+    lab = np.asarray(labels).reshape(b, -1)
+    out = {"count": np.zeros((n_rows, BINS), np.int64), "conf": np.zeros((n_rows, BINS)),
+           "acc": np.zeros((n_rows, BINS), np.int64), "nll": np.zeros(n_rows), "brier": np.zeros(n_rows)}
+    for i in range(b):
+        keep = lab[i] != 255
+        x, y = pix[i][keep], lab[i][keep].astype(int)
+        m = x.max(1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(x - m).sum(1))
+        p = np.exp(x - lse[:, None])
+        conf, pred = p.max(1), x.argmax(1)
+        idx = np.minimum(np.floor(conf * BINS).astype(int), BINS - 1)
+        r = rows[i]
+        for j in range(len(y)):
+            out["count"][r, idx[j]] += 1
+            out["conf"][r, idx[j]] += conf[j]
+            out["acc"][r, idx[j]] += int(pred[j] == y[j])
+        out["nll"][r] += (lse - x[np.arange(len(y)), y]).sum()
+        onehot = np.eye(K)[y]
+        out["brier"][r] += ((p - onehot) ** 2).sum()
+    n = out["count"].sum()
+    out["ece"] = sum(abs(out["acc"][:, k].sum() - out["conf"][:, k].sum()) for k in range(BINS)) / n
+    out["nll_mean"], out["brier_mean"] = out["nll"].sum() / n, out["brier"].sum() / n
+    return out
+
+
+def near_edges(z, labels):
+    """Pixels whose confidence lies within 1e-5 of an inner bin edge (1/15 .. 14/15): float32 and float64 may
+    bin them apart (near 1 both give the last bin)."""
+    z = np.moveaxis(np.asarray(z, np.float64), 1, -1).reshape(-1, K)
+    keep = np.asarray(labels).reshape(-1) != 255
+    p = np.exp(z - z.max(1, keepdims=True))
+    c = (1 / p.sum(1))[keep] * BINS
+    edge = np.round(c)
+    return int(((np.abs(c - edge) < 1e-5 * BINS) & (edge >= 1) & (edge < BINS)).sum())
+
+
+def random_case(seed, b=3, h=7, w=9, scale=3.0):
+    rng = np.random.default_rng(seed)
+    z = (rng.normal(0, scale, (b, K, h, w)) + rng.normal(0, scale / 2, (b, K, 1, 1))).astype(np.float32)
+    labels = rng.integers(0, K, (b, h, w))
+    labels[rng.random((b, h, w)) < 0.2] = 255
+    right = rng.random((b, h, w)) < 0.3                        # some pixels labelled as predicted
+    labels[right] = z.argmax(1)[right]
+    return z, labels
+
+
+@pytest.mark.parametrize("seed, scale", [(0, 3.0), (1, 0.3), (2, 12.0)])
+def test_ece_nll_brier_equal_numpy(seed, scale):
+    z, labels = random_case(seed, scale=scale)
+    cal = Calibration(3)
+    cal.update(torch.from_numpy(z), torch.from_numpy(labels), rows=[2, 0, 1])
+    want = numpy_calibration(z, labels, rows=[2, 0, 1], n_rows=3)
+    assert near_edges(z, labels) == 0
+    got, m = cal.rows(), cal.metrics()
+    np.testing.assert_array_equal(got["image_count"], want["count"])
+    np.testing.assert_array_equal(got["image_acc_sum"], want["acc"])
+    np.testing.assert_allclose(got["image_conf_sum"], want["conf"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["image_nll_sum"], want["nll"], rtol=1e-6)
+    np.testing.assert_allclose(got["image_brier_sum"], want["brier"], rtol=1e-6)
+    assert m["ece"] == pytest.approx(want["ece"], rel=1e-6, abs=1e-9)
+    assert m["nll"] == pytest.approx(want["nll_mean"], rel=1e-6)
+    assert m["brier"] == pytest.approx(want["brier_mean"], rel=1e-6)
+    # Every non-255 pixel counted once; ignored ones nowhere.
+    assert got["image_count"].sum() == (labels != 255).sum()
+    if scale == 0.3:    # flatter logits: the high-confidence bins stay empty, and add nothing to ECE
+        assert (got["image_count"].sum(0)[3:] == 0).all()
+    if scale == 12.0:   # confident logits: the low bins stay empty
+        assert (got["image_count"].sum(0)[:7] == 0).all()
+    t = cal.totals()
+    assert t["pixels"] == (labels != 255).sum() and t["count"].dtype == np.int64 and t["acc_sum"].dtype == np.int64
+
+
+def test_nll_stays_finite_where_the_true_class_probability_underflows():
+    # p_y = exp(-200) is 0 in float32 (and float64 would give log 0 = -inf from log(softmax)); the
+    # log-softmax form gives 200 + log(1 + e^-200 ...) = 200.
+    z = torch.full((1, K, 1, 1), -300.0)
+    z[0, 3] = 0.0
+    z[0, 5] = -200.0
+    cal = Calibration()
+    cal.update(z, torch.tensor([[[5]]]))
+    assert cal.nll() == pytest.approx(200.0, rel=1e-6)
+    assert cal.brier() == pytest.approx(2.0, abs=1e-6)      # p = onehot(3): (1 - 0)^2 + (0 - 1)^2
+    assert cal.ece() == pytest.approx(1.0)                  # confidence 1, wrong
+
+
+def test_bin_rule_at_the_edges():
+    # bin i = [i/15, (i+1)/15), 1.0 in bin 14: the float32 values nearest each edge, and the next ones
+    # either side, against exact rational arithmetic on the same float32 numbers.
+    vals = []
+    for k in range(BINS + 1):
+        e = np.float32(k / BINS)
+        vals += [e, np.nextafter(e, np.float32(0)), np.nextafter(e, np.float32(2))]
+    vals = np.clip(np.array(vals, np.float32), 0, 1)
+    got = bin_index(torch.from_numpy(vals)).numpy()
+    want = [min(int(Fraction(float(v)) * BINS // 1), BINS - 1) for v in vals]
+    assert got.tolist() == want
+    assert got[vals == 1].tolist() == [14] * int((vals == 1).sum()) and bin_index(torch.tensor([0.0])).item() == 0
+
+
+def edge_logits():
+    """One pixel per image: confidences just below and above each edge k/15 (relative 1e-4, far above
+    float32 rounding), exactly 1, and fl(1/s) for s = 15, 5, 3 equal top logits (edges 1/15, 3/15, 5/15
+    up to the rounding of 1/s: fl32(1/3) > 1/3, so bin 5)."""
+    cases, bins = [], []
+    for k in range(1, BINS):
+        for sign, b in ((-1, k - 1), (1, k)):
+            p = k / BINS * (1 + sign * 1e-4)
+            probs = np.full(K, (1 - p) / (K - 1))
+            probs[4] = p
+            cases.append(np.log(probs))
+            bins.append(b)
+    for s in (1, 3, 5, 15):
+        z = np.full(K, -200.0)   # exp(-200) is 0 in float32: s equal logits give c = fl(1/s) exactly
+        z[:s] = 0.0
+        cases.append(z)
+        bins.append(min(int(Fraction(float(np.float32(1) / np.float32(s))) * BINS // 1), BINS - 1))
+    return np.array(cases, np.float32).reshape(-1, K, 1, 1), bins
+
+
+def test_confidences_on_the_edges_land_in_their_bins():
+    z, bins = edge_logits()
+    labels = np.full((len(z), 1, 1), 4)
+    cal = Calibration(len(z))
+    cal.update(torch.from_numpy(z), torch.from_numpy(labels), rows=np.arange(len(z)))
+    count = cal.rows()["image_count"]
+    assert count.sum(1).tolist() == [1] * len(z)
+    assert count.argmax(1).tolist() == bins
+    assert bins[-4:] == [14, 5, 3, 1]
+    # Empty bins (there are none here) and full ones: ECE equals the numpy definition.
+    assert cal.ece() == pytest.approx(numpy_calibration(z, labels)["ece"], rel=1e-6)
+
+
+def test_two_halves_add_up_to_the_whole():
+    z, labels = random_case(3, b=4)
+    zt, lt = torch.from_numpy(z), torch.from_numpy(labels)
+    whole = Calibration(4)
+    whole.update(zt, lt, rows=[0, 1, 2, 3])
+    a, b = Calibration(4), Calibration(4)
+    a.update(zt[:2], lt[:2], rows=[0, 1])
+    b.update(zt[2:], lt[2:], rows=[2, 3])
+    summed = a + b
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(summed.state_dict()[key], value, err_msg=key)   # disjoint rows: bit for bit
+    # Shards: each half with its own two rows, stacked and put back in image order.
+    s0, s1 = Calibration(2), Calibration(2)
+    s0.update(zt[[0, 2]], lt[[0, 2]], rows=[0, 1])
+    s1.update(zt[[1, 3]], lt[[1, 3]], rows=[0, 1])
+    joined = Calibration.concat([s0, s1], order=[0, 2, 1, 3])
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(joined.state_dict()[key], value, err_msg=key)
+    # One row for everything (two updates into the same row): counts exact, sums to float64 rounding.
+    one, parts = Calibration(), Calibration()
+    one.update(zt, lt)
+    parts.update(zt[:1], lt[:1])
+    parts.merge(Calibration.from_state_dict(_updated(zt[1:], lt[1:]).state_dict()))
+    assert np.array_equal(one.totals()["count"], parts.totals()["count"])
+    assert one.metrics() == pytest.approx(parts.metrics(), rel=1e-12)
+    # Saved and loaded: the same numbers; an NPZ without calib_* arrays (older results) gives None.
+    back = Calibration.from_state_dict(whole.state_dict())
+    assert back.metrics() == whole.metrics()
+    assert Calibration.from_state_dict({"tp": np.zeros(3)}) is None
+
+
+def _updated(z, labels):
+    c = Calibration()
+    c.update(z, labels)
+    return c
+
+
+def test_ibe_logits_go_through_the_same_21_channel_softmax():
+    # IBE / SCrIBE output channel 0 = -logsumexp of the 20 foreground logits: the calibration is that of the
+    # softmax over those 21 channels, computed here by numpy from the same construction in float64.
+    rng = np.random.default_rng(5)
+    fg = rng.normal(-1, 3, (2, K - 1, 6, 5))
+    built = np.concatenate([-np.log(np.exp(fg).sum(1, keepdims=True)), fg], 1)
+    from common.models import implicit_background
+    z = implicit_background(torch.from_numpy(fg.astype(np.float32)))
+    np.testing.assert_allclose(z.numpy(), built, rtol=1e-5, atol=1e-5)
+    labels = rng.integers(0, K, (2, 6, 5))
+    labels[:, 0] = 255
+    labels[:, 1] = 0
+    cal = Calibration()
+    cal.update(z, torch.from_numpy(labels))
+    want = numpy_calibration(built, labels)
+    assert cal.ece() == pytest.approx(want["ece"], rel=1e-5)
+    assert cal.nll() == pytest.approx(want["nll_mean"], rel=1e-5)
+    assert cal.brier() == pytest.approx(want["brier_mean"], rel=1e-5)
