@@ -214,3 +214,92 @@ def test_ibe_logits_go_through_the_same_21_channel_softmax():
     assert cal.ece() == pytest.approx(want["ece"], rel=1e-5)
     assert cal.nll() == pytest.approx(want["nll_mean"], rel=1e-5)
     assert cal.brier() == pytest.approx(want["brier_mean"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ through the sweep
+
+SIZE = 32
+SWEEP = ["--corruptions", "gaussian", "brightness", "--severities", "0", "3", "5"]
+
+
+def sweep(data, ckpts, out, *extra, names=("baseline", "ibe", "twin")):
+    args = ev.get_args_parser().parse_args(["--checkpoints", *ckpts, "--names", *names, "--data", "synthetic",
+                                            "--synthetic-root", data, "--size", str(SIZE), "--batch-size", "3",
+                                            "--workers", "0", "--out", str(out), *SWEEP, *extra])
+    return ev.main(args)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """Baseline, IBE and the baseline's checkpoint again under another name ("twin"), 4 val images at 32 px."""
+    d = tmp_path_factory.mktemp("calib")
+    data = tiny_synthetic(tmp_path_factory, n_val=4, max_side=64)
+    base, ibe = tiny_checkpoint(d / "base.pt", "baseline", 1), tiny_checkpoint(d / "ibe.pt", "ibe", 2)
+    ckpts = [base, ibe, base]
+    sweep(data, ckpts, d / "results")
+    return {"data": data, "ckpts": ckpts, "out": d / "results", "dir": d}
+
+
+def metric_rows(out):
+    return {(r["model"], r["corruption"], r["severity"]): r
+            for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))}
+
+
+@pytest.mark.parametrize("corruption, severity", [("clean", 0), ("gaussian_noise", 5)])
+def test_sweep_calibration_equals_numpy_from_the_models_logits(swept, corruption, severity):
+    from common.checkpoint import load_model
+    from test_evaluate_corruptions import hand_inputs, val_ids
+    xs, labels = hand_inputs(swept["data"], corruption, severity, size=SIZE)
+    assert all((lb == 255).any() for lb in labels)          # the synthetic borders: 255s to leave out
+    rows = metric_rows(swept["out"])
+    for name, path in zip(("baseline", "ibe"), swept["ckpts"]):
+        model = load_model(path)[0]
+        with torch.no_grad():
+            z = np.concatenate([model(torch.from_numpy(x)[None]).numpy() for x in xs])
+        lab = np.stack(labels)
+        want = numpy_calibration(z, lab, rows=np.arange(len(xs)), n_rows=len(xs))
+        row = rows[name, corruption, severity]
+        # The sweep ran batches of 3, this one image at a time: float32 rounding apart, nothing more.
+        assert row["ece"] == pytest.approx(want["ece"], rel=1e-4, abs=1e-6)
+        assert row["nll"] == pytest.approx(want["nll_mean"], rel=1e-5)
+        assert row["brier"] == pytest.approx(want["brier_mean"], rel=1e-5)
+        cf = np.load(os.path.join(swept["out"], "confusion", name, f"{corruption}_{severity}.npz"))
+        assert list(cf["image_ids"]) == val_ids(swept["data"])
+        slack = 2 * near_edges(z, lab)
+        assert np.abs(cf["calib_image_count"] - want["count"]).sum() <= slack
+        assert np.abs(cf["calib_image_acc_sum"] - want["acc"]).sum() <= slack
+        np.testing.assert_allclose(cf["calib_image_nll_sum"], want["nll"], rtol=1e-5)
+        np.testing.assert_allclose(cf["calib_image_brier_sum"], want["brier"], rtol=1e-5)
+        # The stored totals are the per-image rows summed, and give the row's numbers.
+        np.testing.assert_array_equal(cf["calib_count"], cf["calib_image_count"].sum(0))
+        assert int(cf["calib_pixels"]) == (lab != 255).sum() == cf["calib_count"].sum()
+        assert abs(cf["calib_acc_sum"] - cf["calib_conf_sum"]).sum() / cf["calib_pixels"] == row["ece"]
+        assert float(cf["calib_nll_sum"]) / int(cf["calib_pixels"]) == row["nll"]
+    # IBE's background channel is -logsumexp of the foreground: a softmax over all 21 (checked above) and
+    # not, say, a sigmoid per channel; its NLL differs from the baseline's.
+    assert rows["ibe", corruption, severity]["nll"] != rows["baseline", corruption, severity]["nll"]
+
+
+def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
+    for k in (0, 1):
+        sweep(swept["data"], swept["ckpts"], tmp_path / f"s{k}", "--shard", f"{k}/2")
+    ev.main(ev.get_args_parser().parse_args(["--merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+                                             "--out", str(tmp_path / "merged")]))
+    single, merged = metric_rows(swept["out"]), metric_rows(tmp_path / "merged")
+    assert single.keys() == merged.keys()
+    # The shards batch other images together, and the forward's float32 rounding depends a little on the
+    # batch (oneDNN); the calibration sums add the same per-image rows in the same order (bit for bit for
+    # equal logits: test_two_halves_add_up_to_the_whole), so only that rounding remains.
+    for key, row in single.items():
+        for k in ("ece", "nll", "brier"):
+            assert merged[key][k] == pytest.approx(row[k], rel=1e-8), (key, k)
+    for name in ("baseline", "ibe"):
+        a = np.load(os.path.join(swept["out"], "confusion", name, "brightness_3.npz"))
+        b = np.load(tmp_path / "merged" / "confusion" / name / "brightness_3.npz")
+        calib = [k for k in a.files if k.startswith("calib_")]
+        assert len(calib) == 11
+        for k in calib:
+            if a[k].dtype == np.int64:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+            else:
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-8, err_msg=k)
