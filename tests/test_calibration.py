@@ -303,3 +303,122 @@ def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)
             else:
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-8, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------ the analysis
+
+def analyse(results, out, *extra):
+    args = al.get_args_parser().parse_args(["--results", str(results), "--out", str(out), *extra])
+    assert al.main(args) == 0
+    return json.load(open(os.path.join(out, "analysis.json"))), np.load(os.path.join(out, "analysis_arrays.npz"))
+
+
+def hand_bootstrap(results, model, reference, conds, metric, n_resamples, seed):
+    """A plain loop: per resample, the drawn images' per-image bins and sums added up one image at a time,
+    the metric from them by its formula; the mean over ``conds``; model minus reference; 2.5/97.5 percentiles."""
+    rng = np.random.default_rng(seed)
+
+    def value(m, cs, draw):
+        z = np.load(os.path.join(results, "confusion", m, f"{cs[0]}_{cs[1]}.npz"))
+        count, conf, acc, nll, brier = np.zeros(BINS), np.zeros(BINS), np.zeros(BINS), 0.0, 0.0
+        for i in draw:
+            count += z["calib_image_count"][i]
+            conf += z["calib_image_conf_sum"][i]
+            acc += z["calib_image_acc_sum"][i]
+            nll += z["calib_image_nll_sum"][i]
+            brier += z["calib_image_brier_sum"][i]
+        n = count.sum()
+        return {"ece": sum(abs(acc[b] - conf[b]) for b in range(BINS)) / n, "nll": nll / n, "brier": brier / n}[metric]
+
+    n = len(np.load(os.path.join(results, "confusion", model, "clean_0.npz"))["image_ids"])
+    draws = rng.integers(0, n, size=(n_resamples, n))
+    diffs = [np.mean([value(model, cs, d) - value(reference, cs, d) for cs in conds]) for d in draws]
+    observed = np.mean([value(model, cs, range(n)) - value(reference, cs, range(n)) for cs in conds])
+    return observed, np.percentile(diffs, 2.5), np.percentile(diffs, 97.5)
+
+
+def test_analysis_summaries_and_paired_bootstrap_by_hand(swept, tmp_path):
+    a, arrays = analyse(swept["out"], tmp_path, "--bootstrap", "60", "--seed", "3", "--reference", "baseline")
+    rows = metric_rows(swept["out"])
+    corrupted = [("gaussian_noise", 3), ("gaussian_noise", 5), ("brightness", 3), ("brightness", 5)]
+    for m in ("baseline", "ibe", "twin"):
+        cal = a["per_model"][m]["calibration"]
+        for k in ("ece", "nll", "brier"):
+            assert cal["clean"][k] == rows[m, "clean", 0][k]
+            assert cal["corrupted"][k]["value"] == pytest.approx(np.mean([rows[(m,) + cs][k] for cs in corrupted]))
+            assert cal["corrupted"][k]["n_conditions"] == 4 and not cal["corrupted"][k]["complete"]
+            assert cal["per_severity"]["3"][k] == pytest.approx(
+                (rows[m, "gaussian_noise", 3][k] + rows[m, "brightness", 3][k]) / 2)
+        # The figure's bins: severity 3 summed over its corruptions, from the NPZ files by hand.
+        files = [np.load(os.path.join(swept["out"], "confusion", m, f"{c}_3.npz")) for c in ("gaussian_noise", "brightness")]
+        for key in ("count", "conf_sum", "acc_sum"):
+            np.testing.assert_allclose(arrays[f"{m}/calibration/3/{key}"], sum(f[f"calib_{key}"] for f in files))
+        ece = arrays[f"{m}/calibration/ece_by_severity"]
+        assert ece[0] == rows[m, "clean", 0]["ece"] and np.isnan(ece[[1, 2, 4]]).all()
+    comps = a["bootstrap"]["calibration"]["comparisons"]
+    assert set(comps) == {"ibe", "twin"}
+    # The same checkpoint under another name: every difference and both ends of every interval are 0.
+    for part in ("clean", "corrupted"):
+        for k in ("ece", "nll", "brier"):
+            c = comps["twin"][part][k]
+            assert (c["observed"], c["lower"], c["upper"]) == (0.0, 0.0, 0.0), (part, k)
+    # IBE minus baseline against the plain loop, on the mIoU bootstrap's resamples (same seed).
+    for part, conds in (("clean", [("clean", 0)]), ("corrupted", corrupted)):
+        for k in ("ece", "nll", "brier"):
+            obs, lo, hi = hand_bootstrap(swept["out"], "ibe", "baseline", conds, k, 60, 3)
+            c = comps["ibe"][part][k]
+            assert c["observed"] == pytest.approx(obs, rel=1e-9, abs=1e-12)
+            assert (c["lower"], c["upper"]) == pytest.approx((lo, hi), rel=1e-9, abs=1e-12)
+            assert lo < hi
+    tables = open(tmp_path / "tables.md").read()
+    section = tables[tables.index("## Calibration"):]
+    ibe_line = next(line for line in section.splitlines() if line.startswith("| ibe |"))
+    assert ibe_line.split(" | ")[1] == f"{100 * rows['ibe', 'clean', 0]['ece']:.2f}"
+    assert "### ECE (%) per severity" in section
+
+
+def test_results_without_calibration_are_analysed_with_a_note(swept, tmp_path):
+    # A folder written before calibration existed: rows without ece/nll/brier, NPZ files without calib_*.
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(swept["out"], old)
+    lines = [json.loads(line) for line in open(old / "metrics.jsonl")]
+    with open(old / "metrics.jsonl", "w") as fh:
+        for r in lines:
+            if r["model"] == "ibe":
+                for k in ("ece", "nll", "brier"):
+                    del r[k]
+            fh.write(json.dumps(r) + "\n")
+    for f in (old / "confusion" / "ibe").iterdir():
+        z = dict(np.load(f))
+        np.savez(f, **{k: v for k, v in z.items() if not k.startswith("calib_")})
+    a, arrays = analyse(old, tmp_path / "analysis", "--bootstrap", "20")
+    assert a["per_model"]["ibe"]["calibration"]["clean"] == {"ece": None, "nll": None, "brier": None}
+    assert a["per_model"]["baseline"]["calibration"]["clean"]["ece"] is not None
+    assert "ibe" not in a["bootstrap"]["calibration"]["comparisons"]
+    assert any(x["what"] == "calibration" and x["models"] == ["ibe"] for x in a["missing"])
+    assert any("no calibration in metrics.jsonl for ibe" in n for n in a["notes"])
+    assert "ibe/calibration/0/count" not in arrays.files and "baseline/calibration/0/count" in arrays.files
+
+
+def test_bad_calibration_inputs_are_one_line_exit_2(swept, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(swept["out"], bad)
+    lines = open(bad / "metrics.jsonl").read().splitlines()
+    row = json.loads(lines[0])
+    row["ece"] = "low"
+    open(bad / "metrics.jsonl", "w").write("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+    r = cli("analyze_logits.py", "--results", str(bad), "--bootstrap", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "ece" in r.stderr and "must be a number or null" in r.stderr
+    assert not (bad / "analysis.json").exists()
+    # Per-image tables that do not fit image_ids.
+    shutil.copy(swept["out"] / "metrics.jsonl", bad / "metrics.jsonl")
+    path = bad / "confusion" / "ibe" / "brightness_5.npz"
+    z = dict(np.load(path))
+    z["calib_image_count"] = z["calib_image_count"][:2]
+    np.savez(path, **z)
+    from common.errors import UsageError
+    with pytest.raises(UsageError, match=r"brightness_5\.npz: calib_image_count has shape \(2, 15\), expected \(4, 15\)"):
+        al.main(al.get_args_parser().parse_args(["--results", str(bad), "--bootstrap", "0"]))
