@@ -41,7 +41,12 @@ and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") d
 * paired bootstrap 95% intervals (percentile method) of each model's mIoU minus the reference's, clean
   and aggregate (mean over the corruption conditions), resampling validation images with replacement
   (the same resampled images for every model and every condition) and recomputing mIoU from summed
-  per-image TP/FP/FN.
+  per-image TP/FP/FN;
+* calibration (common/calibration.py; metrics.jsonl's ece, nll, brier): clean, the mean over the
+  corruption conditions of each condition's value, and per severity (mean over the 15 corruptions), with
+  paired bootstrap 95% intervals of model minus reference on the same resamples as mIoU's, each metric
+  recomputed from the resampled images' summed per-image bins, NLL and Brier sums (calib_image_* in
+  confusion/; ECE is not a mean over images, so the bins are resampled, not per-image ECEs).
 
 Partial results (fewer corruptions, severities or models) are analysed as far as they go: every gap
 is listed in ``missing`` and printed as one ``missing: ...`` line, and every aggregate says how many
@@ -61,7 +66,7 @@ analysis.json:
     pca_pass (absolute path of the --pca-pass folder, or null); explained_variance_source
     ("<protocol> pass at <path>" or "clean condition of the main sweep");
     reference; models [names]; benchmark_corruptions [the 15]; severities [1..5]; units;
-    missing [{what: "metrics"|"logits"|"confusion"|"pca_logits", models [names],
+    missing [{what: "metrics"|"logits"|"confusion"|"pca_logits"|"calibration", models [names],
              conditions ["<corruption>/<s>"], message}]; notes [strings];
     per_model {<model>: {
         kind, clean_miou,
@@ -79,12 +84,17 @@ analysis.json:
                                   source} or null,
         per_condition {"<corruption>/<s>" ("clean/0" for clean): {miou, pixel_acc, end, distance,
                        distance_predicted, explained_variance [21] or null, classes_used or null,
-                       explained_variance_notebook [21] or null}}}};
+                       explained_variance_notebook [21] or null}},
+        calibration {clean {ece, nll, brier}, corrupted {ece|nll|brier: {value, n_conditions, of: 75,
+                     complete}}, per_severity {"0".."5": {ece, nll, brier, n_corruptions, of, complete}}}}};
     (per_condition is always the main sweep's, its clean/0 included);
     bootstrap {n_resamples, seed, confidence: 0.95, method, n_images, reference,
                comparisons {<model>: {clean {observed, lower, upper} or null,
                                       aggregate {observed, lower, upper, n_conditions, of: 75,
-                                                 complete} or null}}}
+                                                 complete} or null}},
+               calibration {method, comparisons {<model>: {clean {ece|nll|brier: {observed, lower, upper}}
+                            or null, corrupted {ece|nll|brier: {observed, lower, upper, n_conditions, of,
+                            complete}} or null}}}}
     (differences are model minus reference, as fractions of mIoU; the reference has no entry).
 
 analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefined):
@@ -105,6 +115,10 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
     <model>/<corruption>/<severity>/explained_variance  (21,)
     <model>/<corruption>/<severity>/explained_variance_notebook  (21,)
     explained_variance_source                       () str       as in analysis.json
+    <model>/calibration/<s>/count, conf_sum, acc_sum  (15,)      reliability bins of severity s = 0 (clean)
+                                                                 .. 5, summed over the 15 corruptions present
+    <model>/calibration/ece_by_severity             (6,)         ECE, clean then the mean over corruptions per
+                                                                 severity 1..5 (NaN where absent)
     (a key exists only where logits/<model>/<condition>.npz exists; the clean explained-variance keys
     only where the source pass has that model's clean logits)
 """
