@@ -350,7 +350,8 @@ def test_analysis_summaries_and_paired_bootstrap_by_hand(swept, tmp_path):
             assert cal["per_severity"]["3"][k] == pytest.approx(
                 (rows[m, "gaussian_noise", 3][k] + rows[m, "brightness", 3][k]) / 2)
         # The figure's bins: severity 3 summed over its corruptions, from the NPZ files by hand.
-        files = [np.load(os.path.join(swept["out"], "confusion", m, f"{c}_3.npz")) for c in ("gaussian_noise", "brightness")]
+        files = [np.load(os.path.join(swept["out"], "confusion", m, f"{c}_3.npz"))
+                 for c in ("gaussian_noise", "brightness")]
         for key in ("count", "conf_sum", "acc_sum"):
             np.testing.assert_allclose(arrays[f"{m}/calibration/3/{key}"], sum(f[f"calib_{key}"] for f in files))
         ece = arrays[f"{m}/calibration/ece_by_severity"]
@@ -420,5 +421,51 @@ def test_bad_calibration_inputs_are_one_line_exit_2(swept, tmp_path):
     z["calib_image_count"] = z["calib_image_count"][:2]
     np.savez(path, **z)
     from common.errors import UsageError
-    with pytest.raises(UsageError, match=r"brightness_5\.npz: calib_image_count has shape \(2, 15\), expected \(4, 15\)"):
+    with pytest.raises(UsageError, match=r"brightness_5\.npz: calib_image_count has shape \(2, 15\), "
+                                         r"expected \(4, 15\)"):
         al.main(al.get_args_parser().parse_args(["--results", str(bad), "--bootstrap", "0"]))
+
+
+# -------------------------------------------------------------------------------------- the figure
+
+def test_calibration_figure_draws_the_bins_and_ece_by_hand(swept, tmp_path):
+    import make_figures as mf
+    analyse(swept["out"], swept["out"], "--bootstrap", "0")
+    args = mf.get_args_parser().parse_args(["--results", str(swept["out"]), "--out", str(tmp_path),
+                                            "--only", "calibration"])
+    assert mf.main(args) is None and os.listdir(tmp_path) == ["calibration.png"]
+    fig = mf.fig_calibration(mf.read_results(args, ["calibration"]))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    rows = metric_rows(swept["out"])
+    for m in ("baseline", "ibe", "twin"):
+        lines = {ln.get_label(): ln for ln in panels[m].get_lines()}
+        assert list(lines) == ["perfect calibration", "clean", "severity 3", "severity 5"]
+        assert lines["perfect calibration"].get_xydata().tolist() == [[0, 0], [1, 1]]
+        for s, label in ((0, "clean"), (3, "severity 3"), (5, "severity 5")):
+            files = [np.load(os.path.join(swept["out"], "confusion", m, f"{c}_{s}.npz"))
+                     for c in (("clean",) if s == 0 else ("gaussian_noise", "brightness"))]
+            n, conf, acc = (sum(f[f"calib_{k}"] for f in files).astype(float) for k in ("count", "conf_sum", "acc_sum"))
+            kept = n > 0
+            np.testing.assert_allclose(lines[label].get_xdata(), conf[kept] / n[kept], rtol=1e-12)
+            np.testing.assert_allclose(lines[label].get_ydata(), acc[kept] / n[kept], rtol=1e-12)
+    ece_ax = next(ax for ax in fig.axes if ax.get_ylabel() == "ECE (%)")
+    for ln in ece_ax.get_lines():
+        m = ln.get_label()
+        want = [rows[m, "clean", 0]["ece"]] + [np.nan] * 5
+        for s in (3, 5):
+            want[s] = (rows[m, "gaussian_noise", s]["ece"] + rows[m, "brightness", s]["ece"]) / 2
+        np.testing.assert_allclose(ln.get_ydata(), 100 * np.array(want), rtol=1e-12)
+
+
+def test_calibration_figure_without_calibration_arrays_is_refused(swept, tmp_path):
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(swept["out"], old)
+    analyse(old, old, "--bootstrap", "0")
+    z = dict(np.load(old / "analysis_arrays.npz"))
+    np.savez(old / "analysis_arrays.npz", **{k: v for k, v in z.items() if "/calibration/" not in k})
+    r = cli("make_figures.py", "--results", str(old), "--out", str(tmp_path / "figs"), "--only",
+            "miou_vs_severity", "calibration")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "no calibration arrays" in r.stderr and "rerun analyze_logits.py" in r.stderr
+    assert not (tmp_path / "figs").exists() or not os.listdir(tmp_path / "figs")
