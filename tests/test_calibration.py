@@ -280,6 +280,27 @@ def test_sweep_calibration_equals_numpy_from_the_models_logits(swept, corruption
     assert rows["ibe", corruption, severity]["nll"] != rows["baseline", corruption, severity]["nll"]
 
 
+def test_condition_stats_calibration_where_background_and_foreground_win():
+    # ConditionStats passes the top logit from END's max(foreground max, z0): right whichever of the two wins.
+    z, labels = random_case(7, b=2)
+    z[:, 0] += np.where(np.arange(9) < 4, 20.0, -20.0)        # background on top in the left columns only
+    st = ev.ConditionStats(2)
+    st.update(torch.from_numpy(z), torch.from_numpy(labels), np.array([1, 0]))
+    pred = z.argmax(1)
+    assert (pred == 0).mean() > 0.25 and (pred > 0).mean() > 0.25
+    want = numpy_calibration(z, labels, rows=[1, 0], n_rows=2)
+    got = st.calibration.rows()
+    np.testing.assert_array_equal(got["image_count"], want["count"])
+    np.testing.assert_allclose(got["image_conf_sum"], want["conf"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["image_nll_sum"], want["nll"], rtol=1e-6)
+    np.testing.assert_allclose(got["image_brier_sum"], want["brier"], rtol=1e-6)
+    row = ev.metrics_row(st, {"name": "m", "path": "p", "sha256": "0", "kind": "baseline"}, "clean", 0,
+                         ev.get_args_parser().parse_args([]), 2, 0.0)
+    assert row["ece"] == pytest.approx(want["ece"], rel=1e-6)
+    assert row["nll"] == pytest.approx(want["nll_mean"], rel=1e-6)
+    assert row["brier"] == pytest.approx(want["brier_mean"], rel=1e-6)
+
+
 def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
     for k in (0, 1):
         sweep(swept["data"], swept["ckpts"], tmp_path / f"s{k}", "--shard", f"{k}/2")
