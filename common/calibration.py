@@ -24,11 +24,13 @@ them), with p = softmax over those 21 channels:
     Brier        sum over pixels of sum_k (p_k - [k = y])^2, / N; per pixel sum_k p_k^2 - 2 p_y + 1
 
 Everything is kept per row (an image, in the sweep), as int64 counts and float64 sums, and the condition's
-totals are the sums over rows in row order, so a condition split over processes or shards and put back
-together in image order gives the same totals bit for bit, and two halves of the images add up to the
-whole. ``update`` is torch-only and never waits for the device: one exp pass over the logits, and
-``index_add_`` into fixed-size tables on the logits' device (``bincount`` would read its largest index
-back to the host). Nothing leaves the device until ``state_dict`` or a metric is asked for.
+totals are the sums over rows in row order. An image's row is a sum in pixel order whatever else its batch
+holds, so on the CPU a condition split over processes or shards and put back together in image order gives
+the same rows and totals bit for bit (for the same logits), and two halves of the images add up to the whole;
+on a GPU the float64 sums are atomic adds in no fixed order (counts stay exact). ``update`` is torch-only and
+never waits for the device: one exp pass over the logits, then on a GPU ``index_add_`` into fixed-size tables
+on the logits' device (``bincount`` would read its largest index back to the host), on the CPU ``bincount``
+(faster there, and serial). Nothing leaves the device until ``state_dict`` or a metric is asked for.
 """
 import threading
 
@@ -41,8 +43,8 @@ from .logits import channel_argmax
 
 BINS = 15
 PREFIX = "calib_"   # key prefix of the arrays in a confusion NPZ (evaluate_corruptions.py)
-# The condition's totals and the per-row tables, as stored: name -> per-row shape suffix.
-TOTAL_KEYS = ("count", "conf_sum", "acc_sum", "nll_sum", "brier_sum", "pixels")
+# The per-row tables as stored (``state_dict`` adds the prefix; the totals are count, conf_sum, acc_sum,
+# nll_sum, brier_sum and pixels).
 ROW_KEYS = ("image_count", "image_conf_sum", "image_acc_sum", "image_nll_sum", "image_brier_sum")
 
 
