@@ -9,7 +9,8 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
     run.json                                    models (path, sha256, config), protocol, versions, args
     metrics.jsonl                               one row per (model, corruption, severity), schema in README
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
-    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN
+    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
+                                                    calibration bins (totals and per image; common/calibration.py)
 
 Resumable per condition: finished conditions are skipped, every file is written atomically and
 metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill never tears it.
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from common import vocc
 from common import external
+from common.calibration import Calibration
 from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_output_folder,
                                write_npz, write_text)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
@@ -91,7 +93,8 @@ class ConditionBatches(torch.utils.data.Sampler):
 # ------------------------------------------------------------------------------------------ model side
 
 class ConditionStats:
-    """Everything one model accumulates over one condition: confusion, per-image counts, logits, END."""
+    """Everything one model accumulates over one condition: confusion, per-image counts, logits, END,
+    calibration (per image, on the logits' device; None for results read back from before it existed)."""
 
     def __init__(self, n_images):
         self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
@@ -99,6 +102,7 @@ class ConditionStats:
         self.tracker = LogitTracker()
         self.end_sum = 0.0
         self.pixels = 0
+        self.calibration = Calibration(n_images)
 
     @torch.inference_mode()
     def update(self, logits, labels, positions):
@@ -127,6 +131,9 @@ class ConditionStats:
         bg = torch.exp(fg_max - z0).mul_(s).add_(1).reciprocal_()
         ident = s.reciprocal_().sub_(1 / k).mul_(1 / (1 - 1 / k))
         self.end_sum += float(torch.dot(bg.view(-1).double(), ident.view(-1).double()))
+        # ECE / NLL / Brier of the 21-way softmax over the non-255 pixels, one row per image (the bootstrap
+        # resamples images), on the device until the condition is written; the top logit is END's max(fg, z0).
+        self.calibration.update(logits, labels, positions, pred=pred, top=torch.maximum(fg_max, z0))
         self.pixels += pred.numel()
         return pred
 
@@ -141,6 +148,7 @@ def finite_or_none(x):
 def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
     m = {k: finite_or_none(v) for k, v in miou_from_confusion(stats.confusion).items()}
     end = stats.end_sum / stats.pixels if stats.pixels else None
+    cal = stats.calibration.metrics() if stats.calibration is not None else {}
     return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
             "kind": model_info["kind"], "corruption": corruption,
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
@@ -150,6 +158,10 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             # same mean over the classes the model predicted (PROTOCOL.md, "Logit structure").
             "distance": finite_or_none(stats.tracker.distance_notebook()),
             "distance_predicted": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
+            # Calibration of the softmax over the 21 channels, non-255 pixels (common/calibration.py); null
+            # when no pixel was scored or the condition was merged from shards written before it existed.
+            "ece": finite_or_none(cal.get("ece")), "nll": finite_or_none(cal.get("nll")),
+            "brier": finite_or_none(cal.get("brier")),
             "images": n_images, "seconds": seconds, "shard": args.shard}
 
 
@@ -164,13 +176,22 @@ def save_condition(out, model_name, corruption, severity, stats: ConditionStats,
                     fp=stats.per_image.sum(1) - tp, fn=stats.per_image.sum(2) - tp)
 
 
+def shard_calibration(parts, order):
+    """One condition's calibration from its shards' per-image rows, stacked and put in ``order`` as tp/fp/fn
+    are: the rows and totals of a single run over the same logits, bit for bit. None if a shard was written
+    before calibration was measured (its rows then get null ece / nll / brier)."""
+    return None if any(p is None for p in parts) else Calibration.concat(parts, order)
+
+
 def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
-    """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN."""
+    """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN + the
+    calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order)."""
     stem = f"{corruption}_{severity}.npz"
     write_npz(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
               end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
+    calib = stats.calibration.state_dict() if stats.calibration is not None else {}
     write_npz(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
-              image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn)
+              image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn, **calib)
 
 
 # ------------------------------------------------------------------------------------- results folder
@@ -444,20 +465,22 @@ def merge(args):
                 part = ConditionStats(0)
                 part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
                 part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
+                part.calibration = Calibration.from_state_dict(cf)
                 tp, fp, fn = cf["tp"], cf["fp"], cf["fn"]
                 if st is None:
-                    st, per = part, [(tp, fp, fn)]
+                    st, per = part, [(tp, fp, fn, part.calibration)]
                 else:
                     st.confusion = st.confusion + part.confusion
                     st.tracker = st.tracker + part.tracker
                     st.end_sum += part.end_sum
                     st.pixels += part.pixels
-                    per.append((tp, fp, fn))
+                    per.append((tp, fp, fn, part.calibration))
                 ids += list(cf["image_ids"])
                 secs += row[0]["seconds"]
                 n += row[0]["images"]
             order = np.argsort(np.array(ids), kind="stable")
             tp, fp, fn = (np.concatenate([p[i] for p in per])[order] for i in range(3))
+            st.calibration = shard_calibration([p[3] for p in per], order)
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
             write_condition(args.out, name, c, s, st, np.array(ids)[order], tp, fp, fn)
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)

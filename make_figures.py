@@ -23,6 +23,9 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     correlations_notebook.png  the same panels of the notebook's quantity, (Q - mu mu^T) / N scaled by its
                             diagonal (not the covariance; near 1 wherever the mean logits dominate), in the
                             paper's colour range 0.8..1 (lower values drawn as 0.8), for comparison with its figure
+    calibration.png         top: one reliability diagram per model (accuracy vs mean confidence in each of the
+                            15 bins, bins summed over the 15 corruptions) for clean, severity 3 and severity 5,
+                            with the diagonal; bottom: ECE vs severity per model (mean over the corruptions)
     qualitative_grid.png    the five corruptions above at severity 0..3: input | baseline | SCrIBE prediction
     contact_sheet.png       the first 100 val images with their indices, for picking --index
 
@@ -65,6 +68,7 @@ CONTACT_MAX = 100
 NEEDS = {"voc_sample": {"images", "models"}, "corruption_grid": {"images"}, "miou_vs_severity": {"metrics"},
          "per_corruption": {"metrics"}, "explained_variance": {"arrays"}, "class_means": {"arrays"},
          "distance_matrices": {"arrays"}, "correlations": {"arrays"}, "correlations_notebook": {"arrays"},
+         "calibration": {"arrays"},
          "qualitative_grid": {"images", "models"}, "contact_sheet": {"images"}}
 FIGURES = tuple(NEEDS)
 RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 8,
@@ -315,6 +319,67 @@ def fig_correlations_notebook(ctx):
     return fig_correlations(ctx, "correlation_notebook")
 
 
+# The reliability diagrams' conditions: clean and two severities (bins summed over the corruptions).
+RELIABILITY_SEVERITIES = (0, 3, 5)
+RELIABILITY_STYLE = {0: {"color": "0.2", "linestyle": "-", "marker": "o"},
+                     3: {"color": (0.90, 0.62, 0.0), "linestyle": "--", "marker": "s"},
+                     5: {"color": (0.80, 0.47, 0.65), "linestyle": ":", "marker": "^"}}
+
+
+def reliability(ctx, name, severity):
+    """(mean confidence, accuracy, pixels) of the non-empty bins of one model at one severity, from the
+    bins analyze_logits.py summed over the corruptions; None when the arrays have none."""
+    key = f"{name}/calibration/{severity}"
+    if f"{key}/count" not in ctx["arrays"]:
+        return None
+    count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64)
+                        for k in ("count", "conf_sum", "acc_sum"))
+    kept = count > 0
+    return conf[kept] / count[kept], acc[kept] / count[kept], count[kept]
+
+
+def check_calibration(ctx):
+    """calibration.png needs analyze_logits.py's calibration arrays (older analyses have none)."""
+    if not any(f"{n}/calibration/ece_by_severity" in ctx["arrays"] for n in ctx["array_names"]):
+        raise UsageError(f"{os.path.join(ctx['results_dir'], 'analysis_arrays.npz')}: no calibration arrays (written "
+                         f"by an analyze_logits.py from before calibration, or results without ece/nll/brier); rerun "
+                         f"analyze_logits.py --results {ctx['results_dir']}")
+
+
+def fig_calibration(ctx):
+    names = ctx["array_names"]
+    fig = plt.figure(figsize=(max(7.0, 3.0 * len(names) + 0.6), 6.8), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1.25, 1))
+    axes = np.atleast_1d(top.subplots(1, len(names), sharex=True, sharey=True))
+    for ax, name in zip(axes, names):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="perfect calibration")
+        drawn = False
+        for s in RELIABILITY_SEVERITIES:
+            rel = reliability(ctx, name, s)
+            if rel is None:
+                continue
+            label = "clean" if s == 0 else f"severity {s}"
+            ax.plot(rel[0], rel[1], **RELIABILITY_STYLE[s], markersize=4, label=label)
+            drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no calibration bins", transform=ax.transAxes, ha="center", va="center")
+        ax.set(title=name, xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)", aspect="equal")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=7)
+    top.suptitle("Reliability of the top-1 softmax confidence\n(15 bins over the non-255 pixels; severities 3 and "
+                 "5: bins summed over the corruptions)", fontsize=10)
+    ax = bottom.subplots()
+    for name in names:
+        ece = np.asarray(ctx["arrays"].get(f"{name}/calibration/ece_by_severity", np.full(6, np.nan)), float)
+        ax.plot(np.arange(6), 100 * ece, **ctx["styles"][name])
+    ax.set(xlabel="severity (0 = clean)", ylabel="ECE (%)", xticks=range(6))
+    ax.set_title("ECE vs severity: clean, then the mean over the corruptions of each condition's ECE")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
 # ----------------------------------------------------------------------------- figures from images
 
 def corrupted(ctx, corruption, severity):
@@ -487,6 +552,8 @@ def main(args):
     wanted = [f for f in FIGURES if f in (args.only or FIGURES)]
     print(f"arguments: {json.dumps(vars(args), sort_keys=True)}")
     ctx = read_results(args, wanted)
+    if "calibration" in wanted:
+        check_calibration(dict(ctx, results_dir=args.results))
     if any("images" in NEEDS[f] for f in wanted):
         read_images(args, ctx, wanted)
     try:
