@@ -227,8 +227,8 @@ def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int) -> 
         raise ValueError(f"expected an HxWx3 uint8 image, got "
                          f"{getattr(img, 'shape', None)} {getattr(img, 'dtype', type(img).__name__)}")
     if img.shape[0] < MIN_SIDE or img.shape[1] < MIN_SIDE:
-        raise ValueError(f"imagecorruptions needs images of at least {MIN_SIDE}x{MIN_SIDE}, "
-                         f"got {img.shape[0]}x{img.shape[1]}")
+        raise ValueError(f"image {image_id}: imagecorruptions needs images of at least {MIN_SIDE}x{MIN_SIDE}, "
+                         f"got {img.shape[1]}x{img.shape[0]} (WxH)")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) \
             or not 0 <= severity <= MAX_SEVERITY:
         raise ValueError(f"severity must be an int in 0..{MAX_SEVERITY}, got {severity!r}")
