@@ -27,7 +27,7 @@ from tqdm import tqdm
 from common import vocc
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, write_text
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
-from common.data import PROTOCOLS, eval_sample, resolve_roots, voc_dataset
+from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
 
@@ -146,6 +146,7 @@ def main(args):
     voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
     dataset = voc_dataset(voc_root, "val")
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    check_protocol_sizes(dataset, range(n), args.protocol)   # an image too small for it stops the run here
     size = args.size if args.protocol != "native" else None
     conditions = [(c, s) for c in corruptions for s in severities]
 

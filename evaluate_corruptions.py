@@ -37,7 +37,7 @@ from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_outp
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
-from common.data import PROTOCOLS, eval_sample, normalise_uint8, resolve_roots, voc_dataset
+from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.errors import UsageError, check_plain_name, run_cli
 from common.host import keep_freed_memory
@@ -317,6 +317,7 @@ def evaluate(args, held):
     n_total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     indices = list(range(shard[0], n_total, shard[1]))
     image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
+    check_protocol_sizes(dataset, indices, args.protocol)   # an image too small for it stops the run here
 
     prepare_output_folder(args.out)
     held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))

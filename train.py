@@ -38,7 +38,7 @@ from tqdm import tqdm
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
 from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, resolve_device, set_deterministic, use_device
-from common.errors import UsageError, run_cli
+from common.errors import UsageError, check_plain_name, run_cli
 from common.host import keep_freed_memory
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
@@ -56,6 +56,8 @@ RECIPES = {
                   scribe_ignore_as_background=False),
 }
 
+# What --resume restores besides the weights (read_checkpoint checks model and model_config).
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "best_miou")
 # Arguments that define the model or the optimisation problem: a resumed run must agree on them. (--amp is
 # not one: it changes the arithmetic, not the problem, so a run may resume in another precision; each
 # log.jsonl line records the one its epoch used.)
@@ -231,7 +233,7 @@ def train(args, held):
         raise UsageError(f"--val-batch-size {args.val_batch_size}: must be at least 1")
     init_distributed(args)
     set_deterministic(args.deterministic)
-    args.name = args.name or args.model
+    args.name = check_plain_name(args.name or args.model, "--name")   # a folder under --out, nowhere else
     args.run_dir = os.path.join(args.out, args.name)
     if args.pretrained_backbone is None:
         args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
@@ -282,13 +284,18 @@ def train(args, held):
 
     start_epoch, best = 0, -1.0
     if resume is not None:
-        bare.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(resume["scaler"])   # else: fp16 starts (or stops) here, with a fresh scale
-        set_rng_state(resume["rng"])
-        start_epoch, best = resume["epoch"] + 1, resume["best_miou"]
+        try:   # a damaged or foreign checkpoint fails here, in torch's own loaders: one line, not a traceback
+            bare.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if resume["scaler"] and scaler.is_enabled():
+                scaler.load_state_dict(resume["scaler"])   # else: fp16 starts (or stops) here, with a fresh scale
+            set_rng_state(resume["rng"])
+            start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_miou"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise UsageError(f"{ckpt_path}: cannot resume from it ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:160]}); move it away and train again without "
+                             f"--resume, or put back a good copy") from None
         if is_main(args):
             print(f"resumed {ckpt_path} after epoch {start_epoch} (best val mIoU {best:.4f})")
     log_path = os.path.join(args.run_dir, "log.jsonl")
@@ -354,7 +361,13 @@ def checkpoint_to_resume(ckpt_path: str, args):
     if not exists:
         return None
     resume = read_checkpoint(ckpt_path)
+    missing = [k for k in RESUME_KEYS if k not in resume]
+    if missing:
+        raise UsageError(f"{ckpt_path}: cannot resume from it, it has no {', '.join(missing)} (damaged, or not "
+                         f"written by train.py); move it away and train again without --resume")
     old = resume.get("args", {})
+    if not isinstance(old, dict):
+        old = {}
     diff = [f"--{k.replace('_', '-')} {old.get(k)} -> {getattr(args, k)}" for k in MODEL_ARGS
             if k in old and old[k] != getattr(args, k)]
     if diff:

@@ -12,11 +12,12 @@ import os
 import pickle
 import re
 import subprocess
+import warnings
 
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, check_plain_name
 
 
 def atomic_write(path: str, write, durable: bool = True) -> None:
@@ -72,31 +73,76 @@ def save_checkpoint(path: str, ckpt: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
+def _rewrite_hint(path: str) -> str:
+    return (f"checkpoints are written by train.py: re-run the train.py command that made it (move {path} away "
+            f"first: train.py never overwrites one), or use another checkpoint")
+
+
+def _flat(text: str, limit: int = 200) -> str:
+    """An exception's text on one line (torch's load_state_dict errors span several), shortened."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+# build_model's keywords that a checkpoint may set. Not pretrained_backbone: a stored config must not make
+# the loader open another file or download weights (the checkpoint carries all of them).
+CONFIG_KEYS = ("kind", "arch", "backbone", "output_stride", "head_channels", "ibe_placement", "num_outputs")
+
+
 def read_checkpoint(path: str) -> dict:
-    """Load a checkpoint safely (``weights_only=True``) and check it is one of ours."""
+    """Load a checkpoint safely (``weights_only=True``) and check it is one of ours.
+
+    Every way a file can be damaged or foreign (missing, empty, truncated, not a torch file, code in its
+    pickle, no ``model``/``model_config``, a stored ``name`` that is not a plain file name) is one UsageError
+    naming the file and what to do.
+    """
     if not os.path.isfile(path):
         what = "not a regular file" if os.path.exists(path) else "no such file"
         raise UsageError(f"checkpoint {path}: {what}")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"checkpoint {path}: the file is empty (0 bytes; a copy or a write that did not finish); "
+                         f"{_rewrite_hint(path)}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch warns about a file's pickle protocol before refusing it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses anything that would run code on load (pickled callables, classes).
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        what = found.group(1) if found else "a non-tensor object"
-        raise UsageError(f"checkpoint {path}: refused, it holds {what}, which would run code when unpickled "
+        # weights_only refuses anything that would run code on load (pickled callables, classes): torch names
+        # the GLOBAL. Any other refusal ("Unsupported operand") is a byte stream that is no torch file.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise UsageError(f"checkpoint {path}: unreadable (torch's weights-only reader refused its bytes); is it "
+                             f"truncated or not a torch checkpoint? {_rewrite_hint(path)}") from None
+        raise UsageError(f"checkpoint {path}: refused, it holds {found.group(1)}, which would run code when unpickled "
                          f"(loaded with weights_only=True); use a checkpoint written by train.py, or re-save "
                          f"this one as plain tensors if you trust its source") from None
     except Exception as e:
-        raise UsageError(f"checkpoint {path}: unreadable ({type(e).__name__}: {str(e)[:160]}); "
-                         f"is it truncated or not a torch checkpoint?") from None
+        raise UsageError(f"checkpoint {path}: unreadable ({type(e).__name__}: {_flat(e, 120)}); is it truncated "
+                         f"or not a torch checkpoint? {_rewrite_hint(path)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise UsageError(f"checkpoint {path}: not a checkpoint written by train.py (no model_config; a bare "
-                         f"state dict cannot say which model it belongs to)")
+                         f"state dict cannot say which model it belongs to); {_rewrite_hint(path)}")
+    cfg = ckpt["model_config"]
+    if not isinstance(cfg, dict) or not isinstance(ckpt["model"], dict):
+        raise UsageError(f"checkpoint {path}: damaged, its model_config is a {type(cfg).__name__} and its model a "
+                         f"{type(ckpt['model']).__name__} (expected two dicts); {_rewrite_hint(path)}")
+    unknown = sorted(str(k) for k in cfg if k not in CONFIG_KEYS)
+    if unknown:
+        raise UsageError(f"checkpoint {path}: its model_config has keys this code does not know ({', '.join(unknown)}"
+                         f"; expected only {', '.join(CONFIG_KEYS)}); written by another version? "
+                         f"{_rewrite_hint(path)}")
+    name = ckpt.get("name")
+    if not (name is None or isinstance(name, str) and name == ""):   # no stored name: the scripts use the kind
+        check_plain_name(name, f"checkpoint {path}")
     return ckpt
 
 
 def load_model(path: str, device="cpu"):
-    """Rebuild the model a checkpoint describes, load its weights, and return ``(model.eval(), ckpt)``."""
+    """Rebuild the model a checkpoint describes, load its weights, and return ``(model.eval(), ckpt)``.
+
+    A config that names no model of ours, or weights whose names, shapes or dtypes do not fit the model it
+    describes, is one UsageError naming the file (never a model that would fail or compute garbage later).
+    """
     from .models import build_model
 
     ckpt = read_checkpoint(path)
@@ -106,12 +152,24 @@ def load_model(path: str, device="cpu"):
     cfg["ibe_placement"] = cfg.get("ibe_placement") or "output"
     # Built on the meta device (no memory, no random init: 0.03 s instead of 0.23 s for R50), then the
     # checkpoint's tensors are assigned in place of the empty ones.
-    with torch.device("meta"):
-        model = build_model(**cfg)
+    try:
+        with torch.device("meta"):
+            model = build_model(**cfg)
+    except (UsageError, TypeError, ValueError, KeyError) as e:
+        raise UsageError(f"checkpoint {path}: its model_config {_flat(cfg, 160)} describes no model this code "
+                         f"builds ({_flat(e, 160)}); {_rewrite_hint(path)}") from None
+    want = {n: t.dtype for n, t in model.state_dict().items()}
     try:
         model.load_state_dict(ckpt["model"], assign=True)
-    except RuntimeError as e:
-        raise UsageError(f"checkpoint {path}: weights do not fit its model_config ({str(e)[:160]})") from None
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError) as e:
+        raise UsageError(f"checkpoint {path}: weights do not fit its model_config ({_flat(e, 160)}); "
+                         f"{_rewrite_hint(path)}") from None
+    # assign=True keeps the stored tensors as they are: a float16 or integer copy of a weight would load,
+    # then fail (or silently change the arithmetic) in the first forward.
+    wrong = [f"{n} is {t.dtype}, expected {want[n]}" for n, t in model.state_dict().items() if t.dtype != want[n]]
+    if wrong:
+        raise UsageError(f"checkpoint {path}: weights do not fit its model_config ({'; '.join(wrong[:2])}"
+                         f"{f'; {len(wrong)} in all' if len(wrong) > 2 else ''}); {_rewrite_hint(path)}")
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:   # a tensor the state dict does not carry (none today); never run a model with empty ones
         raise UsageError(f"checkpoint {path}: no values for {left[:3]}; it was not written by this train.py")

@@ -25,6 +25,8 @@ goes into every manifest):
   calling ``imagecorruptions.corrupt`` gets. Shape: HxWx3 in, same HxWx3 out for all 19 corruptions,
   checked at every severity on 32x32, 64x64, 64x96, 97x130, 96x150, 96x160, 224x224, 375x500 and
   500x375, and at severities 1 and 5 on 40 random sizes up to 600x600; no warnings, no prints.
+  tests/test_inputs.py checks every severity against the library called directly on the smallest
+  inputs the protocols produce (HxW): 32x32, 32x33, 33x32, 48x32, 32x44, 32x58, 2133x32, 32x2133.
   (zoom_blur's and snow's clipped zoom, ceil(n / z) * z, is never smaller than the image, and
   frost rescales its 315x560 ... 600x900 textures to 1.1x the image before its random crop, so
   neither fails on small, large or non-square images.) The library refuses images under 32 pixels
@@ -227,8 +229,8 @@ def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int) -> 
         raise ValueError(f"expected an HxWx3 uint8 image, got "
                          f"{getattr(img, 'shape', None)} {getattr(img, 'dtype', type(img).__name__)}")
     if img.shape[0] < MIN_SIDE or img.shape[1] < MIN_SIDE:
-        raise ValueError(f"imagecorruptions needs images of at least {MIN_SIDE}x{MIN_SIDE}, "
-                         f"got {img.shape[0]}x{img.shape[1]}")
+        raise ValueError(f"image {image_id}: imagecorruptions needs images of at least {MIN_SIDE}x{MIN_SIDE}, "
+                         f"got {img.shape[1]}x{img.shape[0]} (WxH)")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) \
             or not 0 <= severity <= MAX_SEVERITY:
         raise ValueError(f"severity must be an int in 0..{MAX_SEVERITY}, got {severity!r}")

@@ -9,7 +9,10 @@ written to disk in the same layouts and read by the same loaders, so there is on
 Every sample is ``(image, label)``: a float32 CHW tensor normalised with the ImageNet statistics and
 an int64 HW tensor of class indices with 255 = ignore.
 """
+import multiprocessing
 import os
+import re
+import sys
 
 import cv2
 import numpy as np
@@ -18,7 +21,8 @@ import torchvision
 from PIL import Image
 
 from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from .errors import UsageError
+from .corruptions import MIN_SIDE
+from .errors import UsageError, check_plain_name
 
 
 def adjust_brightness(rgb: np.ndarray, factor: float) -> np.ndarray:
@@ -229,6 +233,7 @@ def pad_collate(batch):
 # Layout checks: a wrong root is the most common first error, so say exactly what was expected.
 
 SYNTHETIC_HINT = "or run with --data synthetic to use the generated VOC-format dataset"
+VOC_BASE_DIR = torchvision.datasets.voc.DATASET_YEAR_DICT["2012"]["base_dir"]   # VOCdevkit/VOC2012
 
 
 def check_voc_root(voc_root, image_set: str) -> str:
@@ -313,6 +318,54 @@ def _load_checked(load_image, load_label, image_path, label_path):
     return img, target
 
 
+def read_split(path: str) -> list:
+    """The image ids of a split file (``ImageSets/Segmentation/val.txt``, SBD's ``train_noval.txt``), checked.
+
+    Accepts what editors and other tools write: Windows (CRLF) or old Mac (CR) line endings, a UTF-8 byte
+    order mark, spaces or tabs around an id, blank lines. A duplicated id is kept once (first occurrence,
+    order kept) with one warning on stderr: counted twice it would weigh twice in every metric. Refused with
+    a UsageError naming the file: an empty split, a file that is not UTF-8 text, and an id that is not one
+    plain file name (``../x`` would make dump_voc_c.py and --save-predictions write outside their folder).
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise UsageError(f"split file {path}: cannot read it ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"split file {path}: not UTF-8 text (byte {e.start}); it must list one image id (a "
+                         f"file stem such as 2007_000033) per line") from None
+    ids, seen, repeated = [], set(), []
+    # Python's universal newlines (\n, \r\n, \r), so that line numbers are the ones an editor shows.
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
+        name = line.strip()
+        if not name:
+            continue
+        check_plain_name(name, f"split file {path}, line {number}")
+        if name in seen:
+            repeated.append(name)
+            continue
+        seen.add(name)
+        ids.append(name)
+    if not ids:
+        raise UsageError(f"split file {path} lists no image ids (it is empty or blank); it must list one image id "
+                         f"(a file stem such as 2007_000033) per line")
+    if repeated and _is_main_process():
+        unique = list(dict.fromkeys(repeated))
+        shown = ", ".join(unique[:10]) + (f" and {len(unique) - 10} more" if len(unique) > 10 else "")
+        print(f"warning: split file {path} lists {len(repeated)} duplicate id(s), each used once (first occurrence "
+              f"kept): {shown}", file=sys.stderr)
+    return ids
+
+
+def _is_main_process() -> bool:
+    """Not a loader or pool worker (they rebuild the dataset and would repeat its warnings), not a torchrun
+    rank other than 0."""
+    return multiprocessing.parent_process() is None and os.environ.get("RANK", "0") == "0"
+
+
 def _check_files_exist(paths, split_file):
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -320,11 +373,21 @@ def _check_files_exist(paths, split_file):
 
 
 class VOCSegmentation(torchvision.datasets.VOCSegmentation):
-    """torchvision's loader, plus checks that turn a damaged file into one clear error naming it."""
+    """torchvision's loader, plus checks that turn a damaged file into one clear error naming it.
+
+    torchvision takes every stripped line of the split file as an id (a blank line becomes ``.jpg``, a
+    byte-order mark sticks to the first id, a repeated id counts twice), so its file lists are rebuilt, in
+    its own layout, from the ids ``read_split`` accepted; loading stays torchvision's.
+    """
 
     def __init__(self, root, image_set, transforms=None):
         split = check_voc_root(root, image_set)
+        ids = read_split(split)
         super().__init__(root, year="2012", image_set=image_set, transforms=transforms)
+        base = os.path.join(self.root, VOC_BASE_DIR)
+        self.images = [os.path.join(base, "JPEGImages", f"{i}.jpg") for i in ids]
+        self.targets = [os.path.join(base, self._TARGET_DIR, f"{i}{self._TARGET_FILE_EXT}") for i in ids]
+        self.split_file = split
         _check_files_exist(self.images + self.targets, split)
 
     def __getitem__(self, index):
@@ -338,7 +401,11 @@ class SBDataset(torchvision.datasets.SBDataset):
 
     def __init__(self, root, transforms=None):
         split = check_sbd_root(root)
+        ids = read_split(split)
         super().__init__(root, image_set="train_noval", mode="segmentation", transforms=transforms)
+        self.images = [os.path.join(self.root, "img", f"{i}.jpg") for i in ids]
+        self.masks = [os.path.join(self.root, "cls", f"{i}.mat") for i in ids]
+        self.split_file = split
         _check_files_exist(self.images + self.masks, split)
 
     def __getitem__(self, index):
@@ -379,9 +446,12 @@ def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
 
     "paper": exactly size x size (Pillow bilinear image, nearest label), as the paper's sweep evaluated;
     "shortside": short side ``size``, aspect kept (the notebook's FixScaleResize, its clean PCA pass);
-    "native": the original resolution (our extension).
+    "native": the original resolution (our extension); images under MIN_SIDE (32) a side are refused
+    (``check_native_size``), the other two protocols take any size (docs/reliability.md, "Input data").
     """
     img, target = dataset[index]
+    if protocol == "native":
+        check_native_size(dataset, index, *img.size)
     if protocol == "paper":
         image, label = paper_resize(img, target, size)
     elif protocol == "shortside":
@@ -391,3 +461,31 @@ def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
     else:
         raise UsageError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     return image_id(dataset, index), image, label
+
+
+def check_native_size(dataset, index: int, width: int, height: int) -> None:
+    """Refuse an image too small for --protocol native: imagecorruptions needs MIN_SIDE pixels a side.
+
+    Refused for the clean condition too, so that every condition of a run scores the same images. "paper"
+    and "shortside" resize first (to --size, itself at least MIN_SIDE), so they take any size.
+    """
+    if width < MIN_SIDE or height < MIN_SIDE:
+        split = getattr(dataset, "split_file", "the split file")
+        raise UsageError(f"image {dataset.images[index]} is {width}x{height}: --protocol native corrupts images at "
+                         f"their own size and imagecorruptions needs at least {MIN_SIDE}x{MIN_SIDE}; use --protocol "
+                         f"paper or shortside (they resize first), or remove {image_id(dataset, index)} from {split}")
+
+
+def check_protocol_sizes(dataset, indices, protocol: str) -> None:
+    """Before any work: ``check_native_size`` on every image a run will use, from the file headers only
+    (about 0.1 ms an image), so that a small image stops the run before it writes anything. A file that
+    cannot be opened is left to the loader, which names the damage."""
+    if protocol != "native":
+        return
+    for index in indices:
+        try:
+            with Image.open(dataset.images[index]) as im:
+                size = im.size
+        except (OSError, ValueError, SyntaxError):
+            continue
+        check_native_size(dataset, index, *size)
