@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from common import vocc
-from common import external
+from common import distributed, external
 from common.calibration import Calibration
 from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_output_folder,
                                write_npz, write_text)
@@ -137,6 +137,20 @@ class ConditionStats:
         self.pixels += pred.numel()
         return pred
 
+    def state(self) -> dict:
+        """Everything as host numpy arrays and numbers, to send to another process (``from_state``)."""
+        return {"confusion": self.confusion, "per_image": self.per_image, "tracker": self.tracker.state_dict(),
+                "end_sum": self.end_sum, "pixels": self.pixels, "calibration": self.calibration.rows()}
+
+    @classmethod
+    def from_state(cls, state) -> "ConditionStats":
+        new = cls(0)
+        new.confusion, new.per_image = state["confusion"], state["per_image"]
+        new.tracker = LogitTracker.from_state_dict(state["tracker"])
+        new.end_sum, new.pixels = state["end_sum"], state["pixels"]
+        new.calibration = Calibration.from_rows(state["calibration"])
+        return new
+
 
 def finite_or_none(x):
     """JSON has no NaN: an undefined number (an absent class's IoU, say) is written as null."""
@@ -183,6 +197,42 @@ def shard_calibration(parts, order):
     return None if any(p is None for p in parts) else Calibration.concat(parts, order)
 
 
+def combine(parts, order):
+    """One condition's stats from parts over disjoint sets of images (the shard folders of --merge, the ranks of
+    a torchrun sweep): [(ConditionStats, per-image arrays)], the arrays with one row per image of that part.
+
+    Confusions and pixel counts add exactly; logit moments and END sums add in part order (float64, so they
+    differ from one process's batch-by-batch sums in the last digits only); the per-image arrays and calibration
+    rows are stacked and put in ``order`` (indices into the stacked rows), which gives the single run's rows
+    exactly. Returns (stats, [each per-image array, stacked and ordered]); ``stats.per_image`` is left empty."""
+    total = ConditionStats(0)
+    for st, _ in parts:
+        total.confusion = total.confusion + st.confusion
+        total.tracker = total.tracker + st.tracker
+        total.end_sum += st.end_sum
+        total.pixels += st.pixels
+    total.calibration = shard_calibration([st.calibration for st, _ in parts], order)
+    arrays = [np.concatenate([a[i] for _, a in parts])[order] for i in range(len(parts[0][1]))]
+    return total, arrays
+
+
+def gather_ranks(world, stats, mine, predictions):
+    """Under torchrun, at the end of a condition: every rank's stats (one per model; ``mine``, the positions of
+    its images) and its predictions ([(path, PNG bytes)]) to rank 0, which gets back the stats over all images in
+    the single-process image order, and every prediction to write. (None, None) on the other ranks."""
+    parts = world.gather(([st.state() for st in stats], mine, predictions))
+    if parts is None:
+        return None, None
+    order = np.argsort(np.concatenate([p[1] for p in parts]), kind="stable")
+    merged = []
+    for m in range(len(stats)):
+        st, (per_image,) = combine([(ConditionStats.from_state(p[0][m]), [p[0][m]["per_image"]]) for p in parts],
+                                   order)
+        st.per_image = per_image
+        merged.append(st)
+    return merged, [w for p in parts for w in p[2]]
+
+
 def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
     """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN + the
     calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order)."""
@@ -222,10 +272,12 @@ def write_metrics(path, rows):
 
 
 def parse_shard(spec):
+    if spec == "auto":   # inside a SLURM job array: this task's place in it (common/distributed.py)
+        return distributed.slurm_shard()
     try:
         k, n = (int(x) for x in spec.split("/"))
     except (ValueError, AttributeError):
-        raise UsageError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. 0/4") from None
+        raise UsageError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. 0/4, or auto in a SLURM array") from None
     if not 0 <= k < n:
         raise UsageError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. 0/4")
     return k, n
@@ -281,15 +333,22 @@ def load_models(args):
 
 def main(args):
     keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
-    if args.merge:
-        prepare_output_folder(args.out)
-        with OutputLock(args.out, "evaluate_corruptions.py --merge"):
-            return merge(args)
-    with contextlib.ExitStack() as held:  # releases the output lock however evaluate() ends
-        return evaluate(args, held)
+    with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
+        if args.merge:
+            if world.size > 1:
+                raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
+            prepare_output_folder(args.out)
+            with OutputLock(args.out, "evaluate_corruptions.py --merge"):
+                return merge(args)
+        with contextlib.ExitStack() as held:  # releases the output lock however evaluate() ends
+            status = evaluate(args, held, world)
+        world.finish()   # every rank waits for rank 0's last writes, so all exit with one status
+        return status
 
 
-def evaluate(args, held):
+def evaluate(args, held, world=distributed.SINGLE):
+    """The sweep; under torchrun (``world``) every rank runs it on its share of each condition's images and
+    rank 0 alone owns --out (common/distributed.py)."""
     conditions = []
     severities = parse_severities(args.severities)
     corruptions = parse_corruptions(args.corruptions)
@@ -303,6 +362,8 @@ def evaluate(args, held):
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
     shard = parse_shard(args.shard) if args.shard else (0, 1)
+    if args.shard == "auto":   # run.json and the rows name the shard itself, as --merge needs
+        args.shard = f"{shard[0]}/{shard[1]}"
     device = resolve_device(args.device)
     use_device(device)
     args.device = str(device)
@@ -318,52 +379,67 @@ def evaluate(args, held):
     indices = list(range(shard[0], n_total, shard[1]))
     image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
     check_protocol_sizes(dataset, indices, args.protocol)   # an image too small for it stops the run here
+    batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
+    mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
+    world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
+    todo = None
+    if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
+        prepare_output_folder(args.out)
+        held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
+        run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args),
+               "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
+               "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
+               "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
+               "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
+        run_path = os.path.join(args.out, "run.json")
+        if os.path.exists(run_path):
+            check_same_run(run_path, run)
 
-    prepare_output_folder(args.out)
-    held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
-    run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args),
-           "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
-           "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
-           "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
-           "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
-    run_path = os.path.join(args.out, "run.json")
-    if os.path.exists(run_path):
-        check_same_run(run_path, run)
+        # Resume: a condition is done when every model has its row and its two NPZ files.
+        metrics_path = os.path.join(args.out, "metrics.jsonl")
+        rows = read_metrics(metrics_path)
+        names = [m["name"] for m in infos]
+        have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
 
-    # Resume: a condition is done when every model has its row and its two NPZ files.
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    rows = read_metrics(metrics_path)
-    names = [m["name"] for m in infos]
-    have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
+        def done(c, s):
+            return all((m, c, s) in have and os.path.exists(os.path.join(args.out, "logits", m, f"{c}_{s}.npz"))
+                       and os.path.exists(os.path.join(args.out, "confusion", m, f"{c}_{s}.npz")) for m in names)
 
-    def done(c, s):
-        return all((m, c, s) in have and os.path.exists(os.path.join(args.out, "logits", m, f"{c}_{s}.npz"))
-                   and os.path.exists(os.path.join(args.out, "confusion", m, f"{c}_{s}.npz")) for m in names)
-
-    todo = [cs for cs in conditions if not done(*cs)]
-    rows = [r for r in rows if (r["corruption"], r["severity"]) not in set(todo) or r["model"] not in names]
-    print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
-    print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
-          f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
-          f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
+        todo = [cs for cs in conditions if not done(*cs)]
+        rows = [r for r in rows if (r["corruption"], r["severity"]) not in set(todo) or r["model"] not in names]
+        print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
+        print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
+              f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
+              f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
+        if not todo:
+            write_metrics(metrics_path, rows)
+    todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
     if not todo:
-        write_metrics(metrics_path, rows)
         return 0
 
-    batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
-    items = ConditionImages(dataset, indices, todo, args.protocol, args.size, args.voc_c)
-    loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(indices), batch),
+    items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c)
+    loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(mine), batch),
                                          num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
                                          persistent_workers=False)
     # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
     torch.backends.cudnn.benchmark = args.protocol == "paper"
     fmt = memory_format(device)
     current, stats, bar, t0 = None, None, None, 0.0
+    pending = []   # under torchrun: this rank's predictions of the condition, [(path, PNG bytes)], for rank 0
+    write = vocc.write_bytes if world.size == 1 else (lambda path, data: pending.append((path, data)))
     sweep = time.perf_counter()
 
     def finish(cond):
-        nonlocal rows
+        nonlocal rows, stats
         c, s = todo[cond]
+        if world.size > 1:   # the ranks' parts, merged on rank 0 into what one process would have
+            stats, predictions = gather_ranks(world, stats, mine, pending)
+            pending.clear()
+            bar.close()
+            if stats is None:
+                return
+            for path, data in predictions:
+                vocc.write_bytes(path, data)
         seconds = time.perf_counter() - t0
         new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
         for st, info in zip(stats, infos):
@@ -380,13 +456,11 @@ def evaluate(args, held):
         for batch_ in loader:
             cond = int(batch_["cond"][0])
             if cond != current:
-                if current is not None:
-                    finish(current)
-                current, t0 = cond, time.perf_counter()
-                stats = [ConditionStats(len(indices)) for _ in models]
+                current, t0, seen = cond, time.perf_counter(), 0
+                stats = [ConditionStats(len(mine)) for _ in models]
                 c, s = todo[cond]
-                bar = tqdm(total=len(indices), desc=f"{c}/{s}", unit="img", disable=None, leave=False,
-                           dynamic_ncols=True)
+                bar = tqdm(total=len(mine), desc=f"{c}/{s}", unit="img", disable=None if world.is_root else True,
+                           leave=False, dynamic_ncols=True)
             x = normalise_uint8(batch_["image"].to(args.device, non_blocking=True)).contiguous(memory_format=fmt)
             labels = batch_["label"].to(args.device, non_blocking=True)
             positions = batch_["pos"].numpy()
@@ -396,21 +470,25 @@ def evaluate(args, held):
                 pred = st.update(logits, labels, positions)
                 if args.save_predictions:
                     save_predictions(args.save_predictions, info["name"], todo[cond],
-                                     pred.cpu().numpy(), [image_ids[p] for p in positions])
+                                     pred.cpu().numpy(), [image_ids[mine[p]] for p in positions], write)
             bar.update(len(positions))
-            if bar.n % max(1, 4 * batch) < len(positions) or bar.n == len(indices):
+            if bar.n % max(1, 4 * batch) < len(positions) or bar.n == len(mine):
                 bar.set_postfix_str(" ".join(f"{i['name']}={miou_from_confusion(st.confusion)['miou']:.3f}"
                                              for i, st in zip(infos, stats)))
-        finish(current)
-    print(f"swept {len(todo)} conditions in {time.perf_counter() - sweep:.1f}s; results in {metrics_path}")
+            seen += len(positions)
+            if seen == len(mine):   # the condition's last batch: written now, not once the next one has loaded
+                finish(current)
+                current = None
+    print(f"swept {len(todo)} conditions in {time.perf_counter() - sweep:.1f}s; results in "
+          f"{os.path.join(args.out, 'metrics.jsonl')}")
     return 0
 
 
-def save_predictions(root, model_name, condition, preds, ids):
+def save_predictions(root, model_name, condition, preds, ids, write=vocc.write_bytes):
     c, s = condition
     for pred, image_id in zip(preds, ids):
         path = os.path.join(root, model_name, f"{c}_{s}", f"{image_id}.png")
-        vocc.write_bytes(path, vocc.png_bytes(pred.astype(np.uint8), palette=True))
+        write(path, vocc.png_bytes(pred.astype(np.uint8), palette=True))
 
 
 def check_same_run(run_path, run):
@@ -457,7 +535,7 @@ def merge(args):
     for c, s in conds:
         for info in base["models"]:
             name, stem = info["name"], f"{c}_{s}.npz"
-            st, ids, secs, n = None, [], 0.0, 0
+            parts, ids, secs, n = [], [], 0.0, 0
             for d, _, rws in runs:
                 row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
                 if not row:
@@ -467,21 +545,12 @@ def merge(args):
                 part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
                 part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
                 part.calibration = Calibration.from_state_dict(cf)
-                tp, fp, fn = cf["tp"], cf["fp"], cf["fn"]
-                if st is None:
-                    st, per = part, [(tp, fp, fn, part.calibration)]
-                else:
-                    st.confusion = st.confusion + part.confusion
-                    st.tracker = st.tracker + part.tracker
-                    st.end_sum += part.end_sum
-                    st.pixels += part.pixels
-                    per.append((tp, fp, fn, part.calibration))
+                parts.append((part, (cf["tp"], cf["fp"], cf["fn"])))
                 ids += list(cf["image_ids"])
                 secs += row[0]["seconds"]
                 n += row[0]["images"]
             order = np.argsort(np.array(ids), kind="stable")
-            tp, fp, fn = (np.concatenate([p[i] for p in per])[order] for i in range(3))
-            st.calibration = shard_calibration([p[3] for p in per], order)
+            st, (tp, fp, fn) = combine(parts, order)
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
             write_condition(args.out, name, c, s, st, np.array(ids)[order], tp, fp, fn)
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)
@@ -525,7 +594,10 @@ def get_args_parser():
     p.add_argument("--device", default=None, help="cuda (the current GPU), cuda:N or cpu; default: cuda when available")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision for the forward")
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
-    p.add_argument("--shard", default=None, help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge)")
+    p.add_argument("--shard", default=None,
+                   help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge); auto: K and N from the SLURM "
+                        "job array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT). Under "
+                        "torchrun the processes split the shard's images further")
     p.add_argument("--save-predictions", default=None,
                    help="also write every prediction as a VOC palette PNG under DIR/<model>/<corruption>_<severity>/")
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",

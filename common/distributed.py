@@ -4,7 +4,7 @@
     sbatch --array=0-7 job.sh      # job.sh: evaluate_corruptions.py ... --shard auto --out results-$SLURM_ARRAY_TASK_ID
 
     with World.from_env(args.device) as world:   # WORLD_SIZE > 1: this process's rank; else one process
-        mine = world.split(n_images)              # this rank's images: r, r + W, r + 2W, ...
+        mine = world.split(n_images, batch)       # this rank's images: those of batches r, r + W, ...
         world.sync()                              # every rank's checks passed, or every rank raises one error
         plan = world.share(plan)                  # rank 0's decision (what is left to do), to every rank
         parts = world.gather(part)                # every rank's part to rank 0 (a list there, None elsewhere)
@@ -18,18 +18,20 @@ objects over gloo, also between machines; every rank runs on its own LOCAL_RANK 
 Errors. A refusal (UsageError) on any rank must reach every rank, or the others wait in a collective for a rank
 that has gone. Every exchange therefore starts with the same small all-gather of "my error, or None"
 (``sync``); a rank that raises joins the next exchange with its message instead of its data (``World``'s
-``__exit__`` does that), and then every rank raises the first error, the same line. Rank 0 prints it (``run_cli``:
-``error: ...``, exit 2); the other ranks exit 2 silently, and torchrun reports that its workers failed. Non-root
-ranks also print nothing on stdout and draw no progress bar.
+``__exit__`` does that), and then every rank raises the first error, the same line. Rank 0 prints it as ``run_cli``
+does (``error: ...`` on stderr), and every rank exits with status 2 once it has; torchrun then reports that its
+workers failed (its ChildFailedError summary, exit status 1). Ranks other than 0 print nothing on stdout and draw
+no progress bar.
 
 ``--shard auto`` reads the SLURM array's task id and count (``slurm_shard``).
 """
 import contextlib
 import os
+import sys
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 
 
 class World:
@@ -88,10 +90,12 @@ class World:
                         self.sync(error=str(error))    # the other ranks learn it at their next exchange
                     except UsageError as first:        # ... and every rank raises the first rank's error
                         shared = first
-                if not self.is_root:
-                    raise SystemExit(2)                # rank 0 alone prints the line (run_cli)
-                if shared is not error:
-                    raise shared
+                # Rank 0 prints the line as run_cli would, and no rank leaves before it has: torchrun stops the
+                # other workers as soon as one exits, which could cut rank 0 short of its line.
+                if self.is_root:
+                    print(f"error: {one_line(str(shared))}", file=sys.stderr, flush=True)
+                self._barrier()
+                raise SystemExit(2)
         finally:
             self._quiet.close()
             if self.size > 1:
@@ -99,6 +103,10 @@ class World:
                 if dist.is_initialized():
                     dist.destroy_process_group()
         return False
+
+    def _barrier(self) -> None:
+        import torch.distributed as dist
+        dist.all_gather_object([None] * self.size, None)   # over gloo, whatever the device
 
     def finish(self) -> None:
         """The last exchange: every rank got here (rank 0's last writes included), or all raise one error."""
@@ -145,12 +153,18 @@ class World:
 
     # ------------------------------------------------------------------------------------ work
 
-    def split(self, n: int) -> list:
-        """This rank's positions among ``n`` items: rank, rank + size, ... (every rank gets at least one)."""
-        if self.size > n:
-            raise UsageError(f"torchrun: {self.size} processes (WORLD_SIZE) for {n} image(s); every process needs at "
-                             f"least one: launch at most {n} (--nproc_per_node x --nnodes)")
-        return list(range(self.rank, n, self.size))
+    def split(self, n: int, batch: int = 1) -> list:
+        """This rank's positions among ``n`` images taken in batches of ``batch``: the images of batches rank,
+        rank + size, ... So every image goes through the same batch, same neighbours and same size, as in one
+        process, and gets the same logits to the last bit (CPU kernels depend on the batch size), whatever the
+        number of ranks. Every rank needs at least one batch."""
+        batches = -(-n // batch)
+        if self.size > batches:
+            what = f"{n} image(s)" if batch == 1 else f"{batches} batch(es) of --batch-size {batch} ({n} images)"
+            raise UsageError(f"torchrun: {self.size} processes (WORLD_SIZE) for {what}; every process needs at least "
+                             f"one: launch at most {batches} (--nproc_per_node x --nnodes)"
+                             + (" or lower --batch-size" if batch > 1 else ""))
+        return [p for b in range(self.rank, batches, self.size) for p in range(b * batch, min(n, (b + 1) * batch))]
 
 
 SINGLE = World()
