@@ -15,6 +15,9 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
 Resumable per condition: finished conditions are skipped, every file is written atomically and
 metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill never tears it.
 ``--shard K/N`` evaluates images K, K+N, ...; ``--merge DIR...`` adds shard folders into one result.
+``--shard auto`` takes K/N from a SLURM job array. Under ``torchrun --nproc_per_node=N evaluate_corruptions.py ...``
+the processes share out each condition's batches and rank 0 writes the files one process would
+(common/distributed.py).
 """
 import argparse
 import concurrent.futures
@@ -591,13 +594,14 @@ def get_args_parser():
                    help="images per forward pass (shortside and native protocols: always 1, sizes differ)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="loader processes that decode and corrupt images")
-    p.add_argument("--device", default=None, help="cuda (the current GPU), cuda:N or cpu; default: cuda when available")
+    p.add_argument("--device", default=None, help="cuda (the current GPU, or LOCAL_RANK's under torchrun), cuda:N or cpu; "
+                                                     "default: cuda when available")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision for the forward")
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--shard", default=None,
                    help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge); auto: K and N from the SLURM "
                         "job array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT). Under "
-                        "torchrun the processes split the shard's images further")
+                        "torchrun the processes share out the shard's batches")
     p.add_argument("--save-predictions", default=None,
                    help="also write every prediction as a VOC palette PNG under DIR/<model>/<corruption>_<severity>/")
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",

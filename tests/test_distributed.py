@@ -300,3 +300,22 @@ def test_split_gives_each_rank_whole_batches():
     assert distributed.World().split(5, 4) == [0, 1, 2, 3, 4]
     with pytest.raises(UsageError, match="4 processes .* 3 batch"):
         distributed.World(0, 4).split(5, 2)
+
+
+def test_the_backend_follows_the_device(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    w = distributed.World.from_env("cpu")
+    assert (w.rank, w.size, w.local_rank, w.backend, w.is_root) == (5, 8, 1, "gloo", False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    # On CUDA: NCCL for CUDA tensors, gloo for the host objects the sweep exchanges (torch picks the CPU
+    # backend for object collectives when one is given).
+    assert distributed.World.from_env(None).backend == distributed.World.from_env("cuda").backend == \
+        "cpu:gloo,cuda:nccl"
+    assert distributed.World.from_env("cpu").backend == "gloo"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.World.from_env("cuda").size == 1
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(UsageError, match="expected integers"):
+        distributed.World.from_env("cpu")
