@@ -538,7 +538,7 @@ def merge(args):
     for c, s in conds:
         for info in base["models"]:
             name, stem = info["name"], f"{c}_{s}.npz"
-            parts, ids, secs, n = [], [], 0.0, 0
+            pieces, ids, secs, n = [], [], 0.0, 0
             for d, _, rws in runs:
                 row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
                 if not row:
@@ -548,12 +548,12 @@ def merge(args):
                 part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
                 part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
                 part.calibration = Calibration.from_state_dict(cf)
-                parts.append((part, (cf["tp"], cf["fp"], cf["fn"])))
+                pieces.append((part, (cf["tp"], cf["fp"], cf["fn"])))
                 ids += list(cf["image_ids"])
                 secs += row[0]["seconds"]
                 n += row[0]["images"]
             order = np.argsort(np.array(ids), kind="stable")
-            st, (tp, fp, fn) = combine(parts, order)
+            st, (tp, fp, fn) = combine(pieces, order)
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
             write_condition(args.out, name, c, s, st, np.array(ids)[order], tp, fp, fn)
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)
