@@ -173,10 +173,9 @@ def main(args):
             old = vocc.read_manifest(args.out)
             diff = None if old is None else vocc.manifest_difference(old, ident)
             if diff is not None:
-                field, was, now = diff
-                raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump ({field} "
-                                 f"{results.short(was)} there, {results.short(now)} here); use another --out, or "
-                                 f"--overwrite to start it afresh (the old dump is moved aside, untouched)")
+                raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump, "
+                                 f"{results.describe(diff)}; use another --out, or --overwrite to start it afresh "
+                                 f"(the old dump is then moved aside, untouched)")
         return dump(args, dataset, voc_root, n, corruptions, severities, conditions, ident, old, fresh)
 
 

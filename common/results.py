@@ -114,7 +114,8 @@ def read_metrics(path, damaged: str = "error", fix=None):
                 continue
         if damaged != "drop":
             raise UsageError(f"{path} line {n}: {problem}; {fix}")
-        print(f"warning: {path} line {n}: {problem}; dropped, its condition is computed again", file=sys.stderr)
+        print(f"warning: {path} line {n}: {problem}; dropped (a condition left without its rows is computed "
+              f"again)", file=sys.stderr)
     if damaged == "drop":
         return [r for r in rows if (r["model"], r["corruption"], r["severity"]) not in bad]
     if not rows:

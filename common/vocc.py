@@ -116,13 +116,15 @@ def read_manifest(root):
         raise UsageError(f"{path}: damaged manifest (not valid JSON: {getattr(e, 'msg', None) or e}); "
                          f"{manifest_fix(root)}") from None
     types = {"protocol": str, "size": (int, type(None)), "seed_rule": str, "versions": dict, "images": dict}
-    bad = [k for k, t in types.items() if not isinstance(m, dict) or not isinstance(m.get(k, None if k == "size"
-                                                                                      else 0), t)]
-    if not bad and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in m["images"].values()):
-        bad = ["images"]
-    if bad:
-        raise UsageError(f"{path}: damaged manifest ({', '.join(bad)} missing or of the wrong type); "
-                         f"{manifest_fix(root)}")
+    if not isinstance(m, dict):
+        what = "not a JSON object"
+    else:   # size is null under --protocol native
+        bad = [k for k, t in types.items() if (k not in m and k != "size") or not isinstance(m.get(k), t)]
+        if not bad and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in m["images"].values()):
+            bad = ["images"]
+        what = f"{', '.join(bad)} missing or of the wrong type" if bad else None
+    if what:
+        raise UsageError(f"{path}: damaged manifest ({what}); {manifest_fix(root)}")
     return m
 
 
