@@ -11,6 +11,10 @@ Writes ``<out>/<corruption>/<severity>/<id>.png``, ``<out>/labels/<id>.png`` and
 renamed; a re-run skips files that decode to the right shape, so a killed dump resumes where it stopped.
 ``--verify`` recomputes a sample and compares bytes. Pixels equal ``common.corruptions.corrupt_image``,
 i.e. ``imagecorruptions.corrupt`` under PROTOCOL.md's seed rule.
+
+A folder holds one dump: one made under another protocol, size, seed rule, package versions or val set is
+refused with one line naming the difference (more corruptions or severities are added to it); ``--overwrite``
+starts it afresh, moving the old folder to ``<out>.replaced-<date>-<time>`` once the first image is written.
 """
 import argparse
 import contextlib
