@@ -281,7 +281,11 @@ class Afresh:
 
     def __enter__(self):
         clear_stale(self.out)
-        os.makedirs(self.folder)
+        try:
+            os.makedirs(self.folder)
+        except OSError as e:
+            raise UsageError(f"--overwrite: cannot create {self.folder} beside {self.out} to build the new run in "
+                             f"({e.strerror}); use another --out") from None
         return self
 
     def commit(self):
