@@ -41,7 +41,12 @@ and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") d
 * paired bootstrap 95% intervals (percentile method) of each model's mIoU minus the reference's, clean
   and aggregate (mean over the corruption conditions), resampling validation images with replacement
   (the same resampled images for every model and every condition) and recomputing mIoU from summed
-  per-image TP/FP/FN.
+  per-image TP/FP/FN;
+* calibration (common/calibration.py; metrics.jsonl's ece, nll, brier): clean, the mean over the
+  corruption conditions of each condition's value, and per severity (mean over the 15 corruptions), with
+  paired bootstrap 95% intervals of model minus reference on the same resamples as mIoU's, each metric
+  recomputed from the resampled images' summed per-image bins, NLL and Brier sums (calib_image_* in
+  confusion/; ECE is not a mean over images, so the bins are resampled, not per-image ECEs).
 
 Partial results (fewer corruptions, severities or models) are analysed as far as they go: every gap
 is listed in ``missing`` and printed as one ``missing: ...`` line, and every aggregate says how many
@@ -61,7 +66,7 @@ analysis.json:
     pca_pass (absolute path of the --pca-pass folder, or null); explained_variance_source
     ("<protocol> pass at <path>" or "clean condition of the main sweep");
     reference; models [names]; benchmark_corruptions [the 15]; severities [1..5]; units;
-    missing [{what: "metrics"|"logits"|"confusion"|"pca_logits", models [names],
+    missing [{what: "metrics"|"logits"|"confusion"|"pca_logits"|"calibration", models [names],
              conditions ["<corruption>/<s>"], message}]; notes [strings];
     per_model {<model>: {
         kind, clean_miou,
@@ -79,12 +84,17 @@ analysis.json:
                                   source} or null,
         per_condition {"<corruption>/<s>" ("clean/0" for clean): {miou, pixel_acc, end, distance,
                        distance_predicted, explained_variance [21] or null, classes_used or null,
-                       explained_variance_notebook [21] or null}}}};
+                       explained_variance_notebook [21] or null}},
+        calibration {clean {ece, nll, brier}, corrupted {ece|nll|brier: {value, n_conditions, of: 75,
+                     complete}}, per_severity {"0".."5": {ece, nll, brier, n_corruptions, of, complete}}}}};
     (per_condition is always the main sweep's, its clean/0 included);
     bootstrap {n_resamples, seed, confidence: 0.95, method, n_images, reference,
                comparisons {<model>: {clean {observed, lower, upper} or null,
                                       aggregate {observed, lower, upper, n_conditions, of: 75,
-                                                 complete} or null}}}
+                                                 complete} or null}},
+               calibration {method, comparisons {<model>: {clean {ece|nll|brier: {observed, lower, upper}}
+                            or null, corrupted {ece|nll|brier: {observed, lower, upper, n_conditions, of,
+                            complete}} or null}}}}
     (differences are model minus reference, as fractions of mIoU; the reference has no entry).
 
 analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefined):
@@ -105,6 +115,10 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
     <model>/<corruption>/<severity>/explained_variance  (21,)
     <model>/<corruption>/<severity>/explained_variance_notebook  (21,)
     explained_variance_source                       () str       as in analysis.json
+    <model>/calibration/<s>/count, conf_sum, acc_sum  (15,)      reliability bins of severity s = 0 (clean)
+                                                                 .. 5, summed over the 15 corruptions present
+    <model>/calibration/ece_by_severity             (6,)         ECE, clean then the mean over corruptions per
+                                                                 severity 1..5 (NaN where absent)
     (a key exists only where logits/<model>/<condition>.npz exists; the clean explained-variance keys
     only where the source pass has that model's clean logits)
 """
@@ -114,10 +128,12 @@ import math
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
 from common import results as rf
+from common.calibration import BINS, ROW_KEYS, metrics_from_bins
 from common.checkpoint import git_commit
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
@@ -529,6 +545,11 @@ def analyse(args):
             notes.append(f"{m}: rPC undefined, clean mIoU is 0")
 
     boot = bootstrap(models, reference, counts, miou, ids_ref, args, notes)
+    calib = calibration_analysis(results, models, table, reference, ids_ref,
+                                 ids_path if ids_ref is not None else None, args, arrays, notes, missing)
+    for m in models:
+        per_model[m]["calibration"] = calib["per_model"][m]
+    boot["calibration"] = calib["bootstrap"]
     source = None
     if run is not None:
         source = {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
@@ -641,6 +662,216 @@ def bootstrap(models, reference, counts, miou, ids, args, notes):
     return out
 
 
+# ----------------------------------------------------------------------------------------- calibration
+
+CALIBRATION = ("ece", "nll", "brier")      # metrics.jsonl fields (common/calibration.py)
+
+
+def read_calibration(path):
+    """(per-image calibration tables, image_ids) of one confusion/<model>/<condition>.npz, or None when the
+    file predates calibration (no calib_* arrays); damaged or misshapen arrays are a UsageError naming it."""
+    keys = ["calib_" + k for k in ROW_KEYS]
+    try:
+        with np.load(path) as z:
+            if any(k not in z.files for k in keys):
+                return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
+    z = load_npz(path, keys + ["image_ids"])
+    tables = {k: np.asarray(z["calib_" + k]) for k in ROW_KEYS}
+    n_images = len(z["image_ids"])
+    want = {"image_count": (n_images, BINS), "image_conf_sum": (n_images, BINS), "image_acc_sum": (n_images, BINS),
+            "image_nll_sum": (n_images,), "image_brier_sum": (n_images,)}
+    for k, shape in want.items():
+        if tables[k].shape != shape:
+            raise UsageError(f"{path}: calib_{k} has shape {tables[k].shape}, expected {shape} (one row per image "
+                             f"of image_ids); rerun evaluate_corruptions.py for that condition")
+    return tables, np.asarray(z["image_ids"]).astype(str)
+
+
+def resample_calibration(tables, weights):
+    """(ece, nll, brier), each (R, C), of C conditions under R resamples of the images.
+
+    tables: per condition the per-image tables of ``read_calibration``, on one image order; weights (R, n):
+    how often each image is drawn. The bins, NLL and Brier sums of a resample are the weighted sums of
+    the per-image ones (the bins add exactly), and ECE = sum_b |acc_b - conf_b| / N is recomputed from them.
+    """
+    out = []
+    for t in tables:
+        count = weights @ t["image_count"].astype(np.float64)
+        conf = weights @ t["image_conf_sum"]
+        acc = weights @ t["image_acc_sum"].astype(np.float64)
+        out.append(metrics_from_bins(count, conf, acc, weights @ t["image_nll_sum"], weights @ t["image_brier_sum"]))
+    return tuple(np.stack([o[i] for o in out], axis=1) for i in range(3))
+
+
+def calibration_analysis(results, models, table, reference, ids_ref, ids_path, args, arrays, notes, missing):
+    """ECE / NLL / Brier per model: clean, mean over the corruption conditions (the benchmark's 75 present),
+    per severity (mean over the 15 corruptions), from metrics.jsonl; reliability bins summed over the 15
+    corruptions per severity (analysis_arrays.npz, for calibration.png); and paired bootstrap intervals of
+    each model minus the reference, on the mIoU bootstrap's resamples (same seed and images), recomputing
+    each metric from the resampled images' per-image bins and sums in confusion/.
+
+    Returns {"per_model": {model: summary}, "bootstrap": {...}}.
+    """
+    values = {m: {} for m in models}           # m -> (c, s) -> {ece, nll, brier}
+    for (m, c, s), r in table.items():
+        for key in CALIBRATION:
+            v = r.get(key)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise UsageError(f"{os.path.join(results, 'metrics.jsonl')}: {key} of {m} {cond_key(c, s)} must be "
+                                 f"a number or null, got {v!r}")
+        values[m][c, s] = {key: num(r.get(key)) for key in CALIBRATION}
+    no_fields = [m for m in models if values[m] and all("ece" not in r for k, r in table.items() if k[0] == m)]
+    if no_fields:
+        notes.append(f"no calibration in metrics.jsonl for {', '.join(no_fields)}: rows written before ece/nll/brier "
+                     f"were measured; rerun evaluate_corruptions.py into a new --out")
+
+    per_model, tables, lacking = {}, {m: {} for m in models}, {}
+    for m in models:
+        v = values[m]
+        clean = v.get((CLEAN, 0), {})
+        corrupted, per_severity = {}, {"0": {**{k: clean.get(k) for k in CALIBRATION}, "n_corruptions": None,
+                                             "of": None, "complete": clean.get("ece") is not None}}
+        for key in CALIBRATION:
+            agg = mean_over([v.get(cs, {}).get(key) for cs in BENCHMARK], len(BENCHMARK))
+            corrupted[key] = {"value": agg["value"], "n_conditions": agg["n"], "of": agg["of"],
+                              "complete": agg["complete"]}
+        ece_by_severity = np.full(6, np.nan)
+        ece_by_severity[0] = np.nan if clean.get("ece") is None else clean["ece"]
+        for s in SEVERITIES:
+            aggs = {key: mean_over([v.get((c, s), {}).get(key) for c in CORRUPTIONS], len(CORRUPTIONS))
+                    for key in CALIBRATION}
+            entry = {key: aggs[key]["value"] for key in CALIBRATION}
+            entry.update(n_corruptions=aggs["ece"]["n"], of=len(CORRUPTIONS), complete=aggs["ece"]["complete"])
+            per_severity[str(s)] = entry
+            if entry["ece"] is not None:
+                ece_by_severity[s] = entry["ece"]
+        per_model[m] = {"clean": {k: clean.get(k) for k in CALIBRATION}, "corrupted": corrupted,
+                        "per_severity": per_severity}
+
+        # Per-image tables (bootstrap) and the bins summed over the 15 corruptions per severity (figure).
+        pooled = {s: None for s in range(6)}
+        for c, s in [(CLEAN, 0)] + BENCHMARK:
+            if (m, c, s) not in table:
+                continue
+            path = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
+            if not os.path.exists(path):
+                continue                       # already listed under missing confusion
+            got = read_calibration(path)
+            if got is None:
+                lacking.setdefault(m, []).append(cond_key(c, s))
+                continue
+            t, ids = got
+            if ids_ref is not None:
+                order = align(ids, ids_ref, path, ids_path)
+                t = {k: a[order] for k, a in t.items()}
+            tables[m][c, s] = t
+            bins = (t["image_count"].sum(0), t["image_conf_sum"].sum(0), t["image_acc_sum"].sum(0))
+            pooled[s] = bins if pooled[s] is None else tuple(a + b for a, b in zip(pooled[s], bins))
+        for s, bins in pooled.items():
+            if bins is not None:
+                for key, a in zip(("count", "conf_sum", "acc_sum"), bins):
+                    arrays[f"{m}/calibration/{s}/{key}"] = a
+        arrays[f"{m}/calibration/ece_by_severity"] = ece_by_severity
+    for m, conds in lacking.items():
+        shown = ", ".join(conds[:6]) + (", ..." if len(conds) > 6 else "")
+        missing.append({"what": "calibration", "models": [m], "conditions": conds,
+                        "message": f"missing: no calibration bins in confusion/{m}/ for {len(conds)} condition(s) "
+                                   f"({shown}), written before calibration was measured; no reliability bins or "
+                                   f"calibration intervals there"})
+    return {"per_model": per_model, "bootstrap": calibration_bootstrap(models, reference, tables, ids_ref, args)}
+
+
+def calibration_bootstrap(models, reference, tables, ids_ref, args):
+    """Paired bootstrap 95% intervals of ECE, NLL and Brier, model minus reference: clean, and the mean over
+    the benchmark conditions both have; the resamples are the mIoU bootstrap's (``bootstrap_weights`` with
+    the same seed over the same image order), so every comparison sees the same images."""
+    out = {"method": "percentile; the mIoU bootstrap's resamples of the images; ECE, NLL and Brier recomputed "
+                     "from the resampled images' summed per-image bins and sums", "comparisons": {}}
+    if args.bootstrap == 0 or ids_ref is None or not tables[reference]:
+        return out
+    weights = bootstrap_weights(len(ids_ref), args.bootstrap, args.seed)
+    ones = np.ones((1, len(ids_ref)))
+    boots, observed = {}, {}
+    for m in models:
+        conds = list(tables[m])
+        if conds:
+            t = [tables[m][cs] for cs in conds]
+            boots[m] = {key: dict(zip(conds, v.T)) for key, v in zip(CALIBRATION, resample_calibration(t, weights))}
+            observed[m] = {key: dict(zip(conds, v[0])) for key, v in zip(CALIBRATION, resample_calibration(t, ones))}
+    for m in models:
+        if m == reference or m not in boots:
+            continue
+        comp = {"clean": None, "corrupted": None}
+        if (CLEAN, 0) in boots[m]["ece"] and (CLEAN, 0) in boots[reference]["ece"]:
+            comp["clean"] = {key: interval(observed[m][key][CLEAN, 0] - observed[reference][key][CLEAN, 0],
+                                           boots[m][key][CLEAN, 0] - boots[reference][key][CLEAN, 0])
+                             for key in CALIBRATION}
+        common = [cs for cs in BENCHMARK if cs in boots[m]["ece"] and cs in boots[reference]["ece"]]
+        if common:
+            comp["corrupted"] = {}
+            for key in CALIBRATION:
+                def agg(d):
+                    return np.mean([d[key][cs] for cs in common], axis=0)
+                comp["corrupted"][key] = dict(interval(agg(observed[m]) - agg(observed[reference]),
+                                                       agg(boots[m]) - agg(boots[reference])),
+                                              n_conditions=len(common), of=len(BENCHMARK),
+                                              complete=len(common) == len(BENCHMARK))
+        out["comparisons"][m] = comp
+    return out
+
+
+def calibration_markdown(a):
+    """The tables.md section "Calibration"."""
+    models, pm = a["models"], a["per_model"]
+    comps = a["bootstrap"].get("calibration", {}).get("comparisons", {})
+
+    def ece(x):
+        return "–" if x is None else f"{100 * x:.2f}"
+
+    def cell(value, complete, fmt):
+        return star(fmt(value), complete)
+
+    def delta(c, key, scale, digits):
+        c = (c or {}).get(key)
+        if c is None or c["observed"] is None:
+            return "–"
+        text = (f"{scale * c['observed']:+.{digits}f} [{scale * c['lower']:+.{digits}f}, "
+                f"{scale * c['upper']:+.{digits}f}]")
+        return star(text, c.get("complete", True))
+
+    rows = []
+    for m in models:
+        cal = pm[m].get("calibration")
+        if cal is None:
+            continue
+        cl, co = cal["clean"], cal["corrupted"]
+        comp = comps.get(m, {})
+        rows.append([m + (" (ref)" if m == a["reference"] else ""),
+                     ece(cl["ece"]), cell(co["ece"]["value"], co["ece"]["complete"], ece),
+                     f3(cl["nll"]), cell(co["nll"]["value"], co["nll"]["complete"], f3),
+                     f3(cl["brier"]), cell(co["brier"]["value"], co["brier"]["complete"], f3),
+                     delta(comp.get("clean"), "ece", 100, 2), delta(comp.get("corrupted"), "ece", 100, 2),
+                     delta(comp.get("corrupted"), "nll", 1, 3), delta(comp.get("corrupted"), "brier", 1, 3)])
+    header = ["model", "ECE clean", "ECE corr.", "NLL clean", "NLL corr.", "Brier clean", "Brier corr.",
+              "Δ ECE clean [95% CI]", "Δ ECE corr. [95% CI]", "Δ NLL corr. [95% CI]", "Δ Brier corr. [95% CI]"]
+    sev_rows = [[m] + [star(ece(pm[m]["calibration"]["per_severity"][str(s)]["ece"]),
+                            pm[m]["calibration"]["per_severity"][str(s)]["complete"]) for s in range(6)]
+                for m in models if pm[m].get("calibration")]
+    return ["## Calibration", "",
+            "Over the pixels whose label is not 255, from the softmax over the 21 output channels as the models "
+            "build them (IBE/SCrIBE: background = -logsumexp of the 20 foreground logits). ECE: expected "
+            "calibration error of the top-1 confidence, 15 equal-width bins, in **percent**; NLL: mean negative "
+            "log-likelihood of the true class (nats); Brier: mean over pixels of the sum over the 21 classes of "
+            "(p - one-hot)^2. corr. = mean over the corrupted conditions (15 corruptions x severities 1-5) of "
+            "each condition's value. Δ: model minus the reference, with a paired bootstrap 95% interval on the "
+            "mIoU bootstrap's resamples; lower is better for all three.", "",
+            md_table(header, rows), "",
+            "### ECE (%) per severity, mean over the 15 corruptions (0 = clean)", "",
+            md_table(["model"] + [str(s) for s in range(6)], sev_rows), ""]
+
+
 # ------------------------------------------------------------------------------------------- reporting
 
 def pct(x):
@@ -749,6 +980,7 @@ def tables_markdown(a):
             "(classes never predicted left out), or as the notebook did, all 21 with a never-predicted class's "
             "mean set to 0.", "",
             md_table(["model", "definition"] + [f"{k} comp." for k in ks] + ["rows"], rows), ""]
+    out += calibration_markdown(a)
     if a["missing"]:
         out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in a["missing"]] + [""]
     if a["notes"]:

@@ -20,6 +20,7 @@ groups, ``sweep`` = both sweeps), in the order they run:
   infer_v3 infer_v3plus     inference images/s of baseline, IBE and SCrIBE in both precisions
   deterministic             training images/s with and without --deterministic, alternated (notebook model)
   logits                    the logit tracker against the forward and the notebook's mask loop
+  calibration               the sweep's calibration bookkeeping (ECE / NLL / Brier bins) against the forward
   corrupt                   every corruption at every severity of a 224 px image, on one core
   study                     the full study projected from the rates above (needs train_v3 and infer_v3)
   sweep_v3 sweep_v3plus     the corruption sweep's overhead and sharing, three checkpoints of each model
@@ -70,6 +71,12 @@ suffix _v3 or _v3plus, and on a GPU the sweep runs with --amp bf16):
                         8x3x224x224 batch / that forward pass. <= 0.10
   logits_vs_loop        LogitTracker.update / a float32 per-class boolean-mask loop (the paper notebook's
                         way: mask = pred == n; sums[n] += logits[mask] ...; same count, sum, outer products). <= 2
+  calibration_vs_forward  what calibration adds to evaluate_corruptions.ConditionStats.update, called as it calls
+                        it (common.calibration.Calibration.update with the prediction and the top logit it has
+                        already, one row per image, labels with 255s), on the logits of the same DeepLabV3+ R50
+                        8x3x224x224 batch as logits_vs_forward / that forward pass. <= 0.05. Beside it (no
+                        target): ConditionStats.update as a whole over the forward, and Calibration.update
+                        computing its own argmax and top logit.
   train_vs_decode       common.data.train_transform(224) on decoded VOC-sized (500x375) JPEG + label /
                         a bare JPEG decode (PIL open, convert RGB, np.asarray); one thread. <= 2
   train_16_workers      16 x images/s of one thread running the whole training sample (dataset[i]: decode image
@@ -121,13 +128,14 @@ from PIL import Image
 import evaluate_corruptions
 import train as train_script
 from common import vocc
+from common.calibration import Calibration
 from common.checkpoint import git_commit, load_model, save_random_checkpoint
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import build_datasets, eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, resolve_device, set_deterministic, use_device
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
-from common.logits import LogitTracker
+from common.logits import LogitTracker, channel_argmax
 from common.models import BACKBONES, build_model, default_output_stride, model_flops, segmentation_loss
 from common.synthetic import ensure_synthetic
 from common.viz import colorize, predict
@@ -568,6 +576,49 @@ def bench_logits(cfg, scratch):
     notes = [f"logits: {bs}x21x{side}x{side}, {classes} classes predicted; forward {t_fwd:.3f}s, "
              f"tracker {t_track * 1e3:.1f} ms, "
              f"float32 mask loop {t_loop * 1e3:.1f} ms (best of {max(reps, 5)}; {torch.get_num_threads()} threads)"]
+    return res, notes
+
+
+def bench_calibration(cfg, scratch):
+    """What the sweep's calibration adds per batch, against the forward that produced the logits."""
+    dev, reps = cfg["device"], max(cfg["logit_repeats"], 5)
+    bs, side = cfg["logit_batch"], cfg["logit_size"]
+    model = load_model(save_random_checkpoint(os.path.join(scratch, "calibration-model.pt"), "baseline",
+                                              **model_kw(cfg, "deeplabv3plus")), dev)[0]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(bs, 3, side, side, generator=gen).to(dev)
+    labels = torch.randint(0, 21, (bs, side, side), generator=gen)
+    labels[torch.rand((bs, side, side), generator=gen) < 0.05] = 255      # VOC's ignored borders, roughly
+    labels = labels.to(dev)
+    positions = np.arange(bs)
+    with torch.inference_mode():
+        logits = model(x).float()                         # warm-up (oneDNN / cuDNN pick their kernels)
+        t_fwd = best_time(lambda: model(x), reps, dev)
+        pred, fg_max = channel_argmax(logits), logits[:, 1:].amax(1)    # ConditionStats has both already
+
+        def sweep_call():   # exactly what ConditionStats.update adds for calibration
+            Calibration(bs).update(logits, labels, positions, pred=pred, top=torch.maximum(fg_max, logits[:, 0]))
+
+        def alone():
+            Calibration(bs).update(logits, labels, positions)
+
+        def stats():
+            evaluate_corruptions.ConditionStats(bs).update(logits, labels, positions)
+
+        for fn in (sweep_call, alone, stats):
+            fn()
+        t_cal = best_time(sweep_call, reps, dev)
+        t_alone = best_time(alone, reps, dev)
+        t_stats = best_time(stats, reps, dev)
+    res = {"calibration_vs_forward": result(t_cal / t_fwd, 0.05, "<=", dict(calibration=t_cal, forward=t_fwd)),
+           "calibration_alone_vs_forward": result(t_alone / t_fwd, None, "info",
+                                                  dict(calibration_alone=t_alone, forward=t_fwd)),
+           "condition_stats_vs_forward": result(t_stats / t_fwd, None, "info",
+                                                dict(condition_stats=t_stats, forward=t_fwd))}
+    notes = [f"calibration: {bs}x21x{side}x{side}; forward {t_fwd:.3f}s, calibration as the sweep calls it "
+             f"{t_cal * 1e3:.1f} ms ({100 * t_cal / t_fwd:.1f}% of the forward), with its own argmax and top logit "
+             f"{t_alone * 1e3:.1f} ms, ConditionStats.update in all {t_stats * 1e3:.1f} ms (best of {reps}; "
+             f"{torch.get_num_threads()} threads)"]
     return res, notes
 
 
@@ -1163,6 +1214,7 @@ def groups(ctx):
         ("infer_v3plus", lambda: bench_infer_model(ctx, "deeplabv3plus")),
         ("deterministic", lambda: bench_deterministic(ctx)),
         ("logits", lambda: bench_logits(cfg, scratch)),
+        ("calibration", lambda: bench_calibration(cfg, scratch)),
         ("corrupt", data(lambda: bench_corrupt(ctx))),
         ("study", lambda: bench_study(ctx)),
         ("sweep_v3", data(lambda: bench_sweep(cfg, ckpts("deeplabv3"), scratch, "deeplabv3"))),
@@ -1174,13 +1226,15 @@ def groups(ctx):
     ]
 
 
-GROUPS = ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "logits", "corrupt", "study",
+GROUPS = ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "logits", "calibration", "corrupt",
+          "study",
           "sweep_v3", "sweep_v3plus", "dump", "train", "video", "gradients")
 # --only accepts these names for several groups. "model" is everything that needs the model on the device and
 # nothing beyond torch, torchvision, numpy and Pillow (no imagecorruptions, PyAV or zlib-ng).
 ALIASES = {"model": ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "study"),
            "sweep": ("sweep_v3", "sweep_v3plus")}
-DEFAULT_GROUPS = {"gpu": GROUPS, "quick": ("sweep_v3", "sweep_v3plus", "dump", "logits", "train", "video")}
+DEFAULT_GROUPS = {"gpu": GROUPS, "quick": ("sweep_v3", "sweep_v3plus", "dump", "logits", "calibration", "train",
+                                           "video")}
 
 # Rough cost of each group in seconds, for --minutes: a group is skipped when its estimate does not fit in
 # what is left. Quick (this 2-core CPU): from the runs in BENCHMARKS.md, rounded up. GPU: planning guesses
@@ -1190,9 +1244,9 @@ DEFAULT_GROUPS = {"gpu": GROUPS, "quick": ("sweep_v3", "sweep_v3plus", "dump", "
 # one fast core. Tiny (tests): a second each.
 ESTIMATES = {
     "quick": dict(train_v3=150, train_v3plus=100, infer_v3=90, infer_v3plus=60, deterministic=200, logits=15,
-                  corrupt=40, study=1, sweep_v3=240, sweep_v3plus=150, dump=90, train=10, video=45, gradients=60),
+                  calibration=15, corrupt=40, study=1, sweep_v3=240, sweep_v3plus=150, dump=90, train=10, video=45, gradients=60),
     "gpu": dict(train_v3=60, train_v3plus=45, infer_v3=30, infer_v3plus=20, deterministic=45, logits=15,
-                corrupt=30, study=1, sweep_v3=200, sweep_v3plus=200, dump=90, train=10, video=60, gradients=20),
+                calibration=15, corrupt=30, study=1, sweep_v3=200, sweep_v3plus=200, dump=90, train=10, video=60, gradients=20),
     "tiny": {g: 1 for g in GROUPS},
 }
 

@@ -9,7 +9,8 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
     run.json                                    models (path, sha256, config), protocol, versions, args
     metrics.jsonl                               one row per (model, corruption, severity), schema in README
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
-    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN
+    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
+                                                    calibration bins (totals and per image; common/calibration.py)
 
 Resumable per condition: finished conditions are skipped, every file is written atomically and
 metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill never tears it.
@@ -31,21 +32,21 @@ import os
 import sys
 import time
 
-import torchvision
-
 import numpy as np
 import torch
+import torchvision
 from tqdm import tqdm
 
-from common import results, vocc
-from common.checkpoint import (OutputLock, file_sha256, git_commit, load_model, prepare_output_folder,
+from common import external, results, vocc
+from common.calibration import Calibration
+from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_output_folder,
                                write_npz, write_text)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
                                 parse_corruptions, parse_severities)
 from common.data import PROTOCOLS, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.errors import UsageError, run_cli
+from common.errors import UsageError, check_plain_name, run_cli
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
@@ -98,7 +99,8 @@ class ConditionBatches(torch.utils.data.Sampler):
 # ------------------------------------------------------------------------------------------ model side
 
 class ConditionStats:
-    """Everything one model accumulates over one condition: confusion, per-image counts, logits, END."""
+    """Everything one model accumulates over one condition: confusion, per-image counts, logits, END,
+    calibration (per image, on the logits' device; None for results read back from before it existed)."""
 
     def __init__(self, n_images):
         self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
@@ -106,6 +108,7 @@ class ConditionStats:
         self.tracker = LogitTracker()
         self.end_sum = 0.0
         self.pixels = 0
+        self.calibration = Calibration(n_images)
 
     @torch.inference_mode()
     def update(self, logits, labels, positions):
@@ -134,6 +137,9 @@ class ConditionStats:
         bg = torch.exp(fg_max - z0).mul_(s).add_(1).reciprocal_()
         ident = s.reciprocal_().sub_(1 / k).mul_(1 / (1 - 1 / k))
         self.end_sum += float(torch.dot(bg.view(-1).double(), ident.view(-1).double()))
+        # ECE / NLL / Brier of the 21-way softmax over the non-255 pixels, one row per image (the bootstrap
+        # resamples images), on the device until the condition is written; the top logit is END's max(fg, z0).
+        self.calibration.update(logits, labels, positions, pred=pred, top=torch.maximum(fg_max, z0))
         self.pixels += pred.numel()
         return pred
 
@@ -148,6 +154,7 @@ def finite_or_none(x):
 def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
     m = {k: finite_or_none(v) for k, v in miou_from_confusion(stats.confusion).items()}
     end = stats.end_sum / stats.pixels if stats.pixels else None
+    cal = stats.calibration.metrics() if stats.calibration is not None else {}
     return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
             "kind": model_info["kind"], "corruption": corruption,
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
@@ -157,6 +164,10 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             # same mean over the classes the model predicted (PROTOCOL.md, "Logit structure").
             "distance": finite_or_none(stats.tracker.distance_notebook()),
             "distance_predicted": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
+            # Calibration of the softmax over the 21 channels, non-255 pixels (common/calibration.py); null
+            # when no pixel was scored or the condition was merged from shards written before it existed.
+            "ece": finite_or_none(cal.get("ece")), "nll": finite_or_none(cal.get("nll")),
+            "brier": finite_or_none(cal.get("brier")),
             "images": n_images, "seconds": seconds, "shard": args.shard}
 
 
@@ -171,13 +182,22 @@ def save_condition(out, model_name, corruption, severity, stats: ConditionStats,
                     fp=stats.per_image.sum(1) - tp, fn=stats.per_image.sum(2) - tp)
 
 
+def shard_calibration(parts, order):
+    """One condition's calibration from its shards' per-image rows, stacked and put in ``order`` as tp/fp/fn
+    are: the rows and totals of a single run over the same logits, bit for bit. None if a shard was written
+    before calibration was measured (its rows then get null ece / nll / brier)."""
+    return None if any(p is None for p in parts) else Calibration.concat(parts, order)
+
+
 def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
-    """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN."""
+    """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN + the
+    calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order)."""
     stem = f"{corruption}_{severity}.npz"
     write_npz(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
               end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
+    calib = stats.calibration.state_dict() if stats.calibration is not None else {}
     write_npz(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
-              image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn)
+              image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn, **calib)
 
 
 # ------------------------------------------------------------------------------------- results folder
@@ -199,27 +219,43 @@ def parse_shard(spec):
 
 
 def load_models(args):
+    """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
+    common/external.py) and their run.json entries, display names checked as plain file names."""
     if len(args.checkpoints) == 0:
-        raise UsageError("--checkpoints: give at least one checkpoint written by train.py")
+        raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
+                         "or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
+    # (getattr: bench.py calls this with a Namespace of checkpoints, names and device only)
+    options = external.model_options(args.checkpoints, getattr(args, "weights_file", None),
+                                     getattr(args, "model_kind", None))
     models, infos = [], []
     # The checkpoints' SHA-256 (provenance, in every metrics row) on a thread while the models load: hashlib
     # releases the GIL, so hashing 160 MB per R50 (0.09 s here) overlaps the loading instead of adding to it.
     # Regular files only (a FIFO or a device would block the thread, and the exit with it; load_model refuses
     # them with a clear message), and the hashes still queued are dropped when a checkpoint is refused.
+    # torchvision and factory models get their identity hash from external.load_spec.
     pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        hashes = [pool.submit(file_sha256, path) if os.path.isfile(path) else None for path in args.checkpoints]
-        for i, path in enumerate(args.checkpoints):
-            model, ckpt = load_model(path, args.device)
+        hashes = [pool.submit(file_sha256, spec) if external.spec_kind(spec) == "checkpoint" and os.path.isfile(spec)
+                  else None for spec in args.checkpoints]
+        for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
+            model, info = external.load_spec(spec, args.device, weights_file, kind, hash_file=False)
             model = model.to(memory_format=memory_format(torch.device(args.device)))
-            name = args.names[i] if args.names else ckpt.get("name") or model.config["kind"]
+            if args.names:
+                info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
+            else:   # a checkpoint's stored name, or one derived from the spec: both become folder names
+                check_plain_name(info["name"], f"checkpoint {spec}" if "identity" not in info else spec)
+            if "identity" in info:
+                ident = info["identity"]
+                print(f"model {info['name']}: {spec} (kind {info['kind']}, weights "
+                      f"{ident['weights_file'] or 'its own'}, sha256 {ident['weights_sha256'][:12]}, torchvision "
+                      f"{ident['torchvision']})")
             models.append(model)
-            infos.append({"name": name, "path": os.path.abspath(path), "sha256": None,
-                          "kind": model.config["kind"], "config": model.config})
-        for info, sha, path in zip(infos, hashes, args.checkpoints):
-            info["sha256"] = sha.result() if sha is not None else file_sha256(path)
+            infos.append(info)
+        for info, sha, spec in zip(infos, hashes, args.checkpoints):
+            if info["sha256"] is None:
+                info["sha256"] = sha.result() if sha is not None else file_sha256(spec)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     names = [m["name"] for m in infos]
@@ -492,20 +528,22 @@ def merge(args, held):
                 part = ConditionStats(0)
                 part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
                 part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
+                part.calibration = Calibration.from_state_dict(cf)
                 tp, fp, fn = cf["tp"], cf["fp"], cf["fn"]
                 if st is None:
-                    st, per = part, [(tp, fp, fn)]
+                    st, per = part, [(tp, fp, fn, part.calibration)]
                 else:
                     st.confusion = st.confusion + part.confusion
                     st.tracker = st.tracker + part.tracker
                     st.end_sum += part.end_sum
                     st.pixels += part.pixels
-                    per.append((tp, fp, fn))
+                    per.append((tp, fp, fn, part.calibration))
                 ids += list(cf["image_ids"])
                 secs += row[0].get("seconds") or 0.0
                 n += row[0].get("images") or len(cf["image_ids"])
             order = np.argsort(np.array(ids), kind="stable")
             tp, fp, fn = (np.concatenate([p[i] for p in per])[order] for i in range(3))
+            st.calibration = shard_calibration([p[3] for p in per], order)
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
             write_condition(folder, name, c, s, st, np.array(ids)[order], tp, fp, fn)
     write_text(os.path.join(folder, "run.json"), json.dumps(merged, indent=1) + "\n")
@@ -519,8 +557,14 @@ def merge(args, held):
 def get_args_parser():
     p = argparse.ArgumentParser(description="Evaluate checkpoints under the corruption benchmark (VOC-C).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", default=[], help="checkpoints written by train.py (self-describing)")
-    p.add_argument("--names", nargs="+", default=None, help="display names; default: the name stored in each checkpoint")
+    p.add_argument("--checkpoints", nargs="+", default=[], metavar="SPEC",
+                   help="the models: checkpoints written by train.py (self-describing), torchvision:<builder>"
+                        "[:<weights>] (e.g. torchvision:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1; weights from the "
+                        "torch hub cache) or module.path:factory (a function returning an nn.Module)")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="display names (plain file names); default: the name stored in each checkpoint, the "
+                        "builder's name for torchvision:, the factory's for module:factory")
+    external.add_model_arguments(p, "--checkpoints")
     p.add_argument("--data", choices=("voc", "synthetic"), default="voc", help="which val set")
     p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
     p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")

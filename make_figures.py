@@ -23,6 +23,9 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     correlations_notebook.png  the same panels of the notebook's quantity, (Q - mu mu^T) / N scaled by its
                             diagonal (not the covariance; near 1 wherever the mean logits dominate), in the
                             paper's colour range 0.8..1 (lower values drawn as 0.8), for comparison with its figure
+    calibration.png         top: one reliability diagram per model (accuracy vs mean confidence in each of the
+                            15 bins, bins summed over the 15 corruptions) for clean, severity 3 and severity 5,
+                            with the diagonal; bottom: ECE vs severity per model (mean over the corruptions)
     qualitative_grid.png    the five corruptions above at severity 0..3: input | baseline | SCrIBE prediction
     contact_sheet.png       the first 100 val images with their indices, for picking --index
 
@@ -47,7 +50,8 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from common.checkpoint import atomic_write, file_sha256, load_model  # noqa: E402
+from common import external  # noqa: E402
+from common.checkpoint import atomic_write  # noqa: E402
 from common.constants import CLASSES, NUM_CLASSES  # noqa: E402
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, MIN_SIDE, corrupt_image  # noqa: E402
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
@@ -63,6 +67,7 @@ CONTACT_MAX = 100
 NEEDS = {"voc_sample": {"images", "models"}, "corruption_grid": {"images"}, "miou_vs_severity": {"metrics"},
          "per_corruption": {"metrics"}, "explained_variance": {"arrays"}, "class_means": {"arrays"},
          "distance_matrices": {"arrays"}, "correlations": {"arrays"}, "correlations_notebook": {"arrays"},
+         "calibration": {"arrays"},
          "qualitative_grid": {"images", "models"}, "contact_sheet": {"images"}}
 FIGURES = tuple(NEEDS)
 RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 8,
@@ -313,6 +318,67 @@ def fig_correlations_notebook(ctx):
     return fig_correlations(ctx, "correlation_notebook")
 
 
+# The reliability diagrams' conditions: clean and two severities (bins summed over the corruptions).
+RELIABILITY_SEVERITIES = (0, 3, 5)
+RELIABILITY_STYLE = {0: {"color": "0.2", "linestyle": "-", "marker": "o"},
+                     3: {"color": (0.90, 0.62, 0.0), "linestyle": "--", "marker": "s"},
+                     5: {"color": (0.80, 0.47, 0.65), "linestyle": ":", "marker": "^"}}
+
+
+def reliability(ctx, name, severity):
+    """(mean confidence, accuracy, pixels) of the non-empty bins of one model at one severity, from the
+    bins analyze_logits.py summed over the corruptions; None when the arrays have none."""
+    key = f"{name}/calibration/{severity}"
+    if f"{key}/count" not in ctx["arrays"]:
+        return None
+    count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64)
+                        for k in ("count", "conf_sum", "acc_sum"))
+    kept = count > 0
+    return conf[kept] / count[kept], acc[kept] / count[kept], count[kept]
+
+
+def check_calibration(ctx):
+    """calibration.png needs analyze_logits.py's calibration arrays (older analyses have none)."""
+    if not any(f"{n}/calibration/ece_by_severity" in ctx["arrays"] for n in ctx["array_names"]):
+        raise UsageError(f"{os.path.join(ctx['results_dir'], 'analysis_arrays.npz')}: no calibration arrays (written "
+                         f"by an analyze_logits.py from before calibration, or results without ece/nll/brier); rerun "
+                         f"analyze_logits.py --results {ctx['results_dir']}")
+
+
+def fig_calibration(ctx):
+    names = ctx["array_names"]
+    fig = plt.figure(figsize=(max(7.0, 3.0 * len(names) + 0.6), 6.8), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1.25, 1))
+    axes = np.atleast_1d(top.subplots(1, len(names), sharex=True, sharey=True))
+    for ax, name in zip(axes, names):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="perfect calibration")
+        drawn = False
+        for s in RELIABILITY_SEVERITIES:
+            rel = reliability(ctx, name, s)
+            if rel is None:
+                continue
+            label = "clean" if s == 0 else f"severity {s}"
+            ax.plot(rel[0], rel[1], **RELIABILITY_STYLE[s], markersize=4, label=label)
+            drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no calibration bins", transform=ax.transAxes, ha="center", va="center")
+        ax.set(title=name, xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)", aspect="equal")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=7)
+    top.suptitle("Reliability of the top-1 softmax confidence\n(15 bins over the non-255 pixels; severities 3 and "
+                 "5: bins summed over the corruptions)", fontsize=10)
+    ax = bottom.subplots()
+    for name in names:
+        ece = np.asarray(ctx["arrays"].get(f"{name}/calibration/ece_by_severity", np.full(6, np.nan)), float)
+        ax.plot(np.arange(6), 100 * ece, **ctx["styles"][name])
+    ax.set(xlabel="severity (0 = clean)", ylabel="ECE (%)", xticks=range(6))
+    ax.set_title("ECE vs severity: clean, then the mean over the corruptions of each condition's ECE")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
 # ----------------------------------------------------------------------------- figures from images
 
 def corrupted(ctx, corruption, severity):
@@ -464,20 +530,27 @@ def read_images(args, ctx, wanted):
     if not any("models" in NEEDS[f] for f in wanted):
         return
     known = {m.get("sha256"): m for m in run.get("models", [])}
-    paths = args.checkpoints or [m.get("path") for m in run.get("models", [])]
-    if not all(isinstance(p, str) and p for p in paths):
-        raise UsageError(f"{args.results}/run.json: a model without its checkpoint path (damaged?); pass "
-                         f"--checkpoints with the files that were evaluated")
-    if not paths:
+    if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/external.py)
+        options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
+        entries = [(spec, None, opts) for spec, opts in zip(args.checkpoints, options)]
+    else:                  # as evaluated: run.json's files, or its specs with their weights file and kind
+        if not all(isinstance(m.get("path"), str) and m["path"] for m in run.get("models", [])):
+            raise UsageError(f"{args.results}/run.json: a model without its checkpoint path (damaged?); pass "
+                             f"--checkpoints with the models that were evaluated")
+        entries = [(m["path"], m, None) for m in run.get("models", [])]
+    if not entries:
         raise UsageError(f"--checkpoints: none given and {args.results}/run.json lists none; pass the "
-                         f"checkpoints written by train.py")
-    for path in paths:
-        if not os.path.isfile(path):
-            raise UsageError(f"checkpoint {path}: no such file; pass --checkpoints with the files that were "
+                         f"checkpoints written by train.py (or torchvision:/module:factory specs)")
+    for spec, recorded, opts in entries:
+        if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
+            raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
-        model, ckpt = load_model(path, ctx["device"])
-        # The display name of the evaluation when this exact file was evaluated, else the checkpoint's own.
-        info = known.get(file_sha256(path)) or {"name": ckpt.get("name") or model.config["kind"]}
+        if recorded is not None:
+            model, info = external.load_recorded(recorded, ctx["device"])
+        else:
+            model, info = external.load_spec(spec, ctx["device"], *opts)
+        # The display name of the evaluation when this exact model was evaluated, else its own.
+        info = known.get(info["sha256"]) or info
         ctx["models"].append({"name": info["name"], "kind": model.config["kind"], "model": model})
 
 
@@ -487,6 +560,8 @@ def main(args):
     wanted = [f for f in FIGURES if f in (args.only or FIGURES)]
     print(f"arguments: {json.dumps(vars(args), sort_keys=True)}")
     ctx = read_results(args, wanted)
+    if "calibration" in wanted:
+        check_calibration(dict(ctx, results_dir=args.results))
     if any("images" in NEEDS[f] for f in wanted):
         read_images(args, ctx, wanted)
     try:
@@ -510,8 +585,10 @@ def get_args_parser():
                    help="val set for the image figures; default: the one run.json records")
     p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
     p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
-    p.add_argument("--checkpoints", nargs="+", default=None,
-                   help="models for voc_sample and qualitative_grid; default: the checkpoints in run.json")
+    p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
+                   help="models for voc_sample and qualitative_grid: checkpoints, torchvision:<builder>[:<weights>] "
+                        "or module.path:factory; default: the models in run.json (with their weights file and kind)")
+    external.add_model_arguments(p, "--checkpoints")
     p.add_argument("--index", type=int, default=0,
                    help="val image shown in the image figures (contact_sheet.png shows the indices)")
     p.add_argument("--size", type=int, default=None,

@@ -48,7 +48,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from common.checkpoint import git_commit, load_model
+from common import external
+from common.checkpoint import git_commit
 from common.device import resolve_device, use_device
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.errors import UsageError, run_cli
@@ -421,20 +422,24 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
 # ---------------------------------------------------------------------------------------------- main
 
 def load_pair(args):
-    """(baseline, robust) models and their display names (--names, else each checkpoint's name)."""
+    """(baseline, robust) models and their display names (--names, else each checkpoint's name). Either may be
+    a checkpoint, torchvision:<builder>[:<weights>] or module:factory (common/external.py)."""
     if args.names is not None and len(args.names) != 2:
         raise UsageError(f"--names: give two names (baseline, robust), got {len(args.names)}")
+    specs = [args.baseline, args.robust]
+    options = external.model_options(specs, args.weights_file, args.model_kind, where="--baseline/--robust")
     models, names = [], []
-    for k, (flag, path) in enumerate((("--baseline", args.baseline), ("--robust", args.robust))):
-        if not os.path.isfile(path):
-            raise UsageError(f"{flag} {path}: no such checkpoint; pass a checkpoint written by train.py")
-        model, ckpt = load_model(path, args.device)
+    for k, (flag, spec) in enumerate((("--baseline", args.baseline), ("--robust", args.robust))):
+        if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
+            raise UsageError(f"{flag} {spec}: no such checkpoint; pass a checkpoint written by train.py, "
+                             f"torchvision:<builder> or module:factory")
+        model, info = external.load_spec(spec, args.device, *options[k], hash_file=False)
         # NHWC convolutions: ~25% faster for these ResNets on CPU (oneDNN) as on GPU; the frames arrive
         # as NHWC arrays already. Same device and arguments -> same predictions, run after run.
         models.append(model.to(memory_format=torch.channels_last))
-        names.append(args.names[k] if args.names else (ckpt.get("name") or model.config["kind"]))
-        print(f"{flag[2:]}: {path} ({names[-1]}, {model.config['kind']}, {model.config.get('arch')} "
-              f"{model.config.get('backbone')})")
+        names.append(args.names[k] if args.names else info["name"])
+        print(f"{flag[2:]}: {spec} ({names[-1]}, {model.config['kind']}, {model.config.get('arch')}"
+              f"{' ' + model.config['backbone'] if model.config.get('backbone') else ''})")
     return models, names
 
 
@@ -509,10 +514,15 @@ def get_args_parser():
                      help="input video (anything PyAV/FFmpeg decodes); all its frames are used")
     src.add_argument("--synthetic", action="store_true",
                      help="generate a clip of moving shapes of the synthetic dataset's classes instead of --video")
-    p.add_argument("--baseline", required=True, help="baseline checkpoint written by train.py (bottom-left tile)")
-    p.add_argument("--robust", required=True, help="robust (SCrIBE) checkpoint written by train.py (bottom-right tile)")
+    p.add_argument("--baseline", required=True,
+                   help="baseline model (bottom-left tile): a checkpoint written by train.py, "
+                        "torchvision:<builder>[:<weights>] or module.path:factory")
+    p.add_argument("--robust", required=True,
+                   help="robust (SCrIBE) model (bottom-right tile): a checkpoint, torchvision: or module:factory spec")
     p.add_argument("--names", nargs=2, default=None, metavar=("BASELINE", "ROBUST"),
-                   help="tile labels of the two models; default: the name stored in each checkpoint")
+                   help="tile labels of the two models; default: the name stored in each checkpoint (the "
+                        "builder's or factory's name for a spec)")
+    external.add_model_arguments(p, "--baseline/--robust")
     p.add_argument("--out", default="demo.mp4", help="output video; the extension picks the container (.mp4, .mkv)")
     p.add_argument("--corruptions", nargs="+", default=None,
                    help="corruptions after the clean segment (names, short names, numbers or groups); "

@@ -376,9 +376,20 @@ def read_logits(path, fix, keys=tuple(LOGITS_SPEC)):
     return z
 
 
-def read_confusion(path, fix, keys=tuple(CONFUSION_SPEC)):
-    """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0."""
-    z = load_npz(path, {k: CONFUSION_SPEC[k] for k in keys}, fix)
+# The calibration bins (common/calibration.py; absent from files written before it): totals over b bins and one
+# row per image, in image_ids order.
+CALIBRATION_SPEC = {"calib_count": ("iu", ("b",)), "calib_conf_sum": ("f", ("b",)), "calib_acc_sum": ("iuf", ("b",)),
+                    "calib_nll_sum": ("f", ()), "calib_brier_sum": ("f", ()), "calib_pixels": ("iu", ()),
+                    "calib_image_count": ("iu", ("n", "b")), "calib_image_conf_sum": ("f", ("n", "b")),
+                    "calib_image_acc_sum": ("iuf", ("n", "b")), "calib_image_nll_sum": ("f", ("n",)),
+                    "calib_image_brier_sum": ("f", ("n",))}
+
+
+def read_confusion(path, fix, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
+    """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0,
+    and the calibration arrays where the file has them."""
+    spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC}
+    z = load_npz(path, {k: spec[k] for k in keys}, fix, optional=tuple(CALIBRATION_SPEC))
     for k in ("confusion", "tp", "fp", "fn"):
         if k in z and (z[k] < 0).any():
             raise UsageError(f"{path}: damaged (negative counts in {k}); {fix}")
