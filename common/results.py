@@ -32,7 +32,7 @@ from .errors import UsageError
 
 CLEAN = "clean"   # the severity-0 condition, shared by all corruptions
 K = NUM_CLASSES
-NUMBER_FIELDS = ("miou", "pixel_acc", "end", "distance", "distance_predicted")
+NUMBER_FIELDS = ("miou", "pixel_acc", "end", "distance", "distance_predicted", "ece", "nll", "brier")
 
 
 def sweep_fix(folder) -> str:
@@ -67,7 +67,7 @@ def row_problem(row):
     for k in NUMBER_FIELDS:
         v = row.get(k)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
-            return f"{k} must be a finite number or null, got {v!r}"
+            return f"{k} must be a number or null, got {v!r}"
     for k in ("images", "seconds"):
         v = row.get(k)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
@@ -217,7 +217,9 @@ def first_difference(old: dict, new: dict, skip=()):
     """(field, old value, new value) of the first identity field that differs, or None. Fields missing from
     ``old`` (written before they were recorded) are not compared."""
     a, b = identity(old), identity(json.loads(json.dumps(new)))
-    for key, value in b.items():
+    # A model both runs name, from another checkpoint, is said first (more telling than the list of names).
+    for key in sorted(b, key=lambda k: not k.startswith("checkpoint sha256 of ")):
+        value = b[key]
         if key in skip or key not in a:
             continue
         if a[key] != value:
@@ -241,6 +243,10 @@ def shown(value) -> str:
 def describe(diff, old_words="made with", new_words="this run has") -> str:
     """(field, old, new) as "made with --size 224, this run has --size 96"."""
     field, was, now = diff
+    if field.startswith("checkpoint sha256 of "):
+        name = field[len("checkpoint sha256 of "):]
+        return (f"{old_words} model {name} from one checkpoint (sha256 {shown(was)}), {new_words} model {name} "
+                f"from another checkpoint (sha256 {shown(now)})")
     if field.startswith("versions."):
         label = f"{field[len('versions.'):]}"
     elif field.startswith("voc_c."):
@@ -328,10 +334,10 @@ def clear_stale(out) -> None:
 
 def load_npz(path, spec: dict, fix: str, optional=()):
     """The arrays ``spec`` names, loaded and checked: {key: (dtype kinds, shape)}, a shape entry None meaning
-    any length and a str meaning "the same length as other entries with that str". Keys in ``optional`` may be
+    any length and a str meaning "the same length as other entries with that str" (shape None: any shape). Keys in ``optional`` may be
     absent. Float arrays must be finite unless their kinds string holds "n" (NaN allowed)."""
     def damaged(what):
-        return UsageError(f"{path}: damaged ({what}); {fix}")
+        return UsageError(f"{path}: {what}; {fix}")
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -339,25 +345,30 @@ def load_npz(path, spec: dict, fix: str, optional=()):
                 raise damaged("a single .npy array, not an NPZ archive")
             absent = [k for k in spec if k not in z.files and k not in optional]
             if absent:
-                raise damaged(f"no {', '.join(absent)} array")
+                raise damaged(f"no {', '.join(absent)} array (damaged)")
             arrays = {k: z[k] for k in spec if k in z.files}
     except UsageError:
         raise
     except Exception as e:   # a torn archive fails anywhere in zipfile (BadZipFile, EOFError) or numpy's parser
         raise UsageError(f"{path}: unreadable, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
                          f"{fix}") from None
+    # Named lengths come from the one-dimensional arrays first (image_ids says how many images there are).
     sizes = {}
+    for k in sorted((k for k in arrays if spec[k][1] is not None), key=lambda k: len(spec[k][1])):
+        for w, d in zip(spec[k][1], arrays[k].shape):
+            if isinstance(w, str):
+                sizes.setdefault(w, d)
     for k, a in arrays.items():
         kinds, shape = spec[k]
         if a.dtype.kind not in kinds.replace("n", ""):
-            raise damaged(f"{k} has dtype {a.dtype}")
-        if a.ndim != len(shape) or any(isinstance(w, int) and w != d for w, d in zip(shape, a.shape)):
-            raise damaged(f"{k} has shape {a.shape}, expected {tuple('n' if w is None or isinstance(w, str) else w for w in shape)}")
-        for w, d in zip(shape, a.shape):
-            if isinstance(w, str) and sizes.setdefault(w, (d, k))[0] != d:
-                raise damaged(f"{k} has {d} rows, {sizes[w][1]} has {sizes[w][0]}")
+            raise damaged(f"{k} has dtype {a.dtype} (damaged)")
+        if shape is None:   # an array this reader does not interpret: any shape
+            continue
+        want = tuple(sizes.get(w, "n") if isinstance(w, str) else ("n" if w is None else w) for w in shape)
+        if a.ndim != len(shape) or any(not isinstance(w, str) and w != d for w, d in zip(want, a.shape)):
+            raise damaged(f"{k} has shape {a.shape}, expected {want}".replace("'", ""))
         if a.dtype.kind == "f" and "n" not in kinds and not np.isfinite(a).all():
-            raise damaged(f"{k} holds NaN or infinite values")
+            raise damaged(f"{k} holds NaN or infinite values (damaged)")
     return arrays
 
 
@@ -372,7 +383,7 @@ def read_logits(path, fix, keys=tuple(LOGITS_SPEC)):
     end_sum, pixels (scalars)."""
     z = load_npz(path, {k: LOGITS_SPEC[k] for k in keys}, fix)
     if "count" in z and (z["count"] < 0).any():
-        raise UsageError(f"{path}: damaged (negative pixel counts); {fix}")
+        raise UsageError(f"{path}: negative pixel counts (damaged); {fix}")
     return z
 
 
@@ -392,7 +403,7 @@ def read_confusion(path, fix, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPE
     z = load_npz(path, {k: spec[k] for k in keys}, fix, optional=tuple(CALIBRATION_SPEC))
     for k in ("confusion", "tp", "fp", "fn"):
         if k in z and (z[k] < 0).any():
-            raise UsageError(f"{path}: damaged (negative counts in {k}); {fix}")
+            raise UsageError(f"{path}: negative counts in {k} (damaged); {fix}")
     return z
 
 
@@ -437,13 +448,13 @@ def read_analysis_arrays(path, fix):
     if files is None or "models" not in files:
         raise UsageError(f"{path}: damaged (no models array); {fix}")
     spec = {"models": ("U", (None,)), "classes": ("U", (K,)), "explained_variance_source": ("U", ())}
-    for key in files:
-        if key in spec:
-            continue
-        last = key.rsplit("/", 1)[-1]
-        if last not in ARRAY_SHAPES or "/" not in key:
-            raise UsageError(f"{path}: damaged (unexpected array {key!r}); {fix}")
-        spec[key] = ("fn", ARRAY_SHAPES[last])
+    for key in files:   # <model>/clean/<array> and <model>/<corruption>/<severity>/<array>; others unchecked
+        parts = key.split("/")
+        if key not in spec and parts[-1] in ARRAY_SHAPES and (
+                (len(parts) == 3 and parts[1] == CLEAN) or (len(parts) == 4 and parts[1] in ALL_CORRUPTIONS)):
+            spec[key] = ("fn", ARRAY_SHAPES[parts[-1]])
+        elif key not in spec:   # written by another part of analyze_logits.py (calibration, say): passed on as is
+            spec[key] = ("biufUn", None)
     return load_npz(path, spec, fix, optional=("classes", "explained_variance_source"))
 
 

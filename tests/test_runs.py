@@ -124,7 +124,7 @@ def analysed(world, base):
 # ---------------------------------------------------------------------------------- one run per folder
 
 @pytest.mark.parametrize("change, needle", [
-    ("checkpoint", "checkpoint sha256 of baseline"),
+    ("checkpoint", "this run has model baseline from another checkpoint (sha256 "),
     ("models", "the models"),
     ("size", "--size 32, this run has --size 40"),
     ("protocol", "--protocol paper, this run has --protocol shortside"),
@@ -458,7 +458,7 @@ def test_a_truncated_logits_npz_is_one_line_from_the_command_line_and_the_sweep_
     assert analyse(out) == 0
 
 
-@pytest.mark.parametrize("damage", ["truncated", "zero bytes", "an array of another shape", "an unknown array",
+@pytest.mark.parametrize("damage", ["truncated", "zero bytes", "an array of another shape", "an array of strings",
                                     "no models", "analysis.json of other checkpoints", "analysis.json not JSON",
                                     "torn metrics line", "run.json a list"])
 def test_make_figures_refuses_damaged_results_before_drawing(analysed, tmp_path, damage):
@@ -468,12 +468,12 @@ def test_make_figures_refuses_damaged_results_before_drawing(analysed, tmp_path,
         arr.write_bytes(arr.read_bytes()[:2000])
     elif damage == "zero bytes":
         arr.write_bytes(b"")
-    elif damage in ("an array of another shape", "an unknown array", "no models"):
+    elif damage in ("an array of another shape", "an array of strings", "no models"):
         z = dict(np.load(arr))
         if damage == "an array of another shape":
             z["scribe/clean/mean"] = z["scribe/clean/mean"][:, :5]
-        elif damage == "an unknown array":
-            z["scribe/clean/whatever"] = np.zeros(3)
+        elif damage == "an array of strings":
+            z["baseline/gaussian_noise/1/explained_variance"] = np.array(["x"] * 21)
         else:
             del z["models"]
         np.savez(arr, **z)
