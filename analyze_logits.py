@@ -132,14 +132,14 @@ import zipfile
 
 import numpy as np
 
+from common import results as rf
 from common.calibration import BINS, ROW_KEYS, metrics_from_bins
 from common.checkpoint import git_commit
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.errors import UsageError, run_cli
 from common.logits import LogitTracker
-
-CLEAN = "clean"                      # evaluate_corruptions.py's name for the severity-0 condition
+from common.results import CLEAN
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
 CONFIDENCE = 0.95
@@ -173,79 +173,26 @@ def mean_or_none(values):
 # --------------------------------------------------------------------------------- reading the inputs
 
 def read_metrics(path):
-    """Rows of metrics.jsonl, strictly: any malformed line is a UsageError naming file and line.
-
-    (evaluate_corruptions.py's own reader treats a bad line as a torn write to recompute; here a bad
-    line means the numbers cannot be trusted, so we stop instead of summarising part of the file.)
-    """
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: not found; is --results a folder written by evaluate_corruptions.py?")
-    rows, seen = [], {}
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            lacking = [k for k in ("model", "corruption", "severity", "miou") if k not in row]
-            if lacking:
-                raise UsageError(f"{where}: no {', '.join(lacking)} field")
-            c, s = row["corruption"], row["severity"]
-            if not isinstance(row["model"], str) or not row["model"]:
-                raise UsageError(f"{where}: model must be a non-empty string")
-            if c != CLEAN and c not in ALL_CORRUPTIONS:
-                raise UsageError(f"{where}: unknown corruption {c!r}")
-            if not isinstance(s, int) or isinstance(s, bool) or (c == CLEAN) != (s == 0) or not 0 <= s <= 5:
-                raise UsageError(f"{where}: severity {s!r} does not fit corruption {c!r} "
-                                 f"(clean is severity 0, corruptions 1..5)")
-            for k in ("miou", "pixel_acc", "end", "distance", "distance_predicted"):
-                v = row.get(k)
-                if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-                    raise UsageError(f"{where}: {k} must be a number or null, got {v!r}")
-            key = (row["model"], c, s)
-            if key in seen:
-                raise UsageError(f"{where}: repeats {row['model']} {cond_key(c, s)} from line {seen[key]}")
-            seen[key] = n
-            rows.append(row)
-    if not rows:
-        raise UsageError(f"{path}: no rows; has evaluate_corruptions.py finished any condition?")
-    return rows
+    """Rows of metrics.jsonl, strictly (common/results.py): a malformed line is a UsageError naming file and
+    line, since here a bad line means the numbers cannot be trusted; the sweep itself recomputes such rows."""
+    return rf.read_metrics(path)
 
 
 def read_run(path):
-    """run.json, or None when absent (older or hand-made folders); unreadable is a UsageError."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as fh:
-            run = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: unreadable ({e})") from None
-    if not isinstance(run, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    return run
+    """run.json, or None when absent (older or hand-made folders); a damaged one is a UsageError."""
+    return rf.read_run(path)
 
 
 def load_npz(path, keys):
-    """The named arrays of one npz file, loaded into memory; a bad file is a UsageError naming it."""
-    try:
-        with np.load(path) as z:
-            return {k: z[k] for k in keys}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:   # a torn file is a bad zip
-        raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
+    """The named arrays of one confusion/ npz file, checked (keys, dtypes, shapes); a bad file is a UsageError
+    naming it and the command that rewrites it."""
+    return rf.read_confusion(path, rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path)))), keys)
 
 
 def read_tracker(path):
-    """The LogitTracker state of one logits/<model>/<condition>.npz file."""
-    tracker = LogitTracker.from_state_dict(load_npz(path, ("count", "sum", "sq")))
-    if tracker.num_classes != NUM_CLASSES:
-        raise UsageError(f"{path}: {tracker.num_classes} classes, expected {NUM_CLASSES}")
-    return tracker
+    """The LogitTracker state of one logits/<model>/<condition>.npz file, checked (21 classes, float64, finite)."""
+    fix = rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+    return LogitTracker.from_state_dict(rf.read_logits(path, fix, keys=("count", "sum", "sq")))
 
 
 def resolve_pca_pass(arg, results):
@@ -416,6 +363,7 @@ def analyse(args):
     metrics_path = os.path.join(results, "metrics.jsonl")
     rows = read_metrics(metrics_path)
     run = read_run(os.path.join(results, "run.json"))
+    rf.check_rows_match_run(rows, run, metrics_path, os.path.join(results, "run.json"))
     notes = []
     if run is None:
         notes.append("no run.json: model order and kinds come from metrics.jsonl")

@@ -11,8 +11,13 @@ Writes ``<out>/<corruption>/<severity>/<id>.png``, ``<out>/labels/<id>.png`` and
 renamed; a re-run skips files that decode to the right shape, so a killed dump resumes where it stopped.
 ``--verify`` recomputes a sample and compares bytes. Pixels equal ``common.corruptions.corrupt_image``,
 i.e. ``imagecorruptions.corrupt`` under PROTOCOL.md's seed rule.
+
+A folder holds one dump: one made under another protocol, size, seed rule, package versions or val set is
+refused with one line naming the difference (more corruptions or severities are added to it); ``--overwrite``
+starts it afresh, moving the old folder to ``<out>.replaced-<date>-<time>`` once the first image is written.
 """
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -24,10 +29,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 from tqdm import tqdm
 
-from common import vocc
+from common import results, vocc
 from common.checkpoint import OutputLock, git_commit, prepare_output_folder, write_text
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
-from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, resolve_roots, voc_dataset
+from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, voc_dataset
 from common.errors import UsageError, run_cli
 from common.host import keep_freed_memory
 
@@ -149,41 +154,78 @@ def main(args):
     check_protocol_sizes(dataset, range(n), args.protocol)   # an image too small for it stops the run here
     size = args.size if args.protocol != "native" else None
     conditions = [(c, s) for c in corruptions for s in severities]
+    # What makes the pixels: a folder holds one dump of it (the --limit is not part of it: each PNG is a
+    # function of its own image, and the manifest counts the images of each condition).
+    ident = {"protocol": args.protocol, "size": size, "seed_rule": vocc.SEED_RULE, "versions": versions,
+             "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
+             "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset)))}
 
     if args.verify:
-        vocc.check_manifest(args.out, args.protocol, args.size, versions)
+        vocc.check_manifest(args.out, args.protocol, args.size, versions,
+                            **{k: ident[k] for k in ("seed_rule", "data", "voc_root", "split", "image_ids_sha256")})
         checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
         print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")
         return 1 if bad else 0
     prepare_output_folder(args.out)
-    with OutputLock(args.out, "dump_voc_c.py"):
-        old = vocc.read_manifest(args.out)
-        if old is not None:
-            vocc.check_manifest(args.out, args.protocol, args.size, versions)
-        return dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, versions, old)
+    with contextlib.ExitStack() as held:
+        held.enter_context(OutputLock(args.out, "dump_voc_c.py"))
+        results.clear_stale(args.out)
+        fresh, old = None, None
+        if args.overwrite and results.has_contents(args.out):
+            fresh = held.enter_context(results.Afresh(args.out))
+            held.enter_context(OutputLock(fresh.folder, "dump_voc_c.py --overwrite"))
+        else:
+            old = vocc.read_manifest(args.out)
+            diff = None if old is None else vocc.manifest_difference(old, ident)
+            if diff is not None:
+                raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump, "
+                                 f"{results.describe(diff)}; use another --out, or --overwrite to start it afresh "
+                                 f"(the old dump is then moved aside, untouched)")
+        return dump(args, dataset, voc_root, n, corruptions, severities, conditions, ident, old, fresh)
 
 
-def dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, versions, old):
-    """Write every missing file of ``conditions`` x the first ``n`` images, then the manifest."""
+def dump(args, dataset, voc_root, n, corruptions, severities, conditions, ident, old, fresh):
+    """Write every missing file of ``conditions`` x the first ``n`` images, then the manifest.
+
+    Image 0 is dumped first, in this process, and the manifest (counting only what was complete before) is
+    written beside it, so that even a killed dump says which dump its files belong to; with ``fresh``
+    (--overwrite) that is also when the new folder takes the old one's place."""
+    size = ident["size"]
     print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
           f"{severities}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
           f"with {args.workers} worker(s)", flush=True)
     t0 = time.perf_counter()
     written = 0
+    done = dict((old or {}).get("images", {}))
+
+    def write_manifest(folder):
+        manifest = {**ident, "png": vocc.PNG_ENCODING, "images": dict(sorted(done.items())),
+                    "git_commit": git_commit()}
+        # The PNGs were renamed into place without an fsync each (about 0.3 ms a file): flush them all now,
+        # so that a manifest that survives a power cut never describes files that did not.
+        os.sync()
+        write_text(os.path.join(folder, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")
+
     bar = tqdm(total=n, desc="images", unit="img", disable=None, dynamic_ncols=True)
     try:
+        first = fresh.path if fresh else args.out
+        written += dump_one(0, conditions, first, args.protocol, args.size, dataset)[1]
+        bar.update()
+        write_manifest(first)
+        if fresh:
+            fresh.commit()
         if args.workers == 1:
-            for i in range(n):
+            for i in range(1, n):
                 written += dump_one(i, conditions, args.out, args.protocol, args.size, dataset)[1]
                 bar.update()
-        else:
+        elif n > 1:
             # forkserver, not fork: a child forked from a process whose torch/OpenMP thread pools have run
             # can hang on its first parallel op (seen when the dump runs inside a bigger Python process).
             ctx = multiprocessing.get_context("forkserver")
             with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
                                      initargs=(voc_root, os.getpid())) as pool:
                 futures = [pool.submit(dump_one, i, conditions, args.out, args.protocol, args.size)
-                           for i in range(n)]
+                           for i in range(1, n)]
                 try:
                     for f in as_completed(futures):
                         written += f.result()[1]
@@ -200,19 +242,9 @@ def dump(args, dataset, voc_root, n, size, corruptions, severities, conditions, 
 
     # The manifest lists every condition present in the folder, so several runs (a shell loop over
     # corruptions) add up to one description of the dump.
-    done = {}
-    if old is not None:
-        done = {k: v for k, v in old.get("images", {}).items()}
     for c, s in conditions:
         done[f"{c}/{s}"] = max(n, done.get(f"{c}/{s}", 0))
-    manifest = {"protocol": args.protocol, "size": size, "seed_rule": vocc.SEED_RULE, "versions": versions,
-                "png": vocc.PNG_ENCODING, "data": args.data, "voc_root": os.path.abspath(voc_root),
-                "images": dict(sorted(done.items())),
-                "git_commit": git_commit()}
-    # The PNGs were renamed into place without an fsync each (about 0.3 ms a file): flush them all now,
-    # so that a manifest that survives a power cut never describes files that did not.
-    os.sync()
-    write_text(os.path.join(args.out, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    write_manifest(args.out)
     rate = n / seconds if seconds > 0 else float("inf")
     print(f"done: {written} files written, {n * (len(conditions) + 1) - written} already there; "
           f"{seconds:.1f}s, {rate:.2f} images/s ({rate * len(conditions):.1f} corrupted images/s)")
@@ -236,6 +268,10 @@ def get_args_parser():
     p.add_argument("--size", type=int, default=224, help="image side under --protocol paper (short side: shortside)")
     p.add_argument("--workers", type=int, default=1, help="processes; a failure in any stops the run")
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start --out afresh when it holds another dump: the new dump is built beside it and takes "
+                        "its place once its first image is written; the old folder is moved to "
+                        "<out>.replaced-<date>-<time>, untouched (without this flag a different dump is refused)")
     p.add_argument("--verify", action="store_true",
                    help="instead of dumping, recompute --verify-sample files and compare bytes (exit 1 on a mismatch)")
     p.add_argument("--verify-sample", type=int, default=20, help="how many files --verify recomputes")

@@ -18,6 +18,13 @@ metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill
 ``--shard auto`` takes K/N from a SLURM job array. Under ``torchrun --nproc_per_node=N evaluate_corruptions.py ...``
 the processes share out each condition's batches and rank 0 writes the files one process would
 (common/distributed.py).
+
+One run per folder: before reusing anything, what decides the numbers (common/results.py ``identity``:
+checkpoint sha256s, protocol, size, --amp, data, images, package versions, the VOC-C dump) is compared with
+the folder's run.json, and a difference is refused with one line. More corruptions or severities extend the
+run. ``--overwrite`` starts the folder afresh; it is not touched before the new run's first result, and is
+then moved aside to ``<out>.replaced-<date>-<time>``. A damaged row or NPZ of a finished condition is a
+cache entry: it is computed again.
 """
 import argparse
 import concurrent.futures
@@ -30,10 +37,10 @@ import time
 
 import numpy as np
 import torch
+import torchvision
 from tqdm import tqdm
 
-from common import vocc
-from common import distributed, external
+from common import distributed, external, results, vocc
 from common.calibration import Calibration
 from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_output_folder,
                                write_npz, write_text)
@@ -46,8 +53,7 @@ from common.errors import UsageError, check_plain_name, run_cli
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
-
-CLEAN = "clean"  # the severity-0 condition, shared by all corruptions
+from common.results import CLEAN, read_metrics  # noqa: F401  (read_metrics: the one reader of metrics.jsonl)
 
 
 # ------------------------------------------------------------------------------------------- data side
@@ -249,25 +255,6 @@ def write_condition(out, model_name, corruption, severity, stats: ConditionStats
 
 # ------------------------------------------------------------------------------------- results folder
 
-def read_metrics(path):
-    """Rows of metrics.jsonl; a torn or malformed line (a crash mid-write elsewhere) ends the read."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not {"model", "corruption", "severity"} <= row.keys():
-                    raise ValueError
-            except ValueError:
-                print(f"warning: {path} line {n} is malformed; it and the lines after it are recomputed",
-                      file=sys.stderr)
-                break
-            rows.append(row)
-    return rows
-
-
 def write_metrics(path, rows):
     key = {c: i for i, c in enumerate((CLEAN,) + CORRUPTIONS)}
     rows = sorted(rows, key=lambda r: (key.get(r["corruption"], 99), r["corruption"], r["severity"], r["model"]))
@@ -337,13 +324,13 @@ def load_models(args):
 def main(args):
     keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
-        if args.merge:
-            if world.size > 1:
-                raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
-            prepare_output_folder(args.out)
-            with OutputLock(args.out, "evaluate_corruptions.py --merge"):
-                return merge(args)
-        with contextlib.ExitStack() as held:  # releases the output lock however evaluate() ends
+        with contextlib.ExitStack() as held:  # releases the output locks however the run ends
+            if args.merge:
+                if world.size > 1:
+                    raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
+                prepare_output_folder(args.out)
+                held.enter_context(OutputLock(args.out, "evaluate_corruptions.py --merge"))
+                return merge(args, held)
             status = evaluate(args, held, world)
         world.finish()   # every rank waits for rank 0's last writes, so all exit with one status
         return status
@@ -373,7 +360,7 @@ def evaluate(args, held, world=distributed.SINGLE):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file, not a folder")
     if args.voc_c is not None:
-        vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions())
+        vocc.read_manifest(args.voc_c)   # a damaged manifest is refused before the models load
 
     models, infos = load_models(args)
     voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
@@ -382,40 +369,67 @@ def evaluate(args, held, world=distributed.SINGLE):
     indices = list(range(shard[0], n_total, shard[1]))
     image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
     check_protocol_sizes(dataset, indices, args.protocol)   # an image too small for it stops the run here
+    versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    voc_c = None
+    if args.voc_c is not None:
+        # The dump must hold this run's pixels: same protocol, size, library versions, seed rule and val set.
+        data = {"seed_rule": vocc.SEED_RULE, "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
+                "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0]
+                                                       for p in dataset.images)}
+        m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **data)
+        voc_c = {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
+                 **{k: m[k] for k in vocc.IDENTITY if k in m}}
+
     batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
     mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
-    todo = None
+    todo, fresh = None, None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
         prepare_output_folder(args.out)
         held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
-        run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args),
-               "data": args.data, "voc_root": os.path.abspath(voc_root), "images": len(indices), "limit": args.limit,
-               "shard": args.shard, "versions": {**corruption_versions(), "torch": str(torch.__version__)},
-               "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
+        results.clear_stale(args.out)
+        run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
+               "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(indices),
+               "image_ids_sha256": results.ids_sha256(image_ids), "limit": args.limit, "shard": args.shard,
+               "voc_c": voc_c, "versions": versions, "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
                "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
-        run_path = os.path.join(args.out, "run.json")
-        if os.path.exists(run_path):
-            check_same_run(run_path, run)
 
-        # Resume: a condition is done when every model has its row and its two NPZ files.
-        metrics_path = os.path.join(args.out, "metrics.jsonl")
-        rows = read_metrics(metrics_path)
+        # --overwrite into a folder with anything in it: the new run is written beside it (fresh.path) and takes its
+        # place at the first finished condition. Otherwise the folder must hold this run, or nothing yet.
+        if args.overwrite and results.has_contents(args.out):
+            fresh = held.enter_context(results.Afresh(args.out))
+            held.enter_context(OutputLock(fresh.folder, "evaluate_corruptions.py --overwrite"))
+            rows = []
+        else:
+            check_same_run(args.out, run)
+            rows = read_metrics(os.path.join(args.out, "metrics.jsonl"), damaged="drop")
+            results.check_rows_match_run(rows, json.loads(json.dumps(run)), os.path.join(args.out, "metrics.jsonl"),
+                                         os.path.join(args.out, "run.json"),
+                                         fix="the folder mixes results of two runs; use another --out, or --overwrite "
+                                             "to start it afresh")
+
+        # Resume: a condition is done when every model has its row and its two NPZ files, intact.
         names = [m["name"] for m in infos]
         have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
 
         def done(c, s):
-            return all((m, c, s) in have and os.path.exists(os.path.join(args.out, "logits", m, f"{c}_{s}.npz"))
-                       and os.path.exists(os.path.join(args.out, "confusion", m, f"{c}_{s}.npz")) for m in names)
+            for m in names:
+                if (m, c, s) not in have:
+                    return False
+                problem = results.condition_problem(args.out, m, c, s)
+                if problem is not None:
+                    print(f"warning: {problem}; {c}/{s} is computed again", file=sys.stderr)
+                    return False
+            return True
 
         todo = [cs for cs in conditions if not done(*cs)]
-        rows = [r for r in rows if (r["corruption"], r["severity"]) not in set(todo) or r["model"] not in names]
+        rows = [r for r in rows if (r["corruption"], r["severity"]) not in set(todo)]
         print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
         print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
               f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
               f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
         if not todo:
-            write_metrics(metrics_path, rows)
+            write_metrics(os.path.join(args.out, "metrics.jsonl"), rows)
     todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
     if not todo:
         return 0
@@ -445,12 +459,15 @@ def evaluate(args, held, world=distributed.SINGLE):
                 vocc.write_bytes(path, data)
         seconds = time.perf_counter() - t0
         new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
+        folder = fresh.path if fresh else args.out
         for st, info in zip(stats, infos):
-            save_condition(args.out, info["name"], c, s, st, image_ids)
+            save_condition(folder, info["name"], c, s, st, image_ids)
         rows = rows + new
         # run.json goes with the first result, so a run that fails before any result leaves nothing behind.
-        write_text(run_path, json.dumps(run, indent=1) + "\n")
-        write_metrics(metrics_path, rows)
+        write_text(os.path.join(folder, "run.json"), json.dumps(run, indent=1) + "\n")
+        write_metrics(os.path.join(folder, "metrics.jsonl"), rows)
+        if fresh:
+            fresh.commit()   # the first result is complete: the new folder takes the old one's place
         bar.close()
         print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",
               flush=True)
@@ -494,71 +511,117 @@ def save_predictions(root, model_name, condition, preds, ids, write=vocc.write_b
         write(path, vocc.png_bytes(pred.astype(np.uint8), palette=True))
 
 
-def check_same_run(run_path, run):
-    """Refuse to mix results of other checkpoints, protocol or images into an existing --out."""
-    try:
-        with open(run_path) as fh:
-            old = json.load(fh)
-    except (OSError, ValueError):
-        return  # unreadable: it is rewritten below; metrics are validated row by row
-    old_models = {m["name"]: m["sha256"] for m in old.get("models", [])}
-    for m in run["models"]:
-        if m["name"] in old_models and old_models[m["name"]] != m["sha256"]:
-            raise UsageError(f"{run_path}: results for model {m['name']!r} come from another checkpoint "
-                             f"(sha256 differs); use another --out or --names")
-    for key in ("protocol", "size", "images", "shard", "data"):
-        if old.get(key) != run[key]:
-            raise UsageError(f"{run_path}: existing results were made with {key}={old.get(key)!r}, this run "
-                             f"has {run[key]!r}; use another --out")
-    # The precision changes the numbers too (folders written before run.json held the arguments: unchecked).
-    old_amp = (old.get("args") or {}).get("amp")
-    if old_amp is not None and old_amp != run["args"]["amp"]:
-        raise UsageError(f"{run_path}: existing results were made with --amp {old_amp}, this run has --amp "
-                         f"{run['args']['amp']}; use another --out")
+AFRESH = "use another --out, or --overwrite to start it afresh (the old folder is then moved aside, untouched)"
+
+
+def check_same_run(out, run):
+    """Refuse an --out that holds another run, or results that no readable run.json describes.
+
+    Returns the folder's run.json (None when it has none yet)."""
+    run_path = os.path.join(out, "run.json")
+    old = results.read_run(run_path, fix=f"it says which run made the results beside it; {AFRESH}")
+    if old is None:
+        if results.has_results(out):
+            raise UsageError(f"{out} holds results but no run.json, so nothing says which run made them; {AFRESH}")
+        return None
+    diff = results.first_difference(old, run)
+    if diff is not None:
+        raise UsageError(f"{run_path}: this folder holds another run, {results.describe(diff)}; {AFRESH}")
+    return old
 
 
 # ---------------------------------------------------------------------------------------------- merge
 
-def merge(args):
-    """Add shard folders: confusions, per-image counts and logit moments are sums, so this is exact."""
-    runs = []
-    for d in args.merge:
+def read_shards(folders):
+    """[(folder, run.json, rows)] of the --merge folders, after checking they are the shards of one sweep:
+    the same identity but for the images, each K/N once, with one N, all N present."""
+    shards = []
+    for d in folders:
         path = os.path.join(d, "run.json")
-        if not os.path.exists(path):
+        fix = f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {d})"
+        run = results.read_run(path, fix=fix)
+        if run is None:
             raise UsageError(f"--merge {d}: no run.json; is it an evaluate_corruptions.py --out folder?")
-        runs.append((d, json.load(open(path)), read_metrics(os.path.join(d, "metrics.jsonl"))))
+        rows = read_metrics(os.path.join(d, "metrics.jsonl"), fix=results.sweep_fix(d))
+        results.check_rows_match_run(rows, run, os.path.join(d, "metrics.jsonl"), path, fix=fix)
+        if not isinstance(run.get("shard"), str):
+            raise UsageError(f"--merge {d}: not a shard (its run.json has no --shard K/N); merge the folders of "
+                             f"one sweep run with --shard 0/N ... N-1/N")
+        shards.append((d, run, rows, parse_shard(run["shard"])))
+    d0, base, _, (k0, n0) = shards[0]
+    seen = {}
+    for d, run, _, (k, n) in shards:
+        diff = results.first_difference(base, run, skip=("images", "image_ids_sha256", "shard"))
+        if diff is not None:
+            raise UsageError(f"--merge {d}: a shard of another run than {d0}: "
+                             f"{results.describe(diff, f'{d0} was made with', f'{d} with')}")
+        if n != n0:
+            raise UsageError(f"--merge {d}: shard {k}/{n}, but {d0} is shard {k0}/{n0}; merge the shards of one sweep")
+        if k in seen:
+            raise UsageError(f"--merge {d}: shard {k}/{n} again (also {seen[k]}); give each shard once")
+        seen[k] = d
+    lacking = [f"{k}/{n0}" for k in range(n0) if k not in seen]
+    if lacking:
+        raise UsageError(f"--merge: shard(s) {', '.join(lacking)} missing; give all {n0} shard folders")
+    return [(d, run, rows) for d, run, rows, _ in shards]
+
+
+def merge(args, held):
+    """Add shard folders: confusions, per-image counts and logit moments are sums, so this is exact."""
+    runs = read_shards(args.merge)
     base = runs[0][1]
-    for d, r, _ in runs[1:]:
-        if [m["sha256"] for m in r["models"]] != [m["sha256"] for m in base["models"]] or \
-                (r["protocol"], r["size"]) != (base["protocol"], base["size"]):
-            raise UsageError(f"--merge {d}: other checkpoints or protocol than {runs[0][0]}")
     conds = sorted({(row["corruption"], row["severity"]) for row in runs[0][2]})
     args.protocol, args.size, args.shard = base["protocol"], base["size"] or args.size, None
+
+    def fix(d):
+        return f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {d})"
+
+    parts = {}   # (model, condition, shard folder) -> (logits, confusion), read and checked before any write
+    for c, s in conds:
+        for info in base["models"]:
+            for d, _, rws in runs:
+                if not any((x["model"], x["corruption"], x["severity"]) == (info["name"], c, s) for x in rws):
+                    raise UsageError(f"--merge {d}: no result for {info['name']} {c}/{s}; finish that shard first")
+                parts[info["name"], (c, s), d] = (
+                    results.read_logits(results.logits_path(d, info["name"], c, s), fix(d)),
+                    results.read_confusion(results.confusion_path(d, info["name"], c, s), fix(d)))
+    first = (base["models"][0]["name"], conds[0]) if base["models"] and conds else None
+    all_ids = [i for d, _, _ in runs for i in parts[first + (d,)][1]["image_ids"]] if first else []
+    merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None,
+                  image_ids_sha256=results.ids_sha256(all_ids), merged_from=args.merge)
+    results.clear_stale(args.out)
+    fresh = None
+    if args.overwrite and results.has_contents(args.out):
+        fresh = held.enter_context(results.Afresh(args.out))
+        held.enter_context(OutputLock(fresh.folder, "evaluate_corruptions.py --merge --overwrite"))
+    else:
+        check_same_run(args.out, merged)
+    folder = fresh.path if fresh else args.out
+
     out_rows = []
     for c, s in conds:
         for info in base["models"]:
-            name, stem = info["name"], f"{c}_{s}.npz"
+            name = info["name"]
             pieces, ids, secs, n = [], [], 0.0, 0
             for d, _, rws in runs:
                 row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
-                if not row:
-                    raise UsageError(f"--merge {d}: no result for {name} {c}/{s}; finish that shard first")
-                lg, cf = (np.load(os.path.join(d, sub, name, stem)) for sub in ("logits", "confusion"))
+                lg, cf = parts[name, (c, s), d]
                 part = ConditionStats(0)
                 part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
                 part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
                 part.calibration = Calibration.from_state_dict(cf)
                 pieces.append((part, (cf["tp"], cf["fp"], cf["fn"])))
                 ids += list(cf["image_ids"])
-                secs += row[0]["seconds"]
-                n += row[0]["images"]
+                secs += row[0].get("seconds") or 0.0
+                n += row[0].get("images") or len(cf["image_ids"])
             order = np.argsort(np.array(ids), kind="stable")
             st, (tp, fp, fn) = combine(pieces, order)
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
-            write_condition(args.out, name, c, s, st, np.array(ids)[order], tp, fp, fn)
-    merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None, merged_from=args.merge)
-    write_text(os.path.join(args.out, "run.json"), json.dumps(merged, indent=1) + "\n")
-    write_metrics(os.path.join(args.out, "metrics.jsonl"), out_rows)
+            write_condition(folder, name, c, s, st, np.array(ids)[order], tp, fp, fn)
+    write_text(os.path.join(folder, "run.json"), json.dumps(merged, indent=1) + "\n")
+    write_metrics(os.path.join(folder, "metrics.jsonl"), out_rows)
+    if fresh:
+        fresh.commit()
     print(f"merged {len(runs)} folders: {len(conds)} conditions x {len(base['models'])} models -> {args.out}")
     return 0
 
@@ -607,6 +670,11 @@ def get_args_parser():
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                    help="instead of evaluating, add the shard folders DIR... into --out")
     p.add_argument("--out", default="results", help="output folder (layout in the module docstring)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start --out afresh when it holds another run (other checkpoints, protocol, size, data, "
+                        "versions...; without this flag that is refused): the new run is written beside it and takes "
+                        "its place at its first finished condition; the old folder is moved to "
+                        "<out>.replaced-<date>-<time>, untouched")
     return p
 
 

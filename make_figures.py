@@ -58,9 +58,8 @@ from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.errors import UsageError, run_cli  # noqa: E402
 from common.viz import MODEL_COLOURS, colorize, predict  # noqa: E402
-from evaluate_corruptions import read_metrics  # noqa: E402  (the writer's own reader: one parser for the format)
-
-CLEAN = "clean"  # evaluate_corruptions.py's name for the severity-0 condition
+from common import results as rf  # noqa: E402  (the one reader of every results file)
+from common.results import CLEAN  # noqa: E402
 GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")
 QUALITATIVE_SEVERITIES = (0, 1, 2, 3)
 CONTACT_MAX = 100
@@ -460,23 +459,20 @@ def fig_contact_sheet(ctx):
 # ------------------------------------------------------------------------------------------- inputs
 
 def read_results(args, wanted):
-    """run.json, metrics rows and analysis arrays as far as the wanted figures need them."""
+    """run.json, metrics rows and analysis arrays as far as the wanted figures need them, each checked
+    (common/results.py): a damaged file, rows that run.json does not describe, or arrays that analyze_logits.py
+    computed from other checkpoints than run.json lists end with one line naming the file and what rewrites it."""
     d = args.results
     if not os.path.isdir(d):
         raise UsageError(f"--results {d}: no such folder; run evaluate_corruptions.py --out {d} first")
     ctx = {"run": {}, "rows": [], "arrays": {}}
     run_path = os.path.join(d, "run.json")
-    if os.path.exists(run_path):
-        try:
-            ctx["run"] = json.load(open(run_path))
-        except ValueError:
-            raise UsageError(f"{run_path}: not valid JSON; rerun evaluate_corruptions.py --out {d}") from None
+    ctx["run"] = rf.read_run(run_path) or {}
     needs = set().union(*(NEEDS[f] for f in wanted))
     if "metrics" in needs:
         ctx["metrics_path"] = os.path.join(d, "metrics.jsonl")
-        ctx["rows"] = read_metrics(ctx["metrics_path"])
-        if not ctx["rows"]:
-            raise UsageError(f"{ctx['metrics_path']}: missing or empty; run evaluate_corruptions.py --out {d} first")
+        ctx["rows"] = rf.read_metrics(ctx["metrics_path"])
+        rf.check_rows_match_run(ctx["rows"], ctx["run"] or None, ctx["metrics_path"], run_path)
         if "per_corruption" in wanted and all(r["corruption"] == CLEAN for r in ctx["rows"]):
             raise UsageError(f"{ctx['metrics_path']}: only clean rows; per_corruption needs corrupted ones")
     if "arrays" in needs:
@@ -484,11 +480,20 @@ def read_results(args, wanted):
         if not os.path.exists(path):
             raise UsageError(f"{path}: missing; run analyze_logits.py --results {d} first "
                              f"(needed by {', '.join(f for f in wanted if 'arrays' in NEEDS[f])})")
-        with np.load(path, allow_pickle=False) as z:
-            ctx["arrays"] = {k: z[k] for k in z.files}
+        fix = f"rewrite it with analyze_logits.py --results {d}"
+        ctx["arrays"] = rf.read_analysis_arrays(path, fix)
         ctx["array_names"] = [str(n) for n in ctx["arrays"].get("models", [])]
         if not ctx["array_names"]:
             raise UsageError(f"{path}: lists no models; rerun analyze_logits.py --results {d}")
+        # The arrays must come from this folder's run: analysis.json, written with them, names its checkpoints.
+        analysis = rf.read_analysis(os.path.join(d, "analysis.json"), fix)
+        source = (analysis or {}).get("source") or {}
+        then = {m.get("name"): m.get("checkpoint_sha256") for m in source.get("models", []) if isinstance(m, dict)}
+        now = {m["name"]: m.get("sha256") for m in ctx["run"].get("models", [])}
+        other = [n for n in then if n in now and then[n] != now[n]]
+        if other or (then and now and set(ctx["array_names"]) - set(now)):
+            raise UsageError(f"{path}: computed from another run than {run_path} describes (model "
+                             f"{(other or sorted(set(ctx['array_names']) - set(now)))[0]}); {fix}")
     # Display names and kinds: run.json's order, then any model only the metrics or arrays know.
     models = [{"name": m["name"], "kind": m.get("kind")} for m in ctx["run"].get("models", [])]
     kinds = {r["model"]: r.get("kind") for r in ctx["rows"]}
@@ -529,6 +534,9 @@ def read_images(args, ctx, wanted):
         options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
         entries = [(spec, None, opts) for spec, opts in zip(args.checkpoints, options)]
     else:                  # as evaluated: run.json's files, or its specs with their weights file and kind
+        if not all(isinstance(m.get("path"), str) and m["path"] for m in run.get("models", [])):
+            raise UsageError(f"{args.results}/run.json: a model without its checkpoint path (damaged?); pass "
+                             f"--checkpoints with the models that were evaluated")
         entries = [(m["path"], m, None) for m in run.get("models", [])]
     if not entries:
         raise UsageError(f"--checkpoints: none given and {args.results}/run.json lists none; pass the "

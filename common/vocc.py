@@ -86,39 +86,77 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def read_png(path: str, shape=None):
-    """The decoded array, or None when the file is missing, unreadable, truncated or of another shape."""
+    """The decoded uint8 array, or None when the file is missing, unreadable, truncated, of another shape or of
+    another bit depth: a dumped PNG is a cache, so the callers then compute the image again."""
     try:
         with Image.open(path) as im:
             im.load()
             arr = np.array(im)
-    except (OSError, ValueError, SyntaxError):
+    except Exception:   # OSError (truncated), SyntaxError (broken chunk), ValueError, DecompressionBombError...
         return None
-    if shape is not None and arr.shape != tuple(shape):
+    if arr.dtype != np.uint8 or (shape is not None and arr.shape != tuple(shape)):
         return None
     return arr
 
 
+def manifest_fix(root) -> str:
+    return f"rebuild it with dump_voc_c.py --overwrite --out {root} (and the flags of the dump)"
+
+
 def read_manifest(root):
+    """manifest.json as a dict, or None when absent; a damaged one (not JSON, fields missing or of the wrong
+    type) is a UsageError naming it."""
     path = os.path.join(root, MANIFEST)
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: unreadable manifest ({e}); remove it to rebuild the dump") from None
+        with open(path, "rb") as fh:
+            m = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: damaged manifest (not valid JSON: {getattr(e, 'msg', None) or e}); "
+                         f"{manifest_fix(root)}") from None
+    types = {"protocol": str, "size": (int, type(None)), "seed_rule": str, "versions": dict, "images": dict}
+    if not isinstance(m, dict):
+        what = "not a JSON object"
+    else:   # size is null under --protocol native
+        bad = [k for k, t in types.items() if (k not in m and k != "size") or not isinstance(m.get(k), t)]
+        if not bad and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in m["images"].values()):
+            bad = ["images"]
+        what = f"{', '.join(bad)} missing or of the wrong type" if bad else None
+    if what:
+        raise UsageError(f"{path}: damaged manifest ({what}); {manifest_fix(root)}")
+    return m
 
 
-def check_manifest(root, protocol: str, size: int, versions: dict) -> dict:
-    """Refuse a dump made under another protocol, size or package versions (its pixels would differ)."""
+# What makes two dumps' pixels differ, in the order a difference is reported (the sweep's run.json records the
+# same fields of the dump it read, under "voc_c").
+IDENTITY = ("protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
+
+
+def manifest_difference(m: dict, want: dict):
+    """(field, manifest's value, wanted value) of the first identity field that differs, or None. Fields the
+    manifest lacks (written before they were recorded) are not compared; ``versions`` key by key."""
+    for k in IDENTITY:
+        if k in want and k in m and m[k] != want[k]:
+            return k, m[k], want[k]
+    for k, v in sorted(want.get("versions", {}).items()):
+        if k in m.get("versions", {}) and m["versions"][k] != v:
+            return f"versions.{k}", m["versions"][k], v
+    return None
+
+
+def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> dict:
+    """Refuse a dump made under another protocol, size, package versions or from other images (its pixels would
+    differ). ``expect``: other identity fields to compare (data, voc_root, split, image_ids_sha256)."""
     m = read_manifest(root)
     if m is None:
         raise UsageError(f"{root}: no {MANIFEST}; is this a folder written by dump_voc_c.py?")
-    want = {"protocol": protocol, "size": size if protocol != "native" else None}
-    got = {k: m.get(k) for k in want}
-    if got != want:
-        raise UsageError(f"{root} was dumped with {got}, this run uses {want}; dump again or match the flags")
-    if m.get("versions") != versions:
-        raise UsageError(f"{root} was dumped with other package versions ({m.get('versions')} vs {versions}); "
-                         f"its pixels may differ: install requirements.txt's pins or dump again")
+    want = {"protocol": protocol, "size": size if protocol != "native" else None, "versions": versions, **expect}
+    diff = manifest_difference({**m, "size": m.get("size")}, want)
+    if diff is not None:
+        field, got, wanted = diff
+        hint = ("its pixels may differ: install requirements.txt's pins or dump again" if field.startswith("versions")
+                else "dump again or match the flags")
+        raise UsageError(f"{root} was dumped with {field} {json.dumps(got)[:60]}, this run has "
+                         f"{json.dumps(wanted)[:60]}; {hint}")
     return m

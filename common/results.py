@@ -1,0 +1,473 @@
+"""The results folder: one reader per file, each validating what it reads, and one run per folder.
+
+evaluate_corruptions.py writes, analyze_logits.py and make_figures.py read (layout in the README):
+
+    <out>/run.json                               what decides the numbers (``identity``) and provenance
+    <out>/metrics.jsonl                          one row per (model, corruption, severity)
+    <out>/logits/<model>/<corruption>_<s>.npz    LogitTracker state (count, sum, sq) and END sums
+    <out>/confusion/<model>/<corruption>_<s>.npz confusion, image_ids, per-image tp / fp / fn
+    <out>/analysis.json, analysis_arrays.npz     analyze_logits.py's outputs, which make_figures.py reads
+
+Every reader opens its file and checks keys, types, shapes and dtypes (finite where they must be); a damaged
+file is a UsageError that names the file, what is wrong and the command that rewrites it. The sweep treats
+its own finished conditions as a cache: it drops a damaged row or NPZ with a warning and computes it again.
+
+A folder holds one run: ``first_difference`` compares the identity of two run.json dicts (checkpoint
+sha256s, protocol, size, precision, data, images, corruption-library and torch versions, the VOC-C dump),
+and ``Afresh`` is ``--overwrite``: the old folder is left as it is until the new run has its first result.
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from .constants import NUM_CLASSES
+from .corruptions import ALL_CORRUPTIONS
+from .errors import UsageError
+
+CLEAN = "clean"   # the severity-0 condition, shared by all corruptions
+K = NUM_CLASSES
+NUMBER_FIELDS = ("miou", "pixel_acc", "end", "distance", "distance_predicted", "ece", "nll", "brier")
+
+
+def sweep_fix(folder) -> str:
+    """What rewrites a damaged row or NPZ of a sweep folder (the sweep recomputes what it finds damaged)."""
+    return (f"rerun evaluate_corruptions.py with the same arguments and --out {folder}, which recomputes "
+            f"every condition whose row or files are damaged")
+
+
+def short(value, width: int = 48) -> str:
+    """A value for a one-line message: JSON, cut to ``width`` characters."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------ metrics.jsonl
+
+def row_problem(row):
+    """What is wrong with one metrics.jsonl row, or None. Only the fields every reader relies on are checked;
+    writers may add fields (calibration, say)."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    lacking = [k for k in ("model", "corruption", "severity", "miou") if k not in row]
+    if lacking:
+        return f"no {', '.join(lacking)} field"
+    c, s = row["corruption"], row["severity"]
+    if not isinstance(row["model"], str) or not row["model"]:
+        return "model must be a non-empty string"
+    if c != CLEAN and c not in ALL_CORRUPTIONS:
+        return f"unknown corruption {c!r}"
+    if not isinstance(s, int) or isinstance(s, bool) or (c == CLEAN) != (s == 0) or not 0 <= s <= 5:
+        return f"severity {s!r} does not fit corruption {c!r} (clean is severity 0, corruptions 1..5)"
+    for k in NUMBER_FIELDS:
+        v = row.get(k)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+            return f"{k} must be a number or null, got {v!r}"
+    for k in ("images", "seconds"):
+        v = row.get(k)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            return f"{k} must be a non-negative number, got {v!r}"
+    return None
+
+
+def read_metrics(path, damaged: str = "error", fix=None):
+    """Rows of metrics.jsonl, each checked by ``row_problem``; no two rows for one (model, condition).
+
+    ``damaged="error"`` (the readers): a bad line, a missing or empty file is a UsageError naming the file and
+    line. ``damaged="drop"`` (the sweep resuming): a bad line is dropped with a warning, rows repeating one
+    (model, condition) are all dropped, a missing file is no rows; the sweep then recomputes those conditions.
+    """
+    folder = os.path.dirname(path) or "."
+    fix = fix or sweep_fix(folder)
+    if not os.path.isfile(path):
+        if damaged == "drop":
+            return []
+        raise UsageError(f"{path}: not found; run evaluate_corruptions.py --out {folder} first "
+                         f"(is --results a folder it wrote?)")
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+    except OSError as e:
+        raise UsageError(f"{path}: unreadable ({e.strerror}); {fix}") from None
+    rows, seen, bad = [], {}, set()
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            problem = row_problem(row)
+        except (ValueError, UnicodeDecodeError) as e:
+            problem = f"not valid JSON ({getattr(e, 'msg', None) or type(e).__name__})"
+        if problem is None:
+            key = (row["model"], row["corruption"], row["severity"])
+            if key in seen:
+                problem = f"repeats {key[0]} {key[1]}/{key[2]} from line {seen[key]}"
+                bad.add(key)
+            else:
+                seen[key] = n
+                rows.append(row)
+                continue
+        if damaged != "drop":
+            raise UsageError(f"{path} line {n}: {problem}; {fix}")
+        print(f"warning: {path} line {n}: {problem}; dropped (a condition left without its rows is computed "
+              f"again)", file=sys.stderr)
+    if damaged == "drop":
+        return [r for r in rows if (r["model"], r["corruption"], r["severity"]) not in bad]
+    if not rows:
+        raise UsageError(f"{path}: no rows; has evaluate_corruptions.py --out {folder} finished any condition?")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ run.json
+
+def read_run(path, fix=None):
+    """run.json as a dict, or None when absent; a damaged one (not JSON, not an object, models not a list of
+    {name, sha256}, protocol / size / images of the wrong type) is a UsageError."""
+    if not os.path.exists(path):
+        return None
+    fix = fix or (f"it is written by evaluate_corruptions.py; start the folder afresh with evaluate_corruptions.py "
+                  f"--overwrite --out {os.path.dirname(path) or '.'}")
+
+    def damaged(what):
+        return UsageError(f"{path}: damaged ({what}); {fix}")
+
+    try:
+        with open(path, "rb") as fh:
+            run = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise damaged(f"not valid JSON: {getattr(e, 'msg', None) or e}") from None
+    if not isinstance(run, dict):
+        raise damaged(f"expected a JSON object, got {type(run).__name__}")
+    models = run.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                               and isinstance(m.get("sha256"), (str, type(None))) for m in models):
+        raise damaged("models must be a list of {name, sha256}")
+    for key, types in (("protocol", (str,)), ("size", (int, type(None))), ("images", (int,)),
+                       ("voc_root", (str,)), ("versions", (dict,)), ("args", (dict,))):
+        if key in run and (not isinstance(run[key], types) or isinstance(run[key], bool)):
+            raise damaged(f"{key} is {short(run[key], 24)}")
+    return run
+
+
+def check_rows_match_run(rows, run, metrics_path, run_path, fix=None):
+    """Refuse rows that another run wrote: a model run.json does not list, or another checkpoint sha256,
+    protocol, size or number of images than run.json says (fields absent on either side are not compared)."""
+    if run is None:
+        return
+    fix = fix or (f"the folder mixes results of two runs; start it afresh with evaluate_corruptions.py "
+                  f"--overwrite --out {os.path.dirname(run_path) or '.'}")
+    shas = {m["name"]: m.get("sha256") for m in run.get("models", [])}
+    for r in rows:
+        where = f"{metrics_path}: the row for {r['model']} {r['corruption']}/{r['severity']}"
+        if "models" in run and r["model"] not in shas:
+            raise UsageError(f"{where} names a model that {run_path} does not list ({', '.join(shas) or 'none'}); "
+                             f"{fix}")
+        checks = [(k, r[k], run[k]) for k in ("protocol", "size", "images") if k in r and k in run]
+        if shas.get(r["model"]) is not None and r.get("checkpoint_sha256") is not None:
+            checks.append(("checkpoint_sha256", r["checkpoint_sha256"], shas[r["model"]]))
+        for key, got, want in checks:
+            if got != want:
+                raise UsageError(f"{where} has {key} {short(got, 20)}, {run_path} says {short(want, 20)}; {fix}")
+
+
+# ------------------------------------------------------------------------------------------------ run identity
+
+def ids_sha256(ids) -> str:
+    """A digest of a set of image ids (sorted, so shards merged in any order give the unsharded digest)."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+
+
+# run.json fields that decide the numbers, in the order a difference is reported. Checkpoints are compared by
+# their files' sha256, which covers the weights, the model config and the training recipe stored in them.
+RUN_FIELDS = ("protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256", "shard",
+              "seed_rule")
+# What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
+VOCC_FIELDS = ("protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
+
+
+def identity(run) -> dict:
+    """{field: value} of what decides a run's numbers; a field the dict lacks (an older run.json) is absent."""
+    out = {}
+    if "models" in run:
+        out["models"] = [m.get("name") for m in run["models"]]
+        for m in run["models"]:
+            out[f"checkpoint sha256 of {m.get('name')}"] = m.get("sha256")
+    for k in RUN_FIELDS:
+        if k in run:
+            out[k] = run[k]
+        elif k == "amp" and "amp" in (run.get("args") or {}):   # older run.json: only in the arguments
+            out[k] = run["args"]["amp"]
+    for k, v in sorted((run.get("versions") or {}).items()):
+        out[f"versions.{k}"] = v
+    # A dump passes its check against the run's protocol, size, versions and data before it is used, and its
+    # pixels equal those computed on the fly; so only two dumps are compared, a dump and none are not.
+    if isinstance(run.get("voc_c"), dict):
+        for k in VOCC_FIELDS + ("versions",):
+            if k in run["voc_c"]:
+                out[f"voc_c.{k}"] = run["voc_c"][k]
+    return out
+
+
+def first_difference(old: dict, new: dict, skip=()):
+    """(field, old value, new value) of the first identity field that differs, or None. Fields missing from
+    ``old`` (written before they were recorded) are not compared."""
+    a, b = identity(old), identity(json.loads(json.dumps(new)))
+    # A model both runs name, from another checkpoint, is said first (more telling than the list of names).
+    for key in sorted(b, key=lambda k: not k.startswith("checkpoint sha256 of ")):
+        value = b[key]
+        if key in skip or key not in a:
+            continue
+        if a[key] != value:
+            return key, a[key], value
+    return None
+
+
+LABELS = {"models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
+          "voc_root": "the val set at", "split": "the split", "images": "images:", "image_ids_sha256": "image ids sha256",
+          "shard": "--shard", "seed_rule": "the seed rule"}
+
+
+def shown(value) -> str:
+    """A value in a message: strings as they are (a sha256 as its first 12 digits), the rest as JSON; short."""
+    if isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value):
+        return value[:12] + "..."
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+def describe(diff, old_words="made with", new_words="this run has") -> str:
+    """(field, old, new) as "made with --size 224, this run has --size 96"."""
+    field, was, now = diff
+    if field.startswith("checkpoint sha256 of "):
+        name = field[len("checkpoint sha256 of "):]
+        return (f"{old_words} model {name} from one checkpoint (sha256 {shown(was)}), {new_words} model {name} "
+                f"from another checkpoint (sha256 {shown(now)})")
+    if field.startswith("versions."):
+        label = f"{field[len('versions.'):]}"
+    elif field.startswith("voc_c."):
+        label = f"the VOC-C dump's {field[len('voc_c.'):]}"
+    else:
+        label = LABELS.get(field, field)
+    return f"{old_words} {label} {shown(was)}, {new_words} {label} {shown(now)}"
+
+
+def has_contents(folder) -> bool:
+    """Anything in ``folder`` beyond the writer lock (an empty folder needs no starting afresh)."""
+    return os.path.isdir(folder) and any(name != ".lock" for name in os.listdir(folder))
+
+
+def has_results(folder) -> bool:
+    return any(os.path.exists(os.path.join(folder, name)) for name in ("metrics.jsonl", "logits", "confusion"))
+
+
+class Afresh:
+    """``--overwrite``: start ``out`` afresh, never touching it before the new run has its first result.
+
+    The new run writes to a hidden sibling, ``.<name>.afresh-<pid>`` (same parent, so renames are atomic);
+    ``commit()``, called once the first result there is complete, moves the old folder aside to
+    ``<out>.replaced-<date>-<time>`` (printed: the user's files are never dropped silently) and renames the new
+    one into place. A kill or an error before that leaves ``out`` byte for byte as it was; the sibling is removed
+    on the way out, or by the next run that takes the folder's lock (``clear_stale``). ``path`` is where to write.
+    """
+
+    def __init__(self, out):
+        self.out = os.path.abspath(out)
+        self.folder = stale_prefix(self.out) + str(os.getpid())
+        self.committed = False
+        self.aside = None
+
+    @property
+    def path(self):
+        return self.out if self.committed else self.folder
+
+    def __enter__(self):
+        clear_stale(self.out)
+        try:
+            os.makedirs(self.folder)
+        except OSError as e:
+            raise UsageError(f"--overwrite: cannot create {self.folder} beside {self.out} to build the new run in "
+                             f"({e.strerror}); use another --out") from None
+        return self
+
+    def commit(self):
+        if self.committed:
+            return
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+        self.aside = f"{self.out}.replaced-{stamp}"
+        while os.path.exists(self.aside):
+            n += 1
+            self.aside = f"{self.out}.replaced-{stamp}-{n}"
+        print(f"--overwrite: the earlier contents of {self.out} are moved to {self.aside} "
+              f"(delete that folder when you no longer need it)", flush=True)
+        os.rename(self.out, self.aside)
+        os.rename(self.folder, self.out)
+        self.committed = True
+
+    def __exit__(self, *exc):
+        if not self.committed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return False
+
+
+def stale_prefix(out) -> str:
+    parent, name = os.path.split(os.path.abspath(out))
+    return os.path.join(parent, f".{name}.afresh-")
+
+
+def clear_stale(out) -> None:
+    """Remove the hidden new-run folders of ``--overwrite`` runs on ``out`` that were killed before their first
+    result. Call it holding ``out``'s lock: any such folder then belongs to a run that no longer holds it."""
+    prefix = stale_prefix(out)
+    parent = os.path.dirname(prefix)
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        path = os.path.join(parent, name)
+        if path.startswith(prefix) and name[len(os.path.basename(prefix)):].isdigit():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------- NPZ files
+
+def load_npz(path, spec: dict, fix: str, optional=()):
+    """The arrays ``spec`` names, loaded and checked: {key: (dtype kinds, shape)}, a shape entry None meaning
+    any length and a str meaning "the same length as other entries with that str" (shape None: any shape). Keys in ``optional`` may be
+    absent. Float arrays must be finite unless their kinds string holds "n" (NaN allowed)."""
+    def damaged(what):
+        return UsageError(f"{path}: {what}; {fix}")
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise damaged("a single .npy array, not an NPZ archive")
+            absent = [k for k in spec if k not in z.files and k not in optional]
+            if absent:
+                raise damaged(f"no {', '.join(absent)} array (damaged)")
+            arrays = {k: z[k] for k in spec if k in z.files}
+    except UsageError:
+        raise
+    except Exception as e:   # a torn archive fails anywhere in zipfile (BadZipFile, EOFError) or numpy's parser
+        raise UsageError(f"{path}: unreadable, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
+                         f"{fix}") from None
+    # Named lengths come from the one-dimensional arrays first (image_ids says how many images there are).
+    sizes = {}
+    for k in sorted((k for k in arrays if spec[k][1] is not None), key=lambda k: len(spec[k][1])):
+        for w, d in zip(spec[k][1], arrays[k].shape):
+            if isinstance(w, str):
+                sizes.setdefault(w, d)
+    for k, a in arrays.items():
+        kinds, shape = spec[k]
+        if a.dtype.kind not in kinds.replace("n", ""):
+            raise damaged(f"{k} has dtype {a.dtype} (damaged)")
+        if shape is None:   # an array this reader does not interpret: any shape
+            continue
+        want = tuple(sizes.get(w, "n") if isinstance(w, str) else ("n" if w is None else w) for w in shape)
+        if a.ndim != len(shape) or any(not isinstance(w, str) and w != d for w, d in zip(want, a.shape)):
+            raise damaged(f"{k} has shape {a.shape}, expected {want}".replace("'", ""))
+        if a.dtype.kind == "f" and "n" not in kinds and not np.isfinite(a).all():
+            raise damaged(f"{k} holds NaN or infinite values (damaged)")
+    return arrays
+
+
+LOGITS_SPEC = {"count": ("f", (K,)), "sum": ("f", (K, K)), "sq": ("f", (K, K, K)),
+               "end_sum": ("f", ()), "pixels": ("iu", ())}
+CONFUSION_SPEC = {"confusion": ("iu", (K, K)), "image_ids": ("U", ("n",)), "tp": ("iu", ("n", K)),
+                  "fp": ("iu", ("n", K)), "fn": ("iu", ("n", K))}
+
+
+def read_logits(path, fix, keys=tuple(LOGITS_SPEC)):
+    """One logits/<model>/<condition>.npz: count (21,) >= 0, sum (21, 21), sq (21, 21, 21), float64 and finite;
+    end_sum, pixels (scalars)."""
+    z = load_npz(path, {k: LOGITS_SPEC[k] for k in keys}, fix)
+    if "count" in z and (z["count"] < 0).any():
+        raise UsageError(f"{path}: negative pixel counts (damaged); {fix}")
+    return z
+
+
+# The calibration bins (common/calibration.py; absent from files written before it): totals over b bins and one
+# row per image, in image_ids order.
+CALIBRATION_SPEC = {"calib_count": ("iu", ("b",)), "calib_conf_sum": ("f", ("b",)), "calib_acc_sum": ("iuf", ("b",)),
+                    "calib_nll_sum": ("f", ()), "calib_brier_sum": ("f", ()), "calib_pixels": ("iu", ()),
+                    "calib_image_count": ("iu", ("n", "b")), "calib_image_conf_sum": ("f", ("n", "b")),
+                    "calib_image_acc_sum": ("iuf", ("n", "b")), "calib_image_nll_sum": ("f", ("n",)),
+                    "calib_image_brier_sum": ("f", ("n",))}
+
+
+def read_confusion(path, fix, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
+    """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0,
+    and the calibration arrays where the file has them."""
+    spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC}
+    z = load_npz(path, {k: spec[k] for k in keys}, fix, optional=tuple(CALIBRATION_SPEC))
+    for k in ("confusion", "tp", "fp", "fn"):
+        if k in z and (z[k] < 0).any():
+            raise UsageError(f"{path}: negative counts in {k} (damaged); {fix}")
+    return z
+
+
+def logits_path(folder, model, corruption, severity) -> str:
+    return os.path.join(folder, "logits", model, f"{corruption}_{severity}.npz")
+
+
+def confusion_path(folder, model, corruption, severity) -> str:
+    return os.path.join(folder, "confusion", model, f"{corruption}_{severity}.npz")
+
+
+def condition_problem(folder, model, corruption, severity):
+    """Why one finished condition of the sweep cannot be reused (a file missing or damaged), or None."""
+    for path, read in ((logits_path(folder, model, corruption, severity), read_logits),
+                       (confusion_path(folder, model, corruption, severity), read_confusion)):
+        if not os.path.exists(path):
+            return f"{path} is missing"
+        try:
+            read(path, "")
+        except UsageError as e:
+            return str(e).rstrip("; ")
+    return None
+
+
+# --------------------------------------------------------------------------------- analyze_logits.py outputs
+
+# analysis_arrays.npz: the shape of each array by the last part of its key (analyze_logits.py's docstring).
+ARRAY_SHAPES = {"count": (K,), "mean": (K, K), "distance": (K, K), "correlation": (K, K, K),
+                "correlation_notebook": (K, K, K), "explained_variance": (K,), "explained_variance_notebook": (K,),
+                "explained_variance_count": (K,)}
+
+
+def read_analysis_arrays(path, fix):
+    """analysis_arrays.npz as {key: array}: models (M,) str, then float arrays of the documented shapes
+    (NaN allowed: undefined entries); any other key is refused as damage."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = list(z.files) if hasattr(z, "files") else None
+    except Exception as e:   # torn, zero bytes, not a zip
+        raise UsageError(f"{path}: unreadable, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
+                         f"{fix}") from None
+    if files is None or "models" not in files:
+        raise UsageError(f"{path}: damaged (no models array); {fix}")
+    spec = {"models": ("U", (None,)), "classes": ("U", (K,)), "explained_variance_source": ("U", ())}
+    for key in files:   # <model>/clean/<array> and <model>/<corruption>/<severity>/<array>; others unchecked
+        parts = key.split("/")
+        if key not in spec and parts[-1] in ARRAY_SHAPES and (
+                (len(parts) == 3 and parts[1] == CLEAN) or (len(parts) == 4 and parts[1] in ALL_CORRUPTIONS)):
+            spec[key] = ("fn", ARRAY_SHAPES[parts[-1]])
+        elif key not in spec:   # written by another part of analyze_logits.py (calibration, say): passed on as is
+            spec[key] = ("biufUn", None)
+    return load_npz(path, spec, fix, optional=("classes", "explained_variance_source"))
+
+
+def read_analysis(path, fix):
+    """analysis.json as a dict, or None when absent; it must be analyze_logits.py's schema."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            a = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: damaged (not valid JSON: {getattr(e, 'msg', None) or e}); {fix}") from None
+    if not isinstance(a, dict) or not str(a.get("schema", "")).startswith("analyze_logits/") or \
+            not isinstance(a.get("models"), list) or not isinstance(a.get("source"), (dict, type(None))):
+        raise UsageError(f"{path}: damaged (not analyze_logits.py's schema); {fix}")
+    return a
