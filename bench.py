@@ -761,7 +761,8 @@ def bench_video(cfg, ckpts, scratch):
 
     def mpl_pipeline():
         t0 = time.perf_counter()
-        args = argparse.Namespace(baseline=ckpts[0], robust=ckpts[2], names=None, device=dev, batch_size=bs)
+        args = make_video.get_args_parser().parse_args(["--synthetic", "--baseline", ckpts[0], "--robust", ckpts[2],
+                                                        "--device", str(dev), "--batch-size", str(bs)])
         models, names = make_video.load_pair(args)
         schedule = make_video.build_schedule()
         mw, mh = make_video.model_size(make_video.SYNTH_W, make_video.SYNTH_H, size)
