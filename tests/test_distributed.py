@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate_corruptions as ev
 from common import distributed
@@ -49,7 +50,14 @@ def argv(setup, out, *extra):
 
 
 def evaluate(setup, out, *extra):
-    return ev.main(ev.get_args_parser().parse_args(argv(setup, out, *extra)))
+    # One thread, like every rank (torchrun's workers get OMP_NUM_THREADS=1): CPU convolutions round
+    # differently with another thread count, and the comparisons are about the ranks' reduction, not that.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return ev.main(ev.get_args_parser().parse_args(argv(setup, out, *extra)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
