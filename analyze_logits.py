@@ -134,12 +134,12 @@ import numpy as np
 
 from common import results as rf
 from common.calibration import BINS, ROW_KEYS, metrics_from_bins
-from common.checkpoint import git_commit
+from common.cli import UsageError, run_cli
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
-from common.errors import UsageError, run_cli
 from common.logits import LogitTracker
-from common.results import CLEAN
+from common.outputs import check_output_folder, git_commit
+from common.results import CLEAN, finite_or_none
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
 CONFIDENCE = 0.95
@@ -150,14 +150,6 @@ ZERO = 1e-12
 
 def cond_key(c, s):
     return f"{c}/{s}"
-
-
-def num(x):
-    """A finite float or None (JSON has no NaN)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def finite_list(a):
@@ -303,7 +295,7 @@ def bootstrap_weights(n_images, n_resamples, seed):
 
 def interval(observed, diffs):
     lo, hi = np.nanpercentile(diffs, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return {"observed": num(observed), "lower": num(lo), "upper": num(hi)}
+    return {"observed": finite_or_none(observed), "lower": finite_or_none(lo), "upper": finite_or_none(hi)}
 
 
 def degradation(miou, ref, c):
@@ -394,7 +386,7 @@ def analyse(args):
                                              if any(k[1:] == (c, s) for k in table)]
     miou = {m: {} for m in models}
     for (m, c, s), r in table.items():
-        miou[m][c, s] = num(r["miou"])
+        miou[m][c, s] = finite_or_none(r["miou"])
         if r["miou"] is None:
             notes.append(f"{m} {cond_key(c, s)}: mIoU is null in metrics.jsonl (no pixel scored); left out")
 
@@ -418,8 +410,8 @@ def analyse(args):
             r = table.get((m, c, s))
             if r is None:
                 continue
-            entry = {"miou": num(r["miou"]), "pixel_acc": num(r.get("pixel_acc")), "end": num(r.get("end")),
-                     "distance": num(r.get("distance")), "distance_predicted": num(r.get("distance_predicted")),
+            entry = {"miou": finite_or_none(r["miou"]), "pixel_acc": finite_or_none(r.get("pixel_acc")), "end": finite_or_none(r.get("end")),
+                     "distance": finite_or_none(r.get("distance")), "distance_predicted": finite_or_none(r.get("distance_predicted")),
                      "explained_variance": None, "classes_used": None, "explained_variance_notebook": None}
             per_condition[m][cond_key(c, s)] = entry
             lpath = os.path.join(results, "logits", m, f"{c}_{s}.npz")
@@ -445,7 +437,7 @@ def analyse(args):
                     arrays[f"{prefix}/explained_variance_notebook"] = ev_nb
                 for key, value in (("distance", tracker.distance_notebook()),
                                    ("distance_predicted", tracker.distance_margin())):
-                    if entry[key] is not None and num(value) is not None and \
+                    if entry[key] is not None and finite_or_none(value) is not None and \
                             not math.isclose(entry[key], value, rel_tol=1e-9, abs_tol=1e-12):
                         disagree.setdefault((m, key), []).append((cond_key(c, s), entry[key], value))
             else:
@@ -721,7 +713,7 @@ def calibration_analysis(results, models, table, reference, ids_ref, ids_path, a
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
                 raise UsageError(f"{os.path.join(results, 'metrics.jsonl')}: {key} of {m} {cond_key(c, s)} must be "
                                  f"a number or null, got {v!r}")
-        values[m][c, s] = {key: num(r.get(key)) for key in CALIBRATION}
+        values[m][c, s] = {key: finite_or_none(r.get(key)) for key in CALIBRATION}
     no_fields = [m for m in models if values[m] and all("ece" not in r for k, r in table.items() if k[0] == m)]
     if no_fields:
         notes.append(f"no calibration in metrics.jsonl for {', '.join(no_fields)}: rows written before ece/nll/brier "
@@ -1037,8 +1029,7 @@ def main(args):
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap {args.bootstrap}: must be 0 (off) or a positive number of resamples")
     args.out = args.out or args.results
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a folder")
+    check_output_folder(args.out)
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}", flush=True)
     analysis, arrays = analyse(args)
     for gap in analysis["missing"]:

@@ -129,16 +129,16 @@ import evaluate_corruptions
 import train as train_script
 from common import vocc
 from common.calibration import Calibration
-from common.checkpoint import git_commit, load_model, save_random_checkpoint
+from common.checkpoint import load_model, save_random_checkpoint
+from common.cli import UsageError, run_cli
+from common.constants import colorize
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import build_datasets, eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, resolve_device, set_deterministic, use_device
-from common.errors import UsageError, run_cli
-from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
-from common.models import BACKBONES, build_model, default_output_stride, model_flops, segmentation_loss
+from common.models import BACKBONES, build_model, default_output_stride, model_flops, predict, segmentation_loss
+from common.outputs import git_commit
 from common.synthetic import ensure_synthetic
-from common.viz import colorize, predict
 
 # Per mode: what the models are and how much work each measurement does. --quick fits this project's
 # 2-core CPU in a few minutes; --gpu is the paper's model size. Flags override single entries.
@@ -296,15 +296,11 @@ print("BENCH-SECONDS", json.dumps([rc, time.perf_counter() - t, warm, inside[0]]
 """
 
 
-# corrupt_image alone, timed the same way: in a fresh process with the dump's malloc settings, after the same
-# kind of warm-up. (Before common/host.py, a long-lived process with a big, warm heap ran the slow four ~7%
-# faster than a fresh one: freed temporaries went back to the kernel and were page-faulted in again.)
+# corrupt_image alone, timed the same way: in a fresh process, after the same kind of warm-up.
 CORRUPT_MAIN = """
 import json, sys, time
 import numpy as np
 from common.corruptions import corrupt_image, parse_corruptions
-from common.host import keep_freed_memory
-keep_freed_memory()   # as dump_voc_c.py does
 from common.data import eval_sample, voc_dataset
 root, size, first, last, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 cors, sev = parse_corruptions(sys.argv[6].split(",")), [int(s) for s in sys.argv[7].split(",")]
@@ -1343,9 +1339,6 @@ def main(args):
         print(f"warning: other processes keep {busy:.1f} cores busy; timings will be noisy", file=sys.stderr,
               flush=True)
 
-    # The scripts tune glibc's malloc when they start (common/host.py); so does this process, where the sweep
-    # runs in-process and the parts it is compared with are timed.
-    keep_freed_memory()
     t_start = time.perf_counter()
     name = torch.cuda.get_device_name(torch.device(cfg["device"])) if mode == "gpu" else platform.processor() or "cpu"
     ctx = dict(cfg=cfg, scratch=scratch, device_name=name, peak=peak_tflops(name) if mode == "gpu" else None,

@@ -30,11 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from common import results, vocc
-from common.checkpoint import OutputLock, git_commit, prepare_output_folder, write_text
+from common.cli import UsageError, add_data_arguments, run_cli
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, voc_dataset
-from common.errors import UsageError, run_cli
-from common.host import keep_freed_memory
+from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
 
 # Worker-process state: the dataset is opened once per worker, not pickled with every task.
 _DATASET = None
@@ -73,7 +72,6 @@ def _init_worker(voc_root, main_pid):
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    keep_freed_memory()   # forkserver children do not inherit the dump's malloc settings
     # A pool worker outlives a dump killed with SIGKILL: nobody tells it, its parent is the forkserver
     # (which the workers themselves keep alive), and the task queue never reaches EOF because every
     # worker holds its write end too. So watch the dump's own process, and leave when it is gone.
@@ -134,7 +132,6 @@ def verify(out, dataset, n, conditions, protocol, size, sample: int):
 
 
 def main(args):
-    keep_freed_memory()   # glibc: corrupt_image's large temporaries stay in the heap (common/host.py)
     corruptions = parse_corruptions(args.corruptions)
     severities = parse_severities(args.severities)
     if 0 in severities:
@@ -145,8 +142,7 @@ def main(args):
         raise UsageError(f"--limit {args.limit}: must be at least 1")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a folder")
+    check_output_folder(args.out)
     versions = corruption_versions()
     voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
     dataset = voc_dataset(voc_root, "val")
@@ -258,9 +254,7 @@ def get_args_parser():
                    help="names, short names or numbers; 'all' = the 15, 'held_out', 'slow', or a group "
                         "(noise, blur, weather, digital)")
     p.add_argument("--severities", nargs="+", default=["1", "2", "3", "4", "5"], help="severities in 1..5")
-    p.add_argument("--data", choices=("voc", "synthetic"), default="voc", help="which val set to corrupt")
-    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
-    p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
+    add_data_arguments(p, "voc", help="which val set to corrupt: VOC 2012 val under --voc-root, or the synthetic one")
     p.add_argument("--out", default="VOC-C", help="output folder (layout in the module docstring)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="paper: Pillow-resize to --size x --size before corrupting; shortside: short side --size, "

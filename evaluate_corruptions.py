@@ -30,7 +30,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -42,18 +41,18 @@ from tqdm import tqdm
 
 from common import distributed, external, results, vocc
 from common.calibration import Calibration
-from common.checkpoint import (OutputLock, file_sha256, git_commit, prepare_output_folder,
-                               write_npz, write_text)
+from common.cli import UsageError, add_data_arguments, add_device_arguments, check_plain_name, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
-from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions,
-                                parse_corruptions, parse_severities)
+from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions, parse_corruptions,
+                                parse_severities)
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.errors import UsageError, check_plain_name, run_cli
-from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
-from common.results import CLEAN, read_metrics  # noqa: F401  (read_metrics: the one reader of metrics.jsonl)
+from common.outputs import (OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder, write_npz,
+                            write_text)
+from common.results import (CLEAN, finite_or_none,  # noqa: F401  (read_metrics: the one reader of metrics.jsonl)
+                            read_metrics)
 
 
 # ------------------------------------------------------------------------------------------- data side
@@ -159,13 +158,6 @@ class ConditionStats:
         new.end_sum, new.pixels = state["end_sum"], state["pixels"]
         new.calibration = Calibration.from_rows(state["calibration"])
         return new
-
-
-def finite_or_none(x):
-    """JSON has no NaN: an undefined number (an absent class's IoU, say) is written as null."""
-    if isinstance(x, list):
-        return [finite_or_none(v) for v in x]
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
@@ -322,7 +314,6 @@ def load_models(args):
 # ----------------------------------------------------------------------------------------------- main
 
 def main(args):
-    keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
         with contextlib.ExitStack() as held:  # releases the output locks however the run ends
             if args.merge:
@@ -357,8 +348,7 @@ def evaluate(args, held, world=distributed.SINGLE):
     device = resolve_device(args.device)
     use_device(device)
     args.device = str(device)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a folder")
+    check_output_folder(args.out)
     if args.voc_c is not None:
         vocc.read_manifest(args.voc_c)   # a damaged manifest is refused before the models load
 
@@ -637,9 +627,7 @@ def get_args_parser():
                    help="display names (plain file names); default: the name stored in each checkpoint, the "
                         "builder's name for torchvision:, the factory's for module:factory")
     external.add_model_arguments(p, "--checkpoints")
-    p.add_argument("--data", choices=("voc", "synthetic"), default="voc", help="which val set")
-    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
-    p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
+    add_data_arguments(p, "voc", help="which val set: VOC 2012 val under --voc-root, or the synthetic one")
     p.add_argument("--voc-c", default=None,
                    help="a dump_voc_c.py folder: read corrupted images from it where present, corrupt on the fly "
                         "otherwise (identical pixels either way)")
@@ -657,9 +645,7 @@ def get_args_parser():
                    help="images per forward pass (shortside and native protocols: always 1, sizes differ)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="loader processes that decode and corrupt images")
-    p.add_argument("--device", default=None, help="cuda (the current GPU, or LOCAL_RANK's under torchrun), cuda:N or cpu; "
-                                                     "default: cuda when available")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision for the forward")
+    add_device_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--shard", default=None,
                    help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge); auto: K and N from the SLURM "

@@ -27,9 +27,10 @@ import sys
 import torch
 
 from common import external
-from common.checkpoint import file_sha256, git_commit, load_model, save_checkpoint
-from common.errors import UsageError, check_plain_name, run_cli
+from common.checkpoint import load_model, save_checkpoint
+from common.cli import UsageError, check_plain_name, run_cli
 from common.models import ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, count_parameters
+from common.outputs import file_sha256, git_commit
 
 # torchvision builders that are one of our architectures (arch, backbone, output stride, head channels).
 TORCHVISION_BUILDERS = {"deeplabv3_resnet50": ("deeplabv3", "resnet50", 8, 256),

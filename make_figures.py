@@ -50,15 +50,14 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from common import external  # noqa: E402
-from common.checkpoint import atomic_write  # noqa: E402
-from common.constants import CLASSES, NUM_CLASSES  # noqa: E402
+from common import external, results as rf  # noqa: E402
+from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
+from common.constants import CLASSES, MODEL_COLOURS, NUM_CLASSES, colorize  # noqa: E402
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, MIN_SIDE, corrupt_image  # noqa: E402
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
-from common.errors import UsageError, run_cli  # noqa: E402
-from common.viz import MODEL_COLOURS, colorize, predict  # noqa: E402
-from common import results as rf  # noqa: E402  (the one reader of every results file)
+from common.models import predict  # noqa: E402
+from common.outputs import atomic_write  # noqa: E402
 from common.results import CLEAN  # noqa: E402
 GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")
 QUALITATIVE_SEVERITIES = (0, 1, 2, 3)
@@ -581,10 +580,7 @@ def get_args_parser():
     p.add_argument("--only", nargs="+", choices=FIGURES, default=None, metavar="NAME",
                    help=f"draw only these figures (default: all): {', '.join(FIGURES)}")
     p.add_argument("--pdf", action="store_true", help="also write each figure as PDF (vector, for the paper)")
-    p.add_argument("--data", choices=("voc", "synthetic"), default=None,
-                   help="val set for the image figures; default: the one run.json records")
-    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
-    p.add_argument("--synthetic-root", default="data/synthetic", help="the generated dataset (--data synthetic)")
+    add_data_arguments(p, None, help="val set for the image figures; default: the one run.json records")
     p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
                    help="models for voc_sample and qualitative_grid: checkpoints, torchvision:<builder>[:<weights>] "
                         "or module.path:factory; default: the models in run.json (with their weights file and kind)")
@@ -593,7 +589,7 @@ def get_args_parser():
                    help="val image shown in the image figures (contact_sheet.png shows the indices)")
     p.add_argument("--size", type=int, default=None,
                    help="image side (paper protocol); default: run.json's size, 224 if it has none")
-    p.add_argument("--device", default="cpu", help="device for the predictions: cpu (a few images: enough), cuda or cuda:N")
+    add_device_arguments(p, amp=False, default="cpu")   # a few predictions: the CPU is enough
     return p
 
 

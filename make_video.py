@@ -49,13 +49,13 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from common import external
-from common.checkpoint import git_commit
-from common.device import resolve_device, use_device
+from common.cli import UsageError, add_device_arguments, run_cli
+from common.constants import colorize
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
-from common.errors import UsageError, run_cli
-from common.host import keep_freed_memory
+from common.device import resolve_device, use_device
+from common.models import predict
+from common.outputs import git_commit
 from common.synthetic import class_style, second_tone
-from common.viz import colorize, predict
 
 TILE_W, TILE_H = 480, 270               # PROTOCOL.md: 2x2 tiles of 480x270 -> 960x540
 FRAME_W, FRAME_H = 2 * TILE_W, 2 * TILE_H
@@ -444,7 +444,6 @@ def load_pair(args):
 
 
 def main(args):
-    keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     schedule = build_schedule(args.corruptions, args.severity)  # unknown corruption: fails before any work
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -536,7 +535,7 @@ def get_args_parser():
     p.add_argument("--size", type=int, default=224,
                    help="short side of the frames the models see (the paper evaluated at 224); smaller is faster")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
-    p.add_argument("--device", default=None, help="cuda (the current GPU), cuda:N or cpu; default: cuda when available")
+    add_device_arguments(p, amp=False)
     return p
 
 

@@ -34,12 +34,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
+from common.cli import UsageError, add_data_arguments, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
-from common.errors import UsageError, run_cli
-from common.host import keep_freed_memory
 from common.models import BACKBONES
+from common.outputs import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
 
 FOREGROUND = NUM_CLASSES - 1   # classes 1..20; background is what no foreground class claims
 # Arguments that change the weights written: a finished run with other values is not "the same run".
@@ -121,7 +120,6 @@ def evaluate(net, loader):
 
 
 def main(args):
-    keep_freed_memory()
     with contextlib.ExitStack() as held:
         return pretrain(args, held)
 
@@ -224,11 +222,8 @@ def get_args_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", choices=list(BACKBONES), default="resnet18",
                    help="torchvision ResNet; must match train.py's --backbone")
-    p.add_argument("--data", choices=("voc", "synthetic"), default="synthetic",
-                   help="voc = VOC 2012 train + SBD train_noval; synthetic = the generated VOC-format dataset")
-    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
-    p.add_argument("--sbd-root", default=None, help="folder that contains img/, cls/ and train_noval.txt (--data voc)")
-    p.add_argument("--synthetic-root", default="data/synthetic", help="where the synthetic dataset is generated")
+    add_data_arguments(p, "synthetic", sbd=True,
+                       help="voc = VOC 2012 train + SBD train_noval; synthetic = the generated VOC-format dataset")
     p.add_argument("--crop-size", type=int, default=64,
                    help="training crop, through train.py's transform (random scale 0.5-2x of it, then crop); "
                         "smaller than train.py's 96 buys more SGD steps per second")

@@ -35,15 +35,15 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import OutputLock, git_commit, prepare_output_folder, read_checkpoint, save_checkpoint
+from common.checkpoint import read_checkpoint, save_checkpoint
+from common.cli import UsageError, add_data_arguments, add_device_arguments, check_plain_name, run_cli
 from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, resolve_device, set_deterministic, use_device
-from common.errors import UsageError, check_plain_name, run_cli
-from common.host import keep_freed_memory
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
                            head_parameters, segmentation_loss)
+from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder
 
 # What each --recipe sets (PROTOCOL.md); an explicit flag overrides its entry. Everything else (optimiser,
 # learning rates, epochs, crop, augmentation) is the same in both.
@@ -218,7 +218,6 @@ def evaluate(model, loader, args):
 # ------------------------------------------------------------------------------------------------- main
 
 def main(args):
-    keep_freed_memory()   # glibc: no page faults re-fetching each batch's freed activations (common/host.py)
     with contextlib.ExitStack() as held:  # releases the run folder's lock however training ends
         return train(args, held)
 
@@ -356,8 +355,7 @@ def checkpoint_to_resume(ckpt_path: str, args):
     if exists and not args.resume:
         raise UsageError(f"{ckpt_path} already exists; pass --resume to continue it, or choose another "
                          f"--out/--name (nothing was overwritten)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a folder")
+    check_output_folder(args.out)
     if not exists:
         return None
     resume = read_checkpoint(ckpt_path)
@@ -428,12 +426,8 @@ def get_args_parser():
     p.add_argument("--pretrained-backbone", default=None,
                    help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
                         "to a backbone state dict; default: imagenet with --data voc, none with --data synthetic")
-    p.add_argument("--data", choices=("voc", "synthetic"), default="voc",
-                   help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; synthetic = the "
-                        "generated VOC-format dataset under --synthetic-root")
-    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012")
-    p.add_argument("--sbd-root", default=None, help="folder that contains img/, cls/ and train_noval.txt")
-    p.add_argument("--synthetic-root", default="data/synthetic", help="where the synthetic dataset is generated")
+    add_data_arguments(p, "voc", sbd=True, help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC "
+                                                "val; synthetic = the generated VOC-format dataset under --synthetic-root")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=None,
                    help="recipe: 30 (notebook) or 20 (paper); per process under torchrun")
@@ -457,12 +451,8 @@ def get_args_parser():
                    help="also keep best.pt, the epoch with the best val mIoU. VOC val is also the test set, so this "
                         "selects on the test split; the paper evaluated the final weights (checkpoint.pt)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
-    p.add_argument("--device", default=None,
-                   help="cuda (the current GPU, or LOCAL_RANK's under torchrun), cuda:N or cpu; default: cuda when "
-                        "available")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
-                   help="autocast precision (bf16 is the fast choice on recent GPUs); the paper trained in fp32. "
-                        "A run may resume in another precision")
+    add_device_arguments(p, amp_help="autocast precision (bf16 is the fast choice on recent GPUs); the paper "
+                                     "trained in fp32. A run may resume in another precision")
     p.add_argument("--deterministic", action="store_true",
                    help="cuDNN deterministic algorithms and torch's deterministic kernels, for repeatable GPU runs "
                         "(slower; CPU runs are deterministic already)")

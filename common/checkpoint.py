@@ -7,66 +7,15 @@ Layout: ``model`` (state dict), ``model_config`` (kwargs of ``build_model`` minu
 ``name``, ``epoch``, ``args`` (the training command's arguments), ``optimizer``, ``scheduler``,
 ``scaler``, ``rng``, ``best_miou``, ``val`` (last validation metrics), ``git_commit``, ``versions``.
 """
-import hashlib
 import os
 import pickle
 import re
-import subprocess
 import warnings
 
-import numpy as np
 import torch
 
-from .errors import UsageError, check_plain_name
-
-
-def atomic_write(path: str, write, durable: bool = True) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a kill never leaves a half-written file.
-
-    ``durable`` fsyncs the data before the rename, so a power cut cannot leave an empty file under the
-    final name either. Bulk writers that re-check their files on resume (dump_voc_c.py's PNGs) pass
-    False and make the whole batch durable at once with ``os.sync()`` before recording it as done.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        if durable:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_text(path: str, text: str) -> None:
-    """Atomically write a text file (the handle is closed, so flushed, before the rename)."""
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            fh.write(text)
-    atomic_write(path, write)
-
-
-def write_npz(path: str, **arrays) -> None:
-    """Atomically write an uncompressed NPZ (no pickles: plain numeric and string arrays only)."""
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    atomic_write(path, write)
-
-
-def prepare_output_folder(path: str, flag: str = "--out") -> None:
-    """Create ``path`` if needed, or raise one clear UsageError when it is a file or cannot be written."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot create it ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: not writable")
+from .cli import UsageError, check_plain_name
+from .outputs import atomic_write
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:
@@ -192,65 +141,3 @@ def save_random_checkpoint(path, kind: str, seed: int = 0, name=None, **model_kw
     save_checkpoint(str(path), {"model": model.state_dict(), "model_config": model.config, "name": name or kind,
                                 "epoch": 0, "args": {}})
     return str(path)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def git_commit() -> str:
-    """The repository's commit (with "+dirty" for local changes), or "unknown" outside git."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-
-
-class OutputLock:
-    """One writer per output folder: an exclusive POSIX record lock (``lockf``) on ``<folder>/.lock``.
-
-    The kernel drops the lock when its process dies, even by SIGKILL, so a lock left by a killed run is
-    simply taken over; a live second writer is refused with a message naming its pid. POSIX locks, unlike
-    ``flock``, are not inherited by forked workers, which may outlive a killed parent by a few seconds.
-    """
-
-    def __init__(self, folder: str, what: str):
-        self.path = os.path.join(folder, ".lock")
-        self.what = what
-        self.fh = None
-
-    def __enter__(self):
-        import fcntl
-
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.lockf(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.seek(0)
-            owner = self.fh.read().strip() or "another process"
-            self.fh.close()
-            raise UsageError(f"{os.path.dirname(self.path)} is being written by {owner}; wait for it to finish "
-                             f"or use another --out (two writers would interleave their files)") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"{self.what} (pid {os.getpid()})\n")
-        self.fh.flush()
-        # We are the only writer now, so any temporary file in here was left by a killed run.
-        for folder, _, files in os.walk(os.path.dirname(self.path)):
-            for name in files:
-                if ".tmp-" in name:
-                    os.remove(os.path.join(folder, name))
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()  # closing releases the lock; the file itself stays
-        return False

@@ -1,4 +1,4 @@
-"""Constants of PASCAL VOC 2012 shared by every script (PROTOCOL.md, "Data")."""
+"""Constants of PASCAL VOC 2012 shared by every script (PROTOCOL.md, "Data"), and the colours of every figure."""
 import numpy as np
 
 CLASSES = (
@@ -29,3 +29,15 @@ def voc_palette() -> np.ndarray:
             v >>= 3
         pal[c] = (r, g, b)
     return pal
+
+
+# PROTOCOL.md: vermillion, sky blue, grey (Wong's colour-blind-safe palette), as 0..1 RGB for matplotlib.
+MODEL_COLOURS = {"baseline": (213 / 255, 94 / 255, 0.0), "scribe": (86 / 255, 180 / 255, 233 / 255),
+                 "ibe": (0.5, 0.5, 0.5)}
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """HxW class indices -> HxWx3 uint8 VOC colours; anything above 20 (i.e. 255, "ignore") is white."""
+    pal = voc_palette().copy()
+    pal[21:] = 255
+    return pal[np.asarray(label, dtype=np.uint8)]

@@ -53,7 +53,7 @@ import zlib
 
 import numpy as np
 
-from common.errors import UsageError
+from common.cli import UsageError
 
 # The paper's order (its code numbered them 0..14). Same order as imagecorruptions' corruption_tuple.
 CORRUPTIONS = (

@@ -20,9 +20,9 @@ import torch
 import torchvision
 from PIL import Image
 
+from .cli import UsageError, check_plain_name
 from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .corruptions import MIN_SIDE
-from .errors import UsageError, check_plain_name
 
 
 def adjust_brightness(rgb: np.ndarray, factor: float) -> np.ndarray:

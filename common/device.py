@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from .errors import UsageError
+from .cli import UsageError
 
 # --amp choices -> autocast dtype ("none": fp32, as the paper trained).
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

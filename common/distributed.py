@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-from .errors import UsageError, one_line
+from .cli import UsageError, one_line
 
 
 class World:

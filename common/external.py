@@ -46,10 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import file_sha256, load_model
+from .checkpoint import load_model
+from .cli import UsageError
 from .constants import CLASSES, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
-from .errors import UsageError
 from .models import KINDS, implicit_background
+from .outputs import file_sha256
 
 TORCHVISION = "torchvision:"
 FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

@@ -14,6 +14,7 @@ output stride 16, "output"); train.py's ``--recipe`` chooses between the two.
 """
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +22,10 @@ from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
+from .cli import UsageError
 from .constants import IGNORE_INDEX, NUM_CLASSES
-from .errors import UsageError
+from .data import normalise_uint8
+from .logits import channel_argmax
 
 KINDS = ("baseline", "ibe", "scribe")
 ARCHS = ("deeplabv3plus", "deeplabv3")
@@ -228,3 +231,13 @@ def model_flops(kind: str = "baseline", side: int = 224, train_step: bool = Fals
         if train_step:
             y.float().sum().backward()
     return counter.get_total_flops() / 2
+
+
+@torch.inference_mode()
+def predict(model, images: np.ndarray, device="cpu", batch_size: int = 16) -> np.ndarray:
+    """uint8 NxHxWx3 images (same size) -> uint8 NxHxW argmax predictions, in batches (the figures, the video)."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = normalise_uint8(torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device))
+        out.append(channel_argmax(model(x)).to(torch.uint8).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], dtype=np.uint8)

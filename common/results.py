@@ -26,13 +26,24 @@ import time
 
 import numpy as np
 
+from .cli import UsageError
 from .constants import NUM_CLASSES
 from .corruptions import ALL_CORRUPTIONS
-from .errors import UsageError
 
 CLEAN = "clean"   # the severity-0 condition, shared by all corruptions
 K = NUM_CLASSES
 NUMBER_FIELDS = ("miou", "pixel_acc", "end", "distance", "distance_predicted", "ece", "nll", "brier")
+
+
+def finite_or_none(x):
+    """A number for JSON, which has no NaN: a float, or None where it is undefined (an absent class's IoU);
+    lists element by element."""
+    if isinstance(x, (list, tuple)):
+        return [finite_or_none(v) for v in x]
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def sweep_fix(folder) -> str:

@@ -63,8 +63,8 @@ import scipy.ndimage as ndi
 import scipy.sparse
 from PIL import Image, ImageDraw
 
+from .cli import UsageError
 from .constants import NUM_CLASSES, voc_palette
-from .errors import UsageError
 
 # Bump whenever the drawing changes, so that stamps of older datasets no longer match.
 GENERATOR_VERSION = "synthetic-voc-6"
@@ -405,5 +405,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    from .errors import run_cli
+    from .cli import run_cli
     run_cli(main, get_args_parser())

@@ -15,9 +15,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from .checkpoint import atomic_write
+from .cli import UsageError
 from .constants import voc_palette
-from .errors import UsageError
+from .outputs import atomic_write
 
 MANIFEST = "manifest.json"
 SEED_RULE = ('seed = zlib.crc32(f"{image_id}|{corruption}|{severity}".encode()); np.random.seed(seed); '

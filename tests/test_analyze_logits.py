@@ -9,7 +9,7 @@ import pytest
 
 import analyze_logits as al
 from common.corruptions import CORRUPTIONS, corruption_number
-from common.errors import UsageError
+from common.cli import UsageError
 from helpers import cli
 
 K = 21

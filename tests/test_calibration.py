@@ -441,7 +441,7 @@ def test_bad_calibration_inputs_are_one_line_exit_2(swept, tmp_path):
     z = dict(np.load(path))
     z["calib_image_count"] = z["calib_image_count"][:2]
     np.savez(path, **z)
-    from common.errors import UsageError
+    from common.cli import UsageError
     with pytest.raises(UsageError, match=r"brightness_5\.npz: calib_image_count has shape \(2, 15\), "
                                          r"expected \(4, 15\)"):
         al.main(al.get_args_parser().parse_args(["--results", str(bad), "--bootstrap", "0"]))

@@ -15,7 +15,7 @@ import pytest
 
 import imagecorruptions
 from common import corruptions as C
-from common.errors import UsageError
+from common.cli import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

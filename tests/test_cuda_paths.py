@@ -11,7 +11,7 @@ import make_video
 import train
 from common.checkpoint import read_checkpoint
 from common.device import resolve_device
-from common.errors import UsageError
+from common.cli import UsageError
 from fake_cuda import FakeCuda
 from helpers import run_tiny_train, tiny_checkpoint, tiny_synthetic
 

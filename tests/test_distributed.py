@@ -22,7 +22,7 @@ import torch
 
 import evaluate_corruptions as ev
 from common import distributed
-from common.errors import UsageError, run_cli
+from common.cli import UsageError, run_cli
 from common.synthetic import ensure_synthetic
 from helpers import ROOT, cli, tiny_checkpoint
 

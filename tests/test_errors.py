@@ -1,6 +1,6 @@
 import pytest
 
-from common.errors import UsageError, check_plain_name
+from common.cli import UsageError, check_plain_name
 
 
 @pytest.mark.parametrize("name", ["baseline", "ibe_seed1", "2007_000032", "SCrIBE-v2.final", "a b"])

@@ -26,7 +26,7 @@ from common.checkpoint import load_model, save_checkpoint
 from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from common.corruptions import corrupt_image
 from common.data import eval_sample, voc_dataset
-from common.errors import run_cli
+from common.cli import run_cli
 from common.models import build_model
 from helpers import ROOT, cli, tiny_checkpoint, tiny_synthetic
 

@@ -20,7 +20,7 @@ from common.constants import IGNORE_INDEX
 from common.corruptions import ALL_CORRUPTIONS, MAX_SEVERITY, corrupt_image, corruption_seed
 from common.data import (ShortSideTransform, TrainTransform, eval_sample, read_split, sbd_dataset,
                          voc_dataset)
-from common.errors import UsageError, run_cli
+from common.cli import UsageError, run_cli
 from common.synthetic import ensure_synthetic
 from helpers import TINY_TRAIN, cli, run_tiny_train, tiny_checkpoint
 

@@ -12,7 +12,7 @@ from PIL import Image
 import analyze_logits
 import evaluate_corruptions
 import make_figures as mf
-from common.errors import UsageError
+from common.cli import UsageError
 from common.synthetic import ensure_synthetic
 from helpers import cli, tiny_checkpoint
 
@@ -241,7 +241,7 @@ def test_voc_palette_is_the_published_colormap():
     import io
 
     from common.constants import voc_palette
-    from common.viz import colorize
+    from common.constants import colorize
     from common.vocc import png_bytes
     pal = voc_palette()
     for c, rgb in VOC_RGB.items():

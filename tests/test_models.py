@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from common.errors import UsageError
+from common.cli import UsageError
 from common.models import build_model, count_parameters, segmentation_loss
 
 

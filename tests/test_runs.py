@@ -24,7 +24,7 @@ import analyze_logits as al
 import dump_voc_c
 import evaluate_corruptions as ev
 import make_figures as mf
-from common.errors import UsageError
+from common.cli import UsageError
 from common.synthetic import ensure_synthetic
 from helpers import ROOT, cli, tiny_checkpoint
 

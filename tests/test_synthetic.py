@@ -17,7 +17,7 @@ from torchvision.datasets import SBDataset, VOCSegmentation
 
 from common import synthetic
 from common.constants import voc_palette
-from common.errors import UsageError
+from common.cli import UsageError
 
 SMALL = dict(n_voc_train=12, n_sbd=12, n_val=8, min_side=64, max_side=128, seed=3)
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,10 +1,18 @@
-"""The one exception type that the scripts turn into a one-line message and exit status 2.
+"""What every script's command line shares: the one user-error type, ``run_cli``, and the common flags.
 
 Anything the *user* can fix (a wrong path, a bad flag value, a malformed file) is raised as
 ``UsageError``; ``run_cli`` in every script catches it, prints ``error: <message>`` on stderr and
 exits with status 2. Everything else is a bug and keeps its traceback.
+
+    p = argparse.ArgumentParser(...)
+    add_data_arguments(p, default="voc", sbd=True)   # --data, --voc-root, [--sbd-root], --synthetic-root
+    add_device_arguments(p, amp=True)                # --device, [--amp]
+    run_cli(main, p)
 """
 import sys
+
+DATA_CHOICES = ("voc", "synthetic")
+AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 class UsageError(Exception):
@@ -45,3 +53,25 @@ def check_plain_name(name, source: str) -> str:
         raise UsageError(f"{source}: the name {name!r} cannot be used as a file name (it must be one plain name: "
                          f"no '/', '\\', leading '.', spaces at its ends or control characters); rename it")
     return name
+
+
+def add_data_arguments(p, default="voc", sbd=False, help=None) -> None:
+    """--data, --voc-root, --synthetic-root (and --sbd-root for the scripts that train)."""
+    p.add_argument("--data", choices=DATA_CHOICES, default=default,
+                   help=help or "voc = PASCAL VOC 2012 under --voc-root; synthetic = the generated VOC-format dataset "
+                                "under --synthetic-root (written on first use)")
+    p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
+    if sbd:
+        p.add_argument("--sbd-root", default=None,
+                       help="folder that contains img/, cls/ and train_noval.txt (--data voc)")
+    p.add_argument("--synthetic-root", default="data/synthetic",
+                   help="where the synthetic dataset is, or is generated (--data synthetic)")
+
+
+def add_device_arguments(p, amp=True, default=None, amp_help="autocast precision for the forward") -> None:
+    """--device (default: cuda when available) and, where a model runs in bulk, --amp."""
+    p.add_argument("--device", default=default,
+                   help="cuda (the current GPU, or LOCAL_RANK's under torchrun), cuda:N or cpu"
+                        + ("" if default else "; default: cuda when available"))
+    if amp:
+        p.add_argument("--amp", choices=AMP_CHOICES, default="none", help=amp_help)

@@ -1,0 +1,132 @@
+"""Writing outputs safely: atomic writes, the one-writer lock of an output folder, file hashes, the git commit.
+
+    atomic_write(path, lambda tmp: np.save(tmp, a))   # temp file + fsync + rename: a kill never leaves half a file
+    write_text(path, text); write_npz(path, **arrays)
+    check_output_folder(args.out)                     # before any work: one UsageError if it is a file
+    prepare_output_folder(args.out)                   # created, or one UsageError: a file, not writable
+    with OutputLock(args.out, "train.py"): ...        # a second live writer is refused; a killed one's lock is taken over
+    file_sha256(path); git_commit()                   # what every run records about its inputs and code
+"""
+import hashlib
+import os
+import subprocess
+
+import numpy as np
+
+from .cli import UsageError
+
+
+def atomic_write(path: str, write, durable: bool = True) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a kill never leaves a half-written file.
+
+    ``durable`` fsyncs the data before the rename, so a power cut cannot leave an empty file under the
+    final name either. Bulk writers that re-check their files on resume (dump_voc_c.py's PNGs) pass
+    False and make the whole batch durable at once with ``os.sync()`` before recording it as done.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomically write a text file (the handle is closed, so flushed, before the rename)."""
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+    atomic_write(path, write)
+
+
+def write_npz(path: str, **arrays) -> None:
+    """Atomically write an uncompressed NPZ (no pickles: plain numeric and string arrays only)."""
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(path, write)
+
+
+def check_output_folder(path: str, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file (it is created later, once there is output)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+
+
+def prepare_output_folder(path: str, flag: str = "--out") -> None:
+    """Create ``path`` if needed, or raise one clear UsageError when it is a file or cannot be written."""
+    check_output_folder(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    """The repository's commit (with "+dirty" for local changes), or "unknown" outside git."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+class OutputLock:
+    """One writer per output folder: an exclusive POSIX record lock (``lockf``) on ``<folder>/.lock``.
+
+    The kernel drops the lock when its process dies, even by SIGKILL, so a lock left by a killed run is
+    simply taken over; a live second writer is refused with a message naming its pid. POSIX locks, unlike
+    ``flock``, are not inherited by forked workers, which may outlive a killed parent by a few seconds.
+    """
+
+    def __init__(self, folder: str, what: str):
+        self.path = os.path.join(folder, ".lock")
+        self.what = what
+        self.fh = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.lockf(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            owner = self.fh.read().strip() or "another process"
+            self.fh.close()
+            raise UsageError(f"{os.path.dirname(self.path)} is being written by {owner}; wait for it to finish "
+                             f"or use another --out (two writers would interleave their files)") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{self.what} (pid {os.getpid()})\n")
+        self.fh.flush()
+        # We are the only writer now, so any temporary file in here was left by a killed run.
+        for folder, _, files in os.walk(os.path.dirname(self.path)):
+            for name in files:
+                if ".tmp-" in name:
+                    os.remove(os.path.join(folder, name))
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()  # closing releases the lock; the file itself stays
+        return False
