@@ -142,11 +142,14 @@ from common.outputs import check_output_folder, git_commit
 from common.results import CLEAN, finite_or_none
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
+CALIBRATION = ("ece", "nll", "brier")      # metrics.jsonl fields (common/calibration.py)
 CONFIDENCE = 0.95
 # Below this a CD/rCD denominator counts as zero: mIoUs are ratios of pixel counts, so sums of
 # (1 - mIoU) over <= 5 severities that should cancel exactly can leave ~1e-16 of rounding.
 ZERO = 1e-12
 
+
+# ------------------------------------------------------------------------------------------- helpers
 
 def cond_key(c, s):
     return f"{c}/{s}"
@@ -162,29 +165,116 @@ def mean_or_none(values):
     return float(np.mean(values)) if values else None
 
 
+def mean_over(values, of):
+    """{value, n, of, complete} for a mean over whichever of `of` items are not None."""
+    got = [v for v in values if v is not None]
+    return {"value": mean_or_none(got), "n": len(got), "of": of, "complete": len(got) == of}
+
+
+def counted(agg, n="n_conditions", value="value"):
+    """A ``mean_over`` result under the names analysis.json gives it."""
+    return {value: agg["value"], n: agg["n"], "of": agg["of"], "complete": agg["complete"]}
+
+
+def span(sevs):
+    """(1, 2, 3, 5) -> '1-3,5'."""
+    parts, start = [], None
+    for i, s in enumerate(sevs):
+        if start is None:
+            start = s
+        if i + 1 == len(sevs) or sevs[i + 1] != s + 1:
+            parts.append(str(start) if start == s else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
+def shown_list(names):
+    """The first six names of a list of conditions, for a one-line message."""
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+
+
+def checkpoint_hashes(run):
+    """{model name: checkpoint sha256} of a run.json."""
+    return {m.get("name"): m.get("sha256") for m in run.get("models", []) or [] if isinstance(m, dict)}
+
+
+def pct(x):
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def f3(x):
+    return "–" if x is None else f"{x:.3f}"
+
+
+def star(text, complete):
+    """Incomplete aggregates carry a * (explained under the table)."""
+    return text if complete or text == "–" else text + "*"
+
+
+def ci(c):
+    if c is None or c["observed"] is None:
+        return "–"
+    text = f"{100 * c['observed']:+.2f} [{100 * c['lower']:+.2f}, {100 * c['upper']:+.2f}]"
+    return star(text, c.get("complete", True))
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+
 # --------------------------------------------------------------------------------- reading the inputs
 
-def read_metrics(path):
-    """Rows of metrics.jsonl, strictly (common/results.py): a malformed line is a UsageError naming file and
-    line, since here a bad line means the numbers cannot be trusted; the sweep itself recomputes such rows."""
-    return rf.read_metrics(path)
-
-
-def read_run(path):
-    """run.json, or None when absent (older or hand-made folders); a damaged one is a UsageError."""
-    return rf.read_run(path)
+def sweep_fix(path):
+    """How to rewrite a damaged logits/ or confusion/ file: rerun the sweep of the folder it lies in."""
+    return rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path))))
 
 
 def load_npz(path, keys):
     """The named arrays of one confusion/ npz file, checked (keys, dtypes, shapes); a bad file is a UsageError
     naming it and the command that rewrites it."""
-    return rf.read_confusion(path, rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path)))), keys)
+    return rf.read_confusion(path, sweep_fix(path), keys)
 
 
 def read_tracker(path):
     """The LogitTracker state of one logits/<model>/<condition>.npz file, checked (21 classes, float64, finite)."""
-    fix = rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path))))
-    return LogitTracker.from_state_dict(rf.read_logits(path, fix, keys=("count", "sum", "sq")))
+    return LogitTracker.from_state_dict(rf.read_logits(path, sweep_fix(path), keys=("count", "sum", "sq")))
+
+
+def read_calibration(path):
+    """(per-image calibration tables, image_ids) of one confusion/<model>/<condition>.npz, or None when the
+    file predates calibration (no calib_* arrays); damaged or misshapen arrays are a UsageError naming it."""
+    keys = ["calib_" + k for k in ROW_KEYS]
+    try:
+        with np.load(path) as z:
+            if any(k not in z.files for k in keys):
+                return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
+    z = load_npz(path, keys + ["image_ids"])
+    tables = {k: np.asarray(z["calib_" + k]) for k in ROW_KEYS}
+    n_images = len(z["image_ids"])
+    want = {"image_count": (n_images, BINS), "image_conf_sum": (n_images, BINS), "image_acc_sum": (n_images, BINS),
+            "image_nll_sum": (n_images,), "image_brier_sum": (n_images,)}
+    for k, shape in want.items():
+        if tables[k].shape != shape:
+            raise UsageError(f"{path}: calib_{k} has shape {tables[k].shape}, expected {shape} (one row per image "
+                             f"of image_ids); rerun evaluate_corruptions.py for that condition")
+    return tables, np.asarray(z["image_ids"]).astype(str)
+
+
+def align(ids, ids_ref, path, ref_path):
+    """Indices that put this file's images in the reference order; images must be the same set,
+    or the bootstrap could not pair them."""
+    if ids.shape == ids_ref.shape and np.array_equal(ids, ids_ref):
+        return np.arange(len(ids))
+    pos = {i: k for k, i in enumerate(ids)}
+    if len(pos) != len(ids) or set(pos) != set(ids_ref.tolist()):
+        raise UsageError(f"{path}: its image_ids are not the images of {ref_path}; a bootstrap pairs images, "
+                         f"so every model and condition must cover the same images (merge shards first)")
+    return np.array([pos[i] for i in ids_ref])
 
 
 def resolve_pca_pass(arg, results):
@@ -209,15 +299,14 @@ def pca_pass_trackers(folder, results, run, models, missing, notes):
     rather than one from the main sweep's other protocol under the same heading.
     """
     run_path = os.path.join(folder, "run.json")
-    prun = read_run(run_path)
+    prun = rf.read_run(run_path)
     if prun is None:
         raise UsageError(f"{run_path}: not found, so the checkpoints of --pca-pass {folder} cannot be checked "
                          f"(give --pca-pass none to use the main sweep's clean condition)")
     if run is None:
         raise UsageError(f"{os.path.join(results, 'run.json')}: not found, so the checkpoints of --pca-pass "
                          f"{folder} cannot be checked against it (give --pca-pass none)")
-    main_sha = {m.get("name"): m.get("sha256") for m in run.get("models", []) or [] if isinstance(m, dict)}
-    pass_sha = {m.get("name"): m.get("sha256") for m in prun.get("models", []) or [] if isinstance(m, dict)}
+    main_sha, pass_sha = checkpoint_hashes(run), checkpoint_hashes(prun)
     differ = [n for n in pass_sha if n in main_sha and (pass_sha[n] is None or pass_sha[n] != main_sha[n])]
     if differ:
         raise UsageError(f"--pca-pass {folder}: its run.json gives {', '.join(map(str, differ))} another "
@@ -266,6 +355,13 @@ def explained_variance(mean, notebook=False):
     return out, int(rows.shape[0])
 
 
+def both_explained_variances(mu):
+    """(cumulative ratio, rows used, the notebook's cumulative ratio) of one class-mean matrix."""
+    ev, used = explained_variance(mu)
+    ev_nb, _ = explained_variance(mu, notebook=True)
+    return ev, used, ev_nb
+
+
 def resample_miou(tp, union, weights):
     """mIoU (B, C) of C conditions under B resamples of the images, from per-image counts.
 
@@ -283,6 +379,22 @@ def resample_miou(tp, union, weights):
     iou = np.divide(t, u, out=np.zeros_like(t), where=present)
     with np.errstate(invalid="ignore", divide="ignore"):
         return iou.sum(-1) / present.sum(-1)
+
+
+def resample_calibration(tables, weights):
+    """(ece, nll, brier), each (R, C), of C conditions under R resamples of the images.
+
+    tables: per condition the per-image tables of ``read_calibration``, on one image order; weights (R, n):
+    how often each image is drawn. The bins, NLL and Brier sums of a resample are the weighted sums of
+    the per-image ones (the bins add exactly), and ECE = sum_b |acc_b - conf_b| / N is recomputed from them.
+    """
+    out = []
+    for t in tables:
+        count = weights @ t["image_count"].astype(np.float64)
+        conf = weights @ t["image_conf_sum"]
+        acc = weights @ t["image_acc_sum"].astype(np.float64)
+        out.append(metrics_from_bins(count, conf, acc, weights @ t["image_nll_sum"], weights @ t["image_brier_sum"]))
+    return tuple(np.stack([o[i] for o in out], axis=1) for i in range(3))
 
 
 def bootstrap_weights(n_images, n_resamples, seed):
@@ -339,28 +451,59 @@ def mean_sev0_5(mi):
             "complete": used == len(BENCHMARK) and clean is not None}
 
 
-def mean_over(values, of):
-    """{value, n, of, complete} for a mean over whichever of `of` items are not None."""
-    got = [v for v in values if v is not None]
-    return {"value": mean_or_none(got), "n": len(got), "of": of, "complete": len(got) == of}
+def resample_models(samples, n_images, args, resample):
+    """Observed values and bootstrap replicates of every model's per-condition statistics.
+
+    samples: {model: {(c, s): per-image data}}; resample(list of data, weights (R, n)) -> {key: (R, C)}.
+    Every model and condition is resampled with the same ``bootstrap_weights`` (same seed, same image order),
+    so the differences are paired, and the calibration bootstrap sees the mIoU bootstrap's images.
+    Returns (observed, boots): {model: {key: {(c, s): value}}}, the boots' values of shape (R,).
+    """
+    weights = bootstrap_weights(n_images, args.bootstrap, args.seed)
+    ones = np.ones((1, n_images))
+    observed, boots = {}, {}
+    for m, by_condition in samples.items():
+        conds = list(by_condition)
+        if not conds:
+            continue
+        data = [by_condition[cs] for cs in conds]
+        boots[m] = {key: dict(zip(conds, v.T)) for key, v in resample(data, weights).items()}
+        observed[m] = {key: dict(zip(conds, v[0])) for key, v in resample(data, ones).items()}
+    return observed, boots
 
 
-# -------------------------------------------------------------------------------------------- analysis
+def compare(observed, boots, m, reference, key):
+    """(clean, aggregate): paired intervals of statistic ``key``, model m minus the reference, clean and of the
+    mean over the benchmark conditions both have; each None where there is nothing to compare."""
+    om, orf, bm, br = observed[m][key], observed[reference][key], boots[m][key], boots[reference][key]
+    clean = None
+    if (CLEAN, 0) in bm and (CLEAN, 0) in br:
+        clean = interval(om[CLEAN, 0] - orf[CLEAN, 0], bm[CLEAN, 0] - br[CLEAN, 0])
+    common = [cs for cs in BENCHMARK if cs in bm and cs in br]
+    if not common:
+        return clean, None
 
-def analyse(args):
-    """Everything but the writing: returns (analysis dict for analysis.json, arrays for the npz)."""
-    results = args.results
+    def agg(d):
+        return np.mean([d[cs] for cs in common], axis=0)
+    return clean, dict(interval(agg(om) - agg(orf), agg(bm) - agg(br)), n_conditions=len(common),
+                       of=len(BENCHMARK), complete=len(common) == len(BENCHMARK))
+
+
+# ------------------------------------------------------------------------------ the rows of metrics.jsonl
+
+def read_rows(results, reference):
+    """metrics.jsonl and run.json of the sweep, checked against each other. Returns (table {(model, corruption,
+    severity): row}, run, models in run.json order then any only in metrics.jsonl, kinds, reference, notes)."""
     if not os.path.isdir(results):
         raise UsageError(f"--results {results}: no such folder (give an evaluate_corruptions.py --out folder)")
     metrics_path = os.path.join(results, "metrics.jsonl")
-    rows = read_metrics(metrics_path)
-    run = read_run(os.path.join(results, "run.json"))
+    # Strictly: here a bad line means the numbers cannot be trusted (the sweep itself recomputes such rows).
+    rows = rf.read_metrics(metrics_path)
+    run = rf.read_run(os.path.join(results, "run.json"))
     rf.check_rows_match_run(rows, run, metrics_path, os.path.join(results, "run.json"))
     notes = []
     if run is None:
         notes.append("no run.json: model order and kinds come from metrics.jsonl")
-
-    # Models in run.json order (the command's order), then any only found in metrics.jsonl.
     models, kinds = [], {}
     for m in (run or {}).get("models", []) or []:
         if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"] not in models:
@@ -372,191 +515,22 @@ def analyse(args):
         kinds[r["model"]] = r.get("kind") or kinds.get(r["model"])
     table = {(r["model"], r["corruption"], r["severity"]): r for r in rows}
     with_rows = [m for m in models if any(k[0] == m for k in table)]
-
-    if args.reference is not None:
-        if args.reference not in with_rows:
-            raise UsageError(f"--reference {args.reference}: no such model in {metrics_path} "
-                             f"(models: {', '.join(with_rows)})")
-        reference = args.reference
-    else:
+    if reference is not None and reference not in with_rows:
+        raise UsageError(f"--reference {reference}: no such model in {metrics_path} "
+                         f"(models: {', '.join(with_rows)})")
+    if reference is None:
         reference = next((m for m in with_rows if kinds.get(m) == "baseline"), with_rows[0])
+    return table, run, models, kinds, reference, notes
 
-    # mIoU per model and condition, None where absent or undefined.
-    conditions = [(CLEAN, 0)] + BENCHMARK + [(c, s) for c in ALL_CORRUPTIONS[len(CORRUPTIONS):] for s in SEVERITIES
-                                             if any(k[1:] == (c, s) for k in table)]
+
+def miou_by_model(models, table, notes):
+    """{model: {(corruption, severity): mIoU}}, None where the row's mIoU is undefined."""
     miou = {m: {} for m in models}
     for (m, c, s), r in table.items():
         miou[m][c, s] = finite_or_none(r["miou"])
         if r["miou"] is None:
             notes.append(f"{m} {cond_key(c, s)}: mIoU is null in metrics.jsonl (no pixel scored); left out")
-
-    missing = missing_rows(models, table)
-    pca_dir = resolve_pca_pass(args.pca_pass, results)
-    if pca_dir is not None:
-        pca_trackers, ev_source = pca_pass_trackers(pca_dir, results, run, models, missing, notes)
-    else:
-        pca_trackers, ev_source = {}, "clean condition of the main sweep"
-
-    # Logit statistics and per-image counts, where their files exist.
-    arrays = {"models": np.array(models), "classes": np.array(CLASSES),
-              "explained_variance_source": np.array(ev_source)}
-    per_condition = {m: {} for m in models}
-    disagree = {}                           # (model, row field) -> conditions where logits/ say otherwise
-    lacking = {"logits": {}, "confusion": {}}
-    counts = {m: {} for m in models}        # (m) -> {(c, s): (tp, union)} on the shared image order
-    ids_ref = None
-    for m in models:
-        for c, s in conditions:
-            r = table.get((m, c, s))
-            if r is None:
-                continue
-            entry = {"miou": finite_or_none(r["miou"]), "pixel_acc": finite_or_none(r.get("pixel_acc")), "end": finite_or_none(r.get("end")),
-                     "distance": finite_or_none(r.get("distance")), "distance_predicted": finite_or_none(r.get("distance_predicted")),
-                     "explained_variance": None, "classes_used": None, "explained_variance_notebook": None}
-            per_condition[m][cond_key(c, s)] = entry
-            lpath = os.path.join(results, "logits", m, f"{c}_{s}.npz")
-            if os.path.exists(lpath):
-                tracker = read_tracker(lpath)
-                mu = tracker.mean()
-                ev, used = explained_variance(mu)
-                ev_nb, _ = explained_variance(mu, notebook=True)
-                entry["explained_variance"] = finite_list(ev)
-                entry["classes_used"] = used
-                entry["explained_variance_notebook"] = finite_list(ev_nb)
-                prefix = f"{m}/clean" if c == CLEAN else f"{m}/{c}/{s}"
-                arrays[f"{prefix}/mean"] = mu
-                if c == CLEAN:
-                    arrays[f"{prefix}/count"] = tracker.count.copy()
-                    arrays[f"{prefix}/distance"] = tracker.distance_matrix()
-                    arrays[f"{prefix}/correlation"] = tracker.correlation()
-                    arrays[f"{prefix}/correlation_notebook"] = tracker.correlation_notebook()
-                    if pca_dir is None:
-                        pca_trackers[m] = tracker
-                else:
-                    arrays[f"{prefix}/explained_variance"] = ev
-                    arrays[f"{prefix}/explained_variance_notebook"] = ev_nb
-                for key, value in (("distance", tracker.distance_notebook()),
-                                   ("distance_predicted", tracker.distance_margin())):
-                    if entry[key] is not None and finite_or_none(value) is not None and \
-                            not math.isclose(entry[key], value, rel_tol=1e-9, abs_tol=1e-12):
-                        disagree.setdefault((m, key), []).append((cond_key(c, s), entry[key], value))
-            else:
-                lacking["logits"].setdefault(m, []).append((c, s))
-            if c != CLEAN and c not in CORRUPTIONS:
-                continue        # held-out extras never enter the bootstrap
-            cpath = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
-            if not os.path.exists(cpath):
-                lacking["confusion"].setdefault(m, []).append((c, s))
-                continue
-            z = load_npz(cpath, ("image_ids", "tp", "fp", "fn"))
-            ids = np.asarray(z["image_ids"]).astype(str)
-            if ids_ref is None:
-                ids_ref, ids_path = ids, cpath
-            order = align(ids, ids_ref, cpath, ids_path)
-            tp, fp, fn = (np.asarray(z[k])[order] for k in ("tp", "fp", "fn"))
-            if not (tp.shape == fp.shape == fn.shape == (len(ids_ref), NUM_CLASSES)):
-                raise UsageError(f"{cpath}: tp/fp/fn shapes {tp.shape}, {fp.shape}, {fn.shape}; expected "
-                                 f"({len(ids_ref)}, {NUM_CLASSES})")
-            counts[m][c, s] = (tp, tp + fp + fn)
-    for (m, key), where in disagree.items():
-        cs, row, value = where[0]
-        notes.append(f"{m}: {key} in metrics.jsonl differs from the one recomputed from logits/ in {len(where)} "
-                     f"condition(s) (first {cs}: {row:.6g} against {value:.6g}); rows written before both "
-                     f"Distances existed held the predicted-classes mean as distance: rerun evaluate_corruptions.py")
-    for what, by_model in lacking.items():
-        for m, conds in by_model.items():
-            names = [cond_key(*cs) for cs in conds]
-            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-            effect = ("no explained variance or logit matrices there" if what == "logits"
-                      else "those conditions are left out of the bootstrap")
-            missing.append({"what": what, "models": [m], "conditions": names,
-                            "message": f"missing: {what}/{m}/ files for {len(names)} condition(s) with metrics "
-                                       f"rows ({shown}); {effect}"})
-
-    ref_miou = miou[reference]
-    per_model = {}
-    for m in models:
-        mi = miou[m]
-        clean = mi.get((CLEAN, 0))
-        mpc = mean_over([mi.get(cs) for cs in BENCHMARK], len(BENCHMARK))
-        per_corruption = {}
-        for c in [c for c in ALL_CORRUPTIONS if any((c, s) in mi for s in SEVERITIES)]:
-            sev = [s for s in SEVERITIES if mi.get((c, s)) is not None]
-            per_corruption[c] = {"miou": mean_or_none([mi[c, s] for s in sev]), "severities": sev,
-                                 "complete": len(sev) == len(SEVERITIES), "benchmark": c in CORRUPTIONS}
-        per_severity = {"0": {"miou": clean, "n_corruptions": None, "of": None, "complete": clean is not None}}
-        for s in SEVERITIES:
-            agg = mean_over([mi.get((c, s)) for c in CORRUPTIONS], len(CORRUPTIONS))
-            per_severity[str(s)] = {"miou": agg["value"], "n_corruptions": agg["n"], "of": agg["of"],
-                                    "complete": agg["complete"]}
-        cd = {}
-        for c in CORRUPTIONS:
-            entry, cd_notes = degradation(mi, ref_miou, c)
-            if entry["severities"]:
-                cd[c] = entry
-                # The denominators are the reference's alone, so say it once, not once per model.
-                notes += [t for t in cd_notes if t not in notes]
-        mcd = mean_over([cd[c]["cd"] if c in cd else None for c in CORRUPTIONS], len(CORRUPTIONS))
-        mrcd = mean_over([cd[c]["rcd"] if c in cd else None for c in CORRUPTIONS], len(CORRUPTIONS))
-        # A mean over all 15 corruptions is complete only if each CD_c used all five severities.
-        for agg in (mcd, mrcd):
-            agg["complete"] = agg["complete"] and all(cd[c]["complete"] for c in CORRUPTIONS if c in cd)
-        pc = per_condition[m]
-        logit_stats = {}
-        for key in ("end", "distance", "distance_predicted"):
-            corr = mean_over([pc[cond_key(*cs)][key] if cond_key(*cs) in pc else None for cs in BENCHMARK],
-                             len(BENCHMARK))
-            logit_stats[key] = {"clean": pc.get(cond_key(CLEAN, 0), {}).get(key),
-                                "corrupted": {"value": corr["value"], "n_conditions": corr["n"], "of": corr["of"],
-                                              "complete": corr["complete"]}}
-        ev_clean = None
-        if m in pca_trackers:
-            tracker = pca_trackers[m]
-            ev, used = explained_variance(tracker.mean())
-            ev_nb, _ = explained_variance(tracker.mean(), notebook=True)
-            ev_clean = {"cumulative": finite_list(ev), "classes_used": used,
-                        "cumulative_notebook": finite_list(ev_nb), "source": ev_source}
-            arrays[f"{m}/clean/explained_variance"] = ev
-            arrays[f"{m}/clean/explained_variance_notebook"] = ev_nb
-            arrays[f"{m}/clean/explained_variance_count"] = tracker.count.copy()
-        per_model[m] = {
-            "kind": kinds.get(m), "clean_miou": clean,
-            "mpc": {"value": mpc["value"], "n_conditions": mpc["n"], "of": mpc["of"], "complete": mpc["complete"]},
-            "rpc": {"value": (mpc["value"] / clean if mpc["value"] is not None and clean else None),
-                    "complete": mpc["complete"] and clean is not None},
-            "mean_sev0_5": mean_sev0_5(mi),
-            "per_corruption": per_corruption, "per_severity": per_severity, "cd": cd,
-            "mcd": {"value": mcd["value"], "n_corruptions": mcd["n"], "of": mcd["of"], "complete": mcd["complete"]},
-            "mrcd": {"value": mrcd["value"], "n_corruptions": mrcd["n"], "of": mrcd["of"],
-                     "complete": mrcd["complete"]},
-            "end": logit_stats["end"], "distance": logit_stats["distance"],
-            "distance_predicted": logit_stats["distance_predicted"],
-            "explained_variance_clean": ev_clean, "per_condition": pc,
-        }
-        if clean is not None and clean == 0 and mpc["value"] is not None:
-            notes.append(f"{m}: rPC undefined, clean mIoU is 0")
-
-    boot = bootstrap(models, reference, counts, miou, ids_ref, args, notes)
-    calib = calibration_analysis(results, models, table, reference, ids_ref,
-                                 ids_path if ids_ref is not None else None, args, arrays, notes, missing)
-    for m in models:
-        per_model[m]["calibration"] = calib["per_model"][m]
-    boot["calibration"] = calib["bootstrap"]
-    source = None
-    if run is not None:
-        source = {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
-                  "models": [{"name": m.get("name"), "kind": m.get("kind"), "checkpoint_sha256": m.get("sha256")}
-                             for m in run.get("models", []) if isinstance(m, dict)]}
-    analysis = {
-        "schema": "analyze_logits/1", "args": vars(args), "git_commit": git_commit(),
-        "results": os.path.abspath(results), "source": source,
-        "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
-        "reference": reference, "models": models,
-        "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
-        "units": "mIoU, mPC, differences: fractions in [0, 1]; tables.md shows mIoU in percent",
-        "missing": missing, "notes": notes, "per_model": per_model, "bootstrap": boot,
-    }
-    return analysis, arrays
+    return miou
 
 
 def missing_rows(models, table):
@@ -583,28 +557,184 @@ def missing_rows(models, table):
     return missing
 
 
-def span(sevs):
-    """(1, 2, 3, 5) -> '1-3,5'."""
-    parts, start = [], None
-    for i, s in enumerate(sevs):
-        if start is None:
-            start = s
-        if i + 1 == len(sevs) or sevs[i + 1] != s + 1:
-            parts.append(str(start) if start == s else f"{start}-{s}")
-            start = None
-    return ",".join(parts)
+# ------------------------------------------------------------------- logit structure and per-image counts
+
+def condition_entry(r):
+    """The per_condition entry of one metrics.jsonl row; the explained variance comes from logits/."""
+    return {"miou": finite_or_none(r["miou"]), "pixel_acc": finite_or_none(r.get("pixel_acc")),
+            "end": finite_or_none(r.get("end")), "distance": finite_or_none(r.get("distance")),
+            "distance_predicted": finite_or_none(r.get("distance_predicted")),
+            "explained_variance": None, "classes_used": None, "explained_variance_notebook": None}
 
 
-def align(ids, ids_ref, path, ref_path):
-    """Indices that put this file's images in the reference order; images must be the same set,
-    or the bootstrap could not pair them."""
-    if ids.shape == ids_ref.shape and np.array_equal(ids, ids_ref):
-        return np.arange(len(ids))
-    pos = {i: k for k, i in enumerate(ids)}
-    if len(pos) != len(ids) or set(pos) != set(ids_ref.tolist()):
-        raise UsageError(f"{path}: its image_ids are not the images of {ref_path}; a bootstrap pairs images, "
-                         f"so every model and condition must cover the same images (merge shards first)")
-    return np.array([pos[i] for i in ids_ref])
+def logit_structure(tracker, m, c, s, entry, arrays):
+    """One condition's explained variance into its per_condition ``entry`` and its matrices into ``arrays``;
+    returns the (field, metrics.jsonl value, recomputed value) of each Distance the row disagrees on."""
+    mu = tracker.mean()
+    ev, used, ev_nb = both_explained_variances(mu)
+    entry.update(explained_variance=finite_list(ev), classes_used=used, explained_variance_notebook=finite_list(ev_nb))
+    prefix = f"{m}/clean" if c == CLEAN else f"{m}/{c}/{s}"
+    arrays[f"{prefix}/mean"] = mu
+    if c == CLEAN:
+        arrays[f"{prefix}/count"] = tracker.count.copy()
+        arrays[f"{prefix}/distance"] = tracker.distance_matrix()
+        arrays[f"{prefix}/correlation"] = tracker.correlation()
+        arrays[f"{prefix}/correlation_notebook"] = tracker.correlation_notebook()
+    else:
+        arrays[f"{prefix}/explained_variance"] = ev
+        arrays[f"{prefix}/explained_variance_notebook"] = ev_nb
+    recomputed = (("distance", tracker.distance_notebook()), ("distance_predicted", tracker.distance_margin()))
+    return [(key, entry[key], value) for key, value in recomputed
+            if entry[key] is not None and finite_or_none(value) is not None
+            and not math.isclose(entry[key], value, rel_tol=1e-9, abs_tol=1e-12)]
+
+
+def image_counts(path, ids_ref, ref_path):
+    """(image_ids, per-image TP, TP+FP+FN) of one confusion/ file, in the order of ids_ref (None: its own)."""
+    z = load_npz(path, ("image_ids", "tp", "fp", "fn"))
+    ids = np.asarray(z["image_ids"]).astype(str)
+    if ids_ref is None:
+        ids_ref, ref_path = ids, path
+    order = align(ids, ids_ref, path, ref_path)
+    tp, fp, fn = (np.asarray(z[k])[order] for k in ("tp", "fp", "fn"))
+    if not (tp.shape == fp.shape == fn.shape == (len(ids_ref), NUM_CLASSES)):
+        raise UsageError(f"{path}: tp/fp/fn shapes {tp.shape}, {fp.shape}, {fn.shape}; expected "
+                         f"({len(ids_ref)}, {NUM_CLASSES})")
+    return ids, tp, tp + fp + fn
+
+
+def read_conditions(results, models, table, arrays, notes, missing):
+    """Per model and condition with a metrics row: its per_condition entry, its logit matrices (into ``arrays``)
+    and its per-image counts. Returns (per_condition, counts {model: {(c, s): (tp, union)}} on one image order,
+    (that order's image ids, the file they came from) or (None, None), {model: clean LogitTracker})."""
+    conditions = [(CLEAN, 0)] + BENCHMARK + [(c, s) for c in ALL_CORRUPTIONS[len(CORRUPTIONS):] for s in SEVERITIES
+                                             if any(k[1:] == (c, s) for k in table)]
+    per_condition, counts, clean_trackers = {m: {} for m in models}, {m: {} for m in models}, {}
+    disagree = {}                           # (model, row field) -> conditions where logits/ say otherwise
+    lacking = {"logits": {}, "confusion": {}}
+    ids_ref = ids_path = None
+    for m in models:
+        for c, s in conditions:
+            r = table.get((m, c, s))
+            if r is None:
+                continue
+            entry = per_condition[m][cond_key(c, s)] = condition_entry(r)
+            lpath = os.path.join(results, "logits", m, f"{c}_{s}.npz")
+            if os.path.exists(lpath):
+                tracker = read_tracker(lpath)
+                if c == CLEAN:
+                    clean_trackers[m] = tracker
+                for key, row, value in logit_structure(tracker, m, c, s, entry, arrays):
+                    disagree.setdefault((m, key), []).append((cond_key(c, s), row, value))
+            else:
+                lacking["logits"].setdefault(m, []).append((c, s))
+            if c != CLEAN and c not in CORRUPTIONS:
+                continue        # held-out extras never enter the bootstrap
+            cpath = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
+            if not os.path.exists(cpath):
+                lacking["confusion"].setdefault(m, []).append((c, s))
+                continue
+            ids, tp, union = image_counts(cpath, ids_ref, ids_path)
+            if ids_ref is None:
+                ids_ref, ids_path = ids, cpath
+            counts[m][c, s] = (tp, union)
+    report_gaps(disagree, lacking, notes, missing)
+    return per_condition, counts, (ids_ref, ids_path), clean_trackers
+
+
+def report_gaps(disagree, lacking, notes, missing):
+    """Notes on Distances that logits/ recompute otherwise, and ``missing`` entries for absent files."""
+    for (m, key), where in disagree.items():
+        cs, row, value = where[0]
+        notes.append(f"{m}: {key} in metrics.jsonl differs from the one recomputed from logits/ in {len(where)} "
+                     f"condition(s) (first {cs}: {row:.6g} against {value:.6g}); rows written before both "
+                     f"Distances existed held the predicted-classes mean as distance: rerun evaluate_corruptions.py")
+    for what, by_model in lacking.items():
+        for m, conds in by_model.items():
+            names = [cond_key(*cs) for cs in conds]
+            effect = ("no explained variance or logit matrices there" if what == "logits"
+                      else "those conditions are left out of the bootstrap")
+            missing.append({"what": what, "models": [m], "conditions": names,
+                            "message": f"missing: {what}/{m}/ files for {len(names)} condition(s) with metrics "
+                                       f"rows ({shown_list(names)}); {effect}"})
+
+
+# --------------------------------------------------------------------------------------- per-model tables
+
+def per_corruption_and_severity(mi):
+    """mIoU per corruption (mean over its severities) and per severity (mean over the 15; "0" = clean)."""
+    per_corruption = {}
+    for c in [c for c in ALL_CORRUPTIONS if any((c, s) in mi for s in SEVERITIES)]:
+        sev = [s for s in SEVERITIES if mi.get((c, s)) is not None]
+        per_corruption[c] = {"miou": mean_or_none([mi[c, s] for s in sev]), "severities": sev,
+                             "complete": len(sev) == len(SEVERITIES), "benchmark": c in CORRUPTIONS}
+    clean = mi.get((CLEAN, 0))
+    per_severity = {"0": {"miou": clean, "n_corruptions": None, "of": None, "complete": clean is not None}}
+    for s in SEVERITIES:
+        agg = mean_over([mi.get((c, s)) for c in CORRUPTIONS], len(CORRUPTIONS))
+        per_severity[str(s)] = counted(agg, "n_corruptions", "miou")
+    return per_corruption, per_severity
+
+
+def corruption_errors(mi, ref_miou, notes):
+    """{cd per corruption, mcd, mrcd} of one model against the reference."""
+    cd = {}
+    for c in CORRUPTIONS:
+        entry, cd_notes = degradation(mi, ref_miou, c)
+        if entry["severities"]:
+            cd[c] = entry
+            # The denominators are the reference's alone, so say it once, not once per model.
+            notes += [t for t in cd_notes if t not in notes]
+    mcd = mean_over([cd[c]["cd"] if c in cd else None for c in CORRUPTIONS], len(CORRUPTIONS))
+    mrcd = mean_over([cd[c]["rcd"] if c in cd else None for c in CORRUPTIONS], len(CORRUPTIONS))
+    # A mean over all 15 corruptions is complete only if each CD_c used all five severities.
+    for agg in (mcd, mrcd):
+        agg["complete"] = agg["complete"] and all(cd[c]["complete"] for c in CORRUPTIONS if c in cd)
+    return {"cd": cd, "mcd": counted(mcd, "n_corruptions"), "mrcd": counted(mrcd, "n_corruptions")}
+
+
+def miou_summary(mi, ref_miou, m, notes):
+    """clean mIoU, mPC, rPC, the sev. 0-5 mean, per corruption and severity, CD/rCD of one model."""
+    clean = mi.get((CLEAN, 0))
+    mpc = mean_over([mi.get(cs) for cs in BENCHMARK], len(BENCHMARK))
+    per_corruption, per_severity = per_corruption_and_severity(mi)
+    out = {"clean_miou": clean, "mpc": counted(mpc),
+           "rpc": {"value": (mpc["value"] / clean if mpc["value"] is not None and clean else None),
+                   "complete": mpc["complete"] and clean is not None},
+           "mean_sev0_5": mean_sev0_5(mi), "per_corruption": per_corruption, "per_severity": per_severity,
+           **corruption_errors(mi, ref_miou, notes)}
+    if clean is not None and clean == 0 and mpc["value"] is not None:
+        notes.append(f"{m}: rPC undefined, clean mIoU is 0")
+    return out
+
+
+def logit_summary(pc):
+    """END and both Distances of one model: clean, and the mean over the benchmark conditions."""
+    out = {}
+    for key in ("end", "distance", "distance_predicted"):
+        corr = mean_over([pc[cond_key(*cs)][key] if cond_key(*cs) in pc else None for cs in BENCHMARK],
+                         len(BENCHMARK))
+        out[key] = {"clean": pc.get(cond_key(CLEAN, 0), {}).get(key), "corrupted": counted(corr)}
+    return out
+
+
+def clean_explained_variance(tracker, m, source, arrays):
+    """explained_variance_clean of one model from its clean tracker in the --pca-pass (or the main sweep)."""
+    ev, used, ev_nb = both_explained_variances(tracker.mean())
+    arrays[f"{m}/clean/explained_variance"] = ev
+    arrays[f"{m}/clean/explained_variance_notebook"] = ev_nb
+    arrays[f"{m}/clean/explained_variance_count"] = tracker.count.copy()
+    return {"cumulative": finite_list(ev), "classes_used": used, "cumulative_notebook": finite_list(ev_nb),
+            "source": source}
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+
+def resample_counts(data, weights):
+    """``resample_models``'s statistic for mIoU: data = one (tp, union) per condition."""
+    tp = np.stack([d[0] for d in data], axis=1)
+    un = np.stack([d[1] for d in data], axis=1)
+    return {"miou": resample_miou(tp, un, weights)}
 
 
 def bootstrap(models, reference, counts, miou, ids, args, notes):
@@ -619,94 +749,25 @@ def bootstrap(models, reference, counts, miou, ids, args, notes):
         elif args.bootstrap:
             notes.append(f"the reference {reference} has no confusion/ files: no bootstrap intervals")
         return out
-    weights = bootstrap_weights(len(ids), args.bootstrap, args.seed)
-    ones = np.ones((1, len(ids)))
-    boots, observed = {}, {}
-    for m in models:
-        conds = list(counts[m])
-        if not conds:
-            continue
-        tp = np.stack([counts[m][cs][0] for cs in conds], axis=1)
-        un = np.stack([counts[m][cs][1] for cs in conds], axis=1)
-        boots[m] = dict(zip(conds, resample_miou(tp, un, weights).T))
-        observed[m] = dict(zip(conds, resample_miou(tp, un, ones)[0]))
-        for cs, v in observed[m].items():
+    observed, boots = resample_models(counts, len(ids), args, resample_counts)
+    for m in observed:
+        for cs, v in observed[m]["miou"].items():
             row = miou[m].get(cs)
             if row is not None and abs(v - row) > 1e-9:
                 notes.append(f"{m} {cond_key(*cs)}: mIoU from confusion/ per-image counts ({v:.6f}) differs from "
                              f"metrics.jsonl ({row:.6f}); the bootstrap uses the counts")
     for m in models:
-        if m == reference or m not in boots:
-            continue
-        b, r = boots[m], boots[reference]
-        comp = {"clean": None, "aggregate": None}
-        if (CLEAN, 0) in b and (CLEAN, 0) in r:
-            comp["clean"] = interval(observed[m][CLEAN, 0] - observed[reference][CLEAN, 0],
-                                     b[CLEAN, 0] - r[CLEAN, 0])
-        common = [cs for cs in BENCHMARK if cs in b and cs in r]
-        if common:
-            def agg(d):
-                return np.mean([d[cs] for cs in common], axis=0)
-            comp["aggregate"] = dict(interval(agg(observed[m]) - agg(observed[reference]), agg(b) - agg(r)),
-                                     n_conditions=len(common), of=len(BENCHMARK),
-                                     complete=len(common) == len(BENCHMARK))
-        out["comparisons"][m] = comp
+        if m != reference and m in boots:
+            clean, aggregate = compare(observed, boots, m, reference, "miou")
+            out["comparisons"][m] = {"clean": clean, "aggregate": aggregate}
     return out
 
 
-# ----------------------------------------------------------------------------------------- calibration
+# -------------------------------------------------------------------------------------------- calibration
 
-CALIBRATION = ("ece", "nll", "brier")      # metrics.jsonl fields (common/calibration.py)
-
-
-def read_calibration(path):
-    """(per-image calibration tables, image_ids) of one confusion/<model>/<condition>.npz, or None when the
-    file predates calibration (no calib_* arrays); damaged or misshapen arrays are a UsageError naming it."""
-    keys = ["calib_" + k for k in ROW_KEYS]
-    try:
-        with np.load(path) as z:
-            if any(k not in z.files for k in keys):
-                return None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
-    z = load_npz(path, keys + ["image_ids"])
-    tables = {k: np.asarray(z["calib_" + k]) for k in ROW_KEYS}
-    n_images = len(z["image_ids"])
-    want = {"image_count": (n_images, BINS), "image_conf_sum": (n_images, BINS), "image_acc_sum": (n_images, BINS),
-            "image_nll_sum": (n_images,), "image_brier_sum": (n_images,)}
-    for k, shape in want.items():
-        if tables[k].shape != shape:
-            raise UsageError(f"{path}: calib_{k} has shape {tables[k].shape}, expected {shape} (one row per image "
-                             f"of image_ids); rerun evaluate_corruptions.py for that condition")
-    return tables, np.asarray(z["image_ids"]).astype(str)
-
-
-def resample_calibration(tables, weights):
-    """(ece, nll, brier), each (R, C), of C conditions under R resamples of the images.
-
-    tables: per condition the per-image tables of ``read_calibration``, on one image order; weights (R, n):
-    how often each image is drawn. The bins, NLL and Brier sums of a resample are the weighted sums of
-    the per-image ones (the bins add exactly), and ECE = sum_b |acc_b - conf_b| / N is recomputed from them.
-    """
-    out = []
-    for t in tables:
-        count = weights @ t["image_count"].astype(np.float64)
-        conf = weights @ t["image_conf_sum"]
-        acc = weights @ t["image_acc_sum"].astype(np.float64)
-        out.append(metrics_from_bins(count, conf, acc, weights @ t["image_nll_sum"], weights @ t["image_brier_sum"]))
-    return tuple(np.stack([o[i] for o in out], axis=1) for i in range(3))
-
-
-def calibration_analysis(results, models, table, reference, ids_ref, ids_path, args, arrays, notes, missing):
-    """ECE / NLL / Brier per model: clean, mean over the corruption conditions (the benchmark's 75 present),
-    per severity (mean over the 15 corruptions), from metrics.jsonl; reliability bins summed over the 15
-    corruptions per severity (analysis_arrays.npz, for calibration.png); and paired bootstrap intervals of
-    each model minus the reference, on the mIoU bootstrap's resamples (same seed and images), recomputing
-    each metric from the resampled images' per-image bins and sums in confusion/.
-
-    Returns {"per_model": {model: summary}, "bootstrap": {...}}.
-    """
-    values = {m: {} for m in models}           # m -> (c, s) -> {ece, nll, brier}
+def calibration_values(results, models, table, notes):
+    """{model: {(c, s): {ece, nll, brier}}} from metrics.jsonl, each a number or None."""
+    values = {m: {} for m in models}
     for (m, c, s), r in table.items():
         for key in CALIBRATION:
             v = r.get(key)
@@ -718,100 +779,187 @@ def calibration_analysis(results, models, table, reference, ids_ref, ids_path, a
     if no_fields:
         notes.append(f"no calibration in metrics.jsonl for {', '.join(no_fields)}: rows written before ece/nll/brier "
                      f"were measured; rerun evaluate_corruptions.py into a new --out")
+    return values
 
-    per_model, tables, lacking = {}, {m: {} for m in models}, {}
+
+def calibration_summary(v):
+    """(analysis.json's calibration entry, ECE by severity 0..5 (6,)) of one model's values."""
+    clean = v.get((CLEAN, 0), {})
+    corrupted = {key: counted(mean_over([v.get(cs, {}).get(key) for cs in BENCHMARK], len(BENCHMARK)))
+                 for key in CALIBRATION}
+    per_severity = {"0": {**{k: clean.get(k) for k in CALIBRATION}, "n_corruptions": None, "of": None,
+                          "complete": clean.get("ece") is not None}}
+    ece_by_severity = np.full(6, np.nan)
+    ece_by_severity[0] = np.nan if clean.get("ece") is None else clean["ece"]
+    for s in SEVERITIES:
+        aggs = {key: mean_over([v.get((c, s), {}).get(key) for c in CORRUPTIONS], len(CORRUPTIONS))
+                for key in CALIBRATION}
+        entry = {key: aggs[key]["value"] for key in CALIBRATION}
+        entry.update(n_corruptions=aggs["ece"]["n"], of=len(CORRUPTIONS), complete=aggs["ece"]["complete"])
+        per_severity[str(s)] = entry
+        if entry["ece"] is not None:
+            ece_by_severity[s] = entry["ece"]
+    summary = {"clean": {k: clean.get(k) for k in CALIBRATION}, "corrupted": corrupted, "per_severity": per_severity}
+    return summary, ece_by_severity
+
+
+def calibration_tables(results, m, table, ids_ref, ids_path, lacking):
+    """One model's per-image calibration tables {(c, s): tables} on the bootstrap's image order (conditions
+    whose confusion/ file predates calibration go to ``lacking``), and its reliability bins summed over the
+    15 corruptions per severity {s: (count, conf_sum, acc_sum) or None}."""
+    tables, pooled = {}, {s: None for s in range(6)}
+    for c, s in [(CLEAN, 0)] + BENCHMARK:
+        if (m, c, s) not in table:
+            continue
+        path = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
+        if not os.path.exists(path):
+            continue                       # already listed under missing confusion
+        got = read_calibration(path)
+        if got is None:
+            lacking.setdefault(m, []).append(cond_key(c, s))
+            continue
+        t, ids = got
+        if ids_ref is not None:
+            order = align(ids, ids_ref, path, ids_path)
+            t = {k: a[order] for k, a in t.items()}
+        tables[c, s] = t
+        bins = (t["image_count"].sum(0), t["image_conf_sum"].sum(0), t["image_acc_sum"].sum(0))
+        pooled[s] = bins if pooled[s] is None else tuple(a + b for a, b in zip(pooled[s], bins))
+    return tables, pooled
+
+
+def calibration_analysis(results, models, table, reference, ids_ref, ids_path, args, arrays, notes, missing):
+    """ECE / NLL / Brier per model: clean, mean over the corruption conditions (the benchmark's 75 present),
+    per severity (mean over the 15 corruptions), from metrics.jsonl; reliability bins summed over the 15
+    corruptions per severity (analysis_arrays.npz, for calibration.png); and paired bootstrap intervals of
+    each model minus the reference, on the mIoU bootstrap's resamples (same seed and images), recomputing
+    each metric from the resampled images' per-image bins and sums in confusion/.
+
+    Returns {"per_model": {model: summary}, "bootstrap": {...}}.
+    """
+    values = calibration_values(results, models, table, notes)
+    per_model, tables, lacking = {}, {}, {}
     for m in models:
-        v = values[m]
-        clean = v.get((CLEAN, 0), {})
-        corrupted, per_severity = {}, {"0": {**{k: clean.get(k) for k in CALIBRATION}, "n_corruptions": None,
-                                             "of": None, "complete": clean.get("ece") is not None}}
-        for key in CALIBRATION:
-            agg = mean_over([v.get(cs, {}).get(key) for cs in BENCHMARK], len(BENCHMARK))
-            corrupted[key] = {"value": agg["value"], "n_conditions": agg["n"], "of": agg["of"],
-                              "complete": agg["complete"]}
-        ece_by_severity = np.full(6, np.nan)
-        ece_by_severity[0] = np.nan if clean.get("ece") is None else clean["ece"]
-        for s in SEVERITIES:
-            aggs = {key: mean_over([v.get((c, s), {}).get(key) for c in CORRUPTIONS], len(CORRUPTIONS))
-                    for key in CALIBRATION}
-            entry = {key: aggs[key]["value"] for key in CALIBRATION}
-            entry.update(n_corruptions=aggs["ece"]["n"], of=len(CORRUPTIONS), complete=aggs["ece"]["complete"])
-            per_severity[str(s)] = entry
-            if entry["ece"] is not None:
-                ece_by_severity[s] = entry["ece"]
-        per_model[m] = {"clean": {k: clean.get(k) for k in CALIBRATION}, "corrupted": corrupted,
-                        "per_severity": per_severity}
-
-        # Per-image tables (bootstrap) and the bins summed over the 15 corruptions per severity (figure).
-        pooled = {s: None for s in range(6)}
-        for c, s in [(CLEAN, 0)] + BENCHMARK:
-            if (m, c, s) not in table:
-                continue
-            path = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
-            if not os.path.exists(path):
-                continue                       # already listed under missing confusion
-            got = read_calibration(path)
-            if got is None:
-                lacking.setdefault(m, []).append(cond_key(c, s))
-                continue
-            t, ids = got
-            if ids_ref is not None:
-                order = align(ids, ids_ref, path, ids_path)
-                t = {k: a[order] for k, a in t.items()}
-            tables[m][c, s] = t
-            bins = (t["image_count"].sum(0), t["image_conf_sum"].sum(0), t["image_acc_sum"].sum(0))
-            pooled[s] = bins if pooled[s] is None else tuple(a + b for a, b in zip(pooled[s], bins))
+        per_model[m], ece_by_severity = calibration_summary(values[m])
+        tables[m], pooled = calibration_tables(results, m, table, ids_ref, ids_path, lacking)
         for s, bins in pooled.items():
             if bins is not None:
                 for key, a in zip(("count", "conf_sum", "acc_sum"), bins):
                     arrays[f"{m}/calibration/{s}/{key}"] = a
         arrays[f"{m}/calibration/ece_by_severity"] = ece_by_severity
     for m, conds in lacking.items():
-        shown = ", ".join(conds[:6]) + (", ..." if len(conds) > 6 else "")
         missing.append({"what": "calibration", "models": [m], "conditions": conds,
                         "message": f"missing: no calibration bins in confusion/{m}/ for {len(conds)} condition(s) "
-                                   f"({shown}), written before calibration was measured; no reliability bins or "
-                                   f"calibration intervals there"})
+                                   f"({shown_list(conds)}), written before calibration was measured; no reliability "
+                                   f"bins or calibration intervals there"})
     return {"per_model": per_model, "bootstrap": calibration_bootstrap(models, reference, tables, ids_ref, args)}
 
 
 def calibration_bootstrap(models, reference, tables, ids_ref, args):
     """Paired bootstrap 95% intervals of ECE, NLL and Brier, model minus reference: clean, and the mean over
-    the benchmark conditions both have; the resamples are the mIoU bootstrap's (``bootstrap_weights`` with
-    the same seed over the same image order), so every comparison sees the same images."""
+    the benchmark conditions both have; the resamples are the mIoU bootstrap's (``resample_models``)."""
     out = {"method": "percentile; the mIoU bootstrap's resamples of the images; ECE, NLL and Brier recomputed "
                      "from the resampled images' summed per-image bins and sums", "comparisons": {}}
     if args.bootstrap == 0 or ids_ref is None or not tables[reference]:
         return out
-    weights = bootstrap_weights(len(ids_ref), args.bootstrap, args.seed)
-    ones = np.ones((1, len(ids_ref)))
-    boots, observed = {}, {}
-    for m in models:
-        conds = list(tables[m])
-        if conds:
-            t = [tables[m][cs] for cs in conds]
-            boots[m] = {key: dict(zip(conds, v.T)) for key, v in zip(CALIBRATION, resample_calibration(t, weights))}
-            observed[m] = {key: dict(zip(conds, v[0])) for key, v in zip(CALIBRATION, resample_calibration(t, ones))}
+    observed, boots = resample_models(tables, len(ids_ref), args,
+                                      lambda t, w: dict(zip(CALIBRATION, resample_calibration(t, w))))
     for m in models:
         if m == reference or m not in boots:
             continue
-        comp = {"clean": None, "corrupted": None}
-        if (CLEAN, 0) in boots[m]["ece"] and (CLEAN, 0) in boots[reference]["ece"]:
-            comp["clean"] = {key: interval(observed[m][key][CLEAN, 0] - observed[reference][key][CLEAN, 0],
-                                           boots[m][key][CLEAN, 0] - boots[reference][key][CLEAN, 0])
-                             for key in CALIBRATION}
-        common = [cs for cs in BENCHMARK if cs in boots[m]["ece"] and cs in boots[reference]["ece"]]
-        if common:
-            comp["corrupted"] = {}
-            for key in CALIBRATION:
-                def agg(d):
-                    return np.mean([d[key][cs] for cs in common], axis=0)
-                comp["corrupted"][key] = dict(interval(agg(observed[m]) - agg(observed[reference]),
-                                                       agg(boots[m]) - agg(boots[reference])),
-                                              n_conditions=len(common), of=len(BENCHMARK),
-                                              complete=len(common) == len(BENCHMARK))
-        out["comparisons"][m] = comp
+        pairs = {key: compare(observed, boots, m, reference, key) for key in CALIBRATION}
+        out["comparisons"][m] = {
+            "clean": {key: p[0] for key, p in pairs.items()} if pairs["ece"][0] is not None else None,
+            "corrupted": {key: p[1] for key, p in pairs.items()} if pairs["ece"][1] is not None else None}
     return out
+
+
+# ------------------------------------------------------------------------------------------- analysis
+
+def source_of(run):
+    """analysis.json's ``source``: what run.json says about the sweep, or None without one."""
+    if run is None:
+        return None
+    return {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
+            "models": [{"name": m.get("name"), "kind": m.get("kind"), "checkpoint_sha256": m.get("sha256")}
+                       for m in run.get("models", []) if isinstance(m, dict)]}
+
+
+def analyse(args):
+    """Everything but the writing: returns (analysis dict for analysis.json, arrays for the npz)."""
+    results = args.results
+    table, run, models, kinds, reference, notes = read_rows(results, args.reference)
+    miou = miou_by_model(models, table, notes)
+    missing = missing_rows(models, table)
+    pca_dir = resolve_pca_pass(args.pca_pass, results)
+    if pca_dir is not None:
+        pca_trackers, ev_source = pca_pass_trackers(pca_dir, results, run, models, missing, notes)
+    else:
+        pca_trackers, ev_source = None, "clean condition of the main sweep"
+    arrays = {"models": np.array(models), "classes": np.array(CLASSES),
+              "explained_variance_source": np.array(ev_source)}
+    per_condition, counts, (ids_ref, ids_path), clean_trackers = read_conditions(results, models, table, arrays,
+                                                                                 notes, missing)
+    if pca_trackers is None:
+        pca_trackers = clean_trackers
+    per_model = {}
+    for m in models:
+        ev_clean = (clean_explained_variance(pca_trackers[m], m, ev_source, arrays) if m in pca_trackers
+                    else None)
+        per_model[m] = {"kind": kinds.get(m), **miou_summary(miou[m], miou[reference], m, notes),
+                        **logit_summary(per_condition[m]), "explained_variance_clean": ev_clean,
+                        "per_condition": per_condition[m]}
+    boot = bootstrap(models, reference, counts, miou, ids_ref, args, notes)
+    calib = calibration_analysis(results, models, table, reference, ids_ref, ids_path, args, arrays, notes, missing)
+    for m in models:
+        per_model[m]["calibration"] = calib["per_model"][m]
+    boot["calibration"] = calib["bootstrap"]
+    return {
+        "schema": "analyze_logits/1", "args": vars(args), "git_commit": git_commit(),
+        "results": os.path.abspath(results), "source": source_of(run),
+        "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
+        "reference": reference, "models": models,
+        "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
+        "units": "mIoU, mPC, differences: fractions in [0, 1]; tables.md shows mIoU in percent",
+        "missing": missing, "notes": notes, "per_model": per_model, "bootstrap": boot,
+    }, arrays
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+def summary_rows(a):
+    rows = []
+    for m in a["models"]:
+        p = a["per_model"][m]
+        comp = a["bootstrap"]["comparisons"].get(m, {})
+        rows.append([m + (" (ref)" if m == a["reference"] else ""), pct(p["clean_miou"]),
+                     star(pct(p["mpc"]["value"]), p["mpc"]["complete"]),
+                     star(pct(p["mean_sev0_5"]["value"]), p["mean_sev0_5"]["complete"]),
+                     star(f3(p["rpc"]["value"]), p["rpc"]["complete"]),
+                     star(f3(p["mcd"]["value"]), p["mcd"]["complete"]),
+                     star(f3(p["mrcd"]["value"]), p["mrcd"]["complete"]),
+                     f3(p["end"]["clean"]),
+                     star(f3(p["end"]["corrupted"]["value"]), p["end"]["corrupted"]["complete"]),
+                     f3(p["distance"]["clean"]),
+                     star(f3(p["distance"]["corrupted"]["value"]), p["distance"]["corrupted"]["complete"]),
+                     f3(p["distance_predicted"]["clean"]),
+                     star(f3(p["distance_predicted"]["corrupted"]["value"]),
+                          p["distance_predicted"]["corrupted"]["complete"]),
+                     ci(comp.get("clean")), ci(comp.get("aggregate"))])
+    return rows
+
+
+SUMMARY_HEADER = ["model", "clean mIoU", "mPC", "mean sev. 0-5", "rPC", "mCD", "mrCD", "END clean", "END corr.",
+                  "Distance clean", "Distance corr.", "Distance (pred.) clean", "Distance (pred.) corr.",
+                  "Δ clean mIoU [95% CI]", "Δ mPC [95% CI]"]
+SUMMARY_CAPTION = (
+    "mPC: mean mIoU over the 15 corruptions x severities 1-5 (75 conditions), the benchmark's definition. "
+    "mean sev. 0-5: mean over the 15 corruptions of each corruption's mean mIoU over severities 0-5, severity 0 "
+    "being the clean mIoU (one row of the notebook's results table per corruption, levels 0-5); complete, it is "
+    "(clean + 5 x mPC) / 6. Which of the two the paper's headline (42.1 / 40.3 / 37.5) is, is not stated. "
+    "Distance: the notebook's, mean over all 20 foreground classes n of mean logit n minus mean background "
+    "logit over the pixels predicted n, classes never predicted counting 0; Distance (pred.): the same mean "
+    "over the foreground classes predicted at least once. corr. = mean over the corrupted conditions.")
 
 
 def calibration_markdown(a):
@@ -864,67 +1012,6 @@ def calibration_markdown(a):
             md_table(["model"] + [str(s) for s in range(6)], sev_rows), ""]
 
 
-# ------------------------------------------------------------------------------------------- reporting
-
-def pct(x):
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
-def f3(x):
-    return "–" if x is None else f"{x:.3f}"
-
-
-def star(text, complete):
-    """Incomplete aggregates carry a * (explained under the table)."""
-    return text if complete or text == "–" else text + "*"
-
-
-def ci(c):
-    if c is None or c["observed"] is None:
-        return "–"
-    text = f"{100 * c['observed']:+.2f} [{100 * c['lower']:+.2f}, {100 * c['upper']:+.2f}]"
-    return star(text, c.get("complete", True))
-
-
-def md_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def summary_rows(a):
-    rows = []
-    for m in a["models"]:
-        p = a["per_model"][m]
-        comp = a["bootstrap"]["comparisons"].get(m, {})
-        rows.append([m + (" (ref)" if m == a["reference"] else ""), pct(p["clean_miou"]),
-                     star(pct(p["mpc"]["value"]), p["mpc"]["complete"]),
-                     star(pct(p["mean_sev0_5"]["value"]), p["mean_sev0_5"]["complete"]),
-                     star(f3(p["rpc"]["value"]), p["rpc"]["complete"]),
-                     star(f3(p["mcd"]["value"]), p["mcd"]["complete"]),
-                     star(f3(p["mrcd"]["value"]), p["mrcd"]["complete"]),
-                     f3(p["end"]["clean"]),
-                     star(f3(p["end"]["corrupted"]["value"]), p["end"]["corrupted"]["complete"]),
-                     f3(p["distance"]["clean"]),
-                     star(f3(p["distance"]["corrupted"]["value"]), p["distance"]["corrupted"]["complete"]),
-                     f3(p["distance_predicted"]["clean"]),
-                     star(f3(p["distance_predicted"]["corrupted"]["value"]),
-                          p["distance_predicted"]["corrupted"]["complete"]),
-                     ci(comp.get("clean")), ci(comp.get("aggregate"))])
-    return rows
-
-
-SUMMARY_HEADER = ["model", "clean mIoU", "mPC", "mean sev. 0-5", "rPC", "mCD", "mrCD", "END clean", "END corr.",
-                  "Distance clean", "Distance corr.", "Distance (pred.) clean", "Distance (pred.) corr.",
-                  "Δ clean mIoU [95% CI]", "Δ mPC [95% CI]"]
-SUMMARY_CAPTION = (
-    "mPC: mean mIoU over the 15 corruptions x severities 1-5 (75 conditions), the benchmark's definition. "
-    "mean sev. 0-5: mean over the 15 corruptions of each corruption's mean mIoU over severities 0-5, severity 0 "
-    "being the clean mIoU (one row of the notebook's results table per corruption, levels 0-5); complete, it is "
-    "(clean + 5 x mPC) / 6. Which of the two the paper's headline (42.1 / 40.3 / 37.5) is, is not stated. "
-    "Distance: the notebook's, mean over all 20 foreground classes n of mean logit n minus mean background "
-    "logit over the pixels predicted n, classes never predicted counting 0; Distance (pred.): the same mean "
-    "over the foreground classes predicted at least once. corr. = mean over the corrupted conditions.")
 
 
 def tables_markdown(a):
