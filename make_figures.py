@@ -31,8 +31,8 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
 
 Inputs by figure: ``NEEDS`` below. Images are the "paper" protocol's size x size arrays, corrupted with
 the project's seeded rule: the pixels that were scored. qualitative_grid takes the first checkpoint of
-kind baseline and of kind scribe; a missing one is replaced by the next unused checkpoint. Every input is checked before anything is drawn: bad input ends with one ``error:`` line,
-exit status 2 and no new file; each file is written to a temporary name and renamed. Matrices drawn
+kind baseline and of kind scribe; a missing one is replaced by the next unused checkpoint. Every input
+is checked before anything is drawn: bad input ends with one ``error:`` line, exit status 2 and no new file; each file is written to a temporary name and renamed. Matrices drawn
 side by side share one colour scale (nanmin..nanmax over all panels; correlations -1..1); light grey
 marks undefined entries (classes the model never predicted). Same inputs give the same files.
 (correlations.png uses -1..1 and correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
@@ -68,7 +68,6 @@ NEEDS = {"voc_sample": {"images", "models"}, "corruption_grid": {"images"}, "mio
          "distance_matrices": {"arrays"}, "correlations": {"arrays"}, "correlations_notebook": {"arrays"},
          "calibration": {"arrays"},
          "qualitative_grid": {"images", "models"}, "contact_sheet": {"images"}}
-FIGURES = tuple(NEEDS)
 RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 8,
       "ytick.labelsize": 8, "figure.titlesize": 12, "savefig.dpi": 150}
 CLASS_FONT = 6  # 21 class names along a ~3 inch matrix side
@@ -455,6 +454,16 @@ def fig_contact_sheet(ctx):
     return fig
 
 
+# Every figure by its name (the file it writes, the --only choice), in the order they are drawn.
+FIGURES = {"voc_sample": fig_voc_sample, "corruption_grid": fig_corruption_grid,
+           "miou_vs_severity": fig_miou_vs_severity, "per_corruption": fig_per_corruption,
+           "explained_variance": fig_explained_variance, "class_means": fig_class_means,
+           "distance_matrices": fig_distance_matrices, "correlations": fig_correlations,
+           "correlations_notebook": fig_correlations_notebook, "calibration": fig_calibration,
+           "qualitative_grid": fig_qualitative_grid, "contact_sheet": fig_contact_sheet}
+assert FIGURES.keys() == NEEDS.keys()
+
+
 # ------------------------------------------------------------------------------------------- inputs
 
 def read_results(args, wanted):
@@ -475,24 +484,7 @@ def read_results(args, wanted):
         if "per_corruption" in wanted and all(r["corruption"] == CLEAN for r in ctx["rows"]):
             raise UsageError(f"{ctx['metrics_path']}: only clean rows; per_corruption needs corrupted ones")
     if "arrays" in needs:
-        path = os.path.join(d, "analysis_arrays.npz")
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: missing; run analyze_logits.py --results {d} first "
-                             f"(needed by {', '.join(f for f in wanted if 'arrays' in NEEDS[f])})")
-        fix = f"rewrite it with analyze_logits.py --results {d}"
-        ctx["arrays"] = rf.read_analysis_arrays(path, fix)
-        ctx["array_names"] = [str(n) for n in ctx["arrays"].get("models", [])]
-        if not ctx["array_names"]:
-            raise UsageError(f"{path}: lists no models; rerun analyze_logits.py --results {d}")
-        # The arrays must come from this folder's run: analysis.json, written with them, names its checkpoints.
-        analysis = rf.read_analysis(os.path.join(d, "analysis.json"), fix)
-        source = (analysis or {}).get("source") or {}
-        then = {m.get("name"): m.get("checkpoint_sha256") for m in source.get("models", []) if isinstance(m, dict)}
-        now = {m["name"]: m.get("sha256") for m in ctx["run"].get("models", [])}
-        other = [n for n in then if n in now and then[n] != now[n]]
-        if other or (then and now and set(ctx["array_names"]) - set(now)):
-            raise UsageError(f"{path}: computed from another run than {run_path} describes (model "
-                             f"{(other or sorted(set(ctx['array_names']) - set(now)))[0]}); {fix}")
+        ctx["arrays"], ctx["array_names"] = read_arrays(d, wanted, ctx["run"], run_path)
     # Display names and kinds: run.json's order, then any model only the metrics or arrays know.
     models = [{"name": m["name"], "kind": m.get("kind")} for m in ctx["run"].get("models", [])]
     kinds = {r["model"]: r.get("kind") for r in ctx["rows"]}
@@ -502,6 +494,30 @@ def read_results(args, wanted):
     ctx["styles"] = styles(models)
     ctx["metric_names"] = [m["name"] for m in models if m["name"] in kinds]
     return ctx
+
+
+def read_arrays(d, wanted, run, run_path):
+    """analysis_arrays.npz of results folder ``d`` and the models it lists, checked to come from the run that
+    run.json describes."""
+    path = os.path.join(d, "analysis_arrays.npz")
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: missing; run analyze_logits.py --results {d} first "
+                         f"(needed by {', '.join(f for f in wanted if 'arrays' in NEEDS[f])})")
+    fix = f"rewrite it with analyze_logits.py --results {d}"
+    arrays = rf.read_analysis_arrays(path, fix)
+    names = [str(n) for n in arrays.get("models", [])]
+    if not names:
+        raise UsageError(f"{path}: lists no models; rerun analyze_logits.py --results {d}")
+    # The arrays must come from this folder's run: analysis.json, written with them, names its checkpoints.
+    analysis = rf.read_analysis(os.path.join(d, "analysis.json"), fix)
+    source = (analysis or {}).get("source") or {}
+    then = {m.get("name"): m.get("checkpoint_sha256") for m in source.get("models", []) if isinstance(m, dict)}
+    now = {m["name"]: m.get("sha256") for m in run.get("models", [])}
+    other = [n for n in then if n in now and then[n] != now[n]]
+    if other or (then and now and set(names) - set(now)):
+        raise UsageError(f"{path}: computed from another run than {run_path} describes (model "
+                         f"{(other or sorted(set(names) - set(now)))[0]}); {fix}")
+    return arrays, names
 
 
 def read_images(args, ctx, wanted):
@@ -526,8 +542,12 @@ def read_images(args, ctx, wanted):
     device = resolve_device(args.device)
     use_device(device)
     ctx["cache"], ctx["device"], ctx["models"] = {}, str(device), []
-    if not any("models" in NEEDS[f] for f in wanted):
-        return
+    if any("models" in NEEDS[f] for f in wanted):
+        ctx["models"] = load_models(args, run, ctx["device"])
+
+
+def load_models(args, run, device):
+    """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated)."""
     known = {m.get("sha256"): m for m in run.get("models", [])}
     if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/external.py)
         options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
@@ -540,17 +560,19 @@ def read_images(args, ctx, wanted):
     if not entries:
         raise UsageError(f"--checkpoints: none given and {args.results}/run.json lists none; pass the "
                          f"checkpoints written by train.py (or torchvision:/module:factory specs)")
+    models = []
     for spec, recorded, opts in entries:
         if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
             raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
         if recorded is not None:
-            model, info = external.load_recorded(recorded, ctx["device"])
+            model, info = external.load_recorded(recorded, device)
         else:
-            model, info = external.load_spec(spec, ctx["device"], *opts)
+            model, info = external.load_spec(spec, device, *opts)
         # The display name of the evaluation when this exact model was evaluated, else its own.
         info = known.get(info["sha256"]) or info
-        ctx["models"].append({"name": info["name"], "kind": model.config["kind"], "model": model})
+        models.append({"name": info["name"], "kind": model.config["kind"], "model": model})
+    return models
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -569,7 +591,7 @@ def main(args):
         raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
     with plt.rc_context(RC):
         for name in wanted:
-            save(globals()[f"fig_{name}"](ctx), args.out, name, args.pdf)
+            save(FIGURES[name](ctx), args.out, name, args.pdf)
 
 
 def get_args_parser():
@@ -577,7 +599,7 @@ def get_args_parser():
     p.add_argument("--results", default="results",
                    help="an evaluate_corruptions.py --out folder (analyze_logits.py run on it for the matrix figures)")
     p.add_argument("--out", default="figures", help="folder for the PNG (and PDF) files")
-    p.add_argument("--only", nargs="+", choices=FIGURES, default=None, metavar="NAME",
+    p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, metavar="NAME",
                    help=f"draw only these figures (default: all): {', '.join(FIGURES)}")
     p.add_argument("--pdf", action="store_true", help="also write each figure as PDF (vector, for the paper)")
     add_data_arguments(p, None, help="val set for the image figures; default: the one run.json records")
