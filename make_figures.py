@@ -29,12 +29,13 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     qualitative_grid.png    the five corruptions above at severity 0..3: input | baseline | SCrIBE prediction
     contact_sheet.png       the first 100 val images with their indices, for picking --index
 
-Inputs by figure: ``NEEDS`` below. Images are the "paper" protocol's size x size arrays, corrupted with
-the project's seeded rule: the pixels that were scored. qualitative_grid takes the first checkpoint of
-kind baseline and of kind scribe; a missing one is replaced by the next unused checkpoint. Every input
-is checked before anything is drawn: bad input ends with one ``error:`` line, exit status 2 and no new file; each file is written to a temporary name and renamed. Matrices drawn
-side by side share one colour scale (nanmin..nanmax over all panels; correlations -1..1); light grey
-marks undefined entries (classes the model never predicted). Same inputs give the same files.
+Inputs by figure: ``NEEDS`` below. Images are the "paper" protocol's size x size arrays, corrupted with the
+project's seeded rule: the pixels that were scored. qualitative_grid takes the first checkpoint of kind
+baseline and of kind scribe; a missing one is replaced by the next unused checkpoint. Every input is checked
+before anything is drawn: bad input ends with one ``error:`` line, exit status 2 and no new file; each file is
+written to a temporary name and renamed. Matrices drawn side by side share one colour scale (nanmin..nanmax
+over all panels; correlations -1..1); light grey marks undefined entries (classes the model never predicted).
+Same inputs give the same files.
 (correlations.png uses -1..1 and correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
 """
 import argparse
