@@ -211,10 +211,12 @@ def star(text, complete):
     return text if complete or text == "–" else text + "*"
 
 
-def ci(c):
+def ci(c, scale=100, digits=2):
+    """A bootstrap interval as "+x [+lower, +upper]", by default in percentage points."""
     if c is None or c["observed"] is None:
         return "–"
-    text = f"{100 * c['observed']:+.2f} [{100 * c['lower']:+.2f}, {100 * c['upper']:+.2f}]"
+    text = (f"{scale * c['observed']:+.{digits}f} [{scale * c['lower']:+.{digits}f}, "
+            f"{scale * c['upper']:+.{digits}f}]")
     return star(text, c.get("complete", True))
 
 
@@ -974,12 +976,7 @@ def calibration_markdown(a):
         return star(fmt(value), complete)
 
     def delta(c, key, scale, digits):
-        c = (c or {}).get(key)
-        if c is None or c["observed"] is None:
-            return "–"
-        text = (f"{scale * c['observed']:+.{digits}f} [{scale * c['lower']:+.{digits}f}, "
-                f"{scale * c['upper']:+.{digits}f}]")
-        return star(text, c.get("complete", True))
+        return ci((c or {}).get(key), scale, digits)
 
     rows = []
     for m in models:
