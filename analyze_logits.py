@@ -138,7 +138,7 @@ from common.cli import UsageError, run_cli
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.logits import LogitTracker
-from common.outputs import check_output_folder, git_commit
+from common.outputs import check_output_folder, git_commit, prepare_output_folder
 from common.results import CLEAN, finite_or_none
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
@@ -1080,10 +1080,7 @@ def print_summary(a):
 
 def write_outputs(out, analysis, arrays, tables):
     """All three files to temporary names first, then renamed: a failure leaves the old ones intact."""
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot create it ({e.strerror})") from None
+    prepare_output_folder(out)
     text = json.dumps(analysis, indent=1, allow_nan=False) + "\n"
     writers = {
         "analysis.json": lambda fh: fh.write(text.encode()),

@@ -58,7 +58,7 @@ from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, MIN_SIDE, corrupt_i
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.models import predict  # noqa: E402
-from common.outputs import atomic_write  # noqa: E402
+from common.outputs import atomic_write, prepare_output_folder  # noqa: E402
 from common.results import CLEAN  # noqa: E402
 GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")
 QUALITATIVE_SEVERITIES = (0, 1, 2, 3)
@@ -586,10 +586,7 @@ def main(args):
         check_calibration(dict(ctx, results_dir=args.results))
     if any("images" in NEEDS[f] for f in wanted):
         read_images(args, ctx, wanted)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {args.out}: cannot create it ({e.strerror})") from None
+    prepare_output_folder(args.out)
     with plt.rc_context(RC):
         for name in wanted:
             save(FIGURES[name](ctx), args.out, name, args.pdf)
