@@ -1,7 +1,6 @@
 """evaluate_corruptions.py against oracles: saved predictions + numpy, dumps vs on the fly, shards, kills."""
 import hashlib
 import json
-import math
 import os
 import signal
 import subprocess
