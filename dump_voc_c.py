@@ -9,7 +9,7 @@ The paper precomputed the four slow corruptions (glass, motion, zoom blur and sn
 Writes ``<out>/<corruption>/<severity>/<id>.png``, ``<out>/labels/<id>.png`` and ``<out>/manifest.json``
 (protocol, size, seed rule, package versions, counts). Every file is written under a temporary name and
 renamed; a re-run skips files that decode to the right shape, so a killed dump resumes where it stopped.
-``--verify`` recomputes a sample and compares bytes. Pixels equal ``common.corruptions.corrupt_image``,
+``--verify`` recomputes a sample and compares pixels. Pixels equal ``common.corruptions.corrupt_image``,
 i.e. ``imagecorruptions.corrupt`` under PROTOCOL.md's seed rule.
 
 A folder holds one dump: one made under another protocol, size, seed rule, package versions or val set is
@@ -19,81 +19,29 @@ starts it afresh, moving the old folder to ``<out>.replaced-<date>-<time>`` once
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import sys
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from common import results, vocc
 from common.cli import UsageError, add_data_arguments, run_cli
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, voc_dataset
-from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
-
-# Worker-process state: the dataset is opened once per worker, not pickled with every task.
-_DATASET = None
+from common.outputs import check_output_folder, git_commit, write_text
 
 
-def _process_start(pid):
-    """The start time of process ``pid`` (clock ticks since boot), or None when it is gone, a zombie (killed,
-    not yet reaped) or unknown (no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()   # the name before ")" may hold spaces
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]   # state (field 3), start time (field 22)
-
-
-def _alive(pid, start):
-    if start is not None:   # Linux: the same pid with the same start time (a reused pid has another)
-        return _process_start(pid) == start
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def _init_worker(voc_root, main_pid):
-    global _DATASET
-    _DATASET = voc_dataset(voc_root, "val")
-    # Each worker is one process on one core: library thread pools would only fight the other workers
-    # (measured: 2 workers at 1.55x of one with them, ~1.67x without).
-    import cv2
-    import torch
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    # A pool worker outlives a dump killed with SIGKILL: nobody tells it, its parent is the forkserver
-    # (which the workers themselves keep alive), and the task queue never reaches EOF because every
-    # worker holds its write end too. So watch the dump's own process, and leave when it is gone.
-    start = _process_start(main_pid)
-
-    def watch():
-        while _alive(main_pid, start):
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def dump_one(index, conditions, out, protocol, size, dataset=None):
+def dump_one(index, conditions, out, protocol, size, dataset):
     """Decode image ``index`` once and write its label and every pending (corruption, severity) PNG.
 
     Returns (image_id, number of files written). Exceptions carry the image so the run can name it.
     """
-    ds = dataset if dataset is not None else _DATASET
     image_id = None
     try:
-        image_id, image, label = eval_sample(ds, index, protocol, size)
+        image_id, image, label = eval_sample(dataset, index, protocol, size)
         written = 0
         if vocc.read_png(vocc.label_path(out, image_id), label.shape) is None:
             vocc.write_bytes(vocc.label_path(out, image_id), vocc.png_bytes(label, palette=True))
@@ -108,8 +56,48 @@ def dump_one(index, conditions, out, protocol, size, dataset=None):
     except UsageError:
         raise  # already names the file (a damaged image or label)
     except Exception as e:
-        where = image_id or ds.images[index]
-        raise RuntimeError(f"image {where} ({ds.images[index]}): {type(e).__name__}: {e}") from None
+        where = image_id or dataset.images[index]
+        raise RuntimeError(f"image {where} ({dataset.images[index]}): {type(e).__name__}: {e}") from None
+
+
+class DumpImages(torch.utils.data.Dataset):
+    """Item ``index``: ``dump_one`` of that image, or the error that stopped it, returned rather than raised so that
+    it reaches the dump's process as the one line it is (a DataLoader worker's exception arrives with its traceback
+    in the message)."""
+
+    def __init__(self, dataset, conditions, out, protocol, size):
+        self.dataset, self.conditions, self.out, self.protocol, self.size = dataset, conditions, out, protocol, size
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return dump_one(index, self.conditions, self.out, self.protocol, self.size, self.dataset)
+        except (RuntimeError, UsageError) as e:
+            return e
+
+
+def one_thread(_):
+    # Each worker is one process on one core (the DataLoader sets torch's threads to 1): OpenCV's thread pool
+    # would only fight the other workers (measured: 2 workers at 1.55x of one with it, ~1.67x without).
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def dump_rest(args, items, n):
+    """Images 1 .. n-1 of ``items``, in this process (--workers 1) or in DataLoader worker processes; yields
+    the number of files written for each image as it finishes. The first failure stops the run: images already
+    queued in a worker are not started. A worker leaves when it sees the dump's process gone (a SIGKILL, say)."""
+    if args.workers == 1 or n < 2:
+        done = map(items.__getitem__, range(1, n))
+    else:
+        done = torch.utils.data.DataLoader(items, batch_size=None, sampler=range(1, n), num_workers=args.workers,
+                                           worker_init_fn=one_thread, in_order=False)
+    for result in done:
+        if isinstance(result, Exception):
+            raise result
+        yield result[1]
 
 
 def verify(out, dataset, n, conditions, protocol, size, sample: int):
@@ -131,7 +119,8 @@ def verify(out, dataset, n, conditions, protocol, size, sample: int):
     return len(picks), bad
 
 
-def main(args):
+def check_dump_args(args):
+    """(corruptions, severities), after the checks that need no file."""
     corruptions = parse_corruptions(args.corruptions)
     severities = parse_severities(args.severities)
     if 0 in severities:
@@ -143,104 +132,96 @@ def main(args):
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     check_output_folder(args.out)
-    versions = corruption_versions()
-    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
-    dataset = voc_dataset(voc_root, "val")
-    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    check_protocol_sizes(dataset, range(n), args.protocol)   # an image too small for it stops the run here
-    size = args.size if args.protocol != "native" else None
-    conditions = [(c, s) for c in corruptions for s in severities]
-    # What makes the pixels: a folder holds one dump of it (the --limit is not part of it: each PNG is a
-    # function of its own image, and the manifest counts the images of each condition).
-    ident = {"protocol": args.protocol, "size": size, "seed_rule": vocc.SEED_RULE, "versions": versions,
-             "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
-             "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset)))}
-
-    if args.verify:
-        vocc.check_manifest(args.out, args.protocol, args.size, versions,
-                            **{k: ident[k] for k in ("seed_rule", "data", "voc_root", "split", "image_ids_sha256")})
-        checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
-        print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")
-        return 1 if bad else 0
-    prepare_output_folder(args.out)
-    with contextlib.ExitStack() as held:
-        held.enter_context(OutputLock(args.out, "dump_voc_c.py"))
-        results.clear_stale(args.out)
-        fresh, old = None, None
-        if args.overwrite and results.has_contents(args.out):
-            fresh = held.enter_context(results.Afresh(args.out))
-            held.enter_context(OutputLock(fresh.folder, "dump_voc_c.py --overwrite"))
-        else:
-            old = vocc.read_manifest(args.out)
-            diff = None if old is None else vocc.manifest_difference(old, ident)
-            if diff is not None:
-                raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump, "
-                                 f"{results.describe(diff)}; use another --out, or --overwrite to start it afresh "
-                                 f"(the old dump is then moved aside, untouched)")
-        return dump(args, dataset, voc_root, n, corruptions, severities, conditions, ident, old, fresh)
+    return corruptions, severities
 
 
-def dump(args, dataset, voc_root, n, corruptions, severities, conditions, ident, old, fresh):
-    """Write every missing file of ``conditions`` x the first ``n`` images, then the manifest.
+def dump_identity(args, dataset, voc_root) -> dict:
+    """What makes the pixels: a folder holds one dump of it (the --limit is not part of it: each PNG is a
+    function of its own image, and the manifest counts the images of each condition)."""
+    return {"protocol": args.protocol, "size": args.size if args.protocol != "native" else None,
+            "seed_rule": vocc.SEED_RULE, "versions": corruption_versions(), "data": args.data,
+            "voc_root": os.path.abspath(voc_root), "split": "val",
+            "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset)))}
+
+
+def open_dump(args, held, ident):
+    """Take --out: (``fresh`` under --overwrite, else None; the manifest already there, else None), refusing a
+    folder that holds another dump."""
+    results.hold(args.out, held, "dump_voc_c.py")
+    fresh = results.afresh(args.out, held, "dump_voc_c.py") if args.overwrite else None
+    if fresh:
+        return fresh, None
+    old = vocc.read_manifest(args.out)
+    diff = None if old is None else vocc.manifest_difference(old, ident)
+    if diff is not None:
+        raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump, "
+                         f"{results.describe(diff)}; use another --out, or --overwrite to start it afresh "
+                         f"(the old dump is then moved aside, untouched)")
+    return None, old
+
+
+def write_manifest(folder, ident, done):
+    manifest = {**ident, "png": vocc.PNG_ENCODING, "images": dict(sorted(done.items())), "git_commit": git_commit()}
+    # The PNGs were renamed into place without an fsync each (about 0.3 ms a file): flush them all now,
+    # so that a manifest that survives a power cut never describes files that did not.
+    os.sync()
+    write_text(os.path.join(folder, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")
+
+
+def dump(args, dataset, n, conditions, ident, old, fresh):
+    """Write every missing file of ``conditions`` x the first ``n`` images, then the manifest; returns the
+    number of files written.
 
     Image 0 is dumped first, in this process, and the manifest (counting only what was complete before) is
     written beside it, so that even a killed dump says which dump its files belong to; with ``fresh``
     (--overwrite) that is also when the new folder takes the old one's place."""
-    size = ident["size"]
-    print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
-          f"{severities}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
-          f"with {args.workers} worker(s)", flush=True)
-    t0 = time.perf_counter()
-    written = 0
     done = dict((old or {}).get("images", {}))
-
-    def write_manifest(folder):
-        manifest = {**ident, "png": vocc.PNG_ENCODING, "images": dict(sorted(done.items())),
-                    "git_commit": git_commit()}
-        # The PNGs were renamed into place without an fsync each (about 0.3 ms a file): flush them all now,
-        # so that a manifest that survives a power cut never describes files that did not.
-        os.sync()
-        write_text(os.path.join(folder, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")
-
     bar = tqdm(total=n, desc="images", unit="img", disable=None, dynamic_ncols=True)
     try:
         first = fresh.path if fresh else args.out
-        written += dump_one(0, conditions, first, args.protocol, args.size, dataset)[1]
+        written = dump_one(0, conditions, first, args.protocol, args.size, dataset)[1]
         bar.update()
-        write_manifest(first)
+        write_manifest(first, ident, done)
         if fresh:
             fresh.commit()
-        if args.workers == 1:
-            for i in range(1, n):
-                written += dump_one(i, conditions, args.out, args.protocol, args.size, dataset)[1]
-                bar.update()
-        elif n > 1:
-            # forkserver, not fork: a child forked from a process whose torch/OpenMP thread pools have run
-            # can hang on its first parallel op (seen when the dump runs inside a bigger Python process).
-            ctx = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(voc_root, os.getpid())) as pool:
-                futures = [pool.submit(dump_one, i, conditions, args.out, args.protocol, args.size)
-                           for i in range(1, n)]
-                try:
-                    for f in as_completed(futures):
-                        written += f.result()[1]
-                        bar.update()
-                except BaseException:
-                    for f in futures:  # stop at the first failure: queued images are not started
-                        f.cancel()
-                    raise
+        for files in dump_rest(args, DumpImages(dataset, conditions, args.out, args.protocol, args.size), n):
+            written += files
+            bar.update()
     except (RuntimeError, UsageError) as e:
         raise UsageError(f"dump stopped at {e}; files written so far are complete and a re-run resumes") from None
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-
     # The manifest lists every condition present in the folder, so several runs (a shell loop over
     # corruptions) add up to one description of the dump.
     for c, s in conditions:
         done[f"{c}/{s}"] = max(n, done.get(f"{c}/{s}", 0))
-    write_manifest(args.out)
+    write_manifest(args.out, ident, done)
+    return written
+
+
+def main(args):
+    corruptions, severities = check_dump_args(args)
+    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
+    dataset = voc_dataset(voc_root, "val")
+    n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    check_protocol_sizes(dataset, range(n), args.protocol)   # an image too small for it stops the run here
+    conditions = [(c, s) for c in corruptions for s in severities]
+    ident = dump_identity(args, dataset, voc_root)
+    if args.verify:
+        vocc.check_manifest(args.out, args.protocol, args.size, ident["versions"],
+                            **{k: ident[k] for k in ("seed_rule", "data", "voc_root", "split", "image_ids_sha256")})
+        checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
+        print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")
+        return 1 if bad else 0
+    with contextlib.ExitStack() as held:
+        fresh, old = open_dump(args, held, ident)
+        size = ident["size"]
+        print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
+              f"{severities}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
+              f"with {args.workers} worker(s)", flush=True)
+        t0 = time.perf_counter()
+        written = dump(args, dataset, n, conditions, ident, old, fresh)
+        seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("inf")
     print(f"done: {written} files written, {n * (len(conditions) + 1) - written} already there; "
           f"{seconds:.1f}s, {rate:.2f} images/s ({rate * len(conditions):.1f} corrupted images/s)")
@@ -267,7 +248,8 @@ def get_args_parser():
                         "its place once its first image is written; the old folder is moved to "
                         "<out>.replaced-<date>-<time>, untouched (without this flag a different dump is refused)")
     p.add_argument("--verify", action="store_true",
-                   help="instead of dumping, recompute --verify-sample files and compare bytes (exit 1 on a mismatch)")
+                   help="instead of dumping, recompute --verify-sample files and compare their pixels (exit 1 on a "
+                        "mismatch)")
     p.add_argument("--verify-sample", type=int, default=20, help="how many files --verify recomputes")
     return p
 

@@ -27,7 +27,6 @@ then moved aside to ``<out>.replaced-<date>-<time>``. A damaged row or NPZ of a 
 cache entry: it is computed again.
 """
 import argparse
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -43,14 +42,13 @@ from common import distributed, external, results, vocc
 from common.calibration import Calibration
 from common.cli import UsageError, add_data_arguments, add_device_arguments, check_plain_name, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
-from common.corruptions import (CORRUPTIONS, corrupt_image, corruption_number, corruption_versions, parse_corruptions,
+from common.corruptions import (corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
-from common.outputs import (OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder, write_npz,
-                            write_text)
+from common.outputs import check_output_folder, git_commit
 from common.results import (CLEAN, finite_or_none,  # noqa: F401  (read_metrics: the one reader of metrics.jsonl)
                             read_metrics)
 
@@ -159,6 +157,15 @@ class ConditionStats:
         new.calibration = Calibration.from_rows(state["calibration"])
         return new
 
+    @classmethod
+    def from_files(cls, logits: dict, confusion: dict) -> "ConditionStats":
+        """A condition read back from its two NPZ files (``write_condition``); ``per_image`` is left empty."""
+        new = cls(0)
+        new.confusion, new.tracker = confusion["confusion"], LogitTracker.from_state_dict(logits)
+        new.end_sum, new.pixels = float(logits["end_sum"]), int(logits["pixels"])
+        new.calibration = Calibration.from_state_dict(confusion)
+        return new
+
 
 def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
     m = {k: finite_or_none(v) for k, v in miou_from_confusion(stats.confusion).items()}
@@ -185,10 +192,10 @@ def protocol_size(args):
     return None if args.protocol == "native" else args.size
 
 
-def save_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids):
-    tp = np.einsum("nkk->nk", stats.per_image)
-    write_condition(out, model_name, corruption, severity, stats, image_ids, tp,
-                    fp=stats.per_image.sum(1) - tp, fn=stats.per_image.sum(2) - tp)
+def per_image_counts(per_image):
+    """Each image's per-class TP, FP and FN from its 21x21 confusion (rows: label, columns: prediction)."""
+    tp = np.einsum("nkk->nk", per_image)
+    return tp, per_image.sum(1) - tp, per_image.sum(2) - tp
 
 
 def shard_calibration(parts, order):
@@ -237,261 +244,22 @@ def gather_ranks(world, stats, mine, predictions):
 def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
     """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN + the
     calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order)."""
-    stem = f"{corruption}_{severity}.npz"
-    write_npz(os.path.join(out, "logits", model_name, stem), **stats.tracker.state_dict(),
-              end_sum=np.float64(stats.end_sum), pixels=np.int64(stats.pixels))
     calib = stats.calibration.state_dict() if stats.calibration is not None else {}
-    write_npz(os.path.join(out, "confusion", model_name, stem), confusion=stats.confusion,
-              image_ids=np.array(image_ids), tp=tp, fp=fp, fn=fn, **calib)
+    results.write_condition(out, model_name, corruption, severity,
+                            logits=dict(**stats.tracker.state_dict(), end_sum=np.float64(stats.end_sum),
+                                        pixels=np.int64(stats.pixels)),
+                            confusion=dict(confusion=stats.confusion, image_ids=np.array(image_ids), tp=tp, fp=fp,
+                                           fn=fn, **calib))
 
 
-# ------------------------------------------------------------------------------------- results folder
-
-def write_metrics(path, rows):
-    key = {c: i for i, c in enumerate((CLEAN,) + CORRUPTIONS)}
-    rows = sorted(rows, key=lambda r: (key.get(r["corruption"], 99), r["corruption"], r["severity"], r["model"]))
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def parse_shard(spec):
-    if spec == "auto":   # inside a SLURM job array: this task's place in it (common/distributed.py)
-        return distributed.slurm_shard()
-    try:
-        k, n = (int(x) for x in spec.split("/"))
-    except (ValueError, AttributeError):
-        raise UsageError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. 0/4, or auto in a SLURM array") from None
-    if not 0 <= k < n:
-        raise UsageError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. 0/4")
-    return k, n
-
-
-def load_models(args):
-    """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
-    common/external.py) and their run.json entries, display names checked as plain file names."""
-    if len(args.checkpoints) == 0:
-        raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
-                         "or module:factory")
-    if args.names and len(args.names) != len(args.checkpoints):
-        raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
-    # (getattr: bench.py calls this with a Namespace of checkpoints, names and device only)
-    options = external.model_options(args.checkpoints, getattr(args, "weights_file", None),
-                                     getattr(args, "model_kind", None))
-    models, infos = [], []
-    # The checkpoints' SHA-256 (provenance, in every metrics row) on a thread while the models load: hashlib
-    # releases the GIL, so hashing 160 MB per R50 (0.09 s here) overlaps the loading instead of adding to it.
-    # Regular files only (a FIFO or a device would block the thread, and the exit with it; load_model refuses
-    # them with a clear message), and the hashes still queued are dropped when a checkpoint is refused.
-    # torchvision and factory models get their identity hash from external.load_spec.
-    pool = concurrent.futures.ThreadPoolExecutor(1)
-    try:
-        hashes = [pool.submit(file_sha256, spec) if external.spec_kind(spec) == "checkpoint" and os.path.isfile(spec)
-                  else None for spec in args.checkpoints]
-        for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
-            model, info = external.load_spec(spec, args.device, weights_file, kind, hash_file=False)
-            model = model.to(memory_format=memory_format(torch.device(args.device)))
-            if args.names:
-                info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
-            else:   # a checkpoint's stored name, or one derived from the spec: both become folder names
-                check_plain_name(info["name"], f"checkpoint {spec}" if "identity" not in info else spec)
-            if "identity" in info:
-                ident = info["identity"]
-                print(f"model {info['name']}: {spec} (kind {info['kind']}, weights "
-                      f"{ident['weights_file'] or 'its own'}, sha256 {ident['weights_sha256'][:12]}, torchvision "
-                      f"{ident['torchvision']})")
-            models.append(model)
-            infos.append(info)
-        for info, sha, spec in zip(infos, hashes, args.checkpoints):
-            if info["sha256"] is None:
-                info["sha256"] = sha.result() if sha is not None else file_sha256(spec)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    names = [m["name"] for m in infos]
-    if len(set(names)) != len(names):
-        raise UsageError(f"two checkpoints share a display name ({names}); pass --names to tell them apart")
-    return models, infos
-
-
-# ----------------------------------------------------------------------------------------------- main
-
-def main(args):
-    with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
-        with contextlib.ExitStack() as held:  # releases the output locks however the run ends
-            if args.merge:
-                if world.size > 1:
-                    raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
-                prepare_output_folder(args.out)
-                held.enter_context(OutputLock(args.out, "evaluate_corruptions.py --merge"))
-                return merge(args, held)
-            status = evaluate(args, held, world)
-        world.finish()   # every rank waits for rank 0's last writes, so all exit with one status
-        return status
-
-
-def evaluate(args, held, world=distributed.SINGLE):
-    """The sweep; under torchrun (``world``) every rank runs it on its share of each condition's images and
-    rank 0 alone owns --out (common/distributed.py)."""
-    conditions = []
-    severities = parse_severities(args.severities)
-    corruptions = parse_corruptions(args.corruptions)
-    if 0 in severities:
-        conditions.append((CLEAN, 0))
-    conditions += [(c, s) for c in corruptions for s in severities if s > 0]
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.protocol != "native" and args.size < 32:
-        raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit}: must be at least 1")
-    shard = parse_shard(args.shard) if args.shard else (0, 1)
-    if args.shard == "auto":   # run.json and the rows name the shard itself, as --merge needs
-        args.shard = f"{shard[0]}/{shard[1]}"
-    device = resolve_device(args.device)
-    use_device(device)
-    args.device = str(device)
-    check_output_folder(args.out)
-    if args.voc_c is not None:
-        vocc.read_manifest(args.voc_c)   # a damaged manifest is refused before the models load
-
-    models, infos = load_models(args)
-    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
-    dataset = voc_dataset(voc_root, "val")
-    n_total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    indices = list(range(shard[0], n_total, shard[1]))
-    image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
-    check_protocol_sizes(dataset, indices, args.protocol)   # an image too small for it stops the run here
-    versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
-    voc_c = None
-    if args.voc_c is not None:
-        # The dump must hold this run's pixels: same protocol, size, library versions, seed rule and val set.
-        data = {"seed_rule": vocc.SEED_RULE, "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
-                "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0]
-                                                       for p in dataset.images)}
-        m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **data)
-        voc_c = {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
-                 **{k: m[k] for k in vocc.IDENTITY if k in m}}
-
-    batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
-    mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
-    world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
-    todo, fresh = None, None
-    if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
-        prepare_output_folder(args.out)
-        held.enter_context(OutputLock(args.out, "evaluate_corruptions.py"))
-        results.clear_stale(args.out)
-        run = {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
-               "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(indices),
-               "image_ids_sha256": results.ids_sha256(image_ids), "limit": args.limit, "shard": args.shard,
-               "voc_c": voc_c, "versions": versions, "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
-               "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
-
-        # --overwrite into a folder with anything in it: the new run is written beside it (fresh.path) and takes its
-        # place at the first finished condition. Otherwise the folder must hold this run, or nothing yet.
-        if args.overwrite and results.has_contents(args.out):
-            fresh = held.enter_context(results.Afresh(args.out))
-            held.enter_context(OutputLock(fresh.folder, "evaluate_corruptions.py --overwrite"))
-            rows = []
-        else:
-            check_same_run(args.out, run)
-            rows = read_metrics(os.path.join(args.out, "metrics.jsonl"), damaged="drop")
-            results.check_rows_match_run(rows, json.loads(json.dumps(run)), os.path.join(args.out, "metrics.jsonl"),
-                                         os.path.join(args.out, "run.json"),
-                                         fix="the folder mixes results of two runs; use another --out, or --overwrite "
-                                             "to start it afresh")
-
-        # Resume: a condition is done when every model has its row and its two NPZ files, intact.
-        names = [m["name"] for m in infos]
-        have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
-
-        def done(c, s):
-            for m in names:
-                if (m, c, s) not in have:
-                    return False
-                problem = results.condition_problem(args.out, m, c, s)
-                if problem is not None:
-                    print(f"warning: {problem}; {c}/{s} is computed again", file=sys.stderr)
-                    return False
-            return True
-
-        todo = [cs for cs in conditions if not done(*cs)]
-        rows = [r for r in rows if (r["corruption"], r["severity"]) not in set(todo)]
-        print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
-        print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
-              f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
-              f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
-        if not todo:
-            write_metrics(os.path.join(args.out, "metrics.jsonl"), rows)
-    todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
-    if not todo:
-        return 0
-
-    items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c)
-    loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(mine), batch),
-                                         num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
-                                         persistent_workers=False)
-    # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
-    torch.backends.cudnn.benchmark = args.protocol == "paper"
-    fmt = memory_format(device)
-    current, stats, bar, t0 = None, None, None, 0.0
-    pending = []   # under torchrun: this rank's predictions of the condition, [(path, PNG bytes)], for rank 0
-    write = vocc.write_bytes if world.size == 1 else (lambda path, data: pending.append((path, data)))
-    sweep = time.perf_counter()
-
-    def finish(cond):
-        nonlocal rows, stats
-        c, s = todo[cond]
-        if world.size > 1:   # the ranks' parts, merged on rank 0 into what one process would have
-            stats, predictions = gather_ranks(world, stats, mine, pending)
-            pending.clear()
-            bar.close()
-            if stats is None:
-                return
-            for path, data in predictions:
-                vocc.write_bytes(path, data)
-        seconds = time.perf_counter() - t0
-        new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
-        folder = fresh.path if fresh else args.out
-        for st, info in zip(stats, infos):
-            save_condition(folder, info["name"], c, s, st, image_ids)
-        rows = rows + new
-        # run.json goes with the first result, so a run that fails before any result leaves nothing behind.
-        write_text(os.path.join(folder, "run.json"), json.dumps(run, indent=1) + "\n")
-        write_metrics(os.path.join(folder, "metrics.jsonl"), rows)
-        if fresh:
-            fresh.commit()   # the first result is complete: the new folder takes the old one's place
-        bar.close()
-        print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",
-              flush=True)
-
-    with torch.inference_mode():
-        for batch_ in loader:
-            cond = int(batch_["cond"][0])
-            if cond != current:
-                current, t0, seen = cond, time.perf_counter(), 0
-                stats = [ConditionStats(len(mine)) for _ in models]
-                c, s = todo[cond]
-                bar = tqdm(total=len(mine), desc=f"{c}/{s}", unit="img", disable=None if world.is_root else True,
-                           leave=False, dynamic_ncols=True)
-            x = normalise_uint8(batch_["image"].to(args.device, non_blocking=True)).contiguous(memory_format=fmt)
-            labels = batch_["label"].to(args.device, non_blocking=True)
-            positions = batch_["pos"].numpy()
-            for model, st, info in zip(models, stats, infos):
-                with autocast(device, args.amp):
-                    logits = model(x)
-                pred = st.update(logits, labels, positions)
-                if args.save_predictions:
-                    save_predictions(args.save_predictions, info["name"], todo[cond],
-                                     pred.cpu().numpy(), [image_ids[mine[p]] for p in positions], write)
-            bar.update(len(positions))
-            if bar.n % max(1, 4 * batch) < len(positions) or bar.n == len(mine):
-                bar.set_postfix_str(" ".join(f"{i['name']}={miou_from_confusion(st.confusion)['miou']:.3f}"
-                                             for i, st in zip(infos, stats)))
-            seen += len(positions)
-            if seen == len(mine):   # the condition's last batch: written now, not once the next one has loaded
-                finish(current)
-                current = None
-    print(f"swept {len(todo)} conditions in {time.perf_counter() - sweep:.1f}s; results in "
-          f"{os.path.join(args.out, 'metrics.jsonl')}")
-    return 0
+def save_results(folder, fresh, run, rows):
+    """run.json and the whole metrics.jsonl, after a condition's NPZ files. run.json goes with the first result,
+    so a run that fails before any leaves nothing behind; under --overwrite (``fresh``) that first result is
+    when the new folder takes the old one's place."""
+    results.write_run(folder, run)
+    results.write_metrics(folder, rows)
+    if fresh:
+        fresh.commit()
 
 
 def save_predictions(root, model_name, condition, preds, ids, write=vocc.write_bytes):
@@ -520,7 +288,246 @@ def check_same_run(out, run):
     return old
 
 
+# ----------------------------------------------------------------------------------------------- sweep
+
+def parse_shard(spec):
+    if spec == "auto":   # inside a SLURM job array: this task's place in it (common/distributed.py)
+        return distributed.slurm_shard()
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except (ValueError, AttributeError):
+        raise UsageError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. 0/4, or auto in a SLURM "
+                         f"array") from None
+    if not 0 <= k < n:
+        raise UsageError(f"--shard {spec}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return k, n
+
+
+def check_sweep_args(args):
+    """(conditions, shard): clean/0 first (for severity 0), then every corruption x severity > 0, and this run's
+    (K, N) of --shard, after the checks that need no file."""
+    severities = parse_severities(args.severities)
+    corruptions = parse_corruptions(args.corruptions)
+    conditions = [(CLEAN, 0)] if 0 in severities else []
+    conditions += [(c, s) for c in corruptions for s in severities if s > 0]
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.protocol != "native" and args.size < 32:
+        raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: must be at least 1")
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    if args.shard == "auto":   # run.json and the rows name the shard itself, as --merge needs
+        args.shard = f"{shard[0]}/{shard[1]}"
+    return conditions, shard
+
+
+def load_models(args):
+    """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
+    common/external.py) and their run.json entries, display names checked as plain file names."""
+    if len(args.checkpoints) == 0:
+        raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
+                         "or module:factory")
+    if args.names and len(args.names) != len(args.checkpoints):
+        raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
+    # (getattr: bench.py calls this with a Namespace of checkpoints, names and device only)
+    options = external.model_options(args.checkpoints, getattr(args, "weights_file", None),
+                                     getattr(args, "model_kind", None))
+    models, infos = [], []
+    for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
+        # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
+        # cache; torchvision and factory models get an identity hash instead (common/external.py).
+        model, info = external.load_spec(spec, args.device, weights_file, kind)
+        model = model.to(memory_format=memory_format(torch.device(args.device)))
+        if args.names:
+            info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
+        else:   # a checkpoint's stored name, or one derived from the spec: both become folder names
+            check_plain_name(info["name"], f"checkpoint {spec}" if "identity" not in info else spec)
+        if "identity" in info:
+            ident = info["identity"]
+            print(f"model {info['name']}: {spec} (kind {info['kind']}, weights "
+                  f"{ident['weights_file'] or 'its own'}, sha256 {ident['weights_sha256'][:12]}, torchvision "
+                  f"{ident['torchvision']})")
+        models.append(model)
+        infos.append(info)
+    names = [m["name"] for m in infos]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two checkpoints share a display name ({names}); pass --names to tell them apart")
+    return models, infos
+
+
+def open_val_set(args, shard):
+    """(voc_root, dataset, indices of this shard's images, their ids); an image too small for the protocol stops
+    the run here."""
+    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
+    dataset = voc_dataset(voc_root, "val")
+    n_total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    indices = list(range(shard[0], n_total, shard[1]))
+    image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
+    check_protocol_sizes(dataset, indices, args.protocol)
+    return voc_root, dataset, indices, image_ids
+
+
+def dump_identity(args, dataset, voc_root):
+    """run.json's "voc_c": the identity of the --voc-c dump, after checking that it holds this run's pixels (same
+    protocol, size, library versions, seed rule and val set); None without --voc-c."""
+    if args.voc_c is None:
+        return None
+    data = {"seed_rule": vocc.SEED_RULE, "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
+            "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0] for p in dataset.images)}
+    m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **data)
+    return {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
+            **{k: m[k] for k in vocc.IDENTITY if k in m}}
+
+
+def run_record(args, infos, voc_root, image_ids, voc_c) -> dict:
+    """run.json: what decides the numbers (results.identity) and the provenance."""
+    versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    return {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
+            "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(image_ids),
+            "image_ids_sha256": results.ids_sha256(image_ids), "limit": args.limit, "shard": args.shard,
+            "voc_c": voc_c, "versions": versions, "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
+            "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
+
+
+def open_results(args, held, run):
+    """Rank 0 takes --out: (``fresh``, the rows already there). With --overwrite and anything in the folder, the
+    new run is written beside it (``fresh.path``) and takes its place at the first finished condition; otherwise
+    the folder must hold this run, or nothing yet (``fresh`` None)."""
+    results.hold(args.out, held, "evaluate_corruptions.py")
+    fresh = results.afresh(args.out, held, "evaluate_corruptions.py") if args.overwrite else None
+    if fresh:
+        return fresh, []
+    check_same_run(args.out, run)
+    rows = read_metrics(os.path.join(args.out, "metrics.jsonl"), damaged="drop")
+    results.check_rows_match_run(rows, json.loads(json.dumps(run)), os.path.join(args.out, "metrics.jsonl"),
+                                 os.path.join(args.out, "run.json"),
+                                 fix="the folder mixes results of two runs; use another --out, or --overwrite to "
+                                     "start it afresh")
+    return None, rows
+
+
+def conditions_to_do(out, conditions, infos, rows):
+    """Resume: (the conditions still to compute, the rows of the others). A condition is done when every model
+    has its row and its two NPZ files, intact."""
+    have = {(r["model"], r["corruption"], r["severity"]) for r in rows}
+
+    def done(c, s):
+        for m in (info["name"] for info in infos):
+            if (m, c, s) not in have:
+                return False
+            problem = results.condition_problem(out, m, c, s)
+            if problem is not None:
+                print(f"warning: {problem}; {c}/{s} is computed again", file=sys.stderr)
+                return False
+        return True
+
+    todo = [cs for cs in conditions if not done(*cs)]
+    return todo, [r for r in rows if (r["corruption"], r["severity"]) not in set(todo)]
+
+
+def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batch):
+    """Every model on every batch of ``items`` (this rank's images under each condition of ``todo``, in order).
+    Yields (condition, [ConditionStats per model], its start time, this rank's predictions [(path, PNG bytes)]
+    under torchrun) after the condition's last batch, so that it is written before the next one loads."""
+    loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(mine), batch),
+                                         num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
+                                         persistent_workers=False)
+    # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
+    torch.backends.cudnn.benchmark = args.protocol == "paper"
+    fmt = memory_format(device)
+    current, pending = None, []
+    write = vocc.write_bytes if world.size == 1 else (lambda path, data: pending.append((path, data)))
+    with torch.inference_mode():
+        for batch_ in loader:
+            cond = int(batch_["cond"][0])
+            if cond != current:
+                current, t0, seen = cond, time.perf_counter(), 0
+                stats = [ConditionStats(len(mine)) for _ in models]
+                c, s = todo[cond]
+                bar = tqdm(total=len(mine), desc=f"{c}/{s}", unit="img", disable=None if world.is_root else True,
+                           leave=False, dynamic_ncols=True)
+            x = normalise_uint8(batch_["image"].to(args.device, non_blocking=True)).contiguous(memory_format=fmt)
+            labels = batch_["label"].to(args.device, non_blocking=True)
+            positions = batch_["pos"].numpy()
+            for model, st, info in zip(models, stats, infos):
+                with autocast(device, args.amp):
+                    logits = model(x)
+                pred = st.update(logits, labels, positions)
+                if args.save_predictions:
+                    save_predictions(args.save_predictions, info["name"], todo[cond],
+                                     pred.cpu().numpy(), [image_ids[mine[p]] for p in positions], write)
+            bar.update(len(positions))
+            if bar.n % max(1, 4 * batch) < len(positions) or bar.n == len(mine):
+                bar.set_postfix_str(" ".join(f"{i['name']}={miou_from_confusion(st.confusion)['miou']:.3f}"
+                                             for i, st in zip(infos, stats)))
+            seen += len(positions)
+            if seen == len(mine):
+                bar.close()
+                yield todo[cond], stats, t0, pending
+                pending.clear()
+                current = None
+
+
+def evaluate(args, held, world=distributed.SINGLE):
+    """The sweep; under torchrun (``world``) every rank runs it on its share of each condition's images and
+    rank 0 alone owns --out (common/distributed.py)."""
+    conditions, shard = check_sweep_args(args)
+    device = resolve_device(args.device)
+    use_device(device)
+    args.device = str(device)
+    check_output_folder(args.out)
+    if args.voc_c is not None:
+        vocc.read_manifest(args.voc_c)   # a damaged manifest is refused before the models load
+    models, infos = load_models(args)
+    voc_root, dataset, indices, image_ids = open_val_set(args, shard)
+    voc_c = dump_identity(args, dataset, voc_root)
+    batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
+    mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
+    world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
+    todo = None
+    if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
+        run = run_record(args, infos, voc_root, image_ids, voc_c)
+        fresh, rows = open_results(args, held, run)
+        todo, rows = conditions_to_do(args.out, conditions, infos, rows)
+        print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
+        print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
+              f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
+              f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
+        if not todo:
+            results.write_metrics(args.out, rows)
+    todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
+    if not todo:
+        return 0
+    items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c)
+    start = time.perf_counter()
+    for (c, s), stats, t0, predictions in sweep(args, device, world, models, infos, todo, items, image_ids, mine,
+                                                batch):
+        if world.size > 1:   # the ranks' parts, merged on rank 0 into what one process would have
+            stats, predictions = gather_ranks(world, stats, mine, predictions)
+            if stats is None:
+                continue
+            for path, data in predictions:
+                vocc.write_bytes(path, data)
+        seconds = time.perf_counter() - t0
+        new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
+        folder = fresh.path if fresh else args.out
+        for st, info in zip(stats, infos):
+            write_condition(folder, info["name"], c, s, st, image_ids, *per_image_counts(st.per_image))
+        rows = rows + new
+        save_results(folder, fresh, run, rows)
+        print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",
+              flush=True)
+    print(f"swept {len(todo)} conditions in {time.perf_counter() - start:.1f}s; results in "
+          f"{os.path.join(args.out, 'metrics.jsonl')}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- merge
+
+def shard_fix(folder) -> str:
+    return f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {folder})"
+
 
 def read_shards(folders):
     """[(folder, run.json, rows)] of the --merge folders, after checking they are the shards of one sweep:
@@ -528,7 +535,7 @@ def read_shards(folders):
     shards = []
     for d in folders:
         path = os.path.join(d, "run.json")
-        fix = f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {d})"
+        fix = shard_fix(d)
         run = results.read_run(path, fix=fix)
         if run is None:
             raise UsageError(f"--merge {d}: no run.json; is it an evaluate_corruptions.py --out folder?")
@@ -563,9 +570,6 @@ def merge(args, held):
     conds = sorted({(row["corruption"], row["severity"]) for row in runs[0][2]})
     args.protocol, args.size, args.shard = base["protocol"], base["size"] or args.size, None
 
-    def fix(d):
-        return f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {d})"
-
     parts = {}   # (model, condition, shard folder) -> (logits, confusion), read and checked before any write
     for c, s in conds:
         for info in base["models"]:
@@ -573,18 +577,14 @@ def merge(args, held):
                 if not any((x["model"], x["corruption"], x["severity"]) == (info["name"], c, s) for x in rws):
                     raise UsageError(f"--merge {d}: no result for {info['name']} {c}/{s}; finish that shard first")
                 parts[info["name"], (c, s), d] = (
-                    results.read_logits(results.logits_path(d, info["name"], c, s), fix(d)),
-                    results.read_confusion(results.confusion_path(d, info["name"], c, s), fix(d)))
+                    results.read_logits(results.logits_path(d, info["name"], c, s), shard_fix(d)),
+                    results.read_confusion(results.confusion_path(d, info["name"], c, s), shard_fix(d)))
     first = (base["models"][0]["name"], conds[0]) if base["models"] and conds else None
     all_ids = [i for d, _, _ in runs for i in parts[first + (d,)][1]["image_ids"]] if first else []
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None,
                   image_ids_sha256=results.ids_sha256(all_ids), merged_from=args.merge)
-    results.clear_stale(args.out)
-    fresh = None
-    if args.overwrite and results.has_contents(args.out):
-        fresh = held.enter_context(results.Afresh(args.out))
-        held.enter_context(OutputLock(fresh.folder, "evaluate_corruptions.py --merge --overwrite"))
-    else:
+    fresh = results.afresh(args.out, held, "evaluate_corruptions.py --merge") if args.overwrite else None
+    if fresh is None:
         check_same_run(args.out, merged)
     folder = fresh.path if fresh else args.out
 
@@ -596,11 +596,7 @@ def merge(args, held):
             for d, _, rws in runs:
                 row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
                 lg, cf = parts[name, (c, s), d]
-                part = ConditionStats(0)
-                part.confusion, part.tracker = cf["confusion"], LogitTracker.from_state_dict(lg)
-                part.end_sum, part.pixels = float(lg["end_sum"]), int(lg["pixels"])
-                part.calibration = Calibration.from_state_dict(cf)
-                pieces.append((part, (cf["tp"], cf["fp"], cf["fn"])))
+                pieces.append((ConditionStats.from_files(lg, cf), (cf["tp"], cf["fp"], cf["fn"])))
                 ids += list(cf["image_ids"])
                 secs += row[0].get("seconds") or 0.0
                 n += row[0].get("images") or len(cf["image_ids"])
@@ -608,12 +604,24 @@ def merge(args, held):
             st, (tp, fp, fn) = combine(pieces, order)
             out_rows.append(metrics_row(st, info, c, s, args, n, secs))
             write_condition(folder, name, c, s, st, np.array(ids)[order], tp, fp, fn)
-    write_text(os.path.join(folder, "run.json"), json.dumps(merged, indent=1) + "\n")
-    write_metrics(os.path.join(folder, "metrics.jsonl"), out_rows)
-    if fresh:
-        fresh.commit()
+    save_results(folder, fresh, merged, out_rows)
     print(f"merged {len(runs)} folders: {len(conds)} conditions x {len(base['models'])} models -> {args.out}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def main(args):
+    with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
+        with contextlib.ExitStack() as held:  # releases the output locks however the run ends
+            if args.merge:
+                if world.size > 1:
+                    raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
+                results.hold(args.out, held, "evaluate_corruptions.py --merge")
+                return merge(args, held)
+            status = evaluate(args, held, world)
+        world.finish()   # every rank waits for rank 0's last writes, so all exit with one status
+        return status
 
 
 def get_args_parser():

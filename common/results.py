@@ -1,4 +1,4 @@
-"""The results folder: one reader per file, each validating what it reads, and one run per folder.
+"""The results folder: one reader and one writer per file, each reader validating what it reads; one run per folder.
 
 evaluate_corruptions.py writes, analyze_logits.py and make_figures.py read (layout in the README):
 
@@ -28,7 +28,8 @@ import numpy as np
 
 from .cli import UsageError
 from .constants import NUM_CLASSES
-from .corruptions import ALL_CORRUPTIONS
+from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
+from .outputs import OutputLock, prepare_output_folder, write_npz, write_text
 
 CLEAN = "clean"   # the severity-0 condition, shared by all corruptions
 K = NUM_CLASSES
@@ -325,6 +326,24 @@ class Afresh:
         return False
 
 
+def hold(out, held, command) -> None:
+    """Take ``out`` for this run: create it, hold its writer lock (on ``held``, an ExitStack, until the run ends)
+    and remove what ``--overwrite`` runs killed before their first result left beside it."""
+    prepare_output_folder(out)
+    held.enter_context(OutputLock(out, command))
+    clear_stale(out)
+
+
+def afresh(out, held, command):
+    """``--overwrite``: an ``Afresh`` of ``out``, entered on ``held`` with the new folder's own lock; None when
+    ``out`` holds nothing to replace (the run then writes there directly)."""
+    if not has_contents(out):
+        return None
+    fresh = held.enter_context(Afresh(out))
+    held.enter_context(OutputLock(fresh.folder, f"{command} --overwrite"))
+    return fresh
+
+
 def stale_prefix(out) -> str:
     parent, name = os.path.split(os.path.abspath(out))
     return os.path.join(parent, f".{name}.afresh-")
@@ -424,6 +443,24 @@ def logits_path(folder, model, corruption, severity) -> str:
 
 def confusion_path(folder, model, corruption, severity) -> str:
     return os.path.join(folder, "confusion", model, f"{corruption}_{severity}.npz")
+
+
+def write_condition(folder, model, corruption, severity, logits: dict, confusion: dict) -> None:
+    """One condition's two NPZ files (``LOGITS_SPEC`` and ``CONFUSION_SPEC`` with the calibration arrays)."""
+    write_npz(logits_path(folder, model, corruption, severity), **logits)
+    write_npz(confusion_path(folder, model, corruption, severity), **confusion)
+
+
+def write_run(folder, run: dict) -> None:
+    write_text(os.path.join(folder, "run.json"), json.dumps(run, indent=1) + "\n")
+
+
+def write_metrics(folder, rows) -> None:
+    """metrics.jsonl, rewritten whole (temp + rename, so a kill never tears it): clean first, then the 15
+    corruptions in the paper's order (any other by name), each by severity, then model."""
+    key = {c: i for i, c in enumerate((CLEAN,) + CORRUPTIONS)}
+    rows = sorted(rows, key=lambda r: (key.get(r["corruption"], 99), r["corruption"], r["severity"], r["model"]))
+    write_text(os.path.join(folder, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def condition_problem(folder, model, corruption, severity):

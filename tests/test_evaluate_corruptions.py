@@ -1,7 +1,6 @@
 """evaluate_corruptions.py against oracles: saved predictions + numpy, dumps vs on the fly, shards, kills."""
 import hashlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -58,7 +57,7 @@ def test_rows_cover_every_model_and_condition(setup, reference):
     x = next(x for x in r if x["corruption"] == "glass_blur")
     assert x["corruption_number"] == 4 and x["protocol"] == "paper" and x["size"] == SIZE and x["images"] == 5
     assert len(x["iou"]) == 21
-    # Each row names its checkpoint's SHA-256 (hashed on a thread while the models load): hashlib, by hand.
+    # Each row names its checkpoint's SHA-256 (hashed as it loads): hashlib, by hand.
     want = {os.path.abspath(p): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in setup[1]}
     full = [json.loads(line) for line in open(os.path.join(reference, "metrics.jsonl"))]
     assert {(x["checkpoint"], x["checkpoint_sha256"]) for x in full} == set(want.items())
