@@ -107,7 +107,7 @@ def model_options(specs, weights_files=None, model_kinds=None, where="--checkpoi
 
 def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_file=True):
     """``(model.eval() on device, info)`` for any spec (module docstring). ``hash_file=False`` leaves a
-    checkpoint's ``sha256`` as None for the caller to fill (evaluate_corruptions.py hashes on a thread)."""
+    checkpoint's ``sha256`` as None for the caller to fill (make_video.py does not need it)."""
     kind = spec_kind(spec)
     if kind == "checkpoint":
         model, ckpt = load_model(spec, device)
