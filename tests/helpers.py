@@ -1,9 +1,14 @@
-"""Shared test helpers: tiny checkpoints without training, a tiny synthetic dataset, CLI runner."""
+"""Shared test helpers: the repository root, tiny checkpoints without training, the scripts' command lines run
+in-process (``run_script``, ``refused``) or as a user's shell runs them (``cli``), a tiny train.py run.
+
+The fixtures built from these (the tiny dataset and checkpoints, made once a session) are in conftest.py.
+"""
 import os
 import subprocess
 import sys
 
 from common.checkpoint import save_random_checkpoint
+from common.cli import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,17 +19,48 @@ def tiny_checkpoint(path, kind, seed=0, name=None):
 
 
 def cli(*args, timeout=600, **kw):
-    """Run a script of the repository as a user would; returns the CompletedProcess."""
+    """Run a script of the repository in a fresh interpreter, as a user would; returns the CompletedProcess.
+
+    Each call imports torch anew (seconds): keep it for what only a real process shows (its exit status, a
+    traceback from anywhere in it, kills, several processes); ``run_script`` does the rest in-process.
+    """
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def tiny_synthetic(tmp_path_factory, n_voc_train=2, n_sbd=2, n_val=3, max_side=96):
-    """A small synthetic VOC + SBD dataset in a fresh temp folder; returns its root as a str."""
-    from common.synthetic import ensure_synthetic
+def run_script(module, *argv):
+    """``python <module>.py ARGV`` in-process: the script's own ``run_cli`` on that sys.argv; its exit status.
 
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    ensure_synthetic(root, n_voc_train=n_voc_train, n_sbd=n_sbd, n_val=n_val, max_side=max_side, quiet=True)
-    return str(root)
+    A UsageError or an argparse error is exit status 2 (``SystemExit``), as in a shell. train.py's and
+    pretrain_backbone.py's guards ignore what ``main`` returns (0); the other scripts exit with it.
+    """
+    saved = sys.argv
+    sys.argv = [module.__name__ + ".py", *map(str, argv)]
+    try:
+        status = run_cli(module.main, module.get_args_parser())
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = saved
+    return status if type(status) is int and module.__name__ not in ("train", "pretrain_backbone") else 0
+
+
+def one_error_line(capture, warnings=False):
+    """The one ``error: ...`` line of a refused run from ``capsys`` or ``capfd`` (which also sees the DataLoader
+    workers' stderr), checked to be all there is on stderr (no traceback, no second line) but, with
+    ``warnings``, the ``warning: ...`` lines printed before it."""
+    err = capture.readouterr().err.strip().splitlines()
+    rest = [line for line in err if not (warnings and line.startswith("warning: "))]
+    assert len(rest) == 1 and rest[0].startswith("error: ") and "Traceback" not in "\n".join(err), err[-30:]
+    return rest[0]
+
+
+def refused(capture, module, *argv, warnings=False):
+    """Run ``module``'s command line in-process and check it exits 2 with one stderr line; returns that line."""
+    capture.readouterr()
+    status = run_script(module, *argv)
+    line = one_error_line(capture, warnings)
+    assert status == 2, (status, line)
+    return line
 
 
 # train.py at a size that trains in seconds: ResNet-18 with 8-channel heads, 48 px crops, batches of 4.

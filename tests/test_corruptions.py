@@ -16,8 +16,7 @@ import pytest
 import imagecorruptions
 from common import corruptions as C
 from common.cli import UsageError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def _image(h, w, seed=0):

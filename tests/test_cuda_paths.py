@@ -13,13 +13,13 @@ from common.checkpoint import read_checkpoint
 from common.device import resolve_device
 from common.cli import UsageError
 from fake_cuda import FakeCuda
-from helpers import run_tiny_train, tiny_checkpoint, tiny_synthetic
+from helpers import run_tiny_train
 
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory, n_voc_train=4, n_sbd=4, n_val=3)
+def data(tiny_data):
+    return tiny_data
 
 
 def run_train(data, out, *extra):
@@ -103,8 +103,8 @@ def test_amp_choices_reach_autocast_and_the_scaler_and_a_run_resumes_in_another_
     assert read_checkpoint(str(tmp_path / "baseline" / "checkpoint.pt"))["scaler"]["scale"] > 0
 
 
-def test_sweep_on_cuda_with_bf16(data, tmp_path, monkeypatch):
-    ckpt = tiny_checkpoint(tmp_path / "b.pt", "baseline")
+def test_sweep_on_cuda_with_bf16(data, tmp_path, monkeypatch, tiny_ckpt):
+    ckpt = tiny_ckpt("baseline", 0)
     args = evaluate_corruptions.get_args_parser().parse_args(
         ["--checkpoints", ckpt, "--data", "synthetic", "--synthetic-root", data, "--corruptions", "brightness",
          "--severities", "0", "1", "--size", "32", "--workers", "0", "--device", "cuda", "--amp", "bf16",
@@ -119,9 +119,8 @@ def test_sweep_on_cuda_with_bf16(data, tmp_path, monkeypatch):
     assert len(rows) == 2 and all(0 <= r["miou"] <= 1 for r in rows)
 
 
-def test_video_on_cuda(tmp_path, monkeypatch):
-    a = tiny_checkpoint(tmp_path / "a.pt", "baseline")
-    b = tiny_checkpoint(tmp_path / "b.pt", "scribe", seed=1)
+def test_video_on_cuda(tmp_path, monkeypatch, tiny_ckpt):
+    a, b = tiny_ckpt("baseline", 0), tiny_ckpt("scribe", 1)
     out = tmp_path / "demo.mp4"
     args = make_video.get_args_parser().parse_args(
         ["--synthetic", "--frames", "4", "--baseline", a, "--robust", b, "--out", str(out), "--device", "cuda",

@@ -221,10 +221,9 @@ def test_paper_and_shortside_geometry_equal_pillow_called_directly(name, img, ta
     np.testing.assert_allclose(x.numpy(), want, atol=1e-5)
 
 
-def test_eval_sample_protocols_on_the_synthetic_set(tmp_path_factory):
+def test_eval_sample_protocols_on_the_synthetic_set(tiny_data):
     from common.data import eval_sample, voc_dataset
-    from helpers import tiny_synthetic
-    root = tiny_synthetic(tmp_path_factory, n_voc_train=1, n_sbd=1, n_val=3)
+    root = tiny_data
     val = voc_dataset(os.path.join(root, "voc"), "val")
     for i in range(len(val)):
         img, target = val[i]

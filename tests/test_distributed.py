@@ -23,8 +23,7 @@ import torch
 import evaluate_corruptions as ev
 from common import distributed
 from common.cli import UsageError, run_cli
-from common.synthetic import ensure_synthetic
-from helpers import ROOT, cli, tiny_checkpoint
+from helpers import ROOT, cli
 
 SIZE = 40
 N_IMAGES = 6
@@ -36,12 +35,10 @@ REL = 1e-12
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic, tiny_ckpt):
     d = tmp_path_factory.mktemp("dist")
-    root = d / "synthetic"
-    ensure_synthetic(root, n_voc_train=2, n_sbd=2, n_val=N_IMAGES, max_side=64, quiet=True)
-    ckpts = [tiny_checkpoint(d / "a.pt", "baseline", 1), tiny_checkpoint(d / "b.pt", "scribe", 2)]
-    return {"root": str(root), "ckpts": [str(c) for c in ckpts], "dir": d}
+    root = synthetic(n_val=N_IMAGES, max_side=64)
+    return {"root": root, "ckpts": [tiny_ckpt("baseline", 1), tiny_ckpt("scribe", 2)], "dir": d}
 
 
 def argv(setup, out, *extra):
@@ -214,6 +211,7 @@ def two_ranks(args, logdir, failing_rank=None, fail_at=None):
             for r, p in enumerate(procs)]
 
 
+@pytest.mark.slow
 def test_a_refusal_on_one_rank_mid_sweep_stops_every_rank_with_one_line(setup, reference, tmp_path):
     out = tmp_path / "out"
     res = two_ranks(argv(setup, out), tmp_path, failing_rank=1, fail_at=2)   # conditions 0 and 1 done, then rank 1 stops reading condition 2
@@ -228,11 +226,12 @@ def test_a_refusal_on_one_rank_mid_sweep_stops_every_rank_with_one_line(setup, r
     assert_same_results(out, reference)
 
 
-def test_a_refusal_on_rank_0_before_the_sweep_reaches_rank_1(setup, reference, tmp_path):
+@pytest.mark.slow
+def test_a_refusal_on_rank_0_before_the_sweep_reaches_rank_1(setup, reference, tmp_path, tiny_ckpt):
     # --out holds another checkpoint's results: rank 0 alone reads --out, rank 1 waits for its plan.
     out = tmp_path / "out"
     evaluate(setup, out, "--corruptions", "gaussian", "--severities", "1")
-    other = tiny_checkpoint(tmp_path / "other.pt", "baseline", 7)
+    other = tiny_ckpt("baseline", 7)
     args = argv(setup, out)
     args[1] = str(other)
     res = two_ranks(args, tmp_path)

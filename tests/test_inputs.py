@@ -4,7 +4,6 @@ import io
 import os
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -20,9 +19,8 @@ from common.constants import IGNORE_INDEX
 from common.corruptions import ALL_CORRUPTIONS, MAX_SEVERITY, corrupt_image, corruption_seed
 from common.data import (ShortSideTransform, TrainTransform, eval_sample, read_split, sbd_dataset,
                          voc_dataset)
-from common.cli import UsageError, run_cli
-from common.synthetic import ensure_synthetic
-from helpers import TINY_TRAIN, cli, run_tiny_train, tiny_checkpoint
+from common.cli import UsageError
+from helpers import TINY_TRAIN, cli, one_error_line, refused, run_script, run_tiny_train, tiny_checkpoint
 
 SPLIT = os.path.join("VOCdevkit", "VOC2012", "ImageSets", "Segmentation")
 # The smallest sources a VOC-style tree can hold, as (width, height), and one very elongated each way.
@@ -30,10 +28,11 @@ SMALL = [(1, 1), (2, 3), (7, 5), (31, 17), (3, 200), (200, 3)]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_data, tiny_ckpt):
+    """A folder for this module's trees beside ``synthetic`` (the shared tiny dataset) and ``good.pt``."""
     d = tmp_path_factory.mktemp("inputs")
-    ensure_synthetic(d / "synthetic", n_voc_train=2, n_sbd=2, n_val=3, max_side=80, quiet=True)
-    tiny_checkpoint(d / "good.pt", "ibe", 0)
+    (d / "synthetic").symlink_to(tiny_data, target_is_directory=True)
+    shutil.copy(tiny_ckpt("ibe", 0), d / "good.pt")
     return d
 
 
@@ -63,23 +62,6 @@ def voc_tree(world, name, val=None, train_split=None, images=()):
         if text is not None:
             (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_bytes(text)
     return root
-
-
-def run(module, argv, monkeypatch):
-    """The script's own guard in-process: returns its exit status (0, or 2 for a UsageError)."""
-    monkeypatch.setattr(sys, "argv", [module.__name__ + ".py", *map(str, argv)])
-    try:
-        run_cli(module.main, module.get_args_parser())
-    except SystemExit as e:
-        return e.code
-    return 0
-
-
-def one_error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 def files_under(path):
@@ -134,15 +116,15 @@ def messy(ids, dup):
     return b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\r\n"
 
 
-def test_evaluate_and_dump_on_a_messy_split_equal_a_clean_one(world, tmp_path, monkeypatch, capsys):
+def test_evaluate_and_dump_on_a_messy_split_equal_a_clean_one(world, tmp_path, capsys):
     ids = voc_ids(world, "val")
     root = voc_tree(world, "messy-val", val=messy(ids, ids[0]))
     ev = ["--checkpoints", world / "good.pt", "--data", "voc", "--size", "32", "--workers", "0",
           "--corruptions", "jpeg", "--severities", "0", "1"]
-    assert run(evaluate_corruptions, ev + ["--voc-root", world / "synthetic" / "voc", "--out", tmp_path / "a"],
-               monkeypatch) == 0
+    assert run_script(evaluate_corruptions, *ev, "--voc-root", world / "synthetic" / "voc",
+                      "--out", tmp_path / "a") == 0
     capsys.readouterr()
-    assert run(evaluate_corruptions, ev + ["--voc-root", root, "--out", tmp_path / "b"], monkeypatch) == 0
+    assert run_script(evaluate_corruptions, *ev, "--voc-root", root, "--out", tmp_path / "b") == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "val.txt" in err[0] and ids[0] in err[0], err   # the duplicate, once
     # Same images, same numbers: the rows differ only in the folders they name.
@@ -155,12 +137,12 @@ def test_evaluate_and_dump_on_a_messy_split_equal_a_clean_one(world, tmp_path, m
     # dump_voc_c.py writes exactly one label and one PNG per id.
     dump = ["--data", "voc", "--voc-root", root, "--corruptions", "jpeg", "--severities", "1", "--size", "32",
             "--out", tmp_path / "vocc"]
-    assert run(dump_voc_c, dump, monkeypatch) == 0
+    assert run_script(dump_voc_c, *dump) == 0
     assert files_under(tmp_path / "vocc" / "labels") == sorted(f"{i}.png" for i in ids)
     assert files_under(tmp_path / "vocc" / "jpeg_compression" / "1") == sorted(f"{i}.png" for i in ids)
 
 
-def test_train_on_messy_voc_and_sbd_splits(world, tmp_path, monkeypatch, capsys):
+def test_train_on_messy_voc_and_sbd_splits(world, tmp_path, capsys):
     train_ids, sbd_ids = voc_ids(world, "train"), open(world / "synthetic" / "sbd" / "train_noval.txt").read().split()
     root = voc_tree(world, "messy-train", train_split=messy(train_ids, train_ids[-1]),
                     val=messy(voc_ids(world, "val"), voc_ids(world, "val")[1]))
@@ -171,28 +153,27 @@ def test_train_on_messy_voc_and_sbd_splits(world, tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     args = TINY_TRAIN + ["--data", "voc", "--voc-root", root, "--sbd-root", sbd, "--pretrained-backbone", "none",
                          "--model", "ibe", "--epochs", "1", "--batch-size", "2", "--out", tmp_path / "runs"]
-    assert run(train, args, monkeypatch) == 0
+    assert run_script(train, *args) == 0
     out = capsys.readouterr()
     assert f"train {len(train_ids) + len(sbd_ids)} images" in out.out and f"val {len(voc_ids(world, 'val'))}" in out.out
     warnings = [line for line in out.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 3 and all("duplicate" in w for w in warnings), warnings   # train, train_noval, val
 
 
-def test_empty_split_and_path_in_split_through_the_command_lines(world, tmp_path, monkeypatch, capsys):
+def test_empty_split_and_path_in_split_through_the_command_lines(world, tmp_path, capsys):
     empty = voc_tree(world, "empty-val", val=b"\r\n\r\n")
-    assert run(dump_voc_c, ["--data", "voc", "--voc-root", empty, "--corruptions", "jpeg", "--severities", "1",
-                            "--size", "32", "--out", tmp_path / "vocc"], monkeypatch) == 2
-    line = one_error_line(capsys)
+    assert run_script(dump_voc_c, "--data", "voc", "--voc-root", empty, "--corruptions", "jpeg", "--severities", "1",
+                      "--size", "32", "--out", tmp_path / "vocc") == 2
+    line = one_error_line(capsys, warnings=True)
     assert "val.txt" in line and "no image ids" in line and not (tmp_path / "vocc").exists()
     # An id that climbs out of the folder: refused before anything is written, anywhere.
     ids = voc_ids(world, "val")
     evil = voc_tree(world, "evil-val", val="\n".join([ids[0], "../../../escaped_image"]).encode())
     before = files_under(world)
-    assert run(evaluate_corruptions, ["--checkpoints", world / "good.pt", "--data", "voc", "--voc-root", evil,
-                                      "--size", "32", "--workers", "0", "--corruptions", "jpeg", "--severities", "1",
-                                      "--save-predictions", tmp_path / "pred", "--out", tmp_path / "out"],
-               monkeypatch) == 2
-    line = one_error_line(capsys)
+    assert run_script(evaluate_corruptions, "--checkpoints", world / "good.pt", "--data", "voc", "--voc-root", evil,
+                      "--size", "32", "--workers", "0", "--corruptions", "jpeg", "--severities", "1",
+                      "--save-predictions", tmp_path / "pred", "--out", tmp_path / "out") == 2
+    line = one_error_line(capsys, warnings=True)
     assert "val.txt, line 2" in line and "escaped_image" in line
     assert files_under(world) == before and files_under(tmp_path) == []
 
@@ -276,24 +257,24 @@ def test_eval_sample_at_every_size_under_each_protocol(small_tree):
                 eval_sample(ds, index, "native")
 
 
-def test_native_protocol_refuses_a_small_image_before_writing(small_tree, tmp_path, monkeypatch, capsys):
-    ev = ["--checkpoints", tiny_checkpoint(tmp_path / "m.pt", "baseline"), "--data", "voc", "--voc-root",
+def test_native_protocol_refuses_a_small_image_before_writing(small_tree, tmp_path, capsys, tiny_ckpt):
+    ev = ["--checkpoints", shutil.copy(tiny_ckpt("baseline", 0), tmp_path / "m.pt"), "--data", "voc", "--voc-root",
           small_tree, "--workers", "0", "--severities", "0", "5", "--corruptions", "all", "held_out"]
-    assert run(evaluate_corruptions, ev + ["--protocol", "native", "--save-predictions", tmp_path / "pred",
-                                           "--out", tmp_path / "native"], monkeypatch) == 2
-    line = one_error_line(capsys)
+    assert run_script(evaluate_corruptions, *ev, "--protocol", "native", "--save-predictions", tmp_path / "pred",
+                      "--out", tmp_path / "native") == 2
+    line = one_error_line(capsys, warnings=True)
     assert "small_1x1.jpg is 1x1" in line and "at least 32x32" in line and "--protocol paper or shortside" in line
     assert [f for f in files_under(tmp_path) if f != "m.pt" and not f.endswith(".lock")] == []
-    assert run(dump_voc_c, ["--data", "voc", "--voc-root", small_tree, "--protocol", "native", "--corruptions",
-                            "jpeg", "--severities", "1", "--out", tmp_path / "vocc"], monkeypatch) == 2
-    assert "small_1x1.jpg is 1x1" in one_error_line(capsys) and not (tmp_path / "vocc").exists()
+    assert run_script(dump_voc_c, "--data", "voc", "--voc-root", small_tree, "--protocol", "native", "--corruptions",
+                      "jpeg", "--severities", "1", "--out", tmp_path / "vocc") == 2
+    assert "small_1x1.jpg is 1x1" in one_error_line(capsys, warnings=True) and not (tmp_path / "vocc").exists()
     # The other protocols take every image: all 19 corruptions at severity 5 on the 32x32 inputs of "paper"; on
     # the up to 32x2133 ones of "shortside" one or two of each group (every one of them: the test above).
     for protocol, corruptions in (("paper", ALL_CORRUPTIONS),
                                   ("shortside", ["impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
                                                  "elastic_transform", "pixelate", "spatter"])):
         args = ev[:-2] + list(corruptions) + ["--protocol", protocol, "--size", "32", "--out", tmp_path / protocol]
-        assert run(evaluate_corruptions, args, monkeypatch) == 0, capsys.readouterr().err[-2000:]
+        assert run_script(evaluate_corruptions, *args) == 0, capsys.readouterr().err[-2000:]
         rows = evaluate_corruptions.read_metrics(tmp_path / protocol / "metrics.jsonl")
         assert len(rows) == 1 + len(corruptions) and {r["images"] for r in rows} == {len(SMALL) + 5}
         assert all(0 <= r["miou"] <= 1 for r in rows)
@@ -334,26 +315,24 @@ def test_training_crops_of_the_smallest_images(w, h):
         assert tuple(y.shape) == ((int(h * crop / w), crop) if w <= h else (crop, int(w * crop / h)))
 
 
-def test_train_with_the_smallest_images_in_both_splits(small_tree, tmp_path, monkeypatch, capsys):
+def test_train_with_the_smallest_images_in_both_splits(small_tree, tmp_path, capsys):
     args = TINY_TRAIN + ["--data", "voc", "--voc-root", small_tree, "--sbd-root", tmp_path / "sbd",
                          "--pretrained-backbone", "none", "--model", "scribe", "--epochs", "1", "--crop-size", "32",
                          "--out", tmp_path / "runs"]
     shutil.copytree(small_tree.parent / "synthetic" / "sbd", tmp_path / "sbd")
-    assert run(train, args, monkeypatch) == 0, capsys.readouterr().err[-2000:]
+    assert run_script(train, *args) == 0, capsys.readouterr().err[-2000:]
     assert (tmp_path / "runs" / "scribe" / "checkpoint.pt").exists()
 
 
 # ------------------------------------------------------------------------------------- names that become paths
 
-def test_checkpoint_name_that_climbs_out_writes_nothing_anywhere(world, tmp_path):
+def test_checkpoint_name_that_climbs_out_writes_nothing_anywhere(world, tmp_path, capsys):
     evil = tiny_checkpoint(tmp_path / "evil.pt", "ibe", 0, name="../../escaped_model")
     before = files_under(tmp_path.parent)
-    r = cli("evaluate_corruptions.py", "--checkpoints", evil, "--data", "synthetic", "--synthetic-root",
-            str(world / "synthetic"), "--size", "32", "--workers", "0", "--corruptions", "jpeg", "--severities", "0",
-            "1", "--out", str(tmp_path / "a" / "b" / "out"))
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-1500:]
-    assert f"checkpoint {evil}" in lines[0] and "'../../escaped_model'" in lines[0]
+    line = refused(capsys, evaluate_corruptions, "--checkpoints", evil, "--data", "synthetic", "--synthetic-root",
+                   world / "synthetic", "--size", "32", "--workers", "0", "--corruptions", "jpeg", "--severities",
+                   "0", "1", "--out", tmp_path / "a" / "b" / "out")
+    assert f"checkpoint {evil}" in line and "'../../escaped_model'" in line
     assert files_under(tmp_path.parent) == before
 
 
@@ -420,7 +399,7 @@ CASES = ["truncated", "zero bytes", "text file", "numpy file", "bare state dict"
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_damaged_checkpoint_is_one_line_through_evaluate_and_make_video(world, tmp_path, case, monkeypatch, capsys):
+def test_damaged_checkpoint_is_one_line_through_evaluate_and_make_video(world, tmp_path, case, capsys):
     data, needle = damaged(world / "good.pt", case)   # as train.py writes it, less the optimizer state
     bad = tmp_path / "bad.pt"
     bad.write_bytes(data)
@@ -431,8 +410,8 @@ def test_damaged_checkpoint_is_one_line_through_evaluate_and_make_video(world, t
     vid = ["--synthetic", "--frames", "2", "--size", "32", "--device", "cpu", "--baseline", bad,
            "--robust", world / "good.pt", "--out", tmp_path / "demo.mp4"]
     for module, argv in ((evaluate_corruptions, ev), (make_video, vid)):
-        assert run(module, argv, monkeypatch) == 2
-        line = one_error_line(capsys)
+        assert run_script(module, *argv) == 2
+        line = one_error_line(capsys, warnings=True)
         assert f"checkpoint {bad}" in line and needle in line, line
         if case != "stored name climbs out":
             assert "train.py" in line, line   # what to do: the command that rewrites it
@@ -446,7 +425,7 @@ RESUME_CASES = {"truncated": "truncated", "zero bytes": "empty", "text file": "u
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)
-def test_damaged_checkpoint_is_one_line_through_train_resume(world, trained, tmp_path, case, monkeypatch, capsys):
+def test_damaged_checkpoint_is_one_line_through_train_resume(world, trained, tmp_path, case, capsys):
     ck = torch.load(trained, map_location="cpu", weights_only=True)
     first = next(iter(ck["model"]))
     variants = {
@@ -464,15 +443,15 @@ def test_damaged_checkpoint_is_one_line_through_train_resume(world, trained, tmp
     data = path.read_bytes()
     args = TINY_TRAIN + ["--synthetic-root", world / "synthetic", "--model", "ibe", "--epochs", "1", "--resume",
                          "--out", tmp_path / "runs"]
-    assert run(train, args, monkeypatch) == 2
-    line = one_error_line(capsys)
+    assert run_script(train, *args) == 2
+    line = one_error_line(capsys, warnings=True)
     assert str(path) in line and RESUME_CASES[case] in line, line
     assert path.read_bytes() == data and files_under(tmp_path / "runs") == ["ibe/checkpoint.pt"]
 
 
 def test_a_damaged_checkpoint_through_the_real_command_line(world, trained, tmp_path):
-    # Exit status and the absence of a traceback as a user's shell sees them (evaluate_corruptions.py's are
-    # checked by the climbing-name case above).
+    # Exit status and the absence of a traceback as a user's shell sees them (evaluate_corruptions.py's: in
+    # test_bad_inputs.py).
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(damaged(trained, "truncated")[0])
     r = cli("make_video.py", "--synthetic", "--frames", "2", "--size", "32", "--baseline", str(bad),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.checkpoint import read_checkpoint
-from helpers import ROOT, cli, tiny_checkpoint, tiny_synthetic
+from helpers import ROOT, cli
 
 TRAIN = ["train.py", "--model", "scribe", "--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8",
          "--crop-size", "32", "--batch-size", "2", "--epochs", "4", "--workers", "0", "--print-freq", "1"]
@@ -20,8 +20,8 @@ DUMP = ["dump_voc_c.py", "--data", "synthetic", "--corruptions", "gaussian", "mo
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_synthetic(tmp_path_factory, n_voc_train=3, n_sbd=3, n_val=4, max_side=80)
+def data(synthetic):
+    return synthetic(n_voc_train=3, n_sbd=3, n_val=4)
 
 
 def digest_tree(root, skip=(".lock",)):
@@ -80,6 +80,7 @@ def kill_when(cmd, ready, timeout=300):
     return below
 
 
+@pytest.mark.slow
 def test_train_killed_at_several_points_resumes_to_identical_weights(data, tmp_path):
     straight = cli(*TRAIN, "--synthetic-root", data, "--out", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr
@@ -112,6 +113,7 @@ def test_train_killed_at_several_points_resumes_to_identical_weights(data, tmp_p
     assert not [f for f in os.listdir(out / "scribe") if ".tmp-" in f]
 
 
+@pytest.mark.slow
 def test_dump_killed_at_several_points_ends_valid_and_verified(data, tmp_path):
     full = tmp_path / "full"
     assert cli(*DUMP, "--synthetic-root", data, "--out", str(full)).returncode == 0
@@ -140,13 +142,14 @@ def test_dump_killed_at_several_points_ends_valid_and_verified(data, tmp_path):
     assert r.returncode == 0 and "36 of 36" in r.stdout, r.stdout + r.stderr
 
 
-def test_same_arguments_give_identical_bytes(data, tmp_path):
+@pytest.mark.slow
+def test_same_arguments_give_identical_bytes(data, tmp_path, tiny_ckpt):
     # Dump: two runs, identical bytes (manifest included, apart from nothing: same commit, same versions).
     for name in ("d1", "d2"):
         assert cli(*DUMP, "--synthetic-root", data, "--out", str(tmp_path / name)).returncode == 0
     assert digest_tree(tmp_path / "d1") == digest_tree(tmp_path / "d2")
     # Evaluation: identical metrics.jsonl apart from the timing column, identical NPZ files.
-    ck = tiny_checkpoint(tmp_path / "m.pt", "ibe", 3)
+    ck = tiny_ckpt("ibe", 3)
     ev = ["evaluate_corruptions.py", "--checkpoints", ck, "--data", "synthetic", "--synthetic-root", data,
           "--size", "32", "--workers", "1", "--corruptions", "shot", "zoom", "--severities", "0", "2"]
     for name in ("e1", "e2"):
@@ -162,6 +165,7 @@ def test_same_arguments_give_identical_bytes(data, tmp_path):
     # Training on CPU: identical weights (the resume test above covers training's determinism too).
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(data, tmp_path):
     out = tmp_path / "vocc"
     p = subprocess.Popen([sys.executable, *DUMP, "--synthetic-root", data, "--out", str(out), "--workers", "1"],

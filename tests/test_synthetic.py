@@ -18,9 +18,9 @@ from torchvision.datasets import SBDataset, VOCSegmentation
 from common import synthetic
 from common.constants import voc_palette
 from common.cli import UsageError
+from helpers import ROOT
 
 SMALL = dict(n_voc_train=12, n_sbd=12, n_val=8, min_side=64, max_side=128, seed=3)
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -266,11 +266,12 @@ def test_leftover_temp_dirs_do_not_break_next_call(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["d", "d.tmp-456-new"]
 
 
+@pytest.mark.slow
 def test_two_processes_at_once_and_cli(tmp_path):
     root = tmp_path / "d"
     cmd = [sys.executable, "-m", "common.synthetic", "--root", str(root), "--n-voc-train", "10",
            "--n-sbd", "10", "--n-val", "5", "--quiet"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT_DIR, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -279,10 +280,10 @@ def test_two_processes_at_once_and_cli(tmp_path):
     ref = tmp_path / "ref"
     synthetic.ensure_synthetic(ref, n_voc_train=10, n_sbd=10, n_val=5, quiet=True)
     assert _tree_digest(root) == _tree_digest(ref)
-    out = subprocess.run([sys.executable, "-m", "common.synthetic", "--help"], cwd=ROOT_DIR,
+    out = subprocess.run([sys.executable, "-m", "common.synthetic", "--help"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--root", "--n-voc-train", "--n-sbd", "--n-val", "--min-side", "--max-side", "--seed", "--quiet"):
         assert flag in out
-    bad = subprocess.run(cmd[:4] + [str(tmp_path / "e"), "--min-side", "8"], cwd=ROOT_DIR,
+    bad = subprocess.run(cmd[:4] + [str(tmp_path / "e"), "--min-side", "8"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
