@@ -189,9 +189,9 @@ def test_malformed_last_metrics_line_for_analysis(world, tmp_path, capsys):
 
 
 def test_a_fifo_or_device_as_checkpoint_is_refused_without_hanging(world):
-    # evaluate_corruptions.py hashes the checkpoints on a thread while the models load. A FIFO without a writer,
-    # or /dev/zero, would block that thread and the exit with it: they must be refused like a missing file,
-    # at once, also after a good checkpoint whose hash is under way.
+    # evaluate_corruptions.py hashes each checkpoint after loading it. A FIFO without a writer, or /dev/zero,
+    # would block the load or the hash forever: they must be refused like a missing file, at once, also after a
+    # good checkpoint.
     fifo = world / "fifo.pt"
     if not fifo.exists():
         os.mkfifo(fifo)
