@@ -35,21 +35,21 @@ from the float64 result); a DeepLabV3+ R50 forward on the 224 batch takes 0.52-0
 ~5% (bench.py, BENCHMARKS.md).
 Tried and dropped: numpy's OpenBLAS runs these long, thin gemms ~1.4x faster, but its threads spin after
 each call and, alternating with torch's OpenMP threads inside the sweep, made the whole sweep 2x slower;
-whole-batch buffers instead of chunks (1.15x slower at 224 px); index_add_ of per-pixel outer products
-(~13x slower); every class's block padded with zero rows to whole 128-row tiles and all tiles in one
-batched matmul (5% faster with all 21 classes predicted, 10% slower with 3, the usual case).
+whole-batch matrices instead of chunks (2x slower at 224 px: 62 against 30 ms, 35k page faults a call);
+index_add_ of per-pixel outer products (~13x slower); every class's block padded with zero rows to whole
+128-row tiles and all tiles in one batched matmul (5% faster with all 21 classes predicted, 10% slower with
+3, the usual case); the two work matrices kept per thread and reused between calls (29.6 against 31.7 ms at
+8x21x224x224, side by side: glibc's malloc serves chunks of this size from its heap once one was freed).
 """
-import threading
-
 import numpy as np
 import torch
 
 from common.constants import NUM_CLASSES
 
-# Pixels per chunk in ``update`` on the CPU, where the two (pixels x 22) float64 work matrices are kept
-# and reused between calls (``_buffers``). Measured, 2 threads, 16x21x96x96 / 8x21x224x224: 2**14 18.8 /
-# 44.6 ms, 2**15 16.4 / 35.9, 2**16 11.8 / 30.6, 2**17 12.4 / 31.2, whole batch 11.9 / 35.1 ms (fresh
-# buffers per chunk instead: 13-21 / 28-37 ms). A chunk holds whole images when they are smaller.
+# Pixels per chunk in ``update`` on the CPU: the two (pixels x 22) float64 work matrices stay a few MB.
+# Measured (2 threads, work matrices then reused between calls), 16x21x96x96 / 8x21x224x224: 2**14 18.8 /
+# 44.6 ms, 2**15 16.4 / 35.9, 2**16 11.8 / 30.6, 2**17 12.4 / 31.2, whole batch 11.9 / 35.1 ms.
+# A chunk holds whole images when they are smaller.
 _CHUNK_PIXELS = 2 ** 16
 # On a GPU, small chunks only add kernel launches and host syncs (counts.tolist()); memory is ample.
 _CHUNK_PIXELS_GPU = 2 ** 22
@@ -289,25 +289,7 @@ def _chunks(batch: int, pixels: int, chunk: int):
             yield b0, min(b0 + step, batch), 0, pixels
 
 
-_CPU_BUFFERS = threading.local()
 _GRAM_TILE = 2048   # rows per tile in ``_gram`` (1024-4096 measured alike)
-
-
-def _buffers(rows: int, cols: int, device):
-    """Two (rows, cols) float64 work matrices. On the CPU they are kept per thread and reused, because
-    fresh buffers of several MB are fresh mmaps that page-fault on every call (~20% of ``update``); a
-    GPU's caching allocator recycles its memory by itself."""
-    if device.type != "cpu":
-        return (torch.empty((rows, cols), dtype=torch.float64, device=device),
-                torch.empty((rows, cols), dtype=torch.float64, device=device))
-    kept = getattr(_CPU_BUFFERS, "pair", None)
-    if kept is None or kept[0].shape[0] < rows or kept[0].shape[1] != cols:
-        # Normal tensors even when the first call comes under torch.inference_mode (the sweep): an
-        # inference tensor could not be written to by a later call outside it.
-        with torch.inference_mode(False):
-            kept = _CPU_BUFFERS.pair = (torch.empty((rows, cols), dtype=torch.float64),
-                                        torch.empty((rows, cols), dtype=torch.float64))
-    return kept[0][:rows], kept[1][:rows]
 
 
 def _gram(block: torch.Tensor, tile: int = _GRAM_TILE) -> torch.Tensor:
@@ -315,6 +297,7 @@ def _gram(block: torch.Tensor, tile: int = _GRAM_TILE) -> torch.Tensor:
 
     One batched matmul over row tiles plus a sum ran 2.8x faster than one (C, N) @ (N, C) matmul for
     147k x 22 here (3.5 against 9.9 ms, MKL on this AMD CPU); the rows left over go through one matmul.
+    In ``update`` on 8x21x224x224 logits: 29.6 against 39.8 ms with one matmul per block.
     """
     n = block.shape[0]
     full = n - n % tile
@@ -332,7 +315,9 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
     On the CPU, argmax and max(1).indices reduce NCHW along a strided axis slowly (4.4-13 ms for
     16x21x96x96); amax is vectorised there. So: top = amax over channels; each channel c equal to it gets the
     weight K - c (uint8), and K minus the largest weight is the first such channel. 1.25 ms for 16x21x96x96
-    (a masked fill per channel, from the last to the first, took 2.7 ms). On a GPU argmax is already fast.
+    (a masked fill per channel, from the last to the first, took 2.7 ms); 4.3 against argmax's 37 ms for
+    8x21x224x224, which keeps bench.py's logits_vs_forward under its 0.10 (0.049; 0.105 with argmax).
+    On a GPU argmax is already fast.
     """
     if x.dim() < 2 or x.device.type != "cpu" or x.shape[1] > 255 or not x.is_floating_point():
         return x.argmax(1)
@@ -361,14 +346,14 @@ def _class_moments(x: torch.Tensor, pred, chunk=None):
     pv = pred.reshape(b, h * w)
     m = torch.zeros((k, k + 1, k + 1), dtype=torch.float64, device=device)
     for b0, b1, p0, p1 in _chunks(b, h * w, chunk):
-        xp, blocks = _buffers((b1 - b0) * (p1 - p0), k + 1, device)
+        xp = torch.empty(((b1 - b0) * (p1 - p0), k + 1), dtype=torch.float64, device=device)
         # Transpose and widen in one pass (float64 holds float32 exactly); the last column is 1.
         xp.view(b1 - b0, p1 - p0, k + 1)[..., :k].copy_(xv[b0:b1, p0:p1])
         xp[:, k] = 1.0
         p = pv[b0:b1, p0:p1].reshape(-1)
         counts = torch.bincount(p, minlength=k)
         # Stable: each block keeps its pixels' original order, so sums do not depend on the sort.
-        torch.index_select(xp, 0, torch.argsort(p, stable=True), out=blocks)
+        blocks = xp[torch.argsort(p, stable=True)]
         for n, blk in enumerate(torch.split(blocks, counts.tolist())):
             if blk.shape[0]:
                 m[n] += _gram(blk)
