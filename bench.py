@@ -40,10 +40,10 @@ from common.checkpoint import load_model, save_random_checkpoint
 from common.cli import UsageError, run_cli
 from common.constants import colorize
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
-from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
+from common.data import build_datasets, eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.logits import LogitTracker, channel_argmax
-from common.models import BACKBONES, build_model, default_output_stride, predict
+from common.models import BACKBONES, build_model, default_output_stride, predict, segmentation_loss
 from common.outputs import git_commit
 from common.synthetic import ensure_synthetic
 
@@ -56,13 +56,15 @@ COMMON = dict(backbone="resnet50", head_channels=256, severities=[0, 1, 3, 5], s
 MODES = {"quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
                        train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
                        train_steps=3, infer_steps=2, infer_batch=4, infer_size=96, corrupt_images=1,
-                       deterministic_pairs=1, sweep_amp="none"),
+                       deterministic_pairs=1, sweep_amp="none", gradient_batch=8,
+                       gradient_batches=4),
          # train_batch None: each recipe's own (notebook 30, paper 20). The sweeps corrupt on one core (--workers
          # 0), which bounds them on a GPU: 32 images and one round keep each to a few minutes.
          "gpu": dict(COMMON, device="cuda", images=32, size=224, batch_size=32, repeats=5, logit_repeats=10,
                      sweep_repeats=1, train_images=64, frames=130, video_size=224, video_batch=16, train_crop=224,
                      train_batch=None, train_steps=40, infer_steps=20, infer_batch=32, infer_size=224,
-                     corrupt_images=4, deterministic_pairs=2, sweep_amp="bf16")}
+                     corrupt_images=4, deterministic_pairs=2, sweep_amp="bf16", gradient_batch=16,
+                     gradient_batches=4)}
 # --tiny (hidden, for tests): every group at a size that runs in seconds. Its numbers mean nothing.
 TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=2, corruptions=["gaussian_noise"],
             severities=[0, 1], sweep_repeats=1, repeats=1, logit_repeats=1, logit_batch=1, logit_size=32,
@@ -70,7 +72,7 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             infer_steps=1, infer_batch=2, infer_size=32, corrupt_images=1, corrupt_size=32,
             corrupt_corruptions=["contrast"], dump_corruptions=["zoom_blur"], dump_size=32, dump_severities=[1],
             dump_images=[1, 2], dump_repeats=1, deterministic_pairs=1, min_val=4, synthetic_min_side=32,
-            synthetic_max_side=48, train_workers=0)
+            synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("baseline", "ibe", "scribe")   # the sweep's three checkpoints (the paper's three models)
 RECIPE_OF, SHORT = {"deeplabv3": "notebook", "deeplabv3plus": "paper"}, {"deeplabv3": "v3", "deeplabv3plus": "v3plus"}
@@ -232,6 +234,17 @@ def notebook_moments(logits):
     return count, sums, sq
 
 
+def logit_gradients(logits, target):
+    """Norms of d loss / d logits for cross-entropy (ignore 255) and the notebook's SCrIBE BCE (255 ->
+    background, mean over every element), on the same logits."""
+    norms = []
+    for kind in ("ibe", "scribe"):
+        z = logits.detach().clone().requires_grad_(True)
+        segmentation_loss(kind, z, target, ignore_as_background=True).backward()
+        norms.append(float(z.grad.norm()))
+    return tuple(norms)
+
+
 def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
     """make_video's 960x540 2x2 frame drawn the notebook way: a matplotlib figure per frame, rasterised by Agg."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -272,7 +285,8 @@ def run_sweep(cfg, ckpts, out, log):
 def bench_sweep(ctx, arch):
     """sweep_efficiency, shared_calls and shared_time of the three checkpoints of ``arch``."""
     cfg, ckpts, short, dev = ctx["cfg"], ctx["checkpoints"](arch), SHORT[arch], ctx["cfg"]["device"]
-    scratch, log, device, bs = os.path.join(ctx["scratch"], f"sweep-{short}"), ctx["log"], torch.device(dev), cfg["batch_size"]
+    scratch, log, device = os.path.join(ctx["scratch"], f"sweep-{short}"), ctx["log"], torch.device(dev)
+    bs = cfg["batch_size"]
     conds = conditions_of(cfg)
     corrupted, k = conds[conds[0][1] == 0:], len(conds)
     n = min(cfg["images"], len(voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")))
@@ -312,7 +326,8 @@ def bench_sweep(ctx, arch):
             f"shared_calls_{short}": result(calls3 / max(calls1, 1), 1.0, "==", {}, calls_1_model=calls1,
                                             calls_3_models=calls3, calls_expected=n * len(corrupted)),
             f"shared_time_{short}": result(sh["shared"], 1.1, "<=", {key: sh[key] for key in (
-                "sweep_1_model", "sweep_3_models", "extra_models_forward")}, rounds=[round(rd["shared"], 4) for rd in rounds])}
+                "sweep_1_model", "sweep_3_models", "extra_models_forward")},
+                rounds=[round(rd["shared"], 4) for rd in rounds])}
 
 
 def run_dump(argv, images, log):
@@ -488,7 +503,8 @@ def train_rate(ctx, arch, amp, deterministic=False):
     argv = ["--model", "baseline", "--recipe", RECIPE_OF[arch], "--backbone", cfg["backbone"], "--head-channels",
             str(cfg["head_channels"]), "--amp", amp, "--crop-size", str(cfg["train_crop"]), "--batch-size", str(batch),
             "--epochs", "2", "--val-every", "2", "--print-freq", "1000000", "--data", "synthetic",
-            "--synthetic-root", ctx["train_data"](), "--device", dev, "--out", out] + ["--deterministic"] * deterministic
+            "--synthetic-root", ctx["train_data"](), "--device", dev, "--out", out]
+    argv += ["--deterministic"] * deterministic
     peak_memory(dev, reset=True)
     shutil.rmtree(out, ignore_errors=True)   # the last run's checkpoints (100-300 MB each): a fresh run each time
     run_main(train_script, argv + ["--workers", str(cfg["train_workers"])] * (cfg["train_workers"] is not None),
@@ -568,7 +584,37 @@ def bench_deterministic(ctx):
         torch.use_deterministic_algorithms(old[2], warn_only=old[3])
     return {f"deterministic_cost_{SHORT[HEADLINE_ARCH]}": result(
         sorted(d / f for f, d in pairs)[len(pairs) // 2], None, "info", {}, amp=amp,
-        pairs_images_per_s=[[round(f, 1), round(d, 1)] for f, d in pairs], nondeterministic_kernels_warned=sorted(warned))}
+        pairs_images_per_s=[[round(f, 1), round(d, 1)] for f, d in pairs],
+        nondeterministic_kernels_warned=sorted(warned))}
+
+
+def bench_loss_gradients(ctx):
+    """Cross-entropy's gradient over SCrIBE's BCE, on one IBE model (the notebook's placement) and the same
+    synthetic training crops, at initialisation: with respect to the logits and to all parameters."""
+    cfg, dev, syn = ctx["cfg"], ctx["cfg"]["device"], ctx["cfg"]["synthetic_root"]
+    train_set = build_datasets(os.path.join(syn, "voc"), os.path.join(syn, "sbd"), cfg["train_crop"])[0]
+    # Random crops drawn with replacement: the bench's synthetic set holds only 8 training images.
+    sampler = torch.utils.data.RandomSampler(train_set, replacement=True, generator=torch.Generator().manual_seed(0),
+                                             num_samples=cfg["gradient_batch"] * cfg["gradient_batches"])
+    res = {}
+    for arch in ("deeplabv3", "deeplabv3plus"):
+        torch.manual_seed(0)
+        model = build_model("ibe", **dict(model_kw(cfg, arch), ibe_placement="logits")).to(dev).train()
+        ratios = {"logits": [], "params": []}
+        for x, y in torch.utils.data.DataLoader(train_set, batch_size=cfg["gradient_batch"], sampler=sampler):
+            x, y, grads = x.to(dev), y.to(dev), []
+            for kind in ("ibe", "scribe"):
+                model.zero_grad(set_to_none=True)
+                segmentation_loss(kind, model(x), y, ignore_as_background=True).backward()
+                grads.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()
+                                                  if p.grad is not None))))
+            with torch.no_grad():
+                ce, bce = logit_gradients(model(x), y)
+            ratios["logits"].append(ce / bce)
+            ratios["params"].append(grads[0] / grads[1])
+        res.update({f"ce_over_bce_gradient_{on}_{SHORT[arch]}": result(
+            float(np.median(r)), None, "info", {}, per_batch=[round(v, 2) for v in r]) for on, r in ratios.items()})
+    return res
 
 
 def bench_corrupt(ctx):
@@ -616,11 +662,14 @@ GROUPS = {"train_v3": (lambda ctx: bench_train_model(ctx, "deeplabv3"), False, 1
           "deterministic": (lambda ctx: bench_deterministic(ctx), False, 200, 90),
           "logits": (lambda ctx: bench_logits(ctx), False, 15, 15),
           "calibration": (lambda ctx: bench_calibration(ctx), False, 15, 15),
-          "corrupt": (lambda ctx: bench_corrupt(ctx), True, 40, 30), "study": (lambda ctx: bench_study(ctx), False, 1, 1),
+          "corrupt": (lambda ctx: bench_corrupt(ctx), True, 40, 30),
+          "study": (lambda ctx: bench_study(ctx), False, 1, 1),
           "sweep_v3": (lambda ctx: bench_sweep(ctx, "deeplabv3"), True, 420, 200),
           "sweep_v3plus": (lambda ctx: bench_sweep(ctx, "deeplabv3plus"), True, 240, 200),
-          "dump": (lambda ctx: bench_dump(ctx), True, 200, 90), "train": (lambda ctx: bench_train_input(ctx), True, 10, 10),
-          "video": (lambda ctx: bench_video(ctx), True, 60, 60)}
+          "dump": (lambda ctx: bench_dump(ctx), True, 200, 90),
+          "train": (lambda ctx: bench_train_input(ctx), True, 10, 10),
+          "video": (lambda ctx: bench_video(ctx), True, 60, 60),
+          "gradients": (lambda ctx: bench_loss_gradients(ctx), True, 120, 20)}
 # "model": every group that needs the model on the device and nothing beyond torch, torchvision, numpy, Pillow.
 ALIASES = {"model": ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "study"),
            "sweep": ("sweep_v3", "sweep_v3plus")}
@@ -683,7 +732,7 @@ def make_context(args, mode, cfg):
                              quiet=True, **counts)
         return ctx["cache"][key]
 
-    # The bench's val set; train.py's training set: train_steps
+    # The bench's val set (and 8 training images, for the gradients); train.py's training set: train_steps
     # batches of the larger recipe batch, half VOC train, half SBD.
     n = cfg["train_steps"] * (cfg["train_batch"] or max(r["batch_size"] for r in train_script.RECIPES.values()))
     ctx["synthetic"] = lambda: once("val", "synthetic", n_voc_train=4, n_sbd=4, n_val=max(cfg["min_val"],
@@ -711,7 +760,8 @@ def main(args):
     only = ([g for g in GROUPS if g in {x for name in args.only for x in ALIASES.get(name, (name,))}] if args.only
             else list(GROUPS if mode == "gpu" else QUICK_GROUPS))
     print(f"bench.py --{mode}{' --tiny' if args.tiny else ''}: {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), {ctx['device_name']}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+          f"({torch.get_num_threads()} threads), {ctx['device_name']}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
           f"; git commit {git_commit()}\nconfig: {json.dumps({k: v for k, v in cfg.items() if k != 'synthetic_root'})}")
     print(f"groups: {' '.join(only)}" + ("" if args.minutes is None else f"; budget {args.minutes:g} min"), flush=True)
     warn_if_busy()

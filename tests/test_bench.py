@@ -101,3 +101,21 @@ def test_study_headline_is_the_notebook_model_by_hand(monkeypatch):
     ctx["train_ips"].pop("deeplabv3")
     with pytest.raises(bench.Skip):
         bench.bench_study(ctx)
+
+
+def test_logit_gradients_against_the_losses_derivatives_by_hand():
+    # d CE / d z = (softmax(z) - onehot) / (pixels not 255); d BCE / d z = (sigmoid(z) - onehot') / (B*21*H*W),
+    # with 255 -> background in the one-hot of the BCE (the notebook's SCrIBE loss).
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, (2, 21, 5, 4))
+    y = rng.integers(0, 21, (2, 5, 4))
+    y[0, :2] = 255
+    ce_norm, bce_norm = bench.logit_gradients(torch.from_numpy(z).float(), torch.from_numpy(y))
+    valid = y != 255
+    onehot = np.eye(21)[np.where(valid, y, 0)].transpose(0, 3, 1, 2)
+    soft = np.exp(z - z.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    g_ce = (soft - onehot) * valid[:, None] / valid.sum()
+    g_bce = (1 / (1 + np.exp(-z)) - onehot) / z.size
+    assert ce_norm == pytest.approx(np.linalg.norm(g_ce), rel=1e-5)
+    assert bce_norm == pytest.approx(np.linalg.norm(g_bce), rel=1e-5)

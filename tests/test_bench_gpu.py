@@ -47,7 +47,8 @@ KEYS = {"train_v3": {"train_bf16_speedup_v3", "train_images_per_s_v3", "mfu_fp32
         "sweep_v3": {"sweep_efficiency_v3", "shared_calls_v3", "shared_time_v3"},
         "sweep_v3plus": {"sweep_efficiency_v3plus", "shared_calls_v3plus", "shared_time_v3plus"},
         "dump": {"dump_scaling", "dump_overhead"}, "train": {"train_vs_decode", "train_16_workers"},
-        "video": {"video_render", "video_end_to_end"}}
+        "video": {"video_render", "video_end_to_end"},
+        "gradients": {f"ce_over_bce_gradient_{on}_{a}" for on in ("logits", "params") for a in ("v3", "v3plus")}}
 ROW = {"measured", "target", "rule", "ok", "seconds"}
 
 
