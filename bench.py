@@ -609,7 +609,8 @@ def bench_loss_gradients(ctx):
                 grads.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()
                                                   if p.grad is not None))))
             with torch.no_grad():
-                ce, bce = logit_gradients(model(x), y)
+                logits = model(x)
+            ce, bce = logit_gradients(logits, y)
             ratios["logits"].append(ce / bce)
             ratios["params"].append(grads[0] / grads[1])
         res.update({f"ce_over_bce_gradient_{on}_{SHORT[arch]}": result(
