@@ -25,17 +25,31 @@ def run_bench(tmp_path, *argv):
 
 
 def stub_fresh_processes(monkeypatch):
-    """The dump group times dump_voc_c in fresh processes (five interpreter starts, a minute here; the dump
-    itself is tested in test_dump_voc_c.py). Stand-ins with the same output shapes keep its arithmetic running:
-    [rc, seconds, warm-up, seconds inside corrupt_image] from a dump, [seconds per image, per corruption] from
-    corrupt_image alone."""
-    def fake_run_script(code, argv, log):
-        if code is bench.DUMP_MAIN:
-            n = int(argv[argv.index("--limit") + 1])
-            workers = int(argv[argv.index("--workers") + 1])
-            return [0, 1.0 + n * 0.2 / workers, 0.5, n * 0.18 if workers == 1 else 0.0]
-        return [0.18, {c: 0.18 for c in argv[5].split(",")}]
-    monkeypatch.setattr(bench, "run_script", fake_run_script)
+    """The dump group runs dump_voc_c.py in fresh processes and times corrupt_image alone in another (five
+    interpreter starts, a minute here; the dump itself is tested in test_dump_voc_c.py, the real processes by
+    `python bench.py --tiny`). Stand-ins with the same outputs keep its arithmetic running: the seconds a dump
+    reports, and (seconds, per corruption) of corrupt_image alone."""
+    def fake_run_dump(argv, images, log):
+        return 1.0 + images * 0.2 / int(argv[argv.index("--workers") + 1])
+    monkeypatch.setattr(bench, "run_dump", fake_run_dump)
+    monkeypatch.setattr(bench, "in_fresh_process", lambda fn, *args: (0.18 * len(args[2]), {"zoom_blur": 0.18}))
+
+
+# What each group must report (the JSON keys of BENCHMARKS.md), listed here independently of bench.py.
+KEYS = {"train_v3": {"train_bf16_speedup_v3", "train_images_per_s_v3", "mfu_fp32_v3", "mfu_bf16_channels_last_v3"},
+        "train_v3plus": {"train_bf16_speedup_v3plus", "train_images_per_s_v3plus", "mfu_fp32_v3plus",
+                         "mfu_bf16_channels_last_v3plus"},
+        "infer_v3": {f"infer_images_per_s_{k}_v3" for k in ("baseline", "ibe", "scribe")},
+        "infer_v3plus": {f"infer_images_per_s_{k}_v3plus" for k in ("baseline", "ibe", "scribe")},
+        "deterministic": {"deterministic_cost_v3"}, "logits": {"logits_vs_forward", "logits_vs_loop"},
+        "calibration": {"calibration_vs_forward", "calibration_alone_vs_forward", "condition_stats_vs_forward"},
+        "corrupt": {"corrupt_all_75_per_image"}, "study": {"study_projected_minutes", "study_projected_minutes_v3plus"},
+        "sweep_v3": {"sweep_efficiency_v3", "shared_calls_v3", "shared_time_v3"},
+        "sweep_v3plus": {"sweep_efficiency_v3plus", "shared_calls_v3plus", "shared_time_v3plus"},
+        "dump": {"dump_scaling", "dump_overhead"}, "train": {"train_vs_decode", "train_16_workers"},
+        "video": {"video_render", "video_end_to_end"},
+        "gradients": {f"ce_over_bce_gradient_{on}_{a}" for on in ("logits", "params") for a in ("v3", "v3plus")}}
+ROW = {"measured", "target", "rule", "ok", "seconds"}
 
 
 def test_gpu_bench_runs_every_group_and_keeps_each_line(tmp_path, monkeypatch, capsys):
@@ -44,8 +58,15 @@ def test_gpu_bench_runs_every_group_and_keeps_each_line(tmp_path, monkeypatch, c
     with FakeCuda() as fake:
         rc, lines = run_bench(tmp_path, "--gpu")
     assert rc == 0
-    assert [line["group"] for line in lines] == list(bench.GROUPS)        # all of them, in the documented order
+    assert [line["group"] for line in lines] == list(bench.GROUPS) == list(KEYS)   # all, in the documented order
     assert all("results" in line and "error" not in line for line in lines), [line.get("error") for line in lines]
+    for line in lines:   # each group its own keys, each row the row schema, each line the line schema
+        assert set(line["results"]) == KEYS[line["group"]], line["group"]
+        assert all(ROW <= set(row) for row in line["results"].values())
+        assert {"group", "estimate_s", "seconds", "max_memory_allocated_mib", "results", "notes"} <= set(line)
+    # The sweep's one seam counted every corruption of the 3-model sweep, once for all three models.
+    calls = {k: v for line in lines for k, v in line["results"].items()}["shared_calls_v3"]
+    assert calls["calls_3_models"] == calls["calls_1_model"] == calls["calls_expected"] > 0
     # Printed as each group ended, the same lines as in --out; the last stdout line holds every target.
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"group"')]
     assert printed == lines
@@ -87,18 +108,20 @@ def test_a_failing_group_is_reported_and_the_others_still_run(tmp_path, monkeypa
     by = {line["group"]: line for line in lines}
     assert list(by) == ["train_v3", "infer_v3", "logits", "study"]
     assert by["infer_v3"]["error"] == "ValueError: no kernel for deeplabv3"   # the traceback's last line
-    assert "results" in by["train_v3"] and "results" in by["logits"]    # before and after it: measured
+    assert "results" not in by["infer_v3"]
+    assert set(by["train_v3"]["results"]) == KEYS["train_v3"]           # before and after it: measured
+    assert set(by["logits"]["results"]) == KEYS["logits"]
     assert "needs" in by["study"]["skipped"]                            # its inputs are missing: not a failure
 
 
 def test_minutes_skips_the_groups_that_no_longer_fit(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench.ESTIMATES, "tiny", dict(bench.ESTIMATES["tiny"], train_v3plus=10**6))
+    # Under --tiny every estimate is 1 s: 2.4 s fit train_v3 (two train.py runs, several seconds), then nothing.
     with FakeCuda():
-        rc, lines = run_bench(tmp_path, "--gpu", "--minutes", "5", "--only", "train_v3plus", "logits")
+        rc, lines = run_bench(tmp_path, "--gpu", "--minutes", "0.04", "--only", "train_v3", "logits")
     assert rc == 0
-    skipped, ran = lines
-    assert skipped["group"] == "train_v3plus" and skipped["skipped"] == "budget" and 0 < skipped["left_s"] <= 300
-    assert ran["group"] == "logits" and "results" in ran
+    ran, skipped = lines
+    assert skipped["group"] == "logits" and skipped["skipped"] == "budget" and skipped["left_s"] < 1
+    assert ran["group"] == "train_v3" and "results" in ran
 
 
 def test_the_budget_rule_by_hand():
