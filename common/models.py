@@ -216,23 +216,6 @@ def segmentation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
     return per.sum() / (valid.sum().clamp(min=1) * NUM_CLASSES)
 
 
-def model_flops(kind: str = "baseline", side: int = 224, train_step: bool = False, **model_kw) -> float:
-    """FLOPs of one side x side image through the model (forward, or forward + backward), counted by
-    torch.utils.flop_counter on the meta device (no memory, no arithmetic). DeepLabV3+ R50 at 224: 26.5 GFLOP
-    forward, as the issue quotes, and 79.3 per training image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = build_model(kind, **model_kw)
-        x = torch.empty(2, 3, side, side)
-    model.train(train_step)
-    with FlopCounterMode(display=False) as counter:
-        y = model(x)
-        if train_step:
-            y.float().sum().backward()
-    return counter.get_total_flops() / 2
-
-
 @torch.inference_mode()
 def predict(model, images: np.ndarray, device="cpu", batch_size: int = 16) -> np.ndarray:
     """uint8 NxHxWx3 images (same size) -> uint8 NxHxW argmax predictions, in batches (the figures, the video)."""

@@ -52,6 +52,7 @@ KEYS = {"train_v3": {"train_bf16_speedup_v3", "train_images_per_s_v3", "mfu_fp32
 ROW = {"measured", "target", "rule", "ok", "seconds"}
 
 
+@pytest.mark.slow   # several bench groups or a fresh interpreter: ~5-13 s
 def test_gpu_bench_runs_every_group_and_keeps_each_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     stub_fresh_processes(monkeypatch)
@@ -132,6 +133,7 @@ def test_the_budget_rule_by_hand():
     assert bench.last_line("Traceback (most recent call last):\n  File x\nKeyError: 'a'\n") == "KeyError: 'a'"
 
 
+@pytest.mark.slow   # several bench groups or a fresh interpreter: ~5-13 s
 def test_model_groups_need_none_of_the_optional_packages(tmp_path, monkeypatch):
     # The GPU image has torch, torchvision, numpy, Pillow, OpenCV and scipy, but no PyAV, zlib-ng or
     # imagecorruptions: "--only model logits" must run there.
@@ -146,6 +148,7 @@ def test_model_groups_need_none_of_the_optional_packages(tmp_path, monkeypatch):
     assert "lower_bound" in study                        # no corruption timing: said so, not hidden
 
 
+@pytest.mark.slow   # several bench groups or a fresh interpreter: ~5-13 s
 def test_bench_imports_without_pyav_and_zlib_ng():
     code = "import sys; sys.modules['av'] = None; sys.modules['zlib_ng'] = None; import bench"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
