@@ -330,9 +330,7 @@ def load_models(args):
                          "or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
-    # (getattr: bench.py calls this with a Namespace of checkpoints, names and device only)
-    options = external.model_options(args.checkpoints, getattr(args, "weights_file", None),
-                                     getattr(args, "model_kind", None))
+    options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
     models, infos = [], []
     for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
         # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
