@@ -408,6 +408,20 @@ def load_pair(args):
     return models, names
 
 
+def describe_input(args):
+    """(frame count, frame rate, (width, height), description) of the --synthetic clip or the --video."""
+    if not args.synthetic:
+        if args.fps is not None:
+            raise UsageError("--fps applies to --synthetic only; a --video keeps its own frame rate")
+        return (*probe_video(args.video), args.video)
+    if args.frames < 1:
+        raise UsageError(f"--frames {args.frames}: must be at least 1")
+    fps = Fraction(args.fps if args.fps is not None else 25).limit_denominator(1001)
+    if fps <= 0:
+        raise UsageError(f"--fps {args.fps}: must be positive")
+    return args.frames, fps, (SYNTH_W, SYNTH_H), f"synthetic clip (seed {args.seed})"
+
+
 def main(args):
     schedule = build_schedule(args.corruptions, args.severity)  # unknown corruption: fails before any work
     if args.batch_size < 1:
@@ -417,19 +431,7 @@ def main(args):
     device = resolve_device(args.device)
     use_device(device)
     args.device = str(device)
-    if args.synthetic:
-        if args.frames < 1:
-            raise UsageError(f"--frames {args.frames}: must be at least 1")
-        fps = Fraction(args.fps if args.fps is not None else 25).limit_denominator(1001)
-        if fps <= 0:
-            raise UsageError(f"--fps {args.fps}: must be positive")
-        n_frames, src_size = args.frames, (SYNTH_W, SYNTH_H)
-        source = f"synthetic clip (seed {args.seed})"
-    else:
-        if args.fps is not None:
-            raise UsageError("--fps applies to --synthetic only; a --video keeps its own frame rate")
-        n_frames, fps, src_size = probe_video(args.video)
-        source = args.video
+    n_frames, fps, src_size, source = describe_input(args)
     if os.path.exists(args.out) and not os.path.isfile(args.out):
         raise UsageError(f"--out {args.out}: is a folder; give a file name such as demo.mp4")
     if args.video and os.path.exists(args.out) and os.path.samefile(args.out, args.video):
