@@ -47,6 +47,9 @@ per-class ``Boundaries`` are the class's pixels with a 4-neighbour of another cl
 
 Same arguments -> byte-identical files: every image draws from its own numpy Generator seeded by
 (seed, split, index), and the .mat header's creation time is replaced by a fixed text.
+
+The drawing pieces (``class_style``, ``shape_proportions``, ``shape_mask``, ``texture_params``,
+``texture_pattern``, ``object_colours``, ``greyish``, ``blotches``) also draw make_video.py's synthetic clip.
 """
 import argparse
 import colorsys
