@@ -11,7 +11,6 @@ import torch
 import train
 from helpers import TINY_TRAIN, run_tiny_train, tiny_synthetic
 from common.checkpoint import load_model, read_checkpoint, save_random_checkpoint
-from common.data import resolve_roots, build_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = TINY_TRAIN
