@@ -48,14 +48,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from common import external
+from common import external, synthetic
 from common.cli import UsageError, add_device_arguments, run_cli
 from common.constants import colorize
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.device import resolve_device, use_device
 from common.models import predict
 from common.outputs import git_commit
-from common.synthetic import class_style, second_tone
 
 TILE_W, TILE_H = 480, 270               # PROTOCOL.md: 2x2 tiles of 480x270 -> 960x540
 FRAME_W, FRAME_H = 2 * TILE_W, 2 * TILE_H
@@ -168,57 +167,37 @@ def _reflect(p, hi):
     return np.where(q <= hi, q, 2 * hi - q)
 
 
-def _outline(shape, r, aspect):
-    """Polygons (local coordinates, unrotated) of one class shape of radius r, as in common.synthetic:
-    [(fill value, points), ...]; later polygons are drawn over earlier ones (the ring's hole is a 0)."""
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    ellipse = lambda k: list(zip(k * r * np.cos(t), k * r * aspect * np.sin(t)))  # noqa: E731
-    if shape == "disc":
-        return [(1, ellipse(1))]
-    if shape == "ring":
-        return [(1, ellipse(1)), (0, ellipse(0.55))]
-    if shape == "square":
-        q, e = 0.75 * r, 0.75 * r * aspect
-        return [(1, [(-q, -e), (q, -e), (q, e), (-q, e)])]
-    if shape == "triangle":
-        return [(1, [(r * np.cos(a), r * np.sin(a)) for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)])]
-    w = 0.4 * r  # cross: two bars
-    return [(1, [(-r, -w), (r, -w), (r, w), (-r, w)]), (1, [(-w, -r), (w, -r), (w, r), (-w, r)])]
-
-
 class SyntheticClip:
     """Moving, rotating objects of the synthetic dataset's classes over a smooth, slowly panning background.
 
-    Each class keeps its shape, texture and colour from ``common.synthetic.class_style``, so models trained
-    on the synthetic set recognise them. Deterministic: ``frame(i)`` depends only on (seed, i).
+    Each object is drawn by common.synthetic's own pieces (``shape_mask``, ``texture_pattern``,
+    ``object_colours``), so it keeps its class's shape, texture and colour and models trained on the
+    synthetic set recognise it. Deterministic: ``frame(i)`` depends only on (seed, i).
     """
 
     def __init__(self, seed=0, width=SYNTH_W, height=SYNTH_H, n_objects=SYNTH_OBJECTS):
         rng = np.random.default_rng([seed, 0])
         self.seed, self.w, self.h = seed, width, height
         self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        grey = lambda: rng.uniform(0.3, 0.85) * 255 * (1 - 0.15 * rng.random(3))  # noqa: E731 (low saturation)
-        self.c0, self.c1 = grey(), grey()
+        self.c0, self.c1 = synthetic.greyish(rng, 0.3, 0.85), synthetic.greyish(rng, 0.3, 0.85)
         self.angle0, self.spin = rng.uniform(0, 2 * np.pi), rng.choice([-1, 1]) * 2 * np.pi / 900
         # Blotches on a field larger than the frame; a moving crop of it reads as a slow camera pan.
         self.pan = 40
-        field = rng.uniform(0, 255, (5, 8)).astype(np.uint8)
-        field = Image.fromarray(field).resize((width + 2 * self.pan, height + 2 * self.pan), Image.BICUBIC)
-        self.blot = (np.asarray(field, np.float32)[..., None] - 128) * 0.12
-        self.objects = []
+        self.blot = synthetic.blotches(rng, height + 2 * self.pan, width + 2 * self.pan) * 0.12
         sizes = np.sort(rng.uniform(0.22, 0.42, n_objects))[::-1] * height  # big first: small ones stay on top
-        for k, size in zip(rng.choice(np.arange(1, 21), n_objects, replace=False), sizes):
-            shape, texture, tone, rgb = class_style(int(k))
-            colour = np.array(rgb, np.float32) * rng.uniform(0.95, 1.05, 3)
-            second = second_tone(colour, tone)  # the texture's second colour, as in the dataset
-            heading, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 3.0)  # px per frame
-            self.objects.append(dict(
-                r=size / 2, polys=_outline(shape, size / 2, rng.uniform(0.75, 1.0)), texture=texture,
-                colour=colour, second=second, x0=rng.uniform(0, width), y0=rng.uniform(0, height),
-                vx=speed * np.cos(heading), vy=speed * np.sin(heading),
-                a0=rng.uniform(0, 2 * np.pi), omega=rng.choice([-1, 1]) * rng.uniform(0.01, 0.04),  # rad/frame
-                period=max(4.0, size * rng.uniform(0.22, 0.32)), tex_angle=rng.uniform(0, np.pi),
-                phase=rng.random(2)))
+        classes = rng.choice(np.arange(1, 21), n_objects, replace=False)
+        self.objects = [self._object(rng, int(k), size) for k, size in zip(classes, sizes)]
+
+    def _object(self, rng, k, size):
+        """One object of class k and diameter ``size``: its look, start position and motion (px, rad per frame)."""
+        shape, texture, _, _ = synthetic.class_style(k)
+        colour, second = synthetic.object_colours(rng, k)
+        heading, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 3.0)
+        return dict(shape=shape, r=size / 2, proportions=synthetic.shape_proportions(rng, shape), texture=texture,
+                    pattern=synthetic.texture_params(rng, texture, size), colour=colour, second=second,
+                    x0=rng.uniform(0, self.w), y0=rng.uniform(0, self.h),
+                    vx=speed * np.cos(heading), vy=speed * np.sin(heading),
+                    a0=rng.uniform(0, 2 * np.pi), omega=rng.choice([-1, 1]) * rng.uniform(0.01, 0.04))
 
     def background(self, i):
         a = self.angle0 + self.spin * i
@@ -231,31 +210,17 @@ class SyntheticClip:
     def draw(self, img, o, i):
         cx, cy = float(_reflect(o["x0"] + o["vx"] * i, self.w)), float(_reflect(o["y0"] + o["vy"] * i, self.h))
         a = o["a0"] + o["omega"] * i
-        big = 1.1 * o["r"]  # every outline lies within 1.1 r of the centre (a square's corner is at 1.06 r)
+        # Drawn in its bounding box only (shape_mask: every shape lies within 1.1 r), not over the whole frame.
+        big = 1.1 * o["r"]
         x0, y0 = max(0, int(cx - big)), max(0, int(cy - big))
         x1, y1 = min(self.w, int(cx + big) + 1), min(self.h, int(cy + big) + 1)
         if x1 <= x0 or y1 <= y0:
             return
-        c, s = np.cos(a), np.sin(a)
-        mask = Image.new("L", (x1 - x0, y1 - y0), 0)
-        d = ImageDraw.Draw(mask)
-        for fill, pts in o["polys"]:
-            d.polygon([(cx - x0 + x * c - y * s, cy - y0 + x * s + y * c) for x, y in pts], fill=fill)
-        mask = np.asarray(mask, dtype=bool)
+        mask = synthetic.shape_mask(o["shape"], y1 - y0, x1 - x0, cx - x0, cy - y0, o["r"], a, **o["proportions"])
         # The texture lives in the object's own (rotated) frame, so it moves and turns with the object.
         lx, ly = self.xx[y0:y1, x0:x1] - cx, self.yy[y0:y1, x0:x1] - cy
-        ux, uy = lx * c + ly * s, -lx * s + ly * c
-        b = o["tex_angle"]
-        u = (ux * np.cos(b) + uy * np.sin(b)) / o["period"] + o["phase"][0]
-        v = (-ux * np.sin(b) + uy * np.cos(b)) / o["period"] + o["phase"][1]
-        if o["texture"] == "solid":
-            pattern = np.zeros(mask.shape, bool)
-        elif o["texture"] == "stripes":
-            pattern = (u % 1) < 0.5
-        elif o["texture"] == "checker":
-            pattern = ((np.floor(2 * u) + np.floor(2 * v)) % 2) == 1
-        else:  # dots
-            pattern = ((u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2) < 0.3 ** 2
+        c, s = np.cos(a), np.sin(a)
+        pattern = synthetic.texture_pattern(o["texture"], lx * c + ly * s, -lx * s + ly * c, o["pattern"])
         region = img[y0:y1, x0:x1]
         region[mask] = np.where(pattern[..., None], o["second"], o["colour"])[mask]
 
@@ -443,6 +408,20 @@ def load_pair(args):
     return models, names
 
 
+def describe_input(args):
+    """(frame count, frame rate, (width, height), description) of the --synthetic clip or the --video."""
+    if not args.synthetic:
+        if args.fps is not None:
+            raise UsageError("--fps applies to --synthetic only; a --video keeps its own frame rate")
+        return (*probe_video(args.video), args.video)
+    if args.frames < 1:
+        raise UsageError(f"--frames {args.frames}: must be at least 1")
+    fps = Fraction(args.fps if args.fps is not None else 25).limit_denominator(1001)
+    if fps <= 0:
+        raise UsageError(f"--fps {args.fps}: must be positive")
+    return args.frames, fps, (SYNTH_W, SYNTH_H), f"synthetic clip (seed {args.seed})"
+
+
 def main(args):
     schedule = build_schedule(args.corruptions, args.severity)  # unknown corruption: fails before any work
     if args.batch_size < 1:
@@ -452,19 +431,7 @@ def main(args):
     device = resolve_device(args.device)
     use_device(device)
     args.device = str(device)
-    if args.synthetic:
-        if args.frames < 1:
-            raise UsageError(f"--frames {args.frames}: must be at least 1")
-        fps = Fraction(args.fps if args.fps is not None else 25).limit_denominator(1001)
-        if fps <= 0:
-            raise UsageError(f"--fps {args.fps}: must be positive")
-        n_frames, src_size = args.frames, (SYNTH_W, SYNTH_H)
-        source = f"synthetic clip (seed {args.seed})"
-    else:
-        if args.fps is not None:
-            raise UsageError("--fps applies to --synthetic only; a --video keeps its own frame rate")
-        n_frames, fps, src_size = probe_video(args.video)
-        source = args.video
+    n_frames, fps, src_size, source = describe_input(args)
     if os.path.exists(args.out) and not os.path.isfile(args.out):
         raise UsageError(f"--out {args.out}: is a folder; give a file name such as demo.mp4")
     if args.video and os.path.exists(args.out) and os.path.samefile(args.out, args.video):

@@ -22,10 +22,8 @@ validated: val loss, micro-F1 and exact-match rate at probability 0.5 on the ful
 interrupted run starts over (nothing is written under the final names until it ends).
 """
 import argparse
-import contextlib
 import json
 import os
-import random
 import time
 
 import numpy as np
@@ -34,9 +32,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.checkpoint import changed_settings
 from common.cli import UsageError, add_data_arguments, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
-from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
+from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.device import seed_everything
 from common.models import BACKBONES
 from common.outputs import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
 
@@ -82,6 +82,62 @@ def poly_schedule(optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - min(t, total_steps) / total_steps) ** 0.9)
 
 
+def check_args(args) -> None:
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--crop-size", args.crop_size)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    if args.val_every < 0:
+        raise UsageError(f"--val-every {args.val_every}: must be 0 (after the last epoch only) or more")
+    if not args.lr > 0:
+        raise UsageError(f"--lr {args.lr}: must be positive")
+    if args.workers < 0:
+        raise UsageError(f"--workers {args.workers}: must be 0 or more")
+
+
+def read_meta(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable ({e}); remove {os.path.dirname(path)} and run again") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def finished_run(args, settings: dict):
+    """The final log line of a finished run in ``--out`` made with ``settings`` (None when there is none yet);
+    refuses a folder that holds another run's backbone, or a backbone.pt its pretrain.json does not vouch for."""
+    weights_path, meta_path = os.path.join(args.out, "backbone.pt"), os.path.join(args.out, "pretrain.json")
+    if not (os.path.exists(meta_path) or os.path.exists(weights_path)):
+        return None
+    done = read_meta(meta_path)
+    if done.get("settings") != settings:
+        diff = changed_settings(done.get("settings") or {}, settings)
+        raise UsageError(f"{args.out} holds a backbone made with other settings ({'; '.join(diff) or 'unknown'}); "
+                         f"choose another --out (nothing was overwritten)")
+    if not os.path.isfile(weights_path) or file_sha256(weights_path) != done.get("sha256"):
+        raise UsageError(f"{weights_path} is missing or differs from the one {meta_path} records; remove "
+                         f"{args.out} and run again")
+    print(f"{weights_path} is already pretrained with these settings; nothing to do")
+    return done["final"]
+
+
+def write_outputs(net, rows, settings, t_start, args) -> None:
+    """backbone.pt, log.jsonl, then pretrain.json, each atomically."""
+    weights_path = os.path.join(args.out, "backbone.pt")
+    # Weights first, then the log, then the record that says "done": a kill in between leaves no pretrain.json,
+    # and the next run refuses the orphaned backbone.pt instead of trusting it.
+    atomic_write(weights_path, lambda tmp: torch.save(backbone_state(net), tmp))
+    write_text(os.path.join(args.out, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"settings": settings, "args": dict(sorted(vars(args).items())), "git_commit": git_commit(),
+            "versions": {"torch": str(torch.__version__)}, "sha256": file_sha256(weights_path),
+            "seconds": time.perf_counter() - t_start, "final": rows[-1]}
+    write_text(os.path.join(args.out, "pretrain.json"), json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {weights_path} ({time.perf_counter() - t_start:.0f}s); use it with "
+          f"train.py --backbone {args.backbone} --pretrained-backbone {weights_path}")
+
+
 def train_one_epoch(net, loader, optimizer, scheduler, epoch, args):
     net.train()
     loss_sum, steps = 0.0, 0
@@ -102,7 +158,8 @@ def train_one_epoch(net, loader, optimizer, scheduler, epoch, args):
 
 @torch.inference_mode()
 def evaluate(net, loader):
-    """Presence loss (as in training), micro-F1 and exact-match rate of the presence predictions (probability > 0.5) on whole images."""
+    """Presence loss (as in training), micro-F1 and exact-match rate of the presence predictions
+    (probability > 0.5) on whole images."""
     net.eval()
     loss_sum, n, tp, fp, fn, exact = 0.0, 0, 0, 0, 0, 0
     for images, labels in tqdm(loader, desc="val", disable=None, leave=False):
@@ -120,100 +177,50 @@ def evaluate(net, loader):
 
 
 def main(args):
-    with contextlib.ExitStack() as held:
-        return pretrain(args, held)
-
-
-def pretrain(args, held):
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--crop-size", args.crop_size)):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
-    if args.val_every < 0:
-        raise UsageError(f"--val-every {args.val_every}: must be 0 (after the last epoch only) or more")
-    if not args.lr > 0:
-        raise UsageError(f"--lr {args.lr}: must be positive")
-    if args.workers < 0:
-        raise UsageError(f"--workers {args.workers}: must be 0 or more")
-    weights_path = os.path.join(args.out, "backbone.pt")
-    meta_path = os.path.join(args.out, "pretrain.json")
-    log_path = os.path.join(args.out, "log.jsonl")
+    check_args(args)
     settings = {k: getattr(args, k) for k in RUN_ARGS}
-
     # The data first: a wrong root must not leave an empty output folder behind.
     voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root)
     train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size)
     prepare_output_folder(args.out)
-    held.enter_context(OutputLock(args.out, "pretrain_backbone.py"))
-    if os.path.exists(meta_path) or os.path.exists(weights_path):
-        done = read_meta(meta_path)
-        if done.get("settings") != settings:
-            old = done.get("settings") or {}
-            diff = [f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v]
-            raise UsageError(f"{args.out} holds a backbone made with other settings ({'; '.join(diff) or 'unknown'}); "
-                             f"choose another --out (nothing was overwritten)")
-        if not os.path.isfile(weights_path) or file_sha256(weights_path) != done.get("sha256"):
-            raise UsageError(f"{weights_path} is missing or differs from the one {meta_path} records; remove "
-                             f"{args.out} and run again")
-        print(f"{weights_path} is already pretrained with these settings; nothing to do")
-        return done["final"]
+    with OutputLock(args.out, "pretrain_backbone.py"):
+        done = finished_run(args, settings)
+        if done is not None:
+            return done
+        print(f"git commit: {git_commit()}")
+        print("arguments: " + json.dumps(dict(sorted(vars(args).items()))))
 
-    print(f"git commit: {git_commit()}")
-    print("arguments: " + json.dumps(dict(sorted(vars(args).items()))))
+        seed_everything(args.seed)
+        net = build_classifier(args.backbone)
+        generator = torch.Generator().manual_seed(args.seed)
+        single_thread_opencv()
+        train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                  generator=generator, num_workers=args.workers)
+        val_loader = DataLoader(val_set, batch_size=1, collate_fn=pad_collate, num_workers=args.workers)
+        require_a_batch(train_loader)
+        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+        scheduler = poly_schedule(optimizer, args.epochs * len(train_loader))
+        print(f"pretraining {args.backbone} as a {FOREGROUND}-class presence classifier: train {len(train_set)} "
+              f"images ({len(train_loader)} steps/epoch), val {len(val_set)}")
 
-    random.seed(args.seed)
-    np.random.seed(args.seed % 2**32)
-    torch.manual_seed(args.seed)
-    net = build_classifier(args.backbone)
-    generator = torch.Generator().manual_seed(args.seed)
-    single_thread_opencv()
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                              generator=generator, num_workers=args.workers)
-    val_loader = DataLoader(val_set, batch_size=1, collate_fn=pad_collate, num_workers=args.workers)
-    if len(train_loader) == 0:
-        raise UsageError(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size}; "
-                         f"lower --batch-size")
-    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = poly_schedule(optimizer, args.epochs * len(train_loader))
-    print(f"pretraining {args.backbone} as a {FOREGROUND}-class presence classifier: train {len(train_set)} images "
-          f"({len(train_loader)} steps/epoch), val {len(val_set)}")
-
-    rows, t_start = [], time.perf_counter()
-    for epoch in range(args.epochs):
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        loss = train_one_epoch(net, train_loader, optimizer, scheduler, epoch, args)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "seconds": seconds,
-               "images_per_s": len(train_loader) * args.batch_size / seconds}
-        if epoch + 1 == args.epochs or (args.val_every and (epoch + 1) % args.val_every == 0):
-            row.update(evaluate(net, val_loader))
-        rows.append(row)
-        val = f"  val loss {row['val_loss']:.4f} F1 {row['val_f1']:.3f} exact {row['val_exact']:.2f}" if "val_f1" in row else ""
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}{val}  {row['images_per_s']:.1f} img/s  "
-              f"{seconds:.1f}s", flush=True)
-
-    # Weights first, then the log, then the record that says "done": a kill in between leaves no pretrain.json,
-    # and the next run refuses the orphaned backbone.pt instead of trusting it.
-    atomic_write(weights_path, lambda tmp: torch.save(backbone_state(net), tmp))
-    write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
-    meta = {"settings": settings, "args": dict(sorted(vars(args).items())), "git_commit": git_commit(),
-            "versions": {"torch": str(torch.__version__)}, "sha256": file_sha256(weights_path),
-            "seconds": time.perf_counter() - t_start, "final": rows[-1]}
-    write_text(meta_path, json.dumps(meta, indent=1) + "\n")
-    print(f"wrote {weights_path} ({time.perf_counter() - t_start:.0f}s); use it with "
-          f"train.py --backbone {args.backbone} --pretrained-backbone {weights_path}")
+        rows, t_start = [], time.perf_counter()
+        for epoch in range(args.epochs):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            loss = train_one_epoch(net, train_loader, optimizer, scheduler, epoch, args)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "seconds": seconds,
+                   "images_per_s": len(train_loader) * args.batch_size / seconds}
+            if epoch + 1 == args.epochs or (args.val_every and (epoch + 1) % args.val_every == 0):
+                row.update(evaluate(net, val_loader))
+            rows.append(row)
+            val = (f"  val loss {row['val_loss']:.4f} F1 {row['val_f1']:.3f} exact {row['val_exact']:.2f}"
+                   if "val_f1" in row else "")
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}{val}  {row['images_per_s']:.1f} img/s  "
+                  f"{seconds:.1f}s", flush=True)
+        write_outputs(net, rows, settings, t_start, args)
     return rows[-1]
-
-
-def read_meta(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            meta = json.load(fh)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: unreadable ({e}); remove {os.path.dirname(path)} and run again") from None
-    return meta if isinstance(meta, dict) else {}
 
 
 def get_args_parser():

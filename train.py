@@ -35,10 +35,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import read_checkpoint, save_checkpoint
+from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
 from common.cli import UsageError, add_data_arguments, add_device_arguments, check_plain_name, run_cli
-from common.data import build_datasets, pad_collate, resolve_roots, single_thread_opencv
-from common.device import autocast, memory_format, resolve_device, set_deterministic, use_device
+from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
@@ -66,6 +66,8 @@ MODEL_ARGS = ("model", "recipe", "arch", "backbone", "output_stride", "head_chan
               "momentum", "weight_decay", "poly_step", "scribe_ignore_as_background", "seed")
 
 
+# ---------------------------------------------------------------------------------------------- helpers
+
 def resolve_recipe(args) -> dict:
     """Fill every recipe setting the command line left unset (None) from ``RECIPES[args.recipe]``; returns
     the resolved settings (also kept in ``args``, hence in the checkpoint and the printed arguments)."""
@@ -75,8 +77,6 @@ def resolve_recipe(args) -> dict:
     args.output_stride = args.output_stride or default_output_stride(args.arch, args.backbone)
     return {k: getattr(args, k) for k in (*RECIPES[args.recipe], "output_stride")}
 
-
-# ---------------------------------------------------------------------------------------------- helpers
 
 def init_distributed(args):
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a plain single process.
@@ -103,10 +103,13 @@ def is_main(args) -> bool:
     return args.rank == 0
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def checkpoint_path(args) -> str:
+    return os.path.join(args.run_dir, "checkpoint.pt")
+
+
+def stored_args(args) -> dict:
+    """The arguments as printed and saved (not the memory format: a torch object, and it follows from the device)."""
+    return {k: v for k, v in vars(args).items() if k != "memory_format"}
 
 
 def epoch_seed(args, epoch: int) -> int:
@@ -139,213 +142,28 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-def make_optimizer(model, args):
-    backbone, head = head_parameters(model)
-    return torch.optim.SGD([{"params": backbone, "lr": args.lr}, {"params": head, "lr": args.lr * args.head_lr_mult}],
-                           lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-
-
-def poly_schedule(optimizer, args, steps_per_epoch: int):
-    """Poly decay (1 - t/T) ** 0.9: t counts epochs (the notebook's LambdaLR, stepped after each epoch) or
-    iterations (the paper's text, stepped after each step); see ``train_one_epoch`` and ``train``."""
-    total = args.epochs if args.poly_step == "epoch" else args.epochs * steps_per_epoch
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - min(t, total) / total) ** 0.9)
-
-
-# ----------------------------------------------------------------------------------------- train / eval
-
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
-    model.train()
-    # Training crops all have one size, so cuDNN's per-shape autotuning pays off; validation keeps each
-    # image's aspect (a new shape nearly every batch), where it would autotune over and over.
-    torch.backends.cudnn.benchmark = not args.deterministic
-    device = torch.device(args.device)
-    cm = ConfusionMatrix()
-    loss_sum = torch.zeros((), device=args.device, dtype=torch.float64)
-    steps = 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=None if is_main(args) else True,
-               leave=False, dynamic_ncols=True)
-    for images, labels in bar:
-        images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
-        labels = labels.to(args.device, non_blocking=True)
-        with autocast(device, args.amp):
-            logits = model(images)
-        loss = segmentation_loss(args.model, logits, labels, args.scribe_ignore_as_background)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if args.poly_step == "iteration":
-            scheduler.step()  # the paper's text; the notebook steps once per epoch (``train``)
-        loss_sum += loss.detach()
-        steps += 1
-        cm.update(labels, channel_argmax(logits.detach()))
-        if steps % args.print_freq == 0:
-            # Checking every step would synchronise the GPU each time; a NaN is caught within print_freq.
-            check_finite(loss_sum, epoch, steps, args)
-            bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}", miou=f"{cm.compute()['miou']:.3f}")
-    check_finite(loss_sum, epoch, steps, args)
-    if args.distributed:
-        dist.all_reduce(loss_sum)
-        loss_sum /= args.world_size
-    cm.all_reduce()
-    return loss_sum.item() / max(steps, 1), cm.compute()["miou"]
-
-
-def check_finite(loss_sum, epoch, step, args):
-    if not torch.isfinite(loss_sum):
-        ckpt = os.path.join(args.run_dir, "checkpoint.pt")
-        last = f"the last good checkpoint is {ckpt}" if os.path.exists(ckpt) else "no checkpoint was written"
-        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step} (--lr {args.lr}, --amp {args.amp}); "
-                         f"training stopped, {last}; lower --lr or use --amp none/bf16")
-
-
-@torch.inference_mode()
-def evaluate(model, loader, args):
-    model.eval()
-    torch.backends.cudnn.benchmark = False
-    device = torch.device(args.device)
-    cm = ConfusionMatrix()
-    for images, labels in tqdm(loader, desc="val", disable=None if is_main(args) else True, leave=False):
-        images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
-        with autocast(device, args.amp):
-            logits = model(images)
-        cm.update(labels.to(args.device), channel_argmax(logits))
-    cm.all_reduce()
-    return cm.compute()
-
-
-# ------------------------------------------------------------------------------------------------- main
-
-def main(args):
-    with contextlib.ExitStack() as held:  # releases the run folder's lock however training ends
-        return train(args, held)
-
-
-def train(args, held):
+def prepare_run(args):
+    """Check and complete the arguments, join torchrun's process group, and return the checkpoint that
+    ``--resume`` continues (None for a fresh run); rank 0 prints the commit, recipe and arguments."""
     if args.epochs < 1:
         raise UsageError(f"--epochs {args.epochs}: must be at least 1")
     recipe = resolve_recipe(args)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.val_batch_size < 1:
-        raise UsageError(f"--val-batch-size {args.val_batch_size}: must be at least 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--val-batch-size", args.val_batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
     init_distributed(args)
     set_deterministic(args.deterministic)
     args.name = check_plain_name(args.name or args.model, "--name")   # a folder under --out, nowhere else
     args.run_dir = os.path.join(args.out, args.name)
     if args.pretrained_backbone is None:
         args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
-    device = torch.device(args.device)
-    args.memory_format = memory_format(device)
-
-    ckpt_path = os.path.join(args.run_dir, "checkpoint.pt")
-    resume = checkpoint_to_resume(ckpt_path, args)
-
+    args.memory_format = memory_format(torch.device(args.device))
+    resume = checkpoint_to_resume(checkpoint_path(args), args)
     if is_main(args):
         print(f"git commit: {git_commit()}")
         print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
-        print("arguments: " + json.dumps({k: v for k, v in sorted(vars(args).items()) if k != "memory_format"},
-                                         default=str))
-    voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
-                                       quiet=not is_main(args))
-    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size)
-    seed_everything(args.seed)
-
-    model = build_model(args.model, args.arch, args.backbone, args.output_stride, args.head_channels,
-                        "none" if resume is not None else args.pretrained_backbone, args.ibe_placement)
-    if args.sync_bn and args.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=args.memory_format)
-    bare = model
-    if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
-
-    generator = torch.Generator()
-    if args.distributed:
-        train_sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True)
-    else:
-        train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
-    single_thread_opencv()   # the transform's OpenCV calls: one thread per loader worker (and here, if workers 0)
-    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
-                              generator=generator, **loader_kw)
-    val_loader = DataLoader(val_set, batch_size=args.val_batch_size, collate_fn=pad_collate,
-                            sampler=ShardSampler(len(val_set), args.rank, args.world_size), **loader_kw)
-    if len(train_loader) == 0:
-        raise UsageError(f"the training set has {len(train_set)} images, fewer than one batch of "
-                         f"{args.batch_size} per process; lower --batch-size")
-
-    optimizer = make_optimizer(bare, args)
-    scheduler = poly_schedule(optimizer, args, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-
-    start_epoch, best = 0, -1.0
-    if resume is not None:
-        try:   # a damaged or foreign checkpoint fails here, in torch's own loaders: one line, not a traceback
-            bare.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            if resume["scaler"] and scaler.is_enabled():
-                scaler.load_state_dict(resume["scaler"])   # else: fp16 starts (or stops) here, with a fresh scale
-            set_rng_state(resume["rng"])
-            start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_miou"])
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-            raise UsageError(f"{ckpt_path}: cannot resume from it ({type(e).__name__}: "
-                             f"{' '.join(str(e).split())[:160]}); move it away and train again without "
-                             f"--resume, or put back a good copy") from None
-        if is_main(args):
-            print(f"resumed {ckpt_path} after epoch {start_epoch} (best val mIoU {best:.4f})")
-    log_path = os.path.join(args.run_dir, "log.jsonl")
-    if is_main(args):
-        prepare_output_folder(args.run_dir)
-        held.enter_context(OutputLock(args.run_dir, "train.py"))
-        truncate_log(log_path, start_epoch)
-    print_model_summary(bare, train_set, val_set, train_loader, args)
-
-    for epoch in range(start_epoch, args.epochs):
-        seed = epoch_seed(args, epoch)
-        seed_everything(seed)
-        generator.manual_seed(seed)
-        if args.distributed:
-            train_sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]   # the backbone's, at the epoch's first step
-        loss, train_miou = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, epoch, args)
-        if args.poly_step == "epoch":
-            scheduler.step()   # the notebook's LambdaLR, stepped after the epoch
-        train_seconds = time.perf_counter() - t0
-        val = None
-        if (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs:
-            val = evaluate(model, val_loader, args)
-        row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "amp": args.amp, "train_miou": train_miou,
-               "val_miou": val["miou"] if val else None, "val_pixel_acc": val["pixel_acc"] if val else None,
-               "val_iou": val["iou"] if val else None, "seconds": time.perf_counter() - t0,
-               "images_per_s": len(train_loader) * args.batch_size * args.world_size / train_seconds}
-        if is_main(args):
-            improved = val is not None and val["miou"] > best
-            best = val["miou"] if improved else best
-            ckpt = {"model": bare.state_dict(), "model_config": bare.config, "name": args.name, "epoch": epoch,
-                    "args": {k: v for k, v in vars(args).items() if k != "memory_format"},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng_state(), "best_miou": best, "val": val,
-                    "git_commit": git_commit(), "versions": {"torch": str(torch.__version__)}}
-            # The log line goes first: if a kill lands between the two writes, the resumed run drops the
-            # line again (truncate_log) and redoes the epoch, so log and checkpoint never disagree.
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            if improved and args.save_best:
-                save_checkpoint(os.path.join(args.run_dir, "best.pt"), ckpt)
-            save_checkpoint(ckpt_path, ckpt)
-            vm = f"{val['miou']:.4f}" if val else "-"
-            print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  train mIoU {train_miou:.4f}  "
-                  f"val mIoU {vm}  {row['images_per_s']:.1f} img/s  {row['seconds']:.1f}s", flush=True)
-        if args.distributed:
-            dist.barrier()
-    if args.distributed:
-        dist.destroy_process_group()
-    return best
+        print("arguments: " + json.dumps(dict(sorted(stored_args(args).items())), default=str))
+    return resume
 
 
 def checkpoint_to_resume(ckpt_path: str, args):
@@ -366,12 +184,78 @@ def checkpoint_to_resume(ckpt_path: str, args):
     old = resume.get("args", {})
     if not isinstance(old, dict):
         old = {}
-    diff = [f"--{k.replace('_', '-')} {old.get(k)} -> {getattr(args, k)}" for k in MODEL_ARGS
-            if k in old and old[k] != getattr(args, k)]
+    # A setting the checkpoint does not record (written before the flag existed) is not held against it.
+    diff = changed_settings(old, {k: getattr(args, k) for k in MODEL_ARGS if k in old})
     if diff:
         raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
                          f"original flags or choose another --name")
     return resume
+
+
+def build_training_model(args, resume):
+    """(model to train, bare model): DistributedDataParallel around the bare one under torchrun, else the
+    same module twice. Checkpoints hold the bare model's state dict."""
+    device = torch.device(args.device)
+    # A resumed run takes every weight from its checkpoint: no pretrained file needs to be read.
+    model = build_model(args.model, args.arch, args.backbone, args.output_stride, args.head_channels,
+                        "none" if resume is not None else args.pretrained_backbone, args.ibe_placement)
+    if args.sync_bn and args.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=args.memory_format)
+    if not args.distributed:
+        return model, model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                     else None), model
+
+
+def build_loaders(train_set, val_set, generator, args):
+    """(train sampler, train loader, val loader): shuffled training batches (drop_last) drawn with
+    ``generator``, DistributedSampler's share under torchrun; each rank validates its ShardSampler share."""
+    if args.distributed:
+        train_sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True)
+    else:
+        train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
+    single_thread_opencv()   # the transform's OpenCV calls: one thread per loader worker (and here, if workers 0)
+    loader_kw = dict(num_workers=args.workers, pin_memory=torch.device(args.device).type == "cuda")
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
+                              generator=generator, **loader_kw)
+    val_loader = DataLoader(val_set, batch_size=args.val_batch_size, collate_fn=pad_collate,
+                            sampler=ShardSampler(len(val_set), args.rank, args.world_size), **loader_kw)
+    require_a_batch(train_loader, per_process=True)
+    return train_sampler, train_loader, val_loader
+
+
+def make_optimizer(model, args):
+    backbone, head = head_parameters(model)
+    return torch.optim.SGD([{"params": backbone, "lr": args.lr}, {"params": head, "lr": args.lr * args.head_lr_mult}],
+                           lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def poly_schedule(optimizer, args, steps_per_epoch: int):
+    """Poly decay (1 - t/T) ** 0.9: t counts epochs (the notebook's LambdaLR, stepped after each epoch) or
+    iterations (the paper's text, stepped after each step); see ``train_one_epoch`` and ``main``."""
+    total = args.epochs if args.poly_step == "epoch" else args.epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - min(t, total) / total) ** 0.9)
+
+
+def restore(resume, model, optimizer, scheduler, scaler, args):
+    """Load a checkpoint's model, optimiser, schedule, scaler and RNG state; returns (first epoch to run,
+    best val mIoU so far)."""
+    try:   # a damaged or foreign checkpoint fails here, in torch's own loaders: one line, not a traceback
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(resume["scaler"])   # else: fp16 starts (or stops) here, with a fresh scale
+        set_rng_state(resume["rng"])
+        start_epoch, best = int(resume["epoch"]) + 1, float(resume["best_miou"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise UsageError(f"{checkpoint_path(args)}: cannot resume from it ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]}); move it away and train again without "
+                         f"--resume, or put back a good copy") from None
+    if is_main(args):
+        print(f"resumed {checkpoint_path(args)} after epoch {start_epoch} (best val mIoU {best:.4f})")
+    return start_epoch, best
 
 
 def truncate_log(path: str, start_epoch: int) -> None:
@@ -401,6 +285,140 @@ def print_model_summary(model, train_set, val_set, loader, args):
           f"process(es)), val {len(val_set)}; device {args.device}, amp {args.amp}")
 
 
+def save_epoch(row, val, best, epoch, model, optimizer, scheduler, scaler, args) -> float:
+    """Rank 0 after an epoch: the log line, checkpoint.pt (and best.pt when val mIoU improved), the progress
+    line; returns the best val mIoU so far."""
+    improved = val is not None and val["miou"] > best
+    best = val["miou"] if improved else best
+    ckpt = {"model": model.state_dict(), "model_config": model.config, "name": args.name, "epoch": epoch,
+            "args": stored_args(args), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(), "best_miou": best, "val": val,
+            "git_commit": git_commit(), "versions": {"torch": str(torch.__version__)}}
+    # The log line goes first: if a kill lands between the two writes, the resumed run drops the
+    # line again (truncate_log) and redoes the epoch, so log and checkpoint never disagree.
+    with open(os.path.join(args.run_dir, "log.jsonl"), "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    if improved and args.save_best:
+        save_checkpoint(os.path.join(args.run_dir, "best.pt"), ckpt)
+    save_checkpoint(checkpoint_path(args), ckpt)
+    vm = f"{val['miou']:.4f}" if val else "-"
+    print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.4f}  train mIoU {row['train_miou']:.4f}  "
+          f"val mIoU {vm}  {row['images_per_s']:.1f} img/s  {row['seconds']:.1f}s", flush=True)
+    return best
+
+
+# ----------------------------------------------------------------------------------------- train / eval
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
+    model.train()
+    # Training crops all have one size, so cuDNN's per-shape autotuning pays off; validation keeps each
+    # image's aspect (a new shape nearly every batch), where it would autotune over and over.
+    torch.backends.cudnn.benchmark = not args.deterministic
+    device = torch.device(args.device)
+    cm = ConfusionMatrix()
+    loss_sum = torch.zeros((), device=args.device, dtype=torch.float64)
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=None if is_main(args) else True,
+               leave=False, dynamic_ncols=True)
+    for images, labels in bar:
+        images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
+        labels = labels.to(args.device, non_blocking=True)
+        with autocast(device, args.amp):
+            logits = model(images)
+        loss = segmentation_loss(args.model, logits, labels, args.scribe_ignore_as_background)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if args.poly_step == "iteration":
+            scheduler.step()  # the paper's text; the notebook steps once per epoch (``main``)
+        loss_sum += loss.detach()
+        steps += 1
+        cm.update(labels, channel_argmax(logits.detach()))
+        if steps % args.print_freq == 0:
+            # Checking every step would synchronise the GPU each time; a NaN is caught within print_freq.
+            check_finite(loss_sum, epoch, steps, args)
+            bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}", miou=f"{cm.compute()['miou']:.3f}")
+    check_finite(loss_sum, epoch, steps, args)
+    if args.distributed:
+        dist.all_reduce(loss_sum)
+        loss_sum /= args.world_size
+    cm.all_reduce()
+    return loss_sum.item() / max(steps, 1), cm.compute()["miou"]
+
+
+def check_finite(loss_sum, epoch, step, args):
+    if not torch.isfinite(loss_sum):
+        ckpt = checkpoint_path(args)
+        last = f"the last good checkpoint is {ckpt}" if os.path.exists(ckpt) else "no checkpoint was written"
+        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step} (--lr {args.lr}, --amp {args.amp}); "
+                         f"training stopped, {last}; lower --lr or use --amp none/bf16")
+
+
+@torch.inference_mode()
+def evaluate(model, loader, args):
+    model.eval()
+    torch.backends.cudnn.benchmark = False
+    device = torch.device(args.device)
+    cm = ConfusionMatrix()
+    for images, labels in tqdm(loader, desc="val", disable=None if is_main(args) else True, leave=False):
+        images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
+        with autocast(device, args.amp):
+            logits = model(images)
+        cm.update(labels.to(args.device), channel_argmax(logits))
+    cm.all_reduce()
+    return cm.compute()
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+def main(args):
+    resume = prepare_run(args)
+    voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
+                                       quiet=not is_main(args))
+    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size)
+    seed_everything(args.seed)
+    model, bare = build_training_model(args, resume)
+    generator = torch.Generator()
+    train_sampler, train_loader, val_loader = build_loaders(train_set, val_set, generator, args)
+    optimizer = make_optimizer(bare, args)
+    scheduler = poly_schedule(optimizer, args, len(train_loader))
+    scaler = torch.amp.GradScaler(torch.device(args.device).type, enabled=args.amp == "fp16")
+    start_epoch, best = (0, -1.0) if resume is None else restore(resume, bare, optimizer, scheduler, scaler, args)
+
+    with contextlib.ExitStack() as held:  # releases the run folder's lock however training ends
+        if is_main(args):
+            prepare_output_folder(args.run_dir)
+            held.enter_context(OutputLock(args.run_dir, "train.py"))
+            truncate_log(os.path.join(args.run_dir, "log.jsonl"), start_epoch)
+        print_model_summary(bare, train_set, val_set, train_loader, args)
+        for epoch in range(start_epoch, args.epochs):
+            seed = epoch_seed(args, epoch)
+            seed_everything(seed)
+            generator.manual_seed(seed)
+            if args.distributed:
+                train_sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]   # the backbone's, at the epoch's first step
+            loss, train_miou = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, epoch, args)
+            if args.poly_step == "epoch":
+                scheduler.step()   # the notebook's LambdaLR, stepped after the epoch
+            train_seconds = time.perf_counter() - t0
+            validate = (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs
+            val = evaluate(model, val_loader, args) if validate else None
+            row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "amp": args.amp, "train_miou": train_miou,
+                   "val_miou": val["miou"] if val else None, "val_pixel_acc": val["pixel_acc"] if val else None,
+                   "val_iou": val["iou"] if val else None, "seconds": time.perf_counter() - t0,
+                   "images_per_s": len(train_loader) * args.batch_size * args.world_size / train_seconds}
+            if is_main(args):
+                best = save_epoch(row, val, best, epoch, bare, optimizer, scheduler, scaler, args)
+            if args.distributed:
+                dist.barrier()
+        if args.distributed:
+            dist.destroy_process_group()
+    return best
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(description="Train DeepLab with the baseline, IBE or SCrIBE output structure. "
                                 "Defaults reproduce the companion notebook behind the paper's table; flags marked "
@@ -426,8 +444,9 @@ def get_args_parser():
     p.add_argument("--pretrained-backbone", default=None,
                    help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
                         "to a backbone state dict; default: imagenet with --data voc, none with --data synthetic")
-    add_data_arguments(p, "voc", sbd=True, help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC "
-                                                "val; synthetic = the generated VOC-format dataset under --synthetic-root")
+    add_data_arguments(p, "voc", sbd=True,
+                       help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; "
+                            "synthetic = the generated VOC-format dataset under --synthetic-root")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=None,
                    help="recipe: 30 (notebook) or 20 (paper); per process under torchrun")

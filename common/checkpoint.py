@@ -125,6 +125,12 @@ def load_model(path: str, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
+def changed_settings(old: dict, new: dict) -> list:
+    """``--flag old -> new`` for each setting of ``new`` whose recorded value in ``old`` differs (a missing
+    one reads None): what a run that refuses to overwrite or resume another run's output says."""
+    return [f"--{k.replace('_', '-')} {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v]
+
+
 def save_random_checkpoint(path, kind: str, seed: int = 0, name=None, **model_kw) -> str:
     """A random-weight model (``build_model(kind, **model_kw)``) saved the way train.py saves one, for tests and
     benchmarks. BatchNorm gets non-trivial running statistics, so that eval-mode outputs vary across classes

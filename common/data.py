@@ -430,6 +430,14 @@ def build_datasets(voc_root, sbd_root, crop_size: int = 224):
     return train, val
 
 
+def require_a_batch(loader, per_process: bool = False) -> None:
+    """Refuse a training loader (drop_last) that yields no batch: the dataset is smaller than one batch."""
+    if len(loader) == 0:
+        where = " per process" if per_process else ""
+        raise UsageError(f"the training set has {len(loader.dataset)} images, fewer than one batch of "
+                         f"{loader.batch_size}{where}; lower --batch-size")
+
+
 def image_id(dataset, index: int) -> str:
     """The VOC file stem of sample ``index`` (the id the corruption seed rule uses)."""
     return os.path.splitext(os.path.basename(dataset.images[index]))[0]

@@ -1,8 +1,9 @@
-"""Device and precision set-up shared by every script that runs a model.
+"""Device, precision and reproducibility set-up shared by every script that runs a model.
 
     device = resolve_device(args.device)          # None -> cuda if available; "cuda" -> cuda:<index>
     with autocast(device, args.amp): logits = model(x)
     fmt = memory_format(device)                    # channels_last on CUDA
+    seed_everything(args.seed)                     # Python's, numpy's and torch's global generators
 
 ``torch.cuda.set_device`` refuses a device without an index (``torch.device("cuda")`` raises
 ``ValueError: Expected a torch.device with a specified index or an integer``), so a bare ``cuda`` is
@@ -10,7 +11,9 @@ turned into ``cuda:<LOCAL_RANK>`` under torchrun and into the current device oth
 uses it. ``cuda:N`` is honoured as given.
 """
 import os
+import random
 
+import numpy as np
 import torch
 
 from .cli import UsageError
@@ -79,3 +82,10 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's (which takes 32 bits) and torch's global generators with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -47,6 +47,9 @@ per-class ``Boundaries`` are the class's pixels with a 4-neighbour of another cl
 
 Same arguments -> byte-identical files: every image draws from its own numpy Generator seeded by
 (seed, split, index), and the .mat header's creation time is replaced by a fixed text.
+
+The drawing pieces (``class_style``, ``shape_proportions``, ``shape_mask``, ``texture_params``,
+``texture_pattern``, ``object_colours``, ``greyish``, ``blotches``) also draw make_video.py's synthetic clip.
 """
 import argparse
 import colorsys
@@ -128,42 +131,72 @@ def _rotated(points, angle, cx, cy):
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
 
-def _shape_mask(rng, shape, h, w, cx, cy, size):
-    """Boolean HxW mask of one object of diameter ~size centred at (cx, cy), randomly rotated."""
+# The drawing pieces below are public so that make_video's synthetic clip draws the same classes. Each random
+# draw is a function of the rng passed in, in the order the dataset has always made them: the files stay
+# byte-identical for a GENERATOR_VERSION.
+
+def shape_proportions(rng, shape) -> dict:
+    """The random proportions of one ``shape``, as keywords of ``shape_mask``: ``aspect`` (disc, ring, square),
+    ``hole`` (ring), ``bar`` (cross); a triangle has none."""
+    if shape in ("disc", "ring"):
+        aspect = rng.uniform(0.85, 1.0)  # nearly round so that a disc never looks like a rectangle
+        # A ring's thickness is 40-50% of its radius.
+        return dict(aspect=aspect, hole=rng.uniform(0.5, 0.6)) if shape == "ring" else dict(aspect=aspect)
+    if shape == "square":
+        return dict(aspect=rng.uniform(0.7, 1.0))
+    if shape == "cross":
+        return dict(bar=rng.uniform(0.35, 0.45))  # two bars of width 35-45% of the size
+    return {}
+
+
+def shape_mask(shape, h, w, cx, cy, r, angle, aspect=1.0, hole=0.55, bar=0.4) -> np.ndarray:
+    """Boolean HxW mask of one class shape of radius ``r`` centred at (cx, cy), hard-edged (PIL).
+
+    ``angle`` (radians) turns the polygons (square, triangle, cross); discs and rings are axis-aligned
+    ellipses of y/x ratio ``aspect``. A ring's hole has ``hole`` times its radius and shows whatever lies
+    below; a square's half-side is 0.75 r (its area close to the disc's) by ``aspect`` times that; a cross is
+    two bars of half-width ``bar`` times r. Every shape lies within 1.1 r of its centre.
+    """
     m = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(m)
-    r, a = size / 2, rng.uniform(0, 2 * np.pi)
     if shape in ("disc", "ring"):
-        ry = r * rng.uniform(0.85, 1.0)  # nearly round so that a disc never looks like a rectangle
+        ry = r * aspect
         d.ellipse([cx - r, cy - ry, cx + r, cy + ry], fill=1)
-        if shape == "ring":  # the hole shows whatever lies below; thickness 40-50% of the radius
-            k = rng.uniform(0.5, 0.6)
-            d.ellipse([cx - k * r, cy - k * ry, cx + k * r, cy + k * ry], fill=0)
+        if shape == "ring":
+            d.ellipse([cx - hole * r, cy - hole * ry, cx + hole * r, cy + hole * ry], fill=0)
     elif shape == "square":
-        q = r * 0.75  # half-side, so that the square's area is close to the disc's
-        e = q * rng.uniform(0.7, 1.0)
-        d.polygon(_rotated([(-q, -e), (q, -e), (q, e), (-q, e)], a, cx, cy), fill=1)
+        q = r * 0.75
+        e = q * aspect
+        d.polygon(_rotated([(-q, -e), (q, -e), (q, e), (-q, e)], angle, cx, cy), fill=1)
     elif shape == "triangle":
         corners = [(r * np.cos(t), r * np.sin(t)) for t in (0, 2 * np.pi / 3, 4 * np.pi / 3)]
-        d.polygon(_rotated(corners, a, cx, cy), fill=1)
-    else:  # cross: two bars of width 35-45% of the size
-        t = r * rng.uniform(0.35, 0.45)
+        d.polygon(_rotated(corners, angle, cx, cy), fill=1)
+    else:  # cross
+        t = r * bar
         for pts in ([(-r, -t), (r, -t), (r, t), (-r, t)], [(-t, -r), (t, -r), (t, r), (-t, r)]):
-            d.polygon(_rotated(pts, a, cx, cy), fill=1)
+            d.polygon(_rotated(pts, angle, cx, cy), fill=1)
     return np.asarray(m, dtype=bool)
 
 
-def _texture(rng, texture, yy, xx, size):
-    """0/1 pattern (1 = second tone) on the pixel grid, with random period, angle and phase.
+def texture_params(rng, texture, size):
+    """(period, angle, phase) of one object's texture, or None for "solid" (which draws nothing).
 
-    The period follows the object's size (3-4.5 periods across it), so the pattern survives the
-    0.5x-2x training rescale about as well as the shape does.
+    The period follows the object's size (3-4.5 periods across it), so the pattern survives the 0.5x-2x
+    training rescale about as well as the shape does.
     """
     if texture == "solid":
+        return None
+    period, angle = max(4.0, size * rng.uniform(0.22, 0.32)), rng.uniform(0, np.pi)
+    return period, angle, (rng.random(), rng.random())
+
+
+def texture_pattern(texture, xx, yy, params) -> np.ndarray:
+    """0/1 pattern (1 = the second tone) at coordinates (xx, yy), with ``texture_params``' period, angle, phase."""
+    if texture == "solid":
         return np.zeros(yy.shape, dtype=bool)
-    period, a = max(4.0, size * rng.uniform(0.22, 0.32)), rng.uniform(0, np.pi)
-    u = (xx * np.cos(a) + yy * np.sin(a)) / period + rng.random()
-    v = (-xx * np.sin(a) + yy * np.cos(a)) / period + rng.random()
+    period, a, phase = params
+    u = (xx * np.cos(a) + yy * np.sin(a)) / period + phase[0]
+    v = (-xx * np.sin(a) + yy * np.cos(a)) / period + phase[1]
     if texture == "stripes":
         return (u % 1) < 0.5
     if texture == "checker":
@@ -171,20 +204,32 @@ def _texture(rng, texture, yy, xx, size):
     return ((u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2) < 0.3 ** 2  # dots
 
 
-def _greyish(rng, lo=0.25, hi=0.9):
+def object_colours(rng, k: int):
+    """(colour, second) of one object of class k: the class colour jittered by up to 5% per channel and 10% in
+    brightness (float32 RGB), and its texture's second tone."""
+    _, _, tone, rgb = class_style(k)
+    colour = np.array(rgb, np.float32) * rng.uniform(0.95, 1.05, 3) * rng.uniform(0.9, 1.1)
+    return colour, second_tone(colour, tone)
+
+
+def greyish(rng, lo=0.25, hi=0.9):
     """A low-saturation colour (at most 0.18), so background and distractors never take a class's."""
     v = rng.uniform(lo, hi) * 255
     return v * (1 - rng.uniform(0, 0.18) * rng.random(3))
+
+
+def blotches(rng, h, w):
+    """Smooth low-frequency blotches, HxWx1 float32 in -128..127: a 4x4 random field upsampled."""
+    field = Image.fromarray(rng.uniform(0, 255, (4, 4)).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    return np.asarray(field, np.float32)[..., None] - 128
 
 
 def _background(rng, h, w, yy, xx):
     a = rng.uniform(0, 2 * np.pi)
     t = (xx * np.cos(a) + yy * np.sin(a)) / max(h, w)
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
-    img = (1 - t)[..., None] * _greyish(rng) + t[..., None] * _greyish(rng)
-    # Low-contrast blotches: a 4x4 random field upsampled.
-    blot = Image.fromarray(rng.uniform(0, 255, (4, 4)).astype(np.uint8)).resize((w, h), Image.BILINEAR)
-    img += (np.asarray(blot, np.float32)[..., None] - 128) * rng.uniform(0.05, 0.2)
+    img = (1 - t)[..., None] * greyish(rng) + t[..., None] * greyish(rng)
+    img += blotches(rng, h, w) * rng.uniform(0.05, 0.2)  # low contrast
     for _ in range(int(rng.integers(0, 4))):  # distractor blobs: irregular polygons, labelled 0
         n, cx, cy = int(rng.integers(5, 9)), rng.uniform(0, w), rng.uniform(0, h)
         r = rng.uniform(0.1, 0.3) * min(h, w)
@@ -192,7 +237,7 @@ def _background(rng, h, w, yy, xx):
         rad = r * rng.uniform(0.5, 1.0, n)
         m = Image.new("L", (w, h), 0)
         ImageDraw.Draw(m).polygon(list(zip(cx + rad * np.cos(ang), cy + rad * np.sin(ang))), fill=1)
-        img[np.asarray(m, dtype=bool)] = _greyish(rng)
+        img[np.asarray(m, dtype=bool)] = greyish(rng)
     return img
 
 
@@ -214,14 +259,14 @@ def render(seed: int, split: str, index: int, min_side: int, max_side: int):
     # The primary object comes last (on top) and with its centre away from the border, so it is seen.
     objs.append((primary, rng.uniform(0.3, 0.6), rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h))
     for k, s, cx, cy in objs:
-        shape, texture, tone, rgb = class_style(k)
+        shape, texture, _, _ = class_style(k)
         size = max(s, 0.25 if shape == "ring" else 0) * min(h, w)  # thin rings would be all 255 band
-        mask = _shape_mask(rng, shape, h, w, cx, cy, size)
-        colour = np.array(rgb, np.float32) * rng.uniform(0.95, 1.05, 3) * rng.uniform(0.9, 1.1)
-        second = second_tone(colour, tone)
+        angle = rng.uniform(0, 2 * np.pi)
+        mask = shape_mask(shape, h, w, cx, cy, size / 2, angle, **shape_proportions(rng, shape))
+        colour, second = object_colours(rng, k)
         a = rng.uniform(0, 2 * np.pi)  # shading: a gentle linear brightness ramp across the object
         shade = 1 + 0.1 * ((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / max(size / 2, 1)
-        pattern = _texture(rng, texture, yy, xx, size)[..., None]
+        pattern = texture_pattern(texture, xx, yy, texture_params(rng, texture, size))[..., None]
         obj = np.where(pattern, second, colour) * np.clip(shade, 0.8, 1.2)[..., None]
         img[mask] = obj[mask]
         seg[mask] = k
