@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from common import results, vocc
-from common.cli import UsageError, add_data_arguments, run_cli
+from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, voc_dataset
 from common.outputs import check_output_folder, git_commit, write_text
@@ -127,10 +127,8 @@ def check_dump_args(args):
         raise UsageError("--severities: 0 is the clean image, which is not dumped; use 1..5")
     if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit}: must be at least 1")
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    check_at_least("--limit", args.limit)
+    check_at_least("--workers", args.workers)
     check_output_folder(args.out)
     return corruptions, severities
 

@@ -1,6 +1,6 @@
 """Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep).
 
-    python evaluate_corruptions.py --checkpoints runs/baseline/checkpoint.pt runs/ibe/checkpoint.pt runs/scribe/checkpoint.pt \
+    python evaluate_corruptions.py --checkpoints runs/{baseline,ibe,scribe}/checkpoint.pt \
         --data voc --voc-root /data/voc --voc-c VOC-C --out results
 
 Each image is decoded and corrupted once per condition (``--workers`` processes do that) and fed to
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from common import distributed, external, results, vocc
 from common.calibration import Calibration
-from common.cli import UsageError, add_data_arguments, add_device_arguments, check_plain_name, run_cli
+from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
@@ -310,12 +310,10 @@ def check_sweep_args(args):
     corruptions = parse_corruptions(args.corruptions)
     conditions = [(CLEAN, 0)] if 0 in severities else []
     conditions += [(c, s) for c in corruptions for s in severities if s > 0]
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_at_least("--batch-size", args.batch_size)
     if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit {args.limit}: must be at least 1")
+    check_at_least("--limit", args.limit)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     if args.shard == "auto":   # run.json and the rows name the shard itself, as --merge needs
         args.shard = f"{shard[0]}/{shard[1]}"

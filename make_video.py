@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from common import external, synthetic
-from common.cli import UsageError, add_device_arguments, run_cli
+from common.cli import UsageError, add_device_arguments, check_at_least, run_cli
 from common.constants import colorize
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.device import resolve_device, use_device
@@ -414,8 +414,7 @@ def describe_input(args):
         if args.fps is not None:
             raise UsageError("--fps applies to --synthetic only; a --video keeps its own frame rate")
         return (*probe_video(args.video), args.video)
-    if args.frames < 1:
-        raise UsageError(f"--frames {args.frames}: must be at least 1")
+    check_at_least("--frames", args.frames)
     fps = Fraction(args.fps if args.fps is not None else 25).limit_denominator(1001)
     if fps <= 0:
         raise UsageError(f"--fps {args.fps}: must be positive")
@@ -424,8 +423,7 @@ def describe_input(args):
 
 def main(args):
     schedule = build_schedule(args.corruptions, args.severity)  # unknown corruption: fails before any work
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_at_least("--batch-size", args.batch_size)
     if args.size < MIN_SIDE:
         raise UsageError(f"--size {args.size}: must be at least {MIN_SIDE} (imagecorruptions' smallest image)")
     device = resolve_device(args.device)

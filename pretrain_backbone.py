@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoint import changed_settings
-from common.cli import UsageError, add_data_arguments, run_cli
+from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import seed_everything
@@ -84,8 +84,7 @@ def poly_schedule(optimizer, total_steps: int):
 
 def check_args(args) -> None:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--crop-size", args.crop_size)):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
+        check_at_least(flag, value)
     if args.val_every < 0:
         raise UsageError(f"--val-every {args.val_every}: must be 0 (after the last epoch only) or more")
     if not args.lr > 0:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
-from common.cli import UsageError, add_data_arguments, add_device_arguments, check_plain_name, run_cli
+from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
 from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
@@ -145,12 +145,10 @@ class ShardSampler(torch.utils.data.Sampler):
 def prepare_run(args):
     """Check and complete the arguments, join torchrun's process group, and return the checkpoint that
     ``--resume`` continues (None for a fresh run); rank 0 prints the commit, recipe and arguments."""
-    if args.epochs < 1:
-        raise UsageError(f"--epochs {args.epochs}: must be at least 1")
+    check_at_least("--epochs", args.epochs)
     recipe = resolve_recipe(args)
     for flag, value in (("--batch-size", args.batch_size), ("--val-batch-size", args.val_batch_size)):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
+        check_at_least(flag, value)
     init_distributed(args)
     set_deterministic(args.deterministic)
     args.name = check_plain_name(args.name or args.model, "--name")   # a folder under --out, nowhere else

@@ -55,6 +55,12 @@ def check_plain_name(name, source: str) -> str:
     return name
 
 
+def check_at_least(flag: str, value, low: int = 1) -> None:
+    """One UsageError for a numeric flag below its smallest sensible value (None: the flag was not given)."""
+    if value is not None and value < low:
+        raise UsageError(f"{flag} {value}: must be at least {low}")
+
+
 def add_data_arguments(p, default="voc", sbd=False, help=None) -> None:
     """--data, --voc-root, --synthetic-root (and --sbd-root for the scripts that train)."""
     p.add_argument("--data", choices=DATA_CHOICES, default=default,

@@ -4,7 +4,7 @@
     write_text(path, text); write_npz(path, **arrays)
     check_output_folder(args.out)                     # before any work: one UsageError if it is a file
     prepare_output_folder(args.out)                   # created, or one UsageError: a file, not writable
-    with OutputLock(args.out, "train.py"): ...        # a second live writer is refused; a killed one's lock is taken over
+    with OutputLock(args.out, "train.py"): ...        # a second live writer is refused; a dead one's lock is taken
     file_sha256(path); git_commit()                   # what every run records about its inputs and code
 """
 import hashlib

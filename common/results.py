@@ -240,8 +240,8 @@ def first_difference(old: dict, new: dict, skip=()):
 
 
 LABELS = {"models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
-          "voc_root": "the val set at", "split": "the split", "images": "images:", "image_ids_sha256": "image ids sha256",
-          "shard": "--shard", "seed_rule": "the seed rule"}
+          "voc_root": "the val set at", "split": "the split", "images": "images:",
+          "image_ids_sha256": "image ids sha256", "shard": "--shard", "seed_rule": "the seed rule"}
 
 
 def shown(value) -> str:
@@ -364,8 +364,8 @@ def clear_stale(out) -> None:
 
 def load_npz(path, spec: dict, fix: str, optional=()):
     """The arrays ``spec`` names, loaded and checked: {key: (dtype kinds, shape)}, a shape entry None meaning
-    any length and a str meaning "the same length as other entries with that str" (shape None: any shape). Keys in ``optional`` may be
-    absent. Float arrays must be finite unless their kinds string holds "n" (NaN allowed)."""
+    any length and a str meaning "the same length as other entries with that str" (shape None: any shape).
+    Keys in ``optional`` may be absent. Float arrays must be finite unless their kinds string holds "n" (NaN allowed)."""
     def damaged(what):
         return UsageError(f"{path}: {what}; {fix}")
 
