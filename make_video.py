@@ -23,8 +23,8 @@ seeded rule, ``corrupt_image(frame, image_id=f"frame{index:06d}", corruption, se
 gives the same pixels. Both models see the corrupted frame in batches of ``--batch-size``. Tiles show
 these model-sized arrays scaled to fit 480x270 (images bilinear, predictions nearest), so original and
 corrupted differ only by the corruption. About 8 frames/s on 2 idle CPU cores with two tiny ResNet-18
-test models at --size 224: the models take most of it; composing a frame takes ~4 ms (a matplotlib figure
-per frame: ~77 ms) and encoding ~7 ms. The composed frames are the same on every run; the encoded bytes
+test models at --size 224: the models take most of it; composing a frame takes ~3 ms (a matplotlib figure
+per frame: ~51 ms; BENCHMARKS.md, video group) and encoding ~7 ms. The composed frames are the same on every run; the encoded bytes
 are not (this libx264 build varied between runs even single-threaded): decoded frames of two runs differ
 by ~0.5 grey levels on average, mostly in the noisy tiles.
 
