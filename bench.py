@@ -4,12 +4,10 @@
     python bench.py --gpu --minutes 8 --out bench.jsonl    # one CUDA GPU: model groups at 224 first, then the rest
     python bench.py --gpu --only model logits             # needs only torch, torchvision, numpy and Pillow
 
-The scripts run through their own ``main(args)`` (arguments from their own parser) or as a subprocess, and the
-timings they report are used where they report one; the one seam into a script is a ``unittest.mock`` wrapper
-counting evaluate_corruptions' corrupt_image calls (shared_calls). BENCHMARKS.md defines every group, target and
-JSON field and keeps every run's numbers. Prints one JSON line per group as it ends (also appended to --out),
-then a table, the breakdown and one JSON object of every row; a failing group does not stop the others (exit
-status 1). Run it on an idle machine. Scratch files go to --root, this run's folder removed unless --keep.
+Prints one JSON line per group as it ends (also appended to --out), then a table, the breakdown and one JSON
+object of every row; a failing group does not stop the others (exit status 1). Scratch files go to --root, this
+run's folder removed unless --keep. BENCHMARKS.md says how each script is run, defines every group, target and
+JSON field, and keeps every run's numbers.
 """
 import argparse
 import contextlib
@@ -56,8 +54,7 @@ COMMON = dict(backbone="resnet50", head_channels=256, severities=[0, 1, 3, 5], s
 MODES = {"quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
                        train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
                        train_steps=3, infer_steps=2, infer_batch=4, infer_size=96, corrupt_images=1,
-                       deterministic_pairs=1, sweep_amp="none", gradient_batch=8,
-                       gradient_batches=4),
+                       deterministic_pairs=1, sweep_amp="none", gradient_batch=8, gradient_batches=4),
          # train_batch None: each recipe's own (notebook 30, paper 20). The sweeps corrupt on one core (--workers
          # 0), which bounds them on a GPU: 32 images and one round keep each to a few minutes.
          "gpu": dict(COMMON, device="cuda", images=32, size=224, batch_size=32, repeats=5, logit_repeats=10,
@@ -79,8 +76,7 @@ RECIPE_OF, SHORT = {"deeplabv3": "notebook", "deeplabv3plus": "paper"}, {"deepla
 HEADLINE_ARCH = "deeplabv3"   # the default recipe's model (the notebook's DeepLabV3, output stride 8)
 # Calibrated on the 2-core CPU, where the forward passes dominate: "info" on a GPU, with the CPU target beside.
 CPU_CALIBRATED = ("shared_time_v3", "shared_time_v3plus", "logits_vs_forward")
-# The full study (PROTOCOL.md): 3 models x 50 epochs on VOC train + SBD train_noval, then the sweep of the 3
-# models over VOC val under clean + 15 corruptions x 5 severities.
+# The full study (PROTOCOL.md): 3 models x 50 epochs, then the sweep over VOC val, clean + 15 x 5 conditions.
 STUDY = dict(models=3, epochs=50, train_images=7087, val_images=1449, conditions=1 + 15 * 5)
 # bf16 and TF32 tensor-core TFLOP/s as NVIDIA's H100 / H200 datasheets print them, with 2:4 sparsity: the dense
 # peak is half. cuDNN runs fp32 convolutions in TF32 by default, so an fp32 run is judged against TF32.
@@ -94,10 +90,11 @@ class Skip(Exception):
 
 # -------------------------------------------------------------------------------------------- helpers
 
-def timed(fn, device="cpu", repeats=1):
-    """(seconds, result) of ``fn()``, the GPU drained before and after; with ``repeats``, the fastest call's
-    seconds: interference only ever adds time (timeit's rule)."""
+def timed(fn, device="cpu", repeats=1, warmup=False):
+    """(seconds, result) of ``fn()``, the fastest of ``repeats`` calls (timeit's rule), the GPU drained around."""
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    if warmup:
+        fn()
     best = None
     for _ in range(repeats):
         sync()
@@ -119,18 +116,17 @@ def torch_threads(n):
         torch.set_num_threads(old[0]), cv2.setNumThreads(old[1])
 
 
-def result(measured, target, rule, seconds, **extra):
-    """One row of the JSON line. ``rule`` "info" marks a reported ratio without a target (ok is None)."""
+def result(measured, target, rule, seconds=None, **extra):
+    """One row of the JSON line. ``rule`` "info" marks a reported value without a target (ok is None)."""
     ok = None if rule == "info" else {"<=": measured <= target, ">=": measured >= target,
                                       "==": measured == target}[rule]
     return {"measured": None if measured is None else round(float(measured), 4), "target": target, "rule": rule,
             "ok": None if ok is None else bool(ok),
-            "seconds": {k: round(float(v), 4) for k, v in seconds.items()}, **extra}
+            "seconds": {k: round(float(v), 4) for k, v in (seconds or {}).items()}, **extra}
 
 
 def run_main(script, argv, log, device="cpu"):
-    """(wall seconds, printed text) of ``script.main(args)`` in this process, ``args`` from the script's own
-    parser; what it prints goes to ``log`` (its tail to stderr when it fails)."""
+    """(wall seconds, printed text) of ``script.main`` on ``argv``, its output to ``log`` (its tail to stderr)."""
     args, buf = script.get_args_parser().parse_args(argv), io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
@@ -152,9 +148,11 @@ def val_samples(cfg, size, indices):
     return [eval_sample(val, i % len(val), "paper", size) for i in indices]
 
 
-def corrupt_seconds(samples, conditions, repeats=1):
-    """(seconds, {corruption: seconds}) of corrupt_image on every sample under every (corruption, severity), the
-    fastest of ``repeats`` passes."""
+def corrupt_seconds(samples, conditions, repeats=1, warmup=None):
+    """(seconds, {corruption: seconds}) of corrupt_image on samples x conditions, the fastest of ``repeats``
+    passes, after the first sample under the ``warmup`` conditions (imports, numba's compiles)."""
+    if warmup:
+        corrupt_seconds(samples[:1], warmup)
     best = None
     for _ in range(repeats):
         per = dict.fromkeys([c for c, _ in conditions], 0.0)
@@ -168,16 +166,18 @@ def corrupt_seconds(samples, conditions, repeats=1):
 
 
 def corrupt_alone(cfg, size, indices, conditions, repeats):
-    """corrupt_seconds on val images ``indices`` after a warm-up pass over the first (imagecorruptions' imports,
-    numba's compiles: once per process); bench_dump runs it in a fresh process, like the dump."""
-    samples = val_samples(cfg, size, indices)
-    corrupt_seconds(samples[:1], conditions)
-    return corrupt_seconds(samples, conditions, repeats)
+    """corrupt_seconds on val images ``indices``, warmed up; bench_dump runs it in a fresh process, like the dump."""
+    return corrupt_seconds(val_samples(cfg, size, indices), conditions, repeats, warmup=conditions)
+
+
+def in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new interpreter (multiprocessing's spawn), started as a script's own run is."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def model_flops(kind="baseline", side=224, train_step=False, **model_kw):
-    """FLOPs of one side x side image through the model (forward, or forward + backward), counted by
-    torch.utils.flop_counter on the meta device (no memory, no arithmetic)."""
+    """FLOPs of one image through the model (forward, or + backward), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
@@ -190,8 +190,7 @@ def model_flops(kind="baseline", side=224, train_step=False, **model_kw):
 
 
 def peak_tflops(device_name):
-    """The dense peaks of ``torch.cuda.get_device_name()``, or None. Whole words, so "GH200" is no H200; a name
-    without "PCIe" or "NVL" is the SXM board ("NVIDIA H200"); a MIG slice has only some of the SMs: no peak."""
+    """The dense peaks of ``torch.cuda.get_device_name()``, or None (MIG, GH200, other cards: BENCHMARKS.md)."""
     words = set(re.split(r"[^A-Z0-9]+", device_name.upper()))
     chip = next((c for c in ("H100", "H200") if c in words), None)
     if chip is None or "MIG" in words:
@@ -201,8 +200,7 @@ def peak_tflops(device_name):
 
 
 def project_study(train_images_per_s, infer_images_per_s, corrupt_s_per_val_image, cores, study=STUDY):
-    """(train, forward of the sweep, its corruptions on all cores, whole study) in seconds. The sweep's forwards
-    (one model after another) and corruptions (spread over the cores by loader workers) overlap: the slower counts."""
+    """(train, sweep forwards, sweep corruptions on all cores, whole study) seconds; the sweep's two overlap."""
     t_train = study["models"] * study["epochs"] * study["train_images"] / train_images_per_s
     t_forward = sum(study["val_images"] * study["conditions"] / ips for ips in infer_images_per_s)
     t_corrupt = study["val_images"] * corrupt_s_per_val_image / cores
@@ -235,8 +233,7 @@ def notebook_moments(logits):
 
 
 def logit_gradients(logits, target):
-    """Norms of d loss / d logits for cross-entropy (ignore 255) and the notebook's SCrIBE BCE (255 ->
-    background, mean over every element), on the same logits."""
+    """Norms of d loss / d logits of cross-entropy and of the notebook's SCrIBE BCE, on the same logits."""
     norms = []
     for kind in ("ibe", "scribe"):
         z = logits.detach().clone().requires_grad_(True)
@@ -270,6 +267,8 @@ def conditions_of(cfg):
     return [("clean", 0)] * (0 in sev) + [(c, s) for c in parse_corruptions(cfg["corruptions"]) for s in sev if s]
 
 
+# --------------------------------------------------------------------- groups (defined in BENCHMARKS.md)
+
 def run_sweep(cfg, ckpts, out, log):
     """(wall seconds, corrupt_image calls) of evaluate_corruptions.main in this process, with --workers 0."""
     argv = ["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", cfg["synthetic_root"],
@@ -285,45 +284,43 @@ def run_sweep(cfg, ckpts, out, log):
 def bench_sweep(ctx, arch):
     """sweep_efficiency, shared_calls and shared_time of the three checkpoints of ``arch``."""
     cfg, ckpts, short, dev = ctx["cfg"], ctx["checkpoints"](arch), SHORT[arch], ctx["cfg"]["device"]
-    scratch, log, device = os.path.join(ctx["scratch"], f"sweep-{short}"), ctx["log"], torch.device(dev)
+    folder, fmt = os.path.join(ctx["scratch"], f"sweep-{short}"), memory_format(torch.device(dev))
     bs = cfg["batch_size"]
     conds = conditions_of(cfg)
-    corrupted, k = conds[conds[0][1] == 0:], len(conds)
+    corrupted = conds[conds[0][1] == 0:]
     n = min(cfg["images"], len(voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")))
     samples = val_samples(cfg, cfg["size"], range(n))
     # Warm-up: imagecorruptions' imports and numba's compiles, a tiny sweep (lazy imports), first forwards.
     corrupt_seconds(samples[:1], corrupted)
     run_sweep(dict(cfg, images=2, corruptions=cfg["corruptions"][:1], severities=[0, 1]), ckpts[:1],
-              os.path.join(scratch, "warmup"), log)
+              os.path.join(folder, "warmup"), ctx["log"])
     # The forwards alone, as the sweep runs them: its batches, memory format, inference mode and --amp.
-    models = [load_model(p, dev)[0].to(memory_format=memory_format(device)) for p in ckpts]
-    batches = [(normalise_uint8(torch.from_numpy(np.stack([s[1] for s in samples[i:i + bs]])).to(dev)).contiguous(
-        memory_format=memory_format(device)), torch.from_numpy(np.stack([s[2] for s in samples[i:i + bs]])).to(dev),
-        np.arange(i, min(i + bs, n))) for i in range(0, n, bs)]
+    models = [load_model(p, dev)[0].to(memory_format=fmt) for p in ckpts]
+    batches = [normalise_uint8(torch.from_numpy(np.stack([s[1] for s in samples[i:i + bs]])).to(dev)).contiguous(
+        memory_format=fmt) for i in range(0, n, bs)]
 
     def forward(model):
-        with torch.inference_mode(), autocast(device, cfg["sweep_amp"]):
-            [model(x) for x, _, _ in batches]
+        with torch.inference_mode(), autocast(torch.device(dev), cfg["sweep_amp"]):
+            [model(x) for x in batches]
     [forward(m) for m in models]
-    # Rounds: both sweeps, then corrupt_image alone and the forwards alone, back to back; each ratio is taken
-    # within its round (this VM's speed drifts by several percent over minutes), the median round's reported.
-    # The forward alone is the median of its passes, like the single sweep runs it is set against.
+    # Each ratio within its round (this VM's speed drifts by several percent over minutes), the median reported.
     rounds = []
     for r in range(cfg["sweep_repeats"]):
-        (t1, calls1), (t3, calls3) = (run_sweep(cfg, ckpts[:m], os.path.join(scratch, f"{m}-{r}"), log) for m in (1, 3))
-        fwd = [k * float(np.median([timed(lambda: forward(m), dev)[0] for _ in range(cfg["repeats"])])) for m in models]
+        (t1, calls1), (t3, calls3) = (run_sweep(cfg, ckpts[:m], os.path.join(folder, f"{m}-{r}"), ctx["log"])
+                                      for m in (1, 3))
+        fwd = [len(conds) * float(np.median([timed(lambda: forward(m), dev)[0] for _ in range(cfg["repeats"])]))
+               for m in models]
         t_corrupt = corrupt_seconds(samples, corrupted)[0]
         rounds.append(dict(sweep_1_model=t1, sweep_3_models=t3, corrupt_alone=t_corrupt, forward_alone=sum(fwd),
                            extra_models_forward=sum(fwd[1:]), efficiency=t3 / (t_corrupt + sum(fwd)),
                            shared=(t3 - t1) / sum(fwd[1:])))
-    # The fixed cost of a run (loading and hashing checkpoints, the dataset, locks), for the breakdown: the
-    # 3-model sweep again on its finished folder, where every condition is skipped.
-    t_fixed = run_sweep(cfg, ckpts, os.path.join(scratch, "3-0"), log)[0]
+    # A run's fixed cost: the 3-model sweep again on its finished folder, where every condition is skipped.
+    t_fixed = run_sweep(cfg, ckpts, os.path.join(folder, "3-0"), ctx["log"])[0]
     e, sh = (sorted(rounds, key=lambda rd: rd[key])[len(rounds) // 2] for key in ("efficiency", "shared"))
     seconds = dict({key: e[key] for key in ("sweep_3_models", "corrupt_alone", "forward_alone")}, fixed_per_run=t_fixed)
     return {f"sweep_efficiency_{short}": result(e["efficiency"], 1.2, "<=", seconds,
                                                 rounds=[round(rd["efficiency"], 4) for rd in rounds]),
-            f"shared_calls_{short}": result(calls3 / max(calls1, 1), 1.0, "==", {}, calls_1_model=calls1,
+            f"shared_calls_{short}": result(calls3 / max(calls1, 1), 1.0, "==", calls_1_model=calls1,
                                             calls_3_models=calls3, calls_expected=n * len(corrupted)),
             f"shared_time_{short}": result(sh["shared"], 1.1, "<=", {key: sh[key] for key in (
                 "sweep_1_model", "sweep_3_models", "extra_models_forward")},
@@ -331,8 +328,7 @@ def bench_sweep(ctx, arch):
 
 
 def run_dump(argv, images, log):
-    """Seconds of dump_voc_c.py's own work, run as a user runs it (a fresh process): ``images`` over the
-    images/s its last line reports (its clock starts after its checks, before the first image)."""
+    """Seconds of ``python dump_voc_c.py argv``'s own work: ``images`` over the images/s of its last line."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "dump_voc_c.py"), *argv], cwd=ROOT,
                           capture_output=True, text=True)
     with open(log, "a") as fh:
@@ -343,27 +339,21 @@ def run_dump(argv, images, log):
     return images / float(rate[-1])
 
 
-def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a new interpreter (multiprocessing's spawn), started as a script's own run is."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
-
-
 def bench_dump(ctx):
-    """dump_scaling and dump_overhead on the dump's default work (the paper's slow four at 224 px). Per-image
-    times by difference between a short and a long run into fresh folders, so per-run start-up drops out."""
-    cfg, scratch, log = ctx["cfg"], ctx["scratch"], ctx["log"]
+    """dump_scaling and dump_overhead, per image by difference of a short and a long run."""
+    cfg = ctx["cfg"]
     (short, long_), size, extra = cfg["dump_images"], cfg["dump_size"], cfg["dump_images"][1] - cfg["dump_images"][0]
     cors, sev = parse_corruptions(cfg["dump_corruptions"]), [s for s in cfg["dump_severities"] if s > 0]
-    conditions = [(c, s) for c in cors for s in sev]
-    runs = {(w, n): min(run_dump(["--data", "synthetic", "--synthetic-root", cfg["synthetic_root"], "--limit", str(n),
-                                  "--size", str(size), "--corruptions", *cors, "--severities", *map(str, sev),
-                                  "--workers", str(w), "--out", os.path.join(scratch, f"dump-w{w}-n{n}-{r}")], n, log)
-                        for r in range(cfg["dump_repeats"])) for w in (1, 2) for n in (short, long_)}
+    argv = ["--data", "synthetic", "--synthetic-root", cfg["synthetic_root"], "--size", str(size),
+            "--corruptions", *cors, "--severities", *map(str, sev)]
+    runs = {(w, n): min(run_dump(argv + ["--limit", str(n), "--workers", str(w), "--out", os.path.join(
+        ctx["scratch"], f"dump-w{w}-n{n}-{r}")], n, ctx["log"]) for r in range(cfg["dump_repeats"]))
+            for w in (1, 2) for n in (short, long_)}
     per_image = {w: max(runs[w, long_] - runs[w, short], 1e-9) / extra for w in (1, 2)}
-    # corrupt_image alone on the long run's extra images and the same conditions, in a fresh process.
+    conditions = [(c, s) for c in cors for s in sev]
     t_corrupt = in_fresh_process(corrupt_alone, cfg, size, list(range(short, long_)), conditions,
                                  cfg["dump_repeats"])[0] / extra
+    start_up = {f"start_up_workers_{w}": round(runs[w, short] - short * per_image[w], 2) for w in (1, 2)}
     return {"dump_scaling": result(per_image[1] / per_image[2], 1.7, ">=", dict(
                 per_image_workers_1=per_image[1], per_image_workers_2=per_image[2],
                 **{f"run_workers_{w}_images_{n}": t for (w, n), t in runs.items()}),
@@ -371,19 +361,18 @@ def bench_dump(ctx):
                 whole_run_ratio=round(runs[1, long_] / runs[2, long_], 3)),
             "dump_overhead": result(per_image[1] / t_corrupt, 1.1, "<=", dict(
                 dump_per_image=per_image[1], corrupt_alone_per_image=t_corrupt),
-                files_per_image=len(conditions), start_up_workers_1=round(runs[1, short] - short * per_image[1], 2),
-                start_up_workers_2=round(runs[2, short] - short * per_image[2], 2))}
+                files_per_image=len(conditions), **start_up)}
 
 
 def logit_inputs(ctx, name):
-    """DeepLabV3+ R50 (random weights, eval; as in every run of BENCHMARKS.md), its input batch and logits."""
+    """DeepLabV3+ R50 (random weights, eval), its input batch and logits, after a first (warm-up) forward."""
     cfg, dev = ctx["cfg"], ctx["cfg"]["device"]
     model = load_model(save_random_checkpoint(os.path.join(ctx["scratch"], f"{name}.pt"), "baseline",
                                               **model_kw(cfg, "deeplabv3plus")), dev)[0]
     x = torch.randn(cfg["logit_batch"], 3, cfg["logit_size"], cfg["logit_size"],
                     generator=torch.Generator().manual_seed(0)).to(dev)
     with torch.inference_mode():
-        return model, x, model(x).float()     # the first forward warms up (oneDNN / cuDNN pick their kernels)
+        return model, x, model(x).float()
 
 
 def bench_logits(ctx):
@@ -391,16 +380,14 @@ def bench_logits(ctx):
     model, x, logits = logit_inputs(ctx, "logits")
     with torch.inference_mode():
         t_fwd = timed(lambda: model(x), dev, reps)[0]
-        LogitTracker().update(logits), notebook_moments(logits)
-        t_track = timed(lambda: LogitTracker().update(logits), dev, max(reps, 5))[0]
-        t_loop = timed(lambda: notebook_moments(logits), dev, max(reps, 5))[0]
+        t_track = timed(lambda: LogitTracker().update(logits), dev, max(reps, 5), warmup=True)[0]
+        t_loop = timed(lambda: notebook_moments(logits), dev, max(reps, 5), warmup=True)[0]
     return {"logits_vs_forward": result(t_track / t_fwd, 0.10, "<=", dict(tracker_update=t_track, forward=t_fwd)),
             "logits_vs_loop": result(t_track / t_loop, 2.0, "<=", dict(tracker_update=t_track, mask_loop=t_loop))}
 
 
 def bench_calibration(ctx):
-    """What the sweep's calibration adds per batch (Calibration.update as ConditionStats.update calls it, with the
-    prediction and top logit it has already) over the forward; beside it, without targets, the alternatives."""
+    """Calibration.update as ConditionStats calls it over the forward; beside it, the alternatives."""
     dev, reps = ctx["cfg"]["device"], max(ctx["cfg"]["logit_repeats"], 5)
     model, x, logits = logit_inputs(ctx, "calibration")
     (bs, _, h, w), gen = logits.shape, torch.Generator().manual_seed(0)
@@ -413,15 +400,14 @@ def bench_calibration(ctx):
                  condition_stats=lambda: evaluate_corruptions.ConditionStats(bs).update(logits, labels, pos))
     with torch.inference_mode():
         t_fwd = timed(lambda: model(x), dev, reps)[0]
-        t = {name: (fn(), timed(fn, dev, reps)[0])[1] for name, fn in calls.items()}   # each after a warm-up
+        t = {name: timed(fn, dev, reps, warmup=True)[0] for name, fn in calls.items()}
     return {f"{name}_vs_forward": result(t[name] / t_fwd, 0.05 if name == "calibration" else None,
                                          "<=" if name == "calibration" else "info", {name: t[name], "forward": t_fwd})
             for name in calls}
 
 
-def bench_train_input(ctx):
-    """common.data's training sample on VOC-sized JPEGs (~500x375, quality 90: upscaled synthetic images) on one
-    thread, what one DataLoader worker has."""
+def voc_sized_copy(ctx):
+    """The synthetic val images as a VOC training set of VOC-sized JPEGs (~500x375, quality 90, upscaled)."""
     base = os.path.join(ctx["scratch"], "voc-sized", "VOCdevkit", "VOC2012")
     src = voc_dataset(os.path.join(ctx["cfg"]["synthetic_root"], "voc"), "val")
     ids = [f"2099_{i:06d}" for i in range(min(ctx["cfg"]["train_images"], len(src)))]
@@ -433,14 +419,20 @@ def bench_train_input(ctx):
         vocc.write_bytes(os.path.join(base, "SegmentationClass", f"{image_id}.png"),
                          vocc.png_bytes(np.asarray(target.resize(size, Image.NEAREST)), palette=True))
     vocc.write_bytes(os.path.join(base, "ImageSets", "Segmentation", "train.txt"), ("\n".join(ids) + "\n").encode())
-    tf, root, n, reps = train_transform(224), os.path.dirname(os.path.dirname(base)), len(ids), ctx["cfg"]["repeats"]
+    return os.path.dirname(os.path.dirname(base))
+
+
+def bench_train_input(ctx):
+    """common.data's training sample on VOC-sized JPEGs on one thread, what one DataLoader worker has."""
+    root, tf = voc_sized_copy(ctx), train_transform(224)
     ds, plain = voc_dataset(root, "train", tf), voc_dataset(root, "train")
+    n = len(ds)
     pairs = [plain[i] for i in range(n)]   # decoded (image, label) pairs
     jobs = dict(decode=lambda: [np.asarray(Image.open(p).convert("RGB")) for p in ds.images],
                 transform=lambda: [tf(*p) for p in pairs], full_sample=lambda: [ds[i] for i in range(n)])
     with torch_threads(1):   # torch and OpenCV
         torch.manual_seed(0)
-        t = {name: (fn(), timed(fn, "cpu", reps)[0] / n)[1] for name, fn in jobs.items()}   # each after a warm-up
+        t = {name: timed(fn, "cpu", ctx["cfg"]["repeats"], warmup=True)[0] / n for name, fn in jobs.items()}
     return {"train_vs_decode": result(t["transform"] / t["decode"], 2.0, "<=", {
                 f"{name}_per_image": v for name, v in t.items()}, full_sample_vs_decode=round(
                 t["full_sample"] / t["decode"], 3)),
@@ -448,9 +440,22 @@ def bench_train_input(ctx):
                                        images_per_s_per_core=round(1 / t["full_sample"], 1))}
 
 
+def video_frames(make_video, text, ckpts, cfg):
+    """make_video's frame tiles, rebuilt from its clip, schedule (frame i in segment i * K // n) and models."""
+    n = int(re.search(r"wrote .*?: (\d+) frames", text).group(1))
+    size, schedule = tuple(map(int, re.search(r"models see (\d+)x(\d+)", text).groups())), make_video.build_schedule()
+    originals = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in make_video.synthetic_frames(n)]
+    conds = [schedule[i * len(schedule) // n] for i in range(n)]
+    corrupted = np.stack([corrupt_image(o, f"frame{i:06d}", c, s) if s else o
+                          for i, (o, (c, s)) in enumerate(zip(originals, conds))])
+    preds = [predict(load_model(ckpts[k], cfg["device"])[0], corrupted, cfg["device"], cfg["video_batch"])
+             for k in (0, 2)]
+    return [(originals[i], corrupted[i], preds[0][i], preds[1][i],
+             ("original", make_video.condition_label(*conds[i]), "baseline", "scribe")) for i in range(n)]
+
+
 def bench_video(ctx):
-    """video_render: make_video.compose against a matplotlib figure per frame, the same frames into the script's
-    encoder; video_end_to_end: make_video.py's own run against the same with matplotlib's rendering instead."""
+    """video_render and video_end_to_end: make_video.compose against a matplotlib figure per frame."""
     import av           # PyAV and make_video (which needs it) only here: the other groups run without them
     import make_video
 
@@ -465,16 +470,7 @@ def bench_video(ctx):
                     ctx["log"], dev)[1]
     n, fps = re.search(r"wrote .*?: (\d+) frames.*\(([0-9.]+) frames/s\)", text).groups()
     n, t_script = int(n), int(n) / float(fps)      # its own clock: from the first frame to the renamed file
-    # The frames' tiles: make_video's synthetic clip at the models' size, under its schedule (frame i in segment
-    # i * K // n) with the project's seeded corruption rule, and both models' predictions.
-    size, schedule = tuple(map(int, re.search(r"models see (\d+)x(\d+)", text).groups())), make_video.build_schedule()
-    originals = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in make_video.synthetic_frames(n)]
-    conds = [schedule[i * len(schedule) // n] for i in range(n)]
-    corrupted = np.stack([corrupt_image(o, f"frame{i:06d}", c, s) if s else o
-                          for i, (o, (c, s)) in enumerate(zip(originals, conds))])
-    preds = [predict(load_model(ckpts[k], dev)[0], corrupted, dev, cfg["video_batch"]) for k in (0, 2)]
-    frames = [(originals[i], corrupted[i], preds[0][i], preds[1][i],
-               ("original", make_video.condition_label(*conds[i]), "baseline", "scribe")) for i in range(n)]
+    frames = video_frames(make_video, text, ckpts, cfg)
 
     def render(compose_fn):
         container, stream = make_video.open_output(os.path.join(vdir, "render.mp4"), 25, make_video.pick_codec())
@@ -496,19 +492,18 @@ def bench_video(ctx):
 
 
 def train_rate(ctx, arch, amp, deterministic=False):
-    """(images/s, peak memory MiB, batch) of train.py as a user runs it on the synthetic training set: the rate its
-    log.jsonl reports for epoch 2 (epoch 1 warms up cuDNN's autotuning, the allocator, the loader)."""
+    """(images/s, peak MiB, batch) of train.main: its log.jsonl's rate of epoch 2 (epoch 1 warms up)."""
     cfg, dev, out = ctx["cfg"], ctx["cfg"]["device"], os.path.join(ctx["scratch"], "train")
     batch = cfg["train_batch"] or train_script.RECIPES[RECIPE_OF[arch]]["batch_size"]
     argv = ["--model", "baseline", "--recipe", RECIPE_OF[arch], "--backbone", cfg["backbone"], "--head-channels",
             str(cfg["head_channels"]), "--amp", amp, "--crop-size", str(cfg["train_crop"]), "--batch-size", str(batch),
             "--epochs", "2", "--val-every", "2", "--print-freq", "1000000", "--data", "synthetic",
             "--synthetic-root", ctx["train_data"](), "--device", dev, "--out", out]
-    argv += ["--deterministic"] * deterministic
+    argv += ["--deterministic"] * deterministic + ["--workers", str(cfg["train_workers"])] * (
+        cfg["train_workers"] is not None)
     peak_memory(dev, reset=True)
     shutil.rmtree(out, ignore_errors=True)   # the last run's checkpoints (100-300 MB each): a fresh run each time
-    run_main(train_script, argv + ["--workers", str(cfg["train_workers"])] * (cfg["train_workers"] is not None),
-             ctx["log"], dev)
+    run_main(train_script, argv, ctx["log"], dev)
     with open(os.path.join(out, "baseline", "log.jsonl")) as fh:
         return [json.loads(line) for line in fh][-1]["images_per_s"], peak_memory(dev), batch
 
@@ -524,9 +519,9 @@ def bench_train_model(ctx, arch):
     # The target was set for the paper's DeepLabV3+ on one H100; the notebook model costs 2.4x its FLOPs, so it is
     # shown beside the same FLOP rate instead of being judged against it.
     target = 1500 if arch == "deeplabv3plus" else None
-    res = {f"train_bf16_speedup_{short}": result(ips["bf16_channels_last"] / ips["fp32"], 2.0, ">=", {},
+    res = {f"train_bf16_speedup_{short}": result(ips["bf16_channels_last"] / ips["fp32"], 2.0, ">=",
                                                  images_per_s={k: round(v, 1) for k, v in ips.items()}),
-           f"train_images_per_s_{short}": result(ips[best], target, ">=" if target else "info", {}, mode=best,
+           f"train_images_per_s_{short}": result(ips[best], target, ">=" if target else "info", mode=best,
                                                  device=ctx["device_name"], batch=runs[best][2], crop=crop,
                                                  max_memory_allocated_mib={k: r[1] for k, r in runs.items()})}
     if target is None:
@@ -534,7 +529,7 @@ def bench_train_model(ctx, arch):
         res[f"train_images_per_s_{short}"]["same_flop_rate_as_1500_v3plus"] = round(1500 * plus / flops, 1)
     for label, rate in ips.items():
         key, tflops = "bf16" if label.startswith("bf16") else "tf32", rate * flops / 1e12
-        res[f"mfu_{label}_{short}"] = result(tflops / peak[key] if peak else None, None, "info", {},
+        res[f"mfu_{label}_{short}"] = result(tflops / peak[key] if peak else None, None, "info",
                                              achieved_tflops=round(tflops, 2), peak_tflops=peak[key] if peak else None,
                                              card=peak["card"] if peak else None,
                                              train_gflop_per_image=round(flops / 1e9, 2))
@@ -549,16 +544,16 @@ def bench_infer_model(ctx, arch):
     modes, ips = (("fp32", "none", torch.contiguous_format), ("bf16_channels_last", "bf16", torch.channels_last)), {}
     for (label, amp, fmt), kind in ((m, k) for m in modes for k in KINDS):
         torch.manual_seed(0)
-        model, x = build_model(kind, **model_kw(cfg, arch)).eval().to(dev, memory_format=fmt), x0.contiguous(
-            memory_format=fmt)
+        model = build_model(kind, **model_kw(cfg, arch)).eval().to(dev, memory_format=fmt)
+        x = x0.contiguous(memory_format=fmt)
         with torch.inference_mode(), autocast(torch.device(dev), amp):
-            model(x), model(x)
-            ips[kind, label] = len(x) * cfg["infer_steps"] / timed(lambda: [model(x) for _ in range(
-                cfg["infer_steps"])], dev)[0]
+            model(x)
+            steps = timed(lambda: [model(x) for _ in range(cfg["infer_steps"])], dev, warmup=True)[0]
+        ips[kind, label] = len(x) * cfg["infer_steps"] / steps
     best = {k: max((m[0] for m in modes), key=lambda lb: ips[k, lb]) for k in KINDS}
     ctx["infer_ips"][arch] = {k: ips[k, best[k]] for k in KINDS}
     return {f"infer_images_per_s_{k}_{SHORT[arch]}": result(
-        ips[k, best[k]], None, "info", {}, mode=best[k], images_per_s={m[0]: round(ips[k, m[0]], 1) for m in modes},
+        ips[k, best[k]], None, "info", mode=best[k], images_per_s={m[0]: round(ips[k, m[0]], 1) for m in modes},
         batch=cfg["infer_batch"], size=cfg["infer_size"]) for k in KINDS}
 
 
@@ -583,14 +578,13 @@ def bench_deterministic(ctx):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[:2]
         torch.use_deterministic_algorithms(old[2], warn_only=old[3])
     return {f"deterministic_cost_{SHORT[HEADLINE_ARCH]}": result(
-        sorted(d / f for f, d in pairs)[len(pairs) // 2], None, "info", {}, amp=amp,
+        sorted(d / f for f, d in pairs)[len(pairs) // 2], None, "info", amp=amp,
         pairs_images_per_s=[[round(f, 1), round(d, 1)] for f, d in pairs],
         nondeterministic_kernels_warned=sorted(warned))}
 
 
 def bench_loss_gradients(ctx):
-    """Cross-entropy's gradient over SCrIBE's BCE, on one IBE model (the notebook's placement) and the same
-    synthetic training crops, at initialisation: with respect to the logits and to all parameters."""
+    """Cross-entropy's gradient over SCrIBE's BCE at initialisation, on the logits and on all parameters."""
     cfg, dev, syn = ctx["cfg"], ctx["cfg"]["device"], ctx["cfg"]["synthetic_root"]
     train_set = build_datasets(os.path.join(syn, "voc"), os.path.join(syn, "sbd"), cfg["train_crop"])[0]
     # Random crops drawn with replacement: the bench's synthetic set holds only 8 training images.
@@ -614,7 +608,7 @@ def bench_loss_gradients(ctx):
             ratios["logits"].append(ce / bce)
             ratios["params"].append(grads[0] / grads[1])
         res.update({f"ce_over_bce_gradient_{on}_{SHORT[arch]}": result(
-            float(np.median(r)), None, "info", {}, per_batch=[round(v, 2) for v in r]) for on, r in ratios.items()})
+            float(np.median(r)), None, "info", per_batch=[round(v, 2) for v in r]) for on, r in ratios.items()})
     return res
 
 
@@ -623,16 +617,14 @@ def bench_corrupt(ctx):
     cfg = ctx["cfg"]
     samples, cors = val_samples(cfg, cfg["corrupt_size"], range(cfg["corrupt_images"])), parse_corruptions(
         cfg["corrupt_corruptions"])
-    corrupt_seconds(samples[:1], [(c, 1) for c in cors])   # warm-up
-    total, per = corrupt_seconds(samples, [(c, s) for c in cors for s in range(1, 6)])
+    total, per = corrupt_seconds(samples, [(c, s) for c in cors for s in range(1, 6)], warmup=[(c, 1) for c in cors])
     ctx["corrupt_per_val_image"] = total / len(samples)    # all 75 conditions of one image
     return {"corrupt_all_75_per_image": result(total / len(samples), None, "info", {
         c: t / len(samples) for c, t in per.items()}, images=len(samples), size=cfg["corrupt_size"])}
 
 
 def bench_study(ctx):
-    """The full study's projected wall time from the training and inference rates measured above: the notebook
-    recipe's model (the headline) and the paper's DeepLabV3+ beside it."""
+    """The full study's projected wall time, the notebook model's (the headline) and DeepLabV3+'s."""
     cores, corrupt = os.cpu_count() or 1, ctx.get("corrupt_per_val_image")
     if HEADLINE_ARCH not in ctx["train_ips"] or HEADLINE_ARCH not in ctx["infer_ips"]:
         raise Skip(f"needs the rates of train_{SHORT[HEADLINE_ARCH]} and infer_{SHORT[HEADLINE_ARCH]}")
@@ -653,9 +645,8 @@ def bench_study(ctx):
 
 # ---------------------------------------------------------------------------------------------- main
 
-# Every group in the order it runs (the GPU's first): its function, whether it reads the synthetic dataset, and
-# its rough seconds for --minutes in quick and gpu mode (quick: the runs in BENCHMARKS.md, rounded up; gpu:
-# pessimistic planning guesses for one H100/H200, not measurements).
+# Each group in the order it runs: its function, whether it reads the synthetic set, and its rough seconds for
+# --minutes in quick mode (BENCHMARKS.md's runs, rounded up) and gpu mode (guesses for one H100/H200).
 GROUPS = {"train_v3": (lambda ctx: bench_train_model(ctx, "deeplabv3"), False, 150, 120),
           "train_v3plus": (lambda ctx: bench_train_model(ctx, "deeplabv3plus"), False, 100, 60),
           "infer_v3": (lambda ctx: bench_infer_model(ctx, "deeplabv3"), False, 90, 30),
@@ -688,14 +679,6 @@ def last_line(tb_text):
     return lines[-1].strip() if lines else "unknown error"
 
 
-def warn_if_busy():
-    """Two multi-threaded torch processes on the same cores stall each other on OpenMP barriers (seen here: the
-    same sweep condition took 0.8 s or 7.0 s): warn when other processes keep the cores busy."""
-    if os.getloadavg()[0] > 0.5:
-        print(f"warning: the load average is {os.getloadavg()[0]:.1f}: other processes keep the cores busy; timings "
-              "will be noisy", file=sys.stderr, flush=True)
-
-
 def run_group(ctx, group, line):
     """One group's JSON line: its rows and breakdown, its error (the traceback on stderr), or why it was skipped."""
     t0, dev = time.perf_counter(), ctx["cfg"]["device"]
@@ -718,6 +701,7 @@ def run_group(ctx, group, line):
 
 
 def make_context(args, mode, cfg):
+    """What the groups share; the synthetic datasets (kept under --root) and checkpoints made on first use."""
     root = os.path.abspath(args.root)
     cfg["synthetic_root"] = os.path.join(root, "synthetic")
     name = torch.cuda.get_device_name(torch.device(cfg["device"])) if mode == "gpu" else platform.processor() or "cpu"
@@ -726,23 +710,43 @@ def make_context(args, mode, cfg):
     ctx["log"] = os.path.join(ctx["scratch"], "scripts.log")   # what the scripts print
     os.makedirs(ctx["scratch"], exist_ok=True)
 
-    def once(key, folder, **counts):   # generated on first use; the datasets are kept under --root between runs
+    def once(key, make):
         if key not in ctx["cache"]:
-            ctx["cache"][key] = os.path.join(root, folder)
-            ensure_synthetic(ctx["cache"][key], min_side=cfg["synthetic_min_side"], max_side=cfg["synthetic_max_side"],
-                             quiet=True, **counts)
+            ctx["cache"][key] = make()
         return ctx["cache"][key]
+
+    def synthetic(folder, **counts):
+        path = os.path.join(root, folder)
+        ensure_synthetic(path, min_side=cfg["synthetic_min_side"], max_side=cfg["synthetic_max_side"], quiet=True,
+                         **counts)
+        return path
 
     # The bench's val set (and 8 training images, for the gradients); train.py's training set: train_steps
     # batches of the larger recipe batch, half VOC train, half SBD.
     n = cfg["train_steps"] * (cfg["train_batch"] or max(r["batch_size"] for r in train_script.RECIPES.values()))
-    ctx["synthetic"] = lambda: once("val", "synthetic", n_voc_train=4, n_sbd=4, n_val=max(cfg["min_val"],
-                                                                                          cfg["images"]))
-    ctx["train_data"] = lambda: once("train", "synthetic-train", n_voc_train=n - n // 2, n_sbd=n // 2, n_val=1)
-    ctx["checkpoints"] = lambda arch: ctx["cache"].setdefault(arch, None) or ctx["cache"].update({arch: [
-        save_random_checkpoint(os.path.join(ctx["scratch"], f"{SHORT[arch]}-{k}.pt"), k, seed, **model_kw(cfg, arch))
-        for seed, k in enumerate(KINDS)]}) or ctx["cache"][arch]
+    n_val = max(cfg["min_val"], cfg["images"])
+    ctx["synthetic"] = lambda: once("val", lambda: synthetic("synthetic", n_voc_train=4, n_sbd=4, n_val=n_val))
+    ctx["train_data"] = lambda: once("train", lambda: synthetic("synthetic-train", n_voc_train=n - n // 2,
+                                                                n_sbd=n // 2, n_val=1))
+    ctx["checkpoints"] = lambda arch: once(arch, lambda: [save_random_checkpoint(
+        os.path.join(ctx["scratch"], f"{SHORT[arch]}-{k}.pt"), k, seed, **model_kw(cfg, arch))
+        for seed, k in enumerate(KINDS)])
     return ctx
+
+
+def print_summary(lines):
+    """The table of every target, the breakdown, and as the last line one JSON object of every row."""
+    results = {}
+    for line in lines:
+        results.update({line["group"]: dict(error=line["error"], ok=False)} if "error" in line else
+                       line.get("results", {}))
+    print(f"\n{'target':<34} {'measured':>9}  {'target value':>12}  ok")
+    for key, r in results.items():
+        rule = "" if "error" in r else "(no target)" if r["rule"] == "info" else f"{r['rule']} {r['target']}"
+        shown = "ERROR" if "error" in r else "n/a" if r["measured"] is None else f"{r['measured']:.3f}"
+        print(f"{key:<34} {shown:>9}  {rule:>12}  {'' if r['ok'] is None else r['ok']}   {r.get('error', '')}")
+    print("\n" + "\n".join(n for line in lines for n in line.get("notes", [])))
+    return results
 
 
 def main(args):
@@ -754,8 +758,7 @@ def main(args):
     if mode == "gpu":
         cfg["device"] = str(resolve_device("cuda"))   # cuda:<current>: set_device refuses a bare "cuda"
         use_device(torch.device(cfg["device"]))
-        # cuBLAS reads its workspace setting once, at its first call: set here (what --deterministic sets), so
-        # the deterministic group's side really is deterministic and both sides of its ratio share it.
+        # cuBLAS reads it once, at its first call: both sides of deterministic_cost share --deterministic's value.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     ctx, t_start, lines = make_context(args, mode, cfg), time.perf_counter(), []
     only = ([g for g in GROUPS if g in {x for name in args.only for x in ALIASES.get(name, (name,))}] if args.only
@@ -765,9 +768,11 @@ def main(args):
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
           f"; git commit {git_commit()}\nconfig: {json.dumps({k: v for k, v in cfg.items() if k != 'synthetic_root'})}")
     print(f"groups: {' '.join(only)}" + ("" if args.minutes is None else f"; budget {args.minutes:g} min"), flush=True)
-    warn_if_busy()
-    # --tiny runs inside test processes beside others: one thread, which the tiny models lose nothing by, and
-    # which keeps two OpenMP pools on two busy cores from stalling each other (25x, seen here).
+    # Two torch processes on the same cores stall each other on OpenMP barriers (a condition took 0.8 s or 7.0 s).
+    if os.getloadavg()[0] > 0.5:
+        print(f"warning: the load average is {os.getloadavg()[0]:.1f}: other processes keep the cores busy; timings "
+              "will be noisy", file=sys.stderr, flush=True)
+    # --tiny runs in test processes beside others: one thread keeps their OpenMP pools from stalling (25x seen).
     with open(args.out, "a") if args.out else contextlib.nullcontext() as out_fh, \
             torch_threads(1) if args.tiny else contextlib.nullcontext():
         for group in only:
@@ -780,17 +785,8 @@ def main(args):
                 out_fh.write(json.dumps(lines[-1]) + "\n")
                 out_fh.flush()
                 os.fsync(out_fh.fileno())
-    results = {}
-    for line in lines:
-        results.update({line["group"]: dict(error=line["error"], ok=False)} if "error" in line else
-                       line.get("results", {}))
-    print(f"\n{'target':<34} {'measured':>9}  {'target value':>12}  ok")
-    for key, r in results.items():
-        rule = "" if "error" in r else "(no target)" if r["rule"] == "info" else f"{r['rule']} {r['target']}"
-        shown = "ERROR" if "error" in r else "n/a" if r["measured"] is None else f"{r['measured']:.3f}"
-        print(f"{key:<34} {shown:>9}  {rule:>12}  {'' if r['ok'] is None else r['ok']}   {r.get('error', '')}")
+    results = print_summary(lines)
     failed = [line["group"] for line in lines if "error" in line]
-    print("\n" + "\n".join(n for line in lines for n in line.get("notes", [])))
     print(f"total {time.perf_counter() - t_start:.0f}s" + (f"; failed: {' '.join(failed)}" if failed else ""))
     if not args.keep:
         shutil.rmtree(ctx["scratch"], ignore_errors=True)
@@ -801,41 +797,30 @@ def main(args):
 def get_args_parser():
     q, g = MODES["quick"], MODES["gpu"]
     p = argparse.ArgumentParser(description="Measure each script, run as a user runs it, against its irreducible "
-                                "cost (targets in BENCHMARKS.md): one JSON line per measurement group as it ends, "
-                                "then a table, a breakdown and one JSON line of every target.")
+                                "cost (groups, targets and output: BENCHMARKS.md).")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="the default: sizes for a 2-core CPU, about 15 minutes "
-                      f"(random-weight R50 checkpoints at {q['size']} px in the sweeps)")
-    mode.add_argument("--gpu", action="store_true", help="one CUDA GPU: training and inference throughput, MFU and "
-                      "--deterministic's cost for both models at 224, then the CPU-side groups; an error without CUDA")
+    mode.add_argument("--quick", action="store_true", help="the default: sizes for a 2-core CPU, about 15 minutes")
+    mode.add_argument("--gpu", action="store_true", help="one CUDA GPU: the model groups at 224 first, then the rest")
     p.add_argument("--only", nargs="+", choices=tuple(GROUPS) + tuple(ALIASES), default=None, metavar="GROUP",
-                   help=f"run these groups only: {', '.join(GROUPS)}; model = the training, inference and "
-                        f"deterministic groups and the study projection; sweep = both sweeps. Default: all with "
-                        f"--gpu, {' '.join(QUICK_GROUPS)} with --quick")
-    p.add_argument("--minutes", type=float, default=None, help="time budget: a group whose rough estimate no longer "
-                   "fits in what is left is skipped, and reported as skipped; default: no budget")
-    p.add_argument("--out", default=None, help="also append each group's JSON line to this file as soon as the group "
-                   "ends (flushed), so a run killed midway keeps everything it finished")
-    p.add_argument("--backbone", choices=tuple(BACKBONES), default=None, help=f"backbone of the models (default "
-                   f"{q['backbone']}); a smaller one makes per-pixel bookkeeping weigh more")
-    for flag, text in (("--head-channels", "ASPP/decoder width of the models"), ("--images", "val images in the sweep"),
-                       ("--size", f"image side in the sweep (the dump runs at {q['dump_size']}, its default)"),
-                       ("--batch-size", "sweep batch size"), ("--frames", "frames of make_video's synthetic clip"),
-                       ("--repeats", "repeats of the short measurements, the fastest counts; the sweep's forward "
-                                     "passes alone take the median"),
-                       ("--sweep-repeats", "rounds of the sweep measurements, the median round's ratios count; each "
-                                           f"dump runs {q['dump_repeats']} times")):
+                   help=f"run these groups only: {', '.join(GROUPS)}; model = {' '.join(ALIASES['model'])}; sweep = "
+                        f"both sweeps (default: all with --gpu, {' '.join(QUICK_GROUPS)} with --quick)")
+    p.add_argument("--minutes", type=float, default=None, help="budget: skip a group whose estimate no longer fits")
+    p.add_argument("--out", default=None, help="also append each group's JSON line here as it ends (flushed)")
+    p.add_argument("--backbone", choices=tuple(BACKBONES), default=None, help=f"default {q['backbone']}")
+    for flag, text in (("--head-channels", "ASPP/decoder width"), ("--images", "val images in the sweep"),
+                       ("--size", "image side in the sweep"), ("--batch-size", "sweep batch size"),
+                       ("--frames", "frames of make_video's clip"),
+                       ("--repeats", "repeats of the short measurements (the fastest counts)"),
+                       ("--sweep-repeats", "rounds of the sweep measurements (the median round counts)")):
         key = flag[2:].replace("-", "_")
         p.add_argument(flag, type=int, default=None, help=f"{text} (quick {q[key]}, gpu {g[key]})")
-    p.add_argument("--corruptions", nargs="+", default=None, help=f"corruptions of the sweep (default: "
-                   f"{' '.join(q['corruptions'])}); the dump uses its own default, {' '.join(q['dump_corruptions'])}")
+    p.add_argument("--corruptions", nargs="+", default=None,
+                   help=f"the sweep's (default: {' '.join(q['corruptions'])})")
     p.add_argument("--severities", type=int, nargs="+", default=None,
-                   help=f"severities of the sweep, 0 = clean (default: {' '.join(map(str, q['severities']))})")
-    p.add_argument("--root", default="data/bench", help="scratch folder: the synthetic datasets (generated once, "
-                   "kept) and this run's files (removed unless --keep); default: data/bench (git-ignored)")
+                   help=f"the sweep's, 0 = clean (default: {' '.join(map(str, q['severities']))})")
+    p.add_argument("--root", default="data/bench", help="scratch folder: synthetic datasets (kept), run files")
     p.add_argument("--keep", action="store_true", help="keep this run's files under ROOT/run-<pid>/")
-    # For tests: every group at a size that runs in seconds (ResNet-18, 8-channel heads, 32 px). Not a benchmark.
-    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # for tests: seconds, numbers mean nothing
     return p
 
 

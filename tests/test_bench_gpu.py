@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -116,7 +117,14 @@ def test_a_failing_group_is_reported_and_the_others_still_run(tmp_path, monkeypa
 
 
 def test_minutes_skips_the_groups_that_no_longer_fit(tmp_path, monkeypatch):
-    # Under --tiny every estimate is 1 s: 2.4 s fit train_v3 (two train.py runs, several seconds), then nothing.
+    # Under --tiny every estimate is 1 s: 2.4 s fit train_v3, which is made to take longer than that (on a fast
+    # machine its two tiny train.py runs take ~1.2 s), so nothing fits after it.
+    real = bench.bench_train_model
+
+    def slow_train(*a, **kw):
+        time.sleep(2.5)
+        return real(*a, **kw)
+    monkeypatch.setattr(bench, "bench_train_model", slow_train)
     with FakeCuda():
         rc, lines = run_bench(tmp_path, "--gpu", "--minutes", "0.04", "--only", "train_v3", "logits")
     assert rc == 0
