@@ -40,6 +40,7 @@ from common.constants import colorize
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import build_datasets, eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
+from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.models import BACKBONES, build_model, default_output_stride, predict, segmentation_loss
 from common.outputs import git_commit
@@ -750,6 +751,7 @@ def print_summary(lines):
 
 
 def main(args):
+    keep_freed_memory()   # as evaluate_corruptions.main does: the sweeps run in this process
     mode = "gpu" if args.gpu else "quick"
     if mode == "gpu" and not torch.cuda.is_available():
         raise UsageError("--gpu needs CUDA, which this torch build or machine does not have; use --quick")

@@ -46,11 +46,11 @@ from common.corruptions import (corrupt_image, corruption_number, corruption_ver
                                 parse_severities)
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
+from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
 from common.outputs import check_output_folder, git_commit
-from common.results import (CLEAN, finite_or_none,  # noqa: F401  (read_metrics: the one reader of metrics.jsonl)
-                            read_metrics)
+from common.results import CLEAN, finite_or_none, read_metrics  # noqa: F401  (read_metrics: re-exported)
 
 
 # ------------------------------------------------------------------------------------------- data side
@@ -608,6 +608,9 @@ def merge(args, held):
 # ----------------------------------------------------------------------------------------------- main
 
 def main(args):
+    # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/host.py;
+    # BENCHMARKS.md, runs S0/S: shared_time 1.200 -> 1.145 with it, back to back).
+    keep_freed_memory()
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
         with contextlib.ExitStack() as held:  # releases the output locks however the run ends
             if args.merge:
