@@ -7,7 +7,7 @@ Each image is decoded and corrupted once per condition (``--workers`` processes 
 every model. Severity 0 is the clean image, evaluated once as the condition ``clean/0``. Writes to --out:
 
     run.json                                    models (path, sha256, config), protocol, versions, args
-    metrics.jsonl                               one row per (model, corruption, severity), schema in README
+    metrics.jsonl                               one row per (model, corruption, severity), schema in docs/outputs.md
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
     confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
                                                     calibration bins (totals and per image; common/calibration.py)

@@ -44,7 +44,7 @@ else
   OUT=${OUT:-runs/quick}
   DATA=(--data synthetic --synthetic-root data/synthetic)
   # One small CPU recipe for all three models, otherwise the notebook's (IBE on the logits, poly per epoch, final
-  # weights). Its deviations, each forced by a measurement on the synthetic set (final val mIoU; README):
+  # weights). Its deviations, each forced by a measurement on the synthetic set (final val mIoU; docs/training.md):
   # - ResNet-18 (output stride 32) with 64-channel heads, 96 px crops, 12 epochs: the CPU budget;
   # - --arch deeplabv3plus: torchvision's DeepLabV3 head sees a 3x3 map here and does not learn (baseline 0.089
   #   against 0.751 with the decoder);

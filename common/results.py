@@ -1,6 +1,6 @@
 """The results folder: one reader and one writer per file, each reader validating what it reads; one run per folder.
 
-evaluate_corruptions.py writes, analyze_logits.py and make_figures.py read (layout in the README):
+evaluate_corruptions.py writes, analyze_logits.py and make_figures.py read (layout in docs/outputs.md):
 
     <out>/run.json                               what decides the numbers (``identity``) and provenance
     <out>/metrics.jsonl                          one row per (model, corruption, severity)
