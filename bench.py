@@ -1,6 +1,6 @@
 """Benchmarks: each script, run as a user runs it, against its irreducible cost, side by side in one run.
 
-    python bench.py --quick        # this project's 2-core CPU, ~15 min: random-weight R50 checkpoints at 96 px
+    python bench.py --quick        # 2-core CPU, ~9-15 min (VMs differ): random-weight R50 checkpoints at 96 px
     python bench.py --gpu --minutes 8 --out bench.jsonl    # one CUDA GPU: model groups at 224 first, then the rest
     python bench.py --gpu --only model logits             # needs only torch, torchvision, numpy and Pillow
 
@@ -801,7 +801,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description="Measure each script, run as a user runs it, against its irreducible "
                                 "cost (groups, targets and output: BENCHMARKS.md).")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="the default: sizes for a 2-core CPU, about 15 minutes")
+    mode.add_argument("--quick", action="store_true", help="the default: sizes for a 2-core CPU, about 9-15 minutes")
     mode.add_argument("--gpu", action="store_true", help="one CUDA GPU: the model groups at 224 first, then the rest")
     p.add_argument("--only", nargs="+", choices=tuple(GROUPS) + tuple(ALIASES), default=None, metavar="GROUP",
                    help=f"run these groups only: {', '.join(GROUPS)}; model = {' '.join(ALIASES['model'])}; sweep = "
