@@ -13,7 +13,7 @@ glibc only (Linux); elsewhere (macOS, musl) it does nothing. It is a per-process
 started with ``fork`` inherits it, one started by ``forkserver`` or ``spawn`` must call it itself. Only the sweep
 (evaluate_corruptions.py, and bench.py, which runs it in-process) calls it: side by side on 2026-12-02 it took
 shared_time_v3plus from 1.200 to 1.145 and sweep_efficiency_v3plus from 1.168 to 1.140 (BENCHMARKS.md, runs S0
-and S). The other scripts gain a few percent at most and leave it to the environment
+and S; with it every target holds, run S2). The other scripts gain a few percent at most and leave it to the environment
 (MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824).
 """
 import ctypes
