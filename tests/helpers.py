@@ -30,8 +30,9 @@ def cli(*args, timeout=600, **kw):
 def run_script(module, *argv):
     """``python <module>.py ARGV`` in-process: the script's own ``run_cli`` on that sys.argv; its exit status.
 
-    A UsageError or an argparse error is exit status 2 (``SystemExit``), as in a shell. train.py's and
-    pretrain_backbone.py's guards ignore what ``main`` returns (0); the other scripts exit with it.
+    A UsageError or an argparse error is exit status 2 (``SystemExit``), as in a shell. A script exits with what
+    ``main`` returns when that is a status (an int); train.py's and pretrain_backbone.py's ``main`` return their
+    results instead, and their guards exit 0.
     """
     saved = sys.argv
     sys.argv = [module.__name__ + ".py", *map(str, argv)]
@@ -41,7 +42,7 @@ def run_script(module, *argv):
         return e.code
     finally:
         sys.argv = saved
-    return status if type(status) is int and module.__name__ not in ("train", "pretrain_backbone") else 0
+    return status if type(status) is int else 0
 
 
 def one_error_line(capture, warnings=False):
