@@ -146,6 +146,7 @@ def prepare_run(args):
     """Check and complete the arguments, join torchrun's process group, and return the checkpoint that
     ``--resume`` continues (None for a fresh run); rank 0 prints the commit, recipe and arguments."""
     check_at_least("--epochs", args.epochs)
+    check_at_least("--val-every", args.val_every, 0)
     recipe = resolve_recipe(args)
     for flag, value in (("--batch-size", args.batch_size), ("--val-batch-size", args.val_batch_size)):
         check_at_least(flag, value)
@@ -402,7 +403,7 @@ def main(args):
             if args.poly_step == "epoch":
                 scheduler.step()   # the notebook's LambdaLR, stepped after the epoch
             train_seconds = time.perf_counter() - t0
-            validate = (epoch + 1) % args.val_every == 0 or epoch + 1 == args.epochs
+            validate = epoch + 1 == args.epochs or (args.val_every > 0 and (epoch + 1) % args.val_every == 0)
             val = evaluate(model, val_loader, args) if validate else None
             row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "amp": args.amp, "train_miou": train_miou,
                    "val_miou": val["miou"] if val else None, "val_pixel_acc": val["pixel_acc"] if val else None,
@@ -463,7 +464,8 @@ def get_args_parser():
     p.add_argument("--scribe-ignore-as-background", action=argparse.BooleanOptionalAction, default=None,
                    help="recipe, SCrIBE only: map label 255 to background before the one-hot and average BCE over "
                         "every element (notebook), or leave 255 pixels out of the loss (--no-..., paper)")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="validate every N epochs and always after the last (0: after the last only)")
     p.add_argument("--save-best", action="store_true",
                    help="also keep best.pt, the epoch with the best val mIoU. VOC val is also the test set, so this "
                         "selects on the test split; the paper evaluated the final weights (checkpoint.pt)")

@@ -141,6 +141,7 @@ def cases(w, o):
         "--batch-size 0 (evaluate)": (ev + syn + ["--checkpoints", good, "--batch-size", "0", "--out", str(o)],
                                       ["--batch-size"]),
         "--batch-size 0 (train)": (tr + syn + ["--batch-size", "0", "--out", str(o)], ["--batch-size"]),
+        "--val-every -1 (train)": (tr + syn + ["--val-every", "-1", "--out", str(o)], ["--val-every -1"]),
     }
 
 
@@ -149,7 +150,7 @@ CASES = ["missing --voc-root", "root is VOC2012", "missing SBD", "split names a 
          "missing checkpoint", "foreign checkpoint", "pickled callable",
          "unknown corruption name", "unknown corruption number", "severity outside 0..5", "--shard 3/2",
          "--out is a file", "--out not writable", "train --out is a file", "--batch-size 0 (evaluate)",
-         "--batch-size 0 (train)"]
+         "--batch-size 0 (train)", "--val-every -1 (train)"]
 # Through a real interpreter: the exit status and the whole stderr as a shell sees them, pool and loader workers
 # included (make_video's and the other scripts' own such cases are in their test files).
 REAL_PROCESS = {"missing --voc-root", "truncated JPEG", "truncated JPEG in a loader worker"}

@@ -24,11 +24,13 @@ def run_train(tiny_data, out, *extra):
 
 
 def test_training_writes_checkpoints_and_log(tiny_data, tmp_path):
-    run_train(tiny_data, tmp_path, "--model", "scribe", "--epochs", "3")
+    run_train(tiny_data, tmp_path, "--model", "scribe", "--epochs", "3", "--val-every", "0")
     run = tmp_path / "scribe"
     rows = [json.loads(line) for line in open(run / "log.jsonl")]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(len(r["val_iou"]) == 21 and 0 <= r["val_miou"] <= 1 and r["loss"] > 0 for r in rows)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(r["loss"] > 0 for r in rows)
+    # --val-every 0: validated after the last epoch only.
+    assert [r.get("val_miou") is None for r in rows] == [True, True, False]
+    assert len(rows[-1]["val_iou"]) == 21 and 0 <= rows[-1]["val_miou"] <= 1
     # The notebook's LambdaLR(lambda e: (1 - e/E) ** 0.9), stepped once per epoch: epoch e (from 0) runs at
     # lr * (1 - e/E) ** 0.9, and the head at 10x that.
     assert [r["lr"] for r in rows] == pytest.approx([0.01 * (1 - e / 3) ** 0.9 for e in range(3)], rel=1e-12)
