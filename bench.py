@@ -7,11 +7,12 @@
 Prints one JSON line per group as it ends (also appended to --out), then a table, the breakdown and one JSON
 object of every row; a failing group does not stop the others (exit status 1). Scratch files go to --root, this
 run's folder removed unless --keep. BENCHMARKS.md says how each script is run, defines every group, target and
-JSON field, and keeps every run's numbers.
+JSON field, and keeps every run's numbers. The groups that drive the scripts are here; the model groups
+(training and inference rates, MFU, --deterministic, gradients, the study projection) are in benchmarks/models.py,
+the timers and the result row they share in benchmarks/measure.py.
 """
 import argparse
 import contextlib
-import io
 import json
 import multiprocessing
 import os
@@ -22,27 +23,28 @@ import subprocess
 import sys
 import time
 import traceback
-import warnings
 from unittest import mock
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 import evaluate_corruptions
 import train as train_script
+from benchmarks.measure import KINDS, SHORT, Skip, model_kw, peak_memory, result, run_main, timed, torch_threads
+from benchmarks.models import (bench_deterministic, bench_infer_model, bench_loss_gradients, bench_study,
+                              bench_train_model, peak_tflops)
 from common import vocc
 from common.calibration import Calibration
 from common.checkpoint import load_model, save_random_checkpoint
 from common.cli import UsageError, run_cli
 from common.constants import colorize
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
-from common.data import build_datasets, eval_sample, normalise_uint8, train_transform, voc_dataset
+from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
-from common.models import BACKBONES, build_model, default_output_stride, predict, segmentation_loss
+from common.models import BACKBONES, predict
 from common.outputs import git_commit
 from common.synthetic import ensure_synthetic
 
@@ -72,82 +74,15 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             dump_images=[1, 2], dump_repeats=1, deterministic_pairs=1, min_val=4, synthetic_min_side=32,
             synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1)
 ROOT = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("baseline", "ibe", "scribe")   # the sweep's three checkpoints (the paper's three models)
-RECIPE_OF, SHORT = {"deeplabv3": "notebook", "deeplabv3plus": "paper"}, {"deeplabv3": "v3", "deeplabv3plus": "v3plus"}
-HEADLINE_ARCH = "deeplabv3"   # the default recipe's model (the notebook's DeepLabV3, output stride 8)
 # Calibrated on the 2-core CPU, where the forward passes dominate: "info" on a GPU, with the CPU target beside.
 CPU_CALIBRATED = ("shared_time_v3", "shared_time_v3plus", "logits_vs_forward")
-# The full study (PROTOCOL.md): 3 models x 50 epochs, then the sweep over VOC val, clean + 15 x 5 conditions.
-STUDY = dict(models=3, epochs=50, train_images=7087, val_images=1449, conditions=1 + 15 * 5)
-# bf16 and TF32 tensor-core TFLOP/s as NVIDIA's H100 / H200 datasheets print them, with 2:4 sparsity: the dense
-# peak is half. cuDNN runs fp32 convolutions in TF32 by default, so an fp32 run is judged against TF32.
-PEAK_TFLOPS = {("H100", "SXM"): (1979, 989), ("H100", "PCIe"): (1513, 756), ("H100", "NVL"): (1671, 835),
-               ("H200", "SXM"): (1979, 989), ("H200", "NVL"): (1671, 835)}
-
-
-class Skip(Exception):
-    """A group that cannot run for a reason that is not a failure (its inputs were not measured)."""
-
 
 # -------------------------------------------------------------------------------------------- helpers
-
-def timed(fn, device="cpu", repeats=1, warmup=False):
-    """(seconds, result) of ``fn()``, the fastest of ``repeats`` calls (timeit's rule), the GPU drained around."""
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    if warmup:
-        fn()
-    best = None
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        best = min(best or 1e30, time.perf_counter() - t0)
-    return best, out
-
-
-@contextlib.contextmanager
-def torch_threads(n):
-    """torch's and OpenCV's thread pools at ``n`` threads (a DataLoader worker has one of each)."""
-    old = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(n), cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old[0]), cv2.setNumThreads(old[1])
-
-
-def result(measured, target, rule, seconds=None, **extra):
-    """One row of the JSON line. ``rule`` "info" marks a reported value without a target (ok is None)."""
-    ok = None if rule == "info" else {"<=": measured <= target, ">=": measured >= target,
-                                      "==": measured == target}[rule]
-    return {"measured": None if measured is None else round(float(measured), 4), "target": target, "rule": rule,
-            "ok": None if ok is None else bool(ok),
-            "seconds": {k: round(float(v), 4) for k, v in (seconds or {}).items()}, **extra}
-
-
-def run_main(script, argv, log, device="cpu"):
-    """(wall seconds, printed text) of ``script.main`` on ``argv``, its output to ``log`` (its tail to stderr)."""
-    args, buf = script.get_args_parser().parse_args(argv), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            seconds, rc = timed(lambda: script.main(args), device)
-    except BaseException:
-        sys.__stderr__.write("".join(buf.getvalue().splitlines(True)[-20:]))
-        raise
-    finally:
-        with open(log, "a") as fh:
-            fh.write(buf.getvalue())
-    if rc != 0 and script is not train_script:   # train.main returns the best val mIoU
-        raise RuntimeError(f"{script.__name__}.main returned {rc}; see {log}")
-    return seconds, buf.getvalue()
-
 
 def val_samples(cfg, size, indices):
     """``eval_sample`` (id, uint8 image, label) of synthetic val images ``indices`` at ``size`` px, as the sweep."""
     val = voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")
     return [eval_sample(val, i % len(val), "paper", size) for i in indices]
-
 
 def corrupt_seconds(samples, conditions, repeats=1, warmup=None):
     """(seconds, {corruption: seconds}) of corrupt_image on samples x conditions, the fastest of ``repeats``
@@ -165,62 +100,14 @@ def corrupt_seconds(samples, conditions, repeats=1, warmup=None):
         best = per if best is None or sum(per.values()) < sum(best.values()) else best
     return sum(best.values()), best
 
-
 def corrupt_alone(cfg, size, indices, conditions, repeats):
     """corrupt_seconds on val images ``indices``, warmed up; bench_dump runs it in a fresh process, like the dump."""
     return corrupt_seconds(val_samples(cfg, size, indices), conditions, repeats, warmup=conditions)
-
 
 def in_fresh_process(fn, *args):
     """``fn(*args)`` in a new interpreter (multiprocessing's spawn), started as a script's own run is."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
-
-
-def model_flops(kind="baseline", side=224, train_step=False, **model_kw):
-    """FLOPs of one image through the model (forward, or + backward), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model, x = build_model(kind, **model_kw), torch.empty(2, 3, side, side)
-    with FlopCounterMode(display=False) as counter:
-        y = model.train(train_step)(x)
-        if train_step:
-            y.float().sum().backward()
-    return counter.get_total_flops() / 2
-
-
-def peak_tflops(device_name):
-    """The dense peaks of ``torch.cuda.get_device_name()``, or None (MIG, GH200, other cards: BENCHMARKS.md)."""
-    words = set(re.split(r"[^A-Z0-9]+", device_name.upper()))
-    chip = next((c for c in ("H100", "H200") if c in words), None)
-    if chip is None or "MIG" in words:
-        return None
-    form = "NVL" if "NVL" in words else "PCIe" if "PCIE" in words else "SXM"
-    return dict(bf16=PEAK_TFLOPS[chip, form][0] / 2, tf32=PEAK_TFLOPS[chip, form][1] / 2, card=f"{chip} {form}")
-
-
-def project_study(train_images_per_s, infer_images_per_s, corrupt_s_per_val_image, cores, study=STUDY):
-    """(train, sweep forwards, sweep corruptions on all cores, whole study) seconds; the sweep's two overlap."""
-    t_train = study["models"] * study["epochs"] * study["train_images"] / train_images_per_s
-    t_forward = sum(study["val_images"] * study["conditions"] / ips for ips in infer_images_per_s)
-    t_corrupt = study["val_images"] * corrupt_s_per_val_image / cores
-    return t_train, t_forward, t_corrupt, t_train + max(t_forward, t_corrupt)
-
-
-def model_kw(cfg, arch):
-    """build_model keywords of ``arch`` as its recipe trains it (output stride 32 for ResNet-18/34)."""
-    return dict(arch=arch, backbone=cfg["backbone"], head_channels=cfg["head_channels"],
-                output_stride=default_output_stride(arch, cfg["backbone"]),
-                ibe_placement=train_script.RECIPES[RECIPE_OF[arch]]["ibe_placement"])
-
-
-def peak_memory(device, reset=False):
-    """torch.cuda.max_memory_allocated in MiB (None on a CPU); ``reset`` starts a new peak instead."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.reset_peak_memory_stats(device) if reset else round(
-            torch.cuda.max_memory_allocated(device) / 2**20, 1)
-
 
 def notebook_moments(logits):
     """The paper notebook's way: per class a boolean mask over the batch, float32 sums. Same statistics."""
@@ -231,17 +118,6 @@ def notebook_moments(logits):
         v = x[pred == n]                                                           # N_n x K, float32
         count[n], sums[n], sq[n] = count[n] + v.shape[0], sums[n] + v.sum(0), sq[n] + v.T @ v
     return count, sums, sq
-
-
-def logit_gradients(logits, target):
-    """Norms of d loss / d logits of cross-entropy and of the notebook's SCrIBE BCE, on the same logits."""
-    norms = []
-    for kind in ("ibe", "scribe"):
-        z = logits.detach().clone().requires_grad_(True)
-        segmentation_loss(kind, z, target, ignore_as_background=True).backward()
-        norms.append(float(z.grad.norm()))
-    return tuple(norms)
-
 
 def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
     """make_video's 960x540 2x2 frame drawn the notebook way: a matplotlib figure per frame, rasterised by Agg."""
@@ -261,12 +137,10 @@ def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
     canvas.draw()
     return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
 
-
 def conditions_of(cfg):
     """The (corruption, severity) list evaluate_corruptions.py builds: clean/0 first, then c x s>0."""
     sev = parse_severities([str(s) for s in cfg["severities"]])
     return [("clean", 0)] * (0 in sev) + [(c, s) for c in parse_corruptions(cfg["corruptions"]) for s in sev if s]
-
 
 # --------------------------------------------------------------------- groups (defined in BENCHMARKS.md)
 
@@ -280,7 +154,6 @@ def run_sweep(cfg, ckpts, out, log):
     # loader corrupts in this process, where the wrapper sees every call.
     with mock.patch.object(evaluate_corruptions, "corrupt_image", wraps=evaluate_corruptions.corrupt_image) as calls:
         return run_main(evaluate_corruptions, argv, log, cfg["device"])[0], calls.call_count
-
 
 def bench_sweep(ctx, arch):
     """sweep_efficiency, shared_calls and shared_time of the three checkpoints of ``arch``."""
@@ -327,7 +200,6 @@ def bench_sweep(ctx, arch):
                 "sweep_1_model", "sweep_3_models", "extra_models_forward")},
                 rounds=[round(rd["shared"], 4) for rd in rounds])}
 
-
 def run_dump(argv, images, log):
     """Seconds of ``python dump_voc_c.py argv``'s own work: ``images`` over the images/s of its last line."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "dump_voc_c.py"), *argv], cwd=ROOT,
@@ -338,7 +210,6 @@ def run_dump(argv, images, log):
     if proc.returncode != 0 or not rate:
         raise RuntimeError(f"dump_voc_c.py exited {proc.returncode}: {(proc.stderr or proc.stdout)[-300:]}")
     return images / float(rate[-1])
-
 
 def bench_dump(ctx):
     """dump_scaling and dump_overhead, per image by difference of a short and a long run."""
@@ -364,7 +235,6 @@ def bench_dump(ctx):
                 dump_per_image=per_image[1], corrupt_alone_per_image=t_corrupt),
                 files_per_image=len(conditions), **start_up)}
 
-
 def logit_inputs(ctx, name):
     """DeepLabV3+ R50 (random weights, eval), its input batch and logits, after a first (warm-up) forward."""
     cfg, dev = ctx["cfg"], ctx["cfg"]["device"]
@@ -375,7 +245,6 @@ def logit_inputs(ctx, name):
     with torch.inference_mode():
         return model, x, model(x).float()
 
-
 def bench_logits(ctx):
     dev, reps = ctx["cfg"]["device"], ctx["cfg"]["logit_repeats"]
     model, x, logits = logit_inputs(ctx, "logits")
@@ -385,7 +254,6 @@ def bench_logits(ctx):
         t_loop = timed(lambda: notebook_moments(logits), dev, max(reps, 5), warmup=True)[0]
     return {"logits_vs_forward": result(t_track / t_fwd, 0.10, "<=", dict(tracker_update=t_track, forward=t_fwd)),
             "logits_vs_loop": result(t_track / t_loop, 2.0, "<=", dict(tracker_update=t_track, mask_loop=t_loop))}
-
 
 def bench_calibration(ctx):
     """Calibration.update as ConditionStats calls it over the forward; beside it, the alternatives."""
@@ -406,7 +274,6 @@ def bench_calibration(ctx):
                                          "<=" if name == "calibration" else "info", {name: t[name], "forward": t_fwd})
             for name in calls}
 
-
 def voc_sized_copy(ctx):
     """The synthetic val images as a VOC training set of VOC-sized JPEGs (~500x375, quality 90, upscaled)."""
     base = os.path.join(ctx["scratch"], "voc-sized", "VOCdevkit", "VOC2012")
@@ -421,7 +288,6 @@ def voc_sized_copy(ctx):
                          vocc.png_bytes(np.asarray(target.resize(size, Image.NEAREST)), palette=True))
     vocc.write_bytes(os.path.join(base, "ImageSets", "Segmentation", "train.txt"), ("\n".join(ids) + "\n").encode())
     return os.path.dirname(os.path.dirname(base))
-
 
 def bench_train_input(ctx):
     """common.data's training sample on VOC-sized JPEGs on one thread, what one DataLoader worker has."""
@@ -440,7 +306,6 @@ def bench_train_input(ctx):
             "train_16_workers": result(16 / t["full_sample"], 2000, ">=", dict(full_sample_per_image=t["full_sample"]),
                                        images_per_s_per_core=round(1 / t["full_sample"], 1))}
 
-
 def video_frames(make_video, text, ckpts, cfg):
     """make_video's frame tiles, rebuilt from its clip, schedule (frame i in segment i * K // n) and models."""
     n = int(re.search(r"wrote .*?: (\d+) frames", text).group(1))
@@ -453,7 +318,6 @@ def video_frames(make_video, text, ckpts, cfg):
              for k in (0, 2)]
     return [(originals[i], corrupted[i], preds[0][i], preds[1][i],
              ("original", make_video.condition_label(*conds[i]), "baseline", "scribe")) for i in range(n)]
-
 
 def bench_video(ctx):
     """video_render and video_end_to_end: make_video.compose against a matplotlib figure per frame."""
@@ -491,128 +355,6 @@ def bench_video(ctx):
                 make_video=t_script, matplotlib_pipeline=t_pipeline), fps_make_video=round(n / t_script, 2),
                 fps_matplotlib=round(n / t_pipeline, 2))}
 
-
-def train_rate(ctx, arch, amp, deterministic=False):
-    """(images/s, peak MiB, batch) of train.main: its log.jsonl's rate of epoch 2 (epoch 1 warms up)."""
-    cfg, dev, out = ctx["cfg"], ctx["cfg"]["device"], os.path.join(ctx["scratch"], "train")
-    batch = cfg["train_batch"] or train_script.RECIPES[RECIPE_OF[arch]]["batch_size"]
-    argv = ["--model", "baseline", "--recipe", RECIPE_OF[arch], "--backbone", cfg["backbone"], "--head-channels",
-            str(cfg["head_channels"]), "--amp", amp, "--crop-size", str(cfg["train_crop"]), "--batch-size", str(batch),
-            "--epochs", "2", "--val-every", "2", "--print-freq", "1000000", "--data", "synthetic",
-            "--synthetic-root", ctx["train_data"](), "--device", dev, "--out", out]
-    argv += ["--deterministic"] * deterministic + ["--workers", str(cfg["train_workers"])] * (
-        cfg["train_workers"] is not None)
-    peak_memory(dev, reset=True)
-    shutil.rmtree(out, ignore_errors=True)   # the last run's checkpoints (100-300 MB each): a fresh run each time
-    run_main(train_script, argv, ctx["log"], dev)
-    with open(os.path.join(out, "baseline", "log.jsonl")) as fh:
-        return [json.loads(line) for line in fh][-1]["images_per_s"], peak_memory(dev), batch
-
-
-def bench_train_model(ctx, arch):
-    """Training images/s with --amp none and bf16 (channels_last on CUDA, as train.py sets it), and the MFU."""
-    cfg, short, crop, peak = ctx["cfg"], SHORT[arch], ctx["cfg"]["train_crop"], ctx["peak"]
-    flops = model_flops(train_step=True, side=crop, **model_kw(cfg, arch))
-    runs = {label: train_rate(ctx, arch, amp) for label, amp in (("fp32", "none"), ("bf16_channels_last", "bf16"))}
-    ips = {label: r[0] for label, r in runs.items()}
-    best = max(ips, key=ips.get)
-    ctx["train_ips"][arch] = (ips[best], best)
-    # The target was set for the paper's DeepLabV3+ on one H100; the notebook model costs 2.4x its FLOPs, so it is
-    # shown beside the same FLOP rate instead of being judged against it.
-    target = 1500 if arch == "deeplabv3plus" else None
-    res = {f"train_bf16_speedup_{short}": result(ips["bf16_channels_last"] / ips["fp32"], 2.0, ">=",
-                                                 images_per_s={k: round(v, 1) for k, v in ips.items()}),
-           f"train_images_per_s_{short}": result(ips[best], target, ">=" if target else "info", mode=best,
-                                                 device=ctx["device_name"], batch=runs[best][2], crop=crop,
-                                                 max_memory_allocated_mib={k: r[1] for k, r in runs.items()})}
-    if target is None:
-        plus = model_flops(train_step=True, side=crop, **model_kw(cfg, "deeplabv3plus"))
-        res[f"train_images_per_s_{short}"]["same_flop_rate_as_1500_v3plus"] = round(1500 * plus / flops, 1)
-    for label, rate in ips.items():
-        key, tflops = "bf16" if label.startswith("bf16") else "tf32", rate * flops / 1e12
-        res[f"mfu_{label}_{short}"] = result(tflops / peak[key] if peak else None, None, "info",
-                                             achieved_tflops=round(tflops, 2), peak_tflops=peak[key] if peak else None,
-                                             card=peak["card"] if peak else None,
-                                             train_gflop_per_image=round(flops / 1e9, 2))
-    return res
-
-
-def bench_infer_model(ctx, arch):
-    """Inference images/s of each output structure (eval, inference_mode, as the sweep runs them)."""
-    cfg, dev = ctx["cfg"], ctx["cfg"]["device"]
-    x0 = torch.randn(cfg["infer_batch"], 3, cfg["infer_size"], cfg["infer_size"],
-                     generator=torch.Generator().manual_seed(0)).to(dev)
-    modes, ips = (("fp32", "none", torch.contiguous_format), ("bf16_channels_last", "bf16", torch.channels_last)), {}
-    for (label, amp, fmt), kind in ((m, k) for m in modes for k in KINDS):
-        torch.manual_seed(0)
-        model = build_model(kind, **model_kw(cfg, arch)).eval().to(dev, memory_format=fmt)
-        x = x0.contiguous(memory_format=fmt)
-        with torch.inference_mode(), autocast(torch.device(dev), amp):
-            model(x)
-            steps = timed(lambda: [model(x) for _ in range(cfg["infer_steps"])], dev, warmup=True)[0]
-        ips[kind, label] = len(x) * cfg["infer_steps"] / steps
-    best = {k: max((m[0] for m in modes), key=lambda lb: ips[k, lb]) for k in KINDS}
-    ctx["infer_ips"][arch] = {k: ips[k, best[k]] for k in KINDS}
-    return {f"infer_images_per_s_{k}_{SHORT[arch]}": result(
-        ips[k, best[k]], None, "info", mode=best[k], images_per_s={m[0]: round(ips[k, m[0]], 1) for m in modes},
-        batch=cfg["infer_batch"], size=cfg["infer_size"]) for k in KINDS}
-
-
-def bench_deterministic(ctx):
-    """What --deterministic costs training: train.py with and without it, alternated, the median pair's ratio."""
-    amp = "bf16" if ctx["cfg"]["device"].startswith("cuda") else "none"
-    pairs, warned = [], set()
-    old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-           torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        for _ in range(ctx["cfg"]["deterministic_pairs"]):
-            torch.use_deterministic_algorithms(False)   # train.py switches them on with the flag, never off
-            torch.backends.cudnn.deterministic = False
-            fast = train_rate(ctx, HEADLINE_ARCH, amp)[0]
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                pairs.append((fast, train_rate(ctx, HEADLINE_ARCH, amp, deterministic=True)[0]))
-            # Kernels without a deterministic CUDA version warn (warn_only): named in the result.
-            warned.update(str(w.message).split(" does not have a deterministic")[0][:80] for w in caught
-                          if "deterministic" in str(w.message))
-    finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[:2]
-        torch.use_deterministic_algorithms(old[2], warn_only=old[3])
-    return {f"deterministic_cost_{SHORT[HEADLINE_ARCH]}": result(
-        sorted(d / f for f, d in pairs)[len(pairs) // 2], None, "info", amp=amp,
-        pairs_images_per_s=[[round(f, 1), round(d, 1)] for f, d in pairs],
-        nondeterministic_kernels_warned=sorted(warned))}
-
-
-def bench_loss_gradients(ctx):
-    """Cross-entropy's gradient over SCrIBE's BCE at initialisation, on the logits and on all parameters."""
-    cfg, dev, syn = ctx["cfg"], ctx["cfg"]["device"], ctx["cfg"]["synthetic_root"]
-    train_set = build_datasets(os.path.join(syn, "voc"), os.path.join(syn, "sbd"), cfg["train_crop"])[0]
-    # Random crops drawn with replacement: the bench's synthetic set holds only 8 training images.
-    sampler = torch.utils.data.RandomSampler(train_set, replacement=True, generator=torch.Generator().manual_seed(0),
-                                             num_samples=cfg["gradient_batch"] * cfg["gradient_batches"])
-    res = {}
-    for arch in ("deeplabv3", "deeplabv3plus"):
-        torch.manual_seed(0)
-        model = build_model("ibe", **dict(model_kw(cfg, arch), ibe_placement="logits")).to(dev).train()
-        ratios = {"logits": [], "params": []}
-        for x, y in torch.utils.data.DataLoader(train_set, batch_size=cfg["gradient_batch"], sampler=sampler):
-            x, y, grads = x.to(dev), y.to(dev), []
-            for kind in ("ibe", "scribe"):
-                model.zero_grad(set_to_none=True)
-                segmentation_loss(kind, model(x), y, ignore_as_background=True).backward()
-                grads.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()
-                                                  if p.grad is not None))))
-            with torch.no_grad():
-                logits = model(x)
-            ce, bce = logit_gradients(logits, y)
-            ratios["logits"].append(ce / bce)
-            ratios["params"].append(grads[0] / grads[1])
-        res.update({f"ce_over_bce_gradient_{on}_{SHORT[arch]}": result(
-            float(np.median(r)), None, "info", per_batch=[round(v, 2) for v in r]) for on, r in ratios.items()})
-    return res
-
-
 def bench_corrupt(ctx):
     """Corruption cost per val image at 224 px, every corruption and severity, on one core of this machine."""
     cfg = ctx["cfg"]
@@ -622,27 +364,6 @@ def bench_corrupt(ctx):
     ctx["corrupt_per_val_image"] = total / len(samples)    # all 75 conditions of one image
     return {"corrupt_all_75_per_image": result(total / len(samples), None, "info", {
         c: t / len(samples) for c, t in per.items()}, images=len(samples), size=cfg["corrupt_size"])}
-
-
-def bench_study(ctx):
-    """The full study's projected wall time, the notebook model's (the headline) and DeepLabV3+'s."""
-    cores, corrupt = os.cpu_count() or 1, ctx.get("corrupt_per_val_image")
-    if HEADLINE_ARCH not in ctx["train_ips"] or HEADLINE_ARCH not in ctx["infer_ips"]:
-        raise Skip(f"needs the rates of train_{SHORT[HEADLINE_ARCH]} and infer_{SHORT[HEADLINE_ARCH]}")
-    res = {}
-    for arch in (a for a in (HEADLINE_ARCH, "deeplabv3plus") if a in ctx["train_ips"] and a in ctx["infer_ips"]):
-        ips, mode = ctx["train_ips"][arch]
-        t_train, t_fwd, t_cpu, t_all = project_study(ips, list(ctx["infer_ips"][arch].values()), corrupt or 0.0, cores)
-        res["study_projected_minutes" + ("" if arch == HEADLINE_ARCH else f"_{SHORT[arch]}")] = result(
-            t_all / 60, 30, "<=", dict(train=t_train, sweep_forward=t_fwd, sweep_corruptions_on_all_cores=t_cpu,
-                                       corrupt_all_75_per_image=corrupt or 0.0),
-            arch=arch, recipe=RECIPE_OF[arch], train_mode=mode, cpu_cores=cores, train_crop=ctx["cfg"]["train_crop"],
-            assumptions="training at the best measured images/s, data loading keeping up; sweep = max(GPU forward "
-                        "of 3 models x 1449 images x 76 conditions, corruption CPU time / cores)",
-            **({} if corrupt is not None else {"lower_bound": "corruptions not measured (group corrupt did not "
-                                                              "run): the sweep's CPU side is left out"}))
-    return res
-
 
 # ---------------------------------------------------------------------------------------------- main
 
@@ -668,17 +389,14 @@ ALIASES = {"model": ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "de
            "sweep": ("sweep_v3", "sweep_v3plus")}
 QUICK_GROUPS = ("sweep_v3", "sweep_v3plus", "dump", "logits", "calibration", "train", "video")
 
-
 def fits(estimate_s, minutes, elapsed_s):
     """Whether a group estimated at ``estimate_s`` fits in a --minutes budget of which ``elapsed_s`` is spent."""
     return minutes is None or estimate_s <= minutes * 60 - elapsed_s
-
 
 def last_line(tb_text):
     """The last line of a traceback ("ValueError: ..."), what a group's JSON line reports as its error."""
     lines = [line for line in tb_text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "unknown error"
-
 
 def run_group(ctx, group, line):
     """One group's JSON line: its rows and breakdown, its error (the traceback on stderr), or why it was skipped."""
@@ -699,7 +417,6 @@ def run_group(ctx, group, line):
              if r["seconds"]]
     return dict(line, seconds=round(time.perf_counter() - t0, 2), max_memory_allocated_mib=peak_memory(dev),
                 results=res, notes=notes)
-
 
 def make_context(args, mode, cfg):
     """What the groups share; the synthetic datasets (kept under --root) and checkpoints made on first use."""
@@ -734,7 +451,6 @@ def make_context(args, mode, cfg):
         for seed, k in enumerate(KINDS)])
     return ctx
 
-
 def print_summary(lines):
     """The table of every target, the breakdown, and as the last line one JSON object of every row."""
     results = {}
@@ -748,7 +464,6 @@ def print_summary(lines):
         print(f"{key:<34} {shown:>9}  {rule:>12}  {'' if r['ok'] is None else r['ok']}   {r.get('error', '')}")
     print("\n" + "\n".join(n for line in lines for n in line.get("notes", [])))
     return results
-
 
 def main(args):
     keep_freed_memory()   # as evaluate_corruptions.main does: the sweeps run in this process
@@ -795,7 +510,6 @@ def main(args):
     print(json.dumps(results))
     return 1 if failed else 0
 
-
 def get_args_parser():
     q, g = MODES["quick"], MODES["gpu"]
     p = argparse.ArgumentParser(description="Measure each script, run as a user runs it, against its irreducible "
@@ -824,7 +538,6 @@ def get_args_parser():
     p.add_argument("--keep", action="store_true", help="keep this run's files under ROOT/run-<pid>/")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # for tests: seconds, numbers mean nothing
     return p
-
 
 if __name__ == "__main__":
     sys.exit(run_cli(main, get_args_parser()))

@@ -1,23 +1,25 @@
-"""bench.py's arithmetic and its reference implementations (not its timings: benchmarks are not tests)."""
+"""bench.py's and benchmarks/'s arithmetic and reference implementations (not their timings: benchmarks are
+not tests)."""
 import numpy as np
 import pytest
 import torch
 
 import bench
-from bench import model_flops
+from benchmarks import measure, models
+from benchmarks.models import model_flops
 
 
 def test_study_projection_by_hand():
     # The issue's study: 3 models x 50 epochs x 7,087 images, then 3 models x 1,449 val images x 76
     # conditions (clean + 15 x 5). At 1,500 training images/s, 3,000 / 2,000 / 1,000 inference images/s
     # and 1.6 s of corruptions per val image on 16 cores:
-    t_train, t_fwd, t_cor, t_all = bench.project_study(1500.0, [3000.0, 2000.0, 1000.0], 1.6, 16)
+    t_train, t_fwd, t_cor, t_all = models.project_study(1500.0, [3000.0, 2000.0, 1000.0], 1.6, 16)
     assert t_train == pytest.approx(1_063_050 / 1500)                          # 708.7 s
     assert t_fwd == pytest.approx(110_124 / 3000 + 110_124 / 2000 + 110_124 / 1000)   # 201.9 s
     assert t_cor == pytest.approx(1449 * 1.6 / 16)                             # 144.9 s
     assert t_all == pytest.approx(t_train + t_fwd)                             # the forward passes bound the sweep
     # With slow corruptions (few cores) the CPU side bounds the sweep instead.
-    assert bench.project_study(1500.0, [3000.0] * 3, 1.6, 2)[3] == pytest.approx(708.7 + 1449 * 1.6 / 2)
+    assert models.project_study(1500.0, [3000.0] * 3, 1.6, 2)[3] == pytest.approx(708.7 + 1449 * 1.6 / 2)
 
 
 def test_notebook_loop_computes_the_trackers_statistics():
@@ -60,7 +62,7 @@ def test_notebook_model_flops_match_the_published_figure():
     assert v3 == pytest.approx(62.6e9, rel=0.005)
     assert round(v3 / model_flops(arch="deeplabv3plus", output_stride=16), 1) == 2.4
     # The bench's model_kw gives the groups exactly that model for the notebook recipe.
-    kw = bench.model_kw(dict(backbone="resnet50", head_channels=256), "deeplabv3")
+    kw = measure.model_kw(dict(backbone="resnet50", head_channels=256), "deeplabv3")
     assert (kw["arch"], kw["output_stride"], kw["ibe_placement"]) == ("deeplabv3", 8, "logits")
 
 
@@ -73,25 +75,25 @@ def test_notebook_model_flops_match_the_published_figure():
     ("NVIDIA H200 NVL", 835.5, 417.5),
 ])
 def test_peak_tflops_by_device_name(name, bf16, tf32):
-    peak = bench.peak_tflops(name)
+    peak = models.peak_tflops(name)
     assert peak["bf16"] == pytest.approx(bf16) and peak["tf32"] == pytest.approx(tf32)
 
 
 @pytest.mark.parametrize("name", ["NVIDIA GH200 480GB", "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
                                   "cpu"])
 def test_no_peak_is_claimed_for_other_cards_or_a_mig_slice(name):
-    assert bench.peak_tflops(name) is None
+    assert models.peak_tflops(name) is None
 
 
 def test_study_headline_is_the_notebook_model_by_hand(monkeypatch):
     # Notebook model at 500 training images/s and 3,000 / 2,000 / 1,000 inference images/s; DeepLabV3+ at
     # 1,500 and 6,000 each; 1.6 s of corruptions per val image on 16 cores.
-    monkeypatch.setattr(bench.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(models.os, "cpu_count", lambda: 16)
     ctx = dict(cfg=dict(train_crop=224), corrupt_per_val_image=1.6,
                train_ips={"deeplabv3": (500.0, "bf16_channels_last"), "deeplabv3plus": (1500.0, "bf16_channels_last")},
                infer_ips={"deeplabv3": dict(baseline=3000.0, ibe=2000.0, scribe=1000.0),
                           "deeplabv3plus": dict(baseline=6000.0, ibe=6000.0, scribe=6000.0)})
-    res = bench.bench_study(ctx)
+    res = models.bench_study(ctx)
     # 3 x 50 x 7,087 / 500 = 2,126.1 s of training; forward 110,124 x (1/3000 + 1/2000 + 1/1000) = 201.9 s
     # > corruptions 1,449 x 1.6 / 16 = 144.9 s: 2,328.0 s = 38.80 min.
     assert res["study_projected_minutes"]["measured"] == pytest.approx(38.80, abs=0.005)
@@ -99,8 +101,8 @@ def test_study_headline_is_the_notebook_model_by_hand(monkeypatch):
     # DeepLabV3+: 708.7 s + max(3 x 110,124 / 6000 = 55.06, 144.9) = 853.6 s = 14.23 min.
     assert res["study_projected_minutes_v3plus"]["measured"] == pytest.approx(14.23, abs=0.005)
     ctx["train_ips"].pop("deeplabv3")
-    with pytest.raises(bench.Skip):
-        bench.bench_study(ctx)
+    with pytest.raises(measure.Skip):
+        models.bench_study(ctx)
 
 
 def test_logit_gradients_against_the_losses_derivatives_by_hand():
@@ -110,7 +112,7 @@ def test_logit_gradients_against_the_losses_derivatives_by_hand():
     z = rng.normal(0, 2, (2, 21, 5, 4))
     y = rng.integers(0, 21, (2, 5, 4))
     y[0, :2] = 255
-    ce_norm, bce_norm = bench.logit_gradients(torch.from_numpy(z).float(), torch.from_numpy(y))
+    ce_norm, bce_norm = models.logit_gradients(torch.from_numpy(z).float(), torch.from_numpy(y))
     valid = y != 255
     onehot = np.eye(21)[np.where(valid, y, 0)].transpose(0, 3, 1, 2)
     soft = np.exp(z - z.max(1, keepdims=True))
