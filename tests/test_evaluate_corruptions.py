@@ -156,7 +156,12 @@ def test_sigkill_at_several_points_then_rerun_gives_the_same_metrics(setup, refe
         fh.write('{"model": "baseline", "corrupt')
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert rows(out) == rows(reference)
+    # Every field equal, END to 1e-4: on random weights the logits are near-uniform, and END's (1/s - 1/20) cancels,
+    # so the forward's float32 last bits (these runs are other processes than the reference) move it by ~1e-5.
+    got, want = rows(out), rows(reference)
+    assert [{k: v for k, v in x.items() if k != "end"} for x in got] == [
+        {k: v for k, v in y.items() if k != "end"} for y in want]
+    assert [x["end"] for x in got] == pytest.approx([y["end"] for y in want], rel=1e-4)
     assert not [f for d, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
 
 
