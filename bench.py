@@ -3,6 +3,7 @@
     python bench.py --quick        # 2-core CPU, ~9-15 min (VMs differ): random-weight R50 checkpoints at 96 px
     python bench.py --gpu --minutes 8 --out bench.jsonl    # one CUDA GPU: model groups at 224 first, then the rest
     python bench.py --gpu --only model logits             # needs only torch, torchvision, numpy and Pillow
+    python bench.py --only machine   # this machine's speed (R50 forward, 32x3x96x96), quoted beside run times
 
 Prints one JSON line per group as it ends (also appended to --out), then a table, the breakdown and one JSON
 object of every row; a failing group does not stop the others (exit status 1). Scratch files go to --root, this
@@ -32,8 +33,8 @@ from PIL import Image
 import evaluate_corruptions
 import train as train_script
 from benchmarks.measure import KINDS, SHORT, Skip, model_kw, peak_memory, result, run_main, timed, torch_threads
-from benchmarks.models import (bench_deterministic, bench_infer_model, bench_loss_gradients, bench_study,
-                              bench_train_model, peak_tflops)
+from benchmarks.models import (bench_deterministic, bench_infer_model, bench_loss_gradients, bench_machine,
+                              bench_study, bench_train_model, peak_tflops)
 from common import vocc
 from common.calibration import Calibration
 from common.checkpoint import load_model, save_random_checkpoint
@@ -53,7 +54,8 @@ COMMON = dict(backbone="resnet50", head_channels=256, severities=[0, 1, 3, 5], s
               corruptions=["gaussian_noise", "defocus_blur", "zoom_blur", "snow", "contrast", "jpeg_compression"],
               dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 48],
               dump_repeats=2, logit_batch=8, logit_size=224, corrupt_size=224, corrupt_corruptions=["all"],
-              min_val=100, synthetic_min_side=None, synthetic_max_side=None, train_workers=None)
+              min_val=100, synthetic_min_side=None, synthetic_max_side=None, train_workers=None,
+              machine_backbone="resnet50", machine_head_channels=256, machine_batch=32, machine_size=96)
 MODES = {"quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
                        train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
                        train_steps=3, infer_steps=2, infer_batch=4, infer_size=96, corrupt_images=1,
@@ -72,7 +74,8 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             infer_steps=1, infer_batch=2, infer_size=32, corrupt_images=1, corrupt_size=32,
             corrupt_corruptions=["contrast"], dump_corruptions=["zoom_blur"], dump_size=32, dump_severities=[1],
             dump_images=[1, 2], dump_repeats=1, deterministic_pairs=1, min_val=4, synthetic_min_side=32,
-            synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1)
+            synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1,
+            machine_backbone="resnet18", machine_head_channels=8, machine_batch=1, machine_size=32)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Calibrated on the 2-core CPU, where the forward passes dominate: "info" on a GPU, with the CPU target beside.
 CPU_CALIBRATED = ("shared_time_v3", "shared_time_v3plus", "logits_vs_forward")
@@ -369,7 +372,8 @@ def bench_corrupt(ctx):
 
 # Each group in the order it runs: its function, whether it reads the synthetic set, and its rough seconds for
 # --minutes in quick mode (BENCHMARKS.md's runs, rounded up) and gpu mode (guesses for one H100/H200).
-GROUPS = {"train_v3": (lambda ctx: bench_train_model(ctx, "deeplabv3"), False, 150, 120),
+GROUPS = {"machine": (lambda ctx: bench_machine(ctx), False, 15, 5),
+          "train_v3": (lambda ctx: bench_train_model(ctx, "deeplabv3"), False, 150, 120),
           "train_v3plus": (lambda ctx: bench_train_model(ctx, "deeplabv3plus"), False, 100, 60),
           "infer_v3": (lambda ctx: bench_infer_model(ctx, "deeplabv3"), False, 90, 30),
           "infer_v3plus": (lambda ctx: bench_infer_model(ctx, "deeplabv3plus"), False, 60, 20),
@@ -385,9 +389,9 @@ GROUPS = {"train_v3": (lambda ctx: bench_train_model(ctx, "deeplabv3"), False, 1
           "video": (lambda ctx: bench_video(ctx), True, 60, 60),
           "gradients": (lambda ctx: bench_loss_gradients(ctx), True, 120, 20)}
 # "model": every group that needs the model on the device and nothing beyond torch, torchvision, numpy, Pillow.
-ALIASES = {"model": ("train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "study"),
+ALIASES = {"model": ("machine", "train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "study"),
            "sweep": ("sweep_v3", "sweep_v3plus")}
-QUICK_GROUPS = ("sweep_v3", "sweep_v3plus", "dump", "logits", "calibration", "train", "video")
+QUICK_GROUPS = ("machine", "sweep_v3", "sweep_v3plus", "dump", "logits", "calibration", "train", "video")
 
 def fits(estimate_s, minutes, elapsed_s):
     """Whether a group estimated at ``estimate_s`` fits in a --minutes budget of which ``elapsed_s`` is spent."""

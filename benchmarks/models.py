@@ -113,6 +113,22 @@ def bench_train_model(ctx, arch):
     return res
 
 
+def bench_machine(ctx):
+    """The machine's speed, the figure run times are quoted beside: one fp32 forward of a random-weight
+    DeepLabV3+ ResNet-50 (output stride 16, 256-channel heads) on 32 x 3 x 96 x 96, eval, the fastest of 5."""
+    cfg, dev = ctx["cfg"], ctx["cfg"]["device"]
+    torch.manual_seed(0)
+    model = build_model("baseline", arch="deeplabv3plus", backbone=cfg["machine_backbone"],
+                        head_channels=cfg["machine_head_channels"]).eval().to(dev)
+    x = torch.randn(cfg["machine_batch"], 3, cfg["machine_size"], cfg["machine_size"],
+                    generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.inference_mode():
+        seconds = timed(lambda: model(x), dev, repeats=5, warmup=True)[0]
+    return {"machine_forward_s": result(seconds, None, "info", backbone=cfg["machine_backbone"],
+                                        batch=cfg["machine_batch"], size=cfg["machine_size"],
+                                        threads=torch.get_num_threads())}
+
+
 def bench_infer_model(ctx, arch):
     """Inference images/s of each output structure (eval, inference_mode, as the sweep runs them)."""
     cfg, dev = ctx["cfg"], ctx["cfg"]["device"]

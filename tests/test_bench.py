@@ -1,5 +1,7 @@
 """bench.py's and benchmarks/'s arithmetic and reference implementations (not their timings: benchmarks are
 not tests)."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,25 @@ def test_logit_gradients_against_the_losses_derivatives_by_hand():
     g_bce = (1 / (1 + np.exp(-z)) - onehot) / z.size
     assert ce_norm == pytest.approx(np.linalg.norm(g_ce), rel=1e-5)
     assert bce_norm == pytest.approx(np.linalg.norm(g_bce), rel=1e-5)
+
+
+def test_machine_speed_is_one_r50_deeplabv3plus_forward_of_32_images_at_96(monkeypatch):
+    # The figure every run time is quoted beside (README, BENCHMARKS.md): fp32 DeepLabV3+ ResNet-50, 256-channel
+    # heads, eval, one batch of 32 x 3 x 96 x 96, the fastest of 5 after a warm-up.
+    seen = []
+
+    class Stub(torch.nn.Module):
+        def forward(self, x):
+            seen.append((tuple(x.shape), self.training, torch.is_inference_mode_enabled()))
+            time.sleep(0.02)   # the measured figure is the seconds of one forward call
+            return x
+
+    def stub_build(kind, **kw):
+        seen.append((kind, kw))
+        return Stub()
+    monkeypatch.setattr(models, "build_model", stub_build)
+    res = models.bench_machine(dict(cfg=bench.MODES["quick"]))
+    assert seen[0] == ("baseline", dict(arch="deeplabv3plus", backbone="resnet50", head_channels=256))
+    assert seen[1:] == [((32, 3, 96, 96), False, True)] * 6
+    row = res["machine_forward_s"]
+    assert row["rule"] == "info" and 0.02 <= row["measured"] < 0.5 and (row["batch"], row["size"]) == (32, 96)
