@@ -47,8 +47,9 @@ else
   # One small CPU recipe for all three models, otherwise the notebook's (IBE on the logits, poly per epoch, final
   # weights). Its deviations, each forced by a measurement on the synthetic set (final val mIoU; docs/training.md):
   # - ResNet-18 (output stride 32) with 64-channel heads, 80 px crops, 12 epochs: the CPU budget. 80 px instead
-  #   of 96 costs 0.8x the time per step and keeps SCrIBE at >= 0.649 for seeds 0-2; fewer steps do not (8
-  #   epochs on a 10-epoch backbone left it at 0.499 and 0.581 for seeds 0 and 1);
+  #   of 96 costs 0.8x the time per step and keeps SCrIBE at >= 0.649 for seeds 0-2; less does not: on a
+  #   12-epoch backbone, 11 epochs at 80 px or 12 at 72 px left SCrIBE at 0.548 / 0.535 for seed 1 (and 8
+  #   epochs on a 10-epoch backbone at 96 px, 0.499 and 0.581 for seeds 0 and 1);
   # - --arch deeplabv3plus: torchvision's DeepLabV3 head sees a 3x3 map here and does not learn (baseline 0.089
   #   against 0.751 with the decoder);
   # - a backbone pretrained once on the training set as a multi-label classifier (pretrain_backbone.py), the
@@ -56,8 +57,8 @@ else
   # - batch 8, lr 0.02 (head x10): the only setting tried that trains all three at seeds 0, 1 and 2. SCrIBE's
   #   BCE gives ~10x smaller gradients than cross-entropy (bench.py --only gradients) and wants many steps at a
   #   high lr; the baseline does not converge at high lr (seed 2, batch 16: 0.313 at lr 0.04, 0.856 at 0.03,
-  #   where SCrIBE stays at 0.599). Batch 8 doubles the steps per epoch instead (seed 2: baseline 0.742,
-  #   SCrIBE 0.629);
+  #   where SCrIBE stays at 0.599). Batch 8 doubles the steps per epoch instead (seed 2, 96 px: baseline
+  #   0.742, SCrIBE 0.629);
   # - SCrIBE's label 255 left out of its loss: the synthetic set's 255 band is ~half as large as all its
   #   foreground (real VOC + SBD: ~4%), and as background it taught SCrIBE the band (0.515 against 0.625).
   # --workers 0 loads data in the training process: on 2 cores a loader process takes time from the two compute
