@@ -151,7 +151,7 @@ def test_model_groups_need_none_of_the_optional_packages(tmp_path, monkeypatch):
     with FakeCuda():
         rc, lines = run_bench(tmp_path, "--gpu", "--only", "model", "logits")
     assert rc == 0
-    assert [line["group"] for line in lines] == ["train_v3", "train_v3plus", "infer_v3", "infer_v3plus",
+    assert [line["group"] for line in lines] == ["machine", "train_v3", "train_v3plus", "infer_v3", "infer_v3plus",
                                                  "deterministic", "logits", "study"]
     study = lines[-1]["results"]["study_projected_minutes"]
     assert "lower_bound" in study                        # no corruption timing: said so, not hidden
