@@ -39,7 +39,7 @@ if [ -n "$VOC_ROOT$SBD_ROOT" ]; then
   TRAIN=(--sbd-root "$SBD_ROOT" --amp bf16)           # everything else: the recipe's settings
   EVAL=(--size 224 --batch-size 32 --amp bf16)
   DUMP=(--size 224 --workers "$(nproc)")
-  VIDEO_ARGS=()
+  VIDEO_ARGS=(--size 224)   # make_video's default
 else
   MODE=quick
   OUT=${OUT:-runs/quick}
@@ -69,7 +69,7 @@ else
   # Evaluation at the training size, 80 x 80, on the first 40 synthetic val images; the video at 96.
   EVAL=(--size 80 --limit 40 --batch-size 20 --workers 1)
   DUMP=(--size 80 --limit 40 --workers 2)
-  VIDEO_ARGS=(--size 96)   # make_video's default, 224, is full mode's
+  VIDEO_ARGS=(--size 96)
 fi
 [ -n "$RECIPE" ] && TRAIN+=(--recipe "$RECIPE")
 [ -n "$DEVICE" ] && TRAIN+=(--device "$DEVICE") && EVAL+=(--device "$DEVICE")
