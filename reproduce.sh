@@ -62,7 +62,7 @@ else
   # - SCrIBE's label 255 left out of its loss: the synthetic set's 255 band is ~half as large as all its
   #   foreground (real VOC + SBD: ~4%), and as background it taught SCrIBE the band (0.515 against 0.625).
   # --workers 0 loads data in the training process: on 2 cores a loader process takes time from the two compute
-  # threads (40 against 31 images/s at 96 px), and the data costs ~1 s of a ~15 s epoch.
+  # threads (40 against 31 images/s at 96 px), and the data costs ~0.8 s of a ~15 s epoch.
   BACKBONE="$OUT/backbone/backbone.pt"
   TRAIN=(--backbone resnet18 --head-channels 64 --crop-size 80 --epochs 12 --batch-size 8 --lr 0.02 --workers 0
          --val-every 12 --arch deeplabv3plus --no-scribe-ignore-as-background --pretrained-backbone "$BACKBONE")
