@@ -34,7 +34,7 @@ import evaluate_corruptions
 import train as train_script
 from benchmarks.measure import KINDS, SHORT, Skip, model_kw, peak_memory, result, run_main, timed, torch_threads
 from benchmarks.models import (bench_deterministic, bench_infer_model, bench_loss_gradients, bench_machine,
-                              bench_study, bench_train_model, peak_tflops)
+                               bench_quick_step, bench_study, bench_train_model, peak_tflops)
 from common import vocc
 from common.calibration import Calibration
 from common.checkpoint import load_model, save_random_checkpoint
@@ -55,7 +55,8 @@ COMMON = dict(backbone="resnet50", head_channels=256, severities=[0, 1, 3, 5], s
               dump_corruptions=list(SLOW), dump_size=224, dump_severities=[1, 3, 5], dump_images=[8, 48],
               dump_repeats=2, logit_batch=8, logit_size=224, corrupt_size=224, corrupt_corruptions=["all"],
               min_val=100, synthetic_min_side=None, synthetic_max_side=None, train_workers=None,
-              machine_backbone="resnet50", machine_head_channels=256, machine_batch=32, machine_size=96)
+              machine_backbone="resnet50", machine_head_channels=256, machine_batch=32, machine_size=96,
+              quick_step_batch=8, quick_step_eval_batch=20, quick_step_size=80, quick_step_repeats=5)
 MODES = {"quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
                        train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
                        train_steps=3, infer_steps=2, infer_batch=4, infer_size=96, corrupt_images=1,
@@ -75,7 +76,8 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             corrupt_corruptions=["contrast"], dump_corruptions=["zoom_blur"], dump_size=32, dump_severities=[1],
             dump_images=[1, 2], dump_repeats=1, deterministic_pairs=1, min_val=4, synthetic_min_side=32,
             synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1,
-            machine_backbone="resnet18", machine_head_channels=8, machine_batch=1, machine_size=32)
+            machine_backbone="resnet18", machine_head_channels=8, machine_batch=1, machine_size=32,
+            quick_step_batch=2, quick_step_eval_batch=2, quick_step_size=32, quick_step_repeats=1)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Calibrated on the 2-core CPU, where the forward passes dominate: "info" on a GPU, with the CPU target beside.
 CPU_CALIBRATED = ("shared_time_v3", "shared_time_v3plus", "logits_vs_forward")
@@ -373,6 +375,7 @@ def bench_corrupt(ctx):
 # Each group in the order it runs: its function, whether it reads the synthetic set, and its rough seconds for
 # --minutes in quick mode (BENCHMARKS.md's runs, rounded up) and gpu mode (guesses for one H100/H200).
 GROUPS = {"machine": (lambda ctx: bench_machine(ctx), False, 15, 5),
+          "quick_step": (lambda ctx: bench_quick_step(ctx), False, 25, 10),
           "train_v3": (lambda ctx: bench_train_model(ctx, "deeplabv3"), False, 150, 120),
           "train_v3plus": (lambda ctx: bench_train_model(ctx, "deeplabv3plus"), False, 100, 60),
           "infer_v3": (lambda ctx: bench_infer_model(ctx, "deeplabv3"), False, 90, 30),
@@ -389,9 +392,10 @@ GROUPS = {"machine": (lambda ctx: bench_machine(ctx), False, 15, 5),
           "video": (lambda ctx: bench_video(ctx), True, 60, 60),
           "gradients": (lambda ctx: bench_loss_gradients(ctx), True, 120, 20)}
 # "model": every group that needs the model on the device and nothing beyond torch, torchvision, numpy, Pillow.
-ALIASES = {"model": ("machine", "train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic", "study"),
+ALIASES = {"model": ("machine", "quick_step", "train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic",
+                     "study"),
            "sweep": ("sweep_v3", "sweep_v3plus")}
-QUICK_GROUPS = ("machine", "sweep_v3", "sweep_v3plus", "dump", "logits", "calibration", "train", "video")
+QUICK_GROUPS = ("machine", "quick_step", "sweep_v3", "sweep_v3plus", "dump", "logits", "calibration", "train", "video")
 
 def fits(estimate_s, minutes, elapsed_s):
     """Whether a group estimated at ``estimate_s`` fits in a --minutes budget of which ``elapsed_s`` is spent."""

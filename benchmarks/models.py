@@ -86,7 +86,7 @@ def train_rate(ctx, arch, amp, deterministic=False):
 
 
 def bench_train_model(ctx, arch):
-    """Training images/s with --amp none and bf16 (channels_last on CUDA, as train.py sets it), and the MFU."""
+    """Training images/s with --amp none and bf16 (channels_last, as train.py sets it), and the MFU."""
     cfg, short, crop, peak = ctx["cfg"], SHORT[arch], ctx["cfg"]["train_crop"], ctx["peak"]
     flops = model_flops(train_step=True, side=crop, **model_kw(cfg, arch))
     runs = {label: train_rate(ctx, arch, amp) for label, amp in (("fp32", "none"), ("bf16_channels_last", "bf16"))}
@@ -127,6 +127,47 @@ def bench_machine(ctx):
     return {"machine_forward_s": result(seconds, None, "info", backbone=cfg["machine_backbone"],
                                         batch=cfg["machine_batch"], size=cfg["machine_size"],
                                         threads=torch.get_num_threads())}
+
+
+# The layouts and precisions a CPU run can choose between, in the order bench_quick_step measures them.
+QUICK_STEP_MODES = (("fp32_contiguous", "none", torch.contiguous_format),
+                    ("fp32_channels_last", "none", torch.channels_last),
+                    ("bf16_channels_last", "bf16", torch.channels_last))
+
+
+def bench_quick_step(ctx):
+    """reproduce.sh's quick model (SCrIBE, ResNet-18 DeepLabV3+, 64-channel heads, IBE on the logits): the seconds
+    of one SGD step (batch 8, 80 px, its BCE) and of one eval forward (batch 20), fp32 in the default layout,
+    fp32 channels_last and bf16 channels_last, side by side; the figures behind the quick mode's --amp choice."""
+    cfg, dev = ctx["cfg"], torch.device(ctx["cfg"]["device"])
+    side, gen = cfg["quick_step_size"], torch.Generator().manual_seed(0)
+    x_train = torch.randn(cfg["quick_step_batch"], 3, side, side, generator=gen)
+    target = torch.randint(0, 21, (cfg["quick_step_batch"], side, side), generator=gen)
+    x_eval = torch.randn(cfg["quick_step_eval_batch"], 3, side, side, generator=gen)
+    train_s, eval_s = {}, {}
+    for label, amp, fmt in QUICK_STEP_MODES:
+        torch.manual_seed(0)
+        model = build_model("scribe", arch="deeplabv3plus", backbone="resnet18", head_channels=64,
+                            ibe_placement="logits").to(dev, memory_format=fmt)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        xt, yt, xe = x_train.to(dev, memory_format=fmt), target.to(dev), x_eval.to(dev, memory_format=fmt)
+
+        def step():
+            with autocast(dev, amp):
+                loss = segmentation_loss("scribe", model(xt).float(), yt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.train()
+        train_s[label] = timed(step, dev, repeats=cfg["quick_step_repeats"], warmup=True)[0]
+        model.eval()
+        with torch.inference_mode(), autocast(dev, amp):
+            eval_s[label] = timed(lambda: model(xe), dev, repeats=cfg["quick_step_repeats"], warmup=True)[0]
+    base = "fp32_contiguous"
+    extra = dict(batch=cfg["quick_step_batch"], eval_batch=cfg["quick_step_eval_batch"], size=side,
+                 threads=torch.get_num_threads())
+    return {f"quick_{part}_speedup_{label}": result(times[base] / times[label], None, "info", seconds=times, **extra)
+            for part, times in (("train", train_s), ("eval", eval_s)) for label, _, _ in QUICK_STEP_MODES[1:]}
 
 
 def bench_infer_model(ctx, arch):

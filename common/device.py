@@ -2,7 +2,7 @@
 
     device = resolve_device(args.device)          # None -> cuda if available; "cuda" -> cuda:<index>
     with autocast(device, args.amp): logits = model(x)
-    fmt = memory_format(device)                    # channels_last on CUDA
+    fmt = memory_format(device)                    # channels_last on CUDA and the CPU
     seed_everything(args.seed)                     # Python's, numpy's and torch's global generators
 
 ``torch.cuda.set_device`` refuses a device without an index (``torch.device("cuda")`` raises
@@ -64,8 +64,10 @@ def autocast(device: torch.device, amp: str = "none"):
 
 
 def memory_format(device: torch.device):
-    """channels_last on CUDA (cuDNN's fast layout for convolutions); the default layout elsewhere."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    """channels_last on CUDA and on the CPU, the fast layout of cuDNN's and oneDNN's convolutions; the default
+    layout elsewhere. On a 2-core AMD EPYC it made a training step of the quick model (ResNet-18 DeepLabV3+,
+    batch 8, 80 px) 1.2x faster and its eval forward 1.6x; a ResNet-50 forward 1.1x (BENCHMARKS.md)."""
+    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
 
 
 def set_deterministic(enabled: bool) -> None:

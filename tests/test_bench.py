@@ -145,3 +145,38 @@ def test_machine_speed_is_one_r50_deeplabv3plus_forward_of_32_images_at_96(monke
     assert seen[1:] == [((32, 3, 96, 96), False, True)] * 6
     row = res["machine_forward_s"]
     assert row["rule"] == "info" and 0.02 <= row["measured"] < 0.5 and (row["batch"], row["size"]) == (32, 96)
+
+
+def test_quick_step_times_the_quick_model_in_three_layouts_and_precisions(monkeypatch):
+    # The figures behind reproduce.sh's --amp choice: the same SCrIBE model (ResNet-18 DeepLabV3+, 64-channel heads,
+    # IBE on the logits) trained and evaluated as fp32 contiguous, fp32 channels_last and bf16 channels_last.
+    seen, build = [], models.build_model
+
+    def spying_build(kind, **kw):
+        seen.append(("build", kind, kw))
+        model = build(kind, **kw)
+        model.backbone.conv1.register_forward_hook(lambda m, inp, out: seen.append(
+            (out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last)
+             and not inp[0].is_contiguous(), m.training, torch.is_inference_mode_enabled(), inp[0].shape[0])))
+        return model
+    monkeypatch.setattr(models, "build_model", spying_build)
+    cfg = dict(bench.TINY, device="cpu", quick_step_size=32, quick_step_batch=2, quick_step_eval_batch=3)
+    res = models.bench_quick_step(dict(cfg=cfg))
+    builds = [s for s in seen if s[0] == "build"]
+    assert builds == [("build", "scribe", dict(arch="deeplabv3plus", backbone="resnet18", head_channels=64,
+                                               ibe_placement="logits"))] * 3
+    calls = [s for s in seen if s[0] != "build"]
+    # Per mode: a warm-up and one timed call of the step (training, autograd on, batch 2), then of the forward
+    # (eval, inference mode, batch 3).
+    expected = []
+    for dtype, channels_last in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, True)):
+        expected += [(dtype, channels_last, True, False, 2)] * 2 + [(dtype, channels_last, False, True, 3)] * 2
+    assert calls == expected
+    assert set(res) == {f"quick_{p}_speedup_{m}" for p in ("train", "eval")
+                        for m in ("fp32_channels_last", "bf16_channels_last")}
+    for key, row in res.items():
+        label = key.split("_speedup_")[1]
+        assert row["rule"] == "info" and row["measured"] == pytest.approx(
+            row["seconds"]["fp32_contiguous"] / row["seconds"][label], rel=0.02)   # seconds rounded to 0.1 ms
+    assert res["quick_train_speedup_bf16_channels_last"]["seconds"] != res["quick_eval_speedup_bf16_channels_last"][
+        "seconds"]

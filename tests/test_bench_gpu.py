@@ -38,6 +38,8 @@ def stub_fresh_processes(monkeypatch):
 
 # What each group must report (the JSON keys of BENCHMARKS.md), listed here independently of bench.py.
 KEYS = {"machine": {"machine_forward_s"},
+        "quick_step": {f"quick_{p}_speedup_{m}" for p in ("train", "eval") for m in ("fp32_channels_last",
+                                                                                  "bf16_channels_last")},
         "train_v3": {"train_bf16_speedup_v3", "train_images_per_s_v3", "mfu_fp32_v3", "mfu_bf16_channels_last_v3"},
         "train_v3plus": {"train_bf16_speedup_v3plus", "train_images_per_s_v3plus", "mfu_fp32_v3plus",
                          "mfu_bf16_channels_last_v3plus"},
@@ -151,8 +153,8 @@ def test_model_groups_need_none_of_the_optional_packages(tmp_path, monkeypatch):
     with FakeCuda():
         rc, lines = run_bench(tmp_path, "--gpu", "--only", "model", "logits")
     assert rc == 0
-    assert [line["group"] for line in lines] == ["machine", "train_v3", "train_v3plus", "infer_v3", "infer_v3plus",
-                                                 "deterministic", "logits", "study"]
+    assert [line["group"] for line in lines] == ["machine", "quick_step", "train_v3", "train_v3plus", "infer_v3",
+                                                 "infer_v3plus", "deterministic", "logits", "study"]
     study = lines[-1]["results"]["study_projected_minutes"]
     assert "lower_bound" in study                        # no corruption timing: said so, not hidden
 
