@@ -106,3 +106,35 @@ def test_bad_input_is_one_clear_line(tiny_data, tmp_path, case, capsys):
     assert not os.path.exists(os.path.join(out, "backbone.pt"))
     if case == "out_is_a_file":
         assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_amp_bf16_runs_the_forward_in_bf16_and_is_part_of_the_settings(tiny_data, tmp_path, monkeypatch):
+    seen = []   # (dtype of conv1's output, memory layout of its input) on every call
+    build = pb.build_classifier
+
+    def spying_build(backbone):
+        net = build(backbone)
+        net.conv1.register_forward_hook(lambda m, inp, out: seen.append(
+            (out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last))))
+        return net
+    monkeypatch.setattr(pb, "build_classifier", spying_build)
+    final = run(tiny_data, tmp_path / "a", "--amp", "bf16")
+    assert seen and set(seen) == {(torch.bfloat16, True)}     # training and the val pass
+    state = torch.load(str(tmp_path / "a" / "backbone.pt"), weights_only=True)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())   # float32 weights
+    assert np.isfinite(final["loss"]) and 0 <= final["val_f1"] <= 1
+    assert json.load(open(tmp_path / "a" / "pretrain.json"))["settings"]["amp"] == "bf16"
+    with pytest.raises(pb.UsageError, match="amp"):          # a float32 run may not reuse the bf16 backbone
+        run(tiny_data, tmp_path / "a")
+
+    # A folder written before --amp existed holds a float32 backbone: found as done for --amp none.
+    seen.clear()
+    run(tiny_data, tmp_path / "b")
+    assert set(seen) == {(torch.float32, True)}
+    meta_path = tmp_path / "b" / "pretrain.json"
+    meta = json.load(open(meta_path))
+    del meta["settings"]["amp"]
+    meta_path.write_text(json.dumps(meta))
+    assert run(tiny_data, tmp_path / "b") == meta["final"]
+    with pytest.raises(pb.UsageError, match="amp"):
+        run(tiny_data, tmp_path / "b", "--amp", "bf16")
