@@ -163,7 +163,7 @@ def run_sweep(cfg, ckpts, out, log):
 def bench_sweep(ctx, arch):
     """sweep_efficiency, shared_calls and shared_time of the three checkpoints of ``arch``."""
     cfg, ckpts, short, dev = ctx["cfg"], ctx["checkpoints"](arch), SHORT[arch], ctx["cfg"]["device"]
-    folder, fmt = os.path.join(ctx["scratch"], f"sweep-{short}"), memory_format(torch.device(dev))
+    folder, fmt = os.path.join(ctx["scratch"], f"sweep-{short}"), memory_format(torch.device(dev), cfg["sweep_amp"])
     bs = cfg["batch_size"]
     conds = conditions_of(cfg)
     corrupted = conds[conds[0][1] == 0:]

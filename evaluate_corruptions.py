@@ -334,7 +334,7 @@ def load_models(args):
         # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
         # cache; torchvision and factory models get an identity hash instead (common/external.py).
         model, info = external.load_spec(spec, args.device, weights_file, kind)
-        model = model.to(memory_format=memory_format(torch.device(args.device)))
+        model = model.to(memory_format=memory_format(torch.device(args.device), args.amp))
         if args.names:
             info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
         else:   # a checkpoint's stored name, or one derived from the spec: both become folder names
@@ -431,7 +431,7 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
                                          persistent_workers=False)
     # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
     torch.backends.cudnn.benchmark = args.protocol == "paper"
-    fmt = memory_format(device)
+    fmt = memory_format(device, args.amp)
     current, pending = None, []
     write = vocc.write_bytes if world.size == 1 else (lambda path, data: pending.append((path, data)))
     with torch.inference_mode():

@@ -41,7 +41,7 @@ from common.models import BACKBONES
 from common.outputs import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
 
 FOREGROUND = NUM_CLASSES - 1   # classes 1..20; background is what no foreground class claims
-CPU = torch.device("cpu")      # the script runs on the CPU, in channels_last (common.device.memory_format)
+CPU = torch.device("cpu")      # the script runs on the CPU (channels_last under bf16: common.device.memory_format)
 # Arguments that change the weights written: a finished run with other values is not "the same run".
 RUN_ARGS = ("backbone", "data", "voc_root", "sbd_root", "synthetic_root", "crop_size", "epochs", "batch_size", "lr",
             "momentum", "weight_decay", "amp", "seed")
@@ -146,7 +146,7 @@ def train_one_epoch(net, loader, optimizer, scheduler, epoch, args):
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=None, leave=False, dynamic_ncols=True)
     for images, labels in bar:
         with autocast(CPU, args.amp):
-            logits = net(images.contiguous(memory_format=memory_format(CPU)))
+            logits = net(images.contiguous(memory_format=memory_format(CPU, args.amp)))
         loss = presence_loss(logits.float(), presence_targets(labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,7 +168,7 @@ def evaluate(net, loader, amp="none"):
     loss_sum, n, tp, fp, fn, exact = 0.0, 0, 0, 0, 0, 0
     for images, labels in tqdm(loader, desc="val", disable=None, leave=False):
         with autocast(CPU, amp):
-            logits = net(images.contiguous(memory_format=memory_format(CPU))).float()
+            logits = net(images.contiguous(memory_format=memory_format(CPU, amp))).float()
         target = presence_targets(labels)
         loss_sum += presence_loss(logits, target).item() * images.shape[0]
         pred = logits > 0
@@ -197,7 +197,7 @@ def main(args):
         print("arguments: " + json.dumps(dict(sorted(vars(args).items()))))
 
         seed_everything(args.seed)
-        net = build_classifier(args.backbone).to(memory_format=memory_format(CPU))
+        net = build_classifier(args.backbone).to(memory_format=memory_format(CPU, args.amp))
         generator = torch.Generator().manual_seed(args.seed)
         single_thread_opencv()
         train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,

@@ -156,7 +156,7 @@ def prepare_run(args):
     args.run_dir = os.path.join(args.out, args.name)
     if args.pretrained_backbone is None:
         args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
-    args.memory_format = memory_format(torch.device(args.device))
+    args.memory_format = memory_format(torch.device(args.device), args.amp)
     resume = checkpoint_to_resume(checkpoint_path(args), args)
     if is_main(args):
         print(f"git commit: {git_commit()}")

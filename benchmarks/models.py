@@ -132,13 +132,15 @@ def bench_machine(ctx):
 # The layouts and precisions a CPU run can choose between, in the order bench_quick_step measures them.
 QUICK_STEP_MODES = (("fp32_contiguous", "none", torch.contiguous_format),
                     ("fp32_channels_last", "none", torch.channels_last),
+                    ("bf16_contiguous", "bf16", torch.contiguous_format),
                     ("bf16_channels_last", "bf16", torch.channels_last))
 
 
 def bench_quick_step(ctx):
     """reproduce.sh's quick model (SCrIBE, ResNet-18 DeepLabV3+, 64-channel heads, IBE on the logits): the seconds
-    of one SGD step (batch 8, 80 px, its BCE) and of one eval forward (batch 20), fp32 in the default layout,
-    fp32 channels_last and bf16 channels_last, side by side; the figures behind the quick mode's --amp choice."""
+    of one SGD step (batch 8, 80 px, its BCE) and of one eval forward (batch 20), in float32 and under bf16
+    autocast, each in the default layout and in channels_last, side by side: the figures behind the quick mode's
+    --amp choice and common.device.memory_format's CPU rule."""
     cfg, dev = ctx["cfg"], torch.device(ctx["cfg"]["device"])
     side, gen = cfg["quick_step_size"], torch.Generator().manual_seed(0)
     x_train = torch.randn(cfg["quick_step_batch"], 3, side, side, generator=gen)
@@ -149,7 +151,7 @@ def bench_quick_step(ctx):
         torch.manual_seed(0)
         model = build_model("scribe", arch="deeplabv3plus", backbone="resnet18", head_channels=64,
                             ibe_placement="logits").to(dev, memory_format=fmt)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)   # the weights: float32 in every mode
         xt, yt, xe = x_train.to(dev, memory_format=fmt), target.to(dev), x_eval.to(dev, memory_format=fmt)
 
         def step():

@@ -2,7 +2,7 @@
 
     device = resolve_device(args.device)          # None -> cuda if available; "cuda" -> cuda:<index>
     with autocast(device, args.amp): logits = model(x)
-    fmt = memory_format(device)                    # channels_last on CUDA and the CPU
+    fmt = memory_format(device, args.amp)          # channels_last on CUDA, and on the CPU under bf16
     seed_everything(args.seed)                     # Python's, numpy's and torch's global generators
 
 ``torch.cuda.set_device`` refuses a device without an index (``torch.device("cuda")`` raises
@@ -63,11 +63,14 @@ def autocast(device: torch.device, amp: str = "none"):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def memory_format(device: torch.device):
-    """channels_last on CUDA and on the CPU, the fast layout of cuDNN's and oneDNN's convolutions; the default
-    layout elsewhere. On a 2-core AMD EPYC it made a training step of the quick model (ResNet-18 DeepLabV3+,
-    batch 8, 80 px) 1.2x faster and its eval forward 1.6x; a ResNet-50 forward 1.1x (BENCHMARKS.md)."""
-    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
+def memory_format(device: torch.device, amp: str = "none"):
+    """The layout of the model and its batches: channels_last on CUDA (cuDNN's fast layout) and on the CPU under
+    bf16 autocast (oneDNN's bf16 convolutions are faster in it); the default layout otherwise. In float32 on the
+    CPU, channels_last did not speed up training (0.93-0.97x for the quick model: ``bench.py --only quick_step``,
+    BENCHMARKS.md), so float32 CPU runs keep the layout, and the weights, they always had."""
+    if device.type == "cuda" or (device.type == "cpu" and amp == "bf16"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def set_deterministic(enabled: bool) -> None:

@@ -164,16 +164,17 @@ def test_quick_step_times_the_quick_model_in_three_layouts_and_precisions(monkey
     res = models.bench_quick_step(dict(cfg=cfg))
     builds = [s for s in seen if s[0] == "build"]
     assert builds == [("build", "scribe", dict(arch="deeplabv3plus", backbone="resnet18", head_channels=64,
-                                               ibe_placement="logits"))] * 3
+                                               ibe_placement="logits"))] * 4
     calls = [s for s in seen if s[0] != "build"]
     # Per mode: a warm-up and one timed call of the step (training, autograd on, batch 2), then of the forward
     # (eval, inference mode, batch 3).
     expected = []
-    for dtype, channels_last in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, True)):
+    for dtype, channels_last in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                                 (torch.bfloat16, True)):
         expected += [(dtype, channels_last, True, False, 2)] * 2 + [(dtype, channels_last, False, True, 3)] * 2
     assert calls == expected
     assert set(res) == {f"quick_{p}_speedup_{m}" for p in ("train", "eval")
-                        for m in ("fp32_channels_last", "bf16_channels_last")}
+                        for m in ("fp32_channels_last", "bf16_contiguous", "bf16_channels_last")}
     for key, row in res.items():
         label = key.split("_speedup_")[1]
         assert row["rule"] == "info" and row["measured"] == pytest.approx(

@@ -38,8 +38,8 @@ def stub_fresh_processes(monkeypatch):
 
 # What each group must report (the JSON keys of BENCHMARKS.md), listed here independently of bench.py.
 KEYS = {"machine": {"machine_forward_s"},
-        "quick_step": {f"quick_{p}_speedup_{m}" for p in ("train", "eval") for m in ("fp32_channels_last",
-                                                                                  "bf16_channels_last")},
+        "quick_step": {f"quick_{p}_speedup_{m}" for p in ("train", "eval")
+                       for m in ("fp32_channels_last", "bf16_contiguous", "bf16_channels_last")},
         "train_v3": {"train_bf16_speedup_v3", "train_images_per_s_v3", "mfu_fp32_v3", "mfu_bf16_channels_last_v3"},
         "train_v3plus": {"train_bf16_speedup_v3plus", "train_images_per_s_v3plus", "mfu_fp32_v3plus",
                          "mfu_bf16_channels_last_v3plus"},

@@ -130,7 +130,7 @@ def test_amp_bf16_runs_the_forward_in_bf16_and_is_part_of_the_settings(tiny_data
     # A folder written before --amp existed holds a float32 backbone: found as done for --amp none.
     seen.clear()
     run(tiny_data, tmp_path / "b")
-    assert set(seen) == {(torch.float32, True)}
+    assert set(seen) == {(torch.float32, False)}           # float32: the default layout
     meta_path = tmp_path / "b" / "pretrain.json"
     meta = json.load(open(meta_path))
     del meta["settings"]["amp"]

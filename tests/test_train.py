@@ -338,3 +338,22 @@ def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
     assert sum(len(z["target1"]) for z in ranks) == pixels and min(len(z["target1"]) for z in ranks) > 0
     assert rows[0]["val_miou"] == pytest.approx(whole, abs=1e-6)
     assert min(abs(whole - h) for h in halves) > 1e-6     # either rank's half alone would give another number
+
+
+@pytest.mark.parametrize("amp,dtype,channels_last", [("none", torch.float32, False), ("bf16", torch.bfloat16, True)])
+def test_cpu_layout_and_precision_follow_amp(tiny_data, tmp_path, monkeypatch, amp, dtype, channels_last):
+    # On the CPU, float32 keeps the default layout (channels_last does not speed its training up) and bf16
+    # autocast runs in channels_last (BENCHMARKS.md, quick_step); the weights stay float32 either way.
+    seen, build = set(), train.build_model
+
+    def spying_build(*a, **kw):
+        model = build(*a, **kw)
+        model.backbone.conv1.register_forward_hook(lambda m, inp, out: seen.add(
+            (out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last) and not inp[0].is_contiguous(),
+             m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous())))
+        return model
+    monkeypatch.setattr(train, "build_model", spying_build)
+    run_train(tiny_data, tmp_path, "--model", "ibe", "--epochs", "1", "--amp", amp)
+    assert seen == {(dtype, channels_last, channels_last)}          # every training and validation forward
+    state = read_checkpoint(str(tmp_path / "ibe" / "checkpoint.pt"))["model"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
