@@ -4,6 +4,7 @@
     python bench.py --gpu --minutes 8 --out bench.jsonl    # one CUDA GPU: model groups at 224 first, then the rest
     python bench.py --gpu --only model logits             # needs only torch, torchvision, numpy and Pillow
     python bench.py --only machine   # this machine's speed (R50 forward, 32x3x96x96), quoted beside run times
+    python bench.py --only quick_step   # the quick model's step and forward: fp32 / bf16, each layout
 
 Prints one JSON line per group as it ends (also appended to --out), then a table, the breakdown and one JSON
 object of every row; a failing group does not stop the others (exit status 1). Scratch files go to --root, this

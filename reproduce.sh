@@ -70,9 +70,10 @@ else
   #   foreground (real VOC + SBD: ~4%), and as background it taught SCrIBE the band (0.515 against 0.625).
   # --workers 0 loads data in the training process: on 2 cores a loader process takes time from the two compute
   # threads (40 against 31 images/s at 96 px), and the data costs ~0.8 s of a ~15 s epoch.
-  # - bf16 autocast (--amp bf16) where the CPU has bf16 instructions (AVX-512 BF16 or AMX): a training step
-  #   1.6x faster, an eval forward 2.7x, with SCrIBE at >= 0.6xx for seeds 0-2 (README). Elsewhere oneDNN
-  #   has no fast bf16 convolution, and the run stays in float32 (the nine seeds of docs/training.md).
+  # - bf16 autocast (--amp bf16, channels_last) where the CPU has bf16 instructions (AVX-512 BF16 or AMX): a
+  #   training step 1.3-1.4x faster and an eval forward 1.8x (bench.py --only quick_step), SCrIBE at >= 0.654
+  #   for seeds 0-2. Elsewhere oneDNN has no fast bf16 convolution, and the run stays in float32 (SCrIBE >= 0.649;
+  #   both sets of nine seeds: README). --amp none forces float32.
   if [ -z "$AMP" ]; then
     if grep -qsw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then AMP=bf16; else AMP=none; fi
   fi
