@@ -249,8 +249,9 @@ def get_args_parser():
                    help="score presence on the val images every N epochs; always after the last, 0 = only then")
     p.add_argument("--workers", type=int, default=1, help="data loader processes (0: load in this process)")
     p.add_argument("--amp", choices=["none", "bf16"], default="none",
-                   help="autocast precision of the forward (bf16: about 1.6x faster on a CPU with AVX-512 BF16, "
-                        "far slower on one without); the weights and the optimiser stay float32")
+                   help="autocast precision of the forward (bf16, in channels_last: faster on a CPU with AVX-512 BF16 "
+                        "or AMX, see bench.py --only quick_step; slow on one without); the weights and the "
+                        "optimiser stay float32")
     p.add_argument("--seed", type=int, default=0, help="same seed and arguments: the same weights on CPU")
     p.add_argument("--out", default="runs/quick/backbone",
                    help="output folder: backbone.pt, log.jsonl, pretrain.json")
