@@ -30,7 +30,8 @@ from tqdm import tqdm
 from common import results, vocc
 from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
-from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, voc_dataset
+from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, single_thread_opencv,
+                         voc_dataset)
 from common.outputs import check_output_folder, git_commit, write_text
 
 
@@ -78,13 +79,6 @@ class DumpImages(torch.utils.data.Dataset):
             return e
 
 
-def one_thread(_):
-    # Each worker is one process on one core (the DataLoader sets torch's threads to 1): OpenCV's thread pool
-    # would only fight the other workers (measured: 2 workers at 1.55x of one with it, ~1.67x without).
-    import cv2
-    cv2.setNumThreads(1)
-
-
 def dump_rest(args, items, n):
     """Images 1 .. n-1 of ``items``, in this process (--workers 1) or in DataLoader worker processes; yields
     the number of files written for each image as it finishes. The first failure stops the run: images already
@@ -93,7 +87,7 @@ def dump_rest(args, items, n):
         done = map(items.__getitem__, range(1, n))
     else:
         done = torch.utils.data.DataLoader(items, batch_size=None, sampler=range(1, n), num_workers=args.workers,
-                                           worker_init_fn=one_thread, in_order=False)
+                                           in_order=False)
     for result in done:
         if isinstance(result, Exception):
             raise result
@@ -174,6 +168,11 @@ def dump(args, dataset, n, conditions, ident, old, fresh):
     written beside it, so that even a killed dump says which dump its files belong to; with ``fresh``
     (--overwrite) that is also when the new folder takes the old one's place."""
     done = dict((old or {}).get("images", {}))
+    if args.workers > 1:
+        # Each worker is one process on one core, so OpenCV's own thread pool would only fight the other workers.
+        # Set here, before image 0 uses OpenCV in this process: a forked worker that sets it after the parent has
+        # used the pool deadlocks (docs/reliability.md).
+        single_thread_opencv()
     bar = tqdm(total=n, desc="images", unit="img", disable=None, dynamic_ncols=True)
     try:
         first = fresh.path if fresh else args.out

@@ -44,7 +44,8 @@ from common.cli import UsageError, add_data_arguments, add_device_arguments, che
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
-from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots, voc_dataset
+from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots,
+                         single_thread_opencv, voc_dataset)
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
@@ -426,6 +427,8 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
     """Every model on every batch of ``items`` (this rank's images under each condition of ``todo``, in order).
     Yields (condition, [ConditionStats per model], its start time, this rank's predictions [(path, PNG bytes)]
     under torchrun) after the condition's last batch, so that it is written before the next one loads."""
+    if args.workers > 0:
+        single_thread_opencv()   # before the workers fork: one OpenCV thread each (common/data.py says why)
     loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(mine), batch),
                                          num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
                                          persistent_workers=False)

@@ -13,7 +13,7 @@ import dump_voc_c
 from common.corruptions import CORRUPTIONS
 from common.data import eval_sample, voc_dataset
 from common.vocc import png_bytes
-from helpers import refused, run_script
+from helpers import cli, refused, run_script
 
 SIZE = 40
 
@@ -68,6 +68,17 @@ def test_two_workers_equal_one_and_resume_repairs_torn_files(data, tmp_path):
     dump(data, tmp_path / "w1", "--corruptions", "motion", "snow", "--severities", "1", "4")
     assert tree(tmp_path / "w1") == b
     assert keep.stat().st_mtime_ns == mtime
+
+
+def test_all_corruptions_with_several_workers_finish_and_equal_one_worker(data, tmp_path):
+    # The script's own docstring command. Image 0 runs in this process and uses OpenCV's thread pool; workers forked
+    # after that used to deadlock in cv2.setNumThreads and the dump never finished. A hang fails here as a timeout.
+    flags = ["--data", "synthetic", "--synthetic-root", data, "--size", str(SIZE), "--corruptions", "all"]
+    run = cli("dump_voc_c.py", *flags, "--workers", "3", "--out", str(tmp_path / "w3"), timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dump(data, tmp_path / "w1", "--corruptions", "all")
+    a = tree(tmp_path / "w3")
+    assert a == tree(tmp_path / "w1") and len(a) == 3 * (15 * 5 + 1)
 
 
 def test_verify_passes_and_catches_a_changed_file(data, tmp_path, capsys):
