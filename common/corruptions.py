@@ -53,6 +53,7 @@ import zlib
 
 import numpy as np
 
+from common import imagenetc
 from common.cli import UsageError
 
 # The paper's order (its code numbered them 0..14). Same order as imagecorruptions' corruption_tuple.
@@ -90,6 +91,13 @@ _SETS = {"all": CORRUPTIONS, "held_out": HELD_OUT, "slow": SLOW, **GROUPS}
 
 # Corruptions whose randomness is not (only) numpy's global RNG and that take a `seed` keyword.
 _SEED_KWARG = ("impulse_noise", "glass_blur")
+
+# Whose formulas corrupt: "imagenet-c" is hendrycks' package as the notebook imported it (the paper's numbers; its
+# changed formulas re-written in common/imagenetc.py, the rest imagecorruptions' identical functions);
+# "imagecorruptions" is the maintained re-implementation, called as it is. The held-out four are imagecorruptions'
+# under both.
+CORRUPTION_CODES = ("imagenet-c", "imagecorruptions")
+DEFAULT_CODE = "imagenet-c"
 
 MAX_SEVERITY = 5
 MIN_SIDE = 32  # imagecorruptions refuses smaller images
@@ -209,19 +217,32 @@ def corruption_seed(image_id: str, corruption: str, severity: int) -> int:
     return zlib.crc32(f"{image_id}|{corruption}|{severity}".encode())
 
 
-def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int) -> np.ndarray:
+def check_corruption_code(code: str) -> str:
+    """``code`` if it is one of CORRUPTION_CODES, else a UsageError naming them."""
+    if code not in CORRUPTION_CODES:
+        raise UsageError(f"unknown corruption code {code!r}; use one of {', '.join(CORRUPTION_CODES)}")
+    return code
+
+
+def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int,
+                  code: str = DEFAULT_CODE) -> np.ndarray:
     """Corrupt one HxWx3 uint8 RGB image reproducibly (PROTOCOL.md); returns a new HxWx3 uint8 array.
 
     ``image_id`` is the VOC file stem (a str: "2007_000033", not an int, whose text would differ);
     ``corruption`` anything ``resolve_corruption`` accepts (the seed always uses the full name);
     severity 0 returns an unchanged copy. H and W must be at least 32 (the library's limit).
+    ``code`` picks whose formulas run (module docstring): "imagenet-c", the notebook's (default), or
+    "imagecorruptions".
 
-    The result is byte-for-byte ``np.random.seed(seed); imagecorruptions.corrupt(img, ...)`` as in
-    the module docstring. One exception: when spatter's 0/0 on a tiny image would make the library
-    cast NaN to uint8 (undefined), we return spatter's own formula with no drops instead, i.e.
-    ``np.uint8(np.clip(float32(img) / 255, 0, 1) * 255)`` (the same float32 arithmetic and truncation
-    the library applies to the undisturbed pixels; a few values may come out 1 lower than the input).
+    Under "imagecorruptions" the result is byte-for-byte ``np.random.seed(seed); imagecorruptions.corrupt(img,
+    ...)`` as in the module docstring; under "imagenet-c", ``np.random.seed(seed); imagenet_c.corrupt(img, ...)``
+    at 224 x 224 (common/imagenetc.py says where it computes rather than calls). One exception: when spatter's
+    0/0 on a tiny image would make the library cast NaN to uint8 (undefined), we return spatter's own formula
+    with no drops instead, i.e. ``np.uint8(np.clip(float32(img) / 255, 0, 1) * 255)`` (the same float32
+    arithmetic and truncation the library applies to the undisturbed pixels; a few values may come out 1 lower
+    than the input).
     """
+    check_corruption_code(code)
     if not isinstance(image_id, str):
         raise TypeError(f"image_id must be the file stem as a str, got {type(image_id).__name__}")
     if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
@@ -243,12 +264,15 @@ def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int) -> 
 
     seed = corruption_seed(image_id, name, severity)
     kwargs = {"seed": seed} if name in _SEED_KWARG else {}
+    own = imagenetc.FUNCTIONS.get(name) if code == "imagenet-c" else None
     img = np.ascontiguousarray(img)
     with _LOCK:
         saved = np.random.get_state()
         try:
             np.random.seed(seed)
-            if name == "spatter":
+            if own is not None:
+                out = np.uint8(own(img, severity))   # corrupt()'s own final cast (truncation)
+            elif name == "spatter":
                 # Turn the 0/0 (and the NaN -> uint8 cast after it) into an exception we can see.
                 with np.errstate(invalid="raise", divide="raise"):
                     try:
@@ -263,7 +287,7 @@ def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int) -> 
     # corrupt() already returns np.uint8(...) of the input's shape (checked for all 19 corruptions);
     # a change here means the library changed under us, which must not pass silently.
     if out.dtype != np.uint8 or out.shape != img.shape:
-        raise RuntimeError(f"imagecorruptions {name} returned {out.shape} {out.dtype} for a "
+        raise RuntimeError(f"{code} {name} returned {out.shape} {out.dtype} for a "
                            f"{img.shape} uint8 image; check the installed version against "
                            f"requirements.txt")
     return out
