@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from common import results, vocc
 from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
-from common.corruptions import SLOW, corrupt_image, corruption_versions, parse_corruptions, parse_severities
+from common.corruptions import SLOW, add_code_argument, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, single_thread_opencv,
                          voc_dataset)
 from common.outputs import check_output_folder, git_commit, write_text
 
 
-def dump_one(index, conditions, out, protocol, size, dataset):
+def dump_one(index, conditions, out, protocol, size, dataset, code):
     """Decode image ``index`` once and write its label and every pending (corruption, severity) PNG.
 
     Returns (image_id, number of files written). Exceptions carry the image so the run can name it.
@@ -51,7 +51,7 @@ def dump_one(index, conditions, out, protocol, size, dataset):
             path = vocc.image_path(out, corruption, severity, image_id)
             if vocc.read_png(path, image.shape) is not None:
                 continue  # done by an earlier (possibly killed) run; a torn file fails to decode
-            vocc.write_bytes(path, vocc.png_bytes(corrupt_image(image, image_id, corruption, severity)))
+            vocc.write_bytes(path, vocc.png_bytes(corrupt_image(image, image_id, corruption, severity, code)))
             written += 1
         return image_id, written
     except UsageError:
@@ -66,15 +66,16 @@ class DumpImages(torch.utils.data.Dataset):
     it reaches the dump's process as the one line it is (a DataLoader worker's exception arrives with its traceback
     in the message)."""
 
-    def __init__(self, dataset, conditions, out, protocol, size):
+    def __init__(self, dataset, conditions, out, protocol, size, code):
         self.dataset, self.conditions, self.out, self.protocol, self.size = dataset, conditions, out, protocol, size
+        self.code = code
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, index):
         try:
-            return dump_one(index, self.conditions, self.out, self.protocol, self.size, self.dataset)
+            return dump_one(index, self.conditions, self.out, self.protocol, self.size, self.dataset, self.code)
         except (RuntimeError, UsageError) as e:
             return e
 
@@ -94,7 +95,7 @@ def dump_rest(args, items, n):
         yield result[1]
 
 
-def verify(out, dataset, n, conditions, protocol, size, sample: int):
+def verify(out, dataset, n, conditions, protocol, size, sample: int, code):
     """Recompute ``sample`` evenly spread (image, condition) pairs and compare them with the decoded PNGs.
 
     Pixels, not bytes: PNG is lossless, so equal pixels are what evaluation needs, and a dump written by
@@ -105,7 +106,7 @@ def verify(out, dataset, n, conditions, protocol, size, sample: int):
     for index, (corruption, severity) in tqdm(picks, desc="verify", disable=None, leave=False):
         image_id, image, _ = eval_sample(dataset, index, protocol, size)
         path = vocc.image_path(out, corruption, severity, image_id)
-        want = corrupt_image(image, image_id, corruption, severity)
+        want = corrupt_image(image, image_id, corruption, severity, code)
         got = vocc.read_png(path, want.shape)
         if got is None or not np.array_equal(got, want):
             print(f"verify: MISMATCH {path}", file=sys.stderr)
@@ -131,7 +132,8 @@ def dump_identity(args, dataset, voc_root) -> dict:
     """What makes the pixels: a folder holds one dump of it (the --limit is not part of it: each PNG is a
     function of its own image, and the manifest counts the images of each condition)."""
     return {"protocol": args.protocol, "size": args.size if args.protocol != "native" else None,
-            "seed_rule": vocc.SEED_RULE, "versions": corruption_versions(), "data": args.data,
+            "corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
+            "versions": corruption_versions(), "data": args.data,
             "voc_root": os.path.abspath(voc_root), "split": "val",
             "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset)))}
 
@@ -176,12 +178,13 @@ def dump(args, dataset, n, conditions, ident, old, fresh):
     bar = tqdm(total=n, desc="images", unit="img", disable=None, dynamic_ncols=True)
     try:
         first = fresh.path if fresh else args.out
-        written = dump_one(0, conditions, first, args.protocol, args.size, dataset)[1]
+        written = dump_one(0, conditions, first, args.protocol, args.size, dataset, args.corruption_code)[1]
         bar.update()
         write_manifest(first, ident, done)
         if fresh:
             fresh.commit()
-        for files in dump_rest(args, DumpImages(dataset, conditions, args.out, args.protocol, args.size), n):
+        for files in dump_rest(args, DumpImages(dataset, conditions, args.out, args.protocol, args.size,
+                                                       args.corruption_code), n):
             written += files
             bar.update()
     except (RuntimeError, UsageError) as e:
@@ -206,15 +209,17 @@ def main(args):
     ident = dump_identity(args, dataset, voc_root)
     if args.verify:
         vocc.check_manifest(args.out, args.protocol, args.size, ident["versions"],
-                            **{k: ident[k] for k in ("seed_rule", "data", "voc_root", "split", "image_ids_sha256")})
-        checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
+                            **{k: ident[k] for k in ("corruption_code", "seed_rule", "data", "voc_root", "split",
+                                                "image_ids_sha256")})
+        checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample,
+                              args.corruption_code)
         print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")
         return 1 if bad else 0
     with contextlib.ExitStack() as held:
         fresh, old = open_dump(args, held, ident)
         size = ident["size"]
         print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
-              f"{severities}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
+              f"{severities}; corruption code {args.corruption_code}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
               f"with {args.workers} worker(s)", flush=True)
         t0 = time.perf_counter()
         written = dump(args, dataset, n, conditions, ident, old, fresh)
@@ -233,6 +238,7 @@ def get_args_parser():
                         "(noise, blur, weather, digital)")
     p.add_argument("--severities", nargs="+", default=["1", "2", "3", "4", "5"], help="severities in 1..5")
     add_data_arguments(p, "voc", help="which val set to corrupt: VOC 2012 val under --voc-root, or the synthetic one")
+    add_code_argument(p)
     p.add_argument("--out", default="VOC-C", help="output folder (layout in the module docstring)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="paper: Pillow-resize to --size x --size before corrupting; shortside: short side --size, "

@@ -42,7 +42,7 @@ from common import distributed, external, results, vocc
 from common.calibration import Calibration
 from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
-from common.corruptions import (corrupt_image, corruption_number, corruption_versions, parse_corruptions,
+from common.corruptions import (DEFAULT_CODE, add_code_argument, corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
 from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots,
                          single_thread_opencv, voc_dataset)
@@ -62,9 +62,9 @@ class ConditionImages(torch.utils.data.Dataset):
     Runs in the loader's worker processes, which is where the corruption cost is spread out.
     """
 
-    def __init__(self, dataset, indices, conditions, protocol, size, voc_c=None):
+    def __init__(self, dataset, indices, conditions, protocol, size, voc_c=None, code=DEFAULT_CODE):
         self.dataset, self.indices, self.conditions = dataset, indices, conditions
-        self.protocol, self.size, self.voc_c = protocol, size, voc_c
+        self.protocol, self.size, self.voc_c, self.code = protocol, size, voc_c, code
 
     def __len__(self):
         return len(self.conditions) * len(self.indices)
@@ -78,7 +78,8 @@ class ConditionImages(torch.utils.data.Dataset):
             dumped = None
             if self.voc_c is not None:
                 dumped = vocc.read_png(vocc.image_path(self.voc_c, corruption, severity, image_id), image.shape)
-            image = dumped if dumped is not None else corrupt_image(image, image_id, corruption, severity)
+            image = dumped if dumped is not None else corrupt_image(image, image_id, corruption, severity,
+                                                                                self.code)
         image = np.require(image, requirements="W")  # the library returns read-only arrays for pixelate and jpeg
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "cond": cond, "pos": pos}
 
@@ -175,8 +176,8 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
     return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
             "kind": model_info["kind"], "corruption": corruption,
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
-            "severity": severity, "protocol": args.protocol, "size": protocol_size(args),
-            "miou": m["miou"], "pixel_acc": m["pixel_acc"], "iou": m["iou"],
+            "severity": severity, "corruption_code": args.corruption_code, "protocol": args.protocol,
+            "size": protocol_size(args), "miou": m["miou"], "pixel_acc": m["pixel_acc"], "iou": m["iou"],
             # The notebook's Distance (all 20 foreground classes, never-predicted ones counting 0), and the
             # same mean over the classes the model predicted (PROTOCOL.md, "Logit structure").
             "distance": finite_or_none(stats.tracker.distance_notebook()),
@@ -370,7 +371,7 @@ def dump_identity(args, dataset, voc_root):
     protocol, size, library versions, seed rule and val set); None without --voc-c."""
     if args.voc_c is None:
         return None
-    data = {"seed_rule": vocc.SEED_RULE, "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
+    data = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code), "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
             "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0] for p in dataset.images)}
     m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **data)
     return {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
@@ -383,7 +384,8 @@ def run_record(args, infos, voc_root, image_ids, voc_c) -> dict:
     return {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
             "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(image_ids),
             "image_ids_sha256": results.ids_sha256(image_ids), "limit": args.limit, "shard": args.shard,
-            "voc_c": voc_c, "versions": versions, "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
+            "voc_c": voc_c, "versions": versions, "corruption_code": args.corruption_code,
+            "seed_rule": vocc.seed_rule(args.corruption_code), "git_commit": git_commit(),
             "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
 
 
@@ -491,14 +493,16 @@ def evaluate(args, held, world=distributed.SINGLE):
         todo, rows = conditions_to_do(args.out, conditions, infos, rows)
         print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
         print(f"{len(models)} model(s) x {len(conditions)} conditions x {len(indices)} images "
-              f"({len(conditions) - len(todo)} conditions already done); protocol {args.protocol}"
+              f"({len(conditions) - len(todo)} conditions already done); corruption code {args.corruption_code}, "
+              f"protocol {args.protocol}"
               f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
         if not todo:
             results.write_metrics(args.out, rows)
     todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
     if not todo:
         return 0
-    items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c)
+    items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c,
+                            args.corruption_code)
     start = time.perf_counter()
     for (c, s), stats, t0, predictions in sweep(args, device, world, models, infos, todo, items, image_ids, mine,
                                                 batch):
@@ -638,6 +642,7 @@ def get_args_parser():
                         "builder's name for torchvision:, the factory's for module:factory")
     external.add_model_arguments(p, "--checkpoints")
     add_data_arguments(p, "voc", help="which val set: VOC 2012 val under --voc-root, or the synthetic one")
+    add_code_argument(p)
     p.add_argument("--voc-c", default=None,
                    help="a dump_voc_c.py folder: read corrupted images from it where present, corrupt on the fly "
                         "otherwise (identical pixels either way)")

@@ -54,7 +54,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from common import external, results as rf  # noqa: E402
 from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
 from common.constants import CLASSES, MODEL_COLOURS, NUM_CLASSES, colorize  # noqa: E402
-from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, MIN_SIDE, corrupt_image  # noqa: E402
+from common.corruptions import (ALL_CORRUPTIONS, CORRUPTION_CODES, CORRUPTIONS, DEFAULT_CODE, MIN_SIDE,  # noqa: E402
+                                corrupt_image)
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.models import predict  # noqa: E402
@@ -384,7 +385,7 @@ def corrupted(ctx, corruption, severity):
     """The --index image under a condition, computed once per run (the grids share conditions)."""
     key = (corruption, severity)
     if key not in ctx["cache"]:
-        ctx["cache"][key] = corrupt_image(ctx["image"], ctx["image_id"], corruption, severity)
+        ctx["cache"][key] = corrupt_image(ctx["image"], ctx["image_id"], corruption, severity, ctx["code"])
     return ctx["cache"][key]
 
 
@@ -539,6 +540,8 @@ def read_images(args, ctx, wanted):
         raise UsageError(f"--index {args.index}: the val set has {len(ds)} images (0..{len(ds) - 1}); "
                          f"contact_sheet.png shows them with their indices")
     ctx["index"] = args.index
+    # The corruption code the results were measured with (folders from before it was recorded: imagecorruptions).
+    ctx["code"] = args.corruption_code or run.get("corruption_code", "imagecorruptions" if run else DEFAULT_CODE)
     ctx["image_id"], ctx["image"], ctx["label"] = eval_sample(ds, args.index, "paper", size)
     device = resolve_device(args.device)
     use_device(device)
@@ -609,6 +612,9 @@ def get_args_parser():
                    help="val image shown in the image figures (contact_sheet.png shows the indices)")
     p.add_argument("--size", type=int, default=None,
                    help="image side (paper protocol); default: run.json's size, 224 if it has none")
+    p.add_argument("--corruption-code", choices=CORRUPTION_CODES, default=None,
+                   help="whose corruption formulas draw the image figures (see evaluate_corruptions.py --help); "
+                        "default: the one run.json records")
     add_device_arguments(p, amp=False, default="cpu")   # a few predictions: the CPU is enough
     return p
 

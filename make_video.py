@@ -51,7 +51,8 @@ from tqdm import tqdm
 from common import external, synthetic
 from common.cli import UsageError, add_device_arguments, check_at_least, run_cli
 from common.constants import colorize
-from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
+from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SIDE, add_code_argument, corrupt_image,
+                                parse_corruptions)
 from common.device import resolve_device, use_device
 from common.models import predict
 from common.outputs import git_commit
@@ -357,21 +358,21 @@ def batches(frames, n):
         yield batch
 
 
-def prepare_batch(batch, start, n_frames, schedule, size):
+def prepare_batch(batch, start, n_frames, schedule, size, code=DEFAULT_CODE):
     """(conditions, originals, corrupted) of frames start .. start+len(batch)-1, arrays at model ``size``."""
     conds = [schedule[segment_of(start + k, n_frames, len(schedule))] for k in range(len(batch))]
     # Bilinear with PIL's support scaled to the reduction (antialiased); the same rule for every input.
     originals = np.stack([f if f.shape[:2] == size[::-1] else
                           np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in batch])
     # The project's seed rule with the frame index as image id: re-running gives identical pixels.
-    corrupted = np.stack([corrupt_image(img, f"frame{start + k:06d}", c, s) if s else img.copy()
+    corrupted = np.stack([corrupt_image(img, f"frame{start + k:06d}", c, s, code) if s else img.copy()
                           for k, (img, (c, s)) in enumerate(zip(originals, conds))])
     return conds, originals, corrupted
 
 
 def encode_batch(batch, start, n_frames, schedule, size, models, names, args, container, stream, bar):
     """Resize, corrupt, predict, compose and encode frames start .. start+len(batch)-1; returns the next index."""
-    conds, originals, corrupted = prepare_batch(batch, start, n_frames, schedule, size)
+    conds, originals, corrupted = prepare_batch(batch, start, n_frames, schedule, size, args.corruption_code)
     preds = [predict(m, corrupted, args.device, args.batch_size) for m in models]
     for k, (c, s) in enumerate(conds):
         frame = compose(originals[k], corrupted[k], preds[0][k], preds[1][k],
@@ -500,6 +501,7 @@ def get_args_parser():
     p.add_argument("--size", type=int, default=224,
                    help="short side of the frames the models see (the paper evaluated at 224); smaller is faster")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
+    add_code_argument(p)
     add_device_arguments(p, amp=False)
     return p
 

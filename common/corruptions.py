@@ -212,6 +212,15 @@ def group_of(name) -> str:
 
 # ----------------------------------------------------------------------------- corrupting
 
+def add_code_argument(parser) -> None:
+    """``--corruption-code``, the same on every script that corrupts."""
+    parser.add_argument("--corruption-code", choices=CORRUPTION_CODES, default=DEFAULT_CODE,
+                        help="whose corruption formulas run: imagenet-c = hendrycks' package as the paper's notebook "
+                             "imported it (its elastic, frost, snow, fog and impulse noise; the paper's numbers), "
+                             "imagecorruptions = the maintained re-implementation (other elastic, frost and snow). "
+                             "Recorded in every output; a folder made with the other code is refused")
+
+
 def corruption_seed(image_id: str, corruption: str, severity: int) -> int:
     """The per-image seed of PROTOCOL.md: crc32 of "<id>|<full name>|<severity>" (0 <= seed < 2**32)."""
     return zlib.crc32(f"{image_id}|{corruption}|{severity}".encode())

@@ -179,7 +179,7 @@ def check_rows_match_run(rows, run, metrics_path, run_path, fix=None):
         if "models" in run and r["model"] not in shas:
             raise UsageError(f"{where} names a model that {run_path} does not list ({', '.join(shas) or 'none'}); "
                              f"{fix}")
-        checks = [(k, r[k], run[k]) for k in ("protocol", "size", "images") if k in r and k in run]
+        checks = [(k, r[k], run[k]) for k in ("corruption_code", "protocol", "size", "images") if k in r and k in run]
         if shas.get(r["model"]) is not None and r.get("checkpoint_sha256") is not None:
             checks.append(("checkpoint_sha256", r["checkpoint_sha256"], shas[r["model"]]))
         for key, got, want in checks:
@@ -196,10 +196,10 @@ def ids_sha256(ids) -> str:
 
 # run.json fields that decide the numbers, in the order a difference is reported. Checkpoints are compared by
 # their files' sha256, which covers the weights, the model config and the training recipe stored in them.
-RUN_FIELDS = ("protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256", "shard",
+RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256", "shard",
               "seed_rule")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
-VOCC_FIELDS = ("protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
+VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
 
 
 def identity(run) -> dict:
@@ -209,6 +209,8 @@ def identity(run) -> dict:
         out["models"] = [m.get("name") for m in run["models"]]
         for m in run["models"]:
             out[f"checkpoint sha256 of {m.get('name')}"] = m.get("sha256")
+    if "models" in run:   # results written before the code was recorded were all made with imagecorruptions
+        run = {"corruption_code": "imagecorruptions", **run}
     for k in RUN_FIELDS:
         if k in run:
             out[k] = run[k]
@@ -219,9 +221,10 @@ def identity(run) -> dict:
     # A dump passes its check against the run's protocol, size, versions and data before it is used, and its
     # pixels equal those computed on the fly; so only two dumps are compared, a dump and none are not.
     if isinstance(run.get("voc_c"), dict):
+        dump = {"corruption_code": "imagecorruptions", **run["voc_c"]}
         for k in VOCC_FIELDS + ("versions",):
-            if k in run["voc_c"]:
-                out[f"voc_c.{k}"] = run["voc_c"][k]
+            if k in dump:
+                out[f"voc_c.{k}"] = dump[k]
     return out
 
 
@@ -239,7 +242,7 @@ def first_difference(old: dict, new: dict, skip=()):
     return None
 
 
-LABELS = {"models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
+LABELS = {"corruption_code": "--corruption-code", "models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
           "voc_root": "the val set at", "split": "the split", "images": "images:",
           "image_ids_sha256": "image ids sha256", "shard": "--shard", "seed_rule": "the seed rule"}
 

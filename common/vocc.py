@@ -23,6 +23,19 @@ MANIFEST = "manifest.json"
 SEED_RULE = ('seed = zlib.crc32(f"{image_id}|{corruption}|{severity}".encode()); np.random.seed(seed); '
              'imagecorruptions.corrupt(img, corruption_name=corruption, severity=severity, **kw) with '
              'kw = {"seed": seed} for impulse_noise and glass_blur, {} otherwise')
+SEED_RULES = {
+    "imagecorruptions": SEED_RULE,
+    "imagenet-c": ('seed = zlib.crc32(f"{image_id}|{corruption}|{severity}".encode()); np.random.seed(seed); '
+                   'imagenet_c.corrupt(img, severity, corruption) (hendrycks imagenet-c 0.0.3, scikit-image 0.17.2; '
+                   'glass_blur also seeds its pixel shuffle with seed)'),
+}
+# Folders written before the corruption code was recorded were all made with imagecorruptions.
+UNRECORDED_CODE = "imagecorruptions"
+
+
+def seed_rule(code: str) -> str:
+    """The seed rule as recorded in manifests and run.json, for corruption code ``code``."""
+    return SEED_RULES[code]
 
 
 def image_path(root, corruption: str, severity: int, image_id: str) -> str:
@@ -130,12 +143,13 @@ def read_manifest(root):
 
 # What makes two dumps' pixels differ, in the order a difference is reported (the sweep's run.json records the
 # same fields of the dump it read, under "voc_c").
-IDENTITY = ("protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
+IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
 
 
 def manifest_difference(m: dict, want: dict):
     """(field, manifest's value, wanted value) of the first identity field that differs, or None. Fields the
     manifest lacks (written before they were recorded) are not compared; ``versions`` key by key."""
+    m = {"corruption_code": UNRECORDED_CODE, **m}
     for k in IDENTITY:
         if k in want and k in m and m[k] != want[k]:
             return k, m[k], want[k]
@@ -157,6 +171,8 @@ def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> 
         field, got, wanted = diff
         hint = ("its pixels may differ: install requirements.txt's pins or dump again" if field.startswith("versions")
                 else "dump again or match the flags")
+        if field == "corruption_code":
+            field = "--corruption-code"
         raise UsageError(f"{root} was dumped with {field} {json.dumps(got)[:60]}, this run has "
                          f"{json.dumps(wanted)[:60]}; {hint}")
     return m

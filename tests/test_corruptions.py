@@ -116,7 +116,7 @@ def test_bit_identical_to_library_all_corruptions_all_severities():
     before = img.copy()
     for name in C.ALL_CORRUPTIONS:
         for severity in range(1, 6):
-            ours = C.corrupt_image(img, "2008_000123", name, severity)
+            ours = C.corrupt_image(img, "2008_000123", name, severity, code="imagecorruptions")
             ref = _direct(img, "2008_000123", name, severity)
             assert ours.dtype == np.uint8 and ours.shape == img.shape, (name, severity)
             assert np.array_equal(ours, ref), (name, severity)
@@ -132,14 +132,15 @@ def test_short_name_and_number_give_same_pixels_and_seed_uses_full_name():
     assert not np.array_equal(a, C.corrupt_image(img, "id8", "gaussian_noise", 2))
 
 
-def test_independent_of_prior_global_rng_and_restores_it():
+@pytest.mark.parametrize("code", C.CORRUPTION_CODES)
+def test_independent_of_prior_global_rng_and_restores_it(code):
     img = _image(64, 64)
-    for name in ("shot_noise", "impulse_noise", "glass_blur", "frost", "snow"):
+    for name in ("shot_noise", "impulse_noise", "glass_blur", "frost", "fog", "snow", "elastic_transform"):
         np.random.seed(1)
-        a = C.corrupt_image(img, "x", name, 3)
+        a = C.corrupt_image(img, "x", name, 3, code)
         np.random.rand(1000)
         _ = np.random.default_rng().integers(10)  # fresh entropy elsewhere must not matter
-        b = C.corrupt_image(img, "x", name, 3)
+        b = C.corrupt_image(img, "x", name, 3, code)
         assert np.array_equal(a, b), name
     np.random.seed(5)
     expected = np.random.rand(3)
@@ -161,8 +162,8 @@ print(json.dumps(out))
 
 def test_deterministic_across_fresh_processes():
     import hashlib
-    names = ["gaussian_noise", "impulse_noise", "glass_blur", "motion_blur", "frost", "fog",
-             "elastic_transform", "spatter"]
+    names = ["gaussian_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
+             "elastic_transform", "pixelate", "spatter"]
     img = np.frombuffer(bytes(range(256)) * 72, np.uint8).reshape(64, 72, 4)[..., :3].copy()
     here = {n: hashlib.sha256(C.corrupt_image(img, "2009_001234", n, 4).tobytes()).hexdigest()
             for n in names}
@@ -178,12 +179,13 @@ def test_severity_zero_is_identity_copy():
     assert np.array_equal(out, img) and out is not img and not np.shares_memory(out, img)
 
 
+@pytest.mark.parametrize("code", C.CORRUPTION_CODES)
 @pytest.mark.parametrize("shape", [(64, 96), (97, 130)])
-def test_every_corruption_keeps_shape_on_small_non_square(shape):
+def test_every_corruption_keeps_shape_on_small_non_square(shape, code):
     img = _image(*shape, seed=shape[0])
     for name in C.ALL_CORRUPTIONS:
         for severity in range(1, 6):
-            out = C.corrupt_image(img, "2010_000001", name, severity)
+            out = C.corrupt_image(img, "2010_000001", name, severity, code)
             assert out.shape == img.shape and out.dtype == np.uint8, (name, severity)
 
 
@@ -203,6 +205,8 @@ def test_rejects_bad_input():
         C.corrupt_image(img, 33, "fog", 1)
     with pytest.raises(UsageError):
         C.corrupt_image(img, "x", "rain", 1)
+    with pytest.raises(UsageError, match="imagenet-c, imagecorruptions"):
+        C.corrupt_image(img, "x", "fog", 1, code="imagenet_c")
 
 
 def test_spatter_zero_drops_on_tiny_image():

@@ -34,8 +34,8 @@ def tree(root):
             for d, _, fs in os.walk(root) for f in fs if f.endswith(".png")}
 
 
-def test_every_corruption_and_severity_equals_imagecorruptions_directly(data, tmp_path):
-    dump(data, tmp_path, "--corruptions", "all", "--limit", "2")
+def test_imagecorruptions_code_equals_imagecorruptions_directly(data, tmp_path):
+    dump(data, tmp_path, "--corruptions", "all", "--limit", "2", "--corruption-code", "imagecorruptions")
     ds = voc_dataset(os.path.join(data, "voc"), "val")
     for index in range(2):
         image_id, image, label = eval_sample(ds, index, "paper", SIZE)

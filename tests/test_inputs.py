@@ -16,6 +16,7 @@ import make_video
 import train
 from common.checkpoint import load_model
 from common.constants import IGNORE_INDEX
+from common import imagenetc
 from common.corruptions import ALL_CORRUPTIONS, MAX_SEVERITY, corrupt_image, corruption_seed
 from common.data import (ShortSideTransform, TrainTransform, eval_sample, read_split, sbd_dataset,
                          voc_dataset)
@@ -218,10 +219,16 @@ def test_every_corruption_at_the_smallest_sizes_equals_the_library(name):
     for shape in protocol_shapes():
         img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
         for severity in range(1, MAX_SEVERITY + 1):
-            got = corrupt_image(img, "2007_000033", name, severity)
+            want = library_corrupt(img, "2007_000033", name, severity)
+            got = corrupt_image(img, "2007_000033", name, severity, code="imagecorruptions")
             assert got.shape == img.shape and got.dtype == np.uint8, (shape, severity)
-            np.testing.assert_array_equal(got, library_corrupt(img, "2007_000033", name, severity),
-                                          err_msg=f"{name} {severity} {shape}")
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {severity} {shape}")
+            # The notebook's code: its own formulas generalised to any size (common/imagenetc.py); the rest is the
+            # library's function under the same seed.
+            got = corrupt_image(img, "2007_000033", name, severity, code="imagenet-c")
+            assert got.shape == img.shape and got.dtype == np.uint8, (shape, severity)
+            if name not in imagenetc.FUNCTIONS:
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} {severity} {shape}")
 
 
 def test_corruption_below_the_minimum_names_the_image():
