@@ -130,6 +130,7 @@ def analysed(world, base):
     ("limit", "images: 4, this run has images: 3"),
     ("data root", "the val set at"),
     ("versions", "numpy"),
+    ("code", "--corruption-code imagenet-c, this run has --corruption-code imagecorruptions"),
 ])
 def test_a_folder_of_another_run_is_refused_and_left_as_it_was(world, base, monkeypatch, change, needle):
     before = digest(base)
@@ -147,7 +148,7 @@ def test_a_folder_of_another_run_is_refused_and_left_as_it_was(world, base, monk
         monkeypatch.setattr(ev, "corruption_versions", lambda: {**real(), "numpy": "0.0.other"})
     else:
         extra = {"size": ["--size", "40"], "protocol": ["--protocol", "shortside"], "amp": ["--amp", "bf16"],
-                 "limit": ["--limit", "3"]}[change]
+                 "limit": ["--limit", "3"], "code": ["--corruption-code", "imagecorruptions"]}[change]
     with pytest.raises(UsageError) as e:
         sweep(world, base, *extra, **kw)
     msg = str(e.value)
@@ -308,6 +309,44 @@ def test_a_dump_of_another_kind_is_refused_and_overwrite_replaces_it(world, tmp_
     fresh = tmp_path / "fresh"
     assert dump(world, fresh, "--corruptions", "jpeg", "--severities", "2", root=other) == 0
     assert digest(out) == digest(fresh)
+
+
+def test_folders_of_the_other_corruption_code_are_refused_and_unrecorded_ones_are_imagecorruptions(world, tmp_path):
+    # A dump and a results folder written before the code was recorded (no corruption_code key) were made with
+    # imagecorruptions: reused under that code, refused under the default (the notebook's imagenet-c).
+    conds = ["--corruptions", "frost", "--severities", "1"]
+    old = tmp_path / "old-vocc"
+    assert dump(world, old, *conds, "--corruption-code", "imagecorruptions") == 0
+    manifest = json.load(open(old / "manifest.json"))
+    assert manifest["corruption_code"] == "imagecorruptions" and "imagecorruptions.corrupt" in manifest["seed_rule"]
+    del manifest["corruption_code"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    before = digest(old)
+    with pytest.raises(UsageError, match="--corruption-code imagecorruptions, this run has --corruption-code "
+                                         "imagenet-c.*--overwrite"):
+        dump(world, old, *conds)
+    with pytest.raises(UsageError, match="dumped with --corruption-code \"imagecorruptions\", this run has "
+                                         "\"imagenet-c\""):
+        sweep(world, tmp_path / "r", "--voc-c", str(old), *conds)
+    assert digest(old) == before and not os.path.exists(tmp_path / "r" / "metrics.jsonl")
+    assert dump(world, old, *conds, "--corruption-code", "imagecorruptions") == 0       # the same code: reused
+    # A results folder likewise; its rows and run.json record the code.
+    res = tmp_path / "old-results"
+    assert sweep(world, res, "--corruption-code", "imagecorruptions", "--voc-c", str(old), *conds) == 0
+    run = json.load(open(res / "run.json"))
+    assert run["corruption_code"] == run["voc_c"]["corruption_code"] == "imagecorruptions"
+    assert {r["corruption_code"] for r in rows(res)} == {"imagecorruptions"}
+    for r in (run, run["voc_c"]):
+        del r["corruption_code"]
+    (res / "run.json").write_text(json.dumps(run))
+    with pytest.raises(UsageError, match="--corruption-code imagecorruptions, this run has --corruption-code "
+                                         "imagenet-c"):
+        sweep(world, res, *conds)
+    # The notebook's frost is another texture and crop: the two codes' dumps differ.
+    new = tmp_path / "new-vocc"
+    assert dump(world, new, *conds) == 0
+    a, b = (sorted((f / "frost" / "1").iterdir()) for f in (old, new))
+    assert any(np.array(Image.open(x)).tobytes() != np.array(Image.open(y)).tobytes() for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("content", ['{"protocol": "paper", "size"', "[1, 2]", '{"protocol": "paper", "size": 32}',
