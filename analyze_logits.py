@@ -82,6 +82,8 @@ analysis.json:
         distance_predicted {same},
         explained_variance_clean {cumulative [21] or null, classes_used, cumulative_notebook [21] or null,
                                   source} or null,
+        clean_structure_source: the pass the npz's <model>/clean/{count, mean, distance, correlation,
+                                correlation_notebook} come from, as explained_variance_source (null: none),
         per_condition {"<corruption>/<s>" ("clean/0" for clean): {miou, pixel_acc, end, distance,
                        distance_predicted, explained_variance [21] or null, classes_used or null,
                        explained_variance_notebook [21] or null}},
@@ -100,6 +102,8 @@ analysis.json:
 analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefined):
     models                                          (M,) str: model names, in analysis.json order
     classes                                         (21,) str: VOC class names
+    (the <model>/clean/ arrays come from the --pca-pass when it has the model, as the notebook's cells 44-45;
+    analysis.json's clean_structure_source names the pass)
     <model>/clean/count                             (21,)        pixels predicted as each class
     <model>/clean/mean                              (21, 21)     class-mean logits, row n = mu_n
     <model>/clean/distance                          (21, 21)     D_ij = ||mu_i - mu_j||
@@ -576,19 +580,27 @@ def logit_structure(tracker, m, c, s, entry, arrays):
     ev, used, ev_nb = both_explained_variances(mu)
     entry.update(explained_variance=finite_list(ev), classes_used=used, explained_variance_notebook=finite_list(ev_nb))
     prefix = f"{m}/clean" if c == CLEAN else f"{m}/{c}/{s}"
-    arrays[f"{prefix}/mean"] = mu
     if c == CLEAN:
-        arrays[f"{prefix}/count"] = tracker.count.copy()
-        arrays[f"{prefix}/distance"] = tracker.distance_matrix()
-        arrays[f"{prefix}/correlation"] = tracker.correlation()
-        arrays[f"{prefix}/correlation_notebook"] = tracker.correlation_notebook()
+        clean_structure(tracker, m, arrays)
     else:
+        arrays[f"{prefix}/mean"] = mu
         arrays[f"{prefix}/explained_variance"] = ev
         arrays[f"{prefix}/explained_variance_notebook"] = ev_nb
     recomputed = (("distance", tracker.distance_notebook()), ("distance_predicted", tracker.distance_margin()))
     return [(key, entry[key], value) for key, value in recomputed
             if entry[key] is not None and finite_or_none(value) is not None
             and not math.isclose(entry[key], value, rel_tol=1e-9, abs_tol=1e-12)]
+
+
+def clean_structure(tracker, m, arrays):
+    """The clean logit structure of one model into ``arrays``: counts, class means, distance matrix and both
+    correlations. The notebook drew them from its clean FixScaleResize pass (cells 44-45), so analyse() calls this
+    again with the --pca-pass tracker where there is one, replacing the main sweep's."""
+    arrays[f"{m}/clean/count"] = tracker.count.copy()
+    arrays[f"{m}/clean/mean"] = tracker.mean()
+    arrays[f"{m}/clean/distance"] = tracker.distance_matrix()
+    arrays[f"{m}/clean/correlation"] = tracker.correlation()
+    arrays[f"{m}/clean/correlation_notebook"] = tracker.correlation_notebook()
 
 
 def image_counts(path, ids_ref, ref_path):
@@ -908,9 +920,13 @@ def analyse(args):
     for m in models:
         ev_clean = (clean_explained_variance(pca_trackers[m], m, ev_source, arrays) if m in pca_trackers
                     else None)
+        structure_source = "clean condition of the main sweep" if f"{m}/clean/mean" in arrays else None
+        if pca_dir is not None and m in pca_trackers:
+            clean_structure(pca_trackers[m], m, arrays)
+            structure_source = ev_source
         per_model[m] = {"kind": kinds.get(m), **miou_summary(miou[m], miou[reference], m, notes),
                         **logit_summary(per_condition[m]), "explained_variance_clean": ev_clean,
-                        "per_condition": per_condition[m]}
+                        "clean_structure_source": structure_source, "per_condition": per_condition[m]}
     boot = bootstrap(models, reference, counts, miou, ids_ref, args, notes)
     calib = calibration_analysis(results, models, table, reference, ids_ref, ids_path, args, arrays, notes, missing)
     for m in models:

@@ -553,7 +553,12 @@ def test_pca_from_the_shortside_pass_when_present(tmp_path):
         np.testing.assert_allclose(a["per_model"][m]["per_condition"]["clean/0"]["explained_variance"], main_ev,
                                    rtol=1e-9, atol=1e-12)
         assert np.abs(main_ev - want).max() > 1e-3
-        np.testing.assert_array_equal(z[f"{m}/clean/count"], main[m][0])   # the other matrices: main sweep
+        # The other clean matrices come from the same pass, as the notebook's cells 44-45 (its run_one).
+        assert a["per_model"][m]["clean_structure_source"] == src
+        np.testing.assert_array_equal(z[f"{m}/clean/count"], short[m][0])
+        np.testing.assert_allclose(z[f"{m}/clean/mean"][keep], mu[keep], rtol=1e-12)
+        d = np.sqrt(((mu[keep][:, None, :] - mu[keep][None, :, :]) ** 2).sum(-1))
+        np.testing.assert_allclose(z[f"{m}/clean/distance"][np.ix_(keep, keep)], d, rtol=1e-9, atol=1e-9)
     assert f"From the {src}." in open(tmp_path / "tables.md").read()
 
     # --pca-pass none: the main sweep's clean condition.
@@ -562,6 +567,9 @@ def test_pca_from_the_shortside_pass_when_present(tmp_path):
     np.testing.assert_allclose(b["per_model"]["base"]["explained_variance_clean"]["cumulative"],
                                eigh_explained(main["base"][3][keep]), rtol=1e-9, atol=1e-12)
     assert "From the clean condition of the main sweep." in open(tmp_path / "nopass" / "tables.md").read()
+    assert b["per_model"]["base"]["clean_structure_source"] == "clean condition of the main sweep"
+    np.testing.assert_array_equal(np.load(tmp_path / "nopass" / "analysis_arrays.npz")["base/clean/count"],
+                                  main["base"][0])
     # An explicit folder elsewhere.
     os.rename(tmp_path / "shortside", tmp_path / "elsewhere")
     c = analyse(tmp_path, "--bootstrap", "0", "--pca-pass", str(tmp_path / "elsewhere"), "--out",
