@@ -475,7 +475,7 @@ def evaluate(args, held, world=distributed.SINGLE):
     rank 0 alone owns --out (common/distributed.py)."""
     conditions, shard = check_sweep_args(args)
     device = resolve_device(args.device)
-    use_device(device)
+    use_device(device, args.amp)
     args.device = str(device)
     check_output_folder(args.out)
     if args.voc_c is not None:

@@ -6,7 +6,10 @@
 #   bash reproduce.sh --voc-root R --sbd-root S         # full mode: the notebook recipe behind the paper's table
 #   bash reproduce.sh --voc-root R --sbd-root S --recipe paper      # full mode, the paper text's recipe
 #   bash reproduce.sh --voc-root R --sbd-root S --video clip.mp4    # demo on your own clip
-#   bash reproduce.sh --amp none                        # float32 throughout (default: bf16 autocast where fast)
+#   bash reproduce.sh --amp none|bf16                   # quick mode: float32 or bf16 (default: bf16 where the CPU
+#                                                       # has it); full mode: float32 as the notebook (default)
+#   bash reproduce.sh --corruption-code imagecorruptions   # the re-implemented corruptions (default: imagenet-c,
+#                                                          # the package the notebook imported)
 #   PYTHON=python3.12 bash reproduce.sh                 # another interpreter (default: python)
 #
 # The final weights of every model (checkpoint.pt after the last epoch) are evaluated, as the paper did.
@@ -15,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-VOC_ROOT="" SBD_ROOT="" VIDEO="" OUT="" DEVICE="" RECIPE="" AMP=""
+VOC_ROOT="" SBD_ROOT="" VIDEO="" OUT="" DEVICE="" RECIPE="" AMP="" CODE="imagenet-c"
 PYTHON=${PYTHON:-python}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -26,7 +29,8 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --device) DEVICE="$2"; shift 2 ;;
     --amp) AMP="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --corruption-code) CODE="$2"; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "reproduce.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +39,10 @@ case "$AMP" in
   ""|none|bf16) ;;
   *) echo "reproduce.sh: --amp '$AMP': use none or bf16" >&2; exit 2 ;;
 esac
+case "$CODE" in
+  imagenet-c|imagecorruptions) ;;
+  *) echo "reproduce.sh: --corruption-code '$CODE': use imagenet-c or imagecorruptions" >&2; exit 2 ;;
+esac
 if [ -n "$VOC_ROOT$SBD_ROOT" ]; then
   if [ -z "$VOC_ROOT" ] || [ -z "$SBD_ROOT" ]; then
     echo "reproduce.sh: full mode needs both --voc-root and --sbd-root" >&2; exit 2
@@ -42,7 +50,9 @@ if [ -n "$VOC_ROOT$SBD_ROOT" ]; then
   MODE=full
   OUT=${OUT:-runs/full${RECIPE:+-$RECIPE}}
   DATA=(--data voc --voc-root "$VOC_ROOT")
-  AMP=${AMP:-bf16}
+  # float32 as the notebook trained and evaluated (TF32 off: it ran torch 1.6, before TF32). --amp bf16 is the fast
+  # deviation: bf16 autocast, channels_last.
+  AMP=${AMP:-none}
   TRAIN=(--sbd-root "$SBD_ROOT" --amp "$AMP")         # everything else: the recipe's settings
   EVAL=(--size 224 --batch-size 32 --amp "$AMP")
   DUMP=(--size 224 --workers "$(nproc)")
@@ -97,6 +107,8 @@ START=$(date +%s)
 echo "reproduce.sh: $MODE mode, outputs under $OUT/"
 echo "  train: ${DATA[*]} ${TRAIN[*]}"
 echo "  evaluate: ${EVAL[*]}"
+echo "  corruption code: $CODE"
+CORRUPTION=(--corruption-code "$CODE")
 
 if [ "$MODE" = quick ]; then
   step "pretrain the shared backbone"
@@ -112,17 +124,17 @@ done
 # over them in the shell, one call each, writes the same files).
 step "dump glass_blur motion_blur zoom_blur snow"
 "$PYTHON" dump_voc_c.py --corruptions glass_blur motion_blur zoom_blur snow "${DATA[@]}" "${DUMP[@]}" \
-  --out "$OUT/VOC-C"
+  "${CORRUPTION[@]}" --out "$OUT/VOC-C"
 
 CKPTS=("$OUT"/train/{baseline,ibe,scribe}/checkpoint.pt)   # the final weights
 step "evaluate 15 corruptions x severities 0..5"
 "$PYTHON" evaluate_corruptions.py --checkpoints "${CKPTS[@]}" "${DATA[@]}" "${EVAL[@]}" --voc-c "$OUT/VOC-C" \
-  --out "$OUT/results"
+  "${CORRUPTION[@]}" --out "$OUT/results"
 
 # The notebook's clean "FixScaleResize" pass (short side kept at the size, aspect kept), which its PCA came from.
 step "clean shortside pass (for the PCA)"
 "$PYTHON" evaluate_corruptions.py --checkpoints "${CKPTS[@]}" "${DATA[@]}" "${EVAL[@]}" --protocol shortside \
-  --corruptions all --severities 0 --out "$OUT/results/shortside"
+  --corruptions all --severities 0 "${CORRUPTION[@]}" --out "$OUT/results/shortside"
 
 step "analyse"
 "$PYTHON" analyze_logits.py --results "$OUT/results"
@@ -133,7 +145,7 @@ step "figures"
 step "video"
 if [ -n "$VIDEO" ]; then SOURCE=(--video "$VIDEO"); else SOURCE=(--synthetic); fi
 "$PYTHON" make_video.py "${SOURCE[@]}" "${VIDEO_ARGS[@]}" --baseline "${CKPTS[0]}" --robust "${CKPTS[2]}" \
-  --out "$OUT/demo.mp4"
+  "${CORRUPTION[@]}" --out "$OUT/demo.mp4"
 
 STEP=""
 echo

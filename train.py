@@ -93,7 +93,7 @@ def init_distributed(args):
                          f"{device}); drop --sync-bn")
     if args.sync_bn and not args.distributed and args.rank == 0:
         print("note: --sync-bn has no effect in a single process (it syncs BatchNorm across torchrun's processes)")
-    use_device(device)
+    use_device(device, args.amp)
     args.device = str(device)
     if args.distributed:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -49,10 +49,26 @@ def resolve_device(requested=None) -> torch.device:
     return torch.device("cuda", index)
 
 
-def use_device(device: torch.device) -> None:
-    """Make ``device`` the current CUDA device (a no-op elsewhere); it must carry an index."""
+def use_device(device: torch.device, amp: str = "none") -> None:
+    """Make ``device`` the current CUDA device (a no-op elsewhere; it must carry an index), with float32 arithmetic
+    as ``set_float32_precision(amp)`` says."""
+    set_float32_precision(amp)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+
+
+def set_float32_precision(amp: str = "none") -> None:
+    """Float32 convolutions and matrix products in full precision under --amp none, TF32 allowed otherwise.
+
+    The notebook ran torch 1.6, before TF32 existed; since 1.7 torch runs float32 convolutions in TF32 on Ampere
+    and Hopper GPUs by default (10 mantissa bits). --amp none is the notebook's arithmetic, so it turns that off;
+    --amp bf16 is the fast deviation and leaves TF32 on for what runs outside autocast. No effect on the CPU."""
+    mode = "ieee" if amp == "none" else "tf32"
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        torch.backends.cudnn.conv.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = mode
+    else:   # torch before the fp32_precision settings
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
 
 
 def autocast(device: torch.device, amp: str = "none"):

@@ -357,3 +357,56 @@ def test_cpu_layout_and_precision_follow_amp(tiny_data, tmp_path, monkeypatch, a
     assert seen == {(dtype, channels_last, channels_last)}          # every training and validation forward
     state = read_checkpoint(str(tmp_path / "ibe" / "checkpoint.pt"))["model"]
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+
+
+def _bn_rank(rank, init_file, images, out):
+    # One torchrun process, as train.py sets it up: its init_distributed (gloo on the CPU) and build_training_model
+    # (DDP, no --sync-bn), then one training-mode forward of this rank's 15 images.
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    args = train.get_args_parser().parse_args(TINY_TRAIN + ["--model", "baseline", "--batch-size", "15", "--device", "cpu",
+                                                             "--out", out])
+    train.resolve_recipe(args)
+    args.world_size, args.rank, args.distributed = 2, rank, True
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        args.memory_format = torch.contiguous_format
+        model, bare = train.build_training_model(args, None)
+        model.train()
+        with torch.no_grad():
+            model(images[rank])
+        bn = bare.backbone.bn1
+        torch.save({"weight": bare.backbone.conv1.weight.detach().clone(), "running_mean": bn.running_mean.clone(),
+                    "running_var": bn.running_var.clone()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_of_15_normalise_batchnorm_over_their_own_15_images(tmp_path):
+    # The notebook's nn.DataParallel on two GPUs at batch 30 normalised each BatchNorm over the 15 images of a GPU;
+    # torchrun --nproc_per_node 2 train.py --batch-size 15 does the same (docs/training.md). Oracle: each rank's first
+    # BatchNorm running statistics after one forward, from its own 15 images by hand (momentum 0.1 from mean 0 and
+    # variance 1, the unbiased batch variance), and not from all 30.
+    import torch.multiprocessing as mp
+    images = torch.randn(2, 15, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images[1] = 2 * images[1] + 1          # the two ranks' batches have other statistics
+    mp.spawn(_bn_rank, args=(str(tmp_path / "pg"), images, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        y = torch.nn.functional.conv2d(images[rank].double(), got["weight"].double(), stride=2, padding=3)
+        mean, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=True)
+        torch.testing.assert_close(got["running_mean"].double(), 0.1 * mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["running_var"].double(), 0.9 + 0.1 * var, rtol=1e-4, atol=1e-6)
+        y_all = torch.nn.functional.conv2d(images.flatten(0, 1).double(), got["weight"].double(), stride=2, padding=3)
+        assert (got["running_mean"].double() - 0.1 * y_all.mean((0, 2, 3))).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("amp, mode", [("none", "ieee"), ("bf16", "tf32")])
+def test_float32_is_full_precision_under_amp_none(tiny_data, tmp_path, amp, mode):
+    # torch has run float32 convolutions in TF32 on Ampere/Hopper since 1.7; the notebook's torch 1.6 could not.
+    # The setting is global and read by cuDNN and cuBLAS only, so it is checked here after train.py set it.
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "none"
+    run_tiny_train(tiny_data, tmp_path / "o", "--model", "baseline", "--epochs", "1", "--amp", amp)
+    assert torch.backends.cudnn.conv.fp32_precision == torch.backends.cuda.matmul.fp32_precision == mode
