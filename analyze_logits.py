@@ -62,7 +62,7 @@ only after everything has been computed, so a failed run leaves earlier outputs 
 
 analysis.json:
     schema "analyze_logits/1"; args; git_commit; results (absolute path); source {protocol, size,
-    images, models [{name, kind, checkpoint_sha256}]} from run.json (null when absent);
+    images, corruption_code, models [{name, kind, checkpoint_sha256}]} from run.json (null when absent);
     pca_pass (absolute path of the --pca-pass folder, or null); explained_variance_source
     ("<protocol> pass at <path>" or "clean condition of the main sweep");
     reference; models [names]; benchmark_corruptions [the 15]; severities [1..5]; units;
@@ -895,6 +895,7 @@ def source_of(run):
     if run is None:
         return None
     return {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
+            "corruption_code": run.get("corruption_code", "imagecorruptions"),
             "models": [{"name": m.get("name"), "kind": m.get("kind"), "checkpoint_sha256": m.get("sha256")}
                        for m in run.get("models", []) if isinstance(m, dict)]}
 
@@ -1032,7 +1033,8 @@ def tables_markdown(a):
     src = a["source"] or {}
     b = a["bootstrap"]
     out = [f"# Corruption robustness: {a['results']}", "",
-           f"Protocol {src.get('protocol', '?')}, size {src.get('size', '?')}, {src.get('images', '?')} images; "
+           f"Protocol {src.get('protocol', '?')}, size {src.get('size', '?')}, {src.get('images', '?')} images, "
+           f"corruptions by {src.get('corruption_code', '?')} (docs/corruptions.md); "
            f"reference model for CD/rCD and Δ: **{a['reference']}**.",
            "mIoU, mPC and per-corruption/per-severity values are mIoU in **percent** (1 decimal); rPC, CD, "
            "rCD, END, Distance and explained variance are ratios/values to 3 decimals; Δ are differences "

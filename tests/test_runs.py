@@ -336,6 +336,8 @@ def test_folders_of_the_other_corruption_code_are_refused_and_unrecorded_ones_ar
     run = json.load(open(res / "run.json"))
     assert run["corruption_code"] == run["voc_c"]["corruption_code"] == "imagecorruptions"
     assert {r["corruption_code"] for r in rows(res)} == {"imagecorruptions"}
+    assert analyse(res) == 0
+    assert "corruptions by imagecorruptions" in (res / "tables.md").read_text()
     for r in (run, run["voc_c"]):
         del r["corruption_code"]
     (res / "run.json").write_text(json.dumps(run))
