@@ -9,8 +9,8 @@ The paper precomputed the four slow corruptions (glass, motion, zoom blur and sn
 Writes ``<out>/<corruption>/<severity>/<id>.png``, ``<out>/labels/<id>.png`` and ``<out>/manifest.json``
 (protocol, size, seed rule, package versions, counts). Every file is written under a temporary name and
 renamed; a re-run skips files that decode to the right shape, so a killed dump resumes where it stopped.
-``--verify`` recomputes a sample and compares pixels. Pixels equal ``common.corruptions.corrupt_image``,
-i.e. ``imagecorruptions.corrupt`` under PROTOCOL.md's seed rule.
+``--verify`` recomputes a sample and compares pixels. Pixels equal ``common.corruptions.corrupt_image`` under
+``--corruption-code`` (default imagenet-c, the notebook's package; docs/corruptions.md) and the seed rule.
 
 A folder holds one dump: one made under another protocol, size, seed rule, package versions or val set is
 refused with one line naming the difference (more corruptions or severities are added to it); ``--overwrite``

@@ -5,6 +5,11 @@ held-out extras of ``imagecorruptions`` (speckle_noise, gaussian_blur, spatter, 
 15..18 by us, in ``imagecorruptions``' own order, so a number means the same here as the library's
 ``corruption_number``. Severity 0 means "clean" everywhere in this project.
 
+Two corruption codes (``--corruption-code``, docs/corruptions.md): "imagenet-c", the package the paper's notebook
+imported (the default: its changed formulas re-written in common/imagenetc.py, the others imagecorruptions' identical
+functions, under the seed rule below), and "imagecorruptions", the library called as it is. What follows describes
+the library; common/imagenetc.py's functions draw from numpy's global generator only.
+
 Reproducibility (ours; the paper's corruptions were unseeded): for image id I (the VOC file stem),
 corruption C (full name) and severity S,
 
