@@ -457,7 +457,7 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
 # ---------------------------------------------------------------------------------------------- main
 
 def load_pair(args):
-    """(baseline, robust) models and their display names (--names, else each checkpoint's name). Either may be
+    """(baseline, robust) models and their names (--names, else each checkpoint's name). Either may be
     a checkpoint, torchvision:<builder>[:<weights>] or module:factory (common/external.py)."""
     if args.names is not None and len(args.names) != 2:
         raise UsageError(f"--names: give two names (baseline, robust), got {len(args.names)}")
@@ -472,9 +472,8 @@ def load_pair(args):
         # NHWC convolutions: ~25% faster for these ResNets on CPU (oneDNN) as on GPU; the frames arrive
         # as NHWC arrays already. Same device and arguments -> same predictions, run after run.
         models.append(model.to(memory_format=torch.channels_last))
-        names.append(args.names[k] if args.names else (THEIRS, OURS)[k])
-        print(f"{flag[2:]}: {spec} ({info['name']}, captioned {names[-1]!r}, {model.config['kind']}, "
-              f"{model.config.get('arch')}"
+        names.append(args.names[k] if args.names else info["name"])
+        print(f"{flag[2:]}: {spec} ({names[-1]}, {model.config['kind']}, {model.config.get('arch')}"
               f"{' ' + model.config['backbone'] if model.config.get('backbone') else ''})")
     return models, names
 
@@ -508,6 +507,7 @@ def main(args):
 
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
     (base, robust), names = load_pair(args)
+    captions = args.names or (THEIRS, OURS)   # the notebook's, unless --names
     mw, mh = model_size(*src_size, args.size)
     geometry = (f"the notebook's: {TILE_W}x{TILE_H} -> {NOTEBOOK_SQUARE}x{NOTEBOOK_SQUARE} -> corrupted -> "
                 f"{TILE_W}x{TILE_H}" if args.size is None else f"--size {args.size}: short side {args.size}")
@@ -526,7 +526,7 @@ def main(args):
             for batch in batches(frames, args.batch_size):
                 written = encode_batch(batch, written, n_frames, schedule, None if args.size is None else (mw, mh),
                                        (base, robust),
-                                       names, args, container, stream, bar)
+                                       captions, args, container, stream, bar)
             for packet in stream.encode(None):  # flush frames the encoder still holds (B-frame lookahead)
                 container.mux(packet)
         with open(tmp, "rb") as fh:
