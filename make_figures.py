@@ -2,17 +2,21 @@
 
     python make_figures.py --results results --out figures [--pdf]
     python make_figures.py --results results --out figures --data voc --voc-root /data/voc --index 17 \
-        --only voc_sample qualitative_grid
+        --qualitative-index 17 --only voc_sample qualitative_grid
 
 Reads what evaluate_corruptions.py (run.json, metrics.jsonl) and analyze_logits.py (analysis_arrays.npz)
 wrote to --results. The image figures also open the val set and the checkpoints: by default those
 run.json names (its checkpoints, data set and image size), so a plain call redraws what was evaluated.
 Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
 
-    voc_sample.png          val image --index: image | label | each model's prediction
-    corruption_grid.png     gaussian_noise, defocus_blur, snow, brightness, elastic_transform x severity 1..5
-    miou_vs_severity.png    per model: mean mIoU over the paper's corruptions present vs severity (0 = clean),
-                            band = mean +- 1.96 * SD / sqrt(n) over those corruptions (normal 95% interval)
+    voc_sample.png          val image --index (default 687, the notebook's): image | label | each model's prediction
+    corruption_grid.png     the notebook's cell 22 on val image --index: gaussian_noise, defocus_blur, snow,
+                            brightness, elastic_transform x severity 1..5, each corrupted at size x size and
+                            resized back to the image's own size (bicubic, Pillow's default the notebook used)
+    miou_vs_severity.png    per model: mean mIoU (a fraction) over the paper's corruptions present vs severity
+                            (0 = clean); band: the notebook's seaborn lineplot default, a bootstrap 95% interval
+                            of that mean (1000 resamples of the corruptions, seeded by --band-seed; written out
+                            with numpy, seaborn is not needed); --band normal: mean +- 1.96 * SD / sqrt(n)
     per_corruption.png      one panel per corruption present: mIoU vs severity 0..5 per model
     explained_variance.png  cumulative explained variance of the clean class-mean logit matrix, components 1..21,
                             from the pass analysis_arrays.npz names (the shortside pass when there was one)
@@ -23,20 +27,30 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     correlations_notebook.png  the same panels of the notebook's quantity, (Q - mu mu^T) / N scaled by its
                             diagonal (not the covariance; near 1 wherever the mean logits dominate), in the
                             paper's colour range 0.8..1 (lower values drawn as 0.8), for comparison with its figure
+    correlation_class.png   the notebook's cell 45: class --correlation-class (default 13, horse), the notebook's
+                            quantity per model in -1..1 (plasma), and below it the true correlation, same scale
     calibration.png         top: one reliability diagram per model (accuracy vs mean confidence in each of the
                             15 bins, bins summed over the 15 corruptions) for clean, severity 3 and severity 5,
                             with the diagonal; bottom: ECE vs severity per model (mean over the corruptions)
-    qualitative_grid.png    the five corruptions above at severity 0..3: input | baseline | SCrIBE prediction
-    contact_sheet.png       the first 100 val images with their indices, for picking --index
+    qualitative_grid.png    the notebook's cell 50 on val image --qualitative-index (default 790): an "Original"
+                            panel (clean input with its label as a 0.4-scale inset in the bottom-right corner |
+                            baseline | SCrIBE prediction) over a "Corrupted" panel (severities 1..3 across; per
+                            corruption above, rows input, baseline, SCrIBE); every tile without its top
+                            --crop-top 50 and bottom --crop-bottom 1 rows (rows of a 224-px image, scaled to --size)
+    contact_sheet.png       the notebook's cell 49: 100 val images from --contact-start (default 700), 10 a row,
+                            each with its index, for picking --index / --qualitative-index
+Indices: the defaults are the notebook's (VOC val has 1449 images); where one is beyond a smaller val set
+(the synthetic one has 100), the figure uses it modulo the set's size (the contact sheet: 0) and prints one
+``note:`` line saying which index it used. An index passed beyond the set is refused.
 
 Inputs by figure: ``NEEDS`` below. Images are the "paper" protocol's size x size arrays, corrupted with the
-project's seeded rule: the pixels that were scored. qualitative_grid takes the first checkpoint of kind
-baseline and of kind scribe; a missing one is replaced by the next unused checkpoint. Every input is checked
+project's seeded rule: the pixels that were scored (corruption_grid then resizes them back). qualitative_grid
+takes the first checkpoint of kind baseline and of kind scribe; a missing one is replaced by the next unused one. Every input is checked
 before anything is drawn: bad input ends with one ``error:`` line, exit status 2 and no new file; each file is
 written to a temporary name and renamed. Matrices drawn side by side share one colour scale (nanmin..nanmax
 over all panels; correlations -1..1); light grey marks undefined entries (classes the model never predicted).
 Same inputs give the same files.
-(correlations.png uses -1..1 and correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
+(correlations.png and correlation_class.png use -1..1, correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
 """
 import argparse
 import json
