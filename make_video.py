@@ -35,8 +35,10 @@ pixels. ``--size N`` selects the older, faster geometry: short side N, aspect ke
 multiple of 8), corrupted at that size, and the model-sized arrays scaled to fit the tiles.
 
 Speed, at --size 224 on 2 idle CPU cores with two tiny ResNet-18 test models: about 8 frames/s; the models
-take most of it; composing a frame takes ~3 ms (a matplotlib figure per frame: ~51 ms; BENCHMARKS.md, video
-group) and encoding ~7 ms. The composed frames are the same on every run; the encoded bytes are not (this
+take most of it (the default geometry, 480x270 model input: 1.5x the time a frame of --size 224's 400x224, 0.95
+against 1.41 frames/s side by side on a shared, loaded 2-core machine, 26 synthetic frames under brightness);
+composing a frame takes ~3 ms (a matplotlib figure per frame: ~51 ms; BENCHMARKS.md, video group) and
+encoding ~7 ms. The composed frames are the same on every run; the encoded bytes are not (this
 libx264 build varied between runs even single-threaded): decoded frames of two runs differ by ~0.5 grey levels
 on average, mostly in the noisy tiles.
 
