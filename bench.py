@@ -313,17 +313,18 @@ def bench_train_input(ctx):
                                        images_per_s_per_core=round(1 / t["full_sample"], 1))}
 
 def video_frames(make_video, text, ckpts, cfg):
-    """make_video's frame tiles, rebuilt from its clip, schedule (frame i in segment i * K // n) and models."""
+    """make_video's frame tiles, rebuilt from its clip, schedule (its segment_of: n // K frames a segment) and
+    models, at the --size geometry the benchmark runs it with."""
     n = int(re.search(r"wrote .*?: (\d+) frames", text).group(1))
     size, schedule = tuple(map(int, re.search(r"models see (\d+)x(\d+)", text).groups())), make_video.build_schedule()
     originals = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in make_video.synthetic_frames(n)]
-    conds = [schedule[i * len(schedule) // n] for i in range(n)]
+    conds = [schedule[make_video.segment_of(i, n, len(schedule))] for i in range(n)]
     corrupted = np.stack([corrupt_image(o, f"frame{i:06d}", c, s) if s else o
                           for i, (o, (c, s)) in enumerate(zip(originals, conds))])
     preds = [predict(load_model(ckpts[k], cfg["device"])[0], corrupted, cfg["device"], cfg["video_batch"])
              for k in (0, 2)]
     return [(originals[i], corrupted[i], preds[0][i], preds[1][i],
-             ("original", make_video.condition_label(*conds[i]), "baseline", "scribe")) for i in range(n)]
+             ("", make_video.condition_label(*conds[i]), make_video.THEIRS, make_video.OURS)) for i in range(n)]
 
 def bench_video(ctx):
     """video_render and video_end_to_end: make_video.compose against a matplotlib figure per frame."""

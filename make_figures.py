@@ -2,17 +2,21 @@
 
     python make_figures.py --results results --out figures [--pdf]
     python make_figures.py --results results --out figures --data voc --voc-root /data/voc --index 17 \
-        --only voc_sample qualitative_grid
+        --qualitative-index 17 --only voc_sample qualitative_grid
 
 Reads what evaluate_corruptions.py (run.json, metrics.jsonl) and analyze_logits.py (analysis_arrays.npz)
 wrote to --results. The image figures also open the val set and the checkpoints: by default those
 run.json names (its checkpoints, data set and image size), so a plain call redraws what was evaluated.
 Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
 
-    voc_sample.png          val image --index: image | label | each model's prediction
-    corruption_grid.png     gaussian_noise, defocus_blur, snow, brightness, elastic_transform x severity 1..5
-    miou_vs_severity.png    per model: mean mIoU over the paper's corruptions present vs severity (0 = clean),
-                            band = mean +- 1.96 * SD / sqrt(n) over those corruptions (normal 95% interval)
+    voc_sample.png          val image --index (default 687, the notebook's): image | label | each model's prediction
+    corruption_grid.png     the notebook's cell 22 on val image --index: gaussian_noise, defocus_blur, snow,
+                            brightness, elastic_transform x severity 1..5, each corrupted at size x size and
+                            resized back to the image's own size (bicubic, Pillow's default the notebook used)
+    miou_vs_severity.png    per model: mean mIoU (a fraction) over the paper's corruptions present vs severity
+                            (0 = clean); band: the notebook's seaborn lineplot default, a bootstrap 95% interval
+                            of that mean (1000 resamples of the corruptions, seeded by --band-seed; written out
+                            with numpy, seaborn is not needed); --band normal: mean +- 1.96 * SD / sqrt(n)
     per_corruption.png      one panel per corruption present: mIoU vs severity 0..5 per model
     explained_variance.png  cumulative explained variance of the clean class-mean logit matrix, components 1..21,
                             from the pass analysis_arrays.npz names (the shortside pass when there was one)
@@ -23,20 +27,30 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     correlations_notebook.png  the same panels of the notebook's quantity, (Q - mu mu^T) / N scaled by its
                             diagonal (not the covariance; near 1 wherever the mean logits dominate), in the
                             paper's colour range 0.8..1 (lower values drawn as 0.8), for comparison with its figure
+    correlation_class.png   the notebook's cell 45: class --correlation-class (default 13, horse), the notebook's
+                            quantity per model in -1..1 (plasma), and below it the true correlation, same scale
     calibration.png         top: one reliability diagram per model (accuracy vs mean confidence in each of the
                             15 bins, bins summed over the 15 corruptions) for clean, severity 3 and severity 5,
                             with the diagonal; bottom: ECE vs severity per model (mean over the corruptions)
-    qualitative_grid.png    the five corruptions above at severity 0..3: input | baseline | SCrIBE prediction
-    contact_sheet.png       the first 100 val images with their indices, for picking --index
+    qualitative_grid.png    the notebook's cell 50 on val image --qualitative-index (default 790): an "Original"
+                            panel (clean input with its label as a 0.4-scale inset in the bottom-right corner |
+                            baseline | SCrIBE prediction) over a "Corrupted" panel (severities 1..3 across; per
+                            corruption above, rows input, baseline, SCrIBE); every tile without its top
+                            --crop-top 50 and bottom --crop-bottom 1 rows (rows of a 224-px image, scaled to --size)
+    contact_sheet.png       the notebook's cell 49: 100 val images from --contact-start (default 700), 10 a row,
+                            each with its index, for picking --index / --qualitative-index
+Indices: the defaults are the notebook's (VOC val has 1449 images); where one is beyond a smaller val set
+(the synthetic one has 100), the figure uses it modulo the set's size (the contact sheet: 0) and prints one
+``note:`` line saying which index it used. An index passed beyond the set is refused.
 
 Inputs by figure: ``NEEDS`` below. Images are the "paper" protocol's size x size arrays, corrupted with the
-project's seeded rule: the pixels that were scored. qualitative_grid takes the first checkpoint of kind
-baseline and of kind scribe; a missing one is replaced by the next unused checkpoint. Every input is checked
+project's seeded rule: the pixels that were scored (corruption_grid then resizes them back). qualitative_grid
+takes the first checkpoint of kind baseline and of kind scribe; a missing one is replaced by the next unused one. Every input is checked
 before anything is drawn: bad input ends with one ``error:`` line, exit status 2 and no new file; each file is
 written to a temporary name and renamed. Matrices drawn side by side share one colour scale (nanmin..nanmax
 over all panels; correlations -1..1); light grey marks undefined entries (classes the model never predicted).
 Same inputs give the same files.
-(correlations.png uses -1..1 and correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
+(correlations.png and correlation_class.png use -1..1, correlations_notebook.png 0.8..1: ``CORRELATION_VIEWS``.)
 """
 import argparse
 import json
@@ -48,8 +62,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from common import external, results as rf  # noqa: E402
 from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
@@ -61,14 +77,23 @@ from common.device import resolve_device, use_device  # noqa: E402
 from common.models import predict  # noqa: E402
 from common.outputs import atomic_write, prepare_output_folder  # noqa: E402
 from common.results import CLEAN  # noqa: E402
-GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")
-QUALITATIVE_SEVERITIES = (0, 1, 2, 3)
+GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")  # 0, 3, 7, 10, 12
+QUALITATIVE_SEVERITIES = (0, 1, 2, 3)   # 0 in the "Original" panel, 1..3 in the "Corrupted" one
 CONTACT_MAX = 100
+# The notebook's own choices (PROTOCOL.md, "Figures and video"): cell 22's corruption grid on val image 687,
+# cell 50's qualitative grid on 790 with 50 rows cut from the top and 1 from the bottom of its 224-px tiles and
+# the label as a 0.4-scale inset, cell 49's contact sheet from 700 (delta), cell 45's class 13 (cor[-8:-7]).
+NOTEBOOK_GRID_INDEX, NOTEBOOK_QUALITATIVE_INDEX, NOTEBOOK_CONTACT_START = 687, 790, 700
+NOTEBOOK_CROP = (50, 1)          # (crop_top, crop_bot) in rows of a 224-px image
+NOTEBOOK_SIDE = 224
+INSET_SCALE = 0.4
+NOTEBOOK_CORRELATION_CLASS = 13  # horse
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_LEVEL = 1000, 95   # seaborn lineplot's defaults (n_boot=1000, ci=95)
 # What each figure reads: metrics.jsonl, analysis_arrays.npz, the val set, the checkpoints.
 NEEDS = {"voc_sample": {"images", "models"}, "corruption_grid": {"images"}, "miou_vs_severity": {"metrics"},
          "per_corruption": {"metrics"}, "explained_variance": {"arrays"}, "class_means": {"arrays"},
          "distance_matrices": {"arrays"}, "correlations": {"arrays"}, "correlations_notebook": {"arrays"},
-         "calibration": {"arrays"},
+         "correlation_class": {"arrays"}, "calibration": {"arrays"},
          "qualitative_grid": {"images", "models"}, "contact_sheet": {"images"}}
 RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 8,
       "ytick.labelsize": 8, "figure.titlesize": 12, "savefig.dpi": 150}
@@ -115,21 +140,23 @@ def class_legend(fig, labels, loc="outside lower center"):
     fig.legend(handles=handles, loc=loc, ncol=min(len(handles), 8), frameon=False)
 
 
-def tile_figure(nrows, ncols, group=None, tile=1.4, gap=0.05, group_gap=0.3, left=0.1, top=0.6, bottom=0.1):
-    """Square image axes at fixed positions (sizes in inches), columns in groups of ``group`` separated
-    by ``group_gap``. Fixed, because a constrained layout shrinks the tiles beside row labels so that
+def tile_figure(nrows, ncols, group=None, tile=1.4, gap=0.05, group_gap=0.3, left=0.1, top=0.6, bottom=0.1,
+                aspect=1.0):
+    """Image axes of ``tile`` x ``tile * aspect`` inches at fixed positions, columns in groups of ``group``
+    separated by ``group_gap``. Fixed, because a constrained layout shrinks the tiles beside row labels so that
     rows no longer line up. Returns (figure, axes[nrows, ncols], x centre of each group, figure fraction).
     """
     group = group or ncols
+    tile_h = tile * aspect
     width = left + ncols * tile + (ncols - 1) * gap + (ncols // group - 1) * (group_gap - gap) + 0.1
-    height = top + nrows * tile + (nrows - 1) * gap + bottom
+    height = top + nrows * tile_h + (nrows - 1) * gap + bottom
     fig = plt.figure(figsize=(width, height))
     axes = np.empty((nrows, ncols), dtype=object)
     for i in range(nrows):
         for j in range(ncols):
             x = left + j * (tile + gap) + (j // group) * (group_gap - gap)
-            y = height - top - (i + 1) * tile - i * gap
-            axes[i, j] = fig.add_axes((x / width, y / height, tile / width, tile / height))
+            y = height - top - (i + 1) * tile_h - i * gap
+            axes[i, j] = fig.add_axes((x / width, y / height, tile / width, tile_h / height))
     centres = [(left + g * group * (tile + gap) + g * (group_gap - gap) + (group * (tile + gap) - gap) / 2) / width
                for g in range(ncols // group)]
     return fig, axes, centres
@@ -137,27 +164,46 @@ def tile_figure(nrows, ncols, group=None, tile=1.4, gap=0.05, group_gap=0.3, lef
 
 # --------------------------------------------------------------------------------------- the numbers
 
-def severity_curves(rows, names):
+def bootstrap_interval(values, seed=0, n_boot=BOOTSTRAP_RESAMPLES, level=BOOTSTRAP_LEVEL):
+    """(low, high): the notebook's band, seaborn lineplot's default ``ci=95``: the ``(100 - level) / 2`` and
+    ``(100 + level) / 2`` percentiles of the means of ``n_boot`` resamples (with replacement, of the same size)
+    of ``values``. seaborn drew them unseeded; here from ``numpy.random.default_rng(seed)``, so that two runs
+    draw the same band. One value gives a band of zero width, as in seaborn."""
+    vals = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = vals[rng.integers(0, len(vals), (n_boot, len(vals)))].mean(axis=1)
+    low, high = np.percentile(means, (50 - level / 2, 50 + level / 2))
+    return float(low), float(high)
+
+
+def severity_curves(rows, names, band="bootstrap", seed=0):
     """Per model: mean mIoU over the paper's corruptions at each severity 0..5, with a 95% band.
 
     Severity 0 is the clean row (a point: band of zero width). For s >= 1 the mean is over those of
     the 15 paper corruptions with a non-null mIoU at s (held-out extras left out, as in
-    analyze_logits.py's aggregates), and the band is mean +- 1.96 * SD / sqrt(n), SD with ddof=1:
-    a normal-approximation 95% interval of the mean over corruptions, NaN with fewer than 2 of them.
+    analyze_logits.py's aggregates). The band: ``band="bootstrap"`` (the notebook's seaborn lineplot)
+    ``bootstrap_interval`` of those values; ``band="normal"`` mean +- 1.96 * SD / sqrt(n), SD with ddof=1,
+    a normal-approximation 95% interval of the mean, NaN with fewer than 2 corruptions.
     Returns {name: {"severity", "mean", "lower", "upper", "n"}} of arrays over severities 0..5.
     """
     out = {}
     for name in names:
-        mean, half, n = np.full(6, np.nan), np.full(6, np.nan), np.zeros(6, dtype=int)
+        mean, lower, upper, n = np.full(6, np.nan), np.full(6, np.nan), np.full(6, np.nan), np.zeros(6, dtype=int)
         for s in range(6):
             vals = [r["miou"] for r in rows if r["model"] == name and r["severity"] == s and r.get("miou") is not None
                     and (r["corruption"] == CLEAN if s == 0 else r["corruption"] in CORRUPTIONS)]
             n[s] = len(vals)
-            if vals:
-                mean[s] = np.mean(vals)
-                half[s] = 0.0 if s == 0 else (1.96 * np.std(vals, ddof=1) / np.sqrt(len(vals))
-                                              if len(vals) > 1 else np.nan)
-        out[name] = {"severity": np.arange(6), "mean": mean, "lower": mean - half, "upper": mean + half, "n": n}
+            if not vals:
+                continue
+            mean[s] = np.mean(vals)
+            if s == 0:
+                lower[s] = upper[s] = mean[s]
+            elif band == "bootstrap":
+                lower[s], upper[s] = bootstrap_interval(vals, seed)
+            elif len(vals) > 1:
+                half = 1.96 * np.std(vals, ddof=1) / np.sqrt(len(vals))
+                lower[s], upper[s] = mean[s] - half, mean[s] + half
+        out[name] = {"severity": np.arange(6), "mean": mean, "lower": lower, "upper": upper, "n": n}
     return out
 
 
@@ -206,16 +252,19 @@ def draw_matrices(grid, title, cbar_label, cmap="viridis", limits=None, xlabel="
 # ---------------------------------------------------------------------------- figures from results
 
 def fig_miou_vs_severity(ctx):
-    curves = severity_curves(ctx["rows"], ctx["metric_names"])
+    # The notebook's cell 52: seaborn lineplot of mIoU (a fraction) against severity, hue = model.
+    band, seed = ctx.get("band", "bootstrap"), ctx.get("band_seed", 0)
+    curves = severity_curves(ctx["rows"], ctx["metric_names"], band, seed)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for name, c in curves.items():
         st = ctx["styles"][name]
-        ax.plot(c["severity"], 100 * c["mean"], **st)
-        ax.fill_between(c["severity"], 100 * c["lower"], 100 * c["upper"], color=st["color"], alpha=0.2, lw=0)
+        ax.plot(c["severity"], c["mean"], **st)
+        ax.fill_between(c["severity"], c["lower"], c["upper"], color=st["color"], alpha=0.2, lw=0)
     n = max(int(c["n"][1:].max()) for c in curves.values())
-    ax.set(xlabel="severity (0 = clean)", ylabel="mIoU (%)", xticks=range(6))
-    ax.set_title(f"Mean mIoU over {n} of the {len(CORRUPTIONS)} corruptions\n"
-                 "band: mean ± 1.96·SD/√n across corruptions (95%)")
+    ax.set(xlabel="severity (0 = clean)", ylabel="mIoU", xticks=range(6))
+    how = (f"bootstrap 95% interval of the mean ({BOOTSTRAP_RESAMPLES} resamples of the corruptions, seed {seed})"
+           if band == "bootstrap" else "mean ± 1.96·SD/√n across corruptions (95%)")
+    ax.set_title(f"Mean mIoU over {n} of the {len(CORRUPTIONS)} corruptions\nband: {how}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -318,6 +367,18 @@ def fig_correlations_notebook(ctx):
     return fig_correlations(ctx, "correlation_notebook")
 
 
+def fig_correlation_class(ctx):
+    """The notebook's cell 45: one class's matrix of its 'correlation' (the notebook's quantity) per model in
+    -1..1, plasma; below it the same class's correlation, on the same scale."""
+    k = ctx.get("correlation_class", NOTEBOOK_CORRELATION_CLASS)
+    names = ctx["array_names"]
+    grid = [[(f"{n}: notebook's", array(ctx, n, "correlation_notebook")[k]) for n in names],
+            [(f"{n}: correlation", array(ctx, n, "correlation")[k]) for n in names]]
+    return draw_matrices(grid, f"Class {k} ({CLASSES[k]}), clean val: the notebook's 'correlation' of the 21 logits "
+                         f"over its pixels (top, its cell 45)\nbeside their correlation (bottom), both on -1..1; "
+                         f"grey: undefined", "correlation", cmap="plasma", limits=(-1, 1), ylabel="logit")
+
+
 # The reliability diagrams' conditions: clean and two severities (bins summed over the corruptions).
 RELIABILITY_SEVERITIES = (0, 3, 5)
 RELIABILITY_STYLE = {0: {"color": "0.2", "linestyle": "-", "marker": "o"},
@@ -381,78 +442,160 @@ def fig_calibration(ctx):
 
 # ----------------------------------------------------------------------------- figures from images
 
-def corrupted(ctx, corruption, severity):
-    """The --index image under a condition, computed once per run (the grids share conditions)."""
-    key = (corruption, severity)
+def sample(ctx, index):
+    """{"id", "image", "label", "original_size"} of val image ``index``: image and label as the "paper"
+    protocol scored them (size x size), and the (width, height) of the image file. Read once per run."""
+    if index not in ctx["samples"]:
+        image_id, image, label = eval_sample(ctx["dataset"], index, "paper", ctx["size"])
+        ctx["samples"][index] = {"id": image_id, "image": image, "label": label,
+                                 "original_size": ctx["dataset"][index][0].size}
+    return ctx["samples"][index]
+
+
+def corrupted(ctx, index, corruption, severity):
+    """Val image ``index`` under a condition (severity 0: the clean image), computed once per run."""
+    key = (index, corruption, severity)
     if key not in ctx["cache"]:
-        ctx["cache"][key] = corrupt_image(ctx["image"], ctx["image_id"], corruption, severity, ctx["code"])
+        s = sample(ctx, index)
+        ctx["cache"][key] = (s["image"] if severity == 0 else
+                             corrupt_image(s["image"], s["id"], corruption, severity, ctx["code"]))
     return ctx["cache"][key]
 
 
+def short_name(corruption):
+    """The notebook's row label: the corruption's first word, capitalised ("elastic_transform" -> "Elastic")."""
+    return corruption.split("_")[0].capitalize()
+
+
 def fig_voc_sample(ctx):
-    models = ctx["models"]
-    preds = [predict(m["model"], ctx["image"][None], ctx["device"])[0] for m in models]
+    models, s = ctx["models"], sample(ctx, ctx["index"])
+    preds = [predict(m["model"], s["image"][None], ctx["device"])[0] for m in models]
     fig, axes = plt.subplots(1, 2 + len(models), figsize=(2.6 * (2 + len(models)), 3.4), layout="constrained")
-    show(axes[0], ctx["image"], f"image {ctx['image_id']}")
-    show(axes[1], ctx["label"], "label", label=True)
+    show(axes[0], s["image"], f"image {s['id']}")
+    show(axes[1], s["label"], "label", label=True)
     for ax, m, p in zip(axes[2:], models, preds):
         show(ax, p, f"{m['name']} prediction", label=True)
-    class_legend(fig, [ctx["label"]] + preds)
+    class_legend(fig, [s["label"]] + preds)
     fig.suptitle(f"VOC val image {ctx['index']} ({ctx['size']}x{ctx['size']}, as evaluated)")
     return fig
 
 
+def grid_tile(ctx, corruption, severity):
+    """The notebook's cell 22 tile: the --index image at size x size, corrupted, resized back to the image
+    file's own size with Pillow's default filter (bicubic since Pillow 7.0; the notebook pinned 7.2)."""
+    img = corrupted(ctx, ctx["index"], corruption, severity)
+    return np.asarray(Image.fromarray(img).resize(sample(ctx, ctx["index"])["original_size"], Image.BICUBIC))
+
+
 def fig_corruption_grid(ctx):
-    fig, axes, _ = tile_figure(len(GRID_CORRUPTIONS), 5, tile=1.7, left=0.35, top=0.75)
+    s = sample(ctx, ctx["index"])
+    w, h = s["original_size"]
+    fig, axes, _ = tile_figure(len(GRID_CORRUPTIONS), 5, tile=1.7, left=0.35, top=0.75, aspect=h / w)
     for i, corruption in enumerate(GRID_CORRUPTIONS):
-        for j, s in enumerate(range(1, 6)):
-            show(axes[i, j], corrupted(ctx, corruption, s), f"severity {s}" if i == 0 else None)
+        for j, sev in enumerate(range(1, 6)):
+            show(axes[i, j], grid_tile(ctx, corruption, sev), f"severity {sev}" if i == 0 else None)
         axes[i, 0].set_ylabel(corruption)
-    fig.suptitle(f"Corruptions of val image {ctx['index']} ({ctx['image_id']}) by severity")
+    fig.suptitle(f"Corruptions of val image {ctx['index']} ({s['id']}) by severity\n"
+                 f"({ctx['size']}x{ctx['size']}, corrupted, resized back to {w}x{h})", fontsize=10)
     return fig
 
 
+def crop_rows(ctx):
+    """Rows of a size x size tile the qualitative grid keeps: --crop-top / --crop-bottom are rows of a 224-px
+    image (the notebook's), scaled to --size and rounded."""
+    size = ctx["size"]
+    top, bottom = (int(round(v * size / NOTEBOOK_SIDE)) for v in ctx["crop"])
+    return slice(top, size - bottom)
+
+
+def label_inset(image, label):
+    """The notebook's "Original" input tile (cell 50): ``image`` with the coloured ``label`` shrunk by 0.4 pasted
+    into its bottom-right corner. The shrink is torch's ``interpolate(scale_factor=0.4)`` (nearest): floor(0.4 n)
+    pixels a side, output pixel i taken from source pixel floor(i * 2.5)."""
+    h, w = label.shape
+    oh, ow = int(np.floor(h * INSET_SCALE)), int(np.floor(w * INSET_SCALE))
+    step = 1 / INSET_SCALE   # 2.5 exactly in binary: floor(i * step) has no rounding trap
+    rows = np.minimum(np.floor(np.arange(oh) * step).astype(int), h - 1)
+    cols = np.minimum(np.floor(np.arange(ow) * step).astype(int), w - 1)
+    out = image.copy()
+    if oh and ow:
+        out[h - oh:, w - ow:] = colorize(label)[rows][:, cols]
+    return out
+
+
 def fig_qualitative_grid(ctx):
+    """The notebook's cell 50, on val image --qualitative-index: an "Original" panel (the clean input with
+    its label as a 0.4-scale inset | baseline | SCrIBE prediction) over a "Corrupted" panel (columns:
+    severities 1..3; per corruption three rows: input, baseline, SCrIBE), every tile cut to ``crop_rows``.
+    Each image axes carries the label "<panel>|<row>|<corruption>|<severity>" (row: input or a model name)."""
     # PROTOCOL.md: input, baseline, SCrIBE. By kind; where one is missing, the next checkpoint stands in.
     models = ctx["models"]
     chosen = [next((m for m in models if m["kind"] == k), None) for k in ("baseline", "scribe")]
     spare = iter([m for m in models if all(m is not c for c in chosen)])
     chosen = [m for m in (c or next(spare, None) for c in chosen) if m is not None]
-    conds = [(c, s) for c in GRID_CORRUPTIONS for s in QUALITATIVE_SEVERITIES]
-    images = np.stack([corrupted(ctx, c, s) for c, s in conds])
+    index, keep = ctx["qualitative_index"], crop_rows(ctx)
+    s = sample(ctx, index)
+    sevs = QUALITATIVE_SEVERITIES[1:]
+    conds = [(CLEAN, 0)] + [(c, sev) for c in GRID_CORRUPTIONS for sev in sevs]
+    images = np.stack([corrupted(ctx, index, c, sev) for c, sev in conds])
     preds = [predict(m["model"], images, ctx["device"]) for m in chosen]
-    per = 1 + len(chosen)
-    fig, axes, centres = tile_figure(len(GRID_CORRUPTIONS), per * len(QUALITATIVE_SEVERITIES), group=per,
-                                     tile=1.35, left=0.35, top=1.0, bottom=0.5)
-    for k, (corruption, s) in enumerate(conds):
-        i, j = divmod(k, len(QUALITATIVE_SEVERITIES))
-        show(axes[i, j * per], images[k], "input" if i == 0 else None)
-        for n, m in enumerate(chosen):
-            show(axes[i, j * per + 1 + n], preds[n][k], m["name"] if i == 0 else None, label=True)
-        if j == 0:
-            axes[i, 0].set_ylabel(corruption, fontsize=9)
-    height = fig.get_size_inches()[1]
-    for x, s in zip(centres, QUALITATIVE_SEVERITIES):
-        fig.text(x, 1 - 0.62 / height, "clean (severity 0)" if s == 0 else f"severity {s}", ha="center",
-                 fontsize=11, fontweight="bold")
-    class_legend(fig, preds, loc="lower center")
-    fig.suptitle(f"Val image {ctx['index']} ({ctx['image_id']}): input and predictions under corruption")
+    rows = ["input"] + [m["name"] for m in chosen]
+    per = len(rows)
+    tw = 1.5
+    th = tw * (keep.stop - keep.start) / ctx["size"]
+    left, gap, group_gap, top, mid, bottom = 1.1, 0.03, 0.14, 1.15, 0.75, 0.6
+    width = left + len(sevs) * tw + (len(sevs) - 1) * gap + 0.2
+    height = top + th + mid + len(GRID_CORRUPTIONS) * (per * th + (per - 1) * gap) + \
+        (len(GRID_CORRUPTIONS) - 1) * group_gap + bottom
+    fig = plt.figure(figsize=(width, height))
+
+    def tile(x, y, img, label, title=None, colour=False):
+        ax = fig.add_axes((x / width, 1 - (y + th) / height, tw / width, th / height), label=label)
+        show(ax, img, title, label=colour)
+        return ax
+
+    # "Original": clean input with the label inset, then each model's clean prediction.
+    tile(left, top, label_inset(s["image"][keep], s["label"][keep]), f"original|input|{CLEAN}|0", "Input")
+    for n, m in enumerate(chosen):
+        tile(left + (n + 1) * (tw + gap), top, preds[n][0][keep], f"original|{m['name']}|{CLEAN}|0", m["name"], True)
+    fig.text((left + 1.5 * tw + gap) / width, 1 - (top - 0.38) / height, "Original", ha="center", va="bottom",
+             fontweight="bold", fontsize=11)
+    # "Corrupted": severities 1..3 across, corruption x (input, baseline, SCrIBE) down.
+    y0 = top + th + mid
+    for i, corruption in enumerate(GRID_CORRUPTIONS):
+        for r, row in enumerate(rows):
+            y = y0 + i * (per * th + (per - 1) * gap + group_gap) + r * (th + gap)
+            for j, sev in enumerate(sevs):
+                k = 1 + i * len(sevs) + j
+                img = images[k] if r == 0 else preds[r - 1][k]
+                ax = tile(left + j * (tw + gap), y, img[keep], f"corrupted|{row}|{corruption}|{sev}",
+                          str(sev) if i == 0 and r == 0 else None, r > 0)
+                if j == 0:
+                    ax.set_ylabel(short_name(corruption) if r == 0 else row, fontsize=8,
+                                  fontweight="bold" if r == 0 else "normal")
+    fig.text((left + (len(sevs) * tw + (len(sevs) - 1) * gap) / 2) / width, 1 - (y0 - 0.38) / height,
+             "Corrupted (severity)", ha="center", va="bottom", fontweight="bold", fontsize=11)
+    class_legend(fig, [p[:, keep] for p in preds] + [s["label"][keep]], loc="lower center")
+    fig.suptitle(f"Val image {index} ({s['id']}), rows {keep.start}..{keep.stop - 1} of {ctx['size']}: "
+                 f"input and predictions", fontsize=10)
     return fig
 
 
 def fig_contact_sheet(ctx):
-    ds = ctx["dataset"]
-    n = min(CONTACT_MAX, len(ds))
+    """The notebook's cell 49: 100 val images from --contact-start, 10 a row, each index written on it."""
+    ds, start = ctx["dataset"], ctx["contact_start"]
+    n = min(CONTACT_MAX, len(ds) - start)
     fig, axes, _ = tile_figure(-(-n // min(10, n)), min(10, n), tile=1.4, gap=0.04, left=0.05, top=0.5,
                                bottom=0.05)
     thumb = min(ctx["size"], 128)  # small thumbnails keep the sheet's file size down
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(eval_sample(ds, i, "paper", thumb)[1])
-            ax.text(0.03, 0.97, str(i), transform=ax.transAxes, ha="left", va="top", fontsize=9, color="white",
-                    bbox={"facecolor": "black", "alpha": 0.7, "pad": 1.5, "linewidth": 0})
-    fig.suptitle(f"Val images 0..{n - 1} of {len(ds)} (pick one with --index)")
+            ax.imshow(eval_sample(ds, start + i, "paper", thumb)[1])
+            # As the notebook wrote them: black, outlined in white, centred on the image.
+            txt = ax.text(0.5, 0.5, str(start + i), transform=ax.transAxes, ha="center", va="center", fontsize=11)
+            txt.set_path_effects([patheffects.Stroke(linewidth=3, foreground="white"), patheffects.Normal()])
+    fig.suptitle(f"Val images {start}..{start + n - 1} of {len(ds)} (pick one with --index or --qualitative-index)")
     return fig
 
 
@@ -461,7 +604,8 @@ FIGURES = {"voc_sample": fig_voc_sample, "corruption_grid": fig_corruption_grid,
            "miou_vs_severity": fig_miou_vs_severity, "per_corruption": fig_per_corruption,
            "explained_variance": fig_explained_variance, "class_means": fig_class_means,
            "distance_matrices": fig_distance_matrices, "correlations": fig_correlations,
-           "correlations_notebook": fig_correlations_notebook, "calibration": fig_calibration,
+           "correlations_notebook": fig_correlations_notebook, "correlation_class": fig_correlation_class,
+           "calibration": fig_calibration,
            "qualitative_grid": fig_qualitative_grid, "contact_sheet": fig_contact_sheet}
 assert FIGURES.keys() == NEEDS.keys()
 
@@ -522,8 +666,25 @@ def read_arrays(d, wanted, run, run_path):
     return arrays, names
 
 
+def pick_index(flag, value, default, n, figures, wrap=True):
+    """The val index ``flag`` gives: ``value`` when passed (refused beyond the set); else the notebook's
+    ``default``, and where that is beyond a set of ``n`` images, ``default % n`` (``wrap``) or 0, said in a note."""
+    if value is not None:
+        if not 0 <= value < n:
+            raise UsageError(f"{flag} {value}: the val set has {n} images (0..{n - 1}); contact_sheet.png shows "
+                             f"them with their indices")
+        return value
+    if default < n:
+        return default
+    used, why = (default % n, f"{default} mod {n}") if wrap else (0, "from the first")
+    if figures:
+        print(f"note: {flag}: the notebook's {default} is beyond this val set of {n} images; {', '.join(figures)} "
+              f"{'use' if len(figures) > 1 else 'uses'} {used} instead ({why}); pass {flag} to choose")
+    return used
+
+
 def read_images(args, ctx, wanted):
-    """The val set, the --index image, and (for the prediction figures) the models."""
+    """The val set, the indices of the image figures, and (for the prediction figures) the models."""
     run = ctx["run"]
     if args.data:
         voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False, quiet=True)
@@ -536,13 +697,24 @@ def read_images(args, ctx, wanted):
     ctx["size"] = size = args.size or run.get("size") or 224  # run.json size is null under --protocol native
     if size < MIN_SIDE:
         raise UsageError(f"--size {size}: the corruptions need at least {MIN_SIDE}")
-    if not 0 <= args.index < len(ds):
-        raise UsageError(f"--index {args.index}: the val set has {len(ds)} images (0..{len(ds) - 1}); "
-                         f"contact_sheet.png shows them with their indices")
-    ctx["index"] = args.index
+    n = len(ds)
+    uses = lambda *figs: [f for f in figs if f in wanted]  # noqa: E731
+    ctx["index"] = pick_index("--index", args.index, NOTEBOOK_GRID_INDEX, n, uses("voc_sample", "corruption_grid"))
+    ctx["qualitative_index"] = pick_index("--qualitative-index", args.qualitative_index, NOTEBOOK_QUALITATIVE_INDEX,
+                                          n, uses("qualitative_grid"))
+    ctx["contact_start"] = pick_index("--contact-start", args.contact_start, NOTEBOOK_CONTACT_START, n,
+                                      uses("contact_sheet"), wrap=False)
+    ctx["crop"] = (args.crop_top, args.crop_bottom)
+    if "qualitative_grid" in wanted:
+        keep = crop_rows(ctx)
+        if min(ctx["crop"]) < 0 or keep.stop - keep.start < 8:
+            raise UsageError(f"--crop-top {args.crop_top} --crop-bottom {args.crop_bottom}: must be >= 0 and leave "
+                             f"at least 8 of the {size} rows (they are rows of a 224-px image, scaled to --size)")
     # The corruption code the results were measured with (folders from before it was recorded: imagecorruptions).
     ctx["code"] = args.corruption_code or run.get("corruption_code", "imagecorruptions" if run else DEFAULT_CODE)
-    ctx["image_id"], ctx["image"], ctx["label"] = eval_sample(ds, args.index, "paper", size)
+    ctx["samples"] = {}
+    s = sample(ctx, ctx["index"])   # the --index image, as scored
+    ctx["image_id"], ctx["image"], ctx["label"] = s["id"], s["image"], s["label"]
     device = resolve_device(args.device)
     use_device(device)
     ctx["cache"], ctx["device"], ctx["models"] = {}, str(device), []
@@ -585,6 +757,7 @@ def main(args):
     wanted = [f for f in FIGURES if f in (args.only or FIGURES)]
     print(f"arguments: {json.dumps(vars(args), sort_keys=True)}")
     ctx = read_results(args, wanted)
+    ctx.update(band=args.band, band_seed=args.band_seed, correlation_class=args.correlation_class)
     if "calibration" in wanted:
         check_calibration(dict(ctx, results_dir=args.results))
     if any("images" in NEEDS[f] for f in wanted):
@@ -608,8 +781,29 @@ def get_args_parser():
                    help="models for voc_sample and qualitative_grid: checkpoints, torchvision:<builder>[:<weights>] "
                         "or module.path:factory; default: the models in run.json (with their weights file and kind)")
     external.add_model_arguments(p, "--checkpoints")
-    p.add_argument("--index", type=int, default=0,
-                   help="val image shown in the image figures (contact_sheet.png shows the indices)")
+    p.add_argument("--index", "--grid-index", dest="index", type=int, default=None,
+                   help=f"val image of voc_sample and corruption_grid; default: the notebook's "
+                        f"{NOTEBOOK_GRID_INDEX} (a smaller val set: {NOTEBOOK_GRID_INDEX} mod its size, with a note); "
+                        f"contact_sheet.png shows the indices")
+    p.add_argument("--qualitative-index", type=int, default=None,
+                   help=f"val image of qualitative_grid; default: the notebook's {NOTEBOOK_QUALITATIVE_INDEX} (a "
+                        f"smaller val set: {NOTEBOOK_QUALITATIVE_INDEX} mod its size, with a note)")
+    p.add_argument("--contact-start", type=int, default=None,
+                   help=f"first val image of contact_sheet (it shows up to {CONTACT_MAX}); default: the notebook's "
+                        f"{NOTEBOOK_CONTACT_START} (0 for a val set that small, with a note)")
+    p.add_argument("--crop-top", type=int, default=NOTEBOOK_CROP[0],
+                   help="rows cut from the top of each qualitative_grid tile, in rows of a 224-px image (scaled to "
+                        "--size); default: the notebook's crop_top")
+    p.add_argument("--crop-bottom", type=int, default=NOTEBOOK_CROP[1],
+                   help="rows cut from the bottom of each qualitative_grid tile, likewise; default: the notebook's "
+                        "crop_bot")
+    p.add_argument("--correlation-class", type=int, default=NOTEBOOK_CORRELATION_CLASS, choices=range(NUM_CLASSES),
+                   metavar="K", help="class of correlation_class (0..20); default: the notebook's 13, horse")
+    p.add_argument("--band", choices=("bootstrap", "normal"), default="bootstrap",
+                   help="miou_vs_severity's band: bootstrap (the notebook's seaborn lineplot: 95%% percentile "
+                        f"interval of the mean over corruptions, {BOOTSTRAP_RESAMPLES} resamples) or normal "
+                        "(mean +- 1.96 SD / sqrt(n))")
+    p.add_argument("--band-seed", type=int, default=0, help="seed of the bootstrap band's resamples")
     p.add_argument("--size", type=int, default=None,
                    help="image side (paper protocol); default: run.json's size, 224 if it has none")
     p.add_argument("--corruption-code", choices=CORRUPTION_CODES, default=None,

@@ -7,26 +7,40 @@
 
 writes ``--out`` (H.264 ``libx264``, yuv420p; ``mpeg4`` where this PyAV build lacks libx264), one output
 frame per input frame at the input's frame rate (its stream's average rate; ``--fps`` for --synthetic).
-Each frame is 960x540, four 480x270 tiles (PROTOCOL.md, "Figures and video"):
+Each frame is 960x540, four 480x270 tiles (PROTOCOL.md, "Figures and video"), captioned as the notebook's:
 
-    original                     | corrupted, named "<corruption>, severity <s>"
-    baseline prediction          | robust (SCrIBE) prediction           (VOC palette colours)
+    original                     | corrupted, "Corruption: <name>" ("Corruption: None" when clean)
+    baseline prediction, "Theirs" | robust (SCrIBE) prediction, "Ours"          (VOC palette colours)
 
-Schedule (PROTOCOL.md): the frames are split evenly into 1 + len(corruptions) segments, frame i in
-segment floor(i * K / N) for N frames and K segments (lengths differ by at most one): clean, then the
-paper's corruptions 1..13 skipping frost (shot_noise ... pixelate) at severity 2, elastic_transform at 3.
-``--corruptions`` / ``--severity`` replace the list / set one severity for all. The schedule is printed.
+What is the notebook's (cells 55-59 of ICIP2020_OnTheStructuresOfRepresentation_LehmanTemelAlRegib.ipynb):
+- Geometry. Each frame is resized to 480 x 270 (Pillow's default filter, bicubic in the notebook's Pillow 7.2),
+  squashed to 224 x 224 (bilinear), corrupted, and resized back to 270 x 480 (bilinear); that array is what both
+  models see and the corrupted tile. The original tile is the frame resized to 270 rows (bilinear; 480 x 270 for
+  16:9 input; other aspects are squashed to 480 x 270 here, where the notebook's concatenation would fail). The
+  clean segment takes the same round trip through 224 x 224, uncorrupted.
+- Schedule. ``switch = n_frames // 13``: frame i is in segment ``i // switch``: clean, then the paper's
+  corruptions 1..13 skipping frost (shot_noise ... pixelate) at severity 2, elastic_transform at 3. The
+  ``n_frames % 13`` leftover frames keep the last corruption (PROTOCOL.md; the notebook's loop itself would
+  have moved them on to jpeg_compression at severity 2). ``--corruptions`` / ``--severity`` replace the list /
+  set one severity for all; the split is then ``n_frames // (1 + len(corruptions))``. The schedule is printed.
+- Captions at (20, 30) px in their tiles, red on a black outline, in DejaVu Sans Bold (matplotlib's default
+  font, which the notebook's text used), 20 px high as the notebook's 3 pt at 960 dpi were at 1920 x 1080.
+What is ours: the notebook drew each frame with matplotlib into a 1920 x 1080 figure and wrote it at 30 fps and
+18000 kb/s with FFmpeg. Its 1920 x 1080 frames are the same 960 x 540 image scaled 2x, so we write the 960 x 540
+frames themselves, composed with numpy (BENCHMARKS.md, video group: ~50 ms a frame less), with libx264 at
+crf 18 (close to lossless for the palette colours and 1-px class edges) and at the input's own frame rate
+(the notebook's 30 fps changes a 25 fps clip's speed). Corruptions follow the project's seeded rule,
+``corrupt_image(frame224, image_id=f"frame{index:06d}", corruption, severity)``, so every run gives the same
+pixels. ``--size N`` selects the older, faster geometry: short side N, aspect kept (both sides rounded to a
+multiple of 8), corrupted at that size, and the model-sized arrays scaled to fit the tiles.
 
-Per frame: the decoded RGB frame is resized (bilinear, aspect kept) so its short side is ``--size``
-(both sides rounded to a multiple of 8); that array is the "original" and is corrupted with the project's
-seeded rule, ``corrupt_image(frame, image_id=f"frame{index:06d}", corruption, severity)``, so every run
-gives the same pixels. Both models see the corrupted frame in batches of ``--batch-size``. Tiles show
-these model-sized arrays scaled to fit 480x270 (images bilinear, predictions nearest), so original and
-corrupted differ only by the corruption. About 8 frames/s on 2 idle CPU cores with two tiny ResNet-18
-test models at --size 224: the models take most of it; composing a frame takes ~3 ms (a matplotlib figure
-per frame: ~51 ms; BENCHMARKS.md, video group) and encoding ~7 ms. The composed frames are the same on every run; the encoded bytes
-are not (this libx264 build varied between runs even single-threaded): decoded frames of two runs differ
-by ~0.5 grey levels on average, mostly in the noisy tiles.
+Speed, at --size 224 on 2 idle CPU cores with two tiny ResNet-18 test models: about 8 frames/s; the models
+take most of it (the default geometry, 480x270 model input: 1.5x the time a frame of --size 224's 400x224, 0.95
+against 1.41 frames/s side by side on a shared, loaded 2-core machine, 26 synthetic frames under brightness);
+composing a frame takes ~3 ms (a matplotlib figure per frame: ~51 ms; BENCHMARKS.md, video group) and
+encoding ~7 ms. The composed frames are the same on every run; the encoded bytes are not (this
+libx264 build varied between runs even single-threaded): decoded frames of two runs differ by ~0.5 grey levels
+on average, mostly in the noisy tiles.
 
 The video is written to ``<out stem>.tmp-<pid><ext>`` and renamed at the end: an interrupted run leaves
 no partial ``--out``. Bad input (unreadable video, missing checkpoint, unknown corruption) ends with one
@@ -72,11 +86,17 @@ SEVERITY_OVERRIDES = {"elastic_transform": 3}  # severity 2 of elastic is barely
 CODECS = (("libx264", {"crf": "18", "preset": "veryfast"}, None),
           ("mpeg4", {}, 6_000_000))
 
-LABEL_MARGIN = 6      # px from a tile's top-left corner to its label box
-LABEL_PAD = 4         # px between the box edge and the text
-LABEL_FONT_SIZE = 18
-LABEL_DIM = 0.2       # the box keeps 20% of the image under it: dark enough for white text on any colour
-LETTERBOX = 16        # grey level around frames whose aspect is not 16:9
+# The notebook's geometry (cells 55, 57): frame -> 480x270 -> 224x224 -> corrupted -> 270x480.
+NOTEBOOK_WH = (TILE_W, TILE_H)
+NOTEBOOK_SQUARE = 224
+# The notebook's captions: text at (500, 30), (20, 300), (500, 300) of the 960x540 image, i.e. (20, 30) inside
+# each tile (left end of the baseline), red with a black outline, fontsize 3 pt at 960 dpi on the 2x figure.
+CAPTION_XY = (20, 30)
+CAPTION_RGB = (255, 0, 0)
+CAPTION_FONT_SIZE = 20   # 3 pt * 960 dpi / 72 = 40 px at 1920 x 1080, 20 px at 960 x 540
+CAPTION_STROKE = 2       # px of black outline (the notebook's 1 pt Stroke: ~1.7 px at this size)
+THEIRS, OURS = "Theirs", "Ours"
+LETTERBOX = 16        # grey level around frames whose aspect is not 16:9 (--size geometry)
 
 SYNTH_W, SYNTH_H = 640, 360   # the generated clip's size (16:9, like the tiles)
 SYNTH_OBJECTS = 6
@@ -97,18 +117,23 @@ def build_schedule(corruptions=None, severity=None):
 
 
 def segment_of(index: int, n_frames: int, n_segments: int) -> int:
-    """Segment of frame ``index``: floor(index * K / N), so segment lengths differ by at most one."""
-    return min(index * n_segments // n_frames, n_segments - 1)
+    """Segment of frame ``index``: the notebook's ``index // switch`` with ``switch = N // K``; the N % K
+    leftover frames stay in the last segment. Under K frames (switch 0) frame i is in segment i."""
+    switch = n_frames // n_segments
+    return min(index // switch if switch else index, n_segments - 1)
 
 
 def segment_starts(n_frames: int, n_segments: int) -> list:
-    """First frame of each segment plus N at the end: ceil(j * N / K) for j = 0..K (the inverse of segment_of)."""
-    return [-(-j * n_frames // n_segments) for j in range(n_segments + 1)]
+    """First frame of each segment plus N at the end: j * (N // K) for j = 0..K-1 (the inverse of segment_of)."""
+    switch = n_frames // n_segments
+    return [min(j * switch if switch else j, n_frames) for j in range(n_segments)] + [n_frames]
 
 
 def print_schedule(schedule, n_frames, fps):
     starts = segment_starts(n_frames, len(schedule))
-    print(f"schedule: {n_frames} frames in {len(schedule)} segments")
+    k = len(schedule)
+    print(f"schedule: {n_frames} frames in {k} segments of {n_frames // k} (n_frames // {k}, as the notebook split)"
+          + (f"; the last also keeps the {n_frames % k} leftover frame(s)" if n_frames >= k and n_frames % k else ""))
     for j, (c, s) in enumerate(schedule):
         a, b = starts[j], starts[j + 1]
         when = f"{a / fps:6.2f}s" if fps else ""
@@ -242,10 +267,11 @@ def synthetic_frames(n_frames, seed=0):
 # ---------------------------------------------------------------------------------------------- frames
 
 def model_size(width, height, size):
-    """(w, h) the models see: short side ``size``, aspect kept, both rounded to a multiple of 8.
-
-    Multiples of 8 keep the stride-4 and stride-8 feature maps an exact tiling of the input.
+    """(w, h) the models see: the notebook's 480x270 when ``size`` is None; else short side ``size``, aspect
+    kept, both rounded to a multiple of 8 (an exact tiling for the stride-4 and stride-8 feature maps).
     """
+    if size is None:
+        return NOTEBOOK_WH
     r8 = lambda v: max(MIN_SIDE, int(round(v / 8)) * 8)  # noqa: E731 (imagecorruptions needs >= 32 px)
     scale = size / min(width, height)
     return r8(width * scale), r8(height * scale)
@@ -260,39 +286,60 @@ def fit_box(width, height):
 
 @functools.lru_cache(maxsize=None)
 def _font():
+    """DejaVu Sans Bold (shipped with matplotlib, the notebook's text font), else Pillow's own."""
     try:
-        return ImageFont.load_default(size=LABEL_FONT_SIZE)  # scalable font (Pillow >= 10.1 with FreeType)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()  # small bitmap font
+        from matplotlib import font_manager
+        path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"),
+                                     fallback_to_default=False)
+        return ImageFont.truetype(path, CAPTION_FONT_SIZE)
+    except (ImportError, ValueError, OSError):
+        try:
+            return ImageFont.load_default(size=CAPTION_FONT_SIZE)  # Pillow >= 10.1 with FreeType
+        except (TypeError, OSError, ImportError):
+            return ImageFont.load_default()  # small bitmap font
 
 
 @functools.lru_cache(maxsize=256)
-def label_patch(text):
-    """Text coverage (float32 HxWx1, 0..1) of one label; the patch's extent is its box. Cached per text."""
+def caption_patch(text):
+    """(outline coverage, fill coverage, (dx, dy)) of one caption: float32 HxWx1 arrays in 0..1 and the offset
+    of their top-left corner from the caption's anchor (the left end of its baseline). Cached per text."""
     font = _font()
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
-    w, h = right - left + 2 * LABEL_PAD, bottom - top + 2 * LABEL_PAD
-    w, h = min(w, TILE_W - LABEL_MARGIN), min(h, TILE_H - LABEL_MARGIN)
-    glyphs = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(glyphs).text((LABEL_PAD - left, LABEL_PAD - top), text, fill=255, font=font)
-    return np.asarray(glyphs, np.float32)[..., None] / 255
+    left, top, right, bottom = font.getbbox(text, anchor="ls", stroke_width=CAPTION_STROKE)
+    cover = []
+    for stroke in (CAPTION_STROKE, 0):
+        glyphs = Image.new("L", (right - left, bottom - top), 0)
+        ImageDraw.Draw(glyphs).text((-left, -top), text, fill=255, font=font, anchor="ls", stroke_width=stroke,
+                                    stroke_fill=255)
+        cover.append(np.asarray(glyphs, np.float32)[..., None] / 255)
+    return cover[0], cover[1], (left, top)
 
 
-def put_label(canvas, text, x, y):
-    """Dim a box at (x, y) of ``canvas`` and write ``text`` in white on it (in place)."""
-    alpha = label_patch(text)
-    h, w = alpha.shape[:2]
-    region = canvas[y:y + h, x:x + w].astype(np.float32) * LABEL_DIM
-    canvas[y:y + h, x:x + w] = (region * (1 - alpha) + 255 * alpha).round().astype(np.uint8)
+def put_caption(canvas, text, x, y, clip):
+    """Write ``text`` with its baseline starting at (x, y) of ``canvas``, in place: a black outline, then the
+    red letters, each blended by its coverage. ``clip`` = (x0, y0, x1, y1): the tile it may not leave."""
+    if not text:
+        return
+    outline, fill, (dx, dy) = caption_patch(text)
+    h, w = fill.shape[:2]
+    x0, y0 = x + dx, y + dy
+    cx0, cy0, cx1, cy1 = max(x0, clip[0]), max(y0, clip[1]), min(x0 + w, clip[2]), min(y0 + h, clip[3])
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    sub = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+    region = canvas[cy0:cy1, cx0:cx1].astype(np.float32)
+    region *= 1 - outline[sub]
+    region = region * (1 - fill[sub]) + np.float32(CAPTION_RGB) * fill[sub]
+    canvas[cy0:cy1, cx0:cx1] = region.round().astype(np.uint8)
 
 
 def compose(original, corrupted, pred_baseline, pred_robust, labels):
-    """One 540x960x3 output frame from model-sized arrays: 2x2 tiles, each with its label.
+    """One 540x960x3 output frame: 2x2 tiles, each with its caption (empty: none).
 
-    ``labels``: four texts, in the order top-left, top-right, bottom-left, bottom-right.
+    ``labels``: four texts, in the order top-left, top-right, bottom-left, bottom-right. Arrays of another
+    size than a tile (the --size geometry) are scaled to fit it, centred.
     """
     canvas = np.full((FRAME_H, FRAME_W, 3), LETTERBOX, np.uint8)
-    x, y, w, h = fit_box(original.shape[1], original.shape[0])
+    x, y, w, h = fit_box(corrupted.shape[1], corrupted.shape[0])
     tiles = ((original, Image.BILINEAR), (corrupted, Image.BILINEAR),
              (colorize(pred_baseline), Image.NEAREST), (colorize(pred_robust), Image.NEAREST))
     for k, ((img, resample), text) in enumerate(zip(tiles, labels)):
@@ -300,12 +347,13 @@ def compose(original, corrupted, pred_baseline, pred_robust, labels):
         if img.shape[:2] != (h, w):
             img = np.asarray(Image.fromarray(img).resize((w, h), resample))
         canvas[ty + y:ty + y + h, tx + x:tx + x + w] = img
-        put_label(canvas, text, tx + LABEL_MARGIN, ty + LABEL_MARGIN)
+        put_caption(canvas, text, tx + CAPTION_XY[0], ty + CAPTION_XY[1], (tx, ty, tx + TILE_W, ty + TILE_H))
     return canvas
 
 
 def condition_label(corruption, severity):
-    return "clean" if severity == 0 else f"{corruption}, severity {severity}"
+    """The notebook's caption of the corrupted tile (its corruption's function name; "None" when clean)."""
+    return f"Corruption: {'None' if severity == 0 else corruption}"
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -358,13 +406,36 @@ def batches(frames, n):
         yield batch
 
 
+def notebook_frame(frame, image_id, corruption, severity, code=DEFAULT_CODE):
+    """(original tile, model input) of one frame, both 270x480x3 uint8, the notebook's way (cells 55, 57).
+
+    Original: ``transforms.Resize(270)`` of the frame (Pillow bilinear; 480 wide for 16:9). Model input:
+    ``img.resize((480, 270))`` with Pillow's default filter (bicubic since Pillow 7.0; the notebook pinned 7.2),
+    ``resize((224, 224), BILINEAR)``, corrupted (not when clean), ``transforms.Resize((270, 480))`` (bilinear).
+    """
+    img = Image.fromarray(frame)
+    original = np.asarray(img.resize(NOTEBOOK_WH, Image.BILINEAR))
+    square = np.asarray(img.resize(NOTEBOOK_WH, Image.BICUBIC).resize((NOTEBOOK_SQUARE,) * 2, Image.BILINEAR))
+    if severity:
+        # The project's seed rule with the frame index as image id: re-running gives identical pixels.
+        square = corrupt_image(square, image_id, corruption, severity, code)
+    return original, np.asarray(Image.fromarray(square).resize(NOTEBOOK_WH, Image.BILINEAR))
+
+
 def prepare_batch(batch, start, n_frames, schedule, size, code=DEFAULT_CODE):
-    """(conditions, originals, corrupted) of frames start .. start+len(batch)-1, arrays at model ``size``."""
+    """(conditions, originals, corrupted) of frames start .. start+len(batch)-1.
+
+    ``size`` None: the notebook's geometry (``notebook_frame``), 270x480 arrays. ``size`` (w, h): the --size
+    geometry, both arrays at the model size and the corruption applied at that size.
+    """
     conds = [schedule[segment_of(start + k, n_frames, len(schedule))] for k in range(len(batch))]
+    if size is None:
+        pairs = [notebook_frame(f, f"frame{start + k:06d}", c, s, code)
+                 for k, (f, (c, s)) in enumerate(zip(batch, conds))]
+        return conds, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     # Bilinear with PIL's support scaled to the reduction (antialiased); the same rule for every input.
     originals = np.stack([f if f.shape[:2] == size[::-1] else
                           np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in batch])
-    # The project's seed rule with the frame index as image id: re-running gives identical pixels.
     corrupted = np.stack([corrupt_image(img, f"frame{start + k:06d}", c, s, code) if s else img.copy()
                           for k, (img, (c, s)) in enumerate(zip(originals, conds))])
     return conds, originals, corrupted
@@ -376,7 +447,7 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
     preds = [predict(m, corrupted, args.device, args.batch_size) for m in models]
     for k, (c, s) in enumerate(conds):
         frame = compose(originals[k], corrupted[k], preds[0][k], preds[1][k],
-                        ("original", condition_label(c, s), names[0], names[1]))
+                        ("", condition_label(c, s), names[0], names[1]))
         video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
         video_frame.pts = start + k  # one tick of 1/fps per frame: constant frame rate
         for packet in stream.encode(video_frame):
@@ -388,7 +459,7 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
 # ---------------------------------------------------------------------------------------------- main
 
 def load_pair(args):
-    """(baseline, robust) models and their display names (--names, else each checkpoint's name). Either may be
+    """(baseline, robust) models and their names (--names, else each checkpoint's name). Either may be
     a checkpoint, torchvision:<builder>[:<weights>] or module:factory (common/external.py)."""
     if args.names is not None and len(args.names) != 2:
         raise UsageError(f"--names: give two names (baseline, robust), got {len(args.names)}")
@@ -425,7 +496,7 @@ def describe_input(args):
 def main(args):
     schedule = build_schedule(args.corruptions, args.severity)  # unknown corruption: fails before any work
     check_at_least("--batch-size", args.batch_size)
-    if args.size < MIN_SIDE:
+    if args.size is not None and args.size < MIN_SIDE:
         raise UsageError(f"--size {args.size}: must be at least {MIN_SIDE} (imagecorruptions' smallest image)")
     device = resolve_device(args.device)
     use_device(device)
@@ -438,9 +509,12 @@ def main(args):
 
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
     (base, robust), names = load_pair(args)
+    captions = args.names or (THEIRS, OURS)   # the notebook's, unless --names
     mw, mh = model_size(*src_size, args.size)
+    geometry = (f"the notebook's: {TILE_W}x{TILE_H} -> {NOTEBOOK_SQUARE}x{NOTEBOOK_SQUARE} -> corrupted -> "
+                f"{TILE_W}x{TILE_H}" if args.size is None else f"--size {args.size}: short side {args.size}")
     print(f"input: {source}, {src_size[0]}x{src_size[1]}, {n_frames} frames at {float(fps):.3f} fps; "
-          f"models see {mw}x{mh}; device {args.device}")
+          f"models see {mw}x{mh} ({geometry}); device {args.device}")
     print_schedule(schedule, n_frames, float(fps))
     codec = pick_codec()
 
@@ -452,8 +526,9 @@ def main(args):
         container, stream = open_output(tmp, fps, codec, shown=args.out)
         with container, tqdm(total=n_frames, unit="frame", desc="video", disable=None) as bar:
             for batch in batches(frames, args.batch_size):
-                written = encode_batch(batch, written, n_frames, schedule, (mw, mh), (base, robust),
-                                       names, args, container, stream, bar)
+                written = encode_batch(batch, written, n_frames, schedule, None if args.size is None else (mw, mh),
+                                       (base, robust),
+                                       captions, args, container, stream, bar)
             for packet in stream.encode(None):  # flush frames the encoder still holds (B-frame lookahead)
                 container.mux(packet)
         with open(tmp, "rb") as fh:
@@ -485,8 +560,8 @@ def get_args_parser():
     p.add_argument("--robust", required=True,
                    help="robust (SCrIBE) model (bottom-right tile): a checkpoint, torchvision: or module:factory spec")
     p.add_argument("--names", nargs=2, default=None, metavar=("BASELINE", "ROBUST"),
-                   help="tile labels of the two models; default: the name stored in each checkpoint (the "
-                        "builder's or factory's name for a spec)")
+                   help="captions of the two prediction tiles; default: the notebook's 'Theirs' (baseline) and "
+                        "'Ours' (robust)")
     external.add_model_arguments(p, "--baseline/--robust")
     p.add_argument("--out", default="demo.mp4", help="output video; the extension picks the container (.mp4, .mkv)")
     p.add_argument("--corruptions", nargs="+", default=None,
@@ -498,8 +573,10 @@ def get_args_parser():
     p.add_argument("--fps", type=float, default=None, help="frame rate of the --synthetic clip (default 25); "
                                                            "a --video keeps its own")
     p.add_argument("--seed", type=int, default=0, help="layout and motion of the --synthetic clip")
-    p.add_argument("--size", type=int, default=224,
-                   help="short side of the frames the models see (the paper evaluated at 224); smaller is faster")
+    p.add_argument("--size", type=int, default=None,
+                   help="default: the notebook's geometry (each frame 480x270 -> 224x224 -> corrupted -> 480x270, "
+                        "which the models see); N: the older, faster one, the models see and the corruptions "
+                        "act on the frame at short side N (aspect kept), scaled up to the tiles")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass")
     add_code_argument(p)
     add_device_arguments(p, amp=False)

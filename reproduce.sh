@@ -56,7 +56,7 @@ if [ -n "$VOC_ROOT$SBD_ROOT" ]; then
   TRAIN=(--sbd-root "$SBD_ROOT" --amp "$AMP")         # everything else: the recipe's settings
   EVAL=(--size 224 --batch-size 32 --amp "$AMP")
   DUMP=(--size 224 --workers "$(nproc)")
-  VIDEO_ARGS=(--size 224)   # make_video's default
+  VIDEO_ARGS=()   # make_video's default: the notebook's geometry (480x270 -> 224x224 -> corrupted -> 480x270)
 else
   MODE=quick
   OUT=${OUT:-runs/quick}

@@ -1,5 +1,6 @@
-"""make_figures.py: every figure is drawn and not blank, the plotted severity curves against numpy, one
-colour scale across matrix panels, --pdf / --only, deterministic files, and bad input -> exit 2."""
+"""make_figures.py: every figure is drawn and not blank, the plotted severity curves and their bootstrap band
+against numpy, one colour scale across matrix panels, the notebook's image figures (crop, label inset, grid
+tiles, contact sheet, indices beyond a small set), --pdf / --only, deterministic files, bad input -> exit 2."""
 import json
 import os
 import re
@@ -40,6 +41,15 @@ def draw(*argv):
 def test_every_figure_is_drawn_and_not_blank(results, tmp_path, capsys):
     draw("--results", results["dir"], "--out", str(tmp_path))
     out = capsys.readouterr().out
+    # The notebook's indices are beyond the 3-image set: each falls back, and says so in one line.
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: --index: the notebook's 687 is beyond this val set of 3 images; voc_sample, corruption_grid use 0 "
+        "instead (687 mod 3); pass --index to choose",
+        "note: --qualitative-index: the notebook's 790 is beyond this val set of 3 images; qualitative_grid uses 1 "
+        "instead (790 mod 3); pass --qualitative-index to choose",
+        "note: --contact-start: the notebook's 700 is beyond this val set of 3 images; contact_sheet uses 0 instead "
+        "(from the first); pass --contact-start to choose"]
     assert sorted(os.listdir(tmp_path)) == sorted(f"{f}.png" for f in mf.FIGURES)
     assert sum(line.startswith("wrote ") for line in out.splitlines()) == len(mf.FIGURES)
     for name in mf.FIGURES:
@@ -64,7 +74,7 @@ def test_severity_curves_against_numpy(tmp_path):
                  {"model": m, "corruption": "fog", "severity": 2, "miou": None}]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    curves = mf.severity_curves(evaluate_corruptions.read_metrics(str(path)), ["a", "b"])
+    curves = mf.severity_curves(evaluate_corruptions.read_metrics(str(path)), ["a", "b"], band="normal")
     for m, clean in (("a", 0.7), ("b", 0.6)):
         c = curves[m]
         mean = np.concatenate([[clean], table[m].mean(0)])
@@ -74,8 +84,55 @@ def test_severity_curves_against_numpy(tmp_path):
         np.testing.assert_allclose(c["lower"], mean - half)
         np.testing.assert_allclose(c["upper"], mean + half)
         np.testing.assert_array_equal(c["n"], [1, 3, 3, 3, 3, 3])
-    one = mf.severity_curves(rows[:2] + [{"model": "a", "corruption": "snow", "severity": 1, "miou": 0.5}], ["a"])
-    assert one["a"]["mean"][1] == 0.5 and np.isnan(one["a"]["lower"][1])  # no band from one corruption
+    one = rows[:2] + [{"model": "a", "corruption": "snow", "severity": 1, "miou": 0.5}]
+    normal = mf.severity_curves(one, ["a"], band="normal")
+    assert normal["a"]["mean"][1] == 0.5 and np.isnan(normal["a"]["lower"][1])  # no normal band from one value
+    boot = mf.severity_curves(one, ["a"])
+    assert boot["a"]["lower"][1] == boot["a"]["upper"][1] == 0.5                # seaborn: a band of zero width
+
+
+def seaborn_band(values, seed, n_boot=1000):
+    """seaborn.algorithms.bootstrap + its percentile interval, written out: n_boot times, draw len(values)
+    indices with replacement and keep the mean; the band is the 2.5th and 97.5th percentiles of those means."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(values, float)
+    means = []
+    for _ in range(n_boot):
+        means.append(values.take(rng.integers(0, len(values), len(values))).mean())
+    return np.percentile(means, [2.5, 97.5])
+
+
+def test_bootstrap_band_against_numpy():
+    # 15 corruptions x 5 severities for two models: the default band is the seaborn lineplot's, by hand.
+    from common.corruptions import CORRUPTIONS
+    rng = np.random.default_rng(4)
+    table = {m: rng.uniform(0.1, 0.7, (15, 5)) for m in "ab"}
+    rows = [{"model": m, "corruption": "clean", "severity": 0, "miou": 0.75} for m in "ab"]
+    rows += [{"model": m, "corruption": c, "severity": s + 1, "miou": table[m][i, s]}
+             for m in "ab" for i, c in enumerate(CORRUPTIONS) for s in range(5)]
+    for seed in (0, 7):
+        curves = mf.severity_curves(rows, ["a", "b"], seed=seed)
+        for m in "ab":
+            c = curves[m]
+            want = np.array([[0.75, 0.75]] + [seaborn_band(table[m][:, s], seed) for s in range(5)])
+            np.testing.assert_allclose(c["mean"], np.concatenate([[0.75], table[m].mean(0)]))
+            np.testing.assert_allclose(c["lower"], want[:, 0], rtol=1e-12)
+            np.testing.assert_allclose(c["upper"], want[:, 1], rtol=1e-12)
+            # About the normal interval's width (15 values: within 25% of 2 * 1.96 SD / sqrt(n)), around the mean.
+            width = c["upper"][1:] - c["lower"][1:]
+            normal = 2 * 1.96 * table[m].std(0, ddof=1) / np.sqrt(15)
+            assert np.all(np.abs(width / normal - 1) < 0.25), width / normal
+            assert np.all((c["lower"] <= c["mean"]) & (c["mean"] <= c["upper"]))
+    # The figure draws these numbers, as fractions, and names the band.
+    ctx = {"rows": rows, "metric_names": ["a", "b"], "band_seed": 7,
+           "styles": mf.styles([{"name": "a", "kind": "baseline"}, {"name": "b", "kind": "scribe"}])}
+    ax = mf.fig_miou_vs_severity(ctx).axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), np.concatenate([[0.75], table["a"].mean(0)]))
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    want = [seaborn_band(table["a"][:, s], 7) for s in range(5)]
+    assert np.isclose(band, want[2][0]).any() and np.isclose(band, want[2][1]).any()
+    assert "bootstrap" in ax.get_title() and ax.get_ylabel() == "mIoU"
+    mf.plt.close("all")
 
 
 def test_matrices_share_one_colour_scale():
@@ -288,49 +345,153 @@ def test_class_means_and_distance_panels_are_those_of_the_logits_files(tmp_path)
         assert {clim for _, clim in figure.values()} == {(np.nanmin(stack), np.nanmax(stack))}
 
 
-def test_qualitative_grid_shows_each_models_own_predictions(results):
-    # Input and prediction tiles read back from the figure, against the index image corrupted by hand
-    # (PROTOCOL.md's seed rule) and each model called directly on it, coloured by the literal palette.
-    import zlib
+def index_image(results, index, size=40):
+    """(image id, image, label) of val image ``index`` as the paper protocol scores it, read by hand."""
+    run = json.load(open(os.path.join(results["dir"], "run.json")))
+    base = os.path.join(run["voc_root"], "VOCdevkit", "VOC2012")
+    image_id = open(os.path.join(base, "ImageSets", "Segmentation", "val.txt")).read().split()[index]
+    img = Image.open(os.path.join(base, "JPEGImages", f"{image_id}.jpg")).convert("RGB")
+    lbl = Image.open(os.path.join(base, "SegmentationClass", f"{image_id}.png"))
+    return (image_id, np.array(img.resize((size, size), Image.BILINEAR)),
+            np.array(lbl.resize((size, size), Image.NEAREST)), img.size, run["corruption_code"])
 
+
+def image_ctx(results, *argv):
+    args = mf.get_args_parser().parse_args(["--results", results["dir"], *argv])
+    ctx = mf.read_results(args, args.only)
+    mf.read_images(args, ctx, args.only)
+    return ctx
+
+
+def test_qualitative_grid_shows_each_models_own_predictions(results):
+    # The notebook's cell 50 read back from the figure: every tile cut to the crop rows, input tiles against
+    # the image corrupted by hand (corrupt_image with PROTOCOL.md's seed), prediction tiles against each model
+    # called directly and coloured by the literal palette, and the "Original" input's label inset against
+    # torch's interpolate(scale_factor=0.4), the notebook's own call.
     import torch
-    from imagecorruptions import corrupt
 
     from common.checkpoint import load_model
     from common.constants import IMAGENET_MEAN, IMAGENET_STD
-    # The figure drawn with imagecorruptions' code (the results folder's is the notebook's), so that the library
-    # itself is the oracle of its pixels.
-    args = mf.get_args_parser().parse_args(["--results", results["dir"], "--only", "qualitative_grid",
-                                            "--corruption-code", "imagecorruptions"])
-    ctx = mf.read_results(args, args.only)
-    mf.read_images(args, ctx, args.only)
+    from common.corruptions import corrupt_image
+    ctx = image_ctx(results, "--only", "qualitative_grid", "--qualitative-index", "2", "--crop-top", "60",
+                    "--crop-bottom", "8")
     fig = mf.fig_qualitative_grid(ctx)
-    tiles = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    tiles = {ax.get_label(): np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images}
     mf.plt.close(fig)
-    per = 3                                               # input | baseline | scribe
-    assert len(tiles) == len(mf.GRID_CORRUPTIONS) * len(mf.QUALITATIVE_SEVERITIES) * per
-    run = json.load(open(os.path.join(results["dir"], "run.json")))
-    base = os.path.join(run["voc_root"], "VOCdevkit", "VOC2012")
-    image_id = open(os.path.join(base, "ImageSets", "Segmentation", "val.txt")).read().split()[0]   # --index 0
-    img = np.array(Image.open(os.path.join(base, "JPEGImages", f"{image_id}.jpg")).convert("RGB")
-                   .resize((40, 40), Image.BILINEAR))
+    # 60 and 8 rows of a 224-px image at 40 px: round(60 * 40 / 224) = 11 from the top, round(8 * 40 / 224) = 1
+    # from the bottom.
+    keep = slice(11, 39)
+    image_id, img, label, _, code = index_image(results, 2)
     models = {load_model(p)[0].config["kind"]: load_model(p)[0] for p in results["ckpts"]}
+    names = {kind: load_model(p)[1]["name"] for p in results["ckpts"] for kind in [load_model(p)[0].config["kind"]]}
+    rows = ["input", names["baseline"], names["scribe"]]
+    conds = [("corrupted", c, s) for c in mf.GRID_CORRUPTIONS for s in (1, 2, 3)] + [("original", "clean", 0)]
+    assert sorted(tiles) == sorted(f"{p}|{r}|{c}|{s}" for p, c, s in conds for r in rows)
     differ = 0
-    for k, (c, s) in enumerate((c, s) for c in mf.GRID_CORRUPTIONS for s in mf.QUALITATIVE_SEVERITIES):
-        x = img
-        if s:
-            seed = zlib.crc32(f"{image_id}|{c}|{s}".encode())
-            np.random.seed(seed)
-            x = np.uint8(corrupt(img, corruption_name=c, severity=s))
-        np.testing.assert_array_equal(np.asarray(tiles[per * k]), x)
+    for panel, c, s in conds:
+        x = corrupt_image(img, image_id, c, s, code) if s else img
         t = torch.from_numpy(((x / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD))
                              .transpose(2, 0, 1)[None]).float()
         want = {}
-        for n, kind in enumerate(("baseline", "scribe")):
+        for kind in ("baseline", "scribe"):
             with torch.no_grad():
                 want[kind] = models[kind](t).numpy()[0].argmax(0)
-            got = np.asarray(tiles[per * k + 1 + n])
-            assert got.shape == (40, 40, 3)
-            assert (got == paint(want[kind])).all(-1).mean() > 0.99, (c, s, kind)
+            got = tiles[f"{panel}|{names[kind]}|{c}|{s}"]
+            assert got.shape == (28, 40, 3)
+            assert (got == paint(want[kind])[keep]).all(-1).mean() > 0.99, (c, s, kind)
         differ += (want["baseline"] != want["scribe"]).mean() > 0.05
-    assert differ > 0      # the two columns show different models
+        got = tiles[f"{panel}|input|{c}|{s}"]
+        if panel == "corrupted":
+            np.testing.assert_array_equal(got, x[keep])
+    assert differ > 0      # the two model rows show different models
+    # "Original": the clean input cut to the crop, with its cut label shrunk by 0.4 in the bottom-right corner.
+    got = tiles["original|input|clean|0"]
+    small = torch.nn.functional.interpolate(torch.from_numpy(paint(label[keep])).permute(2, 0, 1)[None].float(),
+                                            scale_factor=0.4)[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    assert small.shape == (11, 16, 3)          # floor(0.4 * 28) x floor(0.4 * 40)
+    np.testing.assert_array_equal(got[-11:, -16:], small)
+    np.testing.assert_array_equal(got[:-11], img[keep][:-11])
+    np.testing.assert_array_equal(got[:, :-16], img[keep][:, :-16])
+
+
+def test_the_notebooks_crop_and_inset_at_224():
+    # crop_top 50 / crop_bot 1 of the 224-px image: rows 50..222 (the notebook's im[:, 50:-1]).
+    assert mf.crop_rows({"size": 224, "crop": mf.NOTEBOOK_CROP}) == slice(50, 223)
+    import torch
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 21, (173, 224)).astype(np.uint8)
+    label[:5] = 255
+    image = rng.integers(0, 256, (173, 224, 3)).astype(np.uint8)
+    got = mf.label_inset(image, label)
+    small = torch.nn.functional.interpolate(torch.from_numpy(paint(label)).permute(2, 0, 1)[None].float(),
+                                            scale_factor=0.4)[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    assert small.shape == (69, 89, 3)
+    np.testing.assert_array_equal(got[173 - 69:, 224 - 89:], small)
+    np.testing.assert_array_equal(got[:173 - 69], image[:173 - 69])
+
+
+def test_corruption_grid_tiles_are_resized_back_to_the_image(results):
+    # The notebook's cell 22: corrupted at size x size, then resized to the image file's own size (Pillow's
+    # default filter in the notebook's Pillow 7.2: bicubic).
+    from common.corruptions import corrupt_image
+    ctx = image_ctx(results, "--only", "corruption_grid", "--index", "1")
+    fig = mf.fig_corruption_grid(ctx)
+    tiles = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+    mf.plt.close(fig)
+    image_id, img, _, (w, h), code = index_image(results, 1)
+    assert len(tiles) == 25 and (w, h) != (40, 40)
+    for k, (c, s) in enumerate((c, s) for c in mf.GRID_CORRUPTIONS for s in range(1, 6)):
+        want = np.array(Image.fromarray(corrupt_image(img, image_id, c, s, code)).resize((w, h), Image.BICUBIC))
+        np.testing.assert_array_equal(tiles[k], want)
+
+
+def test_contact_sheet_starts_where_asked_and_indices_fall_back(results, capsys):
+    ctx = image_ctx(results, "--only", "contact_sheet", "--contact-start", "1")
+    fig = mf.fig_contact_sheet(ctx)
+    assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["1", "2"]
+    shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+    mf.plt.close(fig)
+    assert len(shown) == 2
+    np.testing.assert_array_equal(shown[0], index_image(results, 1)[1])   # image 1 at min(size, 128) = 40 px
+    assert "note:" not in capsys.readouterr().out      # passed indices are used as they are
+    # Defaults beyond the set: the notebook's index mod the set's size (the contact sheet: from 0), in a note.
+    assert mf.pick_index("--index", None, 687, 100, ["corruption_grid"]) == 87
+    assert mf.pick_index("--contact-start", None, 700, 100, ["contact_sheet"], wrap=False) == 0
+    assert mf.pick_index("--index", None, 687, 1449, ["corruption_grid"]) == 687      # VOC val: the notebook's
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["note: --index: the notebook's 687 is beyond this val set of 100 images; corruption_grid uses 87 "
+                   "instead (687 mod 100); pass --index to choose",
+                   "note: --contact-start: the notebook's 700 is beyond this val set of 100 images; contact_sheet "
+                   "uses 0 instead (from the first); pass --contact-start to choose"]
+    with pytest.raises(UsageError, match="--qualitative-index 100: the val set has 100 images"):
+        mf.pick_index("--qualitative-index", 100, 790, 100, ["qualitative_grid"])
+
+
+def test_correlation_class_is_the_notebooks_cell_45(results):
+    from common.constants import CLASSES
+    names = json.load(open(os.path.join(results["dir"], "run.json")))
+    names = [m["name"] for m in names["models"]]
+    z = np.load(os.path.join(results["dir"], "logits", names[0], "clean_0.npz"))
+    k = int(np.argmax(z["count"][1:]) + 1)                      # a foreground class the first model predicts
+    args = mf.get_args_parser().parse_args(["--results", results["dir"], "--only", "correlation_class"])
+    assert args.correlation_class == 13 and CLASSES[13] == "horse"  # the notebook's cor[-8:-7]
+    ctx = mf.read_results(args, args.only)
+    ctx["correlation_class"] = k
+    fig = mf.fig_correlation_class(ctx)
+    got = panels(fig)
+    assert {im.get_cmap().name for ax in fig.axes for im in ax.images} == {"plasma"}
+    mf.plt.close(fig)
+    assert set(got) == {f"{n}: {q}" for n in names for q in ("notebook's", "correlation")}
+    assert {clim for _, clim in got.values()} == {(-1, 1)}
+    want = notebook_correlation_by_hand(os.path.join(results["dir"], "logits", names[0], "clean_0.npz"))[k]
+    data = got[f"{names[0]}: notebook's"][0]
+    ok = np.isfinite(data)
+    assert ok.sum() > 100
+    np.testing.assert_allclose(data[ok], want[ok], rtol=1e-8, atol=1e-10)
+    # The lower row: the true correlation of the same pixels' logits (the covariance scaled by its diagonal).
+    mu = z["sum"][k] / z["count"][k]
+    cov = z["sq"][k] / z["count"][k] - np.outer(mu, mu)
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    data = got[f"{names[0]}: correlation"][0]
+    ok = np.isfinite(data)
+    np.testing.assert_allclose(data[ok], corr[ok], rtol=1e-6, atol=1e-8)

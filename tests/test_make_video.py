@@ -1,5 +1,6 @@
 """make_video.py: frame counts and rates of real encodes (decoded back with PyAV), the schedule against
-hand-computed boundaries, the tile layout and labels, the seed rule, and bad input -> exit 2."""
+hand-computed boundaries (the notebook's n // 13), the notebook's frame geometry against Pillow and
+corrupt_image, the tile layout and captions, the seed rule, and bad input -> exit 2."""
 import os
 import signal
 import subprocess
@@ -15,8 +16,8 @@ from common.constants import voc_palette
 from common.corruptions import corrupt_image
 from helpers import ROOT, refused, run_script
 
-SIZE = "64"  # models see 112x64 frames: a few ms per frame with the tiny ResNet-18 checkpoints
-GREY = 200   # the test clip's background: bright, so the dark label boxes stand out after H.264
+SIZE = "64"  # the --size geometry: models see 112x64 frames, a few ms per frame with the tiny test models
+GREY = 200   # the test clip's background: bright, so the red captions stand out after H.264
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +82,32 @@ def test_video_input(ckpts, tmp_path):
     frames, rate, _ = decode(out)
     assert len(frames) == 20 and all(f.shape == (540, 960, 3) for f in frames)
     assert rate == 24  # the input's rate (not --fps's default of 25)
-    # 3 segments over 20 frames: starts ceil(j * 20 / 3) = 0, 7, 14 -> clean 0-6, shot 7-13, impulse 14-19.
-    x0, y0 = mv.LABEL_MARGIN, mv.LABEL_MARGIN
-    h_box, w_clean = mv.label_patch("clean").shape[:2]
-    w_shot = mv.label_patch("shot_noise, severity 2").shape[1]
-    below = slice(y0 + h_box + 10, 200)  # tile rows under the labels, above the moving square
+    # 3 segments over 20 frames, the notebook's split: switch = 20 // 3 = 6 -> clean 0-5, shot 6-11, and
+    # impulse 12-19 (12-17 and the 20 % 3 = 2 leftover frames).
+    assert [mv.segment_of(i, 20, 3) for i in range(20)] == [0] * 6 + [1] * 6 + [2] * 8
+    below = slice(60, 200)  # tile rows under the captions, above the moving square
+    _, fill, (dx, dy) = mv.caption_patch("Corruption: None")
+    x0, y0 = mv.CAPTION_XY[0] + dx, mv.CAPTION_XY[1] + dy
+    w_none, w_shot = fill.shape[1], mv.caption_patch("Corruption: shot_noise")[1].shape[1]
+    red = lambda a: ((a[..., 0] > 170) & (a[..., 1] < 90) & (a[..., 2] < 90)).mean()  # noqa: E731
     for i in range(20):
         f = frames[i].astype(np.float32)
         tl, tr = f[:270, :480], f[:270, 480:]
         diff = np.abs(tl[below, 20:460] - tr[below, 20:460]).mean()
-        if i < 7:
-            assert diff < 1, (i, diff)    # clean: the two tiles show the same frame (0.01 seen)
+        if i < 6:
+            assert diff < 1, (i, diff)    # clean: the two tiles show the same frame
         else:
             assert diff > 5, (i, diff)    # noise: the corrupted tile differs (shot ~20, impulse ~9 seen)
-        # Labels: a dark box with white text where the clip is bright grey.
-        box = tl[y0:y0 + h_box, x0:x0 + w_clean]
-        assert box.mean() < 110 and box.max() > 180, (i, box.mean(), box.max())
+        # Captions: red letters on the corrupted tile and both prediction tiles, none on the original.
+        assert red(frames[i][y0:y0 + fill.shape[0], 480 + x0:480 + x0 + w_none]) > 0.05, i
+        assert red(frames[i][270 + y0:270 + y0 + fill.shape[0], x0:x0 + 60]) > 0.05, i
+        assert red(frames[i][:60, :480]) == 0, i
         assert tl[below, 20:460].mean() > GREY - 10
-    # The top-right label follows the segment: its box is longer for "shot_noise, severity 2" than for
-    # "clean", so just right of the "clean" box the clean frame shows image, the shot-noise frame the box.
-    strip = (slice(y0 + 2, y0 + h_box - 2), slice(480 + x0 + w_clean + 4, 480 + x0 + w_shot - 4))
-    assert frames[3][strip].mean() > GREY - 20
-    assert frames[10][strip].mean() < 110
+    # The top-right caption follows the segment: "Corruption: shot_noise" is longer than "Corruption: None",
+    # so just right of the latter the clean frame shows image, the shot-noise frame letters.
+    strip = (slice(y0, y0 + fill.shape[0]), slice(480 + x0 + w_none + 4, 480 + x0 + w_shot - 4))
+    assert red(frames[3][strip]) == 0
+    assert red(frames[8][strip]) > 0.05
 
 
 @pytest.mark.slow
@@ -165,14 +170,16 @@ def test_schedule():
     # 26 frames: two per segment; 130: ten.
     assert [mv.segment_of(i, 26, 13) for i in range(26)] == [i // 2 for i in range(26)]
     assert mv.segment_starts(130, 13) == list(range(0, 131, 10))
-    # 20 frames, by hand: segment j starts at ceil(20 j / 13).
-    starts = [0, 2, 4, 5, 7, 8, 10, 11, 13, 14, 16, 17, 19, 20]
-    assert mv.segment_starts(20, 13) == starts
-    by_hand = [j for j in range(13) for _ in range(starts[j + 1] - starts[j])]
-    assert [mv.segment_of(i, 20, 13) for i in range(20)] == by_hand
-    for n in range(13, 300):  # "split evenly": every frame in a segment, lengths differ by at most one
-        lengths = np.bincount([mv.segment_of(i, n, 13) for i in range(n)], minlength=13)
-        assert lengths.sum() == n and lengths.max() - lengths.min() <= 1
+    # 20 frames, by hand: switch = 20 // 13 = 1, so frames 0..11 one per segment, and 12..19 all in the last.
+    assert mv.segment_starts(20, 13) == list(range(13)) + [20]
+    assert [mv.segment_of(i, 20, 13) for i in range(20)] == list(range(12)) + [12] * 8
+    # 300 frames: switch 23; segment j = frames 23 j .. 23 j + 22, and the 300 - 299 = 1 leftover in the last.
+    assert mv.segment_starts(300, 13) == [23 * j for j in range(13)] + [300]
+    lengths = np.bincount([mv.segment_of(i, 300, 13) for i in range(300)], minlength=13)
+    assert lengths.tolist() == [23] * 12 + [24]
+    # Fewer frames than segments: one frame each, the later segments get none.
+    assert [mv.segment_of(i, 5, 13) for i in range(5)] == [0, 1, 2, 3, 4]
+    assert mv.segment_starts(5, 13) == [0, 1, 2, 3, 4] + [5] * 9
     with pytest.raises(mv.UsageError):
         mv.build_schedule(None, 0)
 
@@ -188,23 +195,63 @@ def test_frames_follow_the_seed_rule():
     assert conds == [("clean", 0)] and np.array_equal(originals, corrupted)
 
 
-def test_compose_layout_and_labels():
+def test_notebook_geometry_against_pillow_and_corrupt_image():
+    # The notebook's cells 55/57 by hand with Pillow: 480x270 (bicubic, Pillow 7.2's default), 224x224
+    # (bilinear), corrupt_image with the frame's id, back to 480x270 (bilinear); the original tile 480x270 bilinear.
+    from PIL import Image
+    frames = [mv.SyntheticClip(1).frame(i) for i in (4, 5)]
+    schedule = [("clean", 0), ("brightness", 2)]
+    conds, originals, corrupted = mv.prepare_batch(frames, 4, 8, schedule, None)   # switch 4: both in segment 1
+    assert conds == [("brightness", 2)] * 2
+    assert originals.shape == corrupted.shape == (2, 270, 480, 3)
+    for k, f in enumerate(frames):
+        im = Image.fromarray(f)
+        small = np.array(im.resize((480, 270), Image.BICUBIC).resize((224, 224), Image.BILINEAR))
+        want = np.array(Image.fromarray(corrupt_image(small, f"frame{4 + k:06d}", "brightness", 2))
+                        .resize((480, 270), Image.BILINEAR))
+        np.testing.assert_array_equal(corrupted[k], want)
+        np.testing.assert_array_equal(originals[k], np.array(im.resize((480, 270), Image.BILINEAR)))
+    # The clean segment takes the same round trip, uncorrupted.
+    conds, originals, corrupted = mv.prepare_batch(frames[:1], 0, 8, schedule, None)
+    im = Image.fromarray(frames[0])
+    want = im.resize((480, 270), Image.BICUBIC).resize((224, 224), Image.BILINEAR).resize((480, 270), Image.BILINEAR)
+    assert conds == [("clean", 0)] and np.array_equal(corrupted[0], np.array(want))
+    assert not np.array_equal(corrupted[0], originals[0])   # the 224 squash blurs it
+    # Composed at 960x540 with the tiles unscaled: tile pixels are these arrays (away from the captions).
+    p = np.zeros((270, 480), np.uint8)
+    frame = mv.compose(originals[0], corrupted[0], p, p, ("", "Corruption: None", "Theirs", "Ours"))
+    np.testing.assert_array_equal(frame[100:270, :480], originals[0][100:])
+    np.testing.assert_array_equal(frame[100:270, 480:], corrupted[0][100:])
+
+
+def test_compose_layout_and_captions():
     h, w = 64, 112
-    a, b = np.full((h, w, 3), (200, 40, 40), np.uint8), np.full((h, w, 3), (40, 200, 40), np.uint8)
+    a, b = np.full((h, w, 3), (200, 200, 200), np.uint8), np.full((h, w, 3), (40, 200, 40), np.uint8)
     p1, p15 = np.full((h, w), 1, np.uint8), np.full((h, w), 15, np.uint8)
-    labels = ("original", "shot_noise, severity 2", "baseline", "SCrIBE")
+    labels = ("", mv.condition_label("shot_noise", 2), "Theirs", "Ours")
+    assert labels[1] == "Corruption: shot_noise" and mv.condition_label("clean", 0) == "Corruption: None"
     frame = mv.compose(a, b, p1, p15, labels)
     assert frame.shape == (540, 960, 3) and frame.dtype == np.uint8
     pal = voc_palette()
-    for (ty, tx), colour in zip(((0, 0), (0, 480), (270, 0), (270, 480)), ((200, 40, 40), (40, 200, 40),
+    for (ty, tx), colour in zip(((0, 0), (0, 480), (270, 0), (270, 480)), ((200, 200, 200), (40, 200, 40),
                                                                             pal[1], pal[15])):
         assert (frame[ty + 150, tx + 240] == colour).all()
-    for (ty, tx), text in zip(((0, 0), (0, 480), (270, 0), (270, 480)), labels):
-        ph, pw = mv.label_patch(text).shape[:2]
-        box = frame[ty + mv.LABEL_MARGIN:ty + mv.LABEL_MARGIN + ph, tx + mv.LABEL_MARGIN:tx + mv.LABEL_MARGIN + pw]
-        assert (box.min(axis=2) > 240).any()         # white text
-        assert (box.max(axis=2) < 60).mean() > 0.5   # on a dark box
-    assert mv.label_patch("clean").shape[1] < mv.label_patch("shot_noise, severity 2").shape[1]
+    # Captions: the baseline of each text starts at (20, 30) of its tile (the notebook's (500, 30), (20, 300),
+    # (500, 300)); red letters in a black outline; the original tile carries none.
+    assert (frame[:100, 20:460] == 200).all()   # (112x64 is letterboxed by a few columns)
+    for (ty, tx), text in zip(((0, 480), (270, 0), (270, 480)), labels[1:]):
+        outline, fill, (dx, dy) = mv.caption_patch(text)
+        assert dy < 0 < dy + fill.shape[0] and dx <= 0      # the text sits above its baseline, from x = 20
+        y0, x0 = ty + 30 + dy, tx + 20 + dx
+        box = frame[y0:y0 + fill.shape[0], x0:x0 + fill.shape[1]].astype(int)
+        letters, rim = fill[..., 0] == 1, (outline[..., 0] == 1) & (fill[..., 0] == 0)
+        assert letters.sum() > 30 and rim.sum() > 30
+        assert (box[letters] == (255, 0, 0)).all() and (box[rim] == 0).all()
+        outside = np.ones(frame.shape[:2], bool)
+        outside[y0:y0 + fill.shape[0], x0:x0 + fill.shape[1]] = False
+        tile = outside[ty:ty + 270, tx:tx + 480]
+        assert not ((frame[ty:ty + 270, tx:tx + 480] == (255, 0, 0)).all(-1) & tile).any()
+    assert mv.caption_patch("Corruption: None")[1].shape[1] < mv.caption_patch("Corruption: shot_noise")[1].shape[1]
 
 
 def test_synthetic_clip_is_deterministic_and_moves():
