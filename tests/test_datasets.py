@@ -326,3 +326,19 @@ def test_synthetic_layouts_are_deterministic_and_written_once(tmp_path):
         ensure_layout("cityscapes", tmp_path / "mine", quiet=True)
     with pytest.raises(UsageError, match="sizes >= 32"):
         ensure_layout("cityscapes", tmp_path / "c", height=16, quiet=True)
+
+
+def test_the_evaluation_protocols_take_the_new_datasets(layouts):
+    """common.data.eval_sample (what the sweep corrupts and scores) on a Cityscapes item: the id without the
+    _leftImg8bit suffix (it seeds the corruption), the native pixels, and the paper's 224 x 224 resize of the
+    mapped label (Pillow's nearest on the raw label, then the typed map: nearest resampling commutes with it)."""
+    from common.data import eval_sample
+    root = layouts["cityscapes"]
+    ds = dataset_spec("cityscapes").eval_dataset(root, "val")
+    raw_path = os.path.join(root, "gtFine", "val", "frankfurt", "frankfurt_000000_000019_gtFine_labelIds.png")
+    name, image, label = eval_sample(ds, 0, "native")
+    assert name == "frankfurt_000000_000019"
+    assert image.shape == (32, 64, 3) and np.array_equal(label, cityscapes_oracle(_pixels(raw_path)))
+    name, image, label = eval_sample(ds, 0, "paper", 224)
+    resized = np.asarray(Image.open(raw_path).resize((224, 224), Image.NEAREST))
+    assert image.shape == (224, 224, 3) and np.array_equal(label, cityscapes_oracle(resized))
