@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..cli import UsageError
@@ -20,7 +21,7 @@ from ..constants import IGNORE_INDEX, voc_palette
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, KeyError, IndexError)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)   # eq=False: the palette is an array
 class DatasetSpec:
     """What the rest of the code needs to know about a dataset, and how to open its splits.
 
@@ -86,7 +87,7 @@ def check_unique_ids(ids, where: str) -> None:
         seen.add(i)
 
 
-class LabelMappedDataset:
+class LabelMappedDataset(torch.utils.data.Dataset):
     """Image / raw-label pairs from files, the raw label values mapped to train ids through a table.
 
     Subclasses (or the adapter building one) set ``images``, ``targets``, ``ids``, ``lut`` (256 entries,
