@@ -6,10 +6,9 @@
 condition in fog, night, rain, snow; split train or val (the test split has no public labels). The gt folders
 also hold ``_gt_labelTrainIds``, ``_gt_labelColor``, ``_gt_invGray`` and ``_gt_invIds`` files (the invalid-region
 masks are not applied), and rgb_anon holds reference images under ``<split>_ref``; only the two file kinds above
-are read. labelIds are Cityscapes' (0..33),
-mapped to the 19 train ids as for Cityscapes. ``conditions`` selects some conditions (default: all four, in
-that order); each item's condition is in ``dataset.conditions``, so that a sweep reports one mIoU per condition
-as it does per corruption. Image id: the stem without ``_rgb_anon``, e.g. ``GOPR0475_frame_000041``.
+are read. labelIds are Cityscapes' (0..33), mapped to the 19 train ids as for Cityscapes. ``conditions``
+selects some conditions (default: all four, in that order); each item's condition is in ``dataset.conditions``,
+so that a sweep reports one mIoU per condition as it does per corruption. Image id: the stem without ``_rgb_anon``, e.g. ``GOPR0475_frame_000041``.
 """
 import os
 
