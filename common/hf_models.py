@@ -88,7 +88,8 @@ def load_hf_model(name: str, device="cpu"):
                              f"weights that save_pretrained writes") from None
         raise UsageError(f"hf:{name}: cannot load it here ({first[:160]}); it is neither a local folder nor in this "
                          f"machine's Hugging Face cache. Where there is internet, run `hf download {name}` and copy "
-                         f"the cache (HF_HOME) here, or save_pretrained it into a folder and pass hf:<folder>") from None
+                         f"the cache (HF_HOME) here, or save_pretrained it into a folder and pass hf:<folder>"
+                         ) from None
     universal = config.model_type in UNIVERSAL_TYPES
     auto = tf.AutoModelForUniversalSegmentation if universal else tf.AutoModelForSemanticSegmentation
     try:

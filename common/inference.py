@@ -68,7 +68,8 @@ def sliding_window_logits(model, x: torch.Tensor, crop, stride, num_classes: int
     if sh > ch or sw > cw:
         raise ValueError(f"stride {stride} larger than crop {crop} would leave pixels without a crop")
     b, _, h, w = x.shape
-    boxes = [(y, xx, min(y + ch, h), min(xx + cw, w)) for y in window_starts(h, ch, sh) for xx in window_starts(w, cw, sw)]
+    boxes = [(y, xx, min(y + ch, h), min(xx + cw, w))
+             for y in window_starts(h, ch, sh) for xx in window_starts(w, cw, sw)]
     total = x.new_zeros((b, num_classes, h, w), dtype=torch.float32)
     count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
     for first in range(0, len(boxes), max(1, batch_crops)):

@@ -32,7 +32,8 @@ CITYSCAPES_19 = ["road", "sidewalk", "building", "wall", "fence", "pole", "traff
                  "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
                  "bicycle"]
 # objectInfo150.csv (CSAILVision/sceneparsing): (Idx, first name of the "Name" column) of some rows.
-ADE_ROWS = [(1, "wall"), (2, "building"), (3, "sky"), (4, "floor"), (13, "person"), (21, "car"), (45, "chest of drawers"),
+ADE_ROWS = [(1, "wall"), (2, "building"), (3, "sky"), (4, "floor"), (13, "person"), (21, "car"),
+            (45, "chest of drawers"),
             (57, "pool table"), (91, "airplane"), (117, "minibike"), (128, "bicycle"), (137, "traffic light"),
             (142, "crt screen"), (150, "flag")]
 

@@ -8,7 +8,8 @@ also hold ``_gt_labelTrainIds``, ``_gt_labelColor``, ``_gt_invGray`` and ``_gt_i
 masks are not applied), and rgb_anon holds reference images under ``<split>_ref``; only the two file kinds above
 are read. labelIds are Cityscapes' (0..33), mapped to the 19 train ids as for Cityscapes. ``conditions``
 selects some conditions (default: all four, in that order); each item's condition is in ``dataset.conditions``,
-so that a sweep reports one mIoU per condition as it does per corruption. Image id: the stem without ``_rgb_anon``, e.g. ``GOPR0475_frame_000041``.
+so that a sweep reports one mIoU per condition as it does per corruption. Image id: the stem without
+``_rgb_anon``, e.g. ``GOPR0475_frame_000041``.
 """
 import os
 
@@ -19,7 +20,8 @@ from .cityscapes import CLASSES, LABEL_TO_TRAIN, PALETTE, VALID_IDS
 CONDITIONS = ("fog", "night", "rain", "snow")
 IMAGE_SUFFIX = "_rgb_anon.png"
 LABEL_SUFFIX = "_gt_labelIds.png"
-LAYOUT = "rgb_anon/<condition>/<split>/<sequence>/*_rgb_anon.png and gt/<condition>/<split>/<sequence>/*_gt_labelIds.png"
+LAYOUT = ("rgb_anon/<condition>/<split>/<sequence>/*_rgb_anon.png and "
+          "gt/<condition>/<split>/<sequence>/*_gt_labelIds.png")
 HINT = "; python -m common.synthetic_layouts --layout acdc --root R writes a small synthetic one"
 
 
