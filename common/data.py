@@ -439,7 +439,11 @@ def require_a_batch(loader, per_process: bool = False) -> None:
 
 
 def image_id(dataset, index: int) -> str:
-    """The VOC file stem of sample ``index`` (the id the corruption seed rule uses)."""
+    """The id of sample ``index`` (the id the corruption seed rule uses): the VOC file stem, or ``dataset.ids``
+    for the datasets of common/datasets, whose stems carry a suffix (``*_leftImg8bit``) that their ids drop."""
+    ids = getattr(dataset, "ids", None)
+    if ids is not None:
+        return ids[index]
     return os.path.splitext(os.path.basename(dataset.images[index]))[0]
 
 

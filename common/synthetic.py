@@ -368,6 +368,45 @@ def _remove_stale_temps(root, max_age_s=3600):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def install_generated(root: str, cfg: dict, generate) -> None:
+    """Run ``generate(folder, cfg)`` (which writes the STAMP file last) into a private sibling folder and rename
+    it to ``root``, replacing an older synthetic dataset there; ``root`` holding something else is refused.
+
+    Shared by every synthetic layout (this VOC + SBD set, and common.synthetic_layouts).
+    """
+    if _is_foreign(root):
+        raise UsageError(f"{root} exists and is not a synthetic dataset (no {STAMP}); "
+                         f"choose another root or remove it yourself")
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_temps(root)
+    # Build in a private sibling folder and rename it into place, so a killed run leaves no
+    # half-written <root>, and two ranks generating at once each install a complete copy.
+    tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.tmp-{os.getpid()}-", dir=parent)
+    try:
+        generate(tmp, cfg)
+        for _ in range(5):
+            try:
+                os.rename(tmp, root)  # succeeds when root is absent (or an empty folder)
+                break
+            except OSError:
+                if _read_stamp(root) == cfg:  # another process finished the same dataset first: use theirs
+                    break
+                if _is_foreign(root):
+                    raise UsageError(f"{root} appeared meanwhile and is not a synthetic dataset")
+                # An older synthetic dataset (other arguments or version): move it aside, then retry.
+                old = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.old-", dir=parent)
+                try:
+                    os.rename(root, os.path.join(old, "x"))
+                except FileNotFoundError:
+                    pass
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            raise RuntimeError(f"could not move {tmp} to {root}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+
+
 def ensure_synthetic(root, *, n_voc_train=None, n_sbd=None, n_val=None, min_side=None, max_side=None,
                      seed=None, quiet=False) -> tuple[str, str]:
     """Generate (once) and return (voc_root, sbd_root).
@@ -389,38 +428,8 @@ def ensure_synthetic(root, *, n_voc_train=None, n_sbd=None, n_val=None, min_side
     if min(n_voc_train, n_sbd, n_val) < 1 or not 16 <= min_side <= max_side or seed < 0:
         raise UsageError(f"synthetic dataset: need counts >= 1, 16 <= min_side <= max_side and seed >= 0, "
                          f"got {cfg}")
-    if _is_foreign(root):
-        raise UsageError(f"{root} exists and is not a synthetic dataset (no {STAMP}); "
-                         f"choose another root or remove it yourself")
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_temps(root)
     t0 = time.time()
-    # Build in a private sibling folder and rename it into place, so a killed run leaves no
-    # half-written <root>, and two ranks generating at once each install a complete copy.
-    tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.tmp-{os.getpid()}-", dir=parent)
-    try:
-        _generate(tmp, cfg)
-        for _ in range(5):
-            try:
-                os.rename(tmp, root)  # succeeds when root is absent (or an empty folder)
-                break
-            except OSError:
-                if _read_stamp(root) == cfg:  # another process finished the same dataset first: use theirs
-                    break
-                if _is_foreign(root):
-                    raise UsageError(f"{root} appeared meanwhile and is not a synthetic dataset")
-                # An older synthetic dataset (other arguments or version): move it aside, then retry.
-                old = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.old-", dir=parent)
-                try:
-                    os.rename(root, os.path.join(old, "x"))
-                except FileNotFoundError:
-                    pass
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            raise RuntimeError(f"could not move {tmp} to {root}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    install_generated(root, cfg, _generate)
     if not quiet:
         n = n_voc_train + n_val + n_sbd
         print(f"synthetic: wrote {n} images (VOC train {n_voc_train}, val {n_val}, SBD {n_sbd}) "
