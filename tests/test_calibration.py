@@ -319,7 +319,9 @@ def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
         a = np.load(os.path.join(swept["out"], "confusion", name, "brightness_3.npz"))
         b = np.load(tmp_path / "merged" / "confusion" / name / "brightness_3.npz")
         calib = [k for k in a.files if k.startswith("calib_")]
-        assert len(calib) == 11
+        # softmax and sigmoid readings: 11 arrays of the 15 bins, 6 of the fine bins, the temperature each; the
+        # sigmoid's 3 class-wise tables; the temperature-scaled readings: 11 + the temperature each
+        assert len(calib) == 2 * 18 + 3 + 2 * 12
         for k in calib:
             if a[k].dtype == np.int64:
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)
