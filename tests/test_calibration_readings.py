@@ -2,6 +2,9 @@
 own), class-wise ECE, adaptive ECE with and without ties, AURC and AUROC against sorted arrays (and sklearn where
 installed), the temperature fit against a brute-force grid, and SCrIBE-structured logits built to be calibrated
 in the sigmoid reading."""
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -295,3 +298,152 @@ def test_scribe_logits_with_calibrated_sigmoids_are_calibrated_in_the_sigmoid_re
     p = np.exp(z - z.max(1, keepdims=True))
     p_top = (1 / p.sum(1))
     assert soft.ece() == pytest.approx(abs(np.mean(p_top - q)), abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+
+# A model whose every pixel gets the same logits: background high, the rest low, over-sharpened by 3. Its
+# temperature has an optimum inside the search range, and every number of its readings follows from the
+# label counts alone (pred = background everywhere), so the sweep's values can be written out by hand.
+CONSTANT = np.array([3 * np.log(0.6)] + [3 * np.log(0.02)] * (K - 1))
+
+
+class ConstantLogits(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.v = torch.nn.Parameter(torch.tensor(CONSTANT, dtype=torch.float32))
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        return self.v.view(1, K, 1, 1).expand(b, K, h, w) + 0 * x[:, :1]
+
+
+def constant_logits():
+    return ConstantLogits()
+
+
+SIZE = 32
+
+
+def split_labels(root, split, n=None):
+    """The labels of ``split`` as the paper protocol scores them (Pillow NEAREST to SIZE x SIZE), of n images
+    spread evenly through the split file (all with n None)."""
+    from PIL import Image
+    base = os.path.join(root, "voc", "VOCdevkit", "VOC2012")
+    ids = open(os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt")).read().split()
+    if n is not None:
+        ids = [ids[i] for i in sorted(set(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int)))]
+    return np.stack([np.asarray(Image.open(os.path.join(base, "SegmentationClass", f"{i}.png"))
+                                .resize((SIZE, SIZE), Image.NEAREST)) for i in ids])
+
+
+def constant_nll(labels, reading, t):
+    y = labels[labels != 255].astype(int)
+    x = CONSTANT / t
+    if reading == "softmax":
+        logp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+        return float(-logp[y].mean())
+    return float((np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).sum() - x[y].mean())
+
+
+@pytest.fixture(scope="module")
+def temperature_sweep(tmp_path_factory, synthetic, tiny_ckpts):
+    import evaluate_corruptions as ev
+    data = synthetic(n_voc_train=6, n_val=3, max_side=64)
+    out = tmp_path_factory.mktemp("ts") / "results"
+    args = ev.get_args_parser().parse_args([
+        "--checkpoints", tiny_ckpts["scribe"], "test_calibration_readings:constant_logits", "--names", "scribe", "const",
+        "--data", "synthetic", "--synthetic-root", data, "--size", str(SIZE), "--batch-size", "2", "--workers", "0",
+        "--corruptions", "gaussian", "--severities", "0", "2", "--calibration-images", "4", "--out", str(out)])
+    assert ev.main(args) == 0
+    return data, out
+
+
+def test_sweep_fits_the_temperature_on_the_calibration_images_and_applies_it_everywhere(temperature_sweep):
+    data, out = temperature_sweep
+    run = json.load(open(out / "run.json"))
+    t = run["temperature"]
+    assert t["split"] == "train" and t["images"] == 4
+    cal_labels = split_labels(data, "train", 4)
+    assert t["pixels"] == (cal_labels != 255).sum()
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 4001))
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    for reading in ("softmax", "sigmoid"):
+        values = [constant_nll(cal_labels, reading, g) for g in grid]
+        assert 0 < int(np.argmin(values)) < len(grid) - 1
+        best, step = grid[int(np.argmin(values))], grid[1] / grid[0]
+        fitted = t["models"]["const"][reading]["temperature"]
+        assert best / step <= fitted <= best * step
+        # Applied unchanged under every condition, for every model.
+        for r in rows:
+            assert r["calibration"][f"{reading}_ts"]["temperature"] == t["models"][r["model"]][reading]["temperature"]
+    # The constant model's readings on the val labels, by hand: prediction background everywhere.
+    val = split_labels(data, "val")
+    y = val[val != 255].astype(int)
+    acc = (y == 0).mean()
+    const = {(r["corruption"], r["severity"]): r["calibration"] for r in rows if r["model"] == "const"}
+    for cond, cal in const.items():
+        for key, reading, temp in (("softmax", "softmax", 1.0), ("sigmoid", "sigmoid", 1.0),
+                                   ("softmax_ts", "softmax", t["models"]["const"]["softmax"]["temperature"]),
+                                   ("sigmoid_ts", "sigmoid", t["models"]["const"]["sigmoid"]["temperature"])):
+            x = CONSTANT / temp
+            conf = np.exp(x[0] - x.max()) / np.exp(x - x.max()).sum() if reading == "softmax" else 1 / (1 + np.exp(-x[0]))
+            assert cal[key]["ece"] == pytest.approx(abs(acc - conf), rel=1e-5, abs=1e-6), (cond, key)
+            assert cal[key]["nll"] == pytest.approx(constant_nll(val, reading, temp), rel=1e-5), (cond, key)
+        # One confidence for every pixel: AUROC 1/2, AURC the error rate, adaptive ECE the ECE.
+        assert cal["softmax"]["auroc"] == pytest.approx(0.5) and cal["softmax"]["aurc"] == pytest.approx(1 - acc)
+        assert cal["sigmoid"]["ece_adaptive"] == pytest.approx(cal["sigmoid"]["ece"], rel=1e-6)
+
+
+def test_sweep_sigmoid_reading_of_scribe_equals_numpy(temperature_sweep):
+    from common.checkpoint import load_model
+    from test_evaluate_corruptions import hand_inputs
+    data, out = temperature_sweep
+    rows = {(r["model"], r["corruption"], r["severity"]): r for r in map(json.loads, open(out / "metrics.jsonl"))}
+    run = json.load(open(out / "run.json"))
+    scribe_ckpt = next(m["path"] for m in run["models"] if m["name"] == "scribe")
+    model = load_model(scribe_ckpt)[0]
+    for cond in (("clean", 0), ("gaussian_noise", 2)):
+        xs, labels = hand_inputs(data, *cond, size=SIZE)
+        with torch.no_grad():
+            z = np.concatenate([model(torch.from_numpy(x)[None]).numpy() for x in xs])
+        lab = np.stack(labels)
+        cal = rows[("scribe",) + cond]["calibration"]
+        for key, temp in (("sigmoid", 1.0), ("sigmoid_ts", run["temperature"]["models"]["scribe"]["sigmoid"]["temperature"])):
+            want = numpy_sigmoid_reading(z, lab, temp)
+            assert cal[key]["nll"] == pytest.approx(want["nll"], rel=1e-4)
+            assert cal[key]["brier"] == pytest.approx(want["brier"], rel=1e-4)
+            assert cal[key]["ece"] == pytest.approx(want["ece"], rel=1e-3, abs=1e-5)
+        plain = numpy_sigmoid_reading(z, lab)
+        assert cal["sigmoid"]["ece_classwise"] == pytest.approx(plain["ece_classwise"], rel=1e-3, abs=1e-5)
+        # AURC by sorting; AUROC too where both correct and wrong pixels exist (else undefined: null).
+        assert cal["sigmoid"]["aurc"] == pytest.approx(sorted_aurc(plain["conf"], plain["correct"]),
+                                                       abs=cal["sigmoid"]["aurc_tie"] + 1e-9)
+        if plain["correct"].all() or not plain["correct"].any():
+            assert cal["sigmoid"]["auroc"] is None
+        else:
+            assert cal["sigmoid"]["auroc"] == pytest.approx(sorted_auroc(plain["conf"], plain["correct"]),
+                                                            abs=cal["sigmoid"]["auroc_tie"] + 1e-9)
+
+
+def test_the_test_split_is_refused_for_the_temperature(capsys, synthetic, tiny_ckpts, tmp_path):
+    import evaluate_corruptions as ev
+    from helpers import refused
+    data = synthetic(n_voc_train=6, n_val=3, max_side=64)
+    common = ["--checkpoints", tiny_ckpts["baseline"], "--data", "synthetic", "--synthetic-root", data, "--size",
+              str(SIZE), "--workers", "0", "--severities", "0", "--out", str(tmp_path / "r")]
+    line = refused(capsys, ev, *common, "--calibration-split", "val")
+    assert "test set" in line and "--calibration-split val" in line
+    line = refused(capsys, ev, *common, "--calibration-split", "nosuch")
+    assert "nosuch.txt" in line
+    # A split file that shares an image with val is refused too.
+    sets = os.path.join(data, "voc", "VOCdevkit", "VOC2012", "ImageSets", "Segmentation")
+    val_id = open(os.path.join(sets, "val.txt")).read().split()[0]
+    with open(os.path.join(sets, "mixed.txt"), "w") as fh:
+        fh.write(open(os.path.join(sets, "train.txt")).read() + val_id + "\n")
+    try:
+        line = refused(capsys, ev, *common, "--calibration-split", "mixed")
+        assert val_id in line
+    finally:
+        os.remove(os.path.join(sets, "mixed.txt"))
+    assert not os.path.exists(tmp_path / "r" / "metrics.jsonl")
