@@ -491,3 +491,37 @@ def test_calibration_figure_without_calibration_arrays_is_refused(swept, tmp_pat
                    "miou_vs_severity", "calibration")
     assert "no calibration arrays" in line and "rerun analyze_logits.py" in line
     assert not (tmp_path / "figs").exists() or not os.listdir(tmp_path / "figs")
+
+
+def test_worst_case_over_corruptions_and_its_bootstrap_by_hand(swept, tmp_path):
+    # Per severity the lowest mIoU over the corruptions present (gaussian noise, brightness), which one, and
+    # the paired interval of its difference, the minimum recomputed in each resample: a plain loop.
+    a, _ = analyse(swept["out"], tmp_path, "--bootstrap", "50", "--seed", "7", "--reference", "baseline")
+    rows = metric_rows(swept["out"])
+    corrs = ("gaussian_noise", "brightness")
+    for m in ("baseline", "ibe"):
+        for s in (3, 5):
+            w = a["per_model"][m]["worst_case"][str(s)]
+            want = min((rows[m, c, s]["miou"], c) for c in corrs)
+            assert (w["miou"], w["corruption"]) == want and w["n_corruptions"] == 2 and not w["complete"]
+        assert a["per_model"][m]["worst_case"]["1"]["miou"] is None
+    rng = np.random.default_rng(7)
+    files = {(m, c, s): np.load(os.path.join(swept["out"], "confusion", m, f"{c}_{s}.npz"))
+             for m in ("baseline", "ibe") for c in corrs for s in (3, 5)}
+    n = len(files["baseline", corrs[0], 3]["image_ids"])
+    draws = rng.integers(0, n, size=(50, n))
+
+    def miou(m, c, s, draw):
+        z = files[m, c, s]
+        tp, fp, fn = (sum(z[k][i] for i in draw).astype(float) for k in ("tp", "fp", "fn"))
+        union = tp + fp + fn
+        return float(np.mean(tp[union > 0] / union[union > 0]))
+
+    for s in (3, 5):
+        diffs = [min(miou("ibe", c, s, d) for c in corrs) - min(miou("baseline", c, s, d) for c in corrs)
+                 for d in draws]
+        got = a["bootstrap"]["worst_case"]["comparisons"]["ibe"][str(s)]
+        obs = min(miou("ibe", c, s, range(n)) for c in corrs) - min(miou("baseline", c, s, range(n)) for c in corrs)
+        assert got["observed"] == pytest.approx(obs, abs=1e-12)
+        assert (got["lower"], got["upper"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])), abs=1e-12)
+    assert "## Worst case: the lowest mIoU" in open(tmp_path / "tables.md").read()

@@ -447,3 +447,62 @@ def test_the_test_split_is_refused_for_the_temperature(capsys, synthetic, tiny_c
     finally:
         os.remove(os.path.join(sets, "mixed.txt"))
     assert not os.path.exists(tmp_path / "r" / "metrics.jsonl")
+
+
+# ------------------------------------------------------------------------------------------- the analysis
+
+def expanded(count, correct, conf_sum):
+    """A fine histogram as pixels: every pixel of fine bin b gets the tie value b (for ranks) and the bin's mean
+    confidence (for adaptive ECE), so the sorted-array functions above see each bin as one tie group."""
+    n = np.asarray(count).astype(int)
+    c = np.asarray(correct).astype(int)
+    rank = np.repeat(np.arange(len(n)), n).astype(float)
+    mean = np.repeat(np.divide(conf_sum, n, out=np.zeros(len(n)), where=n > 0), n)
+    ok = np.concatenate([np.r_[np.ones(ci, bool), np.zeros(ni - ci, bool)] for ni, ci in zip(n, c)])
+    return rank, mean, ok
+
+
+def test_analysis_readings_and_their_bootstrap_by_hand(temperature_sweep, tmp_path):
+    import analyze_logits as al
+    data, out = temperature_sweep
+    args = al.get_args_parser().parse_args(["--results", str(out), "--out", str(tmp_path), "--bootstrap", "40",
+                                            "--seed", "5", "--reference", "const"])
+    assert al.main(args) == 0
+    a = json.load(open(tmp_path / "analysis.json"))
+    assert a["schema"] == "analyze_logits/2"
+    rows = {(r["model"], r["corruption"], r["severity"]): r for r in map(json.loads, open(out / "metrics.jsonl"))}
+    sc = a["per_model"]["scribe"]
+    assert sc["own_reading"] == "sigmoid" and a["per_model"]["const"]["own_reading"] == "softmax"
+    for v in ("softmax", "sigmoid", "softmax_ts", "sigmoid_ts"):
+        for k in ("ece", "nll", "brier"):
+            assert sc["readings"][v]["clean"][k] == rows["scribe", "clean", 0]["calibration"][v][k]
+            assert sc["readings"][v]["corrupted"][k]["value"] == rows["scribe", "gaussian_noise", 2]["calibration"][v][k]
+    run = json.load(open(out / "run.json"))
+    assert sc["readings"]["sigmoid_ts"]["temperature"] == run["temperature"]["models"]["scribe"]["sigmoid"]["temperature"]
+    # The bootstrap of AURC and adaptive ECE, scribe minus const, sigmoid reading, clean: a plain loop over the
+    # same resamples (numpy's generator, the analysis' seed), each resample's fine bins expanded into pixels.
+    rng = np.random.default_rng(5)
+    n = len(np.load(out / "confusion" / "scribe" / "clean_0.npz")["image_ids"])
+    draws = rng.integers(0, n, size=(40, n))
+    files = {m: np.load(out / "confusion" / m / "clean_0.npz") for m in ("scribe", "const")}
+
+    def value(m, draw, metric):
+        z = files[m]
+        pre = "calib_sigmoid_"
+        tabs = [sum(z[pre + k][i] for i in draw) for k in ("image_fine_count", "image_fine_correct",
+                                                          "image_fine_conf_sum")]
+        rank, mean, ok = expanded(*tabs)
+        return {"aurc": lambda: sorted_aurc(rank, ok), "ece_adaptive": lambda: sorted_adaptive_ece(mean, ok)}[metric]()
+
+    for metric in ("aurc", "ece_adaptive"):
+        diffs = [value("scribe", d, metric) - value("const", d, metric) for d in draws]
+        got = a["bootstrap"]["readings"]["readings"]["sigmoid"]["comparisons"]["scribe"]["clean"][metric]
+        assert got["observed"] == pytest.approx(value("scribe", range(n), metric) - value("const", range(n), metric),
+                                                abs=1e-9)
+        assert (got["lower"], got["upper"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])), abs=1e-9)
+    tables = open(tmp_path / "tables.md").read()
+    assert "## Calibration in each structure's own reading" in tables
+    for v in ("softmax (21-way", "sigmoid (one-vs-rest", "softmax after temperature", "sigmoid after temperature"):
+        assert f"## Calibration, reading: {v}" in tables
+    arrays = np.load(tmp_path / "analysis_arrays.npz")
+    np.testing.assert_array_equal(arrays["scribe/readings/sigmoid/0/fine_count"], files["scribe"]["calib_sigmoid_fine_count"])
