@@ -525,3 +525,34 @@ def test_worst_case_over_corruptions_and_its_bootstrap_by_hand(swept, tmp_path):
         assert got["observed"] == pytest.approx(obs, abs=1e-12)
         assert (got["lower"], got["upper"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])), abs=1e-12)
     assert "## Worst case: the lowest mIoU" in open(tmp_path / "tables.md").read()
+
+
+def test_worst_case_bootstrap_on_random_counts_by_hand():
+    # Per-image TP and union counts drawn at random so that the worst corruption differs between models and
+    # between resamples: the interval of the difference of minima, against a plain loop over the resamples.
+    rng = np.random.default_rng(12)
+    n, corrs = 12, ("gaussian_noise", "shot_noise", "fog")
+    counts, miou = {}, {}
+    for m, shift in (("baseline", 0), ("ibe", 1)):
+        counts[m], miou[m] = {}, {}
+        for j, c in enumerate(corrs):
+            union = rng.integers(5, 40, (n, K)).astype(float)
+            tp = np.floor(union * rng.uniform(0.1, 0.9, (n, K)) * (1 + 0.1 * ((j + shift) % 3))).clip(0, union)
+            counts[m][c, 4] = (tp, union)
+            miou[m][c, 4] = float(np.mean(tp.sum(0) / union.sum(0)))
+    args = al.get_args_parser().parse_args(["--results", "x", "--bootstrap", "300", "--seed", "9"])
+    per_model, boot = al.worst_case(["baseline", "ibe"], "baseline", counts, miou, np.arange(n), args)
+    for m in ("baseline", "ibe"):
+        want = min((miou[m][c, 4], c) for c in corrs)
+        assert (per_model[m]["4"]["miou"], per_model[m]["4"]["corruption"]) == want
+    assert per_model["baseline"]["4"]["corruption"] != per_model["ibe"]["4"]["corruption"]
+    draws = np.random.default_rng(9).integers(0, n, size=(300, n))
+
+    def worst(m, draw):
+        return min(float(np.mean(counts[m][c, 4][0][draw].sum(0) / counts[m][c, 4][1][draw].sum(0))) for c in corrs)
+
+    diffs = [worst("ibe", d) - worst("baseline", d) for d in draws]
+    got = boot["comparisons"]["ibe"]["4"]
+    assert got["observed"] == pytest.approx(worst("ibe", np.arange(n)) - worst("baseline", np.arange(n)), abs=1e-12)
+    assert (got["lower"], got["upper"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])), abs=1e-12)
+    assert got["n_corruptions"] == 3 and not got["complete"] and boot["comparisons"]["ibe"]["1"] is None
