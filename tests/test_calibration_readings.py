@@ -507,3 +507,26 @@ def test_analysis_readings_and_their_bootstrap_by_hand(temperature_sweep, tmp_pa
         assert f"## Calibration, reading: {v}" in tables
     arrays = np.load(tmp_path / "analysis_arrays.npz")
     np.testing.assert_array_equal(arrays["scribe/readings/sigmoid/0/fine_count"], files["scribe"]["calib_sigmoid_fine_count"])
+
+
+def test_readings_figure_and_its_risk_coverage_curve(temperature_sweep, tmp_path, capsys):
+    import analyze_logits as al
+    import make_figures as mf
+    from helpers import refused
+    data, out = temperature_sweep
+    assert al.main(al.get_args_parser().parse_args(["--results", str(out), "--bootstrap", "0"])) == 0
+    rows = {(r["model"], r["corruption"], r["severity"]): r for r in map(json.loads, open(out / "metrics.jsonl"))}
+    args = mf.get_args_parser().parse_args(["--results", str(out), "--out", str(tmp_path / "f"), "--only", "readings",
+                                            "--reliability-severity", "2"])
+    ctx = mf.read_results(args, ["readings"])
+    for m in ("scribe", "const"):
+        for reading in ("softmax", "sigmoid"):
+            coverage, risk = mf.risk_coverage(ctx, m, reading, 0)
+            # All pixels kept: the risk is the error rate, 1 - pixel accuracy; coverage runs from 0 up to 1.
+            assert coverage[-1] == 1.0 and risk[-1] == pytest.approx(1 - rows[m, "clean", 0]["pixel_acc"], abs=1e-12)
+            assert (np.diff(coverage) > 0).all()
+    mf.main(args)
+    assert os.path.getsize(tmp_path / "f" / "readings.png") > 10_000
+    line = refused(capsys, mf, "--results", str(out), "--out", str(tmp_path / "g"), "--only", "readings",
+                   "--reliability-severity", "7")
+    assert "--reliability-severity 7" in line
