@@ -448,7 +448,7 @@ def fig_readings(ctx):
         ax.grid(alpha=0.3)
         if col == 0:
             ax.legend(loc="upper left", fontsize=7)
-    fig.suptitle(f"Calibration in two readings (docs/calibration.md); severity {s}: bins summed over the corruptions",
+    fig.suptitle(f"Calibration in two readings (docs/calibration.md)\nseverity {s}: bins summed over the corruptions",
                  fontsize=10)
     return fig
 
