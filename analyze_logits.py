@@ -46,7 +46,14 @@ and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") d
   corruption conditions of each condition's value, and per severity (mean over the 15 corruptions), with
   paired bootstrap 95% intervals of model minus reference on the same resamples as mIoU's, each metric
   recomputed from the resampled images' summed per-image bins, NLL and Brier sums (calib_image_* in
-  confusion/; ECE is not a mean over images, so the bins are resampled, not per-image ECEs).
+  confusion/; ECE is not a mean over images, so the bins are resampled, not per-image ECEs);
+* every calibration reading (docs/calibration.md: softmax, sigmoid, each also after temperature scaling) from
+  metrics.jsonl's "calibration": ECE, adaptive ECE, NLL, Brier, AURC, AUROC (and class-wise ECE for the sigmoid)
+  clean, corrupted and per severity; each model's own reading (SCrIBE: sigmoid; baseline, IBE: softmax); paired
+  bootstrap intervals of model minus reference of all but the class-wise ECE, recomputed from the resampled
+  images' bins (the fine log-odds bins for adaptive ECE, AURC and AUROC);
+* the worst case: per severity the lowest mIoU over the 15 corruptions, which one, and a paired bootstrap
+  interval of model minus reference of that minimum (recomputed per resample).
 
 Partial results (fewer corruptions, severities or models) are analysed as far as they go: every gap
 is listed in ``missing`` and printed as one ``missing: ...`` line, and every aggregate says how many
@@ -61,7 +68,7 @@ only after everything has been computed, so a failed run leaves earlier outputs 
     analysis_arrays.npz   arrays for figures (keys below)
 
 analysis.json:
-    schema "analyze_logits/1"; args; git_commit; results (absolute path); source {protocol, size,
+    schema "analyze_logits/2"; args; git_commit; results (absolute path); source {protocol, size,
     images, models [{name, kind, checkpoint_sha256}]} from run.json (null when absent);
     pca_pass (absolute path of the --pca-pass folder, or null); explained_variance_source
     ("<protocol> pass at <path>" or "clean condition of the main sweep");
@@ -86,7 +93,13 @@ analysis.json:
                        distance_predicted, explained_variance [21] or null, classes_used or null,
                        explained_variance_notebook [21] or null}},
         calibration {clean {ece, nll, brier}, corrupted {ece|nll|brier: {value, n_conditions, of: 75,
-                     complete}}, per_severity {"0".."5": {ece, nll, brier, n_corruptions, of, complete}}}}};
+                     complete}}, per_severity {"0".."5": {ece, nll, brier, n_corruptions, of, complete}}},
+        own_reading ("softmax" | "sigmoid"),
+        readings {softmax|sigmoid|softmax_ts|sigmoid_ts: {reading, temperature_scaled, temperature,
+                  clean {ece, ece_adaptive, nll, brier, aurc, auroc, ece_classwise},
+                  corrupted {<metric>: {value, n_conditions, of: 75, complete}},
+                  per_severity {"0".."5": {<metric>..., n_corruptions, of, complete}}}},
+        worst_case {"1".."5": {miou, corruption, n_corruptions, of, complete}}}};
     (per_condition is always the main sweep's, its clean/0 included);
     bootstrap {n_resamples, seed, confidence: 0.95, method, n_images, reference,
                comparisons {<model>: {clean {observed, lower, upper} or null,
@@ -94,7 +107,11 @@ analysis.json:
                                                  complete} or null}},
                calibration {method, comparisons {<model>: {clean {ece|nll|brier: {observed, lower, upper}}
                             or null, corrupted {ece|nll|brier: {observed, lower, upper, n_conditions, of,
-                            complete}} or null}}}}
+                            complete}} or null}}},
+               readings {method, temperature_fit (run.json's temperature), readings {<reading>: {comparisons
+                         {<model>: {clean {<metric>: {observed, lower, upper}} or null, corrupted {...} or null}}}}},
+               worst_case {method, comparisons {<model>: {"1".."5": {observed, lower, upper, n_corruptions, of,
+                           complete} or null}}}}
     (differences are model minus reference, as fractions of mIoU; the reference has no entry).
 
 analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefined):
@@ -119,6 +136,9 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
                                                                  .. 5, summed over the 15 corruptions present
     <model>/calibration/ece_by_severity             (6,)         ECE, clean then the mean over corruptions per
                                                                  severity 1..5 (NaN where absent)
+    <model>/readings/<reading>/<s>/count, conf_sum, acc_sum  (15,)  the same bins in each reading
+    <model>/readings/<reading>/<s>/fine_count, fine_correct  (64,)  fine log-odds bins (softmax, sigmoid), for the
+                                                                 risk-coverage curves
     (a key exists only where logits/<model>/<condition>.npz exists; the clean explained-variance keys
     only where the source pass has that model's clean logits)
 """

@@ -10,7 +10,12 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
     metrics.jsonl                               one row per (model, corruption, severity), schema in docs/outputs.md
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
     confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
-                                                    calibration bins (totals and per image; common/calibration.py)
+                                                    calibration bins of every reading (totals and per image;
+                                                    common/calibration.py, docs/calibration.md)
+
+Before the sweep, one temperature per model and reading (softmax, sigmoid) is fitted on --calibration-images clean
+images of --calibration-split (default train; never val, the test set) and applied unchanged under every condition
+(run.json's "temperature"; --calibration-images 0 skips it).
 
 Resumable per condition: finished conditions are skipped, every file is written atomically and
 metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill never tears it.
