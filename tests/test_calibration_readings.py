@@ -224,10 +224,13 @@ def test_rows_and_shards_add_up_with_the_fine_and_classwise_tables():
     for key, value in a.items():
         if value.dtype.kind == "i":
             np.testing.assert_array_equal(b[key], value, err_msg=key)
+        elif key == "calib_classwise_conf_sum":    # summed in float32 within a batch: other batches, other bits
+            np.testing.assert_allclose(b[key], value, rtol=1e-5, err_msg=key)
         else:
             np.testing.assert_allclose(b[key], value, rtol=1e-12, err_msg=key)
     back = Calibration.from_state_dict(a, reading="sigmoid")
     assert back.metrics() == pytest.approx(whole.metrics(), rel=1e-12)
+    assert joined.metrics() == pytest.approx(whole.metrics(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- temperature
