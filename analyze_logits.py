@@ -1216,7 +1216,8 @@ def readings_markdown(a):
         return "–" if x is None else f"{100 * x:.2f}"
 
     def both(entry, k, fmt):
-        return [fmt(entry["clean"].get(k)), star(fmt(entry["corrupted"][k]["value"]), entry["corrupted"][k]["complete"])]
+        corr = entry["corrupted"][k]
+        return [fmt(entry["clean"].get(k)), star(fmt(corr["value"]), corr["complete"])]
 
     def temp(entry):
         t = entry.get("temperature")
@@ -1263,7 +1264,8 @@ def readings_markdown(a):
                 "", md_table(["model", "T"] + head + (["class-wise ECE (%) clean"] if v == "sigmoid" else []), rows),
                 ""]
         if delta_rows:
-            out += [f"Δ to {a['reference']} ({READING_TITLES[v]}), paired bootstrap 95% intervals (ECE in points of %):",
+            out += [f"Δ to {a['reference']} ({READING_TITLES[v]}), paired bootstrap 95% intervals "
+                    f"(ECE in points of %):",
                     "", md_table(["model"] + [f"Δ {k} {part}" for part in ("clean", "corr.") for k in BOOTSTRAPPED],
                                  delta_rows), ""]
     sev = []
@@ -1272,8 +1274,8 @@ def readings_markdown(a):
             r = pm[m].get("readings", {}).get(v)
             if r:
                 sev.append([m, READING_TITLES[v].split(" (")[0]]
-                           + [star(pct2(r["per_severity"][str(s)]["ece"]), r["per_severity"][str(s)].get("complete", True))
-                              for s in range(6)])
+                           + [star(pct2(r["per_severity"][str(s)]["ece"]),
+                                   r["per_severity"][str(s)].get("complete", True)) for s in range(6)])
     if sev:
         out += ["### ECE (%) per severity in every reading, before and after temperature scaling (0 = clean)", "",
                 md_table(["model", "reading"] + [str(s) for s in range(6)], sev), ""]

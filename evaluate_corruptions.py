@@ -428,16 +428,12 @@ def calibration_set(args, voc_root, val):
     if name == "val":
         raise UsageError("--calibration-split val: VOC val is the test set, and a temperature fitted on it would be "
                          "tuned on the test images; name another split file (default train), or --calibration-images 0")
-    path = os.path.join(voc_root, VOC_BASE_DIR, "ImageSets", "Segmentation", f"{check_plain_name(name, '--calibration-split')}.txt")
+    check_plain_name(name, "--calibration-split")
+    path = os.path.join(voc_root, VOC_BASE_DIR, "ImageSets", "Segmentation", f"{name}.txt")
     if not os.path.isfile(path):
         raise UsageError(f"--calibration-split {name}: no {path}; give the name of a split file in that folder "
                          f"(e.g. train), or --calibration-images 0 for no temperature scaling")
     ids = read_split(path)
-    val_ids = {os.path.splitext(os.path.basename(p))[0] for p in val.images}
-    shared = [i for i in ids if i in val_ids]
-    if shared:
-        raise UsageError(f"--calibration-split {name}: {len(shared)} of its images are val (test) images, first "
-                         f"{shared[0]}; fit the temperature on images that are not in {path.replace(name + '.txt', 'val.txt')}")
     picked = sorted(set(np.linspace(0, len(ids) - 1, min(args.calibration_images, len(ids))).round().astype(int)))
     dataset = copy.copy(val)           # val's loader and checks, over the calibration split's files
     base = os.path.dirname(os.path.dirname(os.path.dirname(path)))
@@ -448,7 +444,27 @@ def calibration_set(args, voc_root, val):
         raise UsageError(f"{path} names {len(missing)} file(s) that do not exist, first {missing[0]}; fix the split "
                          f"file, or --calibration-images 0")
     check_protocol_sizes(dataset, range(len(picked)), args.protocol)
-    return dataset, list(range(len(picked))), [ids[i] for i in picked]
+    return dataset, list(range(len(picked))), [ids[i] for i in picked], ids
+
+
+def fit_images(args, cal_set):
+    """run.json's "temperature" before the fit: which clean images (part of the run's identity); None without."""
+    if cal_set is None:
+        return None
+    return {"split": args.calibration_split, "images": len(cal_set[2]),
+            "image_ids_sha256": results.ids_sha256(cal_set[2])}
+
+
+def check_not_val(args, cal_set, val):
+    """Refuse a calibration split that shares an image with val (the test set). After the folder's identity
+    check, so that a val set changed under a run is reported as such first."""
+    if cal_set is None:
+        return
+    val_ids = {os.path.splitext(os.path.basename(p))[0] for p in val.images}
+    shared = [i for i in cal_set[3] if i in val_ids]
+    if shared:
+        raise UsageError(f"--calibration-split {args.calibration_split}: {len(shared)} of its images are val (test) "
+                         f"images, first {shared[0]}; fit the temperature on images that are not in val.txt")
 
 
 def fit_temperatures(args, device, models, infos, cal_set):
@@ -458,7 +474,7 @@ def fit_temperatures(args, device, models, infos, cal_set):
     None (and no temperature-scaled readings) when ``cal_set`` is None."""
     if cal_set is None:
         return None
-    dataset, indices, ids = cal_set
+    dataset, indices, ids, _ = cal_set
     batch = args.batch_size if args.protocol == "paper" else 1
     fmt = memory_format(device, args.amp)
     logits, labels = [[] for _ in models], []
@@ -476,8 +492,8 @@ def fit_temperatures(args, device, models, infos, cal_set):
     y = torch.cat(labels)
     total = int(y.numel())
     keep = torch.linspace(0, total - 1, FIT_PIXELS).round().long().unique() if total > FIT_PIXELS else None
-    record = {"split": args.calibration_split, "images": len(ids), "image_ids_sha256": results.ids_sha256(ids),
-              "pixels": total if keep is None else int(keep.numel()), "pixels_total": total, "models": {}}
+    record = {**fit_images(args, cal_set), "pixels": total if keep is None else int(keep.numel()),
+              "pixels_total": total, "models": {}}
     if total == 0:
         raise UsageError(f"--calibration-split {args.calibration_split}: its {len(ids)} image(s) have no labelled "
                          f"pixel (all 255); use more --calibration-images or another split")
@@ -507,13 +523,13 @@ def dump_identity(args, dataset, voc_root):
             **{k: m[k] for k in vocc.IDENTITY if k in m}}
 
 
-def run_record(args, infos, voc_root, image_ids, voc_c, temperature=None) -> dict:
+def run_record(args, infos, voc_root, image_ids, voc_c) -> dict:
     """run.json: what decides the numbers (results.identity) and the provenance."""
     versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
     return {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
             "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(image_ids),
             "image_ids_sha256": results.ids_sha256(image_ids), "limit": args.limit, "shard": args.shard,
-            "voc_c": voc_c, "temperature": temperature, "versions": versions, "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
+            "voc_c": voc_c, "versions": versions, "seed_rule": vocc.SEED_RULE, "git_commit": git_commit(),
             "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
 
 
@@ -615,14 +631,10 @@ def evaluate(args, held, world=distributed.SINGLE):
     mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
     cal_set = calibration_set(args, voc_root, dataset)
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
-    # One fit, on rank 0, shared: every rank scales by the same temperatures.
-    temperature = world.share(fit_temperatures(args, device, models, infos, cal_set) if world.is_root else None)
-    for info in infos:
-        if temperature is not None:
-            info["temperature"] = {r: f["temperature"] for r, f in temperature["models"][info["name"]].items()}
     todo = None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
-        run = run_record(args, infos, voc_root, image_ids, voc_c, temperature)
+        run = run_record(args, infos, voc_root, image_ids, voc_c)
+        run["temperature"] = fit_images(args, cal_set)   # the images of the fit are part of the identity
         fresh, rows = open_results(args, held, run)
         todo, rows = conditions_to_do(args.out, conditions, infos, rows)
         print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
@@ -634,6 +646,14 @@ def evaluate(args, held, world=distributed.SINGLE):
     todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
     if not todo:
         return 0
+    check_not_val(args, cal_set, dataset)
+    # One fit, on rank 0, shared: every rank scales by the same temperatures (docs/calibration.md).
+    temperature = world.share(fit_temperatures(args, device, models, infos, cal_set) if world.is_root else None)
+    for info in infos:
+        if temperature is not None:
+            info["temperature"] = {r: f["temperature"] for r, f in temperature["models"][info["name"]].items()}
+    if world.is_root:
+        run["temperature"] = temperature
     items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c)
     start = time.perf_counter()
     for (c, s), stats, t0, predictions in sweep(args, device, world, models, infos, todo, items, image_ids, mine,
@@ -794,10 +814,11 @@ def get_args_parser():
     add_device_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--calibration-split", default="train",
-                   help="temperature scaling: the split file (ImageSets/Segmentation/NAME.txt under the VOC root) whose "
-                        "clean images the temperatures are fitted on, one per model and reading, then applied unchanged "
-                        "under every corruption (docs/calibration.md). Never val (the test set). The default, train, is "
-                        "part of the models' training data: name a held-out split where you have one")
+                   help="temperature scaling: the split file (ImageSets/Segmentation/NAME.txt under the VOC root) "
+                        "whose clean images the temperatures are fitted on, one per model and reading, then applied "
+                        "unchanged under every corruption (docs/calibration.md). Never val (the test set). The "
+                        "default, train, is part of the models' training data: name a held-out split where you have "
+                        "one")
     p.add_argument("--calibration-images", type=int, default=32,
                    help="how many images of --calibration-split (evenly spaced through it) the temperatures are fitted "
                         "on; 0: no temperature scaling")

@@ -391,7 +391,8 @@ def reading_bins(ctx, name, variant, severity):
     key = f"{name}/readings/{variant}/{severity}"
     if f"{key}/count" not in ctx["arrays"]:
         return None
-    count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64) for k in ("count", "conf_sum", "acc_sum"))
+    count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64)
+                        for k in ("count", "conf_sum", "acc_sum"))
     kept = count > 0
     return conf[kept] / count[kept], acc[kept] / count[kept]
 

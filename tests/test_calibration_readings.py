@@ -356,7 +356,8 @@ def temperature_sweep(tmp_path_factory, synthetic, tiny_ckpts):
     data = synthetic(n_voc_train=6, n_val=3, max_side=64)
     out = tmp_path_factory.mktemp("ts") / "results"
     args = ev.get_args_parser().parse_args([
-        "--checkpoints", tiny_ckpts["scribe"], "test_calibration_readings:constant_logits", "--names", "scribe", "const",
+        "--checkpoints", tiny_ckpts["scribe"], "test_calibration_readings:constant_logits",
+        "--names", "scribe", "const",
         "--data", "synthetic", "--synthetic-root", data, "--size", str(SIZE), "--batch-size", "2", "--workers", "0",
         "--corruptions", "gaussian", "--severities", "0", "2", "--calibration-images", "4", "--out", str(out)])
     assert ev.main(args) == 0
@@ -391,7 +392,10 @@ def test_sweep_fits_the_temperature_on_the_calibration_images_and_applies_it_eve
                                    ("softmax_ts", "softmax", t["models"]["const"]["softmax"]["temperature"]),
                                    ("sigmoid_ts", "sigmoid", t["models"]["const"]["sigmoid"]["temperature"])):
             x = CONSTANT / temp
-            conf = np.exp(x[0] - x.max()) / np.exp(x - x.max()).sum() if reading == "softmax" else 1 / (1 + np.exp(-x[0]))
+            if reading == "softmax":
+                conf = np.exp(x[0] - x.max()) / np.exp(x - x.max()).sum()
+            else:
+                conf = 1 / (1 + np.exp(-x[0]))
             assert cal[key]["ece"] == pytest.approx(abs(acc - conf), rel=1e-5, abs=1e-6), (cond, key)
             assert cal[key]["nll"] == pytest.approx(constant_nll(val, reading, temp), rel=1e-5), (cond, key)
         # One confidence for every pixel: AUROC 1/2, AURC the error rate, adaptive ECE the ECE.
@@ -413,7 +417,8 @@ def test_sweep_sigmoid_reading_of_scribe_equals_numpy(temperature_sweep):
             z = np.concatenate([model(torch.from_numpy(x)[None]).numpy() for x in xs])
         lab = np.stack(labels)
         cal = rows[("scribe",) + cond]["calibration"]
-        for key, temp in (("sigmoid", 1.0), ("sigmoid_ts", run["temperature"]["models"]["scribe"]["sigmoid"]["temperature"])):
+        t_sig = run["temperature"]["models"]["scribe"]["sigmoid"]["temperature"]
+        for key, temp in (("sigmoid", 1.0), ("sigmoid_ts", t_sig)):
             want = numpy_sigmoid_reading(z, lab, temp)
             assert cal[key]["nll"] == pytest.approx(want["nll"], rel=1e-4)
             assert cal[key]["brier"] == pytest.approx(want["brier"], rel=1e-4)
@@ -480,9 +485,11 @@ def test_analysis_readings_and_their_bootstrap_by_hand(temperature_sweep, tmp_pa
     for v in ("softmax", "sigmoid", "softmax_ts", "sigmoid_ts"):
         for k in ("ece", "nll", "brier"):
             assert sc["readings"][v]["clean"][k] == rows["scribe", "clean", 0]["calibration"][v][k]
-            assert sc["readings"][v]["corrupted"][k]["value"] == rows["scribe", "gaussian_noise", 2]["calibration"][v][k]
+            corrupted = rows["scribe", "gaussian_noise", 2]["calibration"][v][k]
+            assert sc["readings"][v]["corrupted"][k]["value"] == corrupted
     run = json.load(open(out / "run.json"))
-    assert sc["readings"]["sigmoid_ts"]["temperature"] == run["temperature"]["models"]["scribe"]["sigmoid"]["temperature"]
+    fitted = run["temperature"]["models"]["scribe"]["sigmoid"]["temperature"]
+    assert sc["readings"]["sigmoid_ts"]["temperature"] == fitted
     # The bootstrap of AURC and adaptive ECE, scribe minus const, sigmoid reading, clean: a plain loop over the
     # same resamples (numpy's generator, the analysis' seed), each resample's fine bins expanded into pixels.
     rng = np.random.default_rng(5)
@@ -509,7 +516,8 @@ def test_analysis_readings_and_their_bootstrap_by_hand(temperature_sweep, tmp_pa
     for v in ("softmax (21-way", "sigmoid (one-vs-rest", "softmax after temperature", "sigmoid after temperature"):
         assert f"## Calibration, reading: {v}" in tables
     arrays = np.load(tmp_path / "analysis_arrays.npz")
-    np.testing.assert_array_equal(arrays["scribe/readings/sigmoid/0/fine_count"], files["scribe"]["calib_sigmoid_fine_count"])
+    np.testing.assert_array_equal(arrays["scribe/readings/sigmoid/0/fine_count"],
+                                  files["scribe"]["calib_sigmoid_fine_count"])
 
 
 def test_readings_figure_and_its_risk_coverage_curve(temperature_sweep, tmp_path, capsys):
