@@ -325,8 +325,8 @@ def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
         for k in calib:
             if a[k].dtype == np.int64:
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-            else:
-                np.testing.assert_allclose(a[k], b[k], rtol=1e-8, err_msg=k)
+            else:   # the class-wise sums are float32 within a batch, and shards batch other images together
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5 if "classwise" in k else 1e-8, err_msg=k)
 
 
 # ------------------------------------------------------------------------------------ the analysis
