@@ -46,7 +46,14 @@ and computes, per model, everything PROTOCOL.md ("Metrics", "Logit structure") d
   corruption conditions of each condition's value, and per severity (mean over the 15 corruptions), with
   paired bootstrap 95% intervals of model minus reference on the same resamples as mIoU's, each metric
   recomputed from the resampled images' summed per-image bins, NLL and Brier sums (calib_image_* in
-  confusion/; ECE is not a mean over images, so the bins are resampled, not per-image ECEs).
+  confusion/; ECE is not a mean over images, so the bins are resampled, not per-image ECEs);
+* every calibration reading (docs/calibration.md: softmax, sigmoid, each also after temperature scaling) from
+  metrics.jsonl's "calibration": ECE, adaptive ECE, NLL, Brier, AURC, AUROC (and class-wise ECE for the sigmoid)
+  clean, corrupted and per severity; each model's own reading (SCrIBE: sigmoid; baseline, IBE: softmax); paired
+  bootstrap intervals of model minus reference of all but the class-wise ECE, recomputed from the resampled
+  images' bins (the fine log-odds bins for adaptive ECE, AURC and AUROC);
+* the worst case: per severity the lowest mIoU over the 15 corruptions, which one, and a paired bootstrap
+  interval of model minus reference of that minimum (recomputed per resample).
 
 Partial results (fewer corruptions, severities or models) are analysed as far as they go: every gap
 is listed in ``missing`` and printed as one ``missing: ...`` line, and every aggregate says how many
@@ -61,7 +68,7 @@ only after everything has been computed, so a failed run leaves earlier outputs 
     analysis_arrays.npz   arrays for figures (keys below)
 
 analysis.json:
-    schema "analyze_logits/1"; args; git_commit; results (absolute path); source {protocol, size,
+    schema "analyze_logits/2"; args; git_commit; results (absolute path); source {protocol, size,
     images, corruption_code, models [{name, kind, checkpoint_sha256}]} from run.json (null when absent);
     pca_pass (absolute path of the --pca-pass folder, or null); explained_variance_source
     ("<protocol> pass at <path>" or "clean condition of the main sweep");
@@ -88,7 +95,13 @@ analysis.json:
                        distance_predicted, explained_variance [21] or null, classes_used or null,
                        explained_variance_notebook [21] or null}},
         calibration {clean {ece, nll, brier}, corrupted {ece|nll|brier: {value, n_conditions, of: 75,
-                     complete}}, per_severity {"0".."5": {ece, nll, brier, n_corruptions, of, complete}}}}};
+                     complete}}, per_severity {"0".."5": {ece, nll, brier, n_corruptions, of, complete}}},
+        own_reading ("softmax" | "sigmoid"),
+        readings {softmax|sigmoid|softmax_ts|sigmoid_ts: {reading, temperature_scaled, temperature,
+                  clean {ece, ece_adaptive, nll, brier, aurc, auroc, ece_classwise},
+                  corrupted {<metric>: {value, n_conditions, of: 75, complete}},
+                  per_severity {"0".."5": {<metric>..., n_corruptions, of, complete}}}},
+        worst_case {"1".."5": {miou, corruption, n_corruptions, of, complete}}}};
     (per_condition is always the main sweep's, its clean/0 included);
     bootstrap {n_resamples, seed, confidence: 0.95, method, n_images, reference,
                comparisons {<model>: {clean {observed, lower, upper} or null,
@@ -96,7 +109,11 @@ analysis.json:
                                                  complete} or null}},
                calibration {method, comparisons {<model>: {clean {ece|nll|brier: {observed, lower, upper}}
                             or null, corrupted {ece|nll|brier: {observed, lower, upper, n_conditions, of,
-                            complete}} or null}}}}
+                            complete}} or null}}},
+               readings {method, temperature_fit (run.json's temperature), readings {<reading>: {comparisons
+                         {<model>: {clean {<metric>: {observed, lower, upper}} or null, corrupted {...} or null}}}}},
+               worst_case {method, comparisons {<model>: {"1".."5": {observed, lower, upper, n_corruptions, of,
+                           complete} or null}}}}
     (differences are model minus reference, as fractions of mIoU; the reference has no entry).
 
 analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefined):
@@ -123,6 +140,9 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
                                                                  .. 5, summed over the 15 corruptions present
     <model>/calibration/ece_by_severity             (6,)         ECE, clean then the mean over corruptions per
                                                                  severity 1..5 (NaN where absent)
+    <model>/readings/<reading>/<s>/count, conf_sum, acc_sum  (15,)  the same bins in each reading
+    <model>/readings/<reading>/<s>/fine_count, fine_correct  (64,)  fine log-odds bins (softmax, sigmoid), for the
+                                                                 risk-coverage curves
     (a key exists only where logits/<model>/<condition>.npz exists; the clean explained-variance keys
     only where the source pass has that model's clean logits)
 """
@@ -137,7 +157,7 @@ import zipfile
 import numpy as np
 
 from common import results as rf
-from common.calibration import BINS, ROW_KEYS, metrics_from_bins
+from common.calibration import BINS, FINE_KEYS, ROW_KEYS, VARIANTS, metrics_from_bins, prefix_of, rank_metrics_from_fine
 from common.cli import UsageError, run_cli
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
@@ -249,24 +269,28 @@ def read_tracker(path):
     return LogitTracker.from_state_dict(rf.read_logits(path, sweep_fix(path), keys=("count", "sum", "sq")))
 
 
-def read_calibration(path):
-    """(per-image calibration tables, image_ids) of one confusion/<model>/<condition>.npz, or None when the
-    file predates calibration (no calib_* arrays); damaged or misshapen arrays are a UsageError naming it."""
-    keys = ["calib_" + k for k in ROW_KEYS]
+def read_calibration(path, prefix="calib_"):
+    """(per-image calibration tables, image_ids) of one confusion/<model>/<condition>.npz in the reading whose
+    arrays start with ``prefix`` (common/calibration.py ``prefix_of``; the fine log-odds bins where the file
+    has them), or None when the file predates that reading; damaged or misshapen arrays are a UsageError."""
+    keys = [prefix + k for k in ROW_KEYS]
     try:
         with np.load(path) as z:
             if any(k not in z.files for k in keys):
                 return None
+            fine = [prefix + k for k in FINE_KEYS if prefix + k in z.files]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UsageError(f"{path}: unreadable or incomplete ({type(e).__name__}: {str(e)[:120]})") from None
-    z = load_npz(path, keys + ["image_ids"])
-    tables = {k: np.asarray(z["calib_" + k]) for k in ROW_KEYS}
+    fine = fine if len(fine) == len(FINE_KEYS) else []
+    z = load_npz(path, keys + fine + ["image_ids"])
+    tables = {k[len(prefix):]: np.asarray(z[k]) for k in keys + fine}
     n_images = len(z["image_ids"])
     want = {"image_count": (n_images, BINS), "image_conf_sum": (n_images, BINS), "image_acc_sum": (n_images, BINS),
             "image_nll_sum": (n_images,), "image_brier_sum": (n_images,)}
+    want.update({k: (n_images, None) for k in FINE_KEYS if k in tables})
     for k, shape in want.items():
-        if tables[k].shape != shape:
-            raise UsageError(f"{path}: calib_{k} has shape {tables[k].shape}, expected {shape} (one row per image "
+        if tables[k].ndim != len(shape) or any(w is not None and w != d for w, d in zip(shape, tables[k].shape)):
+            raise UsageError(f"{path}: {prefix}{k} has shape {tables[k].shape}, expected {shape} (one row per image "
                              f"of image_ids); rerun evaluate_corruptions.py for that condition")
     return tables, np.asarray(z["image_ids"]).astype(str)
 
@@ -412,6 +436,8 @@ def bootstrap_weights(n_images, n_resamples, seed):
 
 
 def interval(observed, diffs):
+    if not np.isfinite(np.asarray(diffs, dtype=np.float64)).any():   # undefined in every resample (an AUROC
+        return {"observed": finite_or_none(observed), "lower": None, "upper": None}   # without wrong pixels)
     lo, hi = np.nanpercentile(diffs, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
     return {"observed": finite_or_none(observed), "lower": finite_or_none(lo), "upper": finite_or_none(hi)}
 
@@ -888,6 +914,166 @@ def calibration_bootstrap(models, reference, tables, ids_ref, args):
     return out
 
 
+# ------------------------------------------------------------------------ readings (docs/calibration.md)
+
+READING_METRICS = ("ece", "ece_adaptive", "nll", "brier", "aurc", "auroc", "ece_classwise")
+BOOTSTRAPPED = ("ece", "ece_adaptive", "nll", "brier", "aurc", "auroc")   # the additive ones (per image)
+# Each structure's own reading: the one its loss trained it to produce (SCrIBE: per-class sigmoid BCE).
+OWN_READING = {"baseline": "softmax", "ibe": "softmax", "scribe": "sigmoid"}
+
+
+def reading_values(results, models, table):
+    """{variant: {model: {(c, s): {metric: value or None}}}} from metrics.jsonl's "calibration" field
+    (absent from rows written before it: no entry)."""
+    out = {v: {m: {} for m in models} for v in VARIANTS}
+    for (m, c, s), r in table.items():
+        cal = r.get("calibration")
+        if cal is None:
+            continue
+        if not isinstance(cal, dict) or not all(isinstance(x, dict) for x in cal.values()):
+            raise UsageError(f"{os.path.join(results, 'metrics.jsonl')}: calibration of {m} {cond_key(c, s)} must be "
+                             f"an object of readings; rerun evaluate_corruptions.py for that condition")
+        for v, entry in cal.items():
+            if v in out:
+                vals = {}
+                for k in READING_METRICS + ("temperature",):
+                    x = entry.get(k)
+                    if x is not None and (not isinstance(x, (int, float)) or isinstance(x, bool)):
+                        raise UsageError(f"{os.path.join(results, 'metrics.jsonl')}: calibration.{v}.{k} of {m} "
+                                         f"{cond_key(c, s)} must be a number or null, got {x!r}")
+                    vals[k] = finite_or_none(x)
+                out[v][m][c, s] = vals
+    return out
+
+
+def reading_summary(v):
+    """One model's values in one reading: clean, mean over the benchmark conditions, per severity."""
+    clean = v.get((CLEAN, 0), {})
+    temps = sorted({x["temperature"] for x in v.values() if x.get("temperature") is not None})
+    per_severity = {"0": {k: clean.get(k) for k in READING_METRICS}}
+    for s in SEVERITIES:
+        aggs = {k: mean_over([v.get((c, s), {}).get(k) for c in CORRUPTIONS], len(CORRUPTIONS))
+                for k in READING_METRICS}
+        per_severity[str(s)] = {**{k: a["value"] for k, a in aggs.items()}, "n_corruptions": aggs["ece"]["n"],
+                                "of": len(CORRUPTIONS), "complete": aggs["ece"]["complete"]}
+    return {"temperature": temps[0] if len(temps) == 1 else (temps or None),
+            "clean": {k: clean.get(k) for k in READING_METRICS},
+            "corrupted": {k: counted(mean_over([v.get(cs, {}).get(k) for cs in BENCHMARK], len(BENCHMARK)))
+                          for k in READING_METRICS},
+            "per_severity": per_severity}
+
+
+def resample_reading(tables, weights):
+    """``resample_models``'s statistics for one reading: ECE, NLL, Brier from the 15 bins and sums, and where
+    every condition has fine bins, adaptive ECE, AURC and AUROC from the resampled fine bins."""
+    out = dict(zip(CALIBRATION, resample_calibration(tables, weights)))
+    if all("image_fine_count" in t for t in tables):
+        rank = [rank_metrics_from_fine(weights @ t["image_fine_count"].astype(np.float64),
+                                       weights @ t["image_fine_correct"].astype(np.float64),
+                                       weights @ t["image_fine_conf_sum"]) for t in tables]
+        for k in ("ece_adaptive", "aurc", "auroc"):
+            out[k] = np.stack([r[k] for r in rank], axis=1)
+    return out
+
+
+def reading_tables(results, m, table, variant, ids_ref, ids_path):
+    """One model's per-image tables in one reading {(c, s): tables} on the bootstrap's image order, and the
+    pooled 15-bin and fine tables per severity (0 = clean; 1-5 summed over the 15 corruptions) for figures."""
+    tables, pooled = {}, {}
+    for c, s in [(CLEAN, 0)] + BENCHMARK:
+        path = os.path.join(results, "confusion", m, f"{c}_{s}.npz")
+        if (m, c, s) not in table or not os.path.exists(path):
+            continue
+        got = read_calibration(path, prefix_of(*VARIANTS[variant]))
+        if got is None:
+            continue
+        t, ids = got
+        if ids_ref is not None:
+            order = align(ids, ids_ref, path, ids_path)
+            t = {k: a[order] for k, a in t.items()}
+        tables[c, s] = t
+        sums = {"count": t["image_count"].sum(0), "conf_sum": t["image_conf_sum"].sum(0),
+                "acc_sum": t["image_acc_sum"].sum(0)}
+        if "image_fine_count" in t:
+            sums.update(fine_count=t["image_fine_count"].sum(0), fine_correct=t["image_fine_correct"].sum(0))
+        if s not in pooled:
+            pooled[s] = sums
+        else:
+            pooled[s] = {k: pooled[s][k] + a for k, a in sums.items() if k in pooled[s]}
+    return tables, pooled
+
+
+def readings_analysis(results, models, kinds, table, reference, ids_ref, ids_path, run, args, arrays):
+    """Every reading of every model (softmax, sigmoid, and each after temperature scaling): clean, corrupted
+    and per-severity values of READING_METRICS from metrics.jsonl; pooled reliability and fine bins per
+    severity (analysis_arrays.npz); paired bootstrap intervals of model minus reference of the BOOTSTRAPPED
+    metrics on the mIoU bootstrap's resamples. Returns ({model: {"own_reading", "readings"}}, bootstrap)."""
+    values = reading_values(results, models, table)
+    per_model = {m: {"own_reading": OWN_READING.get(kinds.get(m), "softmax"), "readings": {}} for m in models}
+    boot = {"method": "percentile; the mIoU bootstrap's resamples of the images; each metric recomputed from the "
+                      "resampled images' summed bins (15 equal-width and fine log-odds bins) and sums",
+            "temperature_fit": (run or {}).get("temperature"), "readings": {}}
+    for v in VARIANTS:
+        tables = {}
+        for m in models:
+            if not values[v][m]:
+                continue
+            per_model[m]["readings"][v] = dict(reading=VARIANTS[v][0], temperature_scaled=VARIANTS[v][1],
+                                               **reading_summary(values[v][m]))
+            tables[m], pooled = reading_tables(results, m, table, v, ids_ref, ids_path)
+            for s, sums in pooled.items():
+                for k, a in sums.items():
+                    arrays[f"{m}/readings/{v}/{s}/{k}"] = a
+        comps = {}
+        if args.bootstrap and ids_ref is not None and tables.get(reference):
+            observed, boots = resample_models(tables, len(ids_ref), args, resample_reading)
+            for m in models:
+                if m == reference or m not in boots:
+                    continue
+                keys = [k for k in BOOTSTRAPPED if k in boots[m] and k in boots[reference]]
+                pairs = {k: compare(observed, boots, m, reference, k) for k in keys}
+                comps[m] = {"clean": {k: p[0] for k, p in pairs.items()} if pairs["ece"][0] is not None else None,
+                            "corrupted": {k: p[1] for k, p in pairs.items()} if pairs["ece"][1] is not None else None}
+        boot["readings"][v] = {"comparisons": comps}
+    return per_model, boot
+
+
+def worst_case(models, reference, counts, miou, ids, args):
+    """Per severity 1-5: each model's minimum mIoU over the 15 corruptions present and which corruption it is,
+    and a paired bootstrap interval of model minus reference of that minimum (recomputed in every resample, where
+    the worst corruption may be another one) over the corruptions both have."""
+    per_model = {}
+    for m in models:
+        per_model[m] = {}
+        for s in SEVERITIES:
+            have = [(miou[m][c, s], c) for c in CORRUPTIONS if miou[m].get((c, s)) is not None]
+            low = min(have) if have else (None, None)
+            per_model[m][str(s)] = {"miou": low[0], "corruption": low[1], "n_corruptions": len(have),
+                                    "of": len(CORRUPTIONS), "complete": len(have) == len(CORRUPTIONS)}
+    out = {"method": "percentile; the mIoU bootstrap's resamples; the minimum over corruptions recomputed in each",
+           "comparisons": {}}
+    if args.bootstrap == 0 or ids is None or not counts.get(reference):
+        return per_model, out
+    observed, boots = resample_models(counts, len(ids), args, resample_counts)
+    for m in models:
+        if m == reference or m not in boots:
+            continue
+        entry = {}
+        for s in SEVERITIES:
+            common = [c for c in CORRUPTIONS if (c, s) in boots[m]["miou"] and (c, s) in boots[reference]["miou"]]
+            if not common:
+                entry[str(s)] = None
+                continue
+            om = min(observed[m]["miou"][c, s] for c in common)
+            orf = min(observed[reference]["miou"][c, s] for c in common)
+            bm = np.min([boots[m]["miou"][c, s] for c in common], axis=0)
+            br = np.min([boots[reference]["miou"][c, s] for c in common], axis=0)
+            entry[str(s)] = dict(interval(om - orf, bm - br), n_corruptions=len(common), of=len(CORRUPTIONS),
+                                 complete=len(common) == len(CORRUPTIONS))
+        out["comparisons"][m] = entry
+    return per_model, out
+
+
 # ------------------------------------------------------------------------------------------- analysis
 
 def source_of(run):
@@ -933,8 +1119,13 @@ def analyse(args):
     for m in models:
         per_model[m]["calibration"] = calib["per_model"][m]
     boot["calibration"] = calib["bootstrap"]
+    readings, boot["readings"] = readings_analysis(results, models, kinds, table, reference, ids_ref, ids_path, run,
+                                                   args, arrays)
+    worst, boot["worst_case"] = worst_case(models, reference, counts, miou, ids_ref, args)
+    for m in models:
+        per_model[m].update(readings[m], worst_case=worst[m])
     return {
-        "schema": "analyze_logits/1", "args": vars(args), "git_commit": git_commit(),
+        "schema": "analyze_logits/2", "args": vars(args), "git_commit": git_commit(),
         "results": os.path.abspath(results), "source": source_of(run),
         "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
         "reference": reference, "models": models,
@@ -1028,6 +1219,102 @@ def calibration_markdown(a):
 
 
 
+READING_TITLES = {"softmax": "softmax (21-way, every model's common reading)",
+                  "sigmoid": "sigmoid (one-vs-rest per class, SCrIBE's own)",
+                  "softmax_ts": "softmax after temperature scaling", "sigmoid_ts": "sigmoid after temperature scaling"}
+
+
+def readings_markdown(a):
+    """The tables.md sections of the readings (docs/calibration.md) and the worst case over corruptions."""
+    models, pm = a["models"], a["per_model"]
+    comps = a["bootstrap"].get("readings", {}).get("readings", {})
+
+    def pct2(x):
+        return "–" if x is None else f"{100 * x:.2f}"
+
+    def both(entry, k, fmt):
+        corr = entry["corrupted"][k]
+        return [fmt(entry["clean"].get(k)), star(fmt(corr["value"]), corr["complete"])]
+
+    def temp(entry):
+        t = entry.get("temperature")
+        return "–" if t is None else (f"{t:.3f}" if not isinstance(t, list) else "varies")
+
+    metrics = [("ece", "ECE (%)", pct2), ("ece_adaptive", "adaptive ECE (%)", pct2), ("nll", "NLL", f3),
+               ("brier", "Brier", f3), ("aurc", "AURC", f3), ("auroc", "AUROC", f3)]
+    out = []
+    own_rows = []
+    for m in models:
+        r = pm[m].get("readings", {}).get(pm[m].get("own_reading"))
+        if r:
+            own_rows.append([m, pm[m]["own_reading"]] + [x for k, _, fmt in metrics for x in both(r, k, fmt)])
+    head = [f"{title} {part}" for _, title, _ in metrics for part in ("clean", "corr.")]
+    caption = ("Each reading's formulas are in docs/calibration.md. ECE: 15 equal-width bins of the top-label "
+               "confidence; adaptive ECE: 15 equal-mass bins; NLL and Brier of that reading's probabilities (the "
+               "sigmoid's sum over the 21 one-vs-rest classes, so they are not comparable across readings); AURC: "
+               "area under the risk-coverage curve (pixel error against confidence, lower is better); AUROC: "
+               "confidence separating correct from wrong pixels (higher is better). corr. = mean over the corrupted "
+               "conditions; * = incomplete.")
+    if own_rows:
+        out += ["## Calibration in each structure's own reading", "",
+                "Baseline and IBE: the 21-way softmax they were trained with; SCrIBE: the per-class sigmoid of its "
+                "BCE training. " + caption, "", md_table(["model", "reading"] + head, own_rows), ""]
+    for v in VARIANTS:
+        rows, delta_rows = [], []
+        for m in models:
+            r = pm[m].get("readings", {}).get(v)
+            if not r:
+                continue
+            rows.append([m + (" (ref)" if m == a["reference"] else ""), temp(r)]
+                        + [x for k, _, fmt in metrics for x in both(r, k, fmt)]
+                        + ([pct2(r["clean"].get("ece_classwise"))] if v == "sigmoid" else []))
+            c = comps.get(v, {}).get("comparisons", {}).get(m)
+            if c:
+                delta_rows.append([m] + [ci((c.get(part) or {}).get(k), 100 if k.startswith("ece") else 1,
+                                            2 if k.startswith("ece") else 3)
+                                         for part in ("clean", "corrupted") for k in BOOTSTRAPPED])
+        if not rows:
+            continue
+        out += [f"## Calibration, reading: {READING_TITLES[v]}", "",
+                ("Temperature T fitted per model on clean images that are not the test set (run.json's "
+                 "temperature), applied unchanged under every corruption. " if v.endswith("_ts") else "") + caption,
+                "", md_table(["model", "T"] + head + (["class-wise ECE (%) clean"] if v == "sigmoid" else []), rows),
+                ""]
+        if delta_rows:
+            out += [f"Δ to {a['reference']} ({READING_TITLES[v]}), paired bootstrap 95% intervals "
+                    f"(ECE in points of %):",
+                    "", md_table(["model"] + [f"Δ {k} {part}" for part in ("clean", "corr.") for k in BOOTSTRAPPED],
+                                 delta_rows), ""]
+    sev = []
+    for m in models:
+        for v in VARIANTS:
+            r = pm[m].get("readings", {}).get(v)
+            if r:
+                sev.append([m, READING_TITLES[v].split(" (")[0]]
+                           + [star(pct2(r["per_severity"][str(s)]["ece"]),
+                                   r["per_severity"][str(s)].get("complete", True)) for s in range(6)])
+    if sev:
+        out += ["### ECE (%) per severity in every reading, before and after temperature scaling (0 = clean)", "",
+                md_table(["model", "reading"] + [str(s) for s in range(6)], sev), ""]
+    wc = a["bootstrap"].get("worst_case", {}).get("comparisons", {})
+    rows = []
+    for m in models:
+        w = pm[m].get("worst_case")
+        if not w:
+            continue
+        rows.append([m + (" (ref)" if m == a["reference"] else "")]
+                    + [star(f"{pct(w[str(s)]['miou'])} ({w[str(s)]['corruption']})" if w[str(s)]["miou"] is not None
+                            else "–", w[str(s)]["complete"]) for s in SEVERITIES]
+                    + [ci((wc.get(m) or {}).get(str(s))) for s in SEVERITIES])
+    if rows:
+        out += ["## Worst case: the lowest mIoU (%) over the 15 corruptions, per severity", "",
+                "The corruption it is in brackets; Δ: model minus the reference's worst case (each model's own worst "
+                "corruption), paired bootstrap 95% interval in points, the minimum recomputed in every resample.", "",
+                md_table(["model"] + [f"sev. {s}" for s in SEVERITIES] + [f"Δ sev. {s} [95% CI]" for s in SEVERITIES],
+                         rows), ""]
+    return out
+
+
 def tables_markdown(a):
     models, pm = a["models"], a["per_model"]
     src = a["source"] or {}
@@ -1075,6 +1362,7 @@ def tables_markdown(a):
             "mean set to 0.", "",
             md_table(["model", "definition"] + [f"{k} comp." for k in ks] + ["rows"], rows), ""]
     out += calibration_markdown(a)
+    out += readings_markdown(a)
     if a["missing"]:
         out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in a["missing"]] + [""]
     if a["notes"]:

@@ -262,7 +262,8 @@ def bench_logits(ctx):
             "logits_vs_loop": result(t_track / t_loop, 2.0, "<=", dict(tracker_update=t_track, mask_loop=t_loop))}
 
 def bench_calibration(ctx):
-    """Calibration.update as ConditionStats calls it over the forward; beside it, the alternatives."""
+    """Calibration.update as ConditionStats calls it over the forward, every reading on (softmax and sigmoid,
+    each also after temperature scaling); beside it each reading alone and the alternatives."""
     dev, reps = ctx["cfg"]["device"], max(ctx["cfg"]["logit_repeats"], 5)
     model, x, logits = logit_inputs(ctx, "calibration")
     (bs, _, h, w), gen = logits.shape, torch.Generator().manual_seed(0)
@@ -270,9 +271,18 @@ def bench_calibration(ctx):
     labels[torch.rand((bs, h, w), generator=gen) < 0.05] = 255      # VOC's ignored borders, roughly
     labels, pos = labels.to(dev), np.arange(bs)
     pred, top = channel_argmax(logits), torch.maximum(logits[:, 1:].amax(1), logits[:, 0])
-    calls = dict(calibration=lambda: Calibration(bs).update(logits, labels, pos, pred=pred, top=top),
+    temps = {"softmax": 1.5, "sigmoid": 1.5}   # as after a temperature fit: every reading on
+
+    def every_reading():      # what ConditionStats.update runs: the four readings (docs/calibration.md)
+        for cal in evaluate_corruptions.ConditionStats(bs, temps).calibrations.values():
+            cal.update(logits, labels, pos, pred=pred, top=top)
+
+    calls = dict(calibration=every_reading,
+                 calibration_softmax=lambda: Calibration(bs).update(logits, labels, pos, pred=pred, top=top),
+                 calibration_sigmoid=lambda: Calibration(bs, reading="sigmoid", classwise=True).update(
+                     logits, labels, pos, pred=pred, top=top),
                  calibration_alone=lambda: Calibration(bs).update(logits, labels, pos),
-                 condition_stats=lambda: evaluate_corruptions.ConditionStats(bs).update(logits, labels, pos))
+                 condition_stats=lambda: evaluate_corruptions.ConditionStats(bs, temps).update(logits, labels, pos))
     with torch.inference_mode():
         t_fwd = timed(lambda: model(x), dev, reps)[0]
         t = {name: timed(fn, dev, reps, warmup=True)[0] for name, fn in calls.items()}

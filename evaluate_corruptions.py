@@ -10,7 +10,12 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
     metrics.jsonl                               one row per (model, corruption, severity), schema in docs/outputs.md
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
     confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
-                                                    calibration bins (totals and per image; common/calibration.py)
+                                                    calibration bins of every reading (totals and per image;
+                                                    common/calibration.py, docs/calibration.md)
+
+Before the sweep, one temperature per model and reading (softmax, sigmoid) is fitted on --calibration-images clean
+images of --calibration-split (default train; never val, the test set) and applied unchanged under every condition
+(run.json's "temperature"; --calibration-images 0 skips it).
 
 Resumable per condition: finished conditions are skipped, every file is written atomically and
 metrics.jsonl is rewritten whole (temp + rename) after each condition, so a kill never tears it.
@@ -28,6 +33,7 @@ cache entry: it is computed again.
 """
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -39,12 +45,13 @@ import torchvision
 from tqdm import tqdm
 
 from common import distributed, external, results, vocc
-from common.calibration import Calibration
+from common.calibration import VARIANTS, Calibration, fit_temperature, prefix_of
 from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (DEFAULT_CODE, add_code_argument, corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
-from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, normalise_uint8, resolve_roots,
+from common.data import (PROTOCOLS, VOC_BASE_DIR, check_protocol_sizes, eval_sample, normalise_uint8, read_split,
+                         resolve_roots,
                          single_thread_opencv, voc_dataset)
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.host import keep_freed_memory
@@ -102,15 +109,33 @@ class ConditionBatches(torch.utils.data.Sampler):
 
 class ConditionStats:
     """Everything one model accumulates over one condition: confusion, per-image counts, logits, END,
-    calibration (per image, on the logits' device; None for results read back from before it existed)."""
+    calibration (per image, on the logits' device; None for results read back from before it existed).
 
-    def __init__(self, n_images):
+    ``calibrations`` holds every reading (common/calibration.py ``VARIANTS``): "softmax" (also
+    ``calibration``), "sigmoid" (with the class-wise table), and with ``temperatures`` ({"softmax": T,
+    "sigmoid": T}, fitted before the sweep) "softmax_ts" and "sigmoid_ts" at those temperatures."""
+
+    def __init__(self, n_images, temperatures=None):
         self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         self.per_image = np.zeros((n_images, NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         self.tracker = LogitTracker()
         self.end_sum = 0.0
         self.pixels = 0
-        self.calibration = Calibration(n_images)
+        self.calibrations = {"softmax": Calibration(n_images),
+                             "sigmoid": Calibration(n_images, reading="sigmoid", classwise=True)}
+        for reading, t in (temperatures or {}).items():
+            # After temperature scaling only the bins, NLL and Brier: the failure-detection numbers of the
+            # sigmoid reading do not change with T (a monotone map of each pixel's confidence).
+            self.calibrations[f"{reading}_ts"] = Calibration(n_images, reading=reading, temperature=t, fine=False)
+
+    @property
+    def calibration(self):
+        """The softmax reading (the one metrics.jsonl's ece / nll / brier give); None when not measured."""
+        return self.calibrations.get("softmax")
+
+    @calibration.setter
+    def calibration(self, value):
+        self.calibrations["softmax"] = value
 
     @torch.inference_mode()
     def update(self, logits, labels, positions):
@@ -141,14 +166,17 @@ class ConditionStats:
         self.end_sum += float(torch.dot(bg.view(-1).double(), ident.view(-1).double()))
         # ECE / NLL / Brier of the 21-way softmax over the non-255 pixels, one row per image (the bootstrap
         # resamples images), on the device until the condition is written; the top logit is END's max(fg, z0).
-        self.calibration.update(logits, labels, positions, pred=pred, top=torch.maximum(fg_max, z0))
+        top = torch.maximum(fg_max, z0)
+        for cal in self.calibrations.values():
+            cal.update(logits, labels, positions, pred=pred, top=top)
         self.pixels += pred.numel()
         return pred
 
     def state(self) -> dict:
         """Everything as host numpy arrays and numbers, to send to another process (``from_state``)."""
         return {"confusion": self.confusion, "per_image": self.per_image, "tracker": self.tracker.state_dict(),
-                "end_sum": self.end_sum, "pixels": self.pixels, "calibration": self.calibration.rows()}
+                "end_sum": self.end_sum, "pixels": self.pixels,
+                "calibrations": {k: (c.rows(), c.reading, c.temperature) for k, c in self.calibrations.items()}}
 
     @classmethod
     def from_state(cls, state) -> "ConditionStats":
@@ -156,7 +184,8 @@ class ConditionStats:
         new.confusion, new.per_image = state["confusion"], state["per_image"]
         new.tracker = LogitTracker.from_state_dict(state["tracker"])
         new.end_sum, new.pixels = state["end_sum"], state["pixels"]
-        new.calibration = Calibration.from_rows(state["calibration"])
+        new.calibrations = {k: Calibration.from_rows(rows, reading, t)
+                            for k, (rows, reading, t) in state["calibrations"].items()}
         return new
 
     @classmethod
@@ -165,7 +194,8 @@ class ConditionStats:
         new = cls(0)
         new.confusion, new.tracker = confusion["confusion"], LogitTracker.from_state_dict(logits)
         new.end_sum, new.pixels = float(logits["end_sum"]), int(logits["pixels"])
-        new.calibration = Calibration.from_state_dict(confusion)
+        new.calibrations = {k: Calibration.from_state_dict(confusion, prefix_of(*VARIANTS[k]), VARIANTS[k][0])
+                            for k in VARIANTS}
         return new
 
 
@@ -186,7 +216,20 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             # when no pixel was scored or the condition was merged from shards written before it existed.
             "ece": finite_or_none(cal.get("ece")), "nll": finite_or_none(cal.get("nll")),
             "brier": finite_or_none(cal.get("brier")),
+            # Every reading (docs/calibration.md): {softmax, sigmoid, softmax_ts, sigmoid_ts: {temperature, ece,
+            # ece_adaptive, nll, brier, aurc, auroc, ...}}, those measured; absent from rows written before it.
+            "calibration": calibration_fields(stats),
             "images": n_images, "seconds": seconds, "shard": args.shard}
+
+
+def calibration_fields(stats: ConditionStats) -> dict:
+    """metrics.jsonl's "calibration": each reading's metrics (common/calibration.py) and its temperature."""
+    out = {}
+    for key, cal in stats.calibrations.items():
+        if cal is not None:
+            out[key] = {"reading": cal.reading, "temperature": cal.temperature,
+                        **{k: finite_or_none(v) for k, v in cal.metrics().items()}}
+    return out
 
 
 def protocol_size(args):
@@ -221,7 +264,8 @@ def combine(parts, order):
         total.tracker = total.tracker + st.tracker
         total.end_sum += st.end_sum
         total.pixels += st.pixels
-    total.calibration = shard_calibration([st.calibration for st, _ in parts], order)
+    total.calibrations = {k: shard_calibration([st.calibrations.get(k) for st, _ in parts], order)
+                          for k in parts[0][0].calibrations}
     arrays = [np.concatenate([a[i] for _, a in parts])[order] for i in range(len(parts[0][1]))]
     return total, arrays
 
@@ -246,7 +290,10 @@ def gather_ranks(world, stats, mine, predictions):
 def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
     """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN + the
     calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order)."""
-    calib = stats.calibration.state_dict() if stats.calibration is not None else {}
+    calib = {}
+    for key, cal in stats.calibrations.items():
+        if cal is not None:
+            calib.update(cal.state_dict(prefix_of(*VARIANTS[key])))
     results.write_condition(out, model_name, corruption, severity,
                             logits=dict(**stats.tracker.state_dict(), end_sum=np.float64(stats.end_sum),
                                         pixels=np.int64(stats.pixels)),
@@ -366,6 +413,105 @@ def open_val_set(args, shard):
     return voc_root, dataset, indices, image_ids
 
 
+# ------------------------------------------------------------------------------------ temperature scaling
+
+FIT_PIXELS = 500_000   # at most this many clean pixels (evenly spaced) per model for the temperature fit
+
+
+def calibration_set(args, voc_root, val):
+    """(dataset, indices, ids) of the clean images the temperatures are fitted on: --calibration-images of the
+    --calibration-split file under the VOC root, evenly spaced through it (deterministic); None with
+    --calibration-images 0. VOC val is the test set: naming it, or a split sharing an image with it, is refused."""
+    check_at_least("--calibration-images", args.calibration_images, 0)
+    if args.calibration_images == 0:
+        return None
+    name = args.calibration_split
+    if name == "val":
+        raise UsageError("--calibration-split val: VOC val is the test set, and a temperature fitted on it would be "
+                         "tuned on the test images; name another split file (default train), or --calibration-images 0")
+    check_plain_name(name, "--calibration-split")
+    path = os.path.join(voc_root, VOC_BASE_DIR, "ImageSets", "Segmentation", f"{name}.txt")
+    if not os.path.isfile(path):
+        raise UsageError(f"--calibration-split {name}: no {path}; give the name of a split file in that folder "
+                         f"(e.g. train), or --calibration-images 0 for no temperature scaling")
+    ids = read_split(path)
+    picked = sorted(set(np.linspace(0, len(ids) - 1, min(args.calibration_images, len(ids))).round().astype(int)))
+    dataset = copy.copy(val)           # val's loader and checks, over the calibration split's files
+    base = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+    dataset.images = [os.path.join(base, "JPEGImages", f"{ids[i]}.jpg") for i in picked]
+    dataset.targets = [os.path.join(base, "SegmentationClass", f"{ids[i]}.png") for i in picked]
+    missing = [f for f in dataset.images + dataset.targets if not os.path.isfile(f)]
+    if missing:
+        raise UsageError(f"{path} names {len(missing)} file(s) that do not exist, first {missing[0]}; fix the split "
+                         f"file, or --calibration-images 0")
+    check_protocol_sizes(dataset, range(len(picked)), args.protocol)
+    return dataset, list(range(len(picked))), [ids[i] for i in picked], ids
+
+
+def fit_images(args, cal_set):
+    """run.json's "temperature" before the fit: which clean images (part of the run's identity); None without."""
+    if cal_set is None:
+        return None
+    return {"split": args.calibration_split, "images": len(cal_set[2]),
+            "image_ids_sha256": results.ids_sha256(cal_set[2])}
+
+
+def check_not_val(args, cal_set, val):
+    """Refuse a calibration split that shares an image with val (the test set). After the folder's identity
+    check, so that a val set changed under a run is reported as such first."""
+    if cal_set is None:
+        return
+    val_ids = {os.path.splitext(os.path.basename(p))[0] for p in val.images}
+    shared = [i for i in cal_set[3] if i in val_ids]
+    if shared:
+        raise UsageError(f"--calibration-split {args.calibration_split}: {len(shared)} of its images are val (test) "
+                         f"images, first {shared[0]}; fit the temperature on images that are not in val.txt")
+
+
+def fit_temperatures(args, device, models, infos, cal_set):
+    """run.json's "temperature": one T per model and reading (softmax, sigmoid), each minimising the mean NLL of
+    that reading over the clean pixels of ``cal_set`` under the sweep's protocol (common/calibration.py
+    ``fit_temperature``); also stored in each model's info, from which the sweep's ConditionStats take it.
+    None (and no temperature-scaled readings) when ``cal_set`` is None."""
+    if cal_set is None:
+        return None
+    dataset, indices, ids, _ = cal_set
+    batch = args.batch_size if args.protocol == "paper" else 1
+    fmt = memory_format(device, args.amp)
+    logits, labels = [[] for _ in models], []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(indices), batch), desc="temperature", unit="batch", disable=None, leave=False):
+            samples = [eval_sample(dataset, i, args.protocol, args.size) for i in indices[start:start + batch]]
+            x = normalise_uint8(torch.from_numpy(np.stack([s[1] for s in samples])).to(device))
+            lab = torch.from_numpy(np.stack([s[2] for s in samples])).to(device)
+            valid = lab != IGNORE_INDEX
+            for m, model in enumerate(models):
+                with autocast(device, args.amp):
+                    z = model(x.contiguous(memory_format=fmt))
+                logits[m].append(z.float().permute(0, 2, 3, 1)[valid].cpu())
+            labels.append(lab[valid].cpu())
+    y = torch.cat(labels)
+    total = int(y.numel())
+    keep = torch.linspace(0, total - 1, FIT_PIXELS).round().long().unique() if total > FIT_PIXELS else None
+    record = {**fit_images(args, cal_set), "pixels": total if keep is None else int(keep.numel()),
+              "pixels_total": total, "models": {}}
+    if total == 0:
+        raise UsageError(f"--calibration-split {args.calibration_split}: its {len(ids)} image(s) have no labelled "
+                         f"pixel (all 255); use more --calibration-images or another split")
+    for m, info in enumerate(infos):
+        z = torch.cat(logits[m])
+        yy = y
+        if keep is not None:
+            z, yy = z[keep], y[keep]
+        fits = {reading: fit_temperature(z, yy, reading) for reading in ("softmax", "sigmoid")}
+        info["temperature"] = {reading: f["temperature"] for reading, f in fits.items()}
+        record["models"][info["name"]] = fits
+        print(f"temperature of {info['name']} on {len(ids)} clean {args.calibration_split} images: "
+              + ", ".join(f"{r} T={f['temperature']:.3f} (NLL {f['nll_at_1']:.4f} -> {f['nll']:.4f})"
+                          for r, f in fits.items()), flush=True)
+    return record
+
+
 def dump_identity(args, dataset, voc_root):
     """run.json's "voc_c": the identity of the --voc-c dump, after checking that it holds this run's pixels (same
     protocol, size, library versions, seed rule and val set); None without --voc-c."""
@@ -444,7 +590,7 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
             cond = int(batch_["cond"][0])
             if cond != current:
                 current, t0, seen = cond, time.perf_counter(), 0
-                stats = [ConditionStats(len(mine)) for _ in models]
+                stats = [ConditionStats(len(mine), info.get("temperature")) for info in infos]
                 c, s = todo[cond]
                 bar = tqdm(total=len(mine), desc=f"{c}/{s}", unit="img", disable=None if world.is_root else True,
                            leave=False, dynamic_ncols=True)
@@ -485,10 +631,12 @@ def evaluate(args, held, world=distributed.SINGLE):
     voc_c = dump_identity(args, dataset, voc_root)
     batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
     mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
+    cal_set = calibration_set(args, voc_root, dataset)
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
     todo = None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
         run = run_record(args, infos, voc_root, image_ids, voc_c)
+        run["temperature"] = fit_images(args, cal_set)   # the images of the fit are part of the identity
         fresh, rows = open_results(args, held, run)
         todo, rows = conditions_to_do(args.out, conditions, infos, rows)
         print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
@@ -501,6 +649,14 @@ def evaluate(args, held, world=distributed.SINGLE):
     todo = world.share(todo)   # rank 0's plan: every rank sweeps the same conditions in the same order
     if not todo:
         return 0
+    check_not_val(args, cal_set, dataset)
+    # One fit, on rank 0, shared: every rank scales by the same temperatures (docs/calibration.md).
+    temperature = world.share(fit_temperatures(args, device, models, infos, cal_set) if world.is_root else None)
+    for info in infos:
+        if temperature is not None:
+            info["temperature"] = {r: f["temperature"] for r, f in temperature["models"][info["name"]].items()}
+    if world.is_root:
+        run["temperature"] = temperature
     items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c,
                             args.corruption_code)
     start = time.perf_counter()
@@ -662,6 +818,15 @@ def get_args_parser():
                    help="loader processes that decode and corrupt images")
     add_device_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
+    p.add_argument("--calibration-split", default="train",
+                   help="temperature scaling: the split file (ImageSets/Segmentation/NAME.txt under the VOC root) "
+                        "whose clean images the temperatures are fitted on, one per model and reading, then applied "
+                        "unchanged under every corruption (docs/calibration.md). Never val (the test set). The "
+                        "default, train, is part of the models' training data: name a held-out split where you have "
+                        "one")
+    p.add_argument("--calibration-images", type=int, default=32,
+                   help="how many images of --calibration-split (evenly spaced through it) the temperatures are fitted "
+                        "on; 0: no temperature scaling")
     p.add_argument("--shard", default=None,
                    help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge); auto: K and N from the SLURM "
                         "job array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT). Under "

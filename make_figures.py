@@ -32,6 +32,11 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
     calibration.png         top: one reliability diagram per model (accuracy vs mean confidence in each of the
                             15 bins, bins summed over the 15 corruptions) for clean, severity 3 and severity 5,
                             with the diagonal; bottom: ECE vs severity per model (mean over the corruptions)
+    readings.png            per model (columns): reliability diagrams of the softmax and of the sigmoid reading
+                            (docs/calibration.md) for clean and severity --reliability-severity (bins summed over
+                            the corruptions), and after temperature scaling at that severity; bottom row: the
+                            risk-coverage curves (pixel error among the most confident pixels against the share
+                            kept) of both readings, clean and at that severity, from the fine log-odds bins
     qualitative_grid.png    the notebook's cell 50 on val image --qualitative-index (default 790): an "Original"
                             panel (clean input with its label as a 0.4-scale inset in the bottom-right corner |
                             baseline | SCrIBE prediction) over a "Corrupted" panel (severities 1..3 across; per
@@ -93,7 +98,7 @@ BOOTSTRAP_RESAMPLES, BOOTSTRAP_LEVEL = 1000, 95   # seaborn lineplot's defaults 
 NEEDS = {"voc_sample": {"images", "models"}, "corruption_grid": {"images"}, "miou_vs_severity": {"metrics"},
          "per_corruption": {"metrics"}, "explained_variance": {"arrays"}, "class_means": {"arrays"},
          "distance_matrices": {"arrays"}, "correlations": {"arrays"}, "correlations_notebook": {"arrays"},
-         "correlation_class": {"arrays"}, "calibration": {"arrays"},
+         "correlation_class": {"arrays"}, "calibration": {"arrays"}, "readings": {"arrays"},
          "qualitative_grid": {"images", "models"}, "contact_sheet": {"images"}}
 RC = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 8,
       "ytick.labelsize": 8, "figure.titlesize": 12, "savefig.dpi": 150}
@@ -440,6 +445,77 @@ def fig_calibration(ctx):
     return fig
 
 
+READINGS_SHOWN = ("softmax", "sigmoid")
+
+
+def reading_bins(ctx, name, variant, severity):
+    """(mean confidence, accuracy) of the non-empty 15 bins of one reading at one severity, or None."""
+    key = f"{name}/readings/{variant}/{severity}"
+    if f"{key}/count" not in ctx["arrays"]:
+        return None
+    count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64)
+                        for k in ("count", "conf_sum", "acc_sum"))
+    kept = count > 0
+    return conf[kept] / count[kept], acc[kept] / count[kept]
+
+
+def risk_coverage(ctx, name, variant, severity):
+    """(coverage, risk) at every fine-bin boundary, most confident pixels first, or None: coverage = pixels
+    kept / all, risk = errors among them / pixels kept (docs/calibration.md, AURC)."""
+    key = f"{name}/readings/{variant}/{severity}"
+    if f"{key}/fine_count" not in ctx["arrays"]:
+        return None
+    n = np.asarray(ctx["arrays"][f"{key}/fine_count"], dtype=np.float64)[::-1]
+    w = n - np.asarray(ctx["arrays"][f"{key}/fine_correct"], dtype=np.float64)[::-1]
+    kept = n > 0
+    if not kept.any():
+        return None
+    cn, cw = np.cumsum(n)[kept], np.cumsum(w)[kept]
+    return np.r_[0.0, cn / cn[-1]], np.r_[cw[0] / cn[0], cw / cn]
+
+
+def has_readings(ctx):
+    return any(f"{n}/readings/softmax/0/count" in ctx["arrays"] for n in ctx["array_names"])
+
+
+def fig_readings(ctx):
+    names, s = ctx["array_names"], ctx["reliability_severity"]
+    fig, axes = plt.subplots(3, len(names), figsize=(max(6.0, 3.0 * len(names) + 0.6), 9.2), layout="constrained",
+                             squeeze=False)
+    styles = {"clean": {"color": "0.2", "linestyle": "-", "marker": "o"},
+              "sev": {"color": (0.90, 0.62, 0.0), "linestyle": "--", "marker": "s"},
+              "ts": {"color": (0.0, 0.45, 0.70), "linestyle": ":", "marker": "^"}}
+    for col, name in enumerate(names):
+        for row, reading in enumerate(READINGS_SHOWN):
+            ax = axes[row, col]
+            ax.plot([0, 1], [0, 1], color="0.6", lw=1)
+            for style, variant, sev, label in (("clean", reading, 0, "clean"), ("sev", reading, s, f"severity {s}"),
+                                               ("ts", f"{reading}_ts", s, f"severity {s}, temperature-scaled")):
+                rel = reading_bins(ctx, name, variant, sev)
+                if rel is not None:
+                    ax.plot(*rel, **styles[style], markersize=4, label=label)
+            ax.set(title=f"{name}: {reading} reading", xlim=(0, 1), ylim=(0, 1), aspect="equal",
+                   xlabel="confidence (bin mean)", ylabel="accuracy" if col == 0 else None)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.legend(loc="upper left", fontsize=7)
+        ax = axes[2, col]
+        for reading, ls in zip(READINGS_SHOWN, ("-", "--")):
+            for sev, colour in ((0, "0.2"), (s, (0.90, 0.62, 0.0))):
+                rc = risk_coverage(ctx, name, reading, sev)
+                if rc is not None:
+                    ax.plot(*rc, color=colour, linestyle=ls, lw=1.2,
+                            label=f"{reading}, {'clean' if sev == 0 else f'severity {s}'}")
+        ax.set(title=f"{name}: risk-coverage", xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of pixels kept)",
+               ylabel="risk (error among kept)" if col == 0 else None)
+        ax.grid(alpha=0.3)
+        if col == 0:
+            ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(f"Calibration in two readings (docs/calibration.md)\nseverity {s}: bins summed over the corruptions",
+                 fontsize=10)
+    return fig
+
+
 # ----------------------------------------------------------------------------- figures from images
 
 def sample(ctx, index):
@@ -605,7 +681,7 @@ FIGURES = {"voc_sample": fig_voc_sample, "corruption_grid": fig_corruption_grid,
            "explained_variance": fig_explained_variance, "class_means": fig_class_means,
            "distance_matrices": fig_distance_matrices, "correlations": fig_correlations,
            "correlations_notebook": fig_correlations_notebook, "correlation_class": fig_correlation_class,
-           "calibration": fig_calibration,
+           "calibration": fig_calibration, "readings": fig_readings,
            "qualitative_grid": fig_qualitative_grid, "contact_sheet": fig_contact_sheet}
 assert FIGURES.keys() == NEEDS.keys()
 
@@ -760,6 +836,16 @@ def main(args):
     ctx.update(band=args.band, band_seed=args.band_seed, correlation_class=args.correlation_class)
     if "calibration" in wanted:
         check_calibration(dict(ctx, results_dir=args.results))
+    if "readings" in wanted and not has_readings(ctx):
+        if args.only:
+            raise UsageError(f"{os.path.join(args.results, 'analysis_arrays.npz')}: no reading arrays (an analysis "
+                             f"from before them, or results without the sigmoid reading); rerun analyze_logits.py "
+                             f"--results {args.results}")
+        print("note: readings.png skipped: analysis_arrays.npz has no reading arrays (rerun analyze_logits.py)")
+        wanted.remove("readings")
+    if not 1 <= args.reliability_severity <= 5:
+        raise UsageError(f"--reliability-severity {args.reliability_severity}: must be 1..5")
+    ctx["reliability_severity"] = args.reliability_severity
     if any("images" in NEEDS[f] for f in wanted):
         read_images(args, ctx, wanted)
     prepare_output_folder(args.out)
@@ -809,6 +895,9 @@ def get_args_parser():
     p.add_argument("--corruption-code", choices=CORRUPTION_CODES, default=None,
                    help="whose corruption formulas draw the image figures (see evaluate_corruptions.py --help); "
                         "default: the one run.json records")
+    p.add_argument("--reliability-severity", type=int, default=3,
+                   help="readings.png: the severity (1..5) whose reliability diagrams and risk-coverage curves are "
+                        "drawn beside the clean ones")
     add_device_arguments(p, amp=False, default="cpu")   # a few predictions: the CPU is enough
     return p
 

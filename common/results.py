@@ -225,6 +225,12 @@ def identity(run) -> dict:
         for k in VOCC_FIELDS + ("versions",):
             if k in dump:
                 out[f"voc_c.{k}"] = dump[k]
+    # The clean images the temperatures were fitted on (evaluate_corruptions.py --calibration-split/-images);
+    # null when none were. The fitted values follow from them and the checkpoints, so they are not compared.
+    if "temperature" in run:
+        t = run["temperature"]
+        out["temperature fit images"] = None if not isinstance(t, dict) else \
+            {k: t.get(k) for k in ("split", "images", "image_ids_sha256")}
     return out
 
 
@@ -421,12 +427,23 @@ def read_logits(path, fix, keys=tuple(LOGITS_SPEC)):
 
 
 # The calibration bins (common/calibration.py; absent from files written before it): totals over b bins and one
-# row per image, in image_ids order.
-CALIBRATION_SPEC = {"calib_count": ("iu", ("b",)), "calib_conf_sum": ("f", ("b",)), "calib_acc_sum": ("iuf", ("b",)),
-                    "calib_nll_sum": ("f", ()), "calib_brier_sum": ("f", ()), "calib_pixels": ("iu", ()),
-                    "calib_image_count": ("iu", ("n", "b")), "calib_image_conf_sum": ("f", ("n", "b")),
-                    "calib_image_acc_sum": ("iuf", ("n", "b")), "calib_image_nll_sum": ("f", ("n",)),
-                    "calib_image_brier_sum": ("f", ("n",))}
+# row per image, in image_ids order; the fine log-odds bins (f) and the temperature where measured; the same under
+# each reading's prefix (calib_ the softmax, calib_sigmoid_, calib_softmax_ts_, calib_sigmoid_ts_), and the
+# sigmoid reading's class-wise table (K x b, totals only). Every key is optional: older files lack the newer ones.
+def _calibration_spec(prefix):
+    spec = {"count": ("iu", ("b",)), "conf_sum": ("f", ("b",)), "acc_sum": ("iuf", ("b",)), "nll_sum": ("f", ()),
+            "brier_sum": ("f", ()), "pixels": ("iu", ()), "image_count": ("iu", ("n", "b")),
+            "image_conf_sum": ("f", ("n", "b")), "image_acc_sum": ("iuf", ("n", "b")), "image_nll_sum": ("f", ("n",)),
+            "image_brier_sum": ("f", ("n",)), "temperature": ("f", ()), "fine_count": ("iu", ("f",)),
+            "fine_correct": ("iu", ("f",)), "fine_conf_sum": ("f", ("f",)), "image_fine_count": ("iu", ("n", "f")),
+            "image_fine_correct": ("iu", ("n", "f")), "image_fine_conf_sum": ("f", ("n", "f")),
+            "classwise_count": ("iu", (K, "b")), "classwise_conf_sum": ("f", (K, "b")),
+            "classwise_pos": ("iu", (K, "b"))}
+    return {prefix + k: v for k, v in spec.items()}
+
+
+CALIBRATION_PREFIXES = ("calib_", "calib_sigmoid_", "calib_softmax_ts_", "calib_sigmoid_ts_")
+CALIBRATION_SPEC = {k: v for p in CALIBRATION_PREFIXES for k, v in _calibration_spec(p).items()}
 
 
 def read_confusion(path, fix, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
