@@ -37,7 +37,6 @@ import functools
 import json
 import math
 import os
-import signal
 import sys
 import time
 from fractions import Fraction
@@ -49,7 +48,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from common import external, synthetic
-from common.cli import UsageError, add_device_arguments, check_at_least, run_cli
+from common.cli import UsageError, add_device_arguments, check_at_least, run_cli, write_problem
 from common.constants import colorize
 from common.corruptions import CORRUPTIONS, MAX_SEVERITY, MIN_SIDE, corrupt_image, parse_corruptions
 from common.device import resolve_device, use_device
@@ -458,6 +457,11 @@ def main(args):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, args.out)
+    except OSError as e:   # the disk full or read-only: one line naming --out (the temporary name means nothing)
+        line = write_problem(e, args.out)
+        if line is None:
+            raise
+        raise UsageError(line) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -505,7 +509,4 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    # A plain SIGTERM (kill, a job scheduler) ends Python without running `finally`; turn it into an
-    # exception so the temporary video is removed as on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(run_cli(main, get_args_parser()))
