@@ -123,6 +123,7 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
     only where the source pass has that model's clean logits)
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -138,7 +139,7 @@ from common.cli import UsageError, run_cli
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.logits import LogitTracker
-from common.outputs import check_output_folder, git_commit, prepare_output_folder
+from common.outputs import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
 from common.results import CLEAN, finite_or_none
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
@@ -878,11 +879,13 @@ def calibration_bootstrap(models, reference, tables, ids_ref, args):
 
 # ------------------------------------------------------------------------------------------- analysis
 
-def source_of(run):
-    """analysis.json's ``source``: what run.json says about the sweep, or None without one."""
+def source_of(run, metrics_sha256=None):
+    """analysis.json's ``source``: what run.json says about the sweep, or None without one; and the sha256 of the
+    metrics.jsonl the tables come from (make_figures.py refuses tables older than the folder's metrics.jsonl)."""
     if run is None:
         return None
     return {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
+            "metrics_sha256": metrics_sha256,
             "models": [{"name": m.get("name"), "kind": m.get("kind"), "checkpoint_sha256": m.get("sha256")}
                        for m in run.get("models", []) if isinstance(m, dict)]}
 
@@ -890,6 +893,8 @@ def source_of(run):
 def analyse(args):
     """Everything but the writing: returns (analysis dict for analysis.json, arrays for the npz)."""
     results = args.results
+    metrics = os.path.join(results, "metrics.jsonl")
+    metrics_sha256 = file_sha256(metrics) if os.path.isfile(metrics) else None   # before reading: never newer
     table, run, models, kinds, reference, notes = read_rows(results, args.reference)
     miou = miou_by_model(models, table, notes)
     missing = missing_rows(models, table)
@@ -918,7 +923,7 @@ def analyse(args):
     boot["calibration"] = calib["bootstrap"]
     return {
         "schema": "analyze_logits/1", "args": vars(args), "git_commit": git_commit(),
-        "results": os.path.abspath(results), "source": source_of(run),
+        "results": os.path.abspath(results), "source": source_of(run, metrics_sha256),
         "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
         "reference": reference, "models": models,
         "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
@@ -1111,6 +1116,15 @@ def main(args):
         raise UsageError(f"--bootstrap {args.bootstrap}: must be 0 (off) or a positive number of resamples")
     args.out = args.out or args.results
     check_output_folder(args.out)
+    with contextlib.ExitStack() as held:
+        # One writer per folder: refused at once while a sweep (or another analysis) still writes to --out,
+        # whose tables it would otherwise replace with ones made from a half-finished run.
+        if os.path.isdir(args.out):
+            held.enter_context(OutputLock(args.out, "analyze_logits.py"))
+        return analyse_and_write(args, held, t0)
+
+
+def analyse_and_write(args, held, t0):
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}", flush=True)
     analysis, arrays = analyse(args)
     for gap in analysis["missing"]:
@@ -1122,6 +1136,9 @@ def main(args):
     for n in analysis["notes"]:
         print(f"note: {n}")
     print(f"explained variance from the {analysis['explained_variance_source']}")
+    if not os.path.isdir(args.out):   # a new folder: created now, and held while written
+        prepare_output_folder(args.out)
+        held.enter_context(OutputLock(args.out, "analyze_logits.py"))
     write_outputs(args.out, analysis, arrays, tables_markdown(analysis))
     print_summary(analysis)
     print(f"wrote analysis.json, tables.md, analysis_arrays.npz to {args.out} ({time.perf_counter() - t0:.1f}s)")

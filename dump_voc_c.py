@@ -133,7 +133,8 @@ def dump_identity(args, dataset, voc_root) -> dict:
     return {"protocol": args.protocol, "size": args.size if args.protocol != "native" else None,
             "seed_rule": vocc.SEED_RULE, "versions": corruption_versions(), "data": args.data,
             "voc_root": os.path.abspath(voc_root), "split": "val",
-            "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset)))}
+            "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset))),
+            "data_sha256": results.files_sha256(dataset)}
 
 
 def open_dump(args, held, ident):
@@ -206,7 +207,8 @@ def main(args):
     ident = dump_identity(args, dataset, voc_root)
     if args.verify:
         vocc.check_manifest(args.out, args.protocol, args.size, ident["versions"],
-                            **{k: ident[k] for k in ("seed_rule", "data", "voc_root", "split", "image_ids_sha256")})
+                            **{k: ident[k] for k in ("seed_rule", "data", "voc_root", "split", "image_ids_sha256",
+                                                     "data_sha256")})
         checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample)
         print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")
         return 1 if bad else 0
