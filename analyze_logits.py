@@ -135,7 +135,7 @@ import numpy as np
 
 from common import results as rf
 from common.calibration import BINS, ROW_KEYS, metrics_from_bins
-from common.cli import UsageError, run_cli
+from common.cli import UsageError, run_cli, write_problem
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.logits import LogitTracker
@@ -1092,7 +1092,7 @@ def write_outputs(out, analysis, arrays, tables):
         "tables.md": lambda fh: fh.write(tables.encode()),
         "analysis_arrays.npz": lambda fh: np.savez(fh, **arrays),
     }
-    tmps = {}
+    tmps, name = {}, None
     try:
         for name, write in writers.items():
             tmps[name] = os.path.join(out, f".{name}.tmp-{os.getpid()}")
@@ -1102,6 +1102,11 @@ def write_outputs(out, analysis, arrays, tables):
                 os.fsync(fh.fileno())
         for name, tmp in tmps.items():
             os.replace(tmp, os.path.join(out, name))
+    except OSError as e:   # the disk full or read-only: one line naming the file (the old ones stay as they were)
+        line = write_problem(e, os.path.join(out, name or ""))
+        if line is None:
+            raise
+        raise UsageError(line) from None
     finally:
         for tmp in tmps.values():
             if os.path.exists(tmp):

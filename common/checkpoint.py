@@ -19,7 +19,12 @@ from .outputs import atomic_write
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    def write(tmp):
+        # Through a Python file, so that a full or read-only disk raises OSError with its errno (torch's own
+        # file writer reports it as "RuntimeError: ... unexpected pos ...").
+        with open(tmp, "wb") as fh:
+            torch.save(ckpt, fh)
+    atomic_write(path, write)
 
 
 def _rewrite_hint(path: str) -> str:

@@ -145,7 +145,10 @@ class OutputLock:
             self.fh.write(f"{self.what} (pid {os.getpid()})\n")
             self.fh.flush()
         except OSError as e:
-            self.fh.close()
+            try:
+                self.fh.close()   # flushes the unwritten name again, and fails the same way
+            except OSError:
+                pass
             line = write_problem(e, self.path)
             if line is None:
                 raise
