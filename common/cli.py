@@ -12,6 +12,7 @@ Ctrl-C is one line saying what was kept, exit status 130; SIGTERM the same with 
     run_cli(main, p)
 """
 import errno
+import os
 import signal
 import sys
 
@@ -53,9 +54,10 @@ def run_cli(main, parser, kept=None):
     line + exit 2; Ctrl-C into one line + exit 130 (SIGTERM: 143). ``kept(args)`` says what an interrupted run
     kept and how to continue (default ``KEPT``)."""
     args = parser.parse_args()
-    previous = signal.getsignal(signal.SIGTERM)
+    previous, hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
     try:
         signal.signal(signal.SIGTERM, _terminate)
+        sys.unraisablehook = _redeliver(hook)
     except ValueError:   # not the main thread: leave SIGTERM as it is
         previous = None
     try:
@@ -80,12 +82,30 @@ def run_cli(main, parser, kept=None):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = hook
 
 
 def _terminate(signum, frame):
     # Once: a second SIGTERM during the clean-up it starts ends the process the default way.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated()
+
+
+def _redeliver(hook):
+    """A signal that lands while Python runs a callback (a weakref's, a finaliser, the import lock's) raises
+    there, and Python drops an exception raised there ("Exception ignored in ..."): the run would go on as if
+    never interrupted. Send the signal again a moment later, when the main thread is back in ordinary code."""
+    import threading
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            return hook(info)
+        sig = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
+        if sig == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, _terminate)
+        threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()
+
+    return unraisable
 
 
 def one_line(message: str) -> str:

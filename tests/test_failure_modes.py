@@ -325,6 +325,35 @@ def test_run_cli_turns_interrupts_and_refused_writes_into_one_line(capsys, exc, 
         run_cli(main2, Parser())
 
 
+@pytest.mark.parametrize("exc, status", [(Terminated(), 143), (KeyboardInterrupt(), 130)])
+def test_a_signal_python_drops_in_a_callback_is_delivered_again(capsys, exc, status):
+    """A signal that lands in a weakref callback (an import's, say) raises there, where Python ignores exceptions:
+    run_cli sends it again, so the run still stops (it went on to the end with exit 0 before)."""
+    import weakref
+
+    def main(args):
+        class X:
+            pass
+
+        def callback(ref):
+            raise exc
+
+        x = X()
+        ref = weakref.ref(x, callback)   # noqa: F841
+        del x
+        for _ in range(200):
+            time.sleep(0.01)
+        return 0
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even under nohup
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, Parser())
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    assert e.value.code == status
+
+
 # ------------------------------------------------------------------------------------------ Ctrl-C, SIGTERM
 
 def test_sweep_interrupted_between_conditions_reruns_to_the_same_results(world, tmp_path, monkeypatch, capfd):
