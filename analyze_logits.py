@@ -1123,13 +1123,15 @@ def main(args):
     check_output_folder(args.out)
     with contextlib.ExitStack() as held:
         # One writer per folder: refused at once while a sweep (or another analysis) still writes to --out,
-        # whose tables it would otherwise replace with ones made from a half-finished run.
-        if os.path.isdir(args.out):
+        # whose tables it would otherwise replace with ones made from a half-finished run. (A folder without a
+        # lock file has had no writer yet: its lock is taken before writing, and no file is added before that.)
+        locked = os.path.exists(os.path.join(args.out, ".lock"))
+        if locked:
             held.enter_context(OutputLock(args.out, "analyze_logits.py"))
-        return analyse_and_write(args, held, t0)
+        return analyse_and_write(args, held, locked, t0)
 
 
-def analyse_and_write(args, held, t0):
+def analyse_and_write(args, held, locked, t0):
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}", flush=True)
     analysis, arrays = analyse(args)
     for gap in analysis["missing"]:
@@ -1141,7 +1143,7 @@ def analyse_and_write(args, held, t0):
     for n in analysis["notes"]:
         print(f"note: {n}")
     print(f"explained variance from the {analysis['explained_variance_source']}")
-    if not os.path.isdir(args.out):   # a new folder: created now, and held while written
+    if not locked:   # not locked yet: created if need be, and held while written
         prepare_output_folder(args.out)
         held.enter_context(OutputLock(args.out, "analyze_logits.py"))
     write_outputs(args.out, analysis, arrays, tables_markdown(analysis))

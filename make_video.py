@@ -509,4 +509,5 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser()))
+    sys.exit(run_cli(main, get_args_parser(), kept=lambda args: f"no partial video is left ({args.out} is written "
+                                                               f"only once whole); run the same command again"))

@@ -588,6 +588,32 @@ def test_a_model_whose_logits_are_nan_is_refused_at_its_first_batch(world, tmp_p
     assert not os.path.exists(tmp_path / "f" / "voc_sample.png")
 
 
+class LaterNaNNet(NaNNet):
+    """Finite logits for its first two forwards (the load's probe, the first batch), NaN from the third on."""
+
+    calls = 0
+
+    def forward(self, x):
+        LaterNaNNet.calls += 1
+        out = self.conv(x)
+        return out if LaterNaNNet.calls <= 2 else out * 0 / 0
+
+
+def later_nan_factory():
+    torch.manual_seed(0)
+    LaterNaNNet.calls = 0
+    return LaterNaNNet()
+
+
+def test_the_sweep_refuses_nan_logits_in_a_later_batch_naming_the_condition(world, tmp_path, capfd, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    spec = "test_failure_modes:later_nan_factory"
+    line = exits_with_one_line(capfd, ev, "--checkpoints", spec, "--data", "synthetic", "--synthetic-root",
+                               world["root"], "--size", SIZE, "--workers", "0", "--out", tmp_path / "r", *CONDS)
+    assert f"model later_nan_factory ({spec}): its logits hold NaN or infinite values at gaussian_noise/1" in line
+    assert [r["corruption"] for r in rows(tmp_path / "r")] == ["clean"]   # the finished condition is kept
+
+
 def test_import_checkpoint_refuses_non_finite_weights(world, tmp_path, capfd):
     state = read_checkpoint(world["ck"]["a"])["model"]
     key = next(k for k in state if "running_mean" in k)
