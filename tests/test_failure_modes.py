@@ -137,8 +137,8 @@ CAUSES = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file sy
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_every_writer_refused_by_the_disk_is_one_line_naming_the_path(world, tmp_path, monkeypatch, capfd, script,
                                                                     code):
-    """An OSError on the rename that publishes each file (what a full or read-only disk raises on a write);
-    synthetic-root: on the one that installs the generated set."""
+    """An OSError on the rename that publishes each file into ``where`` (what a full or read-only disk raises
+    on a write); synthetic-root: on the one that installs the generated set."""
     where = tmp_path / "w"
     module, argv = writers(world, where)[script]
 
@@ -154,7 +154,7 @@ def test_every_writer_refused_by_the_disk_is_one_line_naming_the_path(world, tmp
     line = exits_with_one_line(capfd, module, *argv)
     assert line.startswith("error: ") and CAUSES[code] in line and str(where) in line, line
     assert ".tmp-" not in line.split(":")[1]   # the file the user asked for, not a temporary name
-    assert temps(where) == [] if where.exists() else True
+    assert not where.exists() or temps(where) == []
 
 
 def mount_tmpfs(path, size):
