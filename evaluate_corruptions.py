@@ -41,7 +41,8 @@ from tqdm import tqdm
 from common import distributed, external, results, vocc
 from common.calibration import Calibration
 from common.checkpoint import check_finite_logits
-from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
+from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name,
+                        quiet_worker, run_cli)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
@@ -438,7 +439,7 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
         single_thread_opencv()   # before the workers fork: one OpenCV thread each (common/data.py says why)
     loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(mine), batch),
                                          num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=quiet_worker)
     # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
     torch.backends.cudnn.benchmark = args.protocol == "paper"
     fmt = memory_format(device, args.amp)

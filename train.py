@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
-from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli,
-                        write_problem)
+from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, quiet_worker,
+                        run_cli, write_problem)
 from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
@@ -241,7 +241,8 @@ def build_loaders(train_set, val_set, generator, args):
     else:
         train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
     single_thread_opencv()   # the transform's OpenCV calls: one thread per loader worker (and here, if workers 0)
-    loader_kw = dict(num_workers=args.workers, pin_memory=torch.device(args.device).type == "cuda")
+    loader_kw = dict(num_workers=args.workers, pin_memory=torch.device(args.device).type == "cuda",
+                     worker_init_fn=quiet_worker)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
                               generator=generator, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.val_batch_size, collate_fn=pad_collate,

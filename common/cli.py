@@ -85,6 +85,23 @@ def run_cli(main, parser, kept=None):
             sys.unraisablehook = hook
 
 
+def quiet_worker(worker_id=None) -> None:
+    """DataLoader ``worker_init_fn`` for loaders that pass tensors: a worker hands each batch's shared memory to
+    the main process over a connection served by a thread of its own (multiprocessing's resource_sharer). When
+    Ctrl-C stops the main process mid-batch, that thread's broken connection printed a traceback after run_cli's
+    one line; a connection error in a worker's side thread means the run is ending, so it is dropped."""
+    import threading
+
+    hook = sys.excepthook
+
+    def quiet(kind, value, tb):
+        if issubclass(kind, (OSError, EOFError)) and threading.current_thread() is not threading.main_thread():
+            return
+        hook(kind, value, tb)
+
+    sys.excepthook = quiet
+
+
 def _terminate(signum, frame):
     # Once: a second SIGTERM during the clean-up it starts ends the process the default way.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
