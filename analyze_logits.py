@@ -147,6 +147,7 @@ analysis_arrays.npz (float64; rows/columns in VOC class order; NaN where undefin
     only where the source pass has that model's clean logits)
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -158,11 +159,11 @@ import numpy as np
 
 from common import results as rf
 from common.calibration import BINS, FINE_KEYS, ROW_KEYS, VARIANTS, metrics_from_bins, prefix_of, rank_metrics_from_fine
-from common.cli import UsageError, run_cli
+from common.cli import UsageError, run_cli, write_problem
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.logits import LogitTracker
-from common.outputs import check_output_folder, git_commit, prepare_output_folder
+from common.outputs import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
 from common.results import CLEAN, finite_or_none
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
@@ -1076,12 +1077,14 @@ def worst_case(models, reference, counts, miou, ids, args):
 
 # ------------------------------------------------------------------------------------------- analysis
 
-def source_of(run):
-    """analysis.json's ``source``: what run.json says about the sweep, or None without one."""
+def source_of(run, metrics_sha256=None):
+    """analysis.json's ``source``: what run.json says about the sweep, or None without one; and the sha256 of the
+    metrics.jsonl the tables come from (make_figures.py refuses tables older than the folder's metrics.jsonl)."""
     if run is None:
         return None
     return {"protocol": run.get("protocol"), "size": run.get("size"), "images": run.get("images"),
             "corruption_code": run.get("corruption_code", "imagecorruptions"),
+            "metrics_sha256": metrics_sha256,
             "models": [{"name": m.get("name"), "kind": m.get("kind"), "checkpoint_sha256": m.get("sha256")}
                        for m in run.get("models", []) if isinstance(m, dict)]}
 
@@ -1089,6 +1092,8 @@ def source_of(run):
 def analyse(args):
     """Everything but the writing: returns (analysis dict for analysis.json, arrays for the npz)."""
     results = args.results
+    metrics = os.path.join(results, "metrics.jsonl")
+    metrics_sha256 = file_sha256(metrics) if os.path.isfile(metrics) else None   # before reading: never newer
     table, run, models, kinds, reference, notes = read_rows(results, args.reference)
     miou = miou_by_model(models, table, notes)
     missing = missing_rows(models, table)
@@ -1126,7 +1131,7 @@ def analyse(args):
         per_model[m].update(readings[m], worst_case=worst[m])
     return {
         "schema": "analyze_logits/2", "args": vars(args), "git_commit": git_commit(),
-        "results": os.path.abspath(results), "source": source_of(run),
+        "results": os.path.abspath(results), "source": source_of(run, metrics_sha256),
         "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
         "reference": reference, "models": models,
         "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
@@ -1393,7 +1398,7 @@ def write_outputs(out, analysis, arrays, tables):
         "tables.md": lambda fh: fh.write(tables.encode()),
         "analysis_arrays.npz": lambda fh: np.savez(fh, **arrays),
     }
-    tmps = {}
+    tmps, name = {}, None
     try:
         for name, write in writers.items():
             tmps[name] = os.path.join(out, f".{name}.tmp-{os.getpid()}")
@@ -1403,6 +1408,11 @@ def write_outputs(out, analysis, arrays, tables):
                 os.fsync(fh.fileno())
         for name, tmp in tmps.items():
             os.replace(tmp, os.path.join(out, name))
+    except OSError as e:   # the disk full or read-only: one line naming the file (the old ones stay as they were)
+        line = write_problem(e, os.path.join(out, name or ""))
+        if line is None:
+            raise
+        raise UsageError(line) from None
     finally:
         for tmp in tmps.values():
             if os.path.exists(tmp):
@@ -1417,6 +1427,17 @@ def main(args):
         raise UsageError(f"--bootstrap {args.bootstrap}: must be 0 (off) or a positive number of resamples")
     args.out = args.out or args.results
     check_output_folder(args.out)
+    with contextlib.ExitStack() as held:
+        # One writer per folder: refused at once while a sweep (or another analysis) still writes to --out,
+        # whose tables it would otherwise replace with ones made from a half-finished run. (A folder without a
+        # lock file has had no writer yet: its lock is taken before writing, and no file is added before that.)
+        locked = os.path.exists(os.path.join(args.out, ".lock"))
+        if locked:
+            held.enter_context(OutputLock(args.out, "analyze_logits.py"))
+        return analyse_and_write(args, held, locked, t0)
+
+
+def analyse_and_write(args, held, locked, t0):
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}", flush=True)
     analysis, arrays = analyse(args)
     for gap in analysis["missing"]:
@@ -1428,6 +1449,9 @@ def main(args):
     for n in analysis["notes"]:
         print(f"note: {n}")
     print(f"explained variance from the {analysis['explained_variance_source']}")
+    if not locked:   # not locked yet: created if need be, and held while written
+        prepare_output_folder(args.out)
+        held.enter_context(OutputLock(args.out, "analyze_logits.py"))
     write_outputs(args.out, analysis, arrays, tables_markdown(analysis))
     print_summary(analysis)
     print(f"wrote analysis.json, tables.md, analysis_arrays.npz to {args.out} ({time.perf_counter() - t0:.1f}s)")

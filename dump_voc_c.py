@@ -135,7 +135,8 @@ def dump_identity(args, dataset, voc_root) -> dict:
             "corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
             "versions": corruption_versions(), "data": args.data,
             "voc_root": os.path.abspath(voc_root), "split": "val",
-            "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset)))}
+            "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset))),
+            "data_sha256": results.files_sha256(dataset)}
 
 
 def open_dump(args, held, ident):
@@ -210,7 +211,7 @@ def main(args):
     if args.verify:
         vocc.check_manifest(args.out, args.protocol, args.size, ident["versions"],
                             **{k: ident[k] for k in ("corruption_code", "seed_rule", "data", "voc_root", "split",
-                                                "image_ids_sha256")})
+                                                "image_ids_sha256", "data_sha256")})
         checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample,
                               args.corruption_code)
         print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")

@@ -46,7 +46,9 @@ from tqdm import tqdm
 
 from common import distributed, external, results, vocc
 from common.calibration import VARIANTS, Calibration, fit_temperature, prefix_of
-from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
+from common.checkpoint import check_finite_logits
+from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name,
+                        quiet_worker, run_cli)
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (DEFAULT_CODE, add_code_argument, corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
@@ -517,20 +519,23 @@ def dump_identity(args, dataset, voc_root):
     protocol, size, library versions, seed rule and val set); None without --voc-c."""
     if args.voc_c is None:
         return None
-    data = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code), "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
-            "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0] for p in dataset.images)}
+    data = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
+            "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
+            "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0] for p in dataset.images),
+            "data_sha256": results.files_sha256(dataset)}
     m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **data)
     return {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
             **{k: m[k] for k in vocc.IDENTITY if k in m}}
 
 
-def run_record(args, infos, voc_root, image_ids, voc_c) -> dict:
-    """run.json: what decides the numbers (results.identity) and the provenance."""
+def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256=None) -> dict:
+    """run.json: what decides the numbers (results.identity) and the provenance; ``data_sha256``: the whole val
+    split's files (results.files_sha256), which identifies the data wherever it is read from."""
     versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
     return {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
             "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(image_ids),
-            "image_ids_sha256": results.ids_sha256(image_ids), "limit": args.limit, "shard": args.shard,
-            "voc_c": voc_c, "versions": versions, "corruption_code": args.corruption_code,
+            "image_ids_sha256": results.ids_sha256(image_ids), "data_sha256": data_sha256, "limit": args.limit,
+            "shard": args.shard, "voc_c": voc_c, "versions": versions, "corruption_code": args.corruption_code,
             "seed_rule": vocc.seed_rule(args.corruption_code), "git_commit": git_commit(),
             "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
 
@@ -540,6 +545,9 @@ def open_results(args, held, run):
     new run is written beside it (``fresh.path``) and takes its place at the first finished condition; otherwise
     the folder must hold this run, or nothing yet (``fresh`` None)."""
     results.hold(args.out, held, "evaluate_corruptions.py")
+    if args.save_predictions:   # two sweeps writing PNGs under one display name there would mix them
+        results.hold(args.save_predictions, held, "evaluate_corruptions.py --save-predictions",
+                     flag="--save-predictions")
     fresh = results.afresh(args.out, held, "evaluate_corruptions.py") if args.overwrite else None
     if fresh:
         return fresh, []
@@ -579,7 +587,7 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
         single_thread_opencv()   # before the workers fork: one OpenCV thread each (common/data.py says why)
     loader = torch.utils.data.DataLoader(items, batch_sampler=ConditionBatches(len(todo), len(mine), batch),
                                          num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=quiet_worker)
     # Under the paper protocol every batch is 224x224 (the last may hold fewer images): autotune once.
     torch.backends.cudnn.benchmark = args.protocol == "paper"
     fmt = memory_format(device, args.amp)
@@ -600,6 +608,8 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
             for model, st, info in zip(models, stats, infos):
                 with autocast(device, args.amp):
                     logits = model(x)
+                # NaN logits would reach bincount as garbage indices; one reduction per batch says which model.
+                check_finite_logits(logits, f"model {info['name']} ({info['path']})", f" at {c}/{s}")
                 pred = st.update(logits, labels, positions)
                 if args.save_predictions:
                     save_predictions(args.save_predictions, info["name"], todo[cond],
@@ -635,7 +645,7 @@ def evaluate(args, held, world=distributed.SINGLE):
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
     todo = None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
-        run = run_record(args, infos, voc_root, image_ids, voc_c)
+        run = run_record(args, infos, voc_root, image_ids, voc_c, results.files_sha256(dataset))
         run["temperature"] = fit_images(args, cal_set)   # the images of the fit are part of the identity
         fresh, rows = open_results(args, held, run)
         todo, rows = conditions_to_do(args.out, conditions, infos, rows)

@@ -27,7 +27,7 @@ import sys
 import torch
 
 from common import external
-from common.checkpoint import load_model, save_checkpoint
+from common.checkpoint import check_finite_weights, load_model, save_checkpoint
 from common.cli import UsageError, check_plain_name, run_cli
 from common.models import ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, count_parameters
 from common.outputs import file_sha256, git_commit
@@ -78,6 +78,8 @@ def main(args):
     what = f"--state-dict {args.state_dict}: does not fit {kw['kind']} {kw['arch']} {kw['backbone']} " \
            f"(output stride {model.config['output_stride']}, head {kw['head_channels']})"
     external.assign_state(model, state, what)
+    check_finite_weights(model.state_dict(), f"--state-dict {args.state_dict}",
+                         "these weights come from a diverged or damaged run; nothing was written")
     ckpt = {"model": model.state_dict(), "model_config": model.config, "name": name, "epoch": None,
             "args": dict(vars(args)),
             "imported_from": {"path": os.path.abspath(args.state_dict), "sha256": file_sha256(args.state_dict)},

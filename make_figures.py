@@ -80,7 +80,7 @@ from common.corruptions import (ALL_CORRUPTIONS, CORRUPTION_CODES, CORRUPTIONS, 
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.models import predict  # noqa: E402
-from common.outputs import atomic_write, prepare_output_folder  # noqa: E402
+from common.outputs import atomic_write, file_sha256, prepare_output_folder  # noqa: E402
 from common.results import CLEAN  # noqa: E402
 GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")  # 0, 3, 7, 10, 12
 QUALITATIVE_SEVERITIES = (0, 1, 2, 3)   # 0 in the "Original" panel, 1..3 in the "Corrupted" one
@@ -739,6 +739,11 @@ def read_arrays(d, wanted, run, run_path):
     if other or (then and now and set(names) - set(now)):
         raise UsageError(f"{path}: computed from another run than {run_path} describes (model "
                          f"{(other or sorted(set(names) - set(now)))[0]}); {fix}")
+    # Tables made while the sweep was still writing (or before it recomputed a condition) are stale.
+    metrics = os.path.join(d, "metrics.jsonl")
+    if source.get("metrics_sha256") and os.path.isfile(metrics) and file_sha256(metrics) != source["metrics_sha256"]:
+        raise UsageError(f"{path}: computed from an older {metrics} (the sweep has added or recomputed results "
+                         f"since); {fix}")
     return arrays, names
 
 

@@ -51,7 +51,6 @@ import functools
 import json
 import math
 import os
-import signal
 import sys
 import time
 from fractions import Fraction
@@ -63,7 +62,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from common import external, synthetic
-from common.cli import UsageError, add_device_arguments, check_at_least, run_cli
+from common.cli import UsageError, add_device_arguments, check_at_least, run_cli, write_problem
 from common.constants import colorize
 from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SIDE, add_code_argument, corrupt_image,
                                 parse_corruptions)
@@ -534,6 +533,11 @@ def main(args):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, args.out)
+    except OSError as e:   # the disk full or read-only: one line naming --out (the temporary name means nothing)
+        line = write_problem(e, args.out)
+        if line is None:
+            raise
+        raise UsageError(line) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -584,7 +588,5 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    # A plain SIGTERM (kill, a job scheduler) ends Python without running `finally`; turn it into an
-    # exception so the temporary video is removed as on Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sys.exit(run_cli(main, get_args_parser()))
+    sys.exit(run_cli(main, get_args_parser(), kept=lambda args: f"no partial video is left ({args.out} is written "
+                                                               f"only once whole); run the same command again"))

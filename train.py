@@ -36,14 +36,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
-from common.cli import UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, run_cli
+from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, quiet_worker,
+                        run_cli, write_problem)
 from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
                            head_parameters, segmentation_loss)
-from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder
+from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
 
 # What each --recipe sets (PROTOCOL.md); an explicit flag overrides its entry. Everything else (optimiser,
 # learning rates, epochs, crop, augmentation) is the same in both.
@@ -169,6 +170,7 @@ def checkpoint_to_resume(ckpt_path: str, args):
     """The checkpoint ``--resume`` continues (None for a fresh run); refuses to overwrite a run without
     --resume, and to resume one made with other model or optimisation settings (MODEL_ARGS)."""
     exists = os.path.exists(ckpt_path)
+    seen = file_state(ckpt_path)
     if exists and not args.resume:
         raise UsageError(f"{ckpt_path} already exists; pass --resume to continue it, or choose another "
                          f"--out/--name (nothing was overwritten)")
@@ -176,6 +178,7 @@ def checkpoint_to_resume(ckpt_path: str, args):
     if not exists:
         return None
     resume = read_checkpoint(ckpt_path)
+    resume["file_state"] = seen   # what check_still_ours compares once the folder's lock is held
     missing = [k for k in RESUME_KEYS if k not in resume]
     if missing:
         raise UsageError(f"{ckpt_path}: cannot resume from it, it has no {', '.join(missing)} (damaged, or not "
@@ -189,6 +192,29 @@ def checkpoint_to_resume(ckpt_path: str, args):
         raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
                          f"original flags or choose another --name")
     return resume
+
+
+def file_state(path):
+    """(inode, size, mtime) of a file, or None when there is none: enough to see that another process replaced it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def check_still_ours(args, resume) -> None:
+    """Called holding the run folder's lock: the checkpoint must still be what ``checkpoint_to_resume`` saw.
+    A second train.py started while the first was finishing checked before the first had written its checkpoint
+    (or its last epoch); without this it would train on, replace that checkpoint and truncate the log."""
+    path = checkpoint_path(args)
+    now = file_state(path)
+    if resume is None and now is not None:
+        raise UsageError(f"{path} was written by another train.py while this one started (nothing was overwritten); "
+                         f"pass --resume to continue it, or choose another --out/--name")
+    if resume is not None and now != resume.get("file_state"):
+        raise UsageError(f"{path} changed while this run started (another train.py wrote it); nothing was "
+                         f"overwritten; run the same command again to resume from the new checkpoint")
 
 
 def build_training_model(args, resume):
@@ -215,7 +241,8 @@ def build_loaders(train_set, val_set, generator, args):
     else:
         train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
     single_thread_opencv()   # the transform's OpenCV calls: one thread per loader worker (and here, if workers 0)
-    loader_kw = dict(num_workers=args.workers, pin_memory=torch.device(args.device).type == "cuda")
+    loader_kw = dict(num_workers=args.workers, pin_memory=torch.device(args.device).type == "cuda",
+                     worker_init_fn=quiet_worker)
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True,
                               generator=generator, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=args.val_batch_size, collate_fn=pad_collate,
@@ -261,16 +288,17 @@ def truncate_log(path: str, start_epoch: int) -> None:
     """Keep only the log lines of epochs the checkpoint already holds (a kill may leave one more)."""
     if not os.path.exists(path):
         return
-    keep = []
+    keep, lines = [], 0
     with open(path) as fh:
         for line in fh:
+            lines += 1
             try:
                 if json.loads(line)["epoch"] <= start_epoch:
                     keep.append(line if line.endswith("\n") else line + "\n")
             except (json.JSONDecodeError, KeyError):
                 break  # a torn last line from a crash
-    with open(path, "w") as fh:
-        fh.writelines(keep)
+    if len(keep) != lines:   # atomically: a full disk must not leave the log empty
+        write_text(path, "".join(keep))
 
 
 def print_model_summary(model, train_set, val_set, loader, args):
@@ -295,8 +323,12 @@ def save_epoch(row, val, best, epoch, model, optimizer, scheduler, scaler, args)
             "git_commit": git_commit(), "versions": {"torch": str(torch.__version__)}}
     # The log line goes first: if a kill lands between the two writes, the resumed run drops the
     # line again (truncate_log) and redoes the epoch, so log and checkpoint never disagree.
-    with open(os.path.join(args.run_dir, "log.jsonl"), "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    log = os.path.join(args.run_dir, "log.jsonl")
+    try:
+        with open(log, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    except OSError as e:   # a torn line is dropped by the next --resume (truncate_log)
+        raise UsageError(write_problem(e, log) or f"cannot write {log}: {e}") from None
     if improved and args.save_best:
         save_checkpoint(os.path.join(args.run_dir, "best.pt"), ckpt)
     save_checkpoint(checkpoint_path(args), ckpt)
@@ -389,6 +421,7 @@ def main(args):
         if is_main(args):
             prepare_output_folder(args.run_dir)
             held.enter_context(OutputLock(args.run_dir, "train.py"))
+            check_still_ours(args, resume)
             truncate_log(os.path.join(args.run_dir, "log.jsonl"), start_epoch)
         print_model_summary(bare, train_set, val_set, train_loader, args)
         for epoch in range(start_epoch, args.epochs):
@@ -486,5 +519,14 @@ def get_args_parser():
     return p
 
 
+def interrupted_note(args) -> str:
+    """What a Ctrl-C'd or SIGTERM'd run kept (run_cli prints it): each epoch's checkpoint is complete or absent."""
+    path = os.path.join(args.out, args.name or args.model, "checkpoint.pt")
+    if not os.path.exists(path):
+        return "no epoch had finished, so no checkpoint was kept; run the same command again to start over"
+    again = "run the same command again" if args.resume else "run the same command with --resume"
+    return f"{path} holds the last finished epoch; {again} to continue from it"
+
+
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    run_cli(main, get_args_parser(), kept=interrupted_note)

@@ -19,7 +19,12 @@ from .outputs import atomic_write
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    def write(tmp):
+        # Through a Python file, so that a full or read-only disk raises OSError with its errno (torch's own
+        # file writer reports it as "RuntimeError: ... unexpected pos ...").
+        with open(tmp, "wb") as fh:
+            torch.save(ckpt, fh)
+    atomic_write(path, write)
 
 
 def _rewrite_hint(path: str) -> str:
@@ -122,7 +127,36 @@ def load_model(path: str, device="cpu"):
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:   # a tensor the state dict does not carry (none today); never run a model with empty ones
         raise UsageError(f"checkpoint {path}: no values for {left[:3]}; it was not written by this train.py")
+    check_finite_weights(model.state_dict(), f"checkpoint {path}", _rewrite_hint(path))
     return model.to(device).eval(), ckpt
+
+
+def check_finite_weights(state: dict, what: str, fix: str) -> None:
+    """Refuse NaN or infinite values in any floating tensor of a state dict (weights and BatchNorm statistics
+    alike): such a model predicts garbage, or one class everywhere, and every number made with it would be
+    silently wrong. ``what`` names the model in the message."""
+    bad = [n for n, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UsageError(f"{what}: {bad[0]} holds NaN or infinite values{f' ({len(bad)} tensors in all)' if len(bad) > 1 else ''}"
+                         f" (a diverged or damaged model); {fix}")
+
+
+def check_finite_logits(logits, what: str, where: str = "") -> None:
+    """Refuse logits that hold NaN or infinite values (``what`` names the model, ``where`` the batch): argmax,
+    bincount and every statistic downstream would fail obscurely or quietly count garbage."""
+    if not bool(torch.isfinite(logits).all()):
+        raise UsageError(f"{what}: its logits hold NaN or infinite values{where} although its weights are "
+                         f"finite (its forward overflows or divides by zero); fix the model or evaluate another")
+
+
+def check_first_output(model, what: str) -> None:
+    """Check the logits of ``model``'s first forward (``check_finite_logits``), then stop checking: a model that
+    computes NaN is refused at its first batch by every script that runs it."""
+    def hook(module, inputs, output):
+        handle.remove()
+        check_finite_logits(output, what, " on its first batch")
+
+    handle = model.register_forward_hook(hook)
 
 
 def changed_settings(old: dict, new: dict) -> list:

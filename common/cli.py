@@ -2,13 +2,18 @@
 
 Anything the *user* can fix (a wrong path, a bad flag value, a malformed file) is raised as
 ``UsageError``; ``run_cli`` in every script catches it, prints ``error: <message>`` on stderr and
-exits with status 2. Everything else is a bug and keeps its traceback.
+exits with status 2. So is a write the disk refuses (full, read-only, no permission: ``write_problem``).
+Ctrl-C is one line saying what was kept, exit status 130; SIGTERM the same with 143, after the same clean-up
+(temporary files removed on the way out). Everything else is a bug and keeps its traceback.
 
     p = argparse.ArgumentParser(...)
     add_data_arguments(p, default="voc", sbd=True)   # --data, --voc-root, [--sbd-root], --synthetic-root
     add_device_arguments(p, amp=True)                # --device, [--amp]
     run_cli(main, p)
 """
+import errno
+import os
+import signal
 import sys
 
 DATA_CHOICES = ("voc", "synthetic")
@@ -19,14 +24,105 @@ class UsageError(Exception):
     """A problem with the user's input: message says what is wrong, which file, and what to do."""
 
 
-def run_cli(main, parser):
-    """Parse arguments, run ``main(args)``, and turn a UsageError into one stderr line + exit 2."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a job scheduler, torchrun stopping its ranks), raised like Ctrl-C so that every ``finally``
+    and ``except BaseException`` on the way out runs: temporary files are removed as on Ctrl-C."""
+
+
+# What the user sees for the writes a disk refuses: the errno's cause in words (os.strerror's, made plainer).
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+# What run_cli says was kept after Ctrl-C / SIGTERM when the script does not say it better (``kept=``).
+KEPT = "every finished file is kept and none is half-written; the same command continues where this one stopped"
+
+
+def write_problem(e: BaseException, path=None):
+    """The one line for an OSError that the user fixes (no space, read-only, no permission), naming the path
+    (``path``, else the one the OSError carries); None for any other exception."""
+    if not isinstance(e, OSError) or e.errno not in DISK_ERRORS:
+        return None
+    path = path or e.filename
+    where = f"cannot write {path}" if path else "a write failed"
+    return (f"{where}: {DISK_ERRORS[e.errno]}; free space or choose a writable place (--out) and run the same "
+            f"command again (files written before are intact)")
+
+
+def run_cli(main, parser, kept=None):
+    """Parse arguments, run ``main(args)``, and turn a UsageError, or a write the disk refuses, into one stderr
+    line + exit 2; Ctrl-C into one line + exit 130 (SIGTERM: 143). ``kept(args)`` says what an interrupted run
+    kept and how to continue (default ``KEPT``)."""
     args = parser.parse_args()
+    previous, hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+        sys.unraisablehook = _redeliver(hook)
+    except ValueError:   # not the main thread: leave SIGTERM as it is
+        previous = None
     try:
         return main(args)
     except UsageError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        line = write_problem(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        try:
+            note = kept(args) if kept else KEPT
+        except Exception:   # never a traceback on the way out
+            note = KEPT
+        print(f"{what}: {note}", file=sys.stderr, flush=True)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = hook
+
+
+def quiet_worker(worker_id=None) -> None:
+    """DataLoader ``worker_init_fn`` for loaders that pass tensors: a worker hands each batch's shared memory to
+    the main process over a connection served by a thread of its own (multiprocessing's resource_sharer). When
+    Ctrl-C stops the main process mid-batch, that thread's broken connection printed a traceback after run_cli's
+    one line; a connection error in a worker's side thread means the run is ending, so it is dropped."""
+    import threading
+
+    hook = sys.excepthook
+
+    def quiet(kind, value, tb):
+        if issubclass(kind, (OSError, EOFError)) and threading.current_thread() is not threading.main_thread():
+            return
+        hook(kind, value, tb)
+
+    sys.excepthook = quiet
+
+
+def _terminate(signum, frame):
+    # Once: a second SIGTERM during the clean-up it starts ends the process the default way.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+def _redeliver(hook):
+    """A signal that lands while Python runs a callback (a weakref's, a finaliser, the import lock's) raises
+    there, and Python drops an exception raised there ("Exception ignored in ..."): the run would go on as if
+    never interrupted. Send the signal again a moment later, when the main thread is back in ordinary code."""
+    import threading
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            return hook(info)
+        sig = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
+        if sig == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, _terminate)
+        threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()
+
+    return unraisable
 
 
 def one_line(message: str) -> str:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_model
+from .checkpoint import check_finite_weights, check_first_output, load_model
 from .cli import UsageError
 from .constants import CLASSES, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from .models import KINDS, implicit_background
@@ -111,6 +111,7 @@ def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_
     kind = spec_kind(spec)
     if kind == "checkpoint":
         model, ckpt = load_model(spec, device)
+        check_first_output(model, f"model {ckpt.get('name') or model.config['kind']} (checkpoint {spec})")
         return model, {"name": ckpt.get("name") or model.config["kind"], "path": os.path.abspath(spec),
                        "sha256": file_sha256(spec) if hash_file else None, "kind": model.config["kind"],
                        "config": model.config}
@@ -128,7 +129,10 @@ def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_
         name = attr.split(".")[-1]
         model = ExternalModel(net, model_kind or "baseline", {"source": "factory", "factory": spec, "arch": attr},
                               spec)
+    check_finite_weights(net.state_dict(), spec, "use other weights (--weights-file) or fix the model")
+    if kind != "torchvision":
         probe(model.to(device), spec)
+    check_first_output(model, f"model {name} ({spec})")
     identity["model_kind"] = model.config["kind"]
     identity["torchvision"] = torchvision_version()
     fixed = {k: identity.get(k) for k in ("source", "builder", "factory", "weights_sha256", "model_kind",

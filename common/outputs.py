@@ -7,13 +7,14 @@
     with OutputLock(args.out, "train.py"): ...        # a second live writer is refused; a dead one's lock is taken
     file_sha256(path); git_commit()                   # what every run records about its inputs and code
 """
+import errno
 import hashlib
 import os
 import subprocess
 
 import numpy as np
 
-from .cli import UsageError
+from .cli import UsageError, write_problem
 
 
 def atomic_write(path: str, write, durable: bool = True) -> None:
@@ -22,19 +23,35 @@ def atomic_write(path: str, write, durable: bool = True) -> None:
     ``durable`` fsyncs the data before the rename, so a power cut cannot leave an empty file under the
     final name either. Bulk writers that re-check their files on resume (dump_voc_c.py's PNGs) pass
     False and make the whole batch durable at once with ``os.sync()`` before recording it as done.
+    A write the disk refuses (full, read-only, no permission) is one UsageError naming ``path``; the file
+    that was there before stays as it was.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write(tmp)
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        # torch.save reports a full disk as RuntimeError("... unexpected pos ..."), without an errno: ask the disk.
+        full = not isinstance(e, (OSError, KeyboardInterrupt, UsageError)) and disk_is_full(path)
+        if os.path.lexists(tmp):
             os.remove(tmp)
+        line = write_problem(OSError(errno.ENOSPC, "full") if full else e, path)
+        if line is not None:
+            raise UsageError(line) from None
         raise
+
+
+def disk_is_full(path: str, slack: int = 1 << 20) -> bool:
+    """True when the file system that holds ``path`` has less than ``slack`` bytes left for us."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < slack
 
 
 def write_text(path: str, text: str) -> None:
@@ -107,7 +124,13 @@ class OutputLock:
     def __enter__(self):
         import fcntl
 
-        self.fh = open(self.path, "a+")
+        try:
+            self.fh = open(self.path, "a+")
+        except OSError as e:
+            line = write_problem(e, self.path)
+            if line is None:
+                raise
+            raise UsageError(line) from None
         try:
             fcntl.lockf(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -116,10 +139,20 @@ class OutputLock:
             self.fh.close()
             raise UsageError(f"{os.path.dirname(self.path)} is being written by {owner}; wait for it to finish "
                              f"or use another --out (two writers would interleave their files)") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"{self.what} (pid {os.getpid()})\n")
-        self.fh.flush()
+        try:   # the owner's name, for the message a second writer gets
+            self.fh.seek(0)
+            self.fh.truncate()
+            self.fh.write(f"{self.what} (pid {os.getpid()})\n")
+            self.fh.flush()
+        except OSError as e:
+            try:
+                self.fh.close()   # flushes the unwritten name again, and fails the same way
+            except OSError:
+                pass
+            line = write_problem(e, self.path)
+            if line is None:
+                raise
+            raise UsageError(line) from None
         # We are the only writer now, so any temporary file in here was left by a killed run.
         for folder, _, files in os.walk(os.path.dirname(self.path)):
             for name in files:

@@ -194,12 +194,41 @@ def ids_sha256(ids) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
 
 
+def files_sha256(dataset) -> str:
+    """A digest of what a VOC split holds: each image id (sorted) with the sha256 of its image and label files.
+
+    The same files reached through a symlink, another spelling of the path or a copy on local scratch give the
+    same digest, other pixels another one; so this, not the path, says whether two runs read the same data.
+    Its cost is reading the split's files once per run (hashlib's sha256 ran at about 0.5 GB/s on one core of
+    the development machine: ``hashlib.sha256`` over 200 MB of random bytes)."""
+    from .outputs import file_sha256
+
+    h = hashlib.sha256()
+    for image, mask in sorted(zip(dataset.images, dataset.masks), key=lambda p: os.path.basename(p[0])):
+        h.update(f"{os.path.splitext(os.path.basename(image))[0]} {file_sha256(image)} {file_sha256(mask)}\n".encode())
+    return h.hexdigest()
+
+
+def same_data(key: str, old: dict, new: dict) -> bool:
+    """Whether the differing ``...voc_root`` field ``key`` of two identities names the same val set: both record
+    the files' digest (``data_sha256``, compared as a field of its own), or the paths resolve to one folder."""
+    if not key.endswith("voc_root"):
+        return False
+    digest = key[:-len("voc_root")] + "data_sha256"
+    if old.get(digest) and new.get(digest):
+        return True
+    a, b = old[key], new[key]
+    return isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b)
+
+
 # run.json fields that decide the numbers, in the order a difference is reported. Checkpoints are compared by
 # their files' sha256, which covers the weights, the model config and the training recipe stored in them.
-RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256", "shard",
-              "seed_rule")
+# The val set is compared by its files' digest (data_sha256), voc_root only where a record lacks it (same_data).
+RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256",
+              "shard", "seed_rule", "data_sha256")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
-VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
+VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
+               "data_sha256")
 
 
 def identity(run) -> dict:
@@ -243,14 +272,15 @@ def first_difference(old: dict, new: dict, skip=()):
         value = b[key]
         if key in skip or key not in a:
             continue
-        if a[key] != value:
+        if a[key] != value and not same_data(key, a, b):
             return key, a[key], value
     return None
 
 
 LABELS = {"corruption_code": "--corruption-code", "models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
           "voc_root": "the val set at", "split": "the split", "images": "images:",
-          "image_ids_sha256": "image ids sha256", "shard": "--shard", "seed_rule": "the seed rule"}
+          "image_ids_sha256": "image ids sha256", "shard": "--shard", "seed_rule": "the seed rule",
+          "data_sha256": "val files sha256"}
 
 
 def shown(value) -> str:
@@ -335,10 +365,10 @@ class Afresh:
         return False
 
 
-def hold(out, held, command) -> None:
+def hold(out, held, command, flag="--out") -> None:
     """Take ``out`` for this run: create it, hold its writer lock (on ``held``, an ExitStack, until the run ends)
     and remove what ``--overwrite`` runs killed before their first result left beside it."""
-    prepare_output_folder(out)
+    prepare_output_folder(out, flag)
     held.enter_context(OutputLock(out, command))
     clear_stale(out)
 

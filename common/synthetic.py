@@ -57,6 +57,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 
@@ -66,7 +67,7 @@ import scipy.ndimage as ndi
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from .cli import UsageError
+from .cli import UsageError, write_problem
 from .constants import NUM_CLASSES, voc_palette
 
 # Bump whenever the drawing changes, so that stamps of older datasets no longer match.
@@ -355,22 +356,33 @@ def _is_foreign(root):
     return not os.path.isdir(root) or (bool(os.listdir(root)) and _read_stamp(root) is None)
 
 
-def _remove_stale_temps(root, max_age_s=3600):
-    """Delete ``<root>.tmp-*`` / ``<root>.old-*`` folders left by killed runs more than an hour ago.
+def _temp_prefix(root) -> str:
+    """``<root>.tmp-<host>-<pid>-``: the host and pid say whether the run that builds it is still alive."""
+    return f"{os.path.basename(root)}.tmp-{socket.gethostname()}-{os.getpid()}-"
 
-    Judged by age, not by pid, because ranks on other hosts may share this filesystem; a generation
-    takes seconds, so an hour-old temp folder belongs to nobody.
+
+def _remove_stale_temps(root, max_age_s=3600):
+    """Delete ``<root>.tmp-*`` / ``<root>.old-*`` folders left by killed runs: at once when the run was on this
+    host and its process is gone, else when more than an hour old.
+
+    Ranks on other hosts may share this filesystem, so their pids mean nothing here; a generation takes
+    seconds, so an hour-old temp folder belongs to nobody.
     """
     parent, base = os.path.split(root)
+    here = f"{base}.tmp-{socket.gethostname()}-"
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
-        if name.startswith((base + ".tmp-", base + ".old-")) and time.time() - os.path.getmtime(path) > max_age_s:
+        if not name.startswith((base + ".tmp-", base + ".old-")):
+            continue
+        pid = name[len(here):].split("-")[0] if name.startswith(here) else ""
+        if (pid.isdigit() and not _alive(int(pid))) or time.time() - os.path.getmtime(path) > max_age_s:
             shutil.rmtree(path, ignore_errors=True)
 
 
 def install_generated(root: str, cfg: dict, generate) -> None:
     """Run ``generate(folder, cfg)`` (which writes the STAMP file last) into a private sibling folder and rename
-    it to ``root``, replacing an older synthetic dataset there; ``root`` holding something else is refused.
+    it to ``root``, replacing an older synthetic dataset there; ``root`` holding something else is refused. A disk
+    that refuses a write is one line naming ``root``.
 
     Shared by every synthetic layout (this VOC + SBD set, and common.synthetic_layouts).
     """
@@ -378,18 +390,23 @@ def install_generated(root: str, cfg: dict, generate) -> None:
         raise UsageError(f"{root} exists and is not a synthetic dataset (no {STAMP}); "
                          f"choose another root or remove it yourself")
     parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale_temps(root)
-    # Build in a private sibling folder and rename it into place, so a killed run leaves no
-    # half-written <root>, and two ranks generating at once each install a complete copy.
-    tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(root)}.tmp-{os.getpid()}-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _remove_stale_temps(root)
+        # Build in a private sibling folder and rename it into place, so a killed run leaves no
+        # half-written <root>, and two ranks generating at once each install a complete copy.
+        tmp = tempfile.mkdtemp(prefix=_temp_prefix(root), dir=parent)
+    except OSError as e:
+        raise UsageError(write_problem(e, root) or f"{root}: cannot create it ({e.strerror})") from None
     try:
         generate(tmp, cfg)
         for _ in range(5):
             try:
                 os.rename(tmp, root)  # succeeds when root is absent (or an empty folder)
                 break
-            except OSError:
+            except OSError as e:
+                if write_problem(e) is not None:   # the disk refused it: no retry helps
+                    raise
                 if _read_stamp(root) == cfg:  # another process finished the same dataset first: use theirs
                     break
                 if _is_foreign(root):
@@ -403,8 +420,23 @@ def install_generated(root: str, cfg: dict, generate) -> None:
                 shutil.rmtree(old, ignore_errors=True)
         else:
             raise RuntimeError(f"could not move {tmp} to {root}")
+    except OSError as e:   # the disk filled up while generating: one line naming the root
+        line = write_problem(e, root)
+        if line is None:
+            raise
+        raise UsageError(line) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename (SIGTERM too: common/cli.py)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # it exists, owned by someone else
+        return True
+    return True
 
 
 def ensure_synthetic(root, *, n_voc_train=None, n_sbd=None, n_val=None, min_side=None, max_side=None,

@@ -143,15 +143,19 @@ def read_manifest(root):
 
 # What makes two dumps' pixels differ, in the order a difference is reported (the sweep's run.json records the
 # same fields of the dump it read, under "voc_c").
-IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256")
+# The val set: by its files' digest (data_sha256); voc_root (by resolved path) only where the manifest lacks it.
+IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
+            "data_sha256")
 
 
 def manifest_difference(m: dict, want: dict):
     """(field, manifest's value, wanted value) of the first identity field that differs, or None. Fields the
     manifest lacks (written before they were recorded) are not compared; ``versions`` key by key."""
+    from .results import same_data
+
     m = {"corruption_code": UNRECORDED_CODE, **m}
     for k in IDENTITY:
-        if k in want and k in m and m[k] != want[k]:
+        if k in want and k in m and m[k] != want[k] and not same_data(k, m, want):
             return k, m[k], want[k]
     for k, v in sorted(want.get("versions", {}).items()):
         if k in m.get("versions", {}) and m["versions"][k] != v:

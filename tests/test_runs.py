@@ -105,6 +105,19 @@ def copy(src, dst):
     return dst
 
 
+def change_one_val_label(root):
+    """One pixel of the first val image's label changed: the same ids and paths, other data."""
+    voc = os.path.join(root, "voc", "VOCdevkit", "VOC2012")
+    first_id = open(os.path.join(voc, "ImageSets", "Segmentation", "val.txt")).read().split()[0]
+    path = os.path.join(voc, "SegmentationClass", first_id + ".png")
+    lbl = Image.open(path)
+    a = np.array(lbl)
+    a[0, 0] = 1 if a[0, 0] != 1 else 2
+    out = Image.fromarray(a, mode="P")
+    out.putpalette(lbl.getpalette())
+    out.save(path)
+
+
 @pytest.fixture(scope="module")
 def base(world):
     out = world["dir"] / "base"
@@ -128,7 +141,7 @@ def analysed(world, base):
     ("protocol", "--protocol paper, this run has --protocol shortside"),
     ("amp", "--amp none, this run has --amp bf16"),
     ("limit", "images: 4, this run has images: 3"),
-    ("data root", "the val set at"),
+    ("data", "val files sha256"),
     ("versions", "numpy"),
     ("code", "--corruption-code imagenet-c, this run has --corruption-code imagecorruptions"),
 ])
@@ -139,10 +152,11 @@ def test_a_folder_of_another_run_is_refused_and_left_as_it_was(world, base, monk
         kw["ckpts"] = ("a2", "b")
     elif change == "models":
         kw["ckpts"] = ("b",)
-    elif change == "data root":   # the same images in another folder
-        kw["root"] = str(world["dir"] / "syn-copy")
+    elif change == "data":   # the same image ids in another folder, one label with other pixels
+        kw["root"] = str(world["dir"] / "syn-other")
         if not os.path.exists(kw["root"]):
             shutil.copytree(world["root"], kw["root"])
+            change_one_val_label(kw["root"])
     elif change == "versions":
         real = ev.corruption_versions
         monkeypatch.setattr(ev, "corruption_versions", lambda: {**real(), "numpy": "0.0.other"})
@@ -285,10 +299,11 @@ def test_a_dump_of_another_kind_is_refused_and_overwrite_replaces_it(world, tmp_
     out = tmp_path / "vocc"
     assert dump(world, out, "--corruptions", "jpeg", "--severities", "1") == 0
     before = digest(out)
-    other = str(tmp_path / "syn-copy")
+    other = str(tmp_path / "syn-other")
     shutil.copytree(world["root"], other)
+    change_one_val_label(other)
     for extra, kw, needle in ((["--size", "40"], {}, "--size 32, this run has --size 40"),
-                              ([], {"root": other}, "the val set at")):
+                              ([], {"root": other}, "val files sha256")):
         with pytest.raises(UsageError) as e:
             dump(world, out, "--corruptions", "jpeg", "--severities", "1", *extra, **kw)
         assert needle in str(e.value) and "--overwrite" in str(e.value) and "manifest.json" in str(e.value)
