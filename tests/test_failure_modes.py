@@ -230,7 +230,10 @@ def test_train_checkpoint_save_on_a_full_disk_keeps_the_last_good_one(world, dis
 def test_sweep_filling_the_disk_mid_run_keeps_finished_conditions_and_resumes(world, disk, tmp_path, capfd):
     straight = world["results"]
     where = disk("1m")
-    fill(where, leave=260_000)   # run.json, the lock and clean/0's NPZ files (~170 KB) fit; gaussian/1's do not
+    # run.json, the lock and clean/0's NPZ files fit (their size in the uninterrupted run, plus 40 KB); gaussian/1's
+    # do not.
+    first = [os.path.join(d, f) for d, _, fs in os.walk(straight) for f in fs if f == "clean_0.npz" or f == "run.json"]
+    fill(where, leave=sum(os.path.getsize(p) for p in first) + 40_000)
     out = where / "r"
     line = exits_with_one_line(capfd, ev, *sweep_argv(world["root"], world["ck"], out))
     assert "no space left on the device" in line and str(out) in line and temps(where) == []
@@ -609,7 +612,8 @@ def test_the_sweep_refuses_nan_logits_in_a_later_batch_naming_the_condition(worl
     monkeypatch.syspath_prepend(os.path.dirname(__file__))
     spec = "test_failure_modes:later_nan_factory"
     line = exits_with_one_line(capfd, ev, "--checkpoints", spec, "--data", "synthetic", "--synthetic-root",
-                               world["root"], "--size", SIZE, "--workers", "0", "--out", tmp_path / "r", *CONDS)
+                               world["root"], "--size", SIZE, "--workers", "0", "--out", tmp_path / "r", *CONDS,
+                               "--calibration-images", "0")   # no temperature fit: the factory counts forwards
     assert f"model later_nan_factory ({spec}): its logits hold NaN or infinite values at gaussian_noise/1" in line
     assert [r["corruption"] for r in rows(tmp_path / "r")] == ["clean"]   # the finished condition is kept
 
