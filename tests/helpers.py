@@ -3,9 +3,13 @@ in-process (``run_script``, ``refused``) or as a user's shell runs them (``cli``
 
 The fixtures built from these (the tiny dataset and checkpoints, made once a session) are in conftest.py.
 """
+import hashlib
+import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 from common.checkpoint import save_random_checkpoint
 from common.cli import run_cli
@@ -74,3 +78,40 @@ def run_tiny_train(data, out, *extra):
     import train
     args = train.get_args_parser().parse_args(TINY_TRAIN + ["--synthetic-root", data, "--out", str(out), *extra])
     return train.main(args)
+
+
+def digest(folder, skip=(".lock",)):
+    """{relative path: sha256} of every file below ``folder`` but the writer lock."""
+    out = {}
+    for d, _, fs in os.walk(folder):
+        for f in fs:
+            if f not in skip:
+                p = os.path.join(d, f)
+                out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def result_rows(out):
+    """A results folder's metrics.jsonl rows without their timing."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def result_arrays(out):
+    """Every NPZ array below a results folder's logits/ and confusion/, by file and key."""
+    found = {}
+    for sub in ("logits", "confusion"):
+        for d, _, fs in os.walk(os.path.join(out, sub)):
+            for f in fs:
+                with np.load(os.path.join(d, f)) as z:
+                    found[os.path.relpath(os.path.join(d, f), out)] = {k: z[k] for k in z.files}
+    return found
+
+
+def assert_same_results(a, b):
+    """Two results folders hold the same rows (timing aside) and the same NPZ arrays, bit for bit."""
+    assert result_rows(a) == result_rows(b)
+    x, y = result_arrays(a), result_arrays(b)
+    assert x.keys() == y.keys()
+    for f in x:
+        assert x[f].keys() == y[f].keys() and all(np.array_equal(x[f][k], y[f][k]) for k in x[f]), f

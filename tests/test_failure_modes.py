@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -32,7 +31,7 @@ import train
 from common.checkpoint import read_checkpoint, save_checkpoint
 from common.cli import Terminated, UsageError, run_cli
 from common.outputs import OutputLock, atomic_write
-from helpers import ROOT, TINY_TRAIN, one_error_line, run_script, tiny_checkpoint
+from helpers import ROOT, TINY_TRAIN, assert_same_results, digest, result_rows as rows, run_script
 
 SIZE = "32"
 CONDS = ["--corruptions", "gaussian", "--severities", "0", "1"]
@@ -52,39 +51,6 @@ def world(tmp_path_factory, synthetic, tiny_ckpt):
 def sweep_argv(root, ck, out, *extra):
     return ["--checkpoints", ck["a"], ck["b"], "--data", "synthetic", "--synthetic-root", root, "--size", SIZE,
             "--batch-size", "4", "--workers", "0", "--out", out, *CONDS, *extra]
-
-
-def digest(folder, skip=(".lock",)):
-    """{relative path: sha256} of every file below ``folder`` but the writer lock."""
-    out = {}
-    for d, _, fs in os.walk(folder):
-        for f in fs:
-            if f not in skip:
-                p = os.path.join(d, f)
-                out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
-def rows(out):
-    return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(os.path.join(out, "metrics.jsonl"))]
-
-
-def npz_arrays(out):
-    found = {}
-    for sub in ("logits", "confusion"):
-        for d, _, fs in os.walk(os.path.join(out, sub)):
-            for f in fs:
-                with np.load(os.path.join(d, f)) as z:
-                    found[os.path.relpath(os.path.join(d, f), out)] = {k: z[k] for k in z.files}
-    return found
-
-
-def assert_same_results(a, b):
-    assert rows(a) == rows(b)
-    x, y = npz_arrays(a), npz_arrays(b)
-    assert x.keys() == y.keys()
-    for f in x:
-        assert all(np.array_equal(x[f][k], y[f][k]) for k in x[f]), f
 
 
 def temps(folder):

@@ -7,7 +7,6 @@ different runs. Every file one step reads from another is checked: damage is one
 command that rewrites it, or, for the sweep's own finished conditions and VOC-C PNGs (caches), a recomputation
 that gives the numbers of a clean run.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ import dump_voc_c
 import evaluate_corruptions as ev
 import make_figures as mf
 from common.cli import UsageError
-from helpers import ROOT, cli, refused
+from helpers import ROOT, assert_same_results, cli, digest, refused, result_rows as rows
 
 SIZE = 32
 CONDS = ["--corruptions", "gaussian", "--severities", "0", "1"]
@@ -64,40 +63,6 @@ def analyse(results, out=None):
 def figures(results, out):
     return mf.main(mf.get_args_parser().parse_args(["--results", str(results), "--out", str(out), "--only",
                                                     "miou_vs_severity", "class_means"]))
-
-
-def digest(folder):
-    """{relative path: sha256} of every file below ``folder`` but the writer lock."""
-    out = {}
-    for d, _, fs in os.walk(folder):
-        for f in fs:
-            if f != ".lock":
-                p = os.path.join(d, f)
-                out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
-def rows(out):
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(os.path.join(out, "metrics.jsonl"))]
-
-
-def arrays(out):
-    """Every NPZ array below logits/ and confusion/, by file and key."""
-    found = {}
-    for sub in ("logits", "confusion"):
-        for d, _, fs in os.walk(os.path.join(out, sub)):
-            for f in fs:
-                with np.load(os.path.join(d, f)) as z:
-                    found[os.path.relpath(os.path.join(d, f), out)] = {k: z[k] for k in z.files}
-    return found
-
-
-def assert_same_results(a, b):
-    assert rows(a) == rows(b)
-    x, y = arrays(a), arrays(b)
-    assert x.keys() == y.keys()
-    for f in x:
-        assert x[f].keys() == y[f].keys() and all(np.array_equal(x[f][k], y[f][k]) for k in x[f]), f
 
 
 def copy(src, dst):
