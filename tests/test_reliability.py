@@ -1,5 +1,4 @@
 """Kill -9 anywhere and lose nothing; one writer per output folder; same arguments, same bytes."""
-import hashlib
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from common.checkpoint import read_checkpoint
-from helpers import ROOT, cli
+from helpers import ROOT, cli, digest as digest_tree
 
 TRAIN = ["train.py", "--model", "scribe", "--data", "synthetic", "--backbone", "resnet18", "--head-channels", "8",
          "--crop-size", "32", "--batch-size", "2", "--epochs", "4", "--workers", "0", "--print-freq", "1"]
@@ -22,16 +21,6 @@ DUMP = ["dump_voc_c.py", "--data", "synthetic", "--corruptions", "gaussian", "mo
 @pytest.fixture(scope="module")
 def data(synthetic):
     return synthetic(n_voc_train=3, n_sbd=3, n_val=4)
-
-
-def digest_tree(root, skip=(".lock",)):
-    out = {}
-    for d, _, fs in os.walk(root):
-        for f in fs:
-            if f not in skip:
-                p = os.path.join(d, f)
-                out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
 
 
 def descendants(pid):
