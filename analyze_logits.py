@@ -1177,13 +1177,16 @@ SUMMARY_CAPTION = (
     "over the foreground classes predicted at least once. corr. = mean over the corrupted conditions.")
 
 
+def pct2(x):
+    """A fraction as percent with 2 decimals ("–" for None): ECE in the tables."""
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
 def calibration_markdown(a):
     """The tables.md section "Calibration"."""
     models, pm = a["models"], a["per_model"]
     comps = a["bootstrap"].get("calibration", {}).get("comparisons", {})
-
-    def ece(x):
-        return "–" if x is None else f"{100 * x:.2f}"
+    ece = pct2
 
     def cell(value, complete, fmt):
         return star(fmt(value), complete)
@@ -1233,9 +1236,6 @@ def readings_markdown(a):
     """The tables.md sections of the readings (docs/calibration.md) and the worst case over corruptions."""
     models, pm = a["models"], a["per_model"]
     comps = a["bootstrap"].get("readings", {}).get("readings", {})
-
-    def pct2(x):
-        return "–" if x is None else f"{100 * x:.2f}"
 
     def both(entry, k, fmt):
         corr = entry["corrupted"][k]
@@ -1290,7 +1290,13 @@ def readings_markdown(a):
                     f"(ECE in points of %):",
                     "", md_table(["model"] + [f"Δ {k} {part}" for part in ("clean", "corr.") for k in BOOTSTRAPPED],
                                  delta_rows), ""]
-    sev = []
+    return out + reading_severity_markdown(a)
+
+
+def reading_severity_markdown(a):
+    """tables.md: ECE per severity in every reading, before and after temperature scaling."""
+    models, pm = a["models"], a["per_model"]
+    out, sev = [], []
     for m in models:
         for v in VARIANTS:
             r = pm[m].get("readings", {}).get(v)
@@ -1301,8 +1307,14 @@ def readings_markdown(a):
     if sev:
         out += ["### ECE (%) per severity in every reading, before and after temperature scaling (0 = clean)", "",
                 md_table(["model", "reading"] + [str(s) for s in range(6)], sev), ""]
+    return out
+
+
+def worst_case_markdown(a):
+    """tables.md: the lowest mIoU over the 15 corruptions per severity, with its paired interval."""
+    models, pm = a["models"], a["per_model"]
     wc = a["bootstrap"].get("worst_case", {}).get("comparisons", {})
-    rows = []
+    out, rows = [], []
     for m in models:
         w = pm[m].get("worst_case")
         if not w:
@@ -1368,6 +1380,7 @@ def tables_markdown(a):
             md_table(["model", "definition"] + [f"{k} comp." for k in ks] + ["rows"], rows), ""]
     out += calibration_markdown(a)
     out += readings_markdown(a)
+    out += worst_case_markdown(a)
     if a["missing"]:
         out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in a["missing"]] + [""]
     if a["notes"]:
