@@ -263,7 +263,8 @@ def bench_logits(ctx):
 
 def bench_calibration(ctx):
     """Calibration.update as ConditionStats calls it over the forward, every reading on (softmax and sigmoid,
-    each also after temperature scaling); beside it each reading alone and the alternatives."""
+    each also after temperature scaling) on evaluate_corruptions.py's default pixel subgrid; beside it the same on
+    every pixel, each reading alone and the alternatives."""
     dev, reps = ctx["cfg"]["device"], max(ctx["cfg"]["logit_repeats"], 5)
     model, x, logits = logit_inputs(ctx, "calibration")
     (bs, _, h, w), gen = logits.shape, torch.Generator().manual_seed(0)
@@ -272,22 +273,27 @@ def bench_calibration(ctx):
     labels, pos = labels.to(dev), np.arange(bs)
     pred, top = channel_argmax(logits), torch.maximum(logits[:, 1:].amax(1), logits[:, 0])
     temps = {"softmax": 1.5, "sigmoid": 1.5}   # as after a temperature fit: every reading on
+    stride = evaluate_corruptions.get_args_parser().get_default("calibration_stride")
 
-    def every_reading():      # what ConditionStats.update runs: the four readings (docs/calibration.md)
-        for cal in evaluate_corruptions.ConditionStats(bs, temps).calibrations.values():
+    def every_reading(s):     # what ConditionStats.update runs: the four readings (docs/calibration.md)
+        for cal in evaluate_corruptions.ConditionStats(bs, temps, s).calibrations.values():
             cal.update(logits, labels, pos, pred=pred, top=top)
 
-    calls = dict(calibration=every_reading,
-                 calibration_softmax=lambda: Calibration(bs).update(logits, labels, pos, pred=pred, top=top),
-                 calibration_sigmoid=lambda: Calibration(bs, reading="sigmoid", classwise=True).update(
+    calls = dict(calibration=lambda: every_reading(stride),
+                 calibration_every_pixel=lambda: every_reading(1),
+                 calibration_softmax=lambda: Calibration(bs, stride=stride).update(logits, labels, pos, pred=pred,
+                                                                                   top=top),
+                 calibration_sigmoid=lambda: Calibration(bs, reading="sigmoid", classwise=True, stride=stride).update(
                      logits, labels, pos, pred=pred, top=top),
-                 calibration_alone=lambda: Calibration(bs).update(logits, labels, pos),
-                 condition_stats=lambda: evaluate_corruptions.ConditionStats(bs, temps).update(logits, labels, pos))
+                 calibration_alone=lambda: Calibration(bs, stride=stride).update(logits, labels, pos),
+                 condition_stats=lambda: evaluate_corruptions.ConditionStats(bs, temps, stride).update(logits, labels,
+                                                                                                       pos))
     with torch.inference_mode():
         t_fwd = timed(lambda: model(x), dev, reps)[0]
         t = {name: timed(fn, dev, reps, warmup=True)[0] for name, fn in calls.items()}
     return {f"{name}_vs_forward": result(t[name] / t_fwd, 0.05 if name == "calibration" else None,
-                                         "<=" if name == "calibration" else "info", {name: t[name], "forward": t_fwd})
+                                         "<=" if name == "calibration" else "info",
+                                         {name: t[name], "forward": t_fwd}, stride=1 if "every" in name else stride)
             for name in calls}
 
 def voc_sized_copy(ctx):

@@ -14,7 +14,8 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
                                                     common/calibration.py, docs/calibration.md)
 
 Before the sweep, one temperature per model and reading (softmax, sigmoid) is fitted on --calibration-images clean
-images of --calibration-split (default train; never val, the test set) and applied unchanged under every condition
+images of --calibration-split (default: the images train.py --hold-out kept from training; never val, the test set)
+and applied unchanged under every condition
 (run.json's "temperature"; --calibration-images 0 skips it).
 
 Resumable per condition: finished conditions are skipped, every file is written atomically and
@@ -52,9 +53,8 @@ from common.cli import (UsageError, add_data_arguments, add_device_arguments, ch
 from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.corruptions import (DEFAULT_CODE, add_code_argument, corrupt_image, corruption_number, corruption_versions, parse_corruptions,
                                 parse_severities)
-from common.data import (PROTOCOLS, VOC_BASE_DIR, check_protocol_sizes, eval_sample, normalise_uint8, read_split,
-                         resolve_roots,
-                         single_thread_opencv, voc_dataset)
+from common.data import (PROTOCOLS, VOC_BASE_DIR, check_protocol_sizes, eval_sample, evenly_spaced, normalise_uint8,
+                         read_split, resolve_roots, single_thread_opencv, voc_dataset)
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.host import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
@@ -117,18 +117,20 @@ class ConditionStats:
     ``calibration``), "sigmoid" (with the class-wise table), and with ``temperatures`` ({"softmax": T,
     "sigmoid": T}, fitted before the sweep) "softmax_ts" and "sigmoid_ts" at those temperatures."""
 
-    def __init__(self, n_images, temperatures=None):
+    def __init__(self, n_images, temperatures=None, stride=1):
         self.confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         self.per_image = np.zeros((n_images, NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         self.tracker = LogitTracker()
         self.end_sum = 0.0
         self.pixels = 0
-        self.calibrations = {"softmax": Calibration(n_images),
-                             "sigmoid": Calibration(n_images, reading="sigmoid", classwise=True)}
+        # Every reading on the same pixels: the subgrid of every stride-th row and column (--calibration-stride).
+        self.calibrations = {"softmax": Calibration(n_images, stride=stride),
+                             "sigmoid": Calibration(n_images, reading="sigmoid", classwise=True, stride=stride)}
         for reading, t in (temperatures or {}).items():
             # After temperature scaling only the bins, NLL and Brier: the failure-detection numbers of the
             # sigmoid reading do not change with T (a monotone map of each pixel's confidence).
-            self.calibrations[f"{reading}_ts"] = Calibration(n_images, reading=reading, temperature=t, fine=False)
+            self.calibrations[f"{reading}_ts"] = Calibration(n_images, reading=reading, temperature=t, fine=False,
+                                                             stride=stride)
 
     @property
     def calibration(self):
@@ -178,7 +180,8 @@ class ConditionStats:
         """Everything as host numpy arrays and numbers, to send to another process (``from_state``)."""
         return {"confusion": self.confusion, "per_image": self.per_image, "tracker": self.tracker.state_dict(),
                 "end_sum": self.end_sum, "pixels": self.pixels,
-                "calibrations": {k: (c.rows(), c.reading, c.temperature) for k, c in self.calibrations.items()}}
+                "calibrations": {k: (c.rows(), c.reading, c.temperature, c.stride)
+                                 for k, c in self.calibrations.items()}}
 
     @classmethod
     def from_state(cls, state) -> "ConditionStats":
@@ -186,8 +189,8 @@ class ConditionStats:
         new.confusion, new.per_image = state["confusion"], state["per_image"]
         new.tracker = LogitTracker.from_state_dict(state["tracker"])
         new.end_sum, new.pixels = state["end_sum"], state["pixels"]
-        new.calibrations = {k: Calibration.from_rows(rows, reading, t)
-                            for k, (rows, reading, t) in state["calibrations"].items()}
+        new.calibrations = {k: Calibration.from_rows(rows, reading, t, stride)
+                            for k, (rows, reading, t, stride) in state["calibrations"].items()}
         return new
 
     @classmethod
@@ -365,6 +368,7 @@ def check_sweep_args(args):
     if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
     check_at_least("--limit", args.limit)
+    check_at_least("--calibration-stride", args.calibration_stride)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     if args.shard == "auto":   # run.json and the rows name the shard itself, as --merge needs
         args.shard = f"{shard[0]}/{shard[1]}"
@@ -420,41 +424,57 @@ def open_val_set(args, shard):
 FIT_PIXELS = 500_000   # at most this many clean pixels (evenly spaced) per model for the temperature fit
 
 
-def calibration_set(args, voc_root, val):
-    """(dataset, indices, ids) of the clean images the temperatures are fitted on: --calibration-images of the
-    --calibration-split file under the VOC root, evenly spaced through it (deterministic); None with
-    --calibration-images 0. VOC val is the test set: naming it, or a split sharing an image with it, is refused."""
-    check_at_least("--calibration-images", args.calibration_images, 0)
-    if args.calibration_images == 0:
-        return None
+def calibration_ids(args, voc_root, infos):
+    """(what the ids are, the split file they come from, ids) for the temperature fit. --calibration-split auto:
+    the images every train.py checkpoint held out of its training (train.py --hold-out), else the train split
+    with a note (the models saw those images); a split name: that file under the VOC root."""
     name = args.calibration_split
     if name == "val":
         raise UsageError("--calibration-split val: VOC val is the test set, and a temperature fitted on it would be "
-                         "tuned on the test images; name another split file (default train), or --calibration-images 0")
+                         "tuned on the test images; name another split file (default auto), or --calibration-images 0")
+    train_path = os.path.join(voc_root, VOC_BASE_DIR, "ImageSets", "Segmentation", "train.txt")
+    if name == "auto":
+        held = [set(i.get("held_out") or ()) for i in infos if "identity" not in i]   # train.py checkpoints
+        common = set.intersection(*held) if held else set()
+        if common:
+            return "held-out", train_path, [i for i in read_split(train_path) if i in common]
+        print("note: no checkpoint held training images out (train.py --hold-out N), so the temperatures are fitted "
+              "on train images the models were trained on; a held-out fit is one retraining away", flush=True)
+        name = "train"
     check_plain_name(name, "--calibration-split")
     path = os.path.join(voc_root, VOC_BASE_DIR, "ImageSets", "Segmentation", f"{name}.txt")
     if not os.path.isfile(path):
         raise UsageError(f"--calibration-split {name}: no {path}; give the name of a split file in that folder "
                          f"(e.g. train), or --calibration-images 0 for no temperature scaling")
-    ids = read_split(path)
-    picked = sorted(set(np.linspace(0, len(ids) - 1, min(args.calibration_images, len(ids))).round().astype(int)))
-    dataset = copy.copy(val)           # val's loader and checks, over the calibration split's files
+    return name, path, read_split(path)
+
+
+def calibration_set(args, voc_root, val, infos):
+    """(dataset, indices, ids, what they are) of the clean images the temperatures are fitted on:
+    --calibration-images of ``calibration_ids``, evenly spaced through them (deterministic); None with
+    --calibration-images 0. VOC val is the test set: naming it, or a split sharing an image with it, is refused."""
+    check_at_least("--calibration-images", args.calibration_images, 0)
+    if args.calibration_images == 0:
+        return None
+    source, path, ids = calibration_ids(args, voc_root, infos)
+    picked = evenly_spaced(ids, args.calibration_images)
+    dataset = copy.copy(val)           # val's loader and checks, over the calibration images' files
     base = os.path.dirname(os.path.dirname(os.path.dirname(path)))
-    dataset.images = [os.path.join(base, "JPEGImages", f"{ids[i]}.jpg") for i in picked]
-    dataset.targets = [os.path.join(base, "SegmentationClass", f"{ids[i]}.png") for i in picked]
+    dataset.images = [os.path.join(base, "JPEGImages", f"{i}.jpg") for i in picked]
+    dataset.targets = [os.path.join(base, "SegmentationClass", f"{i}.png") for i in picked]
     missing = [f for f in dataset.images + dataset.targets if not os.path.isfile(f)]
     if missing:
         raise UsageError(f"{path} names {len(missing)} file(s) that do not exist, first {missing[0]}; fix the split "
                          f"file, or --calibration-images 0")
     check_protocol_sizes(dataset, range(len(picked)), args.protocol)
-    return dataset, list(range(len(picked))), [ids[i] for i in picked], ids
+    return dataset, list(range(len(picked))), picked, source
 
 
 def fit_images(args, cal_set):
     """run.json's "temperature" before the fit: which clean images (part of the run's identity); None without."""
     if cal_set is None:
         return None
-    return {"split": args.calibration_split, "images": len(cal_set[2]),
+    return {"split": cal_set[3], "images": len(cal_set[2]),
             "image_ids_sha256": results.ids_sha256(cal_set[2])}
 
 
@@ -464,7 +484,7 @@ def check_not_val(args, cal_set, val):
     if cal_set is None:
         return
     val_ids = {os.path.splitext(os.path.basename(p))[0] for p in val.images}
-    shared = [i for i in cal_set[3] if i in val_ids]
+    shared = [i for i in cal_set[2] if i in val_ids]
     if shared:
         raise UsageError(f"--calibration-split {args.calibration_split}: {len(shared)} of its images are val (test) "
                          f"images, first {shared[0]}; fit the temperature on images that are not in val.txt")
@@ -498,8 +518,8 @@ def fit_temperatures(args, device, models, infos, cal_set):
     record = {**fit_images(args, cal_set), "pixels": total if keep is None else int(keep.numel()),
               "pixels_total": total, "models": {}}
     if total == 0:
-        raise UsageError(f"--calibration-split {args.calibration_split}: its {len(ids)} image(s) have no labelled "
-                         f"pixel (all 255); use more --calibration-images or another split")
+        raise UsageError(f"--calibration-split {args.calibration_split} ({cal_set[3]}): its {len(ids)} image(s) have "
+                         f"no labelled pixel (all 255); use more --calibration-images or another split")
     for m, info in enumerate(infos):
         z = torch.cat(logits[m])
         yy = y
@@ -508,7 +528,7 @@ def fit_temperatures(args, device, models, infos, cal_set):
         fits = {reading: fit_temperature(z, yy, reading) for reading in ("softmax", "sigmoid")}
         info["temperature"] = {reading: f["temperature"] for reading, f in fits.items()}
         record["models"][info["name"]] = fits
-        print(f"temperature of {info['name']} on {len(ids)} clean {args.calibration_split} images: "
+        print(f"temperature of {info['name']} on {len(ids)} clean {cal_set[3]} images: "
               + ", ".join(f"{r} T={f['temperature']:.3f} (NLL {f['nll_at_1']:.4f} -> {f['nll']:.4f})"
                           for r, f in fits.items()), flush=True)
     return record
@@ -536,7 +556,8 @@ def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256=None) -> dic
             "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(image_ids),
             "image_ids_sha256": results.ids_sha256(image_ids), "data_sha256": data_sha256, "limit": args.limit,
             "shard": args.shard, "voc_c": voc_c, "versions": versions, "corruption_code": args.corruption_code,
-            "seed_rule": vocc.seed_rule(args.corruption_code), "git_commit": git_commit(),
+            "seed_rule": vocc.seed_rule(args.corruption_code), "calibration_stride": args.calibration_stride,
+            "git_commit": git_commit(),
             "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
 
 
@@ -598,7 +619,8 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
             cond = int(batch_["cond"][0])
             if cond != current:
                 current, t0, seen = cond, time.perf_counter(), 0
-                stats = [ConditionStats(len(mine), info.get("temperature")) for info in infos]
+                stats = [ConditionStats(len(mine), info.get("temperature"), args.calibration_stride)
+                         for info in infos]
                 c, s = todo[cond]
                 bar = tqdm(total=len(mine), desc=f"{c}/{s}", unit="img", disable=None if world.is_root else True,
                            leave=False, dynamic_ncols=True)
@@ -641,7 +663,7 @@ def evaluate(args, held, world=distributed.SINGLE):
     voc_c = dump_identity(args, dataset, voc_root)
     batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
     mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
-    cal_set = calibration_set(args, voc_root, dataset)
+    cal_set = calibration_set(args, voc_root, dataset, infos)
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
     todo = None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
@@ -828,15 +850,20 @@ def get_args_parser():
                    help="loader processes that decode and corrupt images")
     add_device_arguments(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
-    p.add_argument("--calibration-split", default="train",
-                   help="temperature scaling: the split file (ImageSets/Segmentation/NAME.txt under the VOC root) "
-                        "whose clean images the temperatures are fitted on, one per model and reading, then applied "
-                        "unchanged under every corruption (docs/calibration.md). Never val (the test set). The "
-                        "default, train, is part of the models' training data: name a held-out split where you have "
-                        "one")
+    p.add_argument("--calibration-split", default="auto",
+                   help="temperature scaling: the clean images the temperatures are fitted on, one per model and "
+                        "reading, then applied unchanged under every corruption (docs/calibration.md). auto "
+                        "(default): the VOC train images every checkpoint held out of its training (train.py "
+                        "--hold-out N), else train (images the models saw, with a note); NAME: the split file "
+                        "ImageSets/Segmentation/NAME.txt under the VOC root. Never val (the test set)")
     p.add_argument("--calibration-images", type=int, default=32,
                    help="how many images of --calibration-split (evenly spaced through it) the temperatures are fitted "
                         "on; 0: no temperature scaling")
+    p.add_argument("--calibration-stride", type=int, default=3,
+                   help="calibration (every reading) is scored on the pixels (S i, S j) of each image, every S-th row "
+                        "and column: 1/S^2 of the pixels, the same pixels for every reading and model. 3 (default) "
+                        "keeps its cost a small part of the forward pass and, being odd, visits every phase of the "
+                        "models' 2^k upsampling grid alike; 1: every pixel (docs/calibration.md)")
     p.add_argument("--shard", default=None,
                    help="K/N: evaluate images K, K+N, K+2N, ... (merge with --merge); auto: K and N from the SLURM "
                         "job array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT). Under "

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from common.checkpoint import changed_settings
 from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
-from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.data import build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, seed_everything
 from common.models import BACKBONES
 from common.outputs import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
@@ -44,7 +44,7 @@ FOREGROUND = NUM_CLASSES - 1   # classes 1..20; background is what no foreground
 CPU = torch.device("cpu")      # the script runs on the CPU (channels_last under bf16: common.device.memory_format)
 # Arguments that change the weights written: a finished run with other values is not "the same run".
 RUN_ARGS = ("backbone", "data", "voc_root", "sbd_root", "synthetic_root", "crop_size", "epochs", "batch_size", "lr",
-            "momentum", "weight_decay", "amp", "seed")
+            "momentum", "weight_decay", "amp", "seed", "hold_out")
 
 
 def presence_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -86,6 +86,7 @@ def poly_schedule(optimizer, total_steps: int):
 def check_args(args) -> None:
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--crop-size", args.crop_size)):
         check_at_least(flag, value)
+    check_at_least("--hold-out", args.hold_out, 0)
     if args.val_every < 0:
         raise UsageError(f"--val-every {args.val_every}: must be 0 (after the last epoch only) or more")
     if not args.lr > 0:
@@ -187,7 +188,8 @@ def main(args):
     settings = {k: getattr(args, k) for k in RUN_ARGS}
     # The data first: a wrong root must not leave an empty output folder behind.
     voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root)
-    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size)
+    held = held_out_ids(voc_root, args.hold_out)
+    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size, hold_out=held)
     prepare_output_folder(args.out)
     with OutputLock(args.out, "pretrain_backbone.py"):
         done = finished_run(args, settings)
@@ -253,6 +255,9 @@ def get_args_parser():
                         "or AMX, see bench.py --only quick_step; slow on one without); the weights and the "
                         "optimiser stay float32")
     p.add_argument("--seed", type=int, default=0, help="same seed and arguments: the same weights on CPU")
+    p.add_argument("--hold-out", type=int, default=0, metavar="N",
+                   help="leave out the N VOC train images that train.py --hold-out N leaves out, so that no step "
+                        "sees the images the calibration temperatures are fitted on")
     p.add_argument("--out", default="runs/quick/backbone",
                    help="output folder: backbone.pt, log.jsonl, pretrain.json")
     return p

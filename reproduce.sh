@@ -10,6 +10,9 @@
 #                                                       # has it); full mode: float32 as the notebook (default)
 #   bash reproduce.sh --corruption-code imagecorruptions   # the re-implemented corruptions (default: imagenet-c,
 #                                                          # the package the notebook imported)
+#   bash reproduce.sh --hold-out 0                      # train on every training image (the notebook's set); the
+#                                                       # default 32 VOC train images are kept out of training for
+#                                                       # the calibration temperature fit
 #   PYTHON=python3.12 bash reproduce.sh                 # another interpreter (default: python)
 #
 # The final weights of every model (checkpoint.pt after the last epoch) are evaluated, as the paper did.
@@ -18,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-VOC_ROOT="" SBD_ROOT="" VIDEO="" OUT="" DEVICE="" RECIPE="" AMP="" CODE="imagenet-c"
+VOC_ROOT="" SBD_ROOT="" VIDEO="" OUT="" DEVICE="" RECIPE="" AMP="" CODE="imagenet-c" HOLD_OUT=32
 PYTHON=${PYTHON:-python}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -30,7 +33,8 @@ while [ $# -gt 0 ]; do
     --device) DEVICE="$2"; shift 2 ;;
     --amp) AMP="$2"; shift 2 ;;
     --corruption-code) CODE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --hold-out) HOLD_OUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "reproduce.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -97,6 +101,7 @@ else
   VIDEO_ARGS=(--size 96)
 fi
 [ -n "$RECIPE" ] && TRAIN+=(--recipe "$RECIPE")
+TRAIN+=(--hold-out "$HOLD_OUT")
 [ -n "$DEVICE" ] && TRAIN+=(--device "$DEVICE") && EVAL+=(--device "$DEVICE")
 
 STEP=""
@@ -112,7 +117,8 @@ CORRUPTION=(--corruption-code "$CODE")
 
 if [ "$MODE" = quick ]; then
   step "pretrain the shared backbone"
-  "$PYTHON" pretrain_backbone.py --backbone resnet18 --workers 0 --amp "$AMP" "${DATA[@]}" --out "$OUT/backbone"
+  "$PYTHON" pretrain_backbone.py --backbone resnet18 --workers 0 --amp "$AMP" --hold-out "$HOLD_OUT" "${DATA[@]}" \
+    --out "$OUT/backbone"
 fi
 
 for model in baseline ibe scribe; do

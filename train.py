@@ -38,7 +38,7 @@ from tqdm import tqdm
 from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
 from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, quiet_worker,
                         run_cli, write_problem)
-from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.data import build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
@@ -64,7 +64,7 @@ RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "best_miou")
 # log.jsonl line records the one its epoch used.)
 MODEL_ARGS = ("model", "recipe", "arch", "backbone", "output_stride", "head_channels", "ibe_placement",
               "pretrained_backbone", "data", "crop_size", "batch_size", "epochs", "lr", "head_lr_mult",
-              "momentum", "weight_decay", "poly_step", "scribe_ignore_as_background", "seed")
+              "momentum", "weight_decay", "poly_step", "scribe_ignore_as_background", "seed", "hold_out")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -148,6 +148,7 @@ def prepare_run(args):
     ``--resume`` continues (None for a fresh run); rank 0 prints the commit, recipe and arguments."""
     check_at_least("--epochs", args.epochs)
     check_at_least("--val-every", args.val_every, 0)
+    check_at_least("--hold-out", args.hold_out, 0)
     recipe = resolve_recipe(args)
     for flag, value in (("--batch-size", args.batch_size), ("--val-batch-size", args.val_batch_size)):
         check_at_least(flag, value)
@@ -407,7 +408,8 @@ def main(args):
     resume = prepare_run(args)
     voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
                                        quiet=not is_main(args))
-    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size)
+    args.held_out = held_out_ids(voc_root, args.hold_out)
+    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size, hold_out=args.held_out)
     seed_everything(args.seed)
     model, bare = build_training_model(args, resume)
     generator = torch.Generator()
@@ -423,6 +425,8 @@ def main(args):
             held.enter_context(OutputLock(args.run_dir, "train.py"))
             check_still_ours(args, resume)
             truncate_log(os.path.join(args.run_dir, "log.jsonl"), start_epoch)
+            if args.held_out:
+                write_text(os.path.join(args.run_dir, "held_out.txt"), "".join(f"{i}\n" for i in args.held_out))
         print_model_summary(bare, train_set, val_set, train_loader, args)
         for epoch in range(start_epoch, args.epochs):
             seed = epoch_seed(args, epoch)
@@ -510,6 +514,11 @@ def get_args_parser():
                         "(slower; CPU runs are deterministic already)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hold-out", type=int, default=0, metavar="N",
+                   help="withhold N VOC train images (evenly spaced through train.txt) from training, so that "
+                        "evaluate_corruptions.py can fit its calibration temperatures on clean images the model never "
+                        "saw; their ids go to <out>/<name>/held_out.txt and the checkpoint. 0 (default): the "
+                        "notebook's whole training set")
     p.add_argument("--print-freq", type=int, default=20, help="progress-bar update and NaN check interval (steps)")
     p.add_argument("--out", default="runs", help="output folder; the run goes to <out>/<name>/")
     p.add_argument("--name", default=None, help="run name; default: the --model value")

@@ -278,12 +278,17 @@ def _add_at(table: torch.Tensor, index: torch.Tensor, values) -> None:
 class Calibration:
     """Reliability bins, fine log-odds bins, NLL and Brier sums of ``n_rows`` rows (images) in one reading
     (``READINGS``) at one temperature, on the device of the logits; ``fine=False`` leaves out the fine bins
-    (adaptive ECE, AURC, AUROC), ``classwise=True`` adds the class-wise table (totals only)."""
+    (adaptive ECE, AURC, AUROC), ``classwise=True`` adds the class-wise table (totals only). ``stride=s``
+    scores only the pixels (s i, s j) of each image, its subgrid of every s-th row and column: 1 / s^2 of the
+    work, an unbiased systematic sample of the pixels (docs/calibration.md, "Pixel subgrid")."""
 
     def __init__(self, n_rows: int = 1, bins: int = BINS, reading: str = "softmax", temperature: float = 1.0,
-                 fine: bool = True, classwise: bool = False):
+                 fine: bool = True, classwise: bool = False, stride: int = 1):
         if reading not in READINGS:
             raise ValueError(f"unknown reading {reading!r} (one of {', '.join(READINGS)})")
+        if int(stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride = int(stride)
         self.n_rows, self.bins = int(n_rows), int(bins)
         self.reading, self.temperature = reading, float(temperature)
         self.fine, self.classwise = bool(fine), bool(classwise)
@@ -323,6 +328,11 @@ class Calibration:
         channels, first maximum on ties) and ``top`` (the maximum logit, (B, ...)) if the caller has them;
         else computed here."""
         x = logits.detach()
+        if self.stride > 1:            # the subgrid (s i, s j): a contiguous copy of 1 / s^2 of the pixels
+            sub = (slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)
+            x, labels = x[sub].contiguous(), labels[sub[1:]]
+            pred = None if pred is None else pred[sub[1:]]
+            top = None if top is None else top[sub[1:]]
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()              # bf16 / fp16 under autocast: the softmax in float32
         b, k = x.shape[:2]
@@ -356,28 +366,32 @@ class Calibration:
         for key, where, value in adds:
             _add_at(t[key], where.reshape(-1), None if value is None else value.reshape(-1))
         if self.classwise:
-            if q is None:              # the softmax's 21 probabilities (rarely wanted; not on the sweep's path)
-                q = torch.softmax(x / self.temperature, 1)
-            shape = (1, k) + (1,) * (x.dim() - 2)
-            cls = torch.arange(k, device=x.device).view(shape)
-            # Slot k * bins + floor(bins q_k) computed in float32 as one fused multiply-add and a truncation
-            # (the costliest step of the readings: 21 values a pixel). The float32 sum can put a q_k within
-            # ~3e-5 of an inner edge into the neighbouring bin; q is clamped below 1 so that no value reaches
-            # the next class's bins (bin 14 is [14/15, 1] either way).
-            nb = k * self.bins
-            offset = torch.arange(0, nb, self.bins, device=x.device, dtype=q.dtype).view(shape)
-            cslot = torch.addcmul(offset, q.clamp(max=1 - 1e-4), torch.tensor(float(self.bins), dtype=q.dtype,
-                                                                                device=x.device)).to(torch.int32)
-            cslot = torch.where(valid.unsqueeze(1), cslot, nb)
-            # Every pixel is a positive of exactly one class, its label: its slot there counts one positive.
-            _add_at(t["cw_pos"], cslot.gather(1, y).reshape(-1).long(), None)
-            _add_at(t["cw_count"], cslot.reshape(-1), None)
-            # The probabilities summed in float32 within the batch (a float64 copy of 21 values a pixel cost
-            # more than the sum; relative error ~1e-5 of a bin's sum per batch), then added in float64.
-            if x.device.type == "cpu":
-                t["cw_conf"] += torch.bincount(cslot.reshape(-1), weights=q.reshape(-1), minlength=nb + 1)
-            else:
-                _add_at(t["cw_conf"], cslot.reshape(-1), q.reshape(-1))
+            self._add_classwise(x, q, valid, y)
+
+    def _add_classwise(self, x, q, valid, y) -> None:
+        """The class-wise table: every pixel's K one-vs-rest probabilities q (None: the softmax's) in their bins."""
+        t, k = self._tables, x.shape[1]
+        if q is None:              # the softmax's 21 probabilities (rarely wanted; not on the sweep's path)
+            q = torch.softmax(x / self.temperature, 1)
+        shape = (1, k) + (1,) * (x.dim() - 2)
+        # Slot k * bins + floor(bins q_k) computed in float32 as one fused multiply-add and a truncation
+        # (the costliest step of the readings: 21 values a pixel). The float32 sum can put a q_k within
+        # ~3e-5 of an inner edge into the neighbouring bin; q is clamped below 1 so that no value reaches
+        # the next class's bins (bin 14 is [14/15, 1] either way).
+        nb = k * self.bins
+        offset = torch.arange(0, nb, self.bins, device=x.device, dtype=q.dtype).view(shape)
+        cslot = torch.addcmul(offset, q.clamp(max=1 - 1e-4), torch.tensor(float(self.bins), dtype=q.dtype,
+                                                                            device=x.device)).to(torch.int32)
+        cslot = torch.where(valid.unsqueeze(1), cslot, nb)
+        # Every pixel is a positive of exactly one class, its label: its slot there counts one positive.
+        _add_at(t["cw_pos"], cslot.gather(1, y).reshape(-1).long(), None)
+        _add_at(t["cw_count"], cslot.reshape(-1), None)
+        # The probabilities summed in float32 within the batch (a float64 copy of 21 values a pixel cost
+        # more than the sum; relative error ~1e-5 of a bin's sum per batch), then added in float64.
+        if x.device.type == "cpu":
+            t["cw_conf"] += torch.bincount(cslot.reshape(-1), weights=q.reshape(-1), minlength=nb + 1)
+        else:
+            _add_at(t["cw_conf"], cslot.reshape(-1), q.reshape(-1))
 
     def all_reduce(self) -> None:
         """Sum the tables over torch.distributed ranks (each rank's own rows, zeros elsewhere); no-op in
@@ -470,16 +484,15 @@ class Calibration:
         out = {prefix + k: v for k, v in self.totals().items()}
         out.update({prefix + k: v for k, v in self.rows().items() if k.startswith("image_")})
         out[prefix + "temperature"] = np.float64(self.temperature)
+        out[prefix + "stride"] = np.int64(self.stride)
         return out
 
-    def _options(self):
-        return dict(reading=self.reading, temperature=self.temperature, fine=self.fine, classwise=self.classwise)
-
     @classmethod
-    def from_rows(cls, rows: dict, reading: str = "softmax", temperature: float = 1.0) -> "Calibration":
+    def from_rows(cls, rows: dict, reading: str = "softmax", temperature: float = 1.0,
+                  stride: int = 1) -> "Calibration":
         """From per-row numpy tables as ``rows()`` returns them (the fine and class-wise ones where present)."""
         count = np.asarray(rows["image_count"], dtype=np.int64)
-        new = cls(count.shape[0], count.shape[1], reading=reading, temperature=temperature,
+        new = cls(count.shape[0], count.shape[1], reading=reading, temperature=temperature, stride=stride,
                   fine=all(k in rows for k in FINE_KEYS), classwise=all(k in rows for k in CLASSWISE_KEYS))
         names = {"image_count": "count", "image_conf_sum": "conf", "image_acc_sum": "acc", "image_nll_sum": "nll",
                  "image_brier_sum": "brier", "image_fine_count": "fine_count", "image_fine_correct": "fine_correct",
@@ -503,7 +516,8 @@ class Calibration:
         rows = {k: np.asarray(state[prefix + k]) for k in wanted if prefix + k in keys}
         rows.update({k: np.asarray(state[prefix + k]) for k in CLASSWISE_KEYS if prefix + k in keys})
         t = float(np.asarray(state[prefix + "temperature"])) if prefix + "temperature" in keys else 1.0
-        return cls.from_rows(rows, reading=reading, temperature=t)
+        stride = int(np.asarray(state[prefix + "stride"])) if prefix + "stride" in keys else 1
+        return cls.from_rows(rows, reading=reading, temperature=t, stride=stride)
 
     def __add__(self, other: "Calibration") -> "Calibration":
         """Row-wise sum (the same rows seen in two parts, or conditions summed into one); the fine and
@@ -512,7 +526,8 @@ class Calibration:
         if a["image_count"].shape != b["image_count"].shape:
             raise ValueError(f"cannot add calibration tables of {a['image_count'].shape} and "
                              f"{b['image_count'].shape} rows x bins")
-        return Calibration.from_rows({k: a[k] + b[k] for k in a if k in b}, self.reading, self.temperature)
+        return Calibration.from_rows({k: a[k] + b[k] for k in a if k in b}, self.reading, self.temperature,
+                                     self.stride)
 
     def merge(self, other: "Calibration") -> "Calibration":
         """In place: self += other (row-wise); returns self."""
@@ -536,7 +551,7 @@ class Calibration:
                     out[k] = out[k][np.asarray(order)]
             else:
                 out[k] = sum(t[k] for t in tables)
-        return cls.from_rows(out, parts[0].reading, parts[0].temperature)
+        return cls.from_rows(out, parts[0].reading, parts[0].temperature, parts[0].stride)
 
     def __repr__(self):
         t = self.totals()

@@ -422,10 +422,38 @@ def sbd_dataset(sbd_root, transforms=None):
     return SBDataset(sbd_root, transforms)
 
 
-def build_datasets(voc_root, sbd_root, crop_size: int = 224):
-    """The paper's training set (VOC train + SBD train_noval) and VOC val, with their transforms."""
+def evenly_spaced(ids: list, n: int) -> list:
+    """n of ``ids`` evenly spaced through the list (the first and the last among them), in list order; all of
+    them when n >= len(ids). The rule picking train.py's --hold-out images and evaluate_corruptions.py's
+    calibration images."""
+    if n <= 0 or not ids:
+        return []
+    return [ids[i] for i in sorted(set(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int)))]
+
+
+def held_out_ids(voc_root, n: int) -> list:
+    """The ids train.py --hold-out n withholds from training: n VOC train images, evenly spaced through
+    ImageSets/Segmentation/train.txt (they have VOC labels, so a calibration fit can read them as it reads val)."""
+    return evenly_spaced(read_split(check_voc_root(voc_root, "train")), n) if n > 0 else []
+
+
+def _without(dataset, ids: set, lists=("images", "targets", "masks")):
+    """The dataset without the images whose id (file name without extension) is in ``ids``."""
+    keep = [i for i, path in enumerate(dataset.images) if os.path.splitext(os.path.basename(path))[0] not in ids]
+    for name in lists:
+        if name in vars(dataset):      # VOC's masks is a property over its targets
+            setattr(dataset, name, [getattr(dataset, name)[i] for i in keep])
+    return dataset
+
+
+def build_datasets(voc_root, sbd_root, crop_size: int = 224, hold_out=()):
+    """The paper's training set (VOC train + SBD train_noval) and VOC val, with their transforms; the ids in
+    ``hold_out`` are left out of both training parts (``held_out_ids``)."""
     tr = train_transform(crop_size)
-    train = torch.utils.data.ConcatDataset([voc_dataset(voc_root, "train", tr), sbd_dataset(sbd_root, tr)])
+    parts = [voc_dataset(voc_root, "train", tr), sbd_dataset(sbd_root, tr)]
+    if hold_out:
+        parts = [_without(part, set(hold_out)) for part in parts]
+    train = torch.utils.data.ConcatDataset(parts)
     val = voc_dataset(voc_root, "val", val_transform(crop_size))
     return train, val
 

@@ -225,7 +225,7 @@ def same_data(key: str, old: dict, new: dict) -> bool:
 # their files' sha256, which covers the weights, the model config and the training recipe stored in them.
 # The val set is compared by its files' digest (data_sha256), voc_root only where a record lacks it (same_data).
 RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256",
-              "shard", "seed_rule", "data_sha256")
+              "shard", "seed_rule", "data_sha256", "calibration_stride")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
 VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
                "data_sha256")
@@ -280,7 +280,7 @@ def first_difference(old: dict, new: dict, skip=()):
 LABELS = {"corruption_code": "--corruption-code", "models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
           "voc_root": "the val set at", "split": "the split", "images": "images:",
           "image_ids_sha256": "image ids sha256", "shard": "--shard", "seed_rule": "the seed rule",
-          "data_sha256": "val files sha256"}
+          "data_sha256": "val files sha256", "calibration_stride": "--calibration-stride"}
 
 
 def shown(value) -> str:
@@ -464,7 +464,7 @@ def _calibration_spec(prefix):
     spec = {"count": ("iu", ("b",)), "conf_sum": ("f", ("b",)), "acc_sum": ("iuf", ("b",)), "nll_sum": ("f", ()),
             "brier_sum": ("f", ()), "pixels": ("iu", ()), "image_count": ("iu", ("n", "b")),
             "image_conf_sum": ("f", ("n", "b")), "image_acc_sum": ("iuf", ("n", "b")), "image_nll_sum": ("f", ("n",)),
-            "image_brier_sum": ("f", ("n",)), "temperature": ("f", ()), "fine_count": ("iu", ("f",)),
+            "image_brier_sum": ("f", ("n",)), "temperature": ("f", ()), "stride": ("iu", ()), "fine_count": ("iu", ("f",)),
             "fine_correct": ("iu", ("f",)), "fine_conf_sum": ("f", ("f",)), "image_fine_count": ("iu", ("n", "f")),
             "image_fine_correct": ("iu", ("n", "f")), "image_fine_conf_sum": ("f", ("n", "f")),
             "classwise_count": ("iu", (K, "b")), "classwise_conf_sum": ("f", (K, "b")),

@@ -160,6 +160,27 @@ def test_confidences_on_the_edges_land_in_their_bins():
     assert cal.ece() == pytest.approx(numpy_calibration(z, labels)["ece"], rel=1e-6)
 
 
+@pytest.mark.parametrize("stride", [2, 3])
+def test_a_stride_scores_the_subgrid_of_every_s_th_row_and_column(stride):
+    z, labels = random_case(5, b=3, h=11, w=8)
+    cal = Calibration(3, stride=stride)
+    cal.update(torch.from_numpy(z), torch.from_numpy(labels), rows=[0, 1, 2])
+    # The pixels (s i, s j), picked by hand; an 11 x 8 image gives rows 0, s, 2s, ... < 11 and columns < 8.
+    sub_z, sub_labels = z[:, :, ::stride, ::stride], labels[:, ::stride, ::stride]
+    assert sub_z.shape[2:] == (len(range(0, 11, stride)), len(range(0, 8, stride)))
+    want = numpy_calibration(sub_z, sub_labels, rows=np.arange(3), n_rows=3)
+    got = cal.rows()
+    slack = 2 * near_edges(sub_z, sub_labels)
+    assert np.abs(got["image_count"] - want["count"]).sum() <= slack
+    assert got["image_count"].sum() == (sub_labels != 255).sum()
+    np.testing.assert_allclose(got["image_nll_sum"], want["nll"], rtol=1e-5)
+    np.testing.assert_allclose(got["image_brier_sum"], want["brier"], rtol=1e-5)
+    assert cal.metrics()["ece"] == pytest.approx(want["ece"], rel=1e-4, abs=1e-6)
+    # The stride travels with the tables (saved, read back, added).
+    back = Calibration.from_state_dict(cal.state_dict())
+    assert back.stride == stride and (back + back).stride == stride
+
+
 def test_two_halves_add_up_to_the_whole():
     z, labels = random_case(3, b=4)
     zt, lt = torch.from_numpy(z), torch.from_numpy(labels)
@@ -258,6 +279,10 @@ def test_sweep_calibration_equals_numpy_from_the_models_logits(swept, corruption
         with torch.no_grad():
             z = np.concatenate([model(torch.from_numpy(x)[None]).numpy() for x in xs])
         lab = np.stack(labels)
+        # Scored on the subgrid of every s-th row and column (--calibration-stride, default 3): picked here by hand.
+        stride = json.load(open(os.path.join(swept["out"], "run.json")))["calibration_stride"]
+        assert stride == 3
+        z, lab = z[:, :, ::stride, ::stride], lab[:, ::stride, ::stride]
         want = numpy_calibration(z, lab, rows=np.arange(len(xs)), n_rows=len(xs))
         row = rows[name, corruption, severity]
         # The sweep ran batches of 3, this one image at a time: float32 rounding apart, nothing more.
@@ -319,9 +344,10 @@ def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
         a = np.load(os.path.join(swept["out"], "confusion", name, "brightness_3.npz"))
         b = np.load(tmp_path / "merged" / "confusion" / name / "brightness_3.npz")
         calib = [k for k in a.files if k.startswith("calib_")]
-        # softmax and sigmoid readings: 11 arrays of the 15 bins, 6 of the fine bins, the temperature each; the
-        # sigmoid's 3 class-wise tables; the temperature-scaled readings: 11 + the temperature each
-        assert len(calib) == 2 * 18 + 3 + 2 * 12
+        # softmax and sigmoid readings: 11 arrays of the 15 bins, 6 of the fine bins, the temperature and the
+        # stride each; the sigmoid's 3 class-wise tables; the temperature-scaled readings: 11 + the temperature
+        # and the stride each
+        assert len(calib) == 2 * 19 + 3 + 2 * 13
         for k in calib:
             if a[k].dtype == np.int64:
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)

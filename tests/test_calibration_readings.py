@@ -359,7 +359,8 @@ def temperature_sweep(tmp_path_factory, synthetic, tiny_ckpts):
         "--checkpoints", tiny_ckpts["scribe"], "test_calibration_readings:constant_logits",
         "--names", "scribe", "const",
         "--data", "synthetic", "--synthetic-root", data, "--size", str(SIZE), "--batch-size", "2", "--workers", "0",
-        "--corruptions", "gaussian", "--severities", "0", "2", "--calibration-images", "4", "--out", str(out)])
+        "--corruptions", "gaussian", "--severities", "0", "2", "--calibration-images", "4",
+        "--calibration-stride", "1", "--out", str(out)])   # every pixel: the oracles below score them all
     assert ev.main(args) == 0
     return data, out
 
@@ -456,6 +457,40 @@ def test_the_test_split_is_refused_for_the_temperature(capsys, synthetic, tiny_c
     finally:
         os.remove(os.path.join(sets, "mixed.txt"))
     assert not os.path.exists(tmp_path / "r" / "metrics.jsonl")
+
+
+def test_the_temperature_is_fitted_on_the_images_every_checkpoint_held_out(capsys, synthetic, tiny_ckpts, tmp_path):
+    import hashlib
+    import evaluate_corruptions as ev
+    data = synthetic(n_voc_train=6, n_val=3, max_side=64)
+    sets = os.path.join(data, "voc", "VOCdevkit", "VOC2012", "ImageSets", "Segmentation")
+    train_ids = open(os.path.join(sets, "train.txt")).read().split()
+    # Two checkpoints as train.py --hold-out writes them, holding out overlapping sets: the fit takes the images
+    # both held out, in train.txt order.
+    paths = []
+    for name, held in (("a", [train_ids[4], train_ids[0], train_ids[2]]), ("b", [train_ids[2], train_ids[5],
+                                                                                  train_ids[4]])):
+        ckpt = torch.load(tiny_ckpts["baseline"], weights_only=False)
+        ckpt["args"] = {**(ckpt.get("args") or {}), "held_out": held}
+        ckpt["name"] = name
+        paths.append(str(tmp_path / f"{name}.pt"))
+        torch.save(ckpt, paths[-1])
+    common = ["--data", "synthetic", "--synthetic-root", data, "--size", str(SIZE), "--workers", "0",
+              "--severities", "0", "--calibration-images", "4"]
+    out = tmp_path / "held"
+    assert ev.main(ev.get_args_parser().parse_args(["--checkpoints", *paths, *common, "--out", str(out)])) == 0
+    t = json.load(open(out / "run.json"))["temperature"]
+    both = [train_ids[2], train_ids[4]]
+    assert t["split"] == "held-out" and t["images"] == 2
+    assert t["image_ids_sha256"] == hashlib.sha256("\n".join(sorted(both)).encode()).hexdigest()
+    assert "were trained on" not in capsys.readouterr().out
+    # A checkpoint that held nothing out: the train split, said in a note.
+    out = tmp_path / "train"
+    assert ev.main(ev.get_args_parser().parse_args(["--checkpoints", paths[0], tiny_ckpts["ibe"], *common,
+                                                    "--out", str(out)])) == 0
+    assert "the models were trained on" in capsys.readouterr().out
+    t = json.load(open(out / "run.json"))["temperature"]
+    assert t["split"] == "train" and t["images"] == 4
 
 
 # ------------------------------------------------------------------------------------------- the analysis

@@ -44,6 +44,24 @@ def test_training_writes_checkpoints_and_log(tiny_data, tmp_path):
     assert not os.path.exists(run / "best.pt")
 
 
+def test_hold_out_keeps_evenly_spaced_train_images_out_of_training(tiny_data, tmp_path, capsys):
+    from common.data import build_datasets
+    base = os.path.join(tiny_data, "voc", "VOCdevkit", "VOC2012")
+    train_ids = open(os.path.join(base, "ImageSets", "Segmentation", "train.txt")).read().split()
+    run_train(tiny_data, tmp_path, "--model", "baseline", "--epochs", "1", "--val-every", "0", "--hold-out", "2")
+    # Two evenly spaced through train.txt: its first and last ids.
+    held = [train_ids[0], train_ids[-1]]
+    assert open(tmp_path / "baseline" / "held_out.txt").read().split() == held
+    assert read_checkpoint(str(tmp_path / "baseline" / "checkpoint.pt"))["args"]["held_out"] == held
+    voc, sbd = os.path.join(tiny_data, "voc"), os.path.join(tiny_data, "sbd")
+    whole, kept = build_datasets(voc, sbd, 48)[0], build_datasets(voc, sbd, 48, hold_out=held)[0]
+    names = [os.path.basename(p) for part in kept.datasets for p in part.images]
+    assert len(kept) == len(whole) - 2 and not {f"{i}.jpg" for i in held} & set(names)
+    line = refused(capsys, train, *TINY, "--synthetic-root", tiny_data, "--out", str(tmp_path / "bad"), "--model",
+                   "baseline", "--hold-out", "-1")
+    assert "--hold-out -1" in line
+
+
 def test_defaults_are_the_notebook_recipe_and_flags_override_it():
     parse = train.get_args_parser().parse_args
     args = parse(["--model", "ibe"])
