@@ -15,16 +15,20 @@ RELIABILITY_STYLE = {0: {"color": "0.2", "linestyle": "-", "marker": "o"},
                      5: {"color": (0.80, 0.47, 0.65), "linestyle": ":", "marker": "^"}}
 
 
-def reliability(ctx, name, severity):
-    """(mean confidence, accuracy, pixels) of the non-empty bins of one model at one severity, from the
-    bins analyze_logits.py summed over the corruptions; None when the arrays have none."""
-    key = f"{name}/calibration/{severity}"
+def bin_means(ctx, key):
+    """(mean confidence, accuracy, pixels) of the non-empty bins analysis_arrays.npz holds under ``key``
+    (``<key>/count``, ``conf_sum``, ``acc_sum``); None when the arrays have none."""
     if f"{key}/count" not in ctx["arrays"]:
         return None
     count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64)
                         for k in ("count", "conf_sum", "acc_sum"))
     kept = count > 0
     return conf[kept] / count[kept], acc[kept] / count[kept], count[kept]
+
+
+def reliability(ctx, name, severity):
+    """``bin_means`` of one model at one severity, from the bins analyze_logits.py summed over the corruptions."""
+    return bin_means(ctx, f"{name}/calibration/{severity}")
 
 
 def check_calibration(ctx):
@@ -74,13 +78,8 @@ READINGS_SHOWN = ("softmax", "sigmoid")
 
 def reading_bins(ctx, name, variant, severity):
     """(mean confidence, accuracy) of the non-empty 15 bins of one reading at one severity, or None."""
-    key = f"{name}/readings/{variant}/{severity}"
-    if f"{key}/count" not in ctx["arrays"]:
-        return None
-    count, conf, acc = (np.asarray(ctx["arrays"][f"{key}/{k}"], dtype=np.float64)
-                        for k in ("count", "conf_sum", "acc_sum"))
-    kept = count > 0
-    return conf[kept] / count[kept], acc[kept] / count[kept]
+    bins = bin_means(ctx, f"{name}/readings/{variant}/{severity}")
+    return None if bins is None else bins[:2]
 
 
 def risk_coverage(ctx, name, variant, severity):
