@@ -9,44 +9,38 @@
 Prints one JSON line per group as it ends (also appended to --out), then a table, the breakdown and one JSON
 object of every row; a failing group does not stop the others (exit status 1). Scratch files go to --root, this
 run's folder removed unless --keep. BENCHMARKS.md says how each script is run, defines every group, target and
-JSON field, and keeps every run's numbers. The groups that drive the scripts are here; the model groups
-(training and inference rates, MFU, --deterministic, gradients, the study projection) are in benchmarks/models.py,
-the timers and the result row they share in benchmarks/measure.py.
+JSON field, and keeps every run's numbers. This file holds the modes, the order of the groups, the budget and the
+summary; the groups themselves are in benchmarks/, by topic: models.py (training and inference rates, MFU,
+--deterministic, gradients, the study projection), corruption.py (the sweep, the dump, corrupt_image alone),
+logits.py (LogitTracker and the calibration readings), train_input.py (the training sample), video.py (the
+video's frames), and measure.py (the timers and the result row they share).
 """
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import time
 import traceback
-from unittest import mock
 
-import numpy as np
 import torch
-from PIL import Image
 
-import evaluate_corruptions
 import train as train_script
-from benchmarks.measure import KINDS, SHORT, Skip, model_kw, peak_memory, result, run_main, timed, torch_threads
+from benchmarks.corruption import bench_corrupt, bench_dump, bench_sweep
+from benchmarks.logits import bench_calibration, bench_logits
+from benchmarks.measure import KINDS, SHORT, Skip, model_kw, peak_memory, torch_threads
 from benchmarks.models import (bench_deterministic, bench_infer_model, bench_loss_gradients, bench_machine,
                                bench_quick_step, bench_study, bench_train_model, peak_tflops)
-from common import vocc
-from common.calibration import Calibration
-from common.checkpoint import load_model, save_random_checkpoint
+from benchmarks.train_input import bench_train_input
+from benchmarks.video import bench_video
+from common.checkpoint import save_random_checkpoint
 from common.cli import UsageError, run_cli
-from common.constants import colorize
-from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
-from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
-from common.device import autocast, memory_format, resolve_device, use_device
+from common.corruptions import SLOW
+from common.device import resolve_device, use_device
 from common.host import keep_freed_memory
-from common.logits import LogitTracker, channel_argmax
-from common.models import BACKBONES, predict
+from common.models import BACKBONES
 from common.outputs import git_commit
 from common.synthetic import ensure_synthetic
 
@@ -79,314 +73,9 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1,
             machine_backbone="resnet18", machine_head_channels=8, machine_batch=1, machine_size=32,
             quick_step_batch=2, quick_step_eval_batch=2, quick_step_size=32, quick_step_repeats=1)
-ROOT = os.path.dirname(os.path.abspath(__file__))
 # Calibrated on the 2-core CPU, where the forward passes dominate: "info" on a GPU, with the CPU target beside.
 CPU_CALIBRATED = ("shared_time_v3", "shared_time_v3plus", "logits_vs_forward")
 
-# -------------------------------------------------------------------------------------------- helpers
-
-def val_samples(cfg, size, indices):
-    """``eval_sample`` (id, uint8 image, label) of synthetic val images ``indices`` at ``size`` px, as the sweep."""
-    val = voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")
-    return [eval_sample(val, i % len(val), "paper", size) for i in indices]
-
-def corrupt_seconds(samples, conditions, repeats=1, warmup=None):
-    """(seconds, {corruption: seconds}) of corrupt_image on samples x conditions, the fastest of ``repeats``
-    passes, after the first sample under the ``warmup`` conditions (imports, numba's compiles)."""
-    if warmup:
-        corrupt_seconds(samples[:1], warmup)
-    best = None
-    for _ in range(repeats):
-        per = dict.fromkeys([c for c, _ in conditions], 0.0)
-        for image_id, image, _ in samples:
-            for c, s in conditions:
-                t0 = time.perf_counter()
-                corrupt_image(image, image_id, c, s)
-                per[c] += time.perf_counter() - t0
-        best = per if best is None or sum(per.values()) < sum(best.values()) else best
-    return sum(best.values()), best
-
-def corrupt_alone(cfg, size, indices, conditions, repeats):
-    """corrupt_seconds on val images ``indices``, warmed up; bench_dump runs it in a fresh process, like the dump."""
-    return corrupt_seconds(val_samples(cfg, size, indices), conditions, repeats, warmup=conditions)
-
-def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a new interpreter (multiprocessing's spawn), started as a script's own run is."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
-
-def notebook_moments(logits):
-    """The paper notebook's way: per class a boolean mask over the batch, float32 sums. Same statistics."""
-    k, pred, x = logits.shape[1], logits.argmax(1), logits.permute(0, 2, 3, 1)     # B x H x W x K view
-    count, sums = torch.zeros(k, device=logits.device), torch.zeros((k, k), device=logits.device)
-    sq = torch.zeros((k, k, k), device=logits.device)
-    for n in range(k):
-        v = x[pred == n]                                                           # N_n x K, float32
-        count[n], sums[n], sq[n] = count[n] + v.shape[0], sums[n] + v.sum(0), sq[n] + v.T @ v
-    return count, sums, sq
-
-def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
-    """make_video's 960x540 2x2 frame drawn the notebook way: a matplotlib figure per frame, rasterised by Agg."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.6, 5.4), dpi=100, facecolor="black")
-    canvas = FigureCanvasAgg(fig)
-    tiles = ((original, "bilinear"), (corrupted, "bilinear"), (colorize(pred_baseline), "nearest"),
-             (colorize(pred_robust), "nearest"))
-    for k, ((img, interp), text) in enumerate(zip(tiles, labels)):
-        ax = fig.add_axes([(k % 2) / 2, 0.5 - (k // 2) / 2, 0.5, 0.5])
-        ax.imshow(img, interpolation=interp)
-        ax.set_axis_off()
-        ax.text(0.012, 0.97, text, transform=ax.transAxes, va="top", ha="left", color="white", fontsize=13,
-                bbox=dict(facecolor="black", alpha=0.8, edgecolor="none", pad=3))
-    canvas.draw()
-    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
-
-def conditions_of(cfg):
-    """The (corruption, severity) list evaluate_corruptions.py builds: clean/0 first, then c x s>0."""
-    sev = parse_severities([str(s) for s in cfg["severities"]])
-    return [("clean", 0)] * (0 in sev) + [(c, s) for c in parse_corruptions(cfg["corruptions"]) for s in sev if s]
-
-# --------------------------------------------------------------------- groups (defined in BENCHMARKS.md)
-
-def run_sweep(cfg, ckpts, out, log):
-    """(wall seconds, corrupt_image calls) of evaluate_corruptions.main in this process, with --workers 0."""
-    argv = ["--checkpoints", *ckpts, "--data", "synthetic", "--synthetic-root", cfg["synthetic_root"],
-            "--limit", str(cfg["images"]), "--size", str(cfg["size"]), "--batch-size", str(cfg["batch_size"]),
-            "--corruptions", *cfg["corruptions"], "--severities", *map(str, cfg["severities"]),
-            "--workers", "0", "--device", cfg["device"], "--amp", cfg["sweep_amp"], "--out", out]
-    # The one seam into a script: corrupt_image wrapped, not replaced, to count its calls. With --workers 0 the
-    # loader corrupts in this process, where the wrapper sees every call.
-    with mock.patch.object(evaluate_corruptions, "corrupt_image", wraps=evaluate_corruptions.corrupt_image) as calls:
-        return run_main(evaluate_corruptions, argv, log, cfg["device"])[0], calls.call_count
-
-def bench_sweep(ctx, arch):
-    """sweep_efficiency, shared_calls and shared_time of the three checkpoints of ``arch``."""
-    cfg, ckpts, short, dev = ctx["cfg"], ctx["checkpoints"](arch), SHORT[arch], ctx["cfg"]["device"]
-    folder, fmt = os.path.join(ctx["scratch"], f"sweep-{short}"), memory_format(torch.device(dev), cfg["sweep_amp"])
-    bs = cfg["batch_size"]
-    conds = conditions_of(cfg)
-    corrupted = conds[conds[0][1] == 0:]
-    n = min(cfg["images"], len(voc_dataset(os.path.join(cfg["synthetic_root"], "voc"), "val")))
-    samples = val_samples(cfg, cfg["size"], range(n))
-    # Warm-up: imagecorruptions' imports and numba's compiles, a tiny sweep (lazy imports), first forwards.
-    corrupt_seconds(samples[:1], corrupted)
-    run_sweep(dict(cfg, images=2, corruptions=cfg["corruptions"][:1], severities=[0, 1]), ckpts[:1],
-              os.path.join(folder, "warmup"), ctx["log"])
-    # The forwards alone, as the sweep runs them: its batches, memory format, inference mode and --amp.
-    models = [load_model(p, dev)[0].to(memory_format=fmt) for p in ckpts]
-    batches = [normalise_uint8(torch.from_numpy(np.stack([s[1] for s in samples[i:i + bs]])).to(dev)).contiguous(
-        memory_format=fmt) for i in range(0, n, bs)]
-
-    def forward(model):
-        with torch.inference_mode(), autocast(torch.device(dev), cfg["sweep_amp"]):
-            [model(x) for x in batches]
-    [forward(m) for m in models]
-    # Each ratio within its round (this VM's speed drifts by several percent over minutes), the median reported.
-    rounds = []
-    for r in range(cfg["sweep_repeats"]):
-        (t1, calls1), (t3, calls3) = (run_sweep(cfg, ckpts[:m], os.path.join(folder, f"{m}-{r}"), ctx["log"])
-                                      for m in (1, 3))
-        fwd = [len(conds) * float(np.median([timed(lambda: forward(m), dev)[0] for _ in range(cfg["repeats"])]))
-               for m in models]
-        t_corrupt = corrupt_seconds(samples, corrupted)[0]
-        rounds.append(dict(sweep_1_model=t1, sweep_3_models=t3, corrupt_alone=t_corrupt, forward_alone=sum(fwd),
-                           extra_models_forward=sum(fwd[1:]), efficiency=t3 / (t_corrupt + sum(fwd)),
-                           shared=(t3 - t1) / sum(fwd[1:])))
-    # A run's fixed cost: the 3-model sweep again on its finished folder, where every condition is skipped.
-    t_fixed = run_sweep(cfg, ckpts, os.path.join(folder, "3-0"), ctx["log"])[0]
-    e, sh = (sorted(rounds, key=lambda rd: rd[key])[len(rounds) // 2] for key in ("efficiency", "shared"))
-    seconds = dict({key: e[key] for key in ("sweep_3_models", "corrupt_alone", "forward_alone")}, fixed_per_run=t_fixed)
-    return {f"sweep_efficiency_{short}": result(e["efficiency"], 1.2, "<=", seconds,
-                                                rounds=[round(rd["efficiency"], 4) for rd in rounds]),
-            f"shared_calls_{short}": result(calls3 / max(calls1, 1), 1.0, "==", calls_1_model=calls1,
-                                            calls_3_models=calls3, calls_expected=n * len(corrupted)),
-            f"shared_time_{short}": result(sh["shared"], 1.1, "<=", {key: sh[key] for key in (
-                "sweep_1_model", "sweep_3_models", "extra_models_forward")},
-                rounds=[round(rd["shared"], 4) for rd in rounds])}
-
-def run_dump(argv, images, log):
-    """Seconds of ``python dump_voc_c.py argv``'s own work: ``images`` over the images/s of its last line."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "dump_voc_c.py"), *argv], cwd=ROOT,
-                          capture_output=True, text=True)
-    with open(log, "a") as fh:
-        fh.write(proc.stdout + proc.stderr)
-    rate = re.findall(r"([0-9.]+) images/s", proc.stdout)
-    if proc.returncode != 0 or not rate:
-        raise RuntimeError(f"dump_voc_c.py exited {proc.returncode}: {(proc.stderr or proc.stdout)[-300:]}")
-    return images / float(rate[-1])
-
-def bench_dump(ctx):
-    """dump_scaling and dump_overhead, per image by difference of a short and a long run."""
-    cfg = ctx["cfg"]
-    (short, long_), size, extra = cfg["dump_images"], cfg["dump_size"], cfg["dump_images"][1] - cfg["dump_images"][0]
-    cors, sev = parse_corruptions(cfg["dump_corruptions"]), [s for s in cfg["dump_severities"] if s > 0]
-    argv = ["--data", "synthetic", "--synthetic-root", cfg["synthetic_root"], "--size", str(size),
-            "--corruptions", *cors, "--severities", *map(str, sev)]
-    runs = {(w, n): min(run_dump(argv + ["--limit", str(n), "--workers", str(w), "--out", os.path.join(
-        ctx["scratch"], f"dump-w{w}-n{n}-{r}")], n, ctx["log"]) for r in range(cfg["dump_repeats"]))
-            for w in (1, 2) for n in (short, long_)}
-    per_image = {w: max(runs[w, long_] - runs[w, short], 1e-9) / extra for w in (1, 2)}
-    conditions = [(c, s) for c in cors for s in sev]
-    t_corrupt = in_fresh_process(corrupt_alone, cfg, size, list(range(short, long_)), conditions,
-                                 cfg["dump_repeats"])[0] / extra
-    start_up = {f"start_up_workers_{w}": round(runs[w, short] - short * per_image[w], 2) for w in (1, 2)}
-    return {"dump_scaling": result(per_image[1] / per_image[2], 1.7, ">=", dict(
-                per_image_workers_1=per_image[1], per_image_workers_2=per_image[2],
-                **{f"run_workers_{w}_images_{n}": t for (w, n), t in runs.items()}),
-                images_per_s_1=round(1 / per_image[1], 2), images_per_s_2=round(1 / per_image[2], 2),
-                whole_run_ratio=round(runs[1, long_] / runs[2, long_], 3)),
-            "dump_overhead": result(per_image[1] / t_corrupt, 1.1, "<=", dict(
-                dump_per_image=per_image[1], corrupt_alone_per_image=t_corrupt),
-                files_per_image=len(conditions), **start_up)}
-
-def logit_inputs(ctx, name):
-    """DeepLabV3+ R50 (random weights, eval), its input batch and logits, after a first (warm-up) forward."""
-    cfg, dev = ctx["cfg"], ctx["cfg"]["device"]
-    model = load_model(save_random_checkpoint(os.path.join(ctx["scratch"], f"{name}.pt"), "baseline",
-                                              **model_kw(cfg, "deeplabv3plus")), dev)[0]
-    x = torch.randn(cfg["logit_batch"], 3, cfg["logit_size"], cfg["logit_size"],
-                    generator=torch.Generator().manual_seed(0)).to(dev)
-    with torch.inference_mode():
-        return model, x, model(x).float()
-
-def bench_logits(ctx):
-    dev, reps = ctx["cfg"]["device"], ctx["cfg"]["logit_repeats"]
-    model, x, logits = logit_inputs(ctx, "logits")
-    with torch.inference_mode():
-        t_fwd = timed(lambda: model(x), dev, reps)[0]
-        t_track = timed(lambda: LogitTracker().update(logits), dev, max(reps, 5), warmup=True)[0]
-        t_loop = timed(lambda: notebook_moments(logits), dev, max(reps, 5), warmup=True)[0]
-    return {"logits_vs_forward": result(t_track / t_fwd, 0.10, "<=", dict(tracker_update=t_track, forward=t_fwd)),
-            "logits_vs_loop": result(t_track / t_loop, 2.0, "<=", dict(tracker_update=t_track, mask_loop=t_loop))}
-
-def bench_calibration(ctx):
-    """Calibration.update as ConditionStats calls it over the forward, every reading on (softmax and sigmoid,
-    each also after temperature scaling) on evaluate_corruptions.py's default pixel subgrid; beside it the same on
-    every pixel, each reading alone and the alternatives."""
-    dev, reps = ctx["cfg"]["device"], max(ctx["cfg"]["logit_repeats"], 5)
-    model, x, logits = logit_inputs(ctx, "calibration")
-    (bs, _, h, w), gen = logits.shape, torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 21, (bs, h, w), generator=gen)
-    labels[torch.rand((bs, h, w), generator=gen) < 0.05] = 255      # VOC's ignored borders, roughly
-    labels, pos = labels.to(dev), np.arange(bs)
-    pred, top = channel_argmax(logits), torch.maximum(logits[:, 1:].amax(1), logits[:, 0])
-    temps = {"softmax": 1.5, "sigmoid": 1.5}   # as after a temperature fit: every reading on
-    stride = evaluate_corruptions.get_args_parser().get_default("calibration_stride")
-
-    def every_reading(s):     # what ConditionStats.update runs: the four readings (docs/calibration.md)
-        for cal in evaluate_corruptions.ConditionStats(bs, temps, s).calibrations.values():
-            cal.update(logits, labels, pos, pred=pred, top=top)
-
-    calls = dict(calibration=lambda: every_reading(stride),
-                 calibration_every_pixel=lambda: every_reading(1),
-                 calibration_softmax=lambda: Calibration(bs, stride=stride).update(logits, labels, pos, pred=pred,
-                                                                                   top=top),
-                 calibration_sigmoid=lambda: Calibration(bs, reading="sigmoid", classwise=True, stride=stride).update(
-                     logits, labels, pos, pred=pred, top=top),
-                 calibration_alone=lambda: Calibration(bs, stride=stride).update(logits, labels, pos),
-                 condition_stats=lambda: evaluate_corruptions.ConditionStats(bs, temps, stride).update(logits, labels,
-                                                                                                       pos))
-    with torch.inference_mode():
-        t_fwd = timed(lambda: model(x), dev, reps)[0]
-        t = {name: timed(fn, dev, reps, warmup=True)[0] for name, fn in calls.items()}
-    return {f"{name}_vs_forward": result(t[name] / t_fwd, 0.05 if name == "calibration" else None,
-                                         "<=" if name == "calibration" else "info",
-                                         {name: t[name], "forward": t_fwd}, stride=1 if "every" in name else stride)
-            for name in calls}
-
-def voc_sized_copy(ctx):
-    """The synthetic val images as a VOC training set of VOC-sized JPEGs (~500x375, quality 90, upscaled)."""
-    base = os.path.join(ctx["scratch"], "voc-sized", "VOCdevkit", "VOC2012")
-    src = voc_dataset(os.path.join(ctx["cfg"]["synthetic_root"], "voc"), "val")
-    ids = [f"2099_{i:06d}" for i in range(min(ctx["cfg"]["train_images"], len(src)))]
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        os.makedirs(os.path.join(base, sub), exist_ok=True)
-    for (img, target), image_id in zip(src, ids):
-        size = (500, 375) if img.size[0] >= img.size[1] else (375, 500)
-        img.resize(size, Image.BICUBIC).save(os.path.join(base, "JPEGImages", f"{image_id}.jpg"), quality=90)
-        vocc.write_bytes(os.path.join(base, "SegmentationClass", f"{image_id}.png"),
-                         vocc.png_bytes(np.asarray(target.resize(size, Image.NEAREST)), palette=True))
-    vocc.write_bytes(os.path.join(base, "ImageSets", "Segmentation", "train.txt"), ("\n".join(ids) + "\n").encode())
-    return os.path.dirname(os.path.dirname(base))
-
-def bench_train_input(ctx):
-    """common.data's training sample on VOC-sized JPEGs on one thread, what one DataLoader worker has."""
-    root, tf = voc_sized_copy(ctx), train_transform(224)
-    ds, plain = voc_dataset(root, "train", tf), voc_dataset(root, "train")
-    n = len(ds)
-    pairs = [plain[i] for i in range(n)]   # decoded (image, label) pairs
-    jobs = dict(decode=lambda: [np.asarray(Image.open(p).convert("RGB")) for p in ds.images],
-                transform=lambda: [tf(*p) for p in pairs], full_sample=lambda: [ds[i] for i in range(n)])
-    with torch_threads(1):   # torch and OpenCV
-        torch.manual_seed(0)
-        t = {name: timed(fn, "cpu", ctx["cfg"]["repeats"], warmup=True)[0] / n for name, fn in jobs.items()}
-    return {"train_vs_decode": result(t["transform"] / t["decode"], 2.0, "<=", {
-                f"{name}_per_image": v for name, v in t.items()}, full_sample_vs_decode=round(
-                t["full_sample"] / t["decode"], 3)),
-            "train_16_workers": result(16 / t["full_sample"], 2000, ">=", dict(full_sample_per_image=t["full_sample"]),
-                                       images_per_s_per_core=round(1 / t["full_sample"], 1))}
-
-def video_frames(make_video, text, ckpts, cfg):
-    """make_video's frame tiles, rebuilt from its clip, schedule (its segment_of: n // K frames a segment) and
-    models, at the --size geometry the benchmark runs it with."""
-    n = int(re.search(r"wrote .*?: (\d+) frames", text).group(1))
-    size, schedule = tuple(map(int, re.search(r"models see (\d+)x(\d+)", text).groups())), make_video.build_schedule()
-    originals = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in make_video.synthetic_frames(n)]
-    conds = [schedule[make_video.segment_of(i, n, len(schedule))] for i in range(n)]
-    corrupted = np.stack([corrupt_image(o, f"frame{i:06d}", c, s) if s else o
-                          for i, (o, (c, s)) in enumerate(zip(originals, conds))])
-    preds = [predict(load_model(ckpts[k], cfg["device"])[0], corrupted, cfg["device"], cfg["video_batch"])
-             for k in (0, 2)]
-    return [(originals[i], corrupted[i], preds[0][i], preds[1][i],
-             ("", make_video.condition_label(*conds[i]), make_video.THEIRS, make_video.OURS)) for i in range(n)]
-
-def bench_video(ctx):
-    """video_render and video_end_to_end: make_video.compose against a matplotlib figure per frame."""
-    import av           # PyAV and make_video (which needs it) only here: the other groups run without them
-    import make_video
-
-    cfg, ckpts, vdir, dev = ctx["cfg"], ctx["checkpoints"]("deeplabv3plus"), os.path.join(ctx["scratch"], "video"), \
-        ctx["cfg"]["device"]
-    argv = ["--synthetic", "--size", str(cfg["video_size"]), "--batch-size", str(cfg["video_batch"]), "--device",
-            dev, "--baseline", ckpts[0], "--robust", ckpts[2]]
-    # Warm-up: every corruption once (numba compiles glass blur on first use), a 4-frame run (lazy imports).
-    corrupt_seconds([("warmup", np.zeros((64, 64, 3), np.uint8), None)], [(c, 2) for c in parse_corruptions(["all"])])
-    run_main(make_video, argv + ["--frames", "4", "--out", os.path.join(vdir, "warm.mp4")], ctx["log"], dev)
-    text = run_main(make_video, argv + ["--frames", str(cfg["frames"]), "--out", os.path.join(vdir, "script.mp4")],
-                    ctx["log"], dev)[1]
-    n, fps = re.search(r"wrote .*?: (\d+) frames.*\(([0-9.]+) frames/s\)", text).groups()
-    n, t_script = int(n), int(n) / float(fps)      # its own clock: from the first frame to the renamed file
-    frames = video_frames(make_video, text, ckpts, cfg)
-
-    def render(compose_fn):
-        container, stream = make_video.open_output(os.path.join(vdir, "render.mp4"), 25, make_video.pick_codec())
-        with container:
-            for i, args in enumerate(frames):
-                vf = av.VideoFrame.from_ndarray(compose_fn(*args), format="rgb24")
-                vf.pts = i
-                [container.mux(packet) for packet in stream.encode(vf)]
-            [container.mux(packet) for packet in stream.encode(None)]   # the encoder's lookahead
-
-    render(make_video.compose), mpl_compose(*frames[0])                   # encoder, fonts, matplotlib warm-up
-    t_np, t_mpl = (timed(lambda: render(fn), dev, cfg["repeats"])[0] for fn in (make_video.compose, mpl_compose))
-    t_pipeline = t_script + t_mpl - t_np   # the script's own run, with matplotlib's rendering instead of its own
-    return {"video_render": result(t_mpl / t_np, 3.0, ">=", dict(make_video_render=t_np, matplotlib_render=t_mpl),
-                                   frames=n, fps_make_video=round(n / t_np, 2), fps_matplotlib=round(n / t_mpl, 2)),
-            "video_end_to_end": result(t_pipeline / t_script, None, "info", dict(
-                make_video=t_script, matplotlib_pipeline=t_pipeline), fps_make_video=round(n / t_script, 2),
-                fps_matplotlib=round(n / t_pipeline, 2))}
-
-def bench_corrupt(ctx):
-    """Corruption cost per val image at 224 px, every corruption and severity, on one core of this machine."""
-    cfg = ctx["cfg"]
-    samples, cors = val_samples(cfg, cfg["corrupt_size"], range(cfg["corrupt_images"])), parse_corruptions(
-        cfg["corrupt_corruptions"])
-    total, per = corrupt_seconds(samples, [(c, s) for c in cors for s in range(1, 6)], warmup=[(c, 1) for c in cors])
-    ctx["corrupt_per_val_image"] = total / len(samples)    # all 75 conditions of one image
-    return {"corrupt_all_75_per_image": result(total / len(samples), None, "info", {
-        c: t / len(samples) for c, t in per.items()}, images=len(samples), size=cfg["corrupt_size"])}
 
 # ---------------------------------------------------------------------------------------------- main
 

@@ -45,11 +45,12 @@ on average, mostly in the noisy tiles.
 The video is written to ``<out stem>.tmp-<pid><ext>`` and renamed at the end: an interrupted run leaves
 no partial ``--out``. Bad input (unreadable video, missing checkpoint, unknown corruption) ends with one
 ``error:`` line on stderr and exit status 2.
+
+This file holds the schedule, the input, the encoder and the loop; the frame itself (tiles, the notebook's
+geometry, captions) is common/video.py's, the --synthetic clip common/synthetic_clip.py's.
 """
 import argparse
-import functools
 import json
-import math
 import os
 import sys
 import time
@@ -58,20 +59,20 @@ from fractions import Fraction
 import av
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
-from common import external, synthetic
+from common import external
 from common.cli import UsageError, add_device_arguments, check_at_least, run_cli, write_problem
-from common.constants import colorize
 from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SIDE, add_code_argument, corrupt_image,
                                 parse_corruptions)
 from common.device import resolve_device, use_device
 from common.models import predict
 from common.outputs import git_commit
+from common.synthetic_clip import SYNTH_H, SYNTH_W, synthetic_frames
+from common.video import (FRAME_H, FRAME_W, NOTEBOOK_SQUARE, OURS, THEIRS, TILE_H, TILE_W, compose, condition_label,
+                          model_size, notebook_frame)
 
-TILE_W, TILE_H = 480, 270               # PROTOCOL.md: 2x2 tiles of 480x270 -> 960x540
-FRAME_W, FRAME_H = 2 * TILE_W, 2 * TILE_H
 CLEAN = "clean"
 # PROTOCOL.md: "clean, then corruptions 1..13 skipping frost" in the paper's numbering (0 gaussian_noise
 # and 14 jpeg_compression are not in the video; frost, 8, is skipped).
@@ -84,21 +85,6 @@ SEVERITY_OVERRIDES = {"elastic_transform": 3}  # severity 2 of elastic is barely
 # at ~6 ms a frame against ~16 ms for medium, at about the same size. mpeg4 has no crf, so a bit rate.
 CODECS = (("libx264", {"crf": "18", "preset": "veryfast"}, None),
           ("mpeg4", {}, 6_000_000))
-
-# The notebook's geometry (cells 55, 57): frame -> 480x270 -> 224x224 -> corrupted -> 270x480.
-NOTEBOOK_WH = (TILE_W, TILE_H)
-NOTEBOOK_SQUARE = 224
-# The notebook's captions: text at (500, 30), (20, 300), (500, 300) of the 960x540 image, i.e. (20, 30) inside
-# each tile (left end of the baseline), red with a black outline, fontsize 3 pt at 960 dpi on the 2x figure.
-CAPTION_XY = (20, 30)
-CAPTION_RGB = (255, 0, 0)
-CAPTION_FONT_SIZE = 20   # 3 pt * 960 dpi / 72 = 40 px at 1920 x 1080, 20 px at 960 x 540
-CAPTION_STROKE = 2       # px of black outline (the notebook's 1 pt Stroke: ~1.7 px at this size)
-THEIRS, OURS = "Theirs", "Ours"
-LETTERBOX = 16        # grey level around frames whose aspect is not 16:9 (--size geometry)
-
-SYNTH_W, SYNTH_H = 640, 360   # the generated clip's size (16:9, like the tiles)
-SYNTH_OBJECTS = 6
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -186,175 +172,6 @@ def video_frames(path):
             yield frame.to_ndarray(format="rgb24")
 
 
-def _reflect(p, hi):
-    """p folded into [0, hi] like a ball bouncing between two walls: a position computable for any frame."""
-    q = np.mod(p, 2 * hi)
-    return np.where(q <= hi, q, 2 * hi - q)
-
-
-class SyntheticClip:
-    """Moving, rotating objects of the synthetic dataset's classes over a smooth, slowly panning background.
-
-    Each object is drawn by common.synthetic's own pieces (``shape_mask``, ``texture_pattern``,
-    ``object_colours``), so it keeps its class's shape, texture and colour and models trained on the
-    synthetic set recognise it. Deterministic: ``frame(i)`` depends only on (seed, i).
-    """
-
-    def __init__(self, seed=0, width=SYNTH_W, height=SYNTH_H, n_objects=SYNTH_OBJECTS):
-        rng = np.random.default_rng([seed, 0])
-        self.seed, self.w, self.h = seed, width, height
-        self.yy, self.xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        self.c0, self.c1 = synthetic.greyish(rng, 0.3, 0.85), synthetic.greyish(rng, 0.3, 0.85)
-        self.angle0, self.spin = rng.uniform(0, 2 * np.pi), rng.choice([-1, 1]) * 2 * np.pi / 900
-        # Blotches on a field larger than the frame; a moving crop of it reads as a slow camera pan.
-        self.pan = 40
-        self.blot = synthetic.blotches(rng, height + 2 * self.pan, width + 2 * self.pan) * 0.12
-        sizes = np.sort(rng.uniform(0.22, 0.42, n_objects))[::-1] * height  # big first: small ones stay on top
-        classes = rng.choice(np.arange(1, 21), n_objects, replace=False)
-        self.objects = [self._object(rng, int(k), size) for k, size in zip(classes, sizes)]
-
-    def _object(self, rng, k, size):
-        """One object of class k and diameter ``size``: its look, start position and motion (px, rad per frame)."""
-        shape, texture, _, _ = synthetic.class_style(k)
-        colour, second = synthetic.object_colours(rng, k)
-        heading, speed = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 3.0)
-        return dict(shape=shape, r=size / 2, proportions=synthetic.shape_proportions(rng, shape), texture=texture,
-                    pattern=synthetic.texture_params(rng, texture, size), colour=colour, second=second,
-                    x0=rng.uniform(0, self.w), y0=rng.uniform(0, self.h),
-                    vx=speed * np.cos(heading), vy=speed * np.sin(heading),
-                    a0=rng.uniform(0, 2 * np.pi), omega=rng.choice([-1, 1]) * rng.uniform(0.01, 0.04))
-
-    def background(self, i):
-        a = self.angle0 + self.spin * i
-        t = ((self.xx - self.w / 2) * np.cos(a) + (self.yy - self.h / 2) * np.sin(a)) / math.hypot(self.w, self.h) + 0.5
-        img = (1 - t)[..., None] * self.c0 + t[..., None] * self.c1
-        ox = int(round(self.pan * (1 + np.sin(2 * np.pi * i / 400))))
-        oy = int(round(self.pan * (1 + np.cos(2 * np.pi * i / 300))))
-        return img + self.blot[oy:oy + self.h, ox:ox + self.w]
-
-    def draw(self, img, o, i):
-        cx, cy = float(_reflect(o["x0"] + o["vx"] * i, self.w)), float(_reflect(o["y0"] + o["vy"] * i, self.h))
-        a = o["a0"] + o["omega"] * i
-        # Drawn in its bounding box only (shape_mask: every shape lies within 1.1 r), not over the whole frame.
-        big = 1.1 * o["r"]
-        x0, y0 = max(0, int(cx - big)), max(0, int(cy - big))
-        x1, y1 = min(self.w, int(cx + big) + 1), min(self.h, int(cy + big) + 1)
-        if x1 <= x0 or y1 <= y0:
-            return
-        mask = synthetic.shape_mask(o["shape"], y1 - y0, x1 - x0, cx - x0, cy - y0, o["r"], a, **o["proportions"])
-        # The texture lives in the object's own (rotated) frame, so it moves and turns with the object.
-        lx, ly = self.xx[y0:y1, x0:x1] - cx, self.yy[y0:y1, x0:x1] - cy
-        c, s = np.cos(a), np.sin(a)
-        pattern = synthetic.texture_pattern(o["texture"], lx * c + ly * s, -lx * s + ly * c, o["pattern"])
-        region = img[y0:y1, x0:x1]
-        region[mask] = np.where(pattern[..., None], o["second"], o["colour"])[mask]
-
-    def frame(self, i):
-        img = self.background(i)
-        for o in self.objects:
-            self.draw(img, o, i)
-        img += np.random.default_rng([self.seed, 1, i]).normal(0, 3, (self.h, self.w, 1))  # sensor-like noise
-        return np.clip(img, 0, 255).round().astype(np.uint8)
-
-
-def synthetic_frames(n_frames, seed=0):
-    clip = SyntheticClip(seed)
-    for i in range(n_frames):
-        yield clip.frame(i)
-
-
-# ---------------------------------------------------------------------------------------------- frames
-
-def model_size(width, height, size):
-    """(w, h) the models see: the notebook's 480x270 when ``size`` is None; else short side ``size``, aspect
-    kept, both rounded to a multiple of 8 (an exact tiling for the stride-4 and stride-8 feature maps).
-    """
-    if size is None:
-        return NOTEBOOK_WH
-    r8 = lambda v: max(MIN_SIDE, int(round(v / 8)) * 8)  # noqa: E731 (imagecorruptions needs >= 32 px)
-    scale = size / min(width, height)
-    return r8(width * scale), r8(height * scale)
-
-
-def fit_box(width, height):
-    """(x, y, w, h) of a width x height image scaled to fit a tile, centred (letterboxed, never cropped)."""
-    scale = min(TILE_W / width, TILE_H / height)
-    w, h = min(TILE_W, round(width * scale)), min(TILE_H, round(height * scale))
-    return (TILE_W - w) // 2, (TILE_H - h) // 2, w, h
-
-
-@functools.lru_cache(maxsize=None)
-def _font():
-    """DejaVu Sans Bold (shipped with matplotlib, the notebook's text font), else Pillow's own."""
-    try:
-        from matplotlib import font_manager
-        path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"),
-                                     fallback_to_default=False)
-        return ImageFont.truetype(path, CAPTION_FONT_SIZE)
-    except (ImportError, ValueError, OSError):
-        try:
-            return ImageFont.load_default(size=CAPTION_FONT_SIZE)  # Pillow >= 10.1 with FreeType
-        except (TypeError, OSError, ImportError):
-            return ImageFont.load_default()  # small bitmap font
-
-
-@functools.lru_cache(maxsize=256)
-def caption_patch(text):
-    """(outline coverage, fill coverage, (dx, dy)) of one caption: float32 HxWx1 arrays in 0..1 and the offset
-    of their top-left corner from the caption's anchor (the left end of its baseline). Cached per text."""
-    font = _font()
-    left, top, right, bottom = font.getbbox(text, anchor="ls", stroke_width=CAPTION_STROKE)
-    cover = []
-    for stroke in (CAPTION_STROKE, 0):
-        glyphs = Image.new("L", (right - left, bottom - top), 0)
-        ImageDraw.Draw(glyphs).text((-left, -top), text, fill=255, font=font, anchor="ls", stroke_width=stroke,
-                                    stroke_fill=255)
-        cover.append(np.asarray(glyphs, np.float32)[..., None] / 255)
-    return cover[0], cover[1], (left, top)
-
-
-def put_caption(canvas, text, x, y, clip):
-    """Write ``text`` with its baseline starting at (x, y) of ``canvas``, in place: a black outline, then the
-    red letters, each blended by its coverage. ``clip`` = (x0, y0, x1, y1): the tile it may not leave."""
-    if not text:
-        return
-    outline, fill, (dx, dy) = caption_patch(text)
-    h, w = fill.shape[:2]
-    x0, y0 = x + dx, y + dy
-    cx0, cy0, cx1, cy1 = max(x0, clip[0]), max(y0, clip[1]), min(x0 + w, clip[2]), min(y0 + h, clip[3])
-    if cx1 <= cx0 or cy1 <= cy0:
-        return
-    sub = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
-    region = canvas[cy0:cy1, cx0:cx1].astype(np.float32)
-    region *= 1 - outline[sub]
-    region = region * (1 - fill[sub]) + np.float32(CAPTION_RGB) * fill[sub]
-    canvas[cy0:cy1, cx0:cx1] = region.round().astype(np.uint8)
-
-
-def compose(original, corrupted, pred_baseline, pred_robust, labels):
-    """One 540x960x3 output frame: 2x2 tiles, each with its caption (empty: none).
-
-    ``labels``: four texts, in the order top-left, top-right, bottom-left, bottom-right. Arrays of another
-    size than a tile (the --size geometry) are scaled to fit it, centred.
-    """
-    canvas = np.full((FRAME_H, FRAME_W, 3), LETTERBOX, np.uint8)
-    x, y, w, h = fit_box(corrupted.shape[1], corrupted.shape[0])
-    tiles = ((original, Image.BILINEAR), (corrupted, Image.BILINEAR),
-             (colorize(pred_baseline), Image.NEAREST), (colorize(pred_robust), Image.NEAREST))
-    for k, ((img, resample), text) in enumerate(zip(tiles, labels)):
-        ty, tx = (k // 2) * TILE_H, (k % 2) * TILE_W
-        if img.shape[:2] != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((w, h), resample))
-        canvas[ty + y:ty + y + h, tx + x:tx + x + w] = img
-        put_caption(canvas, text, tx + CAPTION_XY[0], ty + CAPTION_XY[1], (tx, ty, tx + TILE_W, ty + TILE_H))
-    return canvas
-
-
-def condition_label(corruption, severity):
-    """The notebook's caption of the corrupted tile (its corruption's function name; "None" when clean)."""
-    return f"Corruption: {'None' if severity == 0 else corruption}"
-
-
 # ---------------------------------------------------------------------------------------------- output
 
 def pick_codec():
@@ -403,22 +220,6 @@ def batches(frames, n):
             batch = []
     if batch:
         yield batch
-
-
-def notebook_frame(frame, image_id, corruption, severity, code=DEFAULT_CODE):
-    """(original tile, model input) of one frame, both 270x480x3 uint8, the notebook's way (cells 55, 57).
-
-    Original: ``transforms.Resize(270)`` of the frame (Pillow bilinear; 480 wide for 16:9). Model input:
-    ``img.resize((480, 270))`` with Pillow's default filter (bicubic since Pillow 7.0; the notebook pinned 7.2),
-    ``resize((224, 224), BILINEAR)``, corrupted (not when clean), ``transforms.Resize((270, 480))`` (bilinear).
-    """
-    img = Image.fromarray(frame)
-    original = np.asarray(img.resize(NOTEBOOK_WH, Image.BILINEAR))
-    square = np.asarray(img.resize(NOTEBOOK_WH, Image.BICUBIC).resize((NOTEBOOK_SQUARE,) * 2, Image.BILINEAR))
-    if severity:
-        # The project's seed rule with the frame index as image id: re-running gives identical pixels.
-        square = corrupt_image(square, image_id, corruption, severity, code)
-    return original, np.asarray(Image.fromarray(square).resize(NOTEBOOK_WH, Image.BILINEAR))
 
 
 def prepare_batch(batch, start, n_frames, schedule, size, code=DEFAULT_CODE):

@@ -257,6 +257,17 @@ def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int,
     than the input).
     """
     check_corruption_code(code)
+    _check_image_arguments(img, image_id, severity)
+    name = resolve_corruption(corruption)
+    severity = int(severity)
+    if severity == 0:
+        return img.copy()
+    return _corrupt_seeded(img, image_id, name, severity, code)
+
+
+def _check_image_arguments(img, image_id, severity) -> None:
+    """TypeError / ValueError unless ``image_id`` is a str, ``img`` an HxWx3 uint8 array of at least MIN_SIDE a
+    side and ``severity`` an int in 0..MAX_SEVERITY."""
     if not isinstance(image_id, str):
         raise TypeError(f"image_id must be the file stem as a str, got {type(image_id).__name__}")
     if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
@@ -269,11 +280,11 @@ def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int,
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) \
             or not 0 <= severity <= MAX_SEVERITY:
         raise ValueError(f"severity must be an int in 0..{MAX_SEVERITY}, got {severity!r}")
-    name = resolve_corruption(corruption)
-    severity = int(severity)
-    if severity == 0:
-        return img.copy()
 
+
+def _corrupt_seeded(img: np.ndarray, image_id: str, name: str, severity: int, code: str) -> np.ndarray:
+    """``corrupt_image`` for a checked image, a full corruption name and a severity in 1..5: the seed rule of
+    the module docstring, numpy's global RNG restored afterwards, under the lock."""
     import imagecorruptions  # heavy (cv2, numba, scikit-image): only when pixels are needed
 
     seed = corruption_seed(image_id, name, severity)

@@ -49,7 +49,8 @@ Same arguments -> byte-identical files: every image draws from its own numpy Gen
 (seed, split, index), and the .mat header's creation time is replaced by a fixed text.
 
 The drawing pieces (``class_style``, ``shape_proportions``, ``shape_mask``, ``texture_params``,
-``texture_pattern``, ``object_colours``, ``greyish``, ``blotches``) also draw make_video.py's synthetic clip.
+``texture_pattern``, ``object_colours``, ``greyish``, ``blotches``) also draw make_video.py's synthetic clip
+(common/synthetic_clip.py).
 """
 import argparse
 import colorsys
@@ -132,7 +133,7 @@ def _rotated(points, angle, cx, cy):
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
 
-# The drawing pieces below are public so that make_video's synthetic clip draws the same classes. Each random
+# The drawing pieces below are public so that common/synthetic_clip.py draws the same classes. Each random
 # draw is a function of the rng passed in, in the order the dataset has always made them: the files stay
 # byte-identical for a GENERATOR_VERSION.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bench
-from benchmarks import measure, models
+from benchmarks import corruption, logits, measure, models
 from benchmarks.models import model_flops
 
 
@@ -30,7 +30,7 @@ def test_notebook_loop_computes_the_trackers_statistics():
     rng = np.random.default_rng(0)
     x = rng.normal(0, 2, (2, 21, 9, 7)).astype(np.float32)
     x[:, 0] += 1.5
-    count, sums, sq = bench.notebook_moments(torch.from_numpy(x))
+    count, sums, sq = logits.notebook_moments(torch.from_numpy(x))
     pix = x.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, 21)
     pred = pix.argmax(1)
     for n in range(21):
@@ -43,9 +43,9 @@ def test_notebook_loop_computes_the_trackers_statistics():
 
 def test_sweep_conditions_are_clean_then_every_corruption_and_severity():
     cfg = dict(corruptions=["gaussian_noise", "snow"], severities=[0, 1, 5])
-    assert bench.conditions_of(cfg) == [("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5),
-                                        ("snow", 1), ("snow", 5)]
-    assert len(bench.conditions_of(bench.MODES["quick"])) == 1 + 6 * 3   # the quick sweep's 19
+    assert corruption.conditions_of(cfg) == [("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 5),
+                                             ("snow", 1), ("snow", 5)]
+    assert len(corruption.conditions_of(bench.MODES["quick"])) == 1 + 6 * 3   # the quick sweep's 19
 
 
 def test_flop_count_matches_the_published_figure():

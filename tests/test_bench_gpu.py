@@ -13,6 +13,7 @@ import torch
 import bench
 import evaluate_corruptions
 import train
+from benchmarks import corruption
 from fake_cuda import FakeCuda
 from helpers import ROOT, cli
 
@@ -32,8 +33,8 @@ def stub_fresh_processes(monkeypatch):
     reports, and (seconds, per corruption) of corrupt_image alone."""
     def fake_run_dump(argv, images, log):
         return 1.0 + images * 0.2 / int(argv[argv.index("--workers") + 1])
-    monkeypatch.setattr(bench, "run_dump", fake_run_dump)
-    monkeypatch.setattr(bench, "in_fresh_process", lambda fn, *args: (0.18 * len(args[2]), {"zoom_blur": 0.18}))
+    monkeypatch.setattr(corruption, "run_dump", fake_run_dump)
+    monkeypatch.setattr(corruption, "in_fresh_process", lambda fn, *args: (0.18 * len(args[2]), {"zoom_blur": 0.18}))
 
 
 # What each group must report (the JSON keys of BENCHMARKS.md), listed here independently of bench.py.

@@ -558,6 +558,7 @@ def test_analysis_readings_and_their_bootstrap_by_hand(temperature_sweep, tmp_pa
 def test_readings_figure_and_its_risk_coverage_curve(temperature_sweep, tmp_path, capsys):
     import analyze_logits as al
     import make_figures as mf
+    from common.figures.reliability import risk_coverage
     from helpers import refused
     data, out = temperature_sweep
     assert al.main(al.get_args_parser().parse_args(["--results", str(out), "--bootstrap", "0"])) == 0
@@ -567,7 +568,7 @@ def test_readings_figure_and_its_risk_coverage_curve(temperature_sweep, tmp_path
     ctx = mf.read_results(args, ["readings"])
     for m in ("scribe", "const"):
         for reading in ("softmax", "sigmoid"):
-            coverage, risk = mf.risk_coverage(ctx, m, reading, 0)
+            coverage, risk = risk_coverage(ctx, m, reading, 0)
             # All pixels kept: the risk is the error rate, 1 - pixel accuracy; coverage runs from 0 up to 1.
             assert coverage[-1] == 1.0 and risk[-1] == pytest.approx(1 - rows[m, "clean", 0]["pixel_acc"], abs=1e-12)
             assert (np.diff(coverage) > 0).all()

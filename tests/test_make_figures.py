@@ -14,6 +14,7 @@ import analyze_logits
 import evaluate_corruptions
 import make_figures as mf
 from common.cli import UsageError
+from common.figures import drawing, miou, val_images
 from helpers import refused
 
 
@@ -74,7 +75,7 @@ def test_severity_curves_against_numpy(tmp_path):
                  {"model": m, "corruption": "fog", "severity": 2, "miou": None}]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    curves = mf.severity_curves(evaluate_corruptions.read_metrics(str(path)), ["a", "b"], band="normal")
+    curves = miou.severity_curves(evaluate_corruptions.read_metrics(str(path)), ["a", "b"], band="normal")
     for m, clean in (("a", 0.7), ("b", 0.6)):
         c = curves[m]
         mean = np.concatenate([[clean], table[m].mean(0)])
@@ -85,9 +86,9 @@ def test_severity_curves_against_numpy(tmp_path):
         np.testing.assert_allclose(c["upper"], mean + half)
         np.testing.assert_array_equal(c["n"], [1, 3, 3, 3, 3, 3])
     one = rows[:2] + [{"model": "a", "corruption": "snow", "severity": 1, "miou": 0.5}]
-    normal = mf.severity_curves(one, ["a"], band="normal")
+    normal = miou.severity_curves(one, ["a"], band="normal")
     assert normal["a"]["mean"][1] == 0.5 and np.isnan(normal["a"]["lower"][1])  # no normal band from one value
-    boot = mf.severity_curves(one, ["a"])
+    boot = miou.severity_curves(one, ["a"])
     assert boot["a"]["lower"][1] == boot["a"]["upper"][1] == 0.5                # seaborn: a band of zero width
 
 
@@ -111,7 +112,7 @@ def test_bootstrap_band_against_numpy():
     rows += [{"model": m, "corruption": c, "severity": s + 1, "miou": table[m][i, s]}
              for m in "ab" for i, c in enumerate(CORRUPTIONS) for s in range(5)]
     for seed in (0, 7):
-        curves = mf.severity_curves(rows, ["a", "b"], seed=seed)
+        curves = miou.severity_curves(rows, ["a", "b"], seed=seed)
         for m in "ab":
             c = curves[m]
             want = np.array([[0.75, 0.75]] + [seaborn_band(table[m][:, s], seed) for s in range(5)])
@@ -139,15 +140,15 @@ def test_matrices_share_one_colour_scale():
     rng = np.random.default_rng(1)
     mats = [rng.normal(0, s, (21, 21)) for s in (1, 3, 5)]
     mats[1][4] = np.nan  # a never-predicted class
-    fig = mf.draw_matrices([[(str(i), m) for i, m in enumerate(mats)]], "t", "logit")
+    fig = drawing.draw_matrices([[(str(i), m) for i, m in enumerate(mats)]], "t", "logit")
     clims = {im.get_clim() for ax in fig.axes for im in ax.images}
     stack = np.stack(mats)
     assert clims == {(np.nanmin(stack), np.nanmax(stack))}
     assert len(fig.axes) == len(mats) + 1  # one colorbar for all panels
-    assert mf.shared_limits(mats) == (np.nanmin(stack), np.nanmax(stack))
-    fixed = mf.draw_matrices([[("a", mats[0])], [("b", mats[2])]], "t", "r", limits=(-1, 1))
+    assert drawing.shared_limits(mats) == (np.nanmin(stack), np.nanmax(stack))
+    fixed = drawing.draw_matrices([[("a", mats[0])], [("b", mats[2])]], "t", "r", limits=(-1, 1))
     assert {im.get_clim() for ax in fixed.axes for im in ax.images} == {(-1, 1)}
-    assert mf.shared_limits([np.full((2, 2), np.nan)]) == (0.0, 1.0)
+    assert drawing.shared_limits([np.full((2, 2), np.nan)]) == (0.0, 1.0)
 
 
 def test_pdf_only_and_determinism(results, tmp_path):
@@ -385,7 +386,7 @@ def test_qualitative_grid_shows_each_models_own_predictions(results):
     models = {load_model(p)[0].config["kind"]: load_model(p)[0] for p in results["ckpts"]}
     names = {kind: load_model(p)[1]["name"] for p in results["ckpts"] for kind in [load_model(p)[0].config["kind"]]}
     rows = ["input", names["baseline"], names["scribe"]]
-    conds = [("corrupted", c, s) for c in mf.GRID_CORRUPTIONS for s in (1, 2, 3)] + [("original", "clean", 0)]
+    conds = [("corrupted", c, s) for c in val_images.GRID_CORRUPTIONS for s in (1, 2, 3)] + [("original", "clean", 0)]
     assert sorted(tiles) == sorted(f"{p}|{r}|{c}|{s}" for p, c, s in conds for r in rows)
     differ = 0
     for panel, c, s in conds:
@@ -422,7 +423,7 @@ def test_the_notebooks_crop_and_inset_at_224():
     label = rng.integers(0, 21, (173, 224)).astype(np.uint8)
     label[:5] = 255
     image = rng.integers(0, 256, (173, 224, 3)).astype(np.uint8)
-    got = mf.label_inset(image, label)
+    got = val_images.label_inset(image, label)
     small = torch.nn.functional.interpolate(torch.from_numpy(paint(label)).permute(2, 0, 1)[None].float(),
                                             scale_factor=0.4)[0].permute(1, 2, 0).numpy().astype(np.uint8)
     assert small.shape == (69, 89, 3)
@@ -440,7 +441,7 @@ def test_corruption_grid_tiles_are_resized_back_to_the_image(results):
     mf.plt.close(fig)
     image_id, img, _, (w, h), code = index_image(results, 1)
     assert len(tiles) == 25 and (w, h) != (40, 40)
-    for k, (c, s) in enumerate((c, s) for c in mf.GRID_CORRUPTIONS for s in range(1, 6)):
+    for k, (c, s) in enumerate((c, s) for c in val_images.GRID_CORRUPTIONS for s in range(1, 6)):
         want = np.array(Image.fromarray(corrupt_image(img, image_id, c, s, code)).resize((w, h), Image.BICUBIC))
         np.testing.assert_array_equal(tiles[k], want)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import make_video as mv
+from common import synthetic_clip, video
 from common.constants import voc_palette
 from common.corruptions import corrupt_image
 from helpers import ROOT, refused, run_script
@@ -86,9 +87,9 @@ def test_video_input(ckpts, tmp_path):
     # impulse 12-19 (12-17 and the 20 % 3 = 2 leftover frames).
     assert [mv.segment_of(i, 20, 3) for i in range(20)] == [0] * 6 + [1] * 6 + [2] * 8
     below = slice(60, 200)  # tile rows under the captions, above the moving square
-    _, fill, (dx, dy) = mv.caption_patch("Corruption: None")
-    x0, y0 = mv.CAPTION_XY[0] + dx, mv.CAPTION_XY[1] + dy
-    w_none, w_shot = fill.shape[1], mv.caption_patch("Corruption: shot_noise")[1].shape[1]
+    _, fill, (dx, dy) = video.caption_patch("Corruption: None")
+    x0, y0 = video.CAPTION_XY[0] + dx, video.CAPTION_XY[1] + dy
+    w_none, w_shot = fill.shape[1], video.caption_patch("Corruption: shot_noise")[1].shape[1]
     red = lambda a: ((a[..., 0] > 170) & (a[..., 1] < 90) & (a[..., 2] < 90)).mean()  # noqa: E731
     for i in range(20):
         f = frames[i].astype(np.float32)
@@ -185,7 +186,7 @@ def test_schedule():
 
 
 def test_frames_follow_the_seed_rule():
-    frames = [mv.SyntheticClip(0).frame(i) for i in (10, 11, 12)]
+    frames = [synthetic_clip.SyntheticClip(0).frame(i) for i in (10, 11, 12)]
     schedule = [("clean", 0), ("shot_noise", 2), ("glass_blur", 3)]
     conds, originals, corrupted = mv.prepare_batch(frames, 10, 15, schedule, (112, 64))
     assert conds == [schedule[2]] * 3 and originals.shape == (3, 64, 112, 3)
@@ -199,7 +200,7 @@ def test_notebook_geometry_against_pillow_and_corrupt_image():
     # The notebook's cells 55/57 by hand with Pillow: 480x270 (bicubic, Pillow 7.2's default), 224x224
     # (bilinear), corrupt_image with the frame's id, back to 480x270 (bilinear); the original tile 480x270 bilinear.
     from PIL import Image
-    frames = [mv.SyntheticClip(1).frame(i) for i in (4, 5)]
+    frames = [synthetic_clip.SyntheticClip(1).frame(i) for i in (4, 5)]
     schedule = [("clean", 0), ("brightness", 2)]
     conds, originals, corrupted = mv.prepare_batch(frames, 4, 8, schedule, None)   # switch 4: both in segment 1
     assert conds == [("brightness", 2)] * 2
@@ -240,7 +241,7 @@ def test_compose_layout_and_captions():
     # (500, 300)); red letters in a black outline; the original tile carries none.
     assert (frame[:100, 20:460] == 200).all()   # (112x64 is letterboxed by a few columns)
     for (ty, tx), text in zip(((0, 480), (270, 0), (270, 480)), labels[1:]):
-        outline, fill, (dx, dy) = mv.caption_patch(text)
+        outline, fill, (dx, dy) = video.caption_patch(text)
         assert dy < 0 < dy + fill.shape[0] and dx <= 0      # the text sits above its baseline, from x = 20
         y0, x0 = ty + 30 + dy, tx + 20 + dx
         box = frame[y0:y0 + fill.shape[0], x0:x0 + fill.shape[1]].astype(int)
@@ -251,10 +252,11 @@ def test_compose_layout_and_captions():
         outside[y0:y0 + fill.shape[0], x0:x0 + fill.shape[1]] = False
         tile = outside[ty:ty + 270, tx:tx + 480]
         assert not ((frame[ty:ty + 270, tx:tx + 480] == (255, 0, 0)).all(-1) & tile).any()
-    assert mv.caption_patch("Corruption: None")[1].shape[1] < mv.caption_patch("Corruption: shot_noise")[1].shape[1]
+    assert (video.caption_patch("Corruption: None")[1].shape[1]
+            < video.caption_patch("Corruption: shot_noise")[1].shape[1])
 
 
 def test_synthetic_clip_is_deterministic_and_moves():
-    f0, f1 = mv.SyntheticClip(3).frame(7), mv.SyntheticClip(3).frame(7)
+    f0, f1 = synthetic_clip.SyntheticClip(3).frame(7), synthetic_clip.SyntheticClip(3).frame(7)
     assert np.array_equal(f0, f1) and f0.shape == (mv.SYNTH_H, mv.SYNTH_W, 3)
-    assert np.abs(f0.astype(int) - mv.SyntheticClip(3).frame(20)).mean() > 2
+    assert np.abs(f0.astype(int) - synthetic_clip.SyntheticClip(3).frame(20)).mean() > 2
