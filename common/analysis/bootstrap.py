@@ -80,19 +80,19 @@ def resample_models(samples, n_images, n_resamples, seed, resample):
 def compare(observed, replicates, m, reference, key):
     """(clean, aggregate): paired intervals of statistic ``key``, model m minus the reference, clean and of the
     mean over the benchmark conditions both have; each None where there is nothing to compare."""
-    om, orf = observed[m][key], observed[reference][key]
-    rm, rr = replicates[m][key], replicates[reference][key]
+    obs_m, obs_ref = observed[m][key], observed[reference][key]
+    reps_m, reps_ref = replicates[m][key], replicates[reference][key]
     clean = None
-    if (CLEAN, 0) in rm and (CLEAN, 0) in rr:
-        clean = interval(om[CLEAN, 0] - orf[CLEAN, 0], rm[CLEAN, 0] - rr[CLEAN, 0])
-    common = [cs for cs in BENCHMARK if cs in rm and cs in rr]
+    if (CLEAN, 0) in reps_m and (CLEAN, 0) in reps_ref:
+        clean = interval(obs_m[CLEAN, 0] - obs_ref[CLEAN, 0], reps_m[CLEAN, 0] - reps_ref[CLEAN, 0])
+    common = [cs for cs in BENCHMARK if cs in reps_m and cs in reps_ref]
     if not common:
         return clean, None
 
     def mean_of(values):
         return np.mean([values[cs] for cs in common], axis=0)
-    return clean, dict(interval(mean_of(om) - mean_of(orf), mean_of(rm) - mean_of(rr)), n_conditions=len(common),
-                       of=len(BENCHMARK), complete=len(common) == len(BENCHMARK))
+    return clean, dict(interval(mean_of(obs_m) - mean_of(obs_ref), mean_of(reps_m) - mean_of(reps_ref)),
+                       n_conditions=len(common), of=len(BENCHMARK), complete=len(common) == len(BENCHMARK))
 
 
 def compare_metrics(observed, replicates, models, reference, keys):
@@ -151,14 +151,14 @@ def worst_case_intervals(models, reference, counts, ids, n_resamples, seed):
             continue
         entry = {}
         for s in SEVERITIES:
-            rm, rr = replicates[m]["miou"], replicates[reference]["miou"]
-            common = [c for c in CORRUPTIONS if (c, s) in rm and (c, s) in rr]
+            reps_m, reps_ref = replicates[m]["miou"], replicates[reference]["miou"]
+            common = [c for c in CORRUPTIONS if (c, s) in reps_m and (c, s) in reps_ref]
             if not common:
                 entry[str(s)] = None
                 continue
             lowest_m = min(observed[m]["miou"][c, s] for c in common)
             lowest_ref = min(observed[reference]["miou"][c, s] for c in common)
-            diffs = np.min([rm[c, s] for c in common], axis=0) - np.min([rr[c, s] for c in common], axis=0)
+            diffs = np.min([reps_m[c, s] for c in common], axis=0) - np.min([reps_ref[c, s] for c in common], axis=0)
             entry[str(s)] = dict(interval(lowest_m - lowest_ref, diffs), n_corruptions=len(common),
                                  of=len(CORRUPTIONS), complete=len(common) == len(CORRUPTIONS))
         out["comparisons"][m] = entry

@@ -20,37 +20,37 @@ def degradation(miou, ref, c):
 
     miou / ref: {(corruption, severity): mIoU} including (clean, 0). Returns (entry, notes).
     """
-    sev = [s for s in SEVERITIES if miou.get((c, s)) is not None and ref.get((c, s)) is not None]
-    entry = {"cd": None, "rcd": None, "severities": sev, "complete": len(sev) == len(SEVERITIES)}
+    severities = [s for s in SEVERITIES if miou.get((c, s)) is not None and ref.get((c, s)) is not None]
+    entry = {"cd": None, "rcd": None, "severities": severities, "complete": len(severities) == len(SEVERITIES)}
     notes = []
-    if not sev:
+    if not severities:
         return entry, notes
-    den = sum(1 - ref[c, s] for s in sev)
-    if abs(den) > ZERO:
-        entry["cd"] = sum(1 - miou[c, s] for s in sev) / den
+    denominator = sum(1 - ref[c, s] for s in severities)
+    if abs(denominator) > ZERO:
+        entry["cd"] = sum(1 - miou[c, s] for s in severities) / denominator
     else:
-        notes.append(f"CD of {c}/{severity_ranges(sev)} undefined: the reference scores mIoU 1 at every severity "
-                     f"(0/0)")
-    cm, cr = miou.get((CLEAN, 0)), ref.get((CLEAN, 0))
-    if cm is None or cr is None:
+        notes.append(f"CD of {c}/{severity_ranges(severities)} undefined: the reference scores mIoU 1 at every "
+                     f"severity (0/0)")
+    clean, clean_ref = miou.get((CLEAN, 0)), ref.get((CLEAN, 0))
+    if clean is None or clean_ref is None:
         return entry, notes
-    den = sum(cr - ref[c, s] for s in sev)
-    if abs(den) > ZERO:
-        entry["rcd"] = sum(cm - miou[c, s] for s in sev) / den
+    denominator = sum(clean_ref - ref[c, s] for s in severities)
+    if abs(denominator) > ZERO:
+        entry["rcd"] = sum(clean - miou[c, s] for s in severities) / denominator
     else:
-        notes.append(f"rCD of {c}/{severity_ranges(sev)} undefined: the reference loses no mIoU under it "
+        notes.append(f"rCD of {c}/{severity_ranges(severities)} undefined: the reference loses no mIoU under it "
                      f"(denominator 0)")
     return entry, notes
 
 
-def mean_sev0_5(mi):
+def mean_sev0_5(miou):
     """The headline as the mean of the notebook's results table: mean over the 15 corruptions of the mean
     over severities 0..5, severity 0 = the clean mIoU. Corruptions without any severity are left out;
     undefined (None) without a clean mIoU, since every row of that table starts with it."""
-    clean = mi.get((CLEAN, 0))
+    clean = miou.get((CLEAN, 0))
     rows, used = [], 0
     for c in CORRUPTIONS:
-        vals = [mi[c, s] for s in SEVERITIES if mi.get((c, s)) is not None]
+        vals = [miou[c, s] for s in SEVERITIES if miou.get((c, s)) is not None]
         if vals and clean is not None:
             rows.append(float(np.mean([clean] + vals)))
             used += len(vals)
@@ -58,26 +58,26 @@ def mean_sev0_5(mi):
             "complete": used == len(BENCHMARK) and clean is not None}
 
 
-def per_corruption_and_severity(mi):
+def per_corruption_and_severity(miou):
     """mIoU per corruption (mean over its severities) and per severity (mean over the 15; "0" = clean)."""
     per_corruption = {}
-    for c in [c for c in ALL_CORRUPTIONS if any((c, s) in mi for s in SEVERITIES)]:
-        sev = [s for s in SEVERITIES if mi.get((c, s)) is not None]
-        per_corruption[c] = {"miou": mean_or_none([mi[c, s] for s in sev]), "severities": sev,
-                             "complete": len(sev) == len(SEVERITIES), "benchmark": c in CORRUPTIONS}
-    clean = mi.get((CLEAN, 0))
+    for c in [c for c in ALL_CORRUPTIONS if any((c, s) in miou for s in SEVERITIES)]:
+        severities = [s for s in SEVERITIES if miou.get((c, s)) is not None]
+        per_corruption[c] = {"miou": mean_or_none([miou[c, s] for s in severities]), "severities": severities,
+                             "complete": len(severities) == len(SEVERITIES), "benchmark": c in CORRUPTIONS}
+    clean = miou.get((CLEAN, 0))
     per_severity = {"0": {"miou": clean, "n_corruptions": None, "of": None, "complete": clean is not None}}
     for s in SEVERITIES:
-        agg = mean_over([mi.get((c, s)) for c in CORRUPTIONS], len(CORRUPTIONS))
+        agg = mean_over([miou.get((c, s)) for c in CORRUPTIONS], len(CORRUPTIONS))
         per_severity[str(s)] = aggregate_entry(agg, "n_corruptions", "miou")
     return per_corruption, per_severity
 
 
-def corruption_errors(mi, ref_miou):
+def corruption_errors(miou, ref_miou):
     """({cd per corruption, mcd, mrcd} of one model against the reference, notes on undefined ones)."""
     cd, notes = {}, []
     for c in CORRUPTIONS:
-        entry, cd_notes = degradation(mi, ref_miou, c)
+        entry, cd_notes = degradation(miou, ref_miou, c)
         if entry["severities"]:
             cd[c] = entry
             notes += cd_notes
@@ -90,27 +90,27 @@ def corruption_errors(mi, ref_miou):
             "mrcd": aggregate_entry(mrcd, "n_corruptions")}, notes
 
 
-def miou_summary(mi, ref_miou, m):
-    """(clean mIoU, mPC, rPC, the sev. 0-5 mean, per corruption and severity, CD/rCD of model ``m``; notes)."""
-    clean = mi.get((CLEAN, 0))
-    mpc = mean_over([mi.get(cs) for cs in BENCHMARK], len(BENCHMARK))
-    per_corruption, per_severity = per_corruption_and_severity(mi)
-    errors, notes = corruption_errors(mi, ref_miou)
+def miou_summary(miou, ref_miou, m):
+    """(clean mIoU, mPC, rPC, the severities. 0-5 mean, per corruption and severity, CD/rCD of model ``m``; notes)."""
+    clean = miou.get((CLEAN, 0))
+    mpc = mean_over([miou.get(cs) for cs in BENCHMARK], len(BENCHMARK))
+    per_corruption, per_severity = per_corruption_and_severity(miou)
+    errors, notes = corruption_errors(miou, ref_miou)
     out = {"clean_miou": clean, "mpc": aggregate_entry(mpc),
            "rpc": {"value": (mpc["value"] / clean if mpc["value"] is not None and clean else None),
                    "complete": mpc["complete"] and clean is not None},
-           "mean_sev0_5": mean_sev0_5(mi), "per_corruption": per_corruption, "per_severity": per_severity,
+           "mean_sev0_5": mean_sev0_5(miou), "per_corruption": per_corruption, "per_severity": per_severity,
            **errors}
     if clean is not None and clean == 0 and mpc["value"] is not None:
         notes.append(f"{m}: rPC undefined, clean mIoU is 0")
     return out, notes
 
 
-def worst_case(mi):
+def worst_case(miou):
     """Per severity 1-5 ("1".."5"): the lowest mIoU over the 15 corruptions present and which corruption it is."""
     out = {}
     for s in SEVERITIES:
-        have = [(mi[c, s], c) for c in CORRUPTIONS if mi.get((c, s)) is not None]
+        have = [(miou[c, s], c) for c in CORRUPTIONS if miou.get((c, s)) is not None]
         lowest, corruption = min(have) if have else (None, None)
         out[str(s)] = {"miou": lowest, "corruption": corruption, "n_corruptions": len(have),
                        "of": len(CORRUPTIONS), "complete": len(have) == len(CORRUPTIONS)}

@@ -29,13 +29,13 @@ def mark_incomplete(text, complete):
     return text if complete or text == "–" else text + "*"
 
 
-def interval_text(c, scale=100, digits=2):
+def interval_text(interval, scale=100, digits=2):
     """A bootstrap interval as "+x [+lower, +upper]", by default in percentage points."""
-    if c is None or c["observed"] is None:
+    if interval is None or interval["observed"] is None:
         return "–"
-    text = (f"{scale * c['observed']:+.{digits}f} [{scale * c['lower']:+.{digits}f}, "
-            f"{scale * c['upper']:+.{digits}f}]")
-    return mark_incomplete(text, c.get("complete", True))
+    text = (f"{scale * interval['observed']:+.{digits}f} [{scale * interval['lower']:+.{digits}f}, "
+            f"{scale * interval['upper']:+.{digits}f}]")
+    return mark_incomplete(text, interval.get("complete", True))
 
 
 def md_table(header, rows):
@@ -44,9 +44,9 @@ def md_table(header, rows):
     return "\n".join(lines)
 
 
-def with_reference(m, a):
+def with_reference(m, analysis):
     """A model's name in a table's first column, the reference marked."""
-    return m + (" (ref)" if m == a["reference"] else "")
+    return m + (" (ref)" if m == analysis["reference"] else "")
 
 
 def aggregate_cell(agg, fmt, value="value"):
@@ -54,17 +54,18 @@ def aggregate_cell(agg, fmt, value="value"):
     return mark_incomplete(fmt(agg[value]), agg["complete"])
 
 
-def summary_rows(a):
+def summary_rows(analysis):
     rows = []
-    for m in a["models"]:
-        p = a["per_model"][m]
-        comp = a["bootstrap"]["comparisons"].get(m, {})
-        rows.append([with_reference(m, a), percent(p["clean_miou"]), aggregate_cell(p["mpc"], percent),
-                     aggregate_cell(p["mean_sev0_5"], percent), aggregate_cell(p["rpc"], three_decimals),
-                     aggregate_cell(p["mcd"], three_decimals), aggregate_cell(p["mrcd"], three_decimals)]
+    for m in analysis["models"]:
+        entry = analysis["per_model"][m]
+        comparison = analysis["bootstrap"]["comparisons"].get(m, {})
+        rows.append([with_reference(m, analysis), percent(entry["clean_miou"]),
+                     aggregate_cell(entry["mpc"], percent), aggregate_cell(entry["mean_sev0_5"], percent)]
+                    + [aggregate_cell(entry[key], three_decimals) for key in ("rpc", "mcd", "mrcd")]
                     + [x for key in ("end", "distance", "distance_predicted")
-                       for x in (three_decimals(p[key]["clean"]), aggregate_cell(p[key]["corrupted"], three_decimals))]
-                    + [interval_text(comp.get("clean")), interval_text(comp.get("aggregate"))])
+                       for x in (three_decimals(entry[key]["clean"]),
+                                 aggregate_cell(entry[key]["corrupted"], three_decimals))]
+                    + [interval_text(comparison.get("clean")), interval_text(comparison.get("aggregate"))])
     return rows
 
 
@@ -104,29 +105,31 @@ READING_COLUMNS = [("ece", "ECE (%)", percent_2dp), ("ece_adaptive", "adaptive E
 READING_HEADER = [f"{title} {part}" for _, title, _ in READING_COLUMNS for part in ("clean", "corr.")]
 
 
-def calibration_markdown(a):
+def calibration_markdown(analysis):
     """The tables.md section "Calibration"."""
-    models, pm = a["models"], a["per_model"]
-    comps = a["bootstrap"].get("calibration", {}).get("comparisons", {})
+    models, per_model = analysis["models"], analysis["per_model"]
+    comparisons = analysis["bootstrap"].get("calibration", {}).get("comparisons", {})
 
-    def delta(c, key, scale, digits):
-        return interval_text((c or {}).get(key), scale, digits)
+    def delta(intervals, key, scale, digits):
+        return interval_text((intervals or {}).get(key), scale, digits)
 
     rows = []
     for m in models:
-        cal = pm[m].get("calibration")
+        cal = per_model[m].get("calibration")
         if cal is None:
             continue
-        clean, corrupted, comp = cal["clean"], cal["corrupted"], comps.get(m, {})
-        rows.append([with_reference(m, a), percent_2dp(clean["ece"]), aggregate_cell(corrupted["ece"], percent_2dp),
+        clean, corrupted, comparison = cal["clean"], cal["corrupted"], comparisons.get(m, {})
+        rows.append([with_reference(m, analysis),
+                     percent_2dp(clean["ece"]), aggregate_cell(corrupted["ece"], percent_2dp),
                      three_decimals(clean["nll"]), aggregate_cell(corrupted["nll"], three_decimals),
                      three_decimals(clean["brier"]), aggregate_cell(corrupted["brier"], three_decimals),
-                     delta(comp.get("clean"), "ece", 100, 2), delta(comp.get("corrupted"), "ece", 100, 2),
-                     delta(comp.get("corrupted"), "nll", 1, 3), delta(comp.get("corrupted"), "brier", 1, 3)])
+                     delta(comparison.get("clean"), "ece", 100, 2), delta(comparison.get("corrupted"), "ece", 100, 2),
+                     delta(comparison.get("corrupted"), "nll", 1, 3),
+                     delta(comparison.get("corrupted"), "brier", 1, 3)])
     header = ["model", "ECE clean", "ECE corr.", "NLL clean", "NLL corr.", "Brier clean", "Brier corr.",
               "Δ ECE clean [95% CI]", "Δ ECE corr. [95% CI]", "Δ NLL corr. [95% CI]", "Δ Brier corr. [95% CI]"]
-    sev_rows = [[m] + [aggregate_cell(pm[m]["calibration"]["per_severity"][str(s)], percent_2dp, "ece")
-                       for s in range(6)] for m in models if pm[m].get("calibration")]
+    sev_rows = [[m] + [aggregate_cell(per_model[m]["calibration"]["per_severity"][str(s)], percent_2dp, "ece")
+                       for s in range(6)] for m in models if per_model[m].get("calibration")]
     return ["## Calibration", "", CALIBRATION_CAPTION, "", md_table(header, rows), "",
             "### ECE (%) per severity, mean over the 15 corruptions (0 = clean)", "",
             md_table(["model"] + [str(s) for s in range(6)], sev_rows), ""]
@@ -138,14 +141,14 @@ def reading_cells(entry):
             for x in (fmt(entry["clean"].get(k)), aggregate_cell(entry["corrupted"][k], fmt))]
 
 
-def own_reading_markdown(a):
+def own_reading_markdown(analysis):
     """tables.md: every model in the reading its loss trained it to produce."""
     rows = []
-    for m in a["models"]:
-        p = a["per_model"][m]
-        entry = p.get("readings", {}).get(p.get("own_reading"))
+    for m in analysis["models"]:
+        model = analysis["per_model"][m]
+        entry = model.get("readings", {}).get(model.get("own_reading"))
         if entry:
-            rows.append([m, p["own_reading"]] + reading_cells(entry))
+            rows.append([m, model["own_reading"]] + reading_cells(entry))
     if not rows:
         return []
     return ["## Calibration in each structure's own reading", "",
@@ -154,24 +157,24 @@ def own_reading_markdown(a):
 
 
 def temperature_text(entry):
-    t = entry.get("temperature")
+    t = entry.get("temperature")    # one number, a list where conditions differ, or None
     return "–" if t is None else (f"{t:.3f}" if not isinstance(t, list) else "varies")
 
 
-def reading_markdown(a, v):
+def reading_markdown(analysis, v):
     """tables.md: one reading's table and its paired intervals to the reference."""
-    comps = a["bootstrap"].get("readings", {}).get("readings", {}).get(v, {}).get("comparisons", {})
+    comparisons = analysis["bootstrap"].get("readings", {}).get("readings", {}).get(v, {}).get("comparisons", {})
     rows, delta_rows = [], []
-    for m in a["models"]:
-        entry = a["per_model"][m].get("readings", {}).get(v)
+    for m in analysis["models"]:
+        entry = analysis["per_model"][m].get("readings", {}).get(v)
         if not entry:
             continue
-        rows.append([with_reference(m, a), temperature_text(entry)] + reading_cells(entry)
+        rows.append([with_reference(m, analysis), temperature_text(entry)] + reading_cells(entry)
                     + ([percent_2dp(entry["clean"].get("ece_classwise"))] if v == "sigmoid" else []))
-        c = comps.get(m)
-        if c:
-            delta_rows.append([m] + [interval_text((c.get(part) or {}).get(k), 100 if k.startswith("ece") else 1,
-                                                   2 if k.startswith("ece") else 3)
+        comparison = comparisons.get(m)
+        if comparison:    # ECE in points of %, the others as they are
+            delta_rows.append([m] + [interval_text((comparison.get(part) or {}).get(k),
+                                                   *((100, 2) if k.startswith("ece") else (1, 3)))
                                      for part in ("clean", "corrupted") for k in BOOTSTRAPPED])
     if not rows:
         return []
@@ -181,24 +184,25 @@ def reading_markdown(a, v):
            "", md_table(["model", "T"] + READING_HEADER + (["class-wise ECE (%) clean"] if v == "sigmoid" else []),
                         rows), ""]
     if delta_rows:
-        out += [f"Δ to {a['reference']} ({READING_TITLES[v]}), paired bootstrap 95% intervals (ECE in points of %):",
+        out += [f"Δ to {analysis['reference']} ({READING_TITLES[v]}), paired bootstrap 95% intervals "
+                f"(ECE in points of %):",
                 "", md_table(["model"] + [f"Δ {k} {part}" for part in ("clean", "corr.") for k in BOOTSTRAPPED],
                              delta_rows), ""]
     return out
 
 
-def readings_markdown(a):
+def readings_markdown(analysis):
     """The tables.md sections of the readings (docs/calibration.md)."""
-    return (own_reading_markdown(a) + [x for v in VARIANTS for x in reading_markdown(a, v)]
-            + reading_severity_markdown(a))
+    return (own_reading_markdown(analysis) + [x for v in VARIANTS for x in reading_markdown(analysis, v)]
+            + reading_severity_markdown(analysis))
 
 
-def reading_severity_markdown(a):
+def reading_severity_markdown(analysis):
     """tables.md: ECE per severity in every reading, before and after temperature scaling."""
     rows = []
-    for m in a["models"]:
+    for m in analysis["models"]:
         for v in VARIANTS:
-            entry = a["per_model"][m].get("readings", {}).get(v)
+            entry = analysis["per_model"][m].get("readings", {}).get(v)
             if entry:
                 rows.append([m, READING_TITLES[v].split(" (")[0]]
                             + [aggregate_cell({"complete": True, **entry["per_severity"][str(s)]}, percent_2dp, "ece")
@@ -209,17 +213,17 @@ def reading_severity_markdown(a):
             md_table(["model", "reading"] + [str(s) for s in range(6)], rows), ""]
 
 
-def worst_case_markdown(a):
+def worst_case_markdown(analysis):
     """tables.md: the lowest mIoU over the 15 corruptions per severity, with its paired interval."""
-    comps = a["bootstrap"].get("worst_case", {}).get("comparisons", {})
+    comparisons = analysis["bootstrap"].get("worst_case", {}).get("comparisons", {})
     rows = []
-    for m in a["models"]:
-        worst = a["per_model"][m].get("worst_case")
+    for m in analysis["models"]:
+        worst = analysis["per_model"][m].get("worst_case")
         if not worst:
             continue
         cells = [mark_incomplete(f"{percent(w['miou'])} ({w['corruption']})" if w["miou"] is not None else "–",
                                  w["complete"]) for w in (worst[str(s)] for s in SEVERITIES)]
-        rows.append([with_reference(m, a)] + cells + [interval_text((comps.get(m) or {}).get(str(s)))
+        rows.append([with_reference(m, analysis)] + cells + [interval_text((comparisons.get(m) or {}).get(str(s)))
                                                       for s in SEVERITIES])
     if not rows:
         return []
@@ -230,72 +234,78 @@ def worst_case_markdown(a):
                      rows), ""]
 
 
-def header_markdown(a):
+def header_markdown(analysis):
     """tables.md's title, the sweep it describes, the units, and the summary table."""
-    src, b = a["source"] or {}, a["bootstrap"]
-    return [f"# Corruption robustness: {a['results']}", "",
-            f"Protocol {src.get('protocol', '?')}, size {src.get('size', '?')}, {src.get('images', '?')} images, "
-            f"corruptions by {src.get('corruption_code', '?')} (docs/corruptions.md); "
-            f"reference model for CD/rCD and Δ: **{a['reference']}**.",
+    source, boot = analysis["source"] or {}, analysis["bootstrap"]
+    return [f"# Corruption robustness: {analysis['results']}", "",
+            f"Protocol {source.get('protocol', '?')}, size {source.get('size', '?')}, "
+            f"{source.get('images', '?')} images, "
+            f"corruptions by {source.get('corruption_code', '?')} (docs/corruptions.md); "
+            f"reference model for CD/rCD and Δ: **{analysis['reference']}**.",
             "mIoU, mPC and per-corruption/per-severity values are mIoU in **percent** (1 decimal); rPC, CD, "
             "rCD, END, Distance and explained variance are ratios/values to 3 decimals; Δ are differences "
             "to the reference in percentage points" + (
-                f" with a paired bootstrap 95% interval ({b['n_resamples']} resamples over {b['n_images']} images, "
-                f"seed {b['seed']})" if b["comparisons"] else " (no bootstrap: --bootstrap 0 or no confusion/ files)")
+                f" with a paired bootstrap 95% interval ({boot['n_resamples']} resamples over "
+                f"{boot['n_images']} images, seed {boot['seed']})" if boot["comparisons"]
+                else " (no bootstrap: --bootstrap 0 or no confusion/ files)")
             + ". A trailing * marks an aggregate over an incomplete set of conditions.", "",
-            "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(a)), "", SUMMARY_CAPTION, ""]
+            "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(analysis)), "", SUMMARY_CAPTION, ""]
 
 
-def robustness_markdown(a):
+def robustness_markdown(analysis):
     """tables.md: mIoU per corruption and per severity, CD and rCD per corruption."""
-    models, pm = a["models"], a["per_model"]
+    models, per_model = analysis["models"], analysis["per_model"]
     out = []
-    corrs = [c for c in ALL_CORRUPTIONS if any(c in pm[m]["per_corruption"] for m in models)]
+    corrs = [c for c in ALL_CORRUPTIONS if any(c in per_model[m]["per_corruption"] for m in models)]
     if corrs:
-        rows = [[m] + [aggregate_cell(pm[m]["per_corruption"][c], percent, "miou") if c in pm[m]["per_corruption"]
-                       else "–" for c in corrs] for m in models]
+        rows = [[m] + [aggregate_cell(per_model[m]["per_corruption"][c], percent, "miou")
+                       if c in per_model[m]["per_corruption"] else "–" for c in corrs] for m in models]
         out += ["## mIoU (%) per corruption, mean over severities 1-5", "",
                 md_table(["model"] + [c if c in CORRUPTIONS else c + " (held out)" for c in corrs], rows), ""]
-    rows = [[m] + [aggregate_cell(pm[m]["per_severity"][str(s)], percent, "miou") for s in range(6)] for m in models]
+    rows = [[m] + [aggregate_cell(per_model[m]["per_severity"][str(s)], percent, "miou") for s in range(6)]
+            for m in models]
     out += ["## mIoU (%) per severity, mean over the 15 corruptions (0 = clean)", "",
             md_table(["model"] + [str(s) for s in range(6)], rows), ""]
-    bench = [c for c in CORRUPTIONS if any(c in pm[m]["cd"] for m in models)]
+    bench = [c for c in CORRUPTIONS if any(c in per_model[m]["cd"] for m in models)]
     for key, title in ((("cd", "CD"), ("rcd", "rCD")) if bench else ()):
-        rows = [[m] + [aggregate_cell(pm[m]["cd"][c], three_decimals, key) if c in pm[m]["cd"] else "–"
+        rows = [[m] + [aggregate_cell(per_model[m]["cd"][c], three_decimals, key) if c in per_model[m]["cd"] else "–"
                        for c in bench] for m in models]
-        out += [f"## {title} per corruption (reference {a['reference']})", "", md_table(["model"] + bench, rows), ""]
+        out += [f"## {title} per corruption (reference {analysis['reference']})", "",
+                md_table(["model"] + bench, rows), ""]
     return out
 
 
-def explained_variance_markdown(a):
+def explained_variance_markdown(analysis):
     """tables.md: the clean cumulative explained variance after 1, 2, 3, 5, 10 components, both definitions."""
-    ks, rows = (1, 2, 3, 5, 10), []
-    for m in a["models"]:
-        ev = a["per_model"][m]["explained_variance_clean"]
+    components, rows = (1, 2, 3, 5, 10), []
+    for m in analysis["models"]:
+        ev = analysis["per_model"][m]["explained_variance_clean"]
         for key, definition, used in (("cumulative", "predicted classes", (ev or {}).get("classes_used")),
                                       ("cumulative_notebook", "notebook (all 21, NaN as 0)", NUM_CLASSES)):
-            cum = (ev or {}).get(key)
-            rows.append([m, definition] + [three_decimals(cum[k - 1]) if cum else "–" for k in ks]
+            cumulative = (ev or {}).get(key)
+            rows.append([m, definition]
+                        + [three_decimals(cumulative[k - 1]) if cumulative else "–" for k in components]
                         + [str(used) if ev else "–"])
     return ["## Cumulative explained variance of the clean class-mean logit matrix", "",
-            f"From the {a['explained_variance_source']}. Rows of the PCA: the predicted classes' mean logit vectors "
+            f"From the {analysis['explained_variance_source']}. Rows of the PCA: the predicted classes' mean logit "
+            "vectors "
             "(classes never predicted left out), or as the notebook did, all 21 with a never-predicted class's "
             "mean set to 0.", "",
-            md_table(["model", "definition"] + [f"{k} comp." for k in ks] + ["rows"], rows), ""]
+            md_table(["model", "definition"] + [f"{k} comp." for k in components] + ["rows"], rows), ""]
 
 
-def tables_markdown(a):
+def tables_markdown(analysis):
     """The whole of tables.md from analysis.json's dict."""
-    out = (header_markdown(a) + robustness_markdown(a) + explained_variance_markdown(a) + calibration_markdown(a)
-           + readings_markdown(a) + worst_case_markdown(a))
-    if a["missing"]:
-        out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in a["missing"]] + [""]
-    if a["notes"]:
-        out += ["## Notes", ""] + [f"- {n}" for n in a["notes"]] + [""]
+    out = (header_markdown(analysis) + robustness_markdown(analysis) + explained_variance_markdown(analysis)
+           + calibration_markdown(analysis) + readings_markdown(analysis) + worst_case_markdown(analysis))
+    if analysis["missing"]:
+        out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in analysis["missing"]] + [""]
+    if analysis["notes"]:
+        out += ["## Notes", ""] + [f"- {n}" for n in analysis["notes"]] + [""]
     return "\n".join(out)
 
 
-def print_summary(a):
+def print_summary(analysis):
     """The summary table's main columns on stdout."""
     shown = {"model": "model", "clean mIoU": "clean", "mPC": "mPC", "mean sev. 0-5": "sev0-5", "rPC": "rPC",
              "mCD": "mCD", "mrCD": "mrCD", "END clean": "END", "Distance clean": "Distance",
@@ -303,7 +313,7 @@ def print_summary(a):
              "Δ mPC [95% CI]": "ΔmPC [95% CI]"}
     cols = [SUMMARY_HEADER.index(h) for h in shown]
     header = list(shown.values())
-    rows = [[r[i] for i in cols] for r in summary_rows(a)]
+    rows = [[r[i] for i in cols] for r in summary_rows(analysis)]
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for r in [header] + rows:
         print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
