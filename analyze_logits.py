@@ -51,11 +51,11 @@ from common.outputs import OutputLock, check_output_folder, file_sha256, git_com
 SCHEMA = "analyze_logits/2"
 
 
-def per_model_summaries(sweep, miou, per_condition, clean_trackers, pca, found):
-    """{model: analysis.json's per_model entry}, before calibration, readings and the worst case; their notes
-    and arrays into ``found``. ``pca``: (the --pca-pass trackers or None, the explained variance's source)."""
+def per_model_summaries(sweep, miou, per_condition, clean_trackers, pca):
+    """({model: analysis.json's per_model entry} before calibration, readings and the worst case; Findings with
+    their notes and arrays). ``pca``: (the --pca-pass trackers or None, the explained variance's source)."""
     pca_trackers, source = pca
-    per_model = {}
+    per_model, found = {}, Findings()
     for m in sweep.models:
         summary, notes = miou_summary(miou[m], miou[sweep.reference], m)
         tracker = (clean_trackers if pca_trackers is None else pca_trackers).get(m)
@@ -63,7 +63,7 @@ def per_model_summaries(sweep, miou, per_condition, clean_trackers, pca, found):
         found.add(Findings(notes=notes, arrays=arrays))
         per_model[m] = {"kind": sweep.kinds.get(m), **summary, **logit_summary(per_condition[m]), **fields,
                         "per_condition": per_condition[m]}
-    return per_model
+    return per_model, found
 
 
 def analyse(args):
@@ -82,8 +82,9 @@ def analyse(args):
                         explained_variance_source=np.array(ev_source))
     per_condition, clean_trackers, structure_found = per_condition_structure(sweep, sweep.conditions())
     counts, image_order, counts_found = per_image_counts(sweep)
-    found.add(structure_found).add(counts_found)
-    per_model = per_model_summaries(sweep, miou, per_condition, clean_trackers, (pca_trackers, ev_source), found)
+    per_model, summaries_found = per_model_summaries(sweep, miou, per_condition, clean_trackers,
+                                                     (pca_trackers, ev_source))
+    found.add(structure_found).add(counts_found).add(summaries_found)
 
     # The bootstrap: the same resampled images (seed, image order) for mIoU, calibration and the worst case.
     ids, reference = image_order[0], sweep.reference
