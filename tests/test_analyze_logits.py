@@ -6,10 +6,15 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import analyze_logits as al
+from common.analysis.bootstrap import resample_miou
+from common.analysis.structure import explained_variance
+from common.calibration import VARIANTS, Calibration, prefix_of
 from common.corruptions import CORRUPTIONS, corruption_number
 from common.cli import UsageError
+from common.results import finite_or_none
 from helpers import refused
 
 K = 21
@@ -18,15 +23,20 @@ K = 21
 # ------------------------------------------------------------------------------------------- helpers
 
 def write_results(root, mious, kinds, end=None, distance=None, confusion=None, logits=None, run_models=None,
-                  distance_predicted=None, protocol="paper", sha256=None):
+                  distance_predicted=None, protocol="paper", sha256=None, readings=False):
     """A results folder as evaluate_corruptions.py lays it out.
 
-    mious {model: {(corruption, severity): mIoU}}; end/distance/distance_predicted same shape (optional;
-    rows carry no distance_predicted field at all when it is None, as rows written before it existed);
-    confusion {model: {(c, s): (ids, tp, fp, fn)}}; logits {model: {(c, s): (count, sum, sq)}};
+    mious {model: {(corruption, severity): mIoU}}; end/distance/distance_predicted same shape (optional; null
+    where absent); confusion {model: {(c, s): (ids, tp, fp, fn)}}, each file with the calibration bins of random
+    logits (``calibration_files``: the softmax reading only, and rows without calibration values, unless
+    ``readings``: then all four readings and their values in the rows); logits {model: {(c, s): (count, sum, sq)}};
     run.json lists run_models [(name, kind)] with checkpoint hashes sha256 {name: hex} (default 0...0).
     """
     os.makedirs(root, exist_ok=True)
+    calibration = {(m, c, s): calibration_files(len(ids), readings, seed=n)
+                   for n, (m, c, s, ids) in enumerate((m, c, s, v[0]) for m, conds in (confusion or {}).items()
+                                                      for (c, s), v in conds.items())}
+    no_values = ({}, {"ece": None, "nll": None, "brier": None, "calibration": {}})
     lines = []
     for m, conds in mious.items():
         for (c, s), v in conds.items():
@@ -34,9 +44,9 @@ def write_results(root, mious, kinds, end=None, distance=None, confusion=None, l
                    "corruption_number": None if c == "clean" else corruption_number(c), "severity": s,
                    "protocol": protocol, "size": 224 if protocol == "paper" else None, "miou": v, "pixel_acc": 0.9,
                    "iou": [None] * K, "end": (end or {}).get(m, {}).get((c, s)),
-                   "distance": (distance or {}).get(m, {}).get((c, s)), "images": 3, "seconds": 0.1, "shard": None}
-            if distance_predicted is not None:
-                row["distance_predicted"] = distance_predicted.get(m, {}).get((c, s))
+                   "distance": (distance or {}).get(m, {}).get((c, s)),
+                   "distance_predicted": (distance_predicted or {}).get(m, {}).get((c, s)),
+                   **calibration.get((m, c, s), no_values)[1], "images": 3, "seconds": 0.1, "shard": None}
             lines.append(json.dumps(row))
     with open(os.path.join(root, "metrics.jsonl"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -49,12 +59,32 @@ def write_results(root, mious, kinds, end=None, distance=None, confusion=None, l
         for (c, s), (ids, tp, fp, fn) in conds.items():
             os.makedirs(os.path.join(root, "confusion", m), exist_ok=True)
             np.savez(os.path.join(root, "confusion", m, f"{c}_{s}.npz"), confusion=np.zeros((K, K), np.int64),
-                     image_ids=np.array(ids), tp=tp, fp=fp, fn=fn)
+                     image_ids=np.array(ids), tp=tp, fp=fp, fn=fn, **calibration[m, c, s][0])
     for m, conds in (logits or {}).items():
         for (c, s), (count, sm, sq) in conds.items():
             os.makedirs(os.path.join(root, "logits", m), exist_ok=True)
             np.savez(os.path.join(root, "logits", m, f"{c}_{s}.npz"), count=count, sum=sm, sq=sq,
                      end_sum=np.float64(0), pixels=np.int64(count.sum()))
+
+
+def calibration_files(n_images, readings=False, seed=0):
+    """(the calib_* arrays of one confusion NPZ, the calibration fields of its metrics.jsonl row) for random
+    logits of n_images 2x2 images, made by common/calibration.py as evaluate_corruptions.py makes them: the
+    softmax reading only and null row values, or with ``readings`` all four (temperature 1.5 for the scaled ones)."""
+    rng = np.random.default_rng(seed)
+    logits = torch.from_numpy(rng.normal(0, 3, (n_images, K, 2, 2)))
+    labels = torch.from_numpy(rng.integers(0, K, (n_images, 2, 2)))
+    arrays, values = {}, {}
+    for v, (reading, scaled) in (VARIANTS if readings else {"softmax": VARIANTS["softmax"]}).items():
+        cal = Calibration(n_images, reading=reading, temperature=1.5 if scaled else 1.0, fine=not scaled,
+                          classwise=v == "sigmoid")
+        cal.update(logits, labels, rows=np.arange(n_images))
+        arrays.update(cal.state_dict(prefix_of(reading, scaled)))
+        values[v] = {"reading": reading, "temperature": cal.temperature,
+                     **{k: finite_or_none(x) for k, x in cal.metrics().items()}}
+    if not readings:
+        return arrays, {"ece": None, "nll": None, "brier": None, "calibration": {}}
+    return arrays, {**{k: values["softmax"][k] for k in ("ece", "nll", "brier")}, "calibration": values}
 
 
 def analyse(results, *extra):
@@ -204,9 +234,7 @@ def test_complete_sweep(tmp_path):
     write_results(tmp_path, mious, {"base": "baseline", "scribe": "scribe"}, confusion=confusion, logits=logits,
                   run_models=[("base", "baseline"), ("scribe", "scribe")])
     a = analyse(tmp_path, "--bootstrap", "50")
-    # Written without calibration bins (as before they existed): listed as such, tested in test_calibration.py.
-    assert [x for x in a["missing"] if x["what"] != "calibration"] == []
-    assert [n for n in a["notes"] if not n.startswith("no calibration in metrics.jsonl")] == []
+    assert a["missing"] == [] and a["notes"] == []
     s = a["per_model"]["scribe"]
     assert s["mpc"]["complete"] and s["mpc"]["n_conditions"] == 75 and s["mcd"]["complete"] and s["rpc"]["complete"]
     assert s["mpc"]["value"] == pytest.approx(np.mean([mious["scribe"][cs] for cs in conds[1:]]))
@@ -261,11 +289,11 @@ def test_explained_variance_against_eigh(tmp_path):
 def test_explained_variance_edge_cases():
     one = np.full((K, K), np.nan)
     one[3] = 1.0
-    ev, used = al.explained_variance(one)           # a single predicted class: no variance to explain
+    ev, used = explained_variance(one)           # a single predicted class: no variance to explain
     assert used == 1 and np.isnan(ev).all()
     two = np.full((K, K), np.nan)
     two[[0, 5]] = np.random.default_rng(0).normal(size=(2, K))
-    ev, used = al.explained_variance(two)           # two points: one component explains everything
+    ev, used = explained_variance(two)           # two points: one component explains everything
     assert used == 2 and ev[0] == pytest.approx(1.0) and np.all(ev == pytest.approx(1.0))
 
 
@@ -279,7 +307,7 @@ def test_resample_miou_matches_a_loop():
     weights = np.stack([np.bincount(row, minlength=n) for row in idx]).astype(float)
     tp = np.stack([p[0] for p in per], axis=1)
     union = np.stack([p[0] + p[1] + p[2] for p in per], axis=1)
-    got = al.resample_miou(tp, union, weights)
+    got = resample_miou(tp, union, weights)
     for b in range(5):
         for c in range(conds):
             t, f, g = (per[c][k][idx[b]] for k in range(3))   # the resampled images, repeats included
@@ -484,11 +512,11 @@ def test_both_distances_reported(tmp_path):
     got = dict(zip(cols, cells))
     assert (got["Distance clean"], got["Distance corr."]) == ("1.000", "0.375*")
     assert (got["Distance (pred.) clean"], got["Distance (pred.) corr."]) == ("2.000", "0.750*")
-    # Rows written before distance_predicted existed: null, not an error.
-    write_results(tmp_path / "old", {"ibe": IBE}, {"ibe": "ibe"}, distance=dist)
-    old = analyse(tmp_path / "old", "--bootstrap", "0")["per_model"]["ibe"]
-    assert old["distance_predicted"]["clean"] is None and old["distance_predicted"]["corrupted"]["value"] is None
-    assert old["distance"]["clean"] == 1.0
+    # Null in the rows (no foreground class predicted): null, not an error.
+    write_results(tmp_path / "null", {"ibe": IBE}, {"ibe": "ibe"}, distance=dist)
+    null = analyse(tmp_path / "null", "--bootstrap", "0")["per_model"]["ibe"]
+    assert null["distance_predicted"]["clean"] is None and null["distance_predicted"]["corrupted"]["value"] is None
+    assert null["distance"]["clean"] == 1.0
 
 
 def test_distance_rows_checked_against_logits(tmp_path):
@@ -502,7 +530,7 @@ def test_distance_rows_checked_against_logits(tmp_path):
     write_results(tmp_path / "ok", {"base": conds}, {"base": "baseline"}, logits=logits,
                   distance={"base": {("clean", 0): notebook}}, distance_predicted={"base": {("clean", 0): predicted}})
     assert not [n for n in analyse(tmp_path / "ok", "--bootstrap", "0")["notes"] if "distance" in n]
-    # An older row: the predicted-classes mean under the name distance.
+    # A row whose distance is not the one its logits give (here: the predicted-classes mean under that name).
     write_results(tmp_path / "old", {"base": conds}, {"base": "baseline"}, logits=logits,
                   distance={"base": {("clean", 0): predicted}})
     notes = [n for n in analyse(tmp_path / "old", "--bootstrap", "0")["notes"] if "distance" in n]
@@ -618,7 +646,7 @@ def test_pca_pass_gaps_and_damage(tmp_path):
 def hand_bootstrap(files, models, reference, conds, aggregate, n_resamples, seed):
     """The paired bootstrap written out: resample b draws row b of
     ``np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))`` (image positions in the order of
-    the first file, models[0] clean; PROTOCOL.md: images with replacement, n of them), the same draw for
+    the first file, models[0] clean; docs/protocol.md: images with replacement, n of them), the same draw for
     every model and condition; each model's mIoU of each condition from the drawn images' summed TP/FP/FN,
     looked up by image id; intervals at the 2.5th and 97.5th percentiles of the differences to the reference.
     files {model: {(c, s): (ids, tp, fp, fn)}}; returns {model: {"clean": (lo, hi), "aggregate": (lo, hi)}}."""

@@ -11,6 +11,8 @@ import torch
 import analyze_logits as al
 import evaluate_corruptions as ev
 import make_figures
+from common.analysis.bootstrap import worst_case_intervals
+from common.analysis.robustness import worst_case
 from common.calibration import BINS, Calibration, bin_index
 from helpers import refused
 
@@ -428,8 +430,8 @@ def test_analysis_summaries_and_paired_bootstrap_by_hand(swept, tmp_path):
     assert "### ECE (%) per severity" in section
 
 
-def test_results_without_calibration_are_analysed_with_a_note(swept, tmp_path):
-    # A folder written before calibration existed: rows without ece/nll/brier, NPZ files without calib_*.
+def test_results_of_an_earlier_format_are_refused_in_one_line(swept, tmp_path, capsys):
+    # A folder of an earlier evaluate_corruptions.py: rows without ece/nll/brier, or NPZ files without calib_*.
     import shutil
     old = tmp_path / "old"
     shutil.copytree(swept["out"], old)
@@ -440,16 +442,16 @@ def test_results_without_calibration_are_analysed_with_a_note(swept, tmp_path):
                 for k in ("ece", "nll", "brier"):
                     del r[k]
             fh.write(json.dumps(r) + "\n")
-    for f in (old / "confusion" / "ibe").iterdir():
-        z = dict(np.load(f))
-        np.savez(f, **{k: v for k, v in z.items() if not k.startswith("calib_")})
-    a, arrays = analyse(old, tmp_path / "analysis", "--bootstrap", "20")
-    assert a["per_model"]["ibe"]["calibration"]["clean"] == {"ece": None, "nll": None, "brier": None}
-    assert a["per_model"]["baseline"]["calibration"]["clean"]["ece"] is not None
-    assert "ibe" not in a["bootstrap"]["calibration"]["comparisons"]
-    assert any(x["what"] == "calibration" and x["models"] == ["ibe"] for x in a["missing"])
-    assert any("no calibration in metrics.jsonl for ibe" in n for n in a["notes"])
-    assert "ibe/calibration/0/count" not in arrays.files and "baseline/calibration/0/count" in arrays.files
+    line = refused(capsys, al, "--results", old, "--out", tmp_path / "analysis", "--bootstrap", "0")
+    assert "metrics.jsonl: the row for ibe" in line and "no ece, nll, brier field" in line
+    assert "rerun evaluate_corruptions.py into a new --out" in line
+    shutil.copy(swept["out"] / "metrics.jsonl", old / "metrics.jsonl")
+    f = old / "confusion" / "ibe" / "clean_0.npz"
+    np.savez(f, **{k: v for k, v in dict(np.load(f)).items() if not k.startswith("calib_")})
+    line = refused(capsys, al, "--results", old, "--out", tmp_path / "analysis", "--bootstrap", "0")
+    assert "confusion/ibe/clean_0.npz: no calib_image_count array" in line
+    assert "rerun evaluate_corruptions.py into a new --out" in line
+    assert not (tmp_path / "analysis").exists()
 
 
 def test_bad_calibration_inputs_are_one_line_exit_2(swept, tmp_path, capsys):
@@ -566,8 +568,8 @@ def test_worst_case_bootstrap_on_random_counts_by_hand():
             tp = np.floor(union * rng.uniform(0.1, 0.9, (n, K)) * (1 + 0.1 * ((j + shift) % 3))).clip(0, union)
             counts[m][c, 4] = (tp, union)
             miou[m][c, 4] = float(np.mean(tp.sum(0) / union.sum(0)))
-    args = al.get_args_parser().parse_args(["--results", "x", "--bootstrap", "300", "--seed", "9"])
-    per_model, boot = al.worst_case(["baseline", "ibe"], "baseline", counts, miou, np.arange(n), args)
+    per_model = {m: worst_case(miou[m]) for m in ("baseline", "ibe")}
+    boot = worst_case_intervals(["baseline", "ibe"], "baseline", counts, np.arange(n), n_resamples=300, seed=9)
     for m in ("baseline", "ibe"):
         want = min((miou[m][c, 4], c) for c in corrs)
         assert (per_model[m]["4"]["miou"], per_model[m]["4"]["corruption"]) == want

@@ -325,7 +325,8 @@ def test_class_means_and_distance_panels_are_those_of_the_logits_files(tmp_path)
         np.savez(tmp_path / "logits" / m / "clean_0.npz", count=count, sum=x * count[:, None],
                  sq=count[:, None, None] * (x[:, :, None] * x[:, None, :] + np.eye(21)), end_sum=np.float64(0),
                  pixels=np.int64(count.sum()))
-        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5})
+        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5,
+                     "distance_predicted": None, "ece": None, "nll": None, "brier": None, "calibration": {}})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(tmp_path), "--bootstrap", "0"]))
     args = mf.get_args_parser().parse_args(["--results", str(tmp_path), "--only", "class_means", "distance_matrices"])
