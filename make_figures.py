@@ -1,4 +1,4 @@
-"""The figures of the paper's write-up (PROTOCOL.md, "Figures and video") from a results folder.
+"""The figures of the paper's write-up (docs/protocol.md, "Figures and video") from a results folder.
 
     python make_figures.py --results results --out figures [--pdf]
     python make_figures.py --results results --out figures --data voc --voc-root /data/voc --index 17 \
@@ -85,7 +85,7 @@ from common.results import CLEAN  # noqa: E402
 GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")  # 0, 3, 7, 10, 12
 QUALITATIVE_SEVERITIES = (0, 1, 2, 3)   # 0 in the "Original" panel, 1..3 in the "Corrupted" one
 CONTACT_MAX = 100
-# The notebook's own choices (PROTOCOL.md, "Figures and video"): cell 22's corruption grid on val image 687,
+# The notebook's own choices (docs/protocol.md, "Figures and video"): cell 22's corruption grid on val image 687,
 # cell 50's qualitative grid on 790 with 50 rows cut from the top and 1 from the bottom of its 224-px tiles and
 # the label as a 0.4-scale inset, cell 49's contact sheet from 700 (delta), cell 45's class 13 (cor[-8:-7]).
 NOTEBOOK_GRID_INDEX, NOTEBOOK_QUALITATIVE_INDEX, NOTEBOOK_CONTACT_START = 687, 790, 700
@@ -110,7 +110,7 @@ METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer":
 # ------------------------------------------------------------------------------------------ helpers
 
 def styles(models):
-    """Line style per model name: colour by kind (PROTOCOL.md palette); repeats of a kind get dashes."""
+    """Line style per model name: colour by kind (docs/protocol.md palette); repeats of a kind get dashes."""
     seen, out = {}, {}
     for m in models:
         k = seen[m["kind"]] = seen.get(m["kind"], -1) + 1
@@ -348,7 +348,7 @@ CORRELATION_VIEWS = {
     "correlation": {"limits": (-1, 1), "cmap": "RdBu_r", "extend": "neither", "cbar": "correlation",
                     "title": "Correlation between the 21 logits over the pixels predicted as each column's class "
                              "(clean val; grey: undefined)"},
-    # PROTOCOL.md: the paper's figure shows the notebook's quantity, on a 0.8-1 colour scale.
+    # docs/protocol.md: the paper's figure shows the notebook's quantity, on a 0.8-1 colour scale.
     "correlation_notebook": {
         "limits": (0.8, 1.0), "cmap": "viridis", "extend": "min", "cbar": "notebook's 'correlation' (below 0.8: 0.8)",
         "title": "The notebook's 'correlation' of the 21 logits, as in the paper's figure: (Q − μμᵀ)/N scaled "
@@ -604,7 +604,7 @@ def fig_qualitative_grid(ctx):
     its label as a 0.4-scale inset | baseline | SCrIBE prediction) over a "Corrupted" panel (columns:
     severities 1..3; per corruption three rows: input, baseline, SCrIBE), every tile cut to ``crop_rows``.
     Each image axes carries the label "<panel>|<row>|<corruption>|<severity>" (row: input or a model name)."""
-    # PROTOCOL.md: input, baseline, SCrIBE. By kind; where one is missing, the next checkpoint stands in.
+    # docs/protocol.md: input, baseline, SCrIBE. By kind; where one is missing, the next checkpoint stands in.
     models = ctx["models"]
     chosen = [next((m for m in models if m["kind"] == k), None) for k in ("baseline", "scribe")]
     spare = iter([m for m in models if all(m is not c for c in chosen)])

@@ -7,7 +7,7 @@
 
 writes ``--out`` (H.264 ``libx264``, yuv420p; ``mpeg4`` where this PyAV build lacks libx264), one output
 frame per input frame at the input's frame rate (its stream's average rate; ``--fps`` for --synthetic).
-Each frame is 960x540, four 480x270 tiles (PROTOCOL.md, "Figures and video"), captioned as the notebook's:
+Each frame is 960x540, four 480x270 tiles (docs/protocol.md, "Figures and video"), captioned as the notebook's:
 
     original                     | corrupted, "Corruption: <name>" ("Corruption: None" when clean)
     baseline prediction, "Theirs" | robust (SCrIBE) prediction, "Ours"          (VOC palette colours)
@@ -20,7 +20,7 @@ What is the notebook's (cells 55-59 of ICIP2020_OnTheStructuresOfRepresentation_
   clean segment takes the same round trip through 224 x 224, uncorrupted.
 - Schedule. ``switch = n_frames // 13``: frame i is in segment ``i // switch``: clean, then the paper's
   corruptions 1..13 skipping frost (shot_noise ... pixelate) at severity 2, elastic_transform at 3. The
-  ``n_frames % 13`` leftover frames keep the last corruption (PROTOCOL.md; the notebook's loop itself would
+  ``n_frames % 13`` leftover frames keep the last corruption (docs/protocol.md; the notebook's loop itself would
   have moved them on to jpeg_compression at severity 2). ``--corruptions`` / ``--severity`` replace the list /
   set one severity for all; the split is then ``n_frames // (1 + len(corruptions))``. The schedule is printed.
 - Captions at (20, 30) px in their tiles, red on a black outline, in DejaVu Sans Bold (matplotlib's default
@@ -70,10 +70,10 @@ from common.device import resolve_device, use_device
 from common.models import predict
 from common.outputs import git_commit
 
-TILE_W, TILE_H = 480, 270               # PROTOCOL.md: 2x2 tiles of 480x270 -> 960x540
+TILE_W, TILE_H = 480, 270               # docs/protocol.md: 2x2 tiles of 480x270 -> 960x540
 FRAME_W, FRAME_H = 2 * TILE_W, 2 * TILE_H
 CLEAN = "clean"
-# PROTOCOL.md: "clean, then corruptions 1..13 skipping frost" in the paper's numbering (0 gaussian_noise
+# docs/protocol.md: "clean, then corruptions 1..13 skipping frost" in the paper's numbering (0 gaussian_noise
 # and 14 jpeg_compression are not in the video; frost, 8, is skipped).
 DEFAULT_CORRUPTIONS = tuple(CORRUPTIONS[i] for i in range(1, 14) if i != 8)
 DEFAULT_SEVERITY = 2

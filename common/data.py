@@ -1,4 +1,4 @@
-"""Datasets and joint transforms (PROTOCOL.md, "Data" and "Transforms").
+"""Datasets and joint transforms (docs/protocol.md, "Data" and "Transforms").
 
 The real loaders are torchvision's ``VOCSegmentation`` and ``SBDataset``; the synthetic dataset is
 written to disk in the same layouts and read by the same loaders, so there is one code path.
@@ -59,7 +59,7 @@ def adjust_hue(rgb: np.ndarray, shift: float) -> np.ndarray:
 
 
 class TrainTransform:
-    """The paper's training augmentation (PROTOCOL.md, "Transforms"), cropped before it is resized.
+    """The paper's training augmentation (docs/protocol.md, "Transforms"), cropped before it is resized.
 
     Random short side in [crop/2, 2*crop] (0.5x-2x of the base), pad right/bottom to crop (image 0,
     label 255), random crop x crop window, colour jitter (brightness, contrast, saturation 0.3, hue 0.1,
@@ -448,7 +448,7 @@ def image_id(dataset, index: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Corruption evaluation: what gets corrupted and what gets scored (PROTOCOL.md, "Transforms").
+# Corruption evaluation: what gets corrupted and what gets scored (docs/protocol.md, "Transforms").
 
 PROTOCOLS = ("paper", "shortside", "native")
 

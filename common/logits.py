@@ -1,6 +1,6 @@
 """LogitTracker: per-predicted-class moments of the 21 logits, for the paper's logit-structure analysis.
 
-PROTOCOL.md, "Logit structure". Over all output pixels (label-255 pixels included, as the companion
+docs/protocol.md, "Logit structure". Over all output pixels (label-255 pixels included, as the companion
 code did), grouped by the predicted class n = argmax over the 21 channels (first maximum on ties,
 as torch.argmax and np.argmax), we accumulate
 
@@ -71,7 +71,7 @@ class LogitTracker:
         """Add a batch: logits (B, K, H, W) or (K, H, W), torch tensor (any device) or numpy array.
 
         ``pred`` (B, H, W) / (H, W) integer predictions may be passed when already computed; they must
-        be the argmax of ``logits`` for the statistics to mean what PROTOCOL.md says, but are not
+        be the argmax of ``logits`` for the statistics to mean what docs/protocol.md says, but are not
         checked (only their range is). Computed on the logits' device in float64 (MPS, which has no
         float64, falls back to the CPU). Returns self.
         """
@@ -178,7 +178,7 @@ class LogitTracker:
     def covariance(self) -> np.ndarray:
         """(K, K, K): [n] = Q_n / N_n - mu_n mu_n^T (population covariance); NaN for empty classes.
 
-        This is the one-pass formula of PROTOCOL.md; it cancels digits when |mean| >> std, which float64
+        This is the one-pass formula of docs/protocol.md; it cancels digits when |mean| >> std, which float64
         absorbs for logits (relative error ~1e-16 * (mean/std)^2).
         """
         mu = self.mean()

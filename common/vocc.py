@@ -1,4 +1,4 @@
-"""The on-disk VOC-C layout that dump_voc_c.py writes and evaluate_corruptions.py reads (PROTOCOL.md).
+"""The on-disk VOC-C layout that dump_voc_c.py writes and evaluate_corruptions.py reads (docs/protocol.md).
 
     <root>/manifest.json                           protocol, size, seed rule, package versions, counts
     <root>/<corruption>/<severity>/<id>.png        corrupted RGB image, lossless PNG

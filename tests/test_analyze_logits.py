@@ -618,7 +618,7 @@ def test_pca_pass_gaps_and_damage(tmp_path):
 def hand_bootstrap(files, models, reference, conds, aggregate, n_resamples, seed):
     """The paired bootstrap written out: resample b draws row b of
     ``np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))`` (image positions in the order of
-    the first file, models[0] clean; PROTOCOL.md: images with replacement, n of them), the same draw for
+    the first file, models[0] clean; docs/protocol.md: images with replacement, n of them), the same draw for
     every model and condition; each model's mIoU of each condition from the drawn images' summed TP/FP/FN,
     looked up by image id; intervals at the 2.5th and 97.5th percentiles of the differences to the reference.
     files {model: {(c, s): (ids, tp, fp, fn)}}; returns {model: {"clean": (lo, hi), "aggregate": (lo, hi)}}."""
