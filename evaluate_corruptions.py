@@ -782,7 +782,7 @@ def merge(args, held):
 
 def main(args):
     # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/host.py;
-    # BENCHMARKS.md, runs S0/S: shared_time 1.200 -> 1.145 with it, back to back).
+    # BENCHMARKS.md, Decisions).
     keep_freed_memory()
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
         with contextlib.ExitStack() as held:  # releases the output locks however the run ends

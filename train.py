@@ -10,10 +10,9 @@ SCrIBE's loss). Any explicit flag overrides its recipe's value (docs/protocol.md
     python train.py --model scribe --data voc --voc-root /data/voc --sbd-root /data/sbd
     python train.py --model scribe --recipe paper --data voc --voc-root /data/voc --sbd-root /data/sbd
 
-A laptop-sized run on the generated VOC-format dataset (a few minutes on 2 CPU cores):
-
-    python train.py --model ibe --data synthetic --backbone resnet18 --head-channels 64 \
-        --crop-size 96 --epochs 12 --batch-size 16 --lr 0.02
+On a laptop, without VOC: ``bash reproduce.sh`` (quick mode) trains all three models on the generated VOC-format
+dataset with a small CPU recipe; its flags, and why each departs from the paper: docs/training.md, "The quick
+CPU recipe".
 
 Several GPUs or nodes: ``torchrun --nproc_per_node=8 train.py ...`` (--batch-size is per process).
 

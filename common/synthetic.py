@@ -1,6 +1,6 @@
 """A small synthetic stand-in for PASCAL VOC 2012 + SBD, written in their real on-disk layouts.
 
-    python -m common.synthetic --root data/synthetic        # 700 images in about 3 s on 2 cores
+    python -m common.synthetic --root data/synthetic        # 700 images, in a few seconds
 
 writes (once; a second call with the same arguments returns at once)
 
@@ -252,8 +252,7 @@ def render(seed: int, split: str, index: int, min_side: int, max_side: int):
     seg = np.zeros((h, w), np.uint8)
     # Round-robin primary class: any 20 consecutive images of a split show all 20 classes.
     primary = 1 + (index + 7 * code) % (NUM_CLASSES - 1)
-    # 1-4 objects, mostly 2 or more: 14% foreground pixels instead of 11% took the laptop run from
-    # val mIoU ~0.60 to 0.69.
+    # 1-4 objects, mostly 2 or more: more foreground pixels trained better (BENCHMARKS.md, Decisions).
     others = rng.integers(1, NUM_CLASSES, rng.choice(4, p=[0.1, 0.3, 0.3, 0.3]))
     sizes = np.sort(rng.uniform(0.15, 0.6, len(others)))[::-1]  # big first, so small ones stay visible
     objs = [(int(k), s, rng.uniform(0, w), rng.uniform(0, h)) for k, s in zip(others, sizes)]
