@@ -129,6 +129,47 @@ def test_every_cited_protocol_section_is_a_heading():
     assert [c for c in cited if github_slug(c[1]) not in headings] == []
 
 
+def test_every_cited_section_of_a_doc_is_one_of_its_headings():
+    # 'docs/training.md, "The quick CPU recipe"' (a heading or the start of one), and 'BENCHMARKS.md, Decisions'.
+    cited = [(name, doc, section) for name, text in tracked_text_files()
+             for doc, section in re.findall(r'((?:docs/[\w-]+|BENCHMARKS|README)\.md)(?:,| \(| )\s*"([^"]+)"', text)]
+    cited += [(name, "BENCHMARKS.md", "Decisions") for name, text in tracked_text_files()
+              if "BENCHMARKS.md, Decisions" in text]
+    assert len({c[1] for c in cited}) >= 3, "the citation pattern no longer matches how the code cites the docs"
+    missing = []
+    for name, doc, section in cited:
+        with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+            titles = [m.group(2) for m in map(HEADING.match, prose_lines(f.read())) if m]
+        if not any(github_slug(title).startswith(github_slug(" ".join(section.split()))) for title in titles):
+            missing.append((name, doc, section))
+    assert missing == []
+
+
+# Timings and run ids belong in BENCHMARKS.md; code says why in a line and points there. bench.py and benchmarks/
+# measure, and tests/ hold the inputs of their own arithmetic, so they are not searched.
+MEASUREMENT = re.compile(r"\b[0-9]+(\.[0-9]+)? ?(ms|µs)\b|[0-9.]+x (faster|slower)|[0-9.]+ ?(GB|MB)/s|\bruns? S[0-9]?\b")
+
+
+def test_code_carries_no_timings():
+    found = [f"{name}:{i}: {line.strip()}" for name, text in tracked_text_files()
+             if name.endswith((".py", ".sh")) and not name.startswith(("tests/", "bench.py", "benchmarks/"))
+             for i, line in enumerate(text.splitlines(), 1) if MEASUREMENT.search(line)]
+    assert found == []
+
+
+def test_readme_leads_with_the_command_and_its_result():
+    # nanoGPT's order: the commands, then the time and the table they give, within the first screen; the
+    # machine's calibration (its forward time, the VMs' spread, the bf16 choice) lives in BENCHMARKS.md.
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    first_row = next(i for i, line in enumerate(lines, 1) if re.match(r"^\| *(baseline|IBE|SCrIBE) *\|", line))
+    assert first_row <= 25
+    before = "\n".join(lines[:first_row])
+    assert "bash reproduce.sh" in before and "pip install" in before
+    for calibration in ("--only machine", "machine_forward", "/proc/cpuinfo", "0.880", "2.4x", "paper (VOC"):
+        assert calibration not in before
+
+
 def test_readme_test_command_is_what_ci_runs():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
