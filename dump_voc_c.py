@@ -157,7 +157,7 @@ def open_dump(args, held, ident):
 
 def write_manifest(folder, ident, done):
     manifest = {**ident, "png": vocc.PNG_ENCODING, "images": dict(sorted(done.items())), "git_commit": git_commit()}
-    # The PNGs were renamed into place without an fsync each (about 0.3 ms a file): flush them all now,
+    # The PNGs were renamed into place without an fsync each (BENCHMARKS.md, Decisions): flush them all now,
     # so that a manifest that survives a power cut never describes files that did not.
     os.sync()
     write_text(os.path.join(folder, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")

@@ -157,7 +157,7 @@ class ConditionStats:
         self.per_image[positions] += per
         self.confusion += per.sum(0)
         self.tracker.update(logits, pred)
-        # END (PROTOCOL.md): bg = softmax over all 21 at channel 0; id = normalised max softmax over the
+        # END (docs/protocol.md): bg = softmax over all 21 at channel 0; id = normalised max softmax over the
         # 20 foreground logits; averaged over every output pixel, like the logit statistics. With one exp
         # pass, s = sum_fg exp(z - max z_fg) in [1, 20]: max softmax_fg = 1 / s and
         # bg = 1 / (1 + s exp(max z_fg - z0)), which tends to 0 or 1 without NaN when the exp overflows.
@@ -214,7 +214,7 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             "severity": severity, "corruption_code": args.corruption_code, "protocol": args.protocol,
             "size": protocol_size(args), "miou": m["miou"], "pixel_acc": m["pixel_acc"], "iou": m["iou"],
             # The notebook's Distance (all 20 foreground classes, never-predicted ones counting 0), and the
-            # same mean over the classes the model predicted (PROTOCOL.md, "Logit structure").
+            # same mean over the classes the model predicted (docs/protocol.md, "Logit structure").
             "distance": finite_or_none(stats.tracker.distance_notebook()),
             "distance_predicted": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
             # Calibration of the softmax over the 21 channels, non-255 pixels (common/calibration.py); null
@@ -804,7 +804,7 @@ def merge(args, held):
 
 def main(args):
     # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/host.py;
-    # BENCHMARKS.md, runs S0/S: shared_time 1.200 -> 1.145 with it, back to back).
+    # BENCHMARKS.md, Decisions).
     keep_freed_memory()
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
         with contextlib.ExitStack() as held:  # releases the output locks however the run ends

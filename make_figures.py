@@ -1,4 +1,4 @@
-"""The figures of the paper's write-up (PROTOCOL.md, "Figures and video") from a results folder.
+"""The figures of the paper's write-up (docs/protocol.md, "Figures and video") from a results folder.
 
     python make_figures.py --results results --out figures [--pdf]
     python make_figures.py --results results --out figures --data voc --voc-root /data/voc --index 17 \

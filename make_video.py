@@ -7,7 +7,7 @@
 
 writes ``--out`` (H.264 ``libx264``, yuv420p; ``mpeg4`` where this PyAV build lacks libx264), one output
 frame per input frame at the input's frame rate (its stream's average rate; ``--fps`` for --synthetic).
-Each frame is 960x540, four 480x270 tiles (PROTOCOL.md, "Figures and video"), captioned as the notebook's:
+Each frame is 960x540, four 480x270 tiles (docs/protocol.md, "Figures and video"), captioned as the notebook's:
 
     original                     | corrupted, "Corruption: <name>" ("Corruption: None" when clean)
     baseline prediction, "Theirs" | robust (SCrIBE) prediction, "Ours"          (VOC palette colours)
@@ -20,27 +20,25 @@ What is the notebook's (cells 55-59 of ICIP2020_OnTheStructuresOfRepresentation_
   clean segment takes the same round trip through 224 x 224, uncorrupted.
 - Schedule. ``switch = n_frames // 13``: frame i is in segment ``i // switch``: clean, then the paper's
   corruptions 1..13 skipping frost (shot_noise ... pixelate) at severity 2, elastic_transform at 3. The
-  ``n_frames % 13`` leftover frames keep the last corruption (PROTOCOL.md; the notebook's loop itself would
+  ``n_frames % 13`` leftover frames keep the last corruption (docs/protocol.md; the notebook's loop itself would
   have moved them on to jpeg_compression at severity 2). ``--corruptions`` / ``--severity`` replace the list /
   set one severity for all; the split is then ``n_frames // (1 + len(corruptions))``. The schedule is printed.
 - Captions at (20, 30) px in their tiles, red on a black outline, in DejaVu Sans Bold (matplotlib's default
   font, which the notebook's text used), 20 px high as the notebook's 3 pt at 960 dpi were at 1920 x 1080.
 What is ours: the notebook drew each frame with matplotlib into a 1920 x 1080 figure and wrote it at 30 fps and
 18000 kb/s with FFmpeg. Its 1920 x 1080 frames are the same 960 x 540 image scaled 2x, so we write the 960 x 540
-frames themselves, composed with numpy (BENCHMARKS.md, video group: ~50 ms a frame less), with libx264 at
-crf 18 (close to lossless for the palette colours and 1-px class edges) and at the input's own frame rate
-(the notebook's 30 fps changes a 25 fps clip's speed). Corruptions follow the project's seeded rule,
+frames themselves, composed with numpy rather than a matplotlib figure each (bench.py's video group renders the
+same frames both ways into the same encoder: BENCHMARKS.md, Decisions), with libx264 at crf 18 (close to
+lossless for the palette colours and 1-px class edges) and at the input's own frame rate (the notebook's 30 fps
+changes a 25 fps clip's speed). Corruptions follow the project's seeded rule,
 ``corrupt_image(frame224, image_id=f"frame{index:06d}", corruption, severity)``, so every run gives the same
 pixels. ``--size N`` selects the older, faster geometry: short side N, aspect kept (both sides rounded to a
 multiple of 8), corrupted at that size, and the model-sized arrays scaled to fit the tiles.
 
-Speed, at --size 224 on 2 idle CPU cores with two tiny ResNet-18 test models: about 8 frames/s; the models
-take most of it (the default geometry, 480x270 model input: 1.5x the time a frame of --size 224's 400x224, 0.95
-against 1.41 frames/s side by side on a shared, loaded 2-core machine, 26 synthetic frames under brightness);
-composing a frame takes ~3 ms (a matplotlib figure per frame: ~51 ms; BENCHMARKS.md, video group) and
-encoding ~7 ms. The composed frames are the same on every run; the encoded bytes are not (this
-libx264 build varied between runs even single-threaded): decoded frames of two runs differ by ~0.5 grey levels
-on average, mostly in the noisy tiles.
+The two models take most of a frame's time, more in the default geometry than under ``--size 224``; composing
+and encoding are a small part (figures: BENCHMARKS.md, Decisions). The composed frames are the same on every
+run; the encoded bytes are not (this libx264 build varied between runs even single-threaded): decoded frames of
+two runs differ by ~0.5 grey levels on average, mostly in the noisy tiles.
 
 The video is written to ``<out stem>.tmp-<pid><ext>`` and renamed at the end: an interrupted run leaves
 no partial ``--out``. Bad input (unreadable video, missing checkpoint, unknown corruption) ends with one
@@ -74,15 +72,15 @@ from common.video import (FRAME_H, FRAME_W, NOTEBOOK_SQUARE, OURS, THEIRS, TILE_
                           model_size, notebook_frame)
 
 CLEAN = "clean"
-# PROTOCOL.md: "clean, then corruptions 1..13 skipping frost" in the paper's numbering (0 gaussian_noise
+# docs/protocol.md: "clean, then corruptions 1..13 skipping frost" in the paper's numbering (0 gaussian_noise
 # and 14 jpeg_compression are not in the video; frost, 8, is skipped).
 DEFAULT_CORRUPTIONS = tuple(CORRUPTIONS[i] for i in range(1, 14) if i != 8)
 DEFAULT_SEVERITY = 2
 SEVERITY_OVERRIDES = {"elastic_transform": 3}  # severity 2 of elastic is barely visible at video size
 
 # Encoders in order of preference: (PyAV codec name, stream options, bit rate). crf 18 keeps the palette
-# colours and 1-px class edges of the prediction tiles close to lossless; preset veryfast encodes 960x540
-# at ~6 ms a frame against ~16 ms for medium, at about the same size. mpeg4 has no crf, so a bit rate.
+# colours and 1-px class edges of the prediction tiles close to lossless; preset veryfast encodes 960x540 in
+# well under medium's time at about the same size (BENCHMARKS.md, Decisions). mpeg4 has no crf, so a bit rate.
 CODECS = (("libx264", {"crf": "18", "preset": "veryfast"}, None),
           ("mpeg4", {}, 6_000_000))
 
@@ -271,8 +269,8 @@ def load_pair(args):
             raise UsageError(f"{flag} {spec}: no such checkpoint; pass a checkpoint written by train.py, "
                              f"torchvision:<builder> or module:factory")
         model, info = external.load_spec(spec, args.device, *options[k], hash_file=False)
-        # NHWC convolutions: ~25% faster for these ResNets on CPU (oneDNN) as on GPU; the frames arrive
-        # as NHWC arrays already. Same device and arguments -> same predictions, run after run.
+        # NHWC convolutions: faster for these ResNets on CPU (oneDNN; BENCHMARKS.md, Decisions) as on GPU; the
+        # frames arrive as NHWC arrays already. Same device and arguments -> same predictions, run after run.
         models.append(model.to(memory_format=torch.channels_last))
         names.append(args.names[k] if args.names else info["name"])
         print(f"{flag[2:]}: {spec} ({names[-1]}, {model.config['kind']}, {model.config.get('arch')}"

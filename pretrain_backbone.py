@@ -62,8 +62,7 @@ def presence_targets(labels: torch.Tensor) -> torch.Tensor:
 def presence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCEWithLogitsLoss's mean over all B x 20 elements, the reduction SCrIBE's loss uses too.
 
-    (Summing over the 20 classes instead, i.e. 20x the gradient, was measured worse at lr 0.1, batch 32, crop 96:
-    val F1 0.000 after epochs 2 and 4, against 0.085 and 0.102 with the mean.)
+    (Summing over the 20 classes instead, i.e. 20x the gradient, trained worse: BENCHMARKS.md, Decisions.)
     """
     return F.binary_cross_entropy_with_logits(logits, targets)
 
@@ -241,7 +240,8 @@ def get_args_parser():
                        help="voc = VOC 2012 train + SBD train_noval; synthetic = the generated VOC-format dataset")
     p.add_argument("--crop-size", type=int, default=64,
                    help="training crop, through train.py's transform (random scale 0.5-2x of it, then crop); "
-                        "smaller than train.py's 96 buys more SGD steps per second")
+                        "smaller than the quick recipe's training crop (80, reproduce.sh) buys more SGD steps "
+                        "per second")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=16, help="crops per SGD step (drop_last)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate at the start of the poly decay")

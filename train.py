@@ -5,15 +5,14 @@ torchvision's DeepLabV3 head on an ImageNet ResNet-50 at output stride 8, IBE ap
 SGD lr 0.01 (head x10), momentum 0.9, weight decay 5e-5, poly 0.9 stepped once per epoch, 50 epochs,
 batch 30, crop 224, SCrIBE's BCE with 255 as background. ``--recipe paper`` is the paper's text instead
 (DeepLabV3+ at output stride 16, IBE after upsampling, poly per iteration, batch 20, 255 masked out of
-SCrIBE's loss). Any explicit flag overrides its recipe's value (PROTOCOL.md).
+SCrIBE's loss). Any explicit flag overrides its recipe's value (docs/protocol.md).
 
     python train.py --model scribe --data voc --voc-root /data/voc --sbd-root /data/sbd
     python train.py --model scribe --recipe paper --data voc --voc-root /data/voc --sbd-root /data/sbd
 
-A laptop-sized run on the generated VOC-format dataset (a few minutes on 2 CPU cores):
-
-    python train.py --model ibe --data synthetic --backbone resnet18 --head-channels 64 \
-        --crop-size 96 --epochs 12 --batch-size 16 --lr 0.02
+On a laptop, without VOC: ``bash reproduce.sh`` (quick mode) trains all three models on the generated VOC-format
+dataset with a small CPU recipe; its flags, and why each departs from the paper: docs/training.md, "The quick
+CPU recipe".
 
 Several GPUs or nodes: ``torchrun --nproc_per_node=8 train.py ...`` (--batch-size is per process).
 
@@ -46,7 +45,7 @@ from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model,
                            head_parameters, segmentation_loss)
 from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
 
-# What each --recipe sets (PROTOCOL.md); an explicit flag overrides its entry. Everything else (optimiser,
+# What each --recipe sets (docs/protocol.md); an explicit flag overrides its entry. Everything else (optimiser,
 # learning rates, epochs, crop, augmentation) is the same in both.
 RECIPES = {
     # The companion notebook, which produced the paper's numbers.

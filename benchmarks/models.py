@@ -19,7 +19,7 @@ from common.data import build_datasets
 from common.device import autocast
 from common.models import build_model, segmentation_loss
 
-# The full study (PROTOCOL.md): 3 models x 50 epochs, then the sweep over VOC val, clean + 15 x 5 conditions.
+# The full study (docs/protocol.md): 3 models x 50 epochs, then the sweep over VOC val, clean + 15 x 5 conditions.
 STUDY = dict(models=3, epochs=50, train_images=7087, val_images=1449, conditions=1 + 15 * 5)
 # bf16 and TF32 tensor-core TFLOP/s as NVIDIA's H100 / H200 datasheets print them, with 2:4 sparsity: the dense
 # peak is half. cuDNN runs fp32 convolutions in TF32 by default, so an fp32 run is judged against TF32.

@@ -179,8 +179,8 @@ def reading_stats(x: torch.Tensor, y: torch.Tensor, top: torch.Tensor, reading: 
     Also returns the tensor of the 21 per-class probabilities when reading is sigmoid (for class-wise bins)."""
     inv = 1.0 / float(temperature)
     if reading == "softmax":
-        # A fresh tensor: one kept per thread saved ~9 ms of 24 at 8x21x224x224 (33.7 MB, above the 32 MB
-        # that glibc's malloc serves from its heap: 8,000 page faults) and nothing at 16x21x96x96.
+        # A fresh tensor: keeping one per thread was faster only at sweep-sized batches, and calibration stays
+        # within its share of the forward without it (BENCHMARKS.md, Decisions).
         e = torch.sub(x, top)
         if inv != 1.0:
             e.mul_(inv)
@@ -259,8 +259,8 @@ def _channel_sum(e: torch.Tensor) -> torch.Tensor:
 
 def _add_at(table: torch.Tensor, index: torch.Tensor, values) -> None:
     """table[index[i]] += values[i] (1 where values is None), in the table's dtype. CPU: one bincount,
-    serial in pixel order (3-8x faster than index_add_ there); elsewhere index_add_, which never reads
-    anything back to the host (bincount sizes its output from the largest index)."""
+    serial in pixel order (faster than index_add_ there: BENCHMARKS.md, Decisions); elsewhere index_add_, which
+    never reads anything back to the host (bincount sizes its output from the largest index)."""
     if values is not None:
         values = values.to(table.dtype)
     if table.device.type == "cpu":

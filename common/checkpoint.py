@@ -104,8 +104,8 @@ def load_model(path: str, device="cpu"):
     cfg.pop("num_outputs", None)
     # Checkpoints written before ibe_placement existed applied IBE after upsampling.
     cfg["ibe_placement"] = cfg.get("ibe_placement") or "output"
-    # Built on the meta device (no memory, no random init: 0.03 s instead of 0.23 s for R50), then the
-    # checkpoint's tensors are assigned in place of the empty ones.
+    # Built on the meta device (no memory, no random init, which dominated loading: BENCHMARKS.md, Decisions),
+    # then the checkpoint's tensors are assigned in place of the empty ones.
     try:
         with torch.device("meta"):
             model = build_model(**cfg)

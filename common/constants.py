@@ -1,4 +1,4 @@
-"""Constants of PASCAL VOC 2012 shared by every script (PROTOCOL.md, "Data"), and the colours of every figure."""
+"""Constants of PASCAL VOC 2012 shared by every script (docs/protocol.md, "Data"), and the colours of every figure."""
 import numpy as np
 
 CLASSES = (
@@ -31,7 +31,7 @@ def voc_palette() -> np.ndarray:
     return pal
 
 
-# PROTOCOL.md: vermillion, sky blue, grey (Wong's colour-blind-safe palette), as 0..1 RGB for matplotlib.
+# docs/protocol.md: vermillion, sky blue, grey (Wong's colour-blind-safe palette), as 0..1 RGB for matplotlib.
 MODEL_COLOURS = {"baseline": (213 / 255, 94 / 255, 0.0), "scribe": (86 / 255, 180 / 255, 233 / 255),
                  "ibe": (0.5, 0.5, 0.5)}
 

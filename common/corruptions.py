@@ -1,6 +1,6 @@
 """The corruption registry: names, numbers, groups, and seeded, reproducible corruption of one image.
 
-PROTOCOL.md, "Corruptions". The 15 ImageNet-C corruptions keep the paper's numbers 0..14; the four
+docs/protocol.md, "Corruptions". The 15 ImageNet-C corruptions keep the paper's numbers 0..14; the four
 held-out extras of ``imagecorruptions`` (speckle_noise, gaussian_blur, spatter, saturate) are numbered
 15..18 by us, in ``imagecorruptions``' own order, so a number means the same here as the library's
 ``corruption_number``. Severity 0 means "clean" everywhere in this project.
@@ -227,7 +227,7 @@ def add_code_argument(parser) -> None:
 
 
 def corruption_seed(image_id: str, corruption: str, severity: int) -> int:
-    """The per-image seed of PROTOCOL.md: crc32 of "<id>|<full name>|<severity>" (0 <= seed < 2**32)."""
+    """The per-image seed of docs/protocol.md: crc32 of "<id>|<full name>|<severity>" (0 <= seed < 2**32)."""
     return zlib.crc32(f"{image_id}|{corruption}|{severity}".encode())
 
 
@@ -240,7 +240,7 @@ def check_corruption_code(code: str) -> str:
 
 def corrupt_image(img: np.ndarray, image_id: str, corruption, severity: int,
                   code: str = DEFAULT_CODE) -> np.ndarray:
-    """Corrupt one HxWx3 uint8 RGB image reproducibly (PROTOCOL.md); returns a new HxWx3 uint8 array.
+    """Corrupt one HxWx3 uint8 RGB image reproducibly (docs/protocol.md); returns a new HxWx3 uint8 array.
 
     ``image_id`` is the VOC file stem (a str: "2007_000033", not an int, whose text would differ);
     ``corruption`` anything ``resolve_corruption`` accepts (the seed always uses the full name);

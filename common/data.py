@@ -1,4 +1,4 @@
-"""Datasets and joint transforms (PROTOCOL.md, "Data" and "Transforms").
+"""Datasets and joint transforms (docs/protocol.md, "Data" and "Transforms").
 
 The real loaders are torchvision's ``VOCSegmentation`` and ``SBDataset``; the synthetic dataset is
 written to disk in the same layouts and read by the same loaders, so there is one code path.
@@ -48,9 +48,9 @@ def adjust_hue(rgb: np.ndarray, shift: float) -> np.ndarray:
     """torchvision's ``adjust_hue`` (shift in turns, [-0.5, 0.5]) through OpenCV's float32 HSV.
 
     Float HSV keeps the hue in degrees and V in grey levels, so the round trip is exact up to the final
-    rounding (uint8 HSV would quantise the hue to 1.4 degrees, up to 3 grey levels); 0.1 ms at 224x224
-    against 2 ms for torchvision's. OpenCV wraps hues of 360 and above, not negative ones, hence the
-    shift taken modulo 360.
+    rounding (uint8 HSV would quantise the hue to 1.4 degrees, up to 3 grey levels), and it is much faster
+    than torchvision's (BENCHMARKS.md, Decisions). OpenCV wraps hues of 360 and above, not negative ones, hence
+    the shift taken modulo 360.
     """
     hsv = cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2HSV)
     hue = hsv[..., 0]
@@ -59,7 +59,7 @@ def adjust_hue(rgb: np.ndarray, shift: float) -> np.ndarray:
 
 
 class TrainTransform:
-    """The paper's training augmentation (PROTOCOL.md, "Transforms"), cropped before it is resized.
+    """The paper's training augmentation (docs/protocol.md, "Transforms"), cropped before it is resized.
 
     Random short side in [crop/2, 2*crop] (0.5x-2x of the base), pad right/bottom to crop (image 0,
     label 255), random crop x crop window, colour jitter (brightness, contrast, saturation 0.3, hue 0.1,
@@ -202,8 +202,8 @@ _NORM_SHIFT = [float(np.float32(m / s)) for m, s in zip(IMAGENET_MEAN, IMAGENET_
 
 def normalise_uint8(images: torch.Tensor) -> torch.Tensor:
     """Batch of uint8 BxHxWx3 (numpy layout) -> contiguous float32 Bx3xHxW, ImageNet-normalised, on the
-    batch's device. One multiply-subtract per channel, written straight into the NCHW output: 0.13 ms for
-    16x96x96 (0.29 ms as permute, divide, subtract, divide), 0.08 ms for one 224x224 training crop."""
+    batch's device. One multiply-subtract per channel, written straight into the NCHW output, which halves the
+    cost of permute, divide, subtract, divide (BENCHMARKS.md, Decisions)."""
     b, h, w, _ = images.shape
     out = torch.empty((b, 3, h, w), dtype=torch.float32, device=images.device)
     for ch in range(3):
@@ -476,7 +476,7 @@ def image_id(dataset, index: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Corruption evaluation: what gets corrupted and what gets scored (PROTOCOL.md, "Transforms").
+# Corruption evaluation: what gets corrupted and what gets scored (docs/protocol.md, "Transforms").
 
 PROTOCOLS = ("paper", "shortside", "native")
 
@@ -517,8 +517,8 @@ def check_native_size(dataset, index: int, width: int, height: int) -> None:
 
 
 def check_protocol_sizes(dataset, indices, protocol: str) -> None:
-    """Before any work: ``check_native_size`` on every image a run will use, from the file headers only
-    (about 0.1 ms an image), so that a small image stops the run before it writes anything. A file that
+    """Before any work: ``check_native_size`` on every image a run will use, from the file headers only (cheap:
+    BENCHMARKS.md, Decisions), so that a small image stops the run before it writes anything. A file that
     cannot be opened is left to the loader, which names the damage."""
     if protocol != "native":
         return

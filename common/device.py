@@ -82,8 +82,8 @@ def autocast(device: torch.device, amp: str = "none"):
 def memory_format(device: torch.device, amp: str = "none"):
     """The layout of the model and its batches: channels_last on CUDA (cuDNN's fast layout) and on the CPU under
     bf16 autocast (oneDNN's bf16 convolutions are faster in it); the default layout otherwise. In float32 on the
-    CPU, channels_last did not speed up training (1.00x for the quick model in three runs of ``bench.py --only
-    quick_step``, 0.77-1.13x in six earlier ones: BENCHMARKS.md), so float32 CPU runs keep the layout, and the weights, they always had."""
+    CPU, channels_last did not speed up training (``bench.py --only quick_step``; BENCHMARKS.md, Decisions), so
+    float32 CPU runs keep the layout, and the weights, they always had."""
     if device.type == "cuda" or (device.type == "cpu" and amp == "bf16"):
         return torch.channels_last
     return torch.contiguous_format

@@ -2,19 +2,16 @@
 
 A DeepLabV3+ forward on the CPU allocates and frees tens of MB of activations per batch. With glibc's
 defaults, blocks over a (dynamic) threshold come from fresh mmaps and freed memory at the top of the heap is
-returned to the kernel, so the next batch page-faults the same memory in again: 11,000 minor faults per
-16x96x96 forward and statistics update on this project's 2-core CPU, about 5% of the forward's time.
-``keep_freed_memory`` makes malloc serve blocks up to 32 MB (glibc's largest setting) from its heap and
-keep up to 1 GB of freed memory there: 227-236 -> 215-224 ms per R50 forward at 16x96x96 followed by the
-sweep's statistics, faults 11,000 -> 600-800 per batch; corrupt_image 4% faster (BENCHMARKS.md). The cost
-is resident memory: the process keeps its peak heap instead of shrinking between batches.
+returned to the kernel, so the next batch page-faults the same memory in again. ``keep_freed_memory`` makes
+malloc serve blocks up to 32 MB (glibc's largest setting) from its heap and keep up to 1 GB of freed memory
+there, so most of those faults go (figures: BENCHMARKS.md, Decisions). The cost is resident memory: the process
+keeps its peak heap instead of shrinking between batches.
 
 glibc only (Linux); elsewhere (macOS, musl) it does nothing. It is a per-process setting: a process
 started with ``fork`` inherits it, one started by ``forkserver`` or ``spawn`` must call it itself. Only the sweep
-(evaluate_corruptions.py, and bench.py, which runs it in-process) calls it: side by side on 2026-12-02 it took
-shared_time_v3plus from 1.200 to 1.145 and sweep_efficiency_v3plus from 1.168 to 1.140 (BENCHMARKS.md, runs S0
-and S; with it every target holds, run S2). The other scripts gain a few percent at most and leave it to the environment
-(MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824).
+(evaluate_corruptions.py, and bench.py, which runs it in-process) calls it: without it the sweep misses its
+shared_time target (BENCHMARKS.md, Decisions). The other scripts gain a few percent at most and leave it to the
+environment (MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824).
 """
 import ctypes
 import ctypes.util

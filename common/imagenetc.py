@@ -4,9 +4,9 @@ The paper's table was measured with ``imagenet-c`` 0.0.3 (hendrycks/robustness `
 as ``corrupt(np.array(img_224), severity, corruption_number)``. ``imagecorruptions`` re-implemented that package; at
 224 x 224 and under one ``np.random.seed`` it gives the same pixels for gaussian, shot, defocus, glass, zoom,
 brightness, contrast, pixelate and jpeg, and its motion blur is within a grey level of ImageMagick's. For the rest it
-computes something else (docs/protocol.md, "Corruption code"): this module writes those five again from the
-published formulas, in the same order of random draws and the same float arithmetic, so that under the same
-seed they give imagenet-c's pixels:
+computes something else (docs/protocol.md, "The notebook's code against imagecorruptions"): this module writes
+those five again from the published formulas, in the same order of random draws and the same float arithmetic, so
+that under the same seed they give imagenet-c's pixels:
 
 * ``impulse_noise``: scikit-image 0.17.2's salt-and-pepper (the notebook's requirements.txt pins it): two
   ``np.random.choice`` draws from numpy's global generator. Today's scikit-image draws from a generator of its own.
@@ -22,7 +22,8 @@ seed they give imagenet-c's pixels:
 
 Every function takes an HxWx3 uint8 array and returns floats in [0, 255] (``corrupt_image`` applies the package's
 final ``np.uint8``, which truncates). Other sizes than 224: imagenet-c assumed 224 x 224 everywhere; here each formula
-is generalised per axis, and gives imagenet-c's pixels at 224 (docs/protocol.md lists the rule for each).
+is generalised per axis, and gives imagenet-c's pixels at 224 (docs/corruptions.md, "Other sizes than 224 x 224",
+lists the rule for each).
 """
 import os
 

@@ -1,6 +1,6 @@
 """LogitTracker: per-predicted-class moments of the 21 logits, for the paper's logit-structure analysis.
 
-PROTOCOL.md, "Logit structure". Over all output pixels (label-255 pixels included, as the companion
+docs/protocol.md, "Logit structure". Over all output pixels (label-255 pixels included, as the companion
 code did), grouped by the predicted class n = argmax over the 21 channels (first maximum on ties,
 as torch.argmax and np.argmax), we accumulate
 
@@ -26,30 +26,18 @@ once into a pixels x 22 float64 matrix whose last column is 1 (transpose and con
 pixels are stably sorted by predicted class, and each class's contiguous block B_n gives Q_n, S_n and
 N_n in one matmul B_n^T B_n: one pass of P x 22 x 22 multiply-adds in all, instead of 21 masked passes
 over the batch. The prediction itself comes from ``channel_argmax`` (amax, then the first channel equal
-to it), which on the CPU is 2-10x faster than argmax along dim 1 of NCHW.
+to it), which on the CPU is faster than argmax along dim 1 of NCHW.
 
-Measured on this project's 2-core CPU (AVX-512, torch 2.14, 2 threads): ~9-12 ms for 16x21x96x96 and
-22-32 ms for 8x21x224x224 float32 logits (fewer predicted classes: faster), against 47-101 ms for a
-float32 per-class boolean-mask loop in the style of the paper's notebook (which also drifts ~1e-7 relative
-from the float64 result); a DeepLabV3+ R50 forward on the 224 batch takes 0.52-0.62 s, so tracking adds
-~5% (bench.py, BENCHMARKS.md).
-Tried and dropped: numpy's OpenBLAS runs these long, thin gemms ~1.4x faster, but its threads spin after
-each call and, alternating with torch's OpenMP threads inside the sweep, made the whole sweep 2x slower;
-whole-batch matrices instead of chunks (2x slower at 224 px: 62 against 30 ms, 35k page faults a call);
-index_add_ of per-pixel outer products (~13x slower); every class's block padded with zero rows to whole
-128-row tiles and all tiles in one batched matmul (5% faster with all 21 classes predicted, 10% slower with
-3, the usual case); the two work matrices kept per thread and reused between calls (29.6 against 31.7 ms at
-8x21x224x224, side by side: glibc's malloc serves chunks of this size from its heap once one was freed).
+Why this and not the notebook's per-class mask loop, OpenBLAS, whole-batch matrices, index_add_, padded tiles or
+kept work matrices, with the figures: BENCHMARKS.md, Decisions (bench.py's logits group keeps measuring it).
 """
 import numpy as np
 import torch
 
 from common.constants import NUM_CLASSES
 
-# Pixels per chunk in ``update`` on the CPU: the two (pixels x 22) float64 work matrices stay a few MB.
-# Measured (2 threads, work matrices then reused between calls), 16x21x96x96 / 8x21x224x224: 2**14 18.8 /
-# 44.6 ms, 2**15 16.4 / 35.9, 2**16 11.8 / 30.6, 2**17 12.4 / 31.2, whole batch 11.9 / 35.1 ms.
-# A chunk holds whole images when they are smaller.
+# Pixels per chunk in ``update`` on the CPU: the two (pixels x 22) float64 work matrices stay a few MB, and this
+# size was the fastest measured (BENCHMARKS.md, Decisions). A chunk holds whole images when they are smaller.
 _CHUNK_PIXELS = 2 ** 16
 # On a GPU, small chunks only add kernel launches and host syncs (counts.tolist()); memory is ample.
 _CHUNK_PIXELS_GPU = 2 ** 22
@@ -71,7 +59,7 @@ class LogitTracker:
         """Add a batch: logits (B, K, H, W) or (K, H, W), torch tensor (any device) or numpy array.
 
         ``pred`` (B, H, W) / (H, W) integer predictions may be passed when already computed; they must
-        be the argmax of ``logits`` for the statistics to mean what PROTOCOL.md says, but are not
+        be the argmax of ``logits`` for the statistics to mean what docs/protocol.md says, but are not
         checked (only their range is). Computed on the logits' device in float64 (MPS, which has no
         float64, falls back to the CPU). Returns self.
         """
@@ -178,7 +166,7 @@ class LogitTracker:
     def covariance(self) -> np.ndarray:
         """(K, K, K): [n] = Q_n / N_n - mu_n mu_n^T (population covariance); NaN for empty classes.
 
-        This is the one-pass formula of PROTOCOL.md; it cancels digits when |mean| >> std, which float64
+        This is the one-pass formula of docs/protocol.md; it cancels digits when |mean| >> std, which float64
         absorbs for logits (relative error ~1e-16 * (mean/std)^2).
         """
         mu = self.mean()
@@ -295,9 +283,8 @@ _GRAM_TILE = 2048   # rows per tile in ``_gram`` (1024-4096 measured alike)
 def _gram(block: torch.Tensor, tile: int = _GRAM_TILE) -> torch.Tensor:
     """block^T block for a tall (N, C) float64 block, as a sum of (C, tile) @ (tile, C) products.
 
-    One batched matmul over row tiles plus a sum ran 2.8x faster than one (C, N) @ (N, C) matmul for
-    147k x 22 here (3.5 against 9.9 ms, MKL on this AMD CPU); the rows left over go through one matmul.
-    In ``update`` on 8x21x224x224 logits: 29.6 against 39.8 ms with one matmul per block.
+    One batched matmul over row tiles plus a sum, because it beat one (C, N) @ (N, C) matmul for these tall
+    blocks on the CPU (BENCHMARKS.md, Decisions); the rows left over go through one matmul.
     """
     n = block.shape[0]
     full = n - n % tile
@@ -312,12 +299,10 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
     """``x.argmax(1)`` for (B, K, ...) logits, (B, K, H, W) in this project: first maximum on ties, NaN counted
     as the maximum.
 
-    On the CPU, argmax and max(1).indices reduce NCHW along a strided axis slowly (4.4-13 ms for
-    16x21x96x96); amax is vectorised there. So: top = amax over channels; each channel c equal to it gets the
-    weight K - c (uint8), and K minus the largest weight is the first such channel. 1.25 ms for 16x21x96x96
-    (a masked fill per channel, from the last to the first, took 2.7 ms); 4.3 against argmax's 37 ms for
-    8x21x224x224, which keeps bench.py's logits_vs_forward under its 0.10 (0.049; 0.105 with argmax).
-    On a GPU argmax is already fast.
+    On the CPU, argmax and max(1).indices reduce NCHW along a strided axis slowly; amax is vectorised there.
+    So: top = amax over channels; each channel c equal to it gets the weight K - c (uint8), and K minus the
+    largest weight is the first such channel. It keeps bench.py's logits_vs_forward under its target, where
+    argmax does not (BENCHMARKS.md, Decisions). On a GPU argmax is already fast.
     """
     if x.dim() < 2 or x.device.type != "cpu" or x.shape[1] > 255 or not x.is_floating_point():
         return x.argmax(1)

@@ -1,4 +1,4 @@
-"""Running confusion matrix and the segmentation metrics of PROTOCOL.md ("Metrics").
+"""Running confusion matrix and the segmentation metrics of docs/protocol.md ("Metrics").
 
     cm = ConfusionMatrix()
     cm.update(target, pred)          # any shapes, any device; 255 pixels are skipped
@@ -18,7 +18,7 @@ def miou_from_confusion(mat: np.ndarray) -> dict:
     """IoU_k = C_kk / (row_k + col_k - C_kk); mIoU over classes with row_k + col_k > 0.
 
     Classes absent from both target and prediction get IoU NaN and are left out of the mean, as
-    PROTOCOL.md defines it. Rows are targets, columns predictions.
+    docs/protocol.md defines it. Rows are targets, columns predictions.
     """
     mat = np.asarray(mat, dtype=np.float64)
     tp = np.diag(mat)

@@ -9,7 +9,7 @@ Every model returns ``(B, 21, H, W)`` logits at input resolution. For IBE and SC
 applied is ``ibe_placement``: "logits" applies it to the classifier's output at the feature stride and
 then upsamples the 21 channels, as the companion notebook did (train.py's default recipe); "output"
 upsamples the 20 channels first, so that channel 0 is exactly -logsumexp of the others at every output
-pixel (PROTOCOL.md, "Models"). The keyword defaults of ``build_model`` are the paper's text (DeepLabV3+,
+pixel (docs/protocol.md, "Models"). The keyword defaults of ``build_model`` are the paper's text (DeepLabV3+,
 output stride 16, "output"); train.py's ``--recipe`` chooses between the two.
 """
 import os
@@ -195,7 +195,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Losses (PROTOCOL.md, "Models").
+# Losses (docs/protocol.md, "Models").
 
 def segmentation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
                       ignore_as_background: bool = False) -> torch.Tensor:

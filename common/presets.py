@@ -99,7 +99,7 @@ PRESETS = {p.name: p for p in (
         source="Lehman, Temel & AlRegib, 'On the Structures of Representation for the Robustness of Semantic "
                "Segmentation to Input Corruption', ICIP 2020 (arXiv 2009.00817), and its companion notebook: "
                "VOC 2012 val resized to 224 x 224 with Pillow, then corrupted; 15 ImageNet-C corruptions x "
-               "severities 1-5; mIoU averaged over the 75 (PROTOCOL.md)",
+               "severities 1-5; mIoU averaged over the 75 (docs/protocol.md)",
         notes="Today's default of evaluate_corruptions.py (--protocol paper)."),
     Preset(
         name="kamann-rother-cityscapes-c", dataset="cityscapes", split="val",

@@ -199,8 +199,7 @@ def files_sha256(dataset) -> str:
 
     The same files reached through a symlink, another spelling of the path or a copy on local scratch give the
     same digest, other pixels another one; so this, not the path, says whether two runs read the same data.
-    Its cost is reading the split's files once per run (hashlib's sha256 ran at about 0.5 GB/s on one core of
-    the development machine: ``hashlib.sha256`` over 200 MB of random bytes)."""
+    Its cost is reading the split's files once per run (sha256's rate: BENCHMARKS.md, Decisions)."""
     from .outputs import file_sha256
 
     h = hashlib.sha256()

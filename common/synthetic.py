@@ -1,6 +1,6 @@
 """A small synthetic stand-in for PASCAL VOC 2012 + SBD, written in their real on-disk layouts.
 
-    python -m common.synthetic --root data/synthetic        # 700 images in about 3 s on 2 cores
+    python -m common.synthetic --root data/synthetic        # 700 images, in a few seconds
 
 writes (once; a second call with the same arguments returns at once)
 
@@ -13,7 +13,7 @@ writes (once; a second call with the same arguments returns at once)
 
 so that ``VOCSegmentation(<root>/voc, year="2012", image_set="train"|"val")`` and
 ``SBDataset(<root>/sbd, image_set="train_noval", mode="segmentation"|"boundaries")`` read it unchanged
-(PROTOCOL.md, "Data"). Ids look like VOC's: VOC train ``2024_NNNNNN``, VOC val ``2025_NNNNNN``, SBD
+(docs/protocol.md, "Data"). Ids look like VOC's: VOC train ``2024_NNNNNN``, VOC val ``2025_NNNNNN``, SBD
 ``2026_NNNNNN``, so the three sets never overlap (the real train_noval excludes VOC val too).
 
 Each image has a smooth low-saturation background (gradient, blotches, fine noise), 0-3 grey-ish
@@ -77,7 +77,7 @@ DEFAULTS = dict(n_voc_train=300, n_sbd=300, n_val=100, min_side=64, max_side=160
 STAMP = "synthetic.json"
 
 # Colour is the cue a small net learns first, and the training jitter moves it: hue by up to +-36
-# degrees, brightness and saturation by up to 30% (PROTOCOL.md "Transforms"). So a tone has only five
+# degrees, brightness and saturation by up to 30% (docs/protocol.md "Transforms"). So a tone has only five
 # hues, 72 degrees apart, and tones differ in value or saturation by more than the jitter; the two
 # tones that differ in value only (pale, muted) sit on hues 36 degrees apart as well.
 TONES = {"bright": (0.85, 0.95), "dark": (0.9, 0.4), "pale": (0.45, 0.97), "muted": (0.45, 0.6)}  # (sat, value)
@@ -253,8 +253,7 @@ def render(seed: int, split: str, index: int, min_side: int, max_side: int):
     seg = np.zeros((h, w), np.uint8)
     # Round-robin primary class: any 20 consecutive images of a split show all 20 classes.
     primary = 1 + (index + 7 * code) % (NUM_CLASSES - 1)
-    # 1-4 objects, mostly 2 or more: 14% foreground pixels instead of 11% took the laptop run from
-    # val mIoU ~0.60 to 0.69.
+    # 1-4 objects, mostly 2 or more: more foreground pixels trained better (BENCHMARKS.md, Decisions).
     others = rng.integers(1, NUM_CLASSES, rng.choice(4, p=[0.1, 0.3, 0.3, 0.3]))
     sizes = np.sort(rng.uniform(0.15, 0.6, len(others)))[::-1]  # big first, so small ones stay visible
     objs = [(int(k), s, rng.uniform(0, w), rng.uniform(0, h)) for k, s in zip(others, sizes)]

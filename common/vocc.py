@@ -1,4 +1,4 @@
-"""The on-disk VOC-C layout that dump_voc_c.py writes and evaluate_corruptions.py reads (PROTOCOL.md).
+"""The on-disk VOC-C layout that dump_voc_c.py writes and evaluate_corruptions.py reads (docs/protocol.md).
 
     <root>/manifest.json                           protocol, size, seed rule, package versions, counts
     <root>/<corruption>/<severity>/<id>.png        corrupted RGB image, lossless PNG
@@ -47,10 +47,8 @@ def label_path(root, image_id: str) -> str:
 
 
 # Corrupted RGB images are written by the small PNG encoder below: every row with the "up" filter (the
-# difference to the row above, one numpy subtraction), then one Huffman-only deflate by zlib-ng. At 224x224
-# that takes ~0.5 ms, against ~1.1 ms for OpenCV's encoder at zlib level 1 (RLE strategy, up filter; system
-# zlib) and 3.5-4.5 ms for Pillow's default, at ~10% larger files than the former (60 KB on average for the
-# slow four at 224 px, 40% of raw). The slow corruptions take ~14 ms each, so encoding is ~3% of a dump.
+# difference to the row above, one numpy subtraction), then one Huffman-only deflate by zlib-ng: faster than
+# OpenCV's and Pillow's encoders for slightly larger files, a small part of a dump (BENCHMARKS.md, Decisions).
 PNG_ENCODING = "rows filtered 'up', deflated by zlib-ng at level 1 with the Huffman-only strategy"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,7 +1,7 @@
 """Tests for common/corruptions.py: the registry, the seed rule, and bit-identity with imagecorruptions.
 
 The oracle for every pixel test is ``imagecorruptions.corrupt`` called directly under the seed rule of
-PROTOCOL.md, so a change in our wrapper that alters a single byte fails here.
+docs/protocol.md, so a change in our wrapper that alters a single byte fails here.
 """
 import json
 import os
@@ -28,7 +28,7 @@ def _image(h, w, seed=0):
 
 
 def _direct(img, image_id, name, severity):
-    """PROTOCOL.md, literally."""
+    """docs/protocol.md, literally."""
     seed = zlib.crc32(f"{image_id}|{name}|{severity}".encode())
     np.random.seed(seed)
     kw = {"seed": seed} if name in ("impulse_noise", "glass_blur") else {}

@@ -67,7 +67,7 @@ def test_params_follow_the_protocol_ranges():
         p = tf.get_params(500, 375)
         w, h = p["size"]
         shorts.append(h)
-        assert w == int(500 * h / 375)   # the notebook truncates the long side (PROTOCOL.md)
+        assert w == int(500 * h / 375)   # the notebook truncates the long side (docs/protocol.md)
         q = tf.get_params(375, 500)["size"]
         assert q[1] == int(500 * q[0] / 375) and 112 <= q[0] <= 448
         assert 0 <= p["top"] <= max(h, 224) - 224 and 0 <= p["left"] <= max(w, 224) - 224

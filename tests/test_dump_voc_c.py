@@ -43,7 +43,7 @@ def test_imagecorruptions_code_equals_imagecorruptions_directly(data, tmp_path):
         assert np.array_equal(np.array(Image.open(tmp_path / "labels" / f"{image_id}.png")), label)
         for c in CORRUPTIONS:
             for s in range(1, 6):
-                # The oracle: PROTOCOL.md's seed rule applied to the library by hand.
+                # The oracle: docs/protocol.md's seed rule applied to the library by hand.
                 seed = zlib.crc32(f"{image_id}|{c}|{s}".encode())
                 np.random.seed(seed)
                 kw = {"seed": seed} if c in ("impulse_noise", "glass_blur") else {}

@@ -251,7 +251,7 @@ def val_ids(root):
 
 
 def hand_inputs(root, corruption, severity, size=SIZE):
-    """What the paper protocol feeds the models, written out from PROTOCOL.md: Pillow BILINEAR image and
+    """What the paper protocol feeds the models, written out from docs/protocol.md: Pillow BILINEAR image and
     NEAREST label (size x size, or the original size with size None), the image corrupted by
     ``imagecorruptions.corrupt`` after ``np.random.seed(crc32("<id>|<corruption>|<severity>"))`` (the seed
     also as keyword for impulse_noise and glass_blur), then (x / 255 - mean) / std."""

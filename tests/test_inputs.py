@@ -182,7 +182,7 @@ def test_empty_split_and_path_in_split_through_the_command_lines(world, tmp_path
 # -------------------------------------------------------------------------------------------------- image sizes
 
 def library_corrupt(img, image_id, name, severity):
-    """The oracle: imagecorruptions itself under PROTOCOL.md's seed rule (no wrapper of ours)."""
+    """The oracle: imagecorruptions itself under docs/protocol.md's seed rule (no wrapper of ours)."""
     import imagecorruptions
 
     seed = corruption_seed(image_id, name, severity)

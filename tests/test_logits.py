@@ -20,7 +20,7 @@ def _logits(b=3, h=17, w=23, seed=0, absent=(5, 13, 20)):
 
 
 def _oracle(x, k=K):
-    """Plain float64 statistics per predicted class, straight from PROTOCOL.md."""
+    """Plain float64 statistics per predicted class, straight from docs/protocol.md."""
     x = np.asarray(x, dtype=np.float64)
     pix = x.transpose(0, 2, 3, 1).reshape(-1, k)
     pred = pix.argmax(1)

@@ -284,7 +284,7 @@ VOC_RGB = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 4: (0
 
 
 def paint(label):
-    """A class map coloured with the literal table; PROTOCOL.md: anything above 20 (255) drawn white."""
+    """A class map coloured with the literal table; docs/protocol.md: anything above 20 (255) drawn white."""
     table = np.full((256, 3), 255, np.uint8)
     for c in range(21):
         table[c] = VOC_RGB[c]
@@ -367,7 +367,7 @@ def image_ctx(results, *argv):
 
 def test_qualitative_grid_shows_each_models_own_predictions(results):
     # The notebook's cell 50 read back from the figure: every tile cut to the crop rows, input tiles against
-    # the image corrupted by hand (corrupt_image with PROTOCOL.md's seed), prediction tiles against each model
+    # the image corrupted by hand (corrupt_image with docs/protocol.md's seed), prediction tiles against each model
     # called directly and coloured by the literal palette, and the "Original" input's label inset against
     # torch's interpolate(scale_factor=0.4), the notebook's own call.
     import torch

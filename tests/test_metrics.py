@@ -1,4 +1,4 @@
-"""ConfusionMatrix and mIoU against a plain numpy computation (PROTOCOL.md, "Metrics")."""
+"""ConfusionMatrix and mIoU against a plain numpy computation (docs/protocol.md, "Metrics")."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Models, heads and losses against independent oracles (PROTOCOL.md, "Models")."""
+"""Models, heads and losses against independent oracles (docs/protocol.md, "Models")."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +9,7 @@ from common.models import build_model, count_parameters, segmentation_loss
 
 
 def test_deeplabv3plus_r50_parameter_counts_match_protocol():
-    # PROTOCOL.md: 40,352,181 with 21 outputs; the IBE head has 257 fewer (one 256-wide filter + bias).
+    # docs/protocol.md: 40,352,181 with 21 outputs; the IBE head has 257 fewer (one 256-wide filter + bias).
     assert count_parameters(build_model("baseline")) == 40_352_181
     assert count_parameters(build_model("ibe")) == 40_352_181 - 257
     assert count_parameters(build_model("scribe")) == 40_352_181 - 257

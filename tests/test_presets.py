@@ -9,7 +9,7 @@ from common.corruptions import resolve_corruption
 from common.datasets import NAMES as DATASET_NAMES
 from common.presets import AGGREGATES, PRESETS, check_recorded, get_preset
 
-# Typed from the sources: Kamann & Rother's / SegFormer's Table 6 columns, and the paper's 15 (PROTOCOL.md).
+# Typed from the sources: Kamann & Rother's / SegFormer's Table 6 columns, and the paper's 15 (docs/protocol.md).
 CITYSCAPES_C = {"motion_blur", "defocus_blur", "glass_blur", "gaussian_blur", "gaussian_noise", "impulse_noise",
                 "shot_noise", "speckle_noise", "brightness", "contrast", "saturate", "jpeg_compression", "snow",
                 "spatter", "fog", "frost"}

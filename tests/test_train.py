@@ -69,7 +69,7 @@ def test_defaults_are_the_notebook_recipe_and_flags_override_it():
     assert (args.recipe, args.arch, args.output_stride, args.ibe_placement, args.poly_step, args.batch_size,
             args.scribe_ignore_as_background, args.epochs, args.lr, args.head_lr_mult, args.weight_decay,
             args.crop_size) == ("notebook", "deeplabv3", 8, "logits", "epoch", 30, True, 50, 0.01, 10.0, 5e-5, 224)
-    # Also the settings both recipes share (PROTOCOL.md): momentum 0.9, validation one image at a time.
+    # Also the settings both recipes share (docs/protocol.md): momentum 0.9, validation one image at a time.
     assert (args.momentum, args.val_batch_size, args.backbone, args.head_channels) == (0.9, 1, "resnet50", 256)
     args = parse(["--model", "ibe", "--recipe", "paper"])
     train.resolve_recipe(args)
@@ -101,7 +101,7 @@ def test_notebook_recipe_baseline_loads_into_torchvision_with_identical_logits(t
 
 
 def test_head_trains_at_ten_times_the_backbone_lr_and_only_the_head(tmp_path):
-    # PROTOCOL.md: backbone lr 0.01, classifier (torchvision's ``classifier``: the whole head) lr 0.1. The
+    # docs/protocol.md: backbone lr 0.01, classifier (torchvision's ``classifier``: the whole head) lr 0.1. The
     # groups are checked by parameter name, for both architectures.
     from common.models import build_model
     for arch in ("deeplabv3", "deeplabv3plus"):
@@ -301,7 +301,7 @@ def numpy_miou(target, pred):
 
 def val_miou_by_hand(model, data_root, short):
     """The trained model over the whole val set, each image resized by Pillow to short side ``short``
-    (long side int(long * short / short side), BILINEAR image, NEAREST label; PROTOCOL.md FixScaleResize),
+    (long side int(long * short / short side), BILINEAR image, NEAREST label; docs/protocol.md FixScaleResize),
     normalised by formula, one image at a time, scored by a numpy confusion."""
     from PIL import Image
 
