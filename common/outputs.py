@@ -62,11 +62,11 @@ def write_text(path: str, text: str) -> None:
     atomic_write(path, write)
 
 
-def write_npz(path: str, **arrays) -> None:
-    """Atomically write an uncompressed NPZ (no pickles: plain numeric and string arrays only)."""
+def write_npz(path: str, compressed: bool = False, **arrays) -> None:
+    """Atomically write an NPZ, deflated with ``compressed`` (no pickles: plain numeric and string arrays only)."""
     def write(tmp):
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
     atomic_write(path, write)
 
 

@@ -497,7 +497,8 @@ def confusion_path(folder, model, corruption, severity) -> str:
 def write_condition(folder, model, corruption, severity, logits: dict, confusion: dict) -> None:
     """One condition's two NPZ files (``LOGITS_SPEC`` and ``CONFUSION_SPEC`` with the calibration arrays)."""
     write_npz(logits_path(folder, model, corruption, severity), **logits)
-    write_npz(confusion_path(folder, model, corruption, severity), **confusion)
+    # Deflated: the per-image calibration tables are mostly small counts (4x smaller on VOC, BENCHMARKS.md).
+    write_npz(confusion_path(folder, model, corruption, severity), compressed=True, **confusion)
 
 
 def write_run(folder, run: dict) -> None:

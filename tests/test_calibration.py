@@ -346,6 +346,10 @@ def test_shards_merge_to_the_single_runs_calibration(swept, tmp_path):
         a = np.load(os.path.join(swept["out"], "confusion", name, "brightness_3.npz"))
         b = np.load(tmp_path / "merged" / "confusion" / name / "brightness_3.npz")
         calib = [k for k in a.files if k.startswith("calib_")]
+        # Written deflated (mostly small counts), every array.
+        import zipfile
+        with zipfile.ZipFile(os.path.join(swept["out"], "confusion", name, "brightness_3.npz")) as z:
+            assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
         # softmax and sigmoid readings: 11 arrays of the 15 bins, 6 of the fine bins, the temperature and the
         # stride each; the sigmoid's 3 class-wise tables; the temperature-scaled readings: 11 + the temperature
         # and the stride each
