@@ -7,8 +7,8 @@ a linear layer of 20 outputs, trained with per-class BCE against "which foregrou
 the crop" (label 255 and background do not count). The same file then initialises all three models:
 
     python pretrain_backbone.py --data synthetic --backbone resnet18 --out runs/quick/backbone
-    python train.py --model scribe --data synthetic --backbone resnet18 \
-        --pretrained-backbone runs/quick/backbone/backbone.pt ...
+    python train.py --model scribe --recipe quick --data synthetic \
+        --pretrained-backbone runs/quick/backbone/backbone.pt
 
 Crops come from train.py's training transform (``common.data.train_transform``) on the same training set
 (VOC train + SBD train_noval), so the backbone never sees val images. Targets are taken from each crop's
@@ -239,7 +239,7 @@ def get_args_parser():
                        help="voc = VOC 2012 train + SBD train_noval; synthetic = the generated VOC-format dataset")
     p.add_argument("--crop-size", type=int, default=64,
                    help="training crop, through train.py's transform (random scale 0.5-2x of it, then crop); "
-                        "smaller than train.py's 96 buys more SGD steps per second")
+                        "smaller than train.py's (80 in --recipe quick) buys more SGD steps per second")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=16, help="crops per SGD step (drop_last)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate at the start of the poly decay")

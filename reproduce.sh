@@ -61,42 +61,25 @@ else
   MODE=quick
   OUT=${OUT:-runs/quick}
   DATA=(--data synthetic --synthetic-root data/synthetic)
-  # One small CPU recipe for all three models, otherwise the notebook's (IBE on the logits, poly per epoch, final
-  # weights). Its deviations, each forced by a measurement on the synthetic set (final val mIoU; docs/training.md):
-  # - ResNet-18 (output stride 32) with 64-channel heads, 80 px crops, 12 epochs: the CPU budget. 80 px instead
-  #   of 96 costs 0.8x the time per step and keeps SCrIBE at >= 0.649 for seeds 0-2; less does not: on a
-  #   12-epoch backbone, 11 epochs at 80 px or 12 at 72 px left SCrIBE at 0.548 / 0.535 for seed 1 (and 8
-  #   epochs on a 10-epoch backbone at 96 px, 0.499 and 0.581 for seeds 0 and 1);
-  # - --arch deeplabv3plus: torchvision's DeepLabV3 head sees a 3x3 map here and does not learn (baseline 0.089
-  #   against 0.751 with the decoder);
-  # - a backbone pretrained once on the training set as a multi-label classifier (pretrain_backbone.py), the
-  #   stand-in for the paper's ImageNet backbone: SCrIBE from scratch stays under 0.33 in every run tried;
-  # - batch 8, lr 0.02 (head x10): the only setting tried that trains all three at seeds 0, 1 and 2. SCrIBE's
-  #   BCE gives ~10x smaller gradients than cross-entropy (bench.py --only gradients) and wants many steps at a
-  #   high lr; the baseline does not converge at high lr (seed 2, batch 16: 0.313 at lr 0.04, 0.856 at 0.03,
-  #   where SCrIBE stays at 0.599). Batch 8 doubles the steps per epoch instead (seed 2, 96 px: baseline
-  #   0.742, SCrIBE 0.629);
-  # - SCrIBE's label 255 left out of its loss: the synthetic set's 255 band is ~half as large as all its
-  #   foreground (real VOC + SBD: ~4%), and as background it taught SCrIBE the band (0.515 against 0.625).
-  # --workers 0 loads data in the training process: on 2 cores a loader process takes time from the two compute
-  # threads (40 against 31 images/s at 96 px), and the data costs ~0.8 s of a ~15 s epoch.
-  # - bf16 autocast (--amp bf16, channels_last) where the CPU has bf16 instructions (AVX-512 BF16 or AMX): a
-  #   training step 1.3-1.4x faster and an eval forward 1.8x (bench.py --only quick_step), SCrIBE at >= 0.654
-  #   for seeds 0-2. Elsewhere oneDNN has no fast bf16 convolution, and the run stays in float32 (SCrIBE >= 0.649;
-  #   both sets of nine seeds: README). --amp none forces float32.
+  # train.py's quick recipe (--recipe quick): one small CPU recipe for all three models, each deviation from the
+  # notebook's forced by a measurement on the synthetic set (train.py's RECIPES, docs/training.md). It starts from
+  # a backbone pretrained once on the training set (pretrain_backbone.py), the stand-in for ImageNet's.
+  # bf16 autocast (--amp bf16, channels_last) where the CPU has bf16 instructions (AVX-512 BF16 or AMX); elsewhere
+  # oneDNN has no fast bf16 convolution and the run stays in float32 (docs/training.md). --amp none forces float32.
   if [ -z "$AMP" ]; then
     if grep -qsw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then AMP=bf16; else AMP=none; fi
   fi
   BACKBONE="$OUT/backbone/backbone.pt"
-  TRAIN=(--backbone resnet18 --head-channels 64 --crop-size 80 --epochs 12 --batch-size 8 --lr 0.02 --workers 0
-         --val-every 12 --arch deeplabv3plus --no-scribe-ignore-as-background --pretrained-backbone "$BACKBONE"
-         --amp "$AMP")
+  TRAIN=(--recipe quick --pretrained-backbone "$BACKBONE" --amp "$AMP")
   # Evaluation at the training size, 80 x 80, on the first 40 synthetic val images; the video at 96.
   EVAL=(--size 80 --limit 40 --batch-size 20 --workers 1 --amp "$AMP")
   DUMP=(--size 80 --limit 40 --workers 2)
   VIDEO_ARGS=(--size 96)
 fi
-[ -n "$RECIPE" ] && TRAIN+=(--recipe "$RECIPE")
+if [ -n "$RECIPE" ]; then
+  [ "$MODE" = quick ] && { echo "reproduce.sh: --recipe is for full mode (quick mode trains train.py's quick recipe)" >&2; exit 2; }
+  TRAIN+=(--recipe "$RECIPE")
+fi
 [ -n "$DEVICE" ] && TRAIN+=(--device "$DEVICE") && EVAL+=(--device "$DEVICE")
 
 STEP=""
