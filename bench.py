@@ -44,7 +44,7 @@ from common.constants import colorize
 from common.corruptions import SLOW, corrupt_image, parse_corruptions, parse_severities
 from common.data import eval_sample, normalise_uint8, train_transform, voc_dataset
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.host import keep_freed_memory
+from common.malloc import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.models import BACKBONES, predict
 from common.outputs import git_commit

@@ -44,7 +44,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from common import distributed, external, results, vocc
+from common import distributed, model_specs, results, vocc
 from common.calibration import VARIANTS, Calibration, fit_temperature, prefix_of
 from common.checkpoint import check_finite_logits
 from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name,
@@ -56,7 +56,7 @@ from common.data import (PROTOCOLS, VOC_BASE_DIR, check_protocol_sizes, eval_sam
                          resolve_roots,
                          single_thread_opencv, voc_dataset)
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.host import keep_freed_memory
+from common.malloc import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.metrics import miou_from_confusion
 from common.outputs import check_output_folder, git_commit
@@ -373,18 +373,18 @@ def check_sweep_args(args):
 
 def load_models(args):
     """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
-    common/external.py) and their run.json entries, display names checked as plain file names."""
+    common/model_specs.py) and their run.json entries, display names checked as plain file names."""
     if len(args.checkpoints) == 0:
         raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
                          "or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
-    options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
+    options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
     models, infos = [], []
     for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
         # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
-        # cache; torchvision and factory models get an identity hash instead (common/external.py).
-        model, info = external.load_spec(spec, args.device, weights_file, kind)
+        # cache; torchvision and factory models get an identity hash instead (common/model_specs.py).
+        model, info = model_specs.load_spec(spec, args.device, weights_file, kind)
         model = model.to(memory_format=memory_format(torch.device(args.device), args.amp))
         if args.names:
             info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
@@ -781,7 +781,7 @@ def merge(args, held):
 # ----------------------------------------------------------------------------------------------- main
 
 def main(args):
-    # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/host.py;
+    # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/malloc.py;
     # BENCHMARKS.md, runs S0/S: shared_time 1.200 -> 1.145 with it, back to back).
     keep_freed_memory()
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
@@ -806,7 +806,7 @@ def get_args_parser():
     p.add_argument("--names", nargs="+", default=None,
                    help="display names (plain file names); default: the name stored in each checkpoint, the "
                         "builder's name for torchvision:, the factory's for module:factory")
-    external.add_model_arguments(p, "--checkpoints")
+    model_specs.add_model_arguments(p, "--checkpoints")
     add_data_arguments(p, "voc", help="which val set: VOC 2012 val under --voc-root, or the synthetic one")
     add_code_argument(p)
     p.add_argument("--voc-c", default=None,

@@ -72,7 +72,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import external, results as rf  # noqa: E402
+from common import model_specs, results as rf  # noqa: E402
 from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
 from common.constants import CLASSES, MODEL_COLOURS, NUM_CLASSES, colorize  # noqa: E402
 from common.corruptions import (ALL_CORRUPTIONS, CORRUPTION_CODES, CORRUPTIONS, DEFAULT_CODE, MIN_SIDE,  # noqa: E402
@@ -806,8 +806,8 @@ def read_images(args, ctx, wanted):
 def load_models(args, run, device):
     """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated)."""
     known = {m.get("sha256"): m for m in run.get("models", [])}
-    if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/external.py)
-        options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
+    if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/model_specs.py)
+        options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
         entries = [(spec, None, opts) for spec, opts in zip(args.checkpoints, options)]
     else:                  # as evaluated: run.json's files, or its specs with their weights file and kind
         if not all(isinstance(m.get("path"), str) and m["path"] for m in run.get("models", [])):
@@ -819,13 +819,13 @@ def load_models(args, run, device):
                          f"checkpoints written by train.py (or torchvision:/module:factory specs)")
     models = []
     for spec, recorded, opts in entries:
-        if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
+        if model_specs.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
             raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
         if recorded is not None:
-            model, info = external.load_recorded(recorded, device)
+            model, info = model_specs.load_recorded(recorded, device)
         else:
-            model, info = external.load_spec(spec, device, *opts)
+            model, info = model_specs.load_spec(spec, device, *opts)
         # The display name of the evaluation when this exact model was evaluated, else its own.
         info = known.get(info["sha256"]) or info
         models.append({"name": info["name"], "kind": model.config["kind"], "model": model})
@@ -871,7 +871,7 @@ def get_args_parser():
     p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
                    help="models for voc_sample and qualitative_grid: checkpoints, torchvision:<builder>[:<weights>] "
                         "or module.path:factory; default: the models in run.json (with their weights file and kind)")
-    external.add_model_arguments(p, "--checkpoints")
+    model_specs.add_model_arguments(p, "--checkpoints")
     p.add_argument("--index", "--grid-index", dest="index", type=int, default=None,
                    help=f"val image of voc_sample and corruption_grid; default: the notebook's "
                         f"{NOTEBOOK_GRID_INDEX} (a smaller val set: {NOTEBOOK_GRID_INDEX} mod its size, with a note); "
