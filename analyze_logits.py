@@ -163,7 +163,7 @@ from common.cli import UsageError, run_cli, write_problem
 from common.constants import CLASSES, NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.logits import LogitTracker
-from common.outputs import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
+from common.folders import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
 from common.results import CLEAN, finite_or_none
 SEVERITIES = (1, 2, 3, 4, 5)
 BENCHMARK = [(c, s) for c in CORRUPTIONS for s in SEVERITIES]   # the paper's 75 conditions
@@ -256,7 +256,7 @@ def md_table(header, rows):
 
 def sweep_fix(path):
     """How to rewrite a damaged logits/ or confusion/ file: rerun the sweep of the folder it lies in."""
-    return rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+    return rf.sweep_rerun_hint(os.path.dirname(os.path.dirname(os.path.dirname(path))))
 
 
 def load_npz(path, keys):

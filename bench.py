@@ -47,7 +47,7 @@ from common.device import autocast, memory_format, resolve_device, use_device
 from common.malloc import keep_freed_memory
 from common.logits import LogitTracker, channel_argmax
 from common.models import BACKBONES, predict
-from common.outputs import git_commit
+from common.folders import git_commit
 from common.synthetic import ensure_synthetic
 
 # Per mode: the models and how much work each measurement does; flags override single entries.

@@ -56,10 +56,10 @@ from common.data import (PROTOCOLS, VOC_BASE_DIR, check_protocol_sizes, eval_sam
                          resolve_roots,
                          single_thread_opencv, voc_dataset)
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.malloc import keep_freed_memory
+from common.folders import check_output_folder, git_commit, lock_folder, replace_folder
 from common.logits import LogitTracker, channel_argmax
+from common.malloc import keep_freed_memory
 from common.metrics import miou_from_confusion
-from common.outputs import check_output_folder, git_commit
 from common.results import CLEAN, finite_or_none, read_metrics  # noqa: F401  (read_metrics: re-exported)
 
 
@@ -328,7 +328,7 @@ def check_same_run(out, run):
 
     Returns the folder's run.json (None when it has none yet)."""
     run_path = os.path.join(out, "run.json")
-    old = results.read_run(run_path, fix=f"it says which run made the results beside it; {AFRESH}")
+    old = results.read_run(run_path, hint=f"it says which run made the results beside it; {AFRESH}")
     if old is None:
         if results.has_results(out):
             raise UsageError(f"{out} holds results but no run.json, so nothing says which run made them; {AFRESH}")
@@ -544,18 +544,18 @@ def open_results(args, held, run):
     """Rank 0 takes --out: (``fresh``, the rows already there). With --overwrite and anything in the folder, the
     new run is written beside it (``fresh.path``) and takes its place at the first finished condition; otherwise
     the folder must hold this run, or nothing yet (``fresh`` None)."""
-    results.hold(args.out, held, "evaluate_corruptions.py")
+    lock_folder(args.out, held, "evaluate_corruptions.py")
     if args.save_predictions:   # two sweeps writing PNGs under one display name there would mix them
-        results.hold(args.save_predictions, held, "evaluate_corruptions.py --save-predictions",
+        lock_folder(args.save_predictions, held, "evaluate_corruptions.py --save-predictions",
                      flag="--save-predictions")
-    fresh = results.afresh(args.out, held, "evaluate_corruptions.py") if args.overwrite else None
+    fresh = replace_folder(args.out, held, "evaluate_corruptions.py") if args.overwrite else None
     if fresh:
         return fresh, []
     check_same_run(args.out, run)
     rows = read_metrics(os.path.join(args.out, "metrics.jsonl"), damaged="drop")
     results.check_rows_match_run(rows, json.loads(json.dumps(run)), os.path.join(args.out, "metrics.jsonl"),
                                  os.path.join(args.out, "run.json"),
-                                 fix="the folder mixes results of two runs; use another --out, or --overwrite to "
+                                 hint="the folder mixes results of two runs; use another --out, or --overwrite to "
                                      "start it afresh")
     return None, rows
 
@@ -694,7 +694,7 @@ def evaluate(args, held, world=distributed.SINGLE):
 
 # ---------------------------------------------------------------------------------------------- merge
 
-def shard_fix(folder) -> str:
+def shard_rerun_hint(folder) -> str:
     return f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {folder})"
 
 
@@ -704,12 +704,12 @@ def read_shards(folders):
     shards = []
     for d in folders:
         path = os.path.join(d, "run.json")
-        fix = shard_fix(d)
-        run = results.read_run(path, fix=fix)
+        hint = shard_rerun_hint(d)
+        run = results.read_run(path, hint=hint)
         if run is None:
             raise UsageError(f"--merge {d}: no run.json; is it an evaluate_corruptions.py --out folder?")
-        rows = read_metrics(os.path.join(d, "metrics.jsonl"), fix=results.sweep_fix(d))
-        results.check_rows_match_run(rows, run, os.path.join(d, "metrics.jsonl"), path, fix=fix)
+        rows = read_metrics(os.path.join(d, "metrics.jsonl"), hint=results.sweep_rerun_hint(d))
+        results.check_rows_match_run(rows, run, os.path.join(d, "metrics.jsonl"), path, hint=hint)
         if not isinstance(run.get("shard"), str):
             raise UsageError(f"--merge {d}: not a shard (its run.json has no --shard K/N); merge the folders of "
                              f"one sweep run with --shard 0/N ... N-1/N")
@@ -746,13 +746,13 @@ def merge(args, held):
                 if not any((x["model"], x["corruption"], x["severity"]) == (info["name"], c, s) for x in rws):
                     raise UsageError(f"--merge {d}: no result for {info['name']} {c}/{s}; finish that shard first")
                 parts[info["name"], (c, s), d] = (
-                    results.read_logits(results.logits_path(d, info["name"], c, s), shard_fix(d)),
-                    results.read_confusion(results.confusion_path(d, info["name"], c, s), shard_fix(d)))
+                    results.read_logits(results.logits_path(d, info["name"], c, s), shard_rerun_hint(d)),
+                    results.read_confusion(results.confusion_path(d, info["name"], c, s), shard_rerun_hint(d)))
     first = (base["models"][0]["name"], conds[0]) if base["models"] and conds else None
     all_ids = [i for d, _, _ in runs for i in parts[first + (d,)][1]["image_ids"]] if first else []
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None,
                   image_ids_sha256=results.ids_sha256(all_ids), merged_from=args.merge)
-    fresh = results.afresh(args.out, held, "evaluate_corruptions.py --merge") if args.overwrite else None
+    fresh = replace_folder(args.out, held, "evaluate_corruptions.py --merge") if args.overwrite else None
     if fresh is None:
         check_same_run(args.out, merged)
     folder = fresh.path if fresh else args.out
@@ -789,7 +789,7 @@ def main(args):
             if args.merge:
                 if world.size > 1:
                     raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
-                results.hold(args.out, held, "evaluate_corruptions.py --merge")
+                lock_folder(args.out, held, "evaluate_corruptions.py --merge")
                 return merge(args, held)
             status = evaluate(args, held, world)
         world.finish()   # every rank waits for rank 0's last writes, so all exit with one status

@@ -30,7 +30,7 @@ from common import model_specs
 from common.checkpoint import check_finite_weights, load_model, save_checkpoint
 from common.cli import UsageError, check_plain_name, run_cli
 from common.models import ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, count_parameters
-from common.outputs import file_sha256, git_commit
+from common.folders import file_sha256, git_commit
 
 # torchvision builders that are one of our architectures (arch, backbone, output stride, head channels).
 TORCHVISION_BUILDERS = {"deeplabv3_resnet50": ("deeplabv3", "resnet50", 8, 256),

@@ -80,7 +80,7 @@ from common.corruptions import (ALL_CORRUPTIONS, CORRUPTION_CODES, CORRUPTIONS, 
 from common.data import eval_sample, resolve_roots, voc_dataset  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.models import predict  # noqa: E402
-from common.outputs import atomic_write, file_sha256, prepare_output_folder  # noqa: E402
+from common.folders import atomic_write, file_sha256, prepare_output_folder  # noqa: E402
 from common.results import CLEAN  # noqa: E402
 GRID_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "snow", "brightness", "elastic_transform")  # 0, 3, 7, 10, 12
 QUALITATIVE_SEVERITIES = (0, 1, 2, 3)   # 0 in the "Original" panel, 1..3 in the "Corrupted" one

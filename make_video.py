@@ -68,7 +68,7 @@ from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SID
                                 parse_corruptions)
 from common.device import resolve_device, use_device
 from common.models import predict
-from common.outputs import git_commit
+from common.folders import git_commit
 
 TILE_W, TILE_H = 480, 270               # PROTOCOL.md: 2x2 tiles of 480x270 -> 960x540
 FRAME_W, FRAME_H = 2 * TILE_W, 2 * TILE_H

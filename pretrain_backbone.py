@@ -38,7 +38,7 @@ from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.data import build_datasets, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, seed_everything
 from common.models import BACKBONES
-from common.outputs import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
+from common.folders import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
 
 FOREGROUND = NUM_CLASSES - 1   # classes 1..20; background is what no foreground class claims
 CPU = torch.device("cpu")      # the script runs on the CPU (channels_last under bf16: common.device.memory_format)

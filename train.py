@@ -45,7 +45,7 @@ from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
                            head_parameters, segmentation_loss)
-from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
+from common.folders import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
 
 # What each --recipe sets (PROTOCOL.md); an explicit flag overrides its entry. The optimiser's momentum and weight
 # decay, the head's lr multiplier and the augmentation are the same in all three.

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from .cli import UsageError, check_plain_name
-from .outputs import atomic_write
+from .folders import atomic_write
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:

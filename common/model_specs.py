@@ -50,7 +50,7 @@ from .checkpoint import check_finite_weights, check_first_output, load_model
 from .cli import UsageError
 from .constants import CLASSES, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from .models import KINDS, implicit_background
-from .outputs import file_sha256
+from .folders import file_sha256
 
 TORCHVISION = "torchvision:"
 FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

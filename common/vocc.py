@@ -17,7 +17,7 @@ from PIL import Image
 
 from .cli import UsageError
 from .constants import voc_palette
-from .outputs import atomic_write
+from .folders import atomic_write
 
 MANIFEST = "manifest.json"
 SEED_RULE = ('seed = zlib.crc32(f"{image_id}|{corruption}|{severity}".encode()); np.random.seed(seed); '

@@ -30,7 +30,7 @@ import make_video as mv
 import train
 from common.checkpoint import read_checkpoint, save_checkpoint
 from common.cli import Terminated, UsageError, run_cli
-from common.outputs import OutputLock, atomic_write
+from common.folders import OutputLock, atomic_write
 from helpers import ROOT, TINY_TRAIN, assert_same_results, digest, result_rows as rows, run_script
 
 SIZE = "32"
@@ -242,15 +242,15 @@ def test_atomic_write_refused_by_the_disk_names_the_file_and_keeps_the_old_one(t
 
 def test_torch_save_on_a_full_disk_says_so(tmp_path, monkeypatch):
     """torch.save raises RuntimeError('... unexpected pos ...') without an errno: asked, the disk says it is full."""
-    import common.outputs as outputs
+    import common.folders as folders
 
     monkeypatch.setattr(torch, "save", lambda obj, f: (f.write(b"x"),
                                                        (_ for _ in ()).throw(RuntimeError("unexpected pos 64 vs 0"))))
-    monkeypatch.setattr(outputs, "disk_is_full", lambda path: True)
+    monkeypatch.setattr(folders, "disk_is_full", lambda path: True)
     with pytest.raises(UsageError, match="no space left on the device"):
         save_checkpoint(str(tmp_path / "c.pt"), {})
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(outputs, "disk_is_full", lambda path: False)   # not full: a RuntimeError stays a bug
+    monkeypatch.setattr(folders, "disk_is_full", lambda path: False)   # not full: a RuntimeError stays a bug
     with pytest.raises(RuntimeError, match="unexpected pos"):
         save_checkpoint(str(tmp_path / "c.pt"), {})
 
@@ -628,7 +628,7 @@ def test_train_started_while_another_finishes_does_not_replace_its_checkpoint(wo
 def held_by_another_process(folder, what):
     """``folder``'s writer lock held by a second process (POSIX locks are per process: this one could take it
     again), as a running sweep holds it; yields that process's pid."""
-    code = ("import sys, time; from common.outputs import OutputLock\n"
+    code = ("import sys, time; from common.folders import OutputLock\n"
             "with OutputLock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code, str(folder), what], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
