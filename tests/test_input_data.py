@@ -460,7 +460,7 @@ def test_damaged_checkpoint_is_one_line_through_train_resume(world, trained, tmp
 
 def test_a_damaged_checkpoint_through_the_real_command_line(world, trained, tmp_path):
     # Exit status and the absence of a traceback as a user's shell sees them (evaluate_corruptions.py's: in
-    # test_bad_inputs.py).
+    # test_error_lines.py).
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(damaged(trained, "truncated")[0])
     r = cli("make_video.py", "--synthetic", "--frames", "2", "--size", "32", "--baseline", str(bad),
