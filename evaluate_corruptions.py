@@ -111,7 +111,7 @@ class ConditionBatches(torch.utils.data.Sampler):
 
 class ConditionStats:
     """Everything one model accumulates over one condition: confusion, per-image counts, logits, END,
-    calibration (per image, on the logits' device; None for results read back from before it existed).
+    calibration (per image, on the logits' device).
 
     ``calibrations`` holds every reading (common/calibration.py ``VARIANTS``): "softmax" (also
     ``calibration``), "sigmoid" (with the class-wise table), and with ``temperatures`` ({"softmax": T,
@@ -132,12 +132,8 @@ class ConditionStats:
 
     @property
     def calibration(self):
-        """The softmax reading (the one metrics.jsonl's ece / nll / brier give); None when not measured."""
-        return self.calibrations.get("softmax")
-
-    @calibration.setter
-    def calibration(self, value):
-        self.calibrations["softmax"] = value
+        """The softmax reading (the one metrics.jsonl's ece / nll / brier give)."""
+        return self.calibrations["softmax"]
 
     @torch.inference_mode()
     def update(self, logits, labels, positions):
@@ -204,7 +200,7 @@ class ConditionStats:
 def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
     m = {k: finite_or_none(v) for k, v in miou_from_confusion(stats.confusion).items()}
     end = stats.end_sum / stats.pixels if stats.pixels else None
-    cal = stats.calibration.metrics() if stats.calibration is not None else {}
+    cal = stats.calibration.metrics()
     return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
             "kind": model_info["kind"], "corruption": corruption,
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
@@ -215,11 +211,11 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             "distance": finite_or_none(stats.tracker.distance_notebook()),
             "distance_predicted": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
             # Calibration of the softmax over the 21 channels, non-255 pixels (common/calibration.py); null
-            # when no pixel was scored or the condition was merged from shards written before it existed.
+            # when no pixel was scored.
             "ece": finite_or_none(cal.get("ece")), "nll": finite_or_none(cal.get("nll")),
             "brier": finite_or_none(cal.get("brier")),
             # Every reading (docs/calibration.md): {softmax, sigmoid, softmax_ts, sigmoid_ts: {temperature, ece,
-            # ece_adaptive, nll, brier, aurc, auroc, ...}}, those measured; absent from rows written before it.
+            # ece_adaptive, nll, brier, aurc, auroc, ...}}, those measured.
             "calibration": calibration_fields(stats),
             "images": n_images, "seconds": seconds, "shard": args.shard}
 
@@ -247,8 +243,8 @@ def per_image_counts(per_image):
 
 def shard_calibration(parts, order):
     """One condition's calibration from its shards' per-image rows, stacked and put in ``order`` as tp/fp/fn
-    are: the rows and totals of a single run over the same logits, bit for bit. None if a shard was written
-    before calibration was measured (its rows then get null ece / nll / brier)."""
+    are: the rows and totals of a single run over the same logits, bit for bit. None for a temperature-scaled
+    reading the shards did not measure (no temperature fit)."""
     return None if any(p is None for p in parts) else Calibration.concat(parts, order)
 
 
@@ -333,6 +329,7 @@ def check_same_run(out, run):
         if results.has_results(out):
             raise UsageError(f"{out} holds results but no run.json, so nothing says which run made them; {AFRESH}")
         return None
+    results.require_identity(old, run_path, AFRESH)
     diff = results.first_difference(old, run)
     if diff is not None:
         raise UsageError(f"{run_path}: this folder holds another run, {results.describe(diff)}; {AFRESH}")
@@ -708,6 +705,7 @@ def read_shards(folders):
         run = results.read_run(path, hint=hint)
         if run is None:
             raise UsageError(f"--merge {d}: no run.json; is it an evaluate_corruptions.py --out folder?")
+        results.require_identity(run, path, hint)
         rows = read_metrics(os.path.join(d, "metrics.jsonl"), hint=results.sweep_rerun_hint(d))
         results.check_rows_match_run(rows, run, os.path.join(d, "metrics.jsonl"), path, hint=hint)
         if not isinstance(run.get("shard"), str):

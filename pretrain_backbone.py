@@ -112,8 +112,6 @@ def finished_run(args, settings: dict):
     if not (os.path.exists(meta_path) or os.path.exists(weights_path)):
         return None
     done = read_meta(meta_path)
-    if isinstance(done.get("settings"), dict):
-        done["settings"].setdefault("amp", "none")   # written before --amp existed: a float32 run
     if done.get("settings") != settings:
         diff = changed_settings(done.get("settings") or {}, settings)
         raise UsageError(f"{args.out} holds a backbone made with other settings ({'; '.join(diff) or 'unknown'}); "

@@ -202,8 +202,11 @@ def checkpoint_to_resume(ckpt_path: str, args):
     old = resume.get("args", {})
     if not isinstance(old, dict):
         old = {}
-    # A setting the checkpoint does not record (written before the flag existed) is not held against it.
-    diff = changed_settings(old, {k: getattr(args, k) for k in MODEL_ARGS if k in old})
+    lacking = [f"--{k.replace('_', '-')}" for k in MODEL_ARGS if k not in old]
+    if lacking:
+        raise UsageError(f"{ckpt_path}: cannot resume from it, it records no {', '.join(lacking)} (an earlier "
+                         f"train.py's format); move it away and train again without --resume")
+    diff = changed_settings(old, {k: getattr(args, k) for k in MODEL_ARGS})
     if diff:
         raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
                          f"original flags or choose another --name")

@@ -230,28 +230,23 @@ VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_
 
 
 def identity(run) -> dict:
-    """{field: value} of what decides a run's numbers; a field the dict lacks (an older run.json) is absent."""
+    """{field: value} of what decides a run's numbers (``require_identity`` has checked that run.json has them)."""
     out = {}
     if "models" in run:
         out["models"] = [m.get("name") for m in run["models"]]
         for m in run["models"]:
             out[f"checkpoint sha256 of {m.get('name')}"] = m.get("sha256")
-    if "models" in run:   # results written before the code was recorded were all made with imagecorruptions
-        run = {"corruption_code": "imagecorruptions", **run}
     for k in RUN_FIELDS:
         if k in run:
             out[k] = run[k]
-        elif k == "amp" and "amp" in (run.get("args") or {}):   # older run.json: only in the arguments
-            out[k] = run["args"]["amp"]
     for k, v in sorted((run.get("versions") or {}).items()):
         out[f"versions.{k}"] = v
     # A dump passes its check against the run's protocol, size, versions and data before it is used, and its
     # pixels equal those computed on the fly; so only two dumps are compared, a dump and none are not.
     if isinstance(run.get("voc_c"), dict):
-        dump = {"corruption_code": "imagecorruptions", **run["voc_c"]}
         for k in VOCC_FIELDS + ("versions",):
-            if k in dump:
-                out[f"voc_c.{k}"] = dump[k]
+            if k in run["voc_c"]:
+                out[f"voc_c.{k}"] = run["voc_c"][k]
     # The clean images the temperatures were fitted on (evaluate_corruptions.py --calibration-split/-images);
     # null when none were. The fitted values follow from them and the checkpoints, so they are not compared.
     if "temperature" in run:
@@ -261,9 +256,20 @@ def identity(run) -> dict:
     return out
 
 
+def require_identity(run, path, hint) -> None:
+    """Refuse a run.json without every field of ``RUN_FIELDS`` (one written by an earlier evaluate_corruptions.py):
+    its numbers cannot be told apart from this run's."""
+    lacking = [k for k in RUN_FIELDS if k not in run]
+    if isinstance(run.get("voc_c"), dict):
+        lacking += [f"voc_c.{k}" for k in VOCC_FIELDS if k not in run["voc_c"]]
+    if lacking:
+        raise UsageError(f"{path}: no {', '.join(lacking)} (written by an earlier evaluate_corruptions.py); {hint}")
+
+
 def first_difference(old: dict, new: dict, skip=()):
-    """(field, old value, new value) of the first identity field that differs, or None. Fields missing from
-    ``old`` (written before they were recorded) are not compared."""
+    """(field, old value, new value) of the first identity field that differs, or None. A field only one side
+    has is not compared: a VOC-C dump against none (its pixels equal those computed on the fly), the temperature
+    fit's images where ``old`` has not recorded them yet."""
     a, b = identity(old), identity(json.loads(json.dumps(new)))
     # A model both runs name, from another checkpoint, is said first (more telling than the list of names).
     for key in sorted(b, key=lambda k: not k.startswith("checkpoint sha256 of ")):
@@ -366,10 +372,11 @@ def read_logits(path, hint, keys=tuple(LOGITS_SPEC)):
     return z
 
 
-# The calibration bins (common/calibration.py; absent from files written before it): totals over b bins and one
-# row per image, in image_ids order; the fine log-odds bins (f) and the temperature where measured; the same under
-# each reading's prefix (calib_ the softmax, calib_sigmoid_, calib_softmax_ts_, calib_sigmoid_ts_), and the
-# sigmoid reading's class-wise table (K x b, totals only). Every key is optional: older files lack the newer ones.
+# The calibration bins (common/calibration.py): totals over b bins and one row per image, in image_ids order; the
+# fine log-odds bins (f) and the temperature; the same under each reading's prefix (calib_ the softmax,
+# calib_sigmoid_, calib_softmax_ts_, calib_sigmoid_ts_), and the sigmoid reading's class-wise table (K x b, totals
+# only). Every condition measures the softmax (no class-wise table) and sigmoid readings; the temperature-scaled
+# ones only follow a temperature fit, and keep no fine bins.
 def _calibration_spec(prefix):
     spec = {"count": ("iu", ("b",)), "conf_sum": ("f", ("b",)), "acc_sum": ("iuf", ("b",)), "nll_sum": ("f", ()),
             "brier_sum": ("f", ()), "pixels": ("iu", ()), "image_count": ("iu", ("n", "b")),
@@ -384,13 +391,15 @@ def _calibration_spec(prefix):
 
 CALIBRATION_PREFIXES = ("calib_", "calib_sigmoid_", "calib_softmax_ts_", "calib_sigmoid_ts_")
 CALIBRATION_SPEC = {k: v for p in CALIBRATION_PREFIXES for k, v in _calibration_spec(p).items()}
+CALIBRATION_OPTIONAL = tuple(k for k in CALIBRATION_SPEC if k.startswith(("calib_softmax_ts_", "calib_sigmoid_ts_"))
+                             or (k.startswith("calib_classwise_")))
 
 
 def read_confusion(path, hint, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
     """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0,
-    and the calibration arrays where the file has them."""
+    the softmax and sigmoid readings' calibration arrays, and the temperature-scaled ones where the file has them."""
     spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC}
-    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=tuple(CALIBRATION_SPEC))
+    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=CALIBRATION_OPTIONAL)
     for k in ("confusion", "tp", "fp", "fn"):
         if k in z and (z[k] < 0).any():
             raise UsageError(f"{path}: negative counts in {k} (damaged); {hint}")
