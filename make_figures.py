@@ -698,6 +698,8 @@ def read_results(args, wanted):
     ctx = {"run": {}, "rows": [], "arrays": {}}
     run_path = os.path.join(d, "run.json")
     ctx["run"] = rf.read_run(run_path) or {}
+    if ctx["run"]:
+        rf.require_identity(ctx["run"], run_path, f"rerun evaluate_corruptions.py --overwrite --out {d}")
     needs = set().union(*(NEEDS[f] for f in wanted))
     if "metrics" in needs:
         ctx["metrics_path"] = os.path.join(d, "metrics.jsonl")
@@ -791,8 +793,8 @@ def read_images(args, ctx, wanted):
         if min(ctx["crop"]) < 0 or keep.stop - keep.start < 8:
             raise UsageError(f"--crop-top {args.crop_top} --crop-bottom {args.crop_bottom}: must be >= 0 and leave "
                              f"at least 8 of the {size} rows (they are rows of a 224-px image, scaled to --size)")
-    # The corruption code the results were measured with (folders from before it was recorded: imagecorruptions).
-    ctx["code"] = args.corruption_code or run.get("corruption_code", "imagecorruptions" if run else DEFAULT_CODE)
+    # The corruption code the results were measured with.
+    ctx["code"] = args.corruption_code or run.get("corruption_code", DEFAULT_CODE)
     ctx["samples"] = {}
     s = sample(ctx, ctx["index"])   # the --index image, as scored
     ctx["image_id"], ctx["image"], ctx["label"] = s["id"], s["image"], s["label"]
