@@ -47,23 +47,19 @@ from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model,
                            head_parameters, segmentation_loss)
 from common.folders import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
 
-# What each --recipe sets (PROTOCOL.md); an explicit flag overrides its entry. The optimiser's momentum and weight
+# What each --recipe sets (PROTOCOL.md, docs/training.md); an explicit flag overrides its entry. Momentum, weight
 # decay, the head's lr multiplier and the augmentation are the same in all three.
+FULL_SCALE = dict(backbone="resnet50", head_channels=256, crop_size=224, epochs=50, lr=0.01, val_every=1,
+                  workers=min(8, os.cpu_count() or 1))
 RECIPES = {
     # The companion notebook, which produced the paper's numbers.
-    "notebook": dict(arch="deeplabv3", ibe_placement="logits", poly_step="epoch", batch_size=30,
-                     scribe_ignore_as_background=True, backbone="resnet50", head_channels=256, crop_size=224,
-                     epochs=50, lr=0.01, val_every=1, workers=min(8, os.cpu_count() or 1)),
+    "notebook": dict(FULL_SCALE, arch="deeplabv3", ibe_placement="logits", poly_step="epoch", batch_size=30,
+                     scribe_ignore_as_background=True),
     # The paper's text.
-    "paper": dict(arch="deeplabv3plus", ibe_placement="output", poly_step="iteration", batch_size=20,
-                  scribe_ignore_as_background=False, backbone="resnet50", head_channels=256, crop_size=224,
-                  epochs=50, lr=0.01, val_every=1, workers=min(8, os.cpu_count() or 1)),
-    # The notebook's recipe cut to a CPU budget on the synthetic set (reproduce.sh's quick mode); each deviation
-    # was forced by a measurement there (docs/training.md): a small model and crop; DeepLabV3+ (DeepLabV3's head
-    # sees a 3x3 map and does not learn); batch 8 at lr 0.02, the one setting that trained all three models;
-    # SCrIBE's 255 band left out of its loss (the synthetic band is half the foreground); data loaded in the
-    # training process and validation after the last epoch only. It needs --pretrained-backbone: a backbone from
-    # pretrain_backbone.py, the stand-in for the ImageNet one (SCrIBE does not learn from scratch here).
+    "paper": dict(FULL_SCALE, arch="deeplabv3plus", ibe_placement="output", poly_step="iteration", batch_size=20,
+                  scribe_ignore_as_background=False),
+    # reproduce.sh's quick mode: the notebook's recipe cut to a CPU budget on the synthetic set, each deviation
+    # forced by a measurement there (docs/training.md). Needs --pretrained-backbone (pretrain_backbone.py).
     "quick": dict(arch="deeplabv3plus", ibe_placement="logits", poly_step="epoch", batch_size=8,
                   scribe_ignore_as_background=False, backbone="resnet18", head_channels=64, crop_size=80,
                   epochs=12, lr=0.02, val_every=12, workers=0),
@@ -482,9 +478,7 @@ def get_args_parser():
                    help="notebook = the companion code that produced the paper's numbers (DeepLabV3 OS8, IBE before "
                         "upsampling, poly per epoch, batch 30, SCrIBE 255 -> background); paper = the paper's text "
                         "(DeepLabV3+ OS16, IBE after upsampling, poly per iteration, batch 20, 255 masked); quick = "
-                        "the CPU recipe of reproduce.sh's quick mode on the synthetic set (ResNet-18, DeepLabV3+, "
-                        "64-channel heads, 80 px crops, 12 epochs, batch 8, lr 0.02, 255 masked; needs "
-                        "--pretrained-backbone from pretrain_backbone.py)")
+                        "reproduce.sh's CPU recipe for the synthetic set (needs --pretrained-backbone)")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="recipe: deeplabv3 (notebook: torchvision's head, no decoder) or deeplabv3plus (paper, quick)")
     p.add_argument("--backbone", choices=list(BACKBONES), default=None,
@@ -520,19 +514,18 @@ def get_args_parser():
                    help="recipe: poly decay (1 - t/T)^0.9 with t in epochs, stepped after each epoch (notebook), "
                         "or in iterations (paper)")
     p.add_argument("--crop-size", type=int, default=None,
-                   help="recipe: training crop, 224 (notebook, paper) or 80 (quick); the short side is drawn from [crop/2, 2*crop]; val resizes short side to it")
+                   help="recipe: training crop, 224 (notebook, paper) or 80 (quick); the short side is drawn from "
+                        "[crop/2, 2*crop]; val resizes the short side to it")
     p.add_argument("--scribe-ignore-as-background", action=argparse.BooleanOptionalAction, default=None,
                    help="recipe, SCrIBE only: map label 255 to background before the one-hot and average BCE over "
                         "every element (notebook), or leave 255 pixels out of the loss (--no-..., paper, quick)")
     p.add_argument("--val-every", type=int, default=None,
-                   help="recipe: validate every N epochs and always after the last (0: after the last only); 1 "
-                        "(notebook, paper) or 12 (quick)")
+                   help="recipe: validate every N epochs and after the last (0: the last only); 1 or 12 (quick)")
     p.add_argument("--save-best", action="store_true",
                    help="also keep best.pt, the epoch with the best val mIoU. VOC val is also the test set, so this "
                         "selects on the test split; the paper evaluated the final weights (checkpoint.pt)")
     p.add_argument("--workers", type=int, default=None,
-                   help="recipe: data loader processes, min(8, CPUs) (notebook, paper) or 0 (quick: load in the "
-                        "training process, which on 2 cores leaves both to compute)")
+                   help="recipe: data loader processes, min(8, CPUs) or 0 (quick: load in the training process)")
     add_device_arguments(p, amp_help="autocast precision (bf16 is the fast choice on recent GPUs); the paper "
                                      "trained in fp32. A run may resume in another precision")
     p.add_argument("--deterministic", action="store_true",

@@ -51,7 +51,7 @@ def sweep_rerun_hint(folder) -> str:
             f"every condition whose row or files are damaged")
 
 
-def short(value, width: int = 48) -> str:
+def clipped_json(value, width: int = 48) -> str:
     """A value for a one-line message: JSON, cut to ``width`` characters."""
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -160,7 +160,7 @@ def read_run(path, hint=None):
     for key, types in (("protocol", (str,)), ("size", (int, type(None))), ("images", (int,)),
                        ("voc_root", (str,)), ("versions", (dict,)), ("args", (dict,))):
         if key in run and (not isinstance(run[key], types) or isinstance(run[key], bool)):
-            raise damaged(f"{key} is {short(run[key], 24)}")
+            raise damaged(f"{key} is {clipped_json(run[key], 24)}")
     return run
 
 
@@ -182,7 +182,8 @@ def check_rows_match_run(rows, run, metrics_path, run_path, hint=None):
             checks.append(("checkpoint_sha256", r["checkpoint_sha256"], shas[r["model"]]))
         for key, got, want in checks:
             if got != want:
-                raise UsageError(f"{where} has {key} {short(got, 20)}, {run_path} says {short(want, 20)}; {hint}")
+                raise UsageError(f"{where} has {key} {clipped_json(got, 20)}, {run_path} says "
+                                 f"{clipped_json(want, 20)}; {hint}")
 
 
 # ------------------------------------------------------------------------------------------------ run identity
@@ -287,7 +288,7 @@ LABELS = {"corruption_code": "--corruption-code", "models": "the models", "proto
           "data_sha256": "val files sha256"}
 
 
-def shown(value) -> str:
+def message_value(value) -> str:
     """A value in a message: strings as they are (a sha256 as its first 12 digits), the rest as JSON; short."""
     if isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value):
         return value[:12] + "..."
@@ -300,15 +301,15 @@ def describe(diff, old_words="made with", new_words="this run has") -> str:
     field, was, now = diff
     if field.startswith("checkpoint sha256 of "):
         name = field[len("checkpoint sha256 of "):]
-        return (f"{old_words} model {name} from one checkpoint (sha256 {shown(was)}), {new_words} model {name} "
-                f"from another checkpoint (sha256 {shown(now)})")
+        return (f"{old_words} model {name} from one checkpoint (sha256 {message_value(was)}), {new_words} model "
+                f"{name} from another checkpoint (sha256 {message_value(now)})")
     if field.startswith("versions."):
         label = f"{field[len('versions.'):]}"
     elif field.startswith("voc_c."):
         label = f"the VOC-C dump's {field[len('voc_c.'):]}"
     else:
         label = LABELS.get(field, field)
-    return f"{old_words} {label} {shown(was)}, {new_words} {label} {shown(now)}"
+    return f"{old_words} {label} {message_value(was)}, {new_words} {label} {message_value(now)}"
 
 
 def has_results(folder) -> bool:
