@@ -525,7 +525,7 @@ def dump_identity(args, dataset, voc_root):
             **{k: m[k] for k in vocc.IDENTITY if k in m}}
 
 
-def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256=None) -> dict:
+def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256) -> dict:
     """run.json: what decides the numbers (results.identity) and the provenance; ``data_sha256``: the whole val
     split's files (results.files_sha256), which identifies the data wherever it is read from."""
     versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}

@@ -209,20 +209,17 @@ def files_sha256(dataset) -> str:
 
 
 def same_data(key: str, old: dict, new: dict) -> bool:
-    """Whether the differing ``...voc_root`` field ``key`` of two identities names the same val set: both record
-    the files' digest (``data_sha256``, compared as a field of its own), or the paths resolve to one folder."""
+    """Whether the differing ``...voc_root`` field ``key`` of two identities is the same val set read through
+    another path: both record the files' digest (``data_sha256``), which is compared as a field of its own."""
     if not key.endswith("voc_root"):
         return False
     digest = key[:-len("voc_root")] + "data_sha256"
-    if old.get(digest) and new.get(digest):
-        return True
-    a, b = old[key], new[key]
-    return isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b)
+    return bool(old.get(digest) and new.get(digest))
 
 
 # run.json fields that decide the numbers, in the order a difference is reported. Checkpoints are compared by
 # their files' sha256, which covers the weights, the model config and the training recipe stored in them.
-# The val set is compared by its files' digest (data_sha256), voc_root only where a record lacks it (same_data).
+# The val set is compared by its files' digest (data_sha256), not by the path it was read from (same_data).
 RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256",
               "shard", "seed_rule", "data_sha256")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".

@@ -147,7 +147,7 @@ def read_manifest(root):
 
 # What makes two dumps' pixels differ, in the order a difference is reported (the sweep's run.json records the
 # same fields of the dump it read, under "voc_c").
-# The val set: by its files' digest (data_sha256); voc_root (by resolved path) only where the other side lacks it.
+# The val set: by its files' digest (data_sha256), not by the path it was read from (results.same_data).
 IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
             "data_sha256")
 
