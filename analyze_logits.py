@@ -46,7 +46,7 @@ from common.analysis.tables import print_summary, tables_markdown
 from common.cli import UsageError, run_cli, write_problem
 from common.constants import CLASSES
 from common.corruptions import CORRUPTIONS
-from common.outputs import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
+from common.folders import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
 
 SCHEMA = "analyze_logits/2"
 

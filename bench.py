@@ -39,9 +39,9 @@ from common.checkpoint import save_random_checkpoint
 from common.cli import UsageError, run_cli
 from common.corruptions import SLOW
 from common.device import resolve_device, use_device
-from common.host import keep_freed_memory
+from common.malloc import keep_freed_memory
 from common.models import BACKBONES
-from common.outputs import git_commit
+from common.folders import git_commit
 from common.synthetic import ensure_synthetic
 
 # Per mode: the models and how much work each measurement does; flags override single entries.

@@ -32,7 +32,7 @@ from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.corruptions import SLOW, add_code_argument, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, single_thread_opencv,
                          voc_dataset)
-from common.outputs import check_output_folder, git_commit, write_text
+from common.folders import check_output_folder, git_commit, lock_folder, replace_folder, write_text
 
 
 def dump_one(index, conditions, out, protocol, size, dataset, code):
@@ -142,8 +142,8 @@ def dump_identity(args, dataset, voc_root) -> dict:
 def open_dump(args, held, ident):
     """Take --out: (``fresh`` under --overwrite, else None; the manifest already there, else None), refusing a
     folder that holds another dump."""
-    results.hold(args.out, held, "dump_voc_c.py")
-    fresh = results.afresh(args.out, held, "dump_voc_c.py") if args.overwrite else None
+    lock_folder(args.out, held, "dump_voc_c.py")
+    fresh = replace_folder(args.out, held, "dump_voc_c.py") if args.overwrite else None
     if fresh:
         return fresh, None
     old = vocc.read_manifest(args.out)

@@ -45,7 +45,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from common import distributed, external, results, vocc
+from common import distributed, model_specs, results, vocc
 from common.calibration import VARIANTS, Calibration, fit_temperature, prefix_of
 from common.checkpoint import check_finite_logits
 from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name,
@@ -56,10 +56,10 @@ from common.corruptions import (DEFAULT_CODE, add_code_argument, corrupt_image, 
 from common.data import (PROTOCOLS, VOC_BASE_DIR, check_protocol_sizes, eval_sample, evenly_spaced, normalise_uint8,
                          read_split, resolve_roots, single_thread_opencv, voc_dataset)
 from common.device import autocast, memory_format, resolve_device, use_device
-from common.host import keep_freed_memory
+from common.folders import check_output_folder, git_commit, lock_folder, replace_folder
 from common.logits import LogitTracker, channel_argmax
+from common.malloc import keep_freed_memory
 from common.metrics import miou_from_confusion
-from common.outputs import check_output_folder, git_commit
 from common.results import CLEAN, finite_or_none, read_metrics  # noqa: F401  (read_metrics: re-exported)
 
 
@@ -111,7 +111,7 @@ class ConditionBatches(torch.utils.data.Sampler):
 
 class ConditionStats:
     """Everything one model accumulates over one condition: confusion, per-image counts, logits, END,
-    calibration (per image, on the logits' device; None for results read back from before it existed).
+    calibration (per image, on the logits' device).
 
     ``calibrations`` holds every reading (common/calibration.py ``VARIANTS``): "softmax" (also
     ``calibration``), "sigmoid" (with the class-wise table), and with ``temperatures`` ({"softmax": T,
@@ -134,12 +134,8 @@ class ConditionStats:
 
     @property
     def calibration(self):
-        """The softmax reading (the one metrics.jsonl's ece / nll / brier give); None when not measured."""
-        return self.calibrations.get("softmax")
-
-    @calibration.setter
-    def calibration(self, value):
-        self.calibrations["softmax"] = value
+        """The softmax reading (the one metrics.jsonl's ece / nll / brier give)."""
+        return self.calibrations["softmax"]
 
     @torch.inference_mode()
     def update(self, logits, labels, positions):
@@ -207,7 +203,7 @@ class ConditionStats:
 def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n_images, seconds):
     m = {k: finite_or_none(v) for k, v in miou_from_confusion(stats.confusion).items()}
     end = stats.end_sum / stats.pixels if stats.pixels else None
-    cal = stats.calibration.metrics() if stats.calibration is not None else {}
+    cal = stats.calibration.metrics()
     return {"model": model_info["name"], "checkpoint": model_info["path"], "checkpoint_sha256": model_info["sha256"],
             "kind": model_info["kind"], "corruption": corruption,
             "corruption_number": None if corruption == CLEAN else corruption_number(corruption),
@@ -218,11 +214,11 @@ def metrics_row(stats: ConditionStats, model_info, corruption, severity, args, n
             "distance": finite_or_none(stats.tracker.distance_notebook()),
             "distance_predicted": finite_or_none(stats.tracker.distance_margin()), "end": finite_or_none(end),
             # Calibration of the softmax over the 21 channels, non-255 pixels (common/calibration.py); null
-            # when no pixel was scored or the condition was merged from shards written before it existed.
+            # when no pixel was scored.
             "ece": finite_or_none(cal.get("ece")), "nll": finite_or_none(cal.get("nll")),
             "brier": finite_or_none(cal.get("brier")),
             # Every reading (docs/calibration.md): {softmax, sigmoid, softmax_ts, sigmoid_ts: {temperature, ece,
-            # ece_adaptive, nll, brier, aurc, auroc, ...}}, those measured; absent from rows written before it.
+            # ece_adaptive, nll, brier, aurc, auroc, ...}}, those measured.
             "calibration": calibration_fields(stats),
             "images": n_images, "seconds": seconds, "shard": args.shard}
 
@@ -250,8 +246,8 @@ def per_image_counts(per_image):
 
 def shard_calibration(parts, order):
     """One condition's calibration from its shards' per-image rows, stacked and put in ``order`` as tp/fp/fn
-    are: the rows and totals of a single run over the same logits, bit for bit. None if a shard was written
-    before calibration was measured (its rows then get null ece / nll / brier)."""
+    are: the rows and totals of a single run over the same logits, bit for bit. None for a temperature-scaled
+    reading the shards did not measure (no temperature fit)."""
     return None if any(p is None for p in parts) else Calibration.concat(parts, order)
 
 
@@ -331,11 +327,12 @@ def check_same_run(out, run):
 
     Returns the folder's run.json (None when it has none yet)."""
     run_path = os.path.join(out, "run.json")
-    old = results.read_run(run_path, fix=f"it says which run made the results beside it; {AFRESH}")
+    old = results.read_run(run_path, hint=f"it says which run made the results beside it; {AFRESH}")
     if old is None:
         if results.has_results(out):
             raise UsageError(f"{out} holds results but no run.json, so nothing says which run made them; {AFRESH}")
         return None
+    results.require_identity(old, run_path, AFRESH)
     diff = results.first_difference(old, run)
     if diff is not None:
         raise UsageError(f"{run_path}: this folder holds another run, {results.describe(diff)}; {AFRESH}")
@@ -377,18 +374,18 @@ def check_sweep_args(args):
 
 def load_models(args):
     """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
-    common/external.py) and their run.json entries, display names checked as plain file names."""
+    common/model_specs.py) and their run.json entries, display names checked as plain file names."""
     if len(args.checkpoints) == 0:
         raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
                          "or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
-    options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
+    options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
     models, infos = [], []
     for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
         # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
-        # cache; torchvision and factory models get an identity hash instead (common/external.py).
-        model, info = external.load_spec(spec, args.device, weights_file, kind)
+        # cache; torchvision and factory models get an identity hash instead (common/model_specs.py).
+        model, info = model_specs.load_spec(spec, args.device, weights_file, kind)
         model = model.to(memory_format=memory_format(torch.device(args.device), args.amp))
         if args.names:
             info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
@@ -548,7 +545,7 @@ def dump_identity(args, dataset, voc_root):
             **{k: m[k] for k in vocc.IDENTITY if k in m}}
 
 
-def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256=None) -> dict:
+def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256) -> dict:
     """run.json: what decides the numbers (results.identity) and the provenance; ``data_sha256``: the whole val
     split's files (results.files_sha256), which identifies the data wherever it is read from."""
     versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
@@ -565,18 +562,18 @@ def open_results(args, held, run):
     """Rank 0 takes --out: (``fresh``, the rows already there). With --overwrite and anything in the folder, the
     new run is written beside it (``fresh.path``) and takes its place at the first finished condition; otherwise
     the folder must hold this run, or nothing yet (``fresh`` None)."""
-    results.hold(args.out, held, "evaluate_corruptions.py")
+    lock_folder(args.out, held, "evaluate_corruptions.py")
     if args.save_predictions:   # two sweeps writing PNGs under one display name there would mix them
-        results.hold(args.save_predictions, held, "evaluate_corruptions.py --save-predictions",
+        lock_folder(args.save_predictions, held, "evaluate_corruptions.py --save-predictions",
                      flag="--save-predictions")
-    fresh = results.afresh(args.out, held, "evaluate_corruptions.py") if args.overwrite else None
+    fresh = replace_folder(args.out, held, "evaluate_corruptions.py") if args.overwrite else None
     if fresh:
         return fresh, []
     check_same_run(args.out, run)
     rows = read_metrics(os.path.join(args.out, "metrics.jsonl"), damaged="drop")
     results.check_rows_match_run(rows, json.loads(json.dumps(run)), os.path.join(args.out, "metrics.jsonl"),
                                  os.path.join(args.out, "run.json"),
-                                 fix="the folder mixes results of two runs; use another --out, or --overwrite to "
+                                 hint="the folder mixes results of two runs; use another --out, or --overwrite to "
                                      "start it afresh")
     return None, rows
 
@@ -716,7 +713,7 @@ def evaluate(args, held, world=distributed.SINGLE):
 
 # ---------------------------------------------------------------------------------------------- merge
 
-def shard_fix(folder) -> str:
+def shard_rerun_hint(folder) -> str:
     return f"rerun that shard (evaluate_corruptions.py --shard K/N with its arguments and --out {folder})"
 
 
@@ -726,12 +723,13 @@ def read_shards(folders):
     shards = []
     for d in folders:
         path = os.path.join(d, "run.json")
-        fix = shard_fix(d)
-        run = results.read_run(path, fix=fix)
+        hint = shard_rerun_hint(d)
+        run = results.read_run(path, hint=hint)
         if run is None:
             raise UsageError(f"--merge {d}: no run.json; is it an evaluate_corruptions.py --out folder?")
-        rows = read_metrics(os.path.join(d, "metrics.jsonl"), fix=results.sweep_fix(d))
-        results.check_rows_match_run(rows, run, os.path.join(d, "metrics.jsonl"), path, fix=fix)
+        results.require_identity(run, path, hint)
+        rows = read_metrics(os.path.join(d, "metrics.jsonl"), hint=results.sweep_rerun_hint(d))
+        results.check_rows_match_run(rows, run, os.path.join(d, "metrics.jsonl"), path, hint=hint)
         if not isinstance(run.get("shard"), str):
             raise UsageError(f"--merge {d}: not a shard (its run.json has no --shard K/N); merge the folders of "
                              f"one sweep run with --shard 0/N ... N-1/N")
@@ -768,13 +766,13 @@ def merge(args, held):
                 if not any((x["model"], x["corruption"], x["severity"]) == (info["name"], c, s) for x in rws):
                     raise UsageError(f"--merge {d}: no result for {info['name']} {c}/{s}; finish that shard first")
                 parts[info["name"], (c, s), d] = (
-                    results.read_logits(results.logits_path(d, info["name"], c, s), shard_fix(d)),
-                    results.read_confusion(results.confusion_path(d, info["name"], c, s), shard_fix(d)))
+                    results.read_logits(results.logits_path(d, info["name"], c, s), shard_rerun_hint(d)),
+                    results.read_confusion(results.confusion_path(d, info["name"], c, s), shard_rerun_hint(d)))
     first = (base["models"][0]["name"], conds[0]) if base["models"] and conds else None
     all_ids = [i for d, _, _ in runs for i in parts[first + (d,)][1]["image_ids"]] if first else []
     merged = dict(base, images=sum(r["images"] for _, r, _ in runs), shard=None,
                   image_ids_sha256=results.ids_sha256(all_ids), merged_from=args.merge)
-    fresh = results.afresh(args.out, held, "evaluate_corruptions.py --merge") if args.overwrite else None
+    fresh = replace_folder(args.out, held, "evaluate_corruptions.py --merge") if args.overwrite else None
     if fresh is None:
         check_same_run(args.out, merged)
     folder = fresh.path if fresh else args.out
@@ -803,7 +801,7 @@ def merge(args, held):
 # ----------------------------------------------------------------------------------------------- main
 
 def main(args):
-    # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/host.py;
+    # glibc: the extra models' statistics reuse freed memory instead of page-faulting it in again (common/malloc.py;
     # BENCHMARKS.md, Decisions).
     keep_freed_memory()
     with distributed.World.from_env(args.device) as world:   # under torchrun: this process's rank and its group
@@ -811,7 +809,7 @@ def main(args):
             if args.merge:
                 if world.size > 1:
                     raise UsageError("--merge reads and writes folders in one process; run it without torchrun")
-                results.hold(args.out, held, "evaluate_corruptions.py --merge")
+                lock_folder(args.out, held, "evaluate_corruptions.py --merge")
                 return merge(args, held)
             status = evaluate(args, held, world)
         world.finish()   # every rank waits for rank 0's last writes, so all exit with one status
@@ -828,7 +826,7 @@ def get_args_parser():
     p.add_argument("--names", nargs="+", default=None,
                    help="display names (plain file names); default: the name stored in each checkpoint, the "
                         "builder's name for torchvision:, the factory's for module:factory")
-    external.add_model_arguments(p, "--checkpoints")
+    model_specs.add_model_arguments(p, "--checkpoints")
     add_data_arguments(p, "voc", help="which val set: VOC 2012 val under --voc-root, or the synthetic one")
     add_code_argument(p)
     p.add_argument("--voc-c", default=None,

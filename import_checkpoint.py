@@ -26,11 +26,11 @@ import sys
 
 import torch
 
-from common import external
+from common import model_specs
 from common.checkpoint import check_finite_weights, load_model, save_checkpoint
 from common.cli import UsageError, check_plain_name, run_cli
 from common.models import ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, count_parameters
-from common.outputs import file_sha256, git_commit
+from common.folders import file_sha256, git_commit
 
 # torchvision builders that are one of our architectures (arch, backbone, output stride, head channels).
 TORCHVISION_BUILDERS = {"deeplabv3_resnet50": ("deeplabv3", "resnet50", 8, 256),
@@ -63,7 +63,7 @@ def main(args):
         raise UsageError(f"--out {args.out}: exists; remove it or choose another name (it is never overwritten)")
     name = check_plain_name(args.name or args.torchvision_builder or args.model, "--name")
     kw = architecture(args)
-    state = external.read_state_dict(args.state_dict, f"--state-dict {args.state_dict}")
+    state = model_specs.read_state_dict(args.state_dict, f"--state-dict {args.state_dict}")
     notes = []
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -77,14 +77,14 @@ def main(args):
         model = build_model(**kw)
     what = f"--state-dict {args.state_dict}: does not fit {kw['kind']} {kw['arch']} {kw['backbone']} " \
            f"(output stride {model.config['output_stride']}, head {kw['head_channels']})"
-    external.assign_state(model, state, what)
+    model_specs.assign_state(model, state, what)
     check_finite_weights(model.state_dict(), f"--state-dict {args.state_dict}",
                          "these weights come from a diverged or damaged run; nothing was written")
     ckpt = {"model": model.state_dict(), "model_config": model.config, "name": name, "epoch": None,
             "args": dict(vars(args)),
             "imported_from": {"path": os.path.abspath(args.state_dict), "sha256": file_sha256(args.state_dict)},
             "git_commit": git_commit(),
-            "versions": {"torch": str(torch.__version__), "torchvision": external.torchvision_version()}}
+            "versions": {"torch": str(torch.__version__), "torchvision": model_specs.torchvision_version()}}
     save_checkpoint(args.out, ckpt)
     back, _ = load_model(args.out)   # what every script will do with it
     same = all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))

@@ -69,7 +69,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import external, results as rf  # noqa: E402
+from common import model_specs, results as rf  # noqa: E402
 from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
 from common.constants import NUM_CLASSES  # noqa: E402
 from common.corruptions import CORRUPTION_CODES, DEFAULT_CODE, MIN_SIDE  # noqa: E402
@@ -84,7 +84,7 @@ from common.figures.structure import (NOTEBOOK_CORRELATION_CLASS, fig_class_mean
 from common.figures.val_images import (CONTACT_MAX, NOTEBOOK_CONTACT_START, NOTEBOOK_CROP,  # noqa: E402
                                        NOTEBOOK_GRID_INDEX, NOTEBOOK_QUALITATIVE_INDEX, crop_rows, fig_contact_sheet,
                                        fig_corruption_grid, fig_qualitative_grid, fig_voc_sample, sample)
-from common.outputs import atomic_write, file_sha256, prepare_output_folder  # noqa: E402
+from common.folders import atomic_write, file_sha256, prepare_output_folder  # noqa: E402
 from common.results import CLEAN  # noqa: E402
 
 # What each figure reads: metrics.jsonl, analysis_arrays.npz, the val set, the checkpoints.
@@ -133,6 +133,8 @@ def read_results(args, wanted):
     ctx = {"run": {}, "rows": [], "arrays": {}}
     run_path = os.path.join(d, "run.json")
     ctx["run"] = rf.read_run(run_path) or {}
+    if ctx["run"]:
+        rf.require_identity(ctx["run"], run_path, f"rerun evaluate_corruptions.py --overwrite --out {d}")
     needs = set().union(*(NEEDS[f] for f in wanted))
     if "metrics" in needs:
         ctx["metrics_path"] = os.path.join(d, "metrics.jsonl")
@@ -226,8 +228,8 @@ def read_images(args, ctx, wanted):
         if min(ctx["crop"]) < 0 or keep.stop - keep.start < 8:
             raise UsageError(f"--crop-top {args.crop_top} --crop-bottom {args.crop_bottom}: must be >= 0 and leave "
                              f"at least 8 of the {size} rows (they are rows of a 224-px image, scaled to --size)")
-    # The corruption code the results were measured with (folders from before it was recorded: imagecorruptions).
-    ctx["code"] = args.corruption_code or run.get("corruption_code", "imagecorruptions" if run else DEFAULT_CODE)
+    # The corruption code the results were measured with.
+    ctx["code"] = args.corruption_code or run.get("corruption_code", DEFAULT_CODE)
     ctx["samples"] = {}
     s = sample(ctx, ctx["index"])   # the --index image, as scored
     ctx["image_id"], ctx["image"], ctx["label"] = s["id"], s["image"], s["label"]
@@ -241,8 +243,8 @@ def read_images(args, ctx, wanted):
 def load_models(args, run, device):
     """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated)."""
     known = {m.get("sha256"): m for m in run.get("models", [])}
-    if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/external.py)
-        options = external.model_options(args.checkpoints, args.weights_file, args.model_kind)
+    if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/model_specs.py)
+        options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
         entries = [(spec, None, opts) for spec, opts in zip(args.checkpoints, options)]
     else:                  # as evaluated: run.json's files, or its specs with their weights file and kind
         if not all(isinstance(m.get("path"), str) and m["path"] for m in run.get("models", [])):
@@ -254,13 +256,13 @@ def load_models(args, run, device):
                          f"checkpoints written by train.py (or torchvision:/module:factory specs)")
     models = []
     for spec, recorded, opts in entries:
-        if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
+        if model_specs.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
             raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
         if recorded is not None:
-            model, info = external.load_recorded(recorded, device)
+            model, info = model_specs.load_recorded(recorded, device)
         else:
-            model, info = external.load_spec(spec, device, *opts)
+            model, info = model_specs.load_spec(spec, device, *opts)
         # The display name of the evaluation when this exact model was evaluated, else its own.
         info = known.get(info["sha256"]) or info
         models.append({"name": info["name"], "kind": model.config["kind"], "model": model})
@@ -306,7 +308,7 @@ def get_args_parser():
     p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
                    help="models for voc_sample and qualitative_grid: checkpoints, torchvision:<builder>[:<weights>] "
                         "or module.path:factory; default: the models in run.json (with their weights file and kind)")
-    external.add_model_arguments(p, "--checkpoints")
+    model_specs.add_model_arguments(p, "--checkpoints")
     p.add_argument("--index", "--grid-index", dest="index", type=int, default=None,
                    help=f"val image of voc_sample and corruption_grid; default: the notebook's "
                         f"{NOTEBOOK_GRID_INDEX} (a smaller val set: {NOTEBOOK_GRID_INDEX} mod its size, with a note); "

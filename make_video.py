@@ -60,13 +60,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common import external
+from common import model_specs
 from common.cli import UsageError, add_device_arguments, check_at_least, run_cli, write_problem
 from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SIDE, add_code_argument, corrupt_image,
                                 parse_corruptions)
 from common.device import resolve_device, use_device
 from common.models import predict
-from common.outputs import git_commit
+from common.folders import git_commit
 from common.synthetic_clip import SYNTH_H, SYNTH_W, synthetic_frames
 from common.video import (FRAME_H, FRAME_W, NOTEBOOK_SQUARE, OURS, THEIRS, TILE_H, TILE_W, compose, condition_label,
                           model_size, notebook_frame)
@@ -258,17 +258,17 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
 
 def load_pair(args):
     """(baseline, robust) models and their names (--names, else each checkpoint's name). Either may be
-    a checkpoint, torchvision:<builder>[:<weights>] or module:factory (common/external.py)."""
+    a checkpoint, torchvision:<builder>[:<weights>] or module:factory (common/model_specs.py)."""
     if args.names is not None and len(args.names) != 2:
         raise UsageError(f"--names: give two names (baseline, robust), got {len(args.names)}")
     specs = [args.baseline, args.robust]
-    options = external.model_options(specs, args.weights_file, args.model_kind, where="--baseline/--robust")
+    options = model_specs.model_options(specs, args.weights_file, args.model_kind, where="--baseline/--robust")
     models, names = [], []
     for k, (flag, spec) in enumerate((("--baseline", args.baseline), ("--robust", args.robust))):
-        if external.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
+        if model_specs.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
             raise UsageError(f"{flag} {spec}: no such checkpoint; pass a checkpoint written by train.py, "
                              f"torchvision:<builder> or module:factory")
-        model, info = external.load_spec(spec, args.device, *options[k], hash_file=False)
+        model, info = model_specs.load_spec(spec, args.device, *options[k], hash_file=False)
         # NHWC convolutions: faster for these ResNets on CPU (oneDNN; BENCHMARKS.md, Decisions) as on GPU; the
         # frames arrive as NHWC arrays already. Same device and arguments -> same predictions, run after run.
         models.append(model.to(memory_format=torch.channels_last))
@@ -365,7 +365,7 @@ def get_args_parser():
     p.add_argument("--names", nargs=2, default=None, metavar=("BASELINE", "ROBUST"),
                    help="captions of the two prediction tiles; default: the notebook's 'Theirs' (baseline) and "
                         "'Ours' (robust)")
-    external.add_model_arguments(p, "--baseline/--robust")
+    model_specs.add_model_arguments(p, "--baseline/--robust")
     p.add_argument("--out", default="demo.mp4", help="output video; the extension picks the container (.mp4, .mkv)")
     p.add_argument("--corruptions", nargs="+", default=None,
                    help="corruptions after the clean segment (names, short names, numbers or groups); "

@@ -7,8 +7,8 @@ a linear layer of 20 outputs, trained with per-class BCE against "which foregrou
 the crop" (label 255 and background do not count). The same file then initialises all three models:
 
     python pretrain_backbone.py --data synthetic --backbone resnet18 --out runs/quick/backbone
-    python train.py --model scribe --data synthetic --backbone resnet18 \
-        --pretrained-backbone runs/quick/backbone/backbone.pt ...
+    python train.py --model scribe --recipe quick --data synthetic \
+        --pretrained-backbone runs/quick/backbone/backbone.pt
 
 Crops come from train.py's training transform (``common.data.train_transform``) on the same training set
 (VOC train + SBD train_noval), so the backbone never sees val images. Targets are taken from each crop's
@@ -38,7 +38,7 @@ from common.constants import IGNORE_INDEX, NUM_CLASSES
 from common.data import build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
 from common.device import autocast, memory_format, seed_everything
 from common.models import BACKBONES
-from common.outputs import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
+from common.folders import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text
 
 FOREGROUND = NUM_CLASSES - 1   # classes 1..20; background is what no foreground class claims
 CPU = torch.device("cpu")      # the script runs on the CPU (channels_last under bf16: common.device.memory_format)
@@ -112,8 +112,6 @@ def finished_run(args, settings: dict):
     if not (os.path.exists(meta_path) or os.path.exists(weights_path)):
         return None
     done = read_meta(meta_path)
-    if isinstance(done.get("settings"), dict):
-        done["settings"].setdefault("amp", "none")   # written before --amp existed: a float32 run
     if done.get("settings") != settings:
         diff = changed_settings(done.get("settings") or {}, settings)
         raise UsageError(f"{args.out} holds a backbone made with other settings ({'; '.join(diff) or 'unknown'}); "
@@ -240,8 +238,8 @@ def get_args_parser():
                        help="voc = VOC 2012 train + SBD train_noval; synthetic = the generated VOC-format dataset")
     p.add_argument("--crop-size", type=int, default=64,
                    help="training crop, through train.py's transform (random scale 0.5-2x of it, then crop); "
-                        "smaller than the quick recipe's training crop (80, reproduce.sh) buys more SGD steps "
-                        "per second")
+                        "smaller than the quick recipe's training crop (80 in train.py --recipe quick) buys more SGD "
+                        "steps per second")
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=16, help="crops per SGD step (drop_last)")
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate at the start of the poly decay")

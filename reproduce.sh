@@ -65,22 +65,24 @@ else
   MODE=quick
   OUT=${OUT:-runs/quick}
   DATA=(--data synthetic --synthetic-root data/synthetic)
-  # One small CPU recipe for all three models, otherwise the notebook's (IBE on the logits, poly per epoch, final
-  # weights). Each deviation and the measurement that forced it: docs/training.md, "The quick CPU recipe".
+  # train.py's quick recipe (--recipe quick): one small CPU recipe for all three models, each deviation from the
+  # notebook's forced by a measurement on the synthetic set (docs/training.md, "The quick CPU recipe"). It starts
+  # from a backbone pretrained once on the training set (pretrain_backbone.py), the stand-in for ImageNet's.
   # bf16 autocast where the CPU has bf16 instructions (AVX-512 BF16 or AMX); --amp none forces float32.
   if [ -z "$AMP" ]; then
     if grep -qsw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo; then AMP=bf16; else AMP=none; fi
   fi
   BACKBONE="$OUT/backbone/backbone.pt"
-  TRAIN=(--backbone resnet18 --head-channels 64 --crop-size 80 --epochs 12 --batch-size 8 --lr 0.02 --workers 0
-         --val-every 12 --arch deeplabv3plus --no-scribe-ignore-as-background --pretrained-backbone "$BACKBONE"
-         --amp "$AMP")
+  TRAIN=(--recipe quick --pretrained-backbone "$BACKBONE" --amp "$AMP")
   # Evaluation at the training size, 80 x 80, on the first 40 synthetic val images; the video at 96.
   EVAL=(--size 80 --limit 40 --batch-size 20 --workers 1 --amp "$AMP")
   DUMP=(--size 80 --limit 40 --workers 2)
   VIDEO_ARGS=(--size 96)
 fi
-[ -n "$RECIPE" ] && TRAIN+=(--recipe "$RECIPE")
+if [ -n "$RECIPE" ]; then
+  [ "$MODE" = quick ] && { echo "reproduce.sh: --recipe is for full mode (quick mode trains train.py's quick recipe)" >&2; exit 2; }
+  TRAIN+=(--recipe "$RECIPE")
+fi
 TRAIN+=(--hold-out "$HOLD_OUT")
 [ -n "$DEVICE" ] && TRAIN+=(--device "$DEVICE") && EVAL+=(--device "$DEVICE")
 

@@ -10,9 +10,12 @@ SCrIBE's loss). Any explicit flag overrides its recipe's value (docs/protocol.md
     python train.py --model scribe --data voc --voc-root /data/voc --sbd-root /data/sbd
     python train.py --model scribe --recipe paper --data voc --voc-root /data/voc --sbd-root /data/sbd
 
-On a laptop, without VOC: ``bash reproduce.sh`` (quick mode) trains all three models on the generated VOC-format
-dataset with a small CPU recipe; its flags, and why each departs from the paper: docs/training.md, "The quick
-CPU recipe".
+A laptop-sized run on the generated VOC-format dataset (``--recipe quick``, reproduce.sh's quick mode: a backbone
+pretrained once on the training set, then a small DeepLabV3+; why each setting departs from the paper:
+docs/training.md, "The quick CPU recipe"):
+
+    python pretrain_backbone.py --data synthetic --out runs/quick/backbone
+    python train.py --model ibe --recipe quick --data synthetic --pretrained-backbone runs/quick/backbone/backbone.pt
 
 Several GPUs or nodes: ``torchrun --nproc_per_node=8 train.py ...`` (--batch-size is per process).
 
@@ -43,17 +46,24 @@ from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
                            head_parameters, segmentation_loss)
-from common.outputs import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
+from common.folders import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
 
-# What each --recipe sets (docs/protocol.md); an explicit flag overrides its entry. Everything else (optimiser,
-# learning rates, epochs, crop, augmentation) is the same in both.
+# What each --recipe sets (docs/protocol.md, docs/training.md); an explicit flag overrides its entry. Momentum,
+# weight decay, the head's lr multiplier and the augmentation are the same in all three.
+FULL_SCALE = dict(backbone="resnet50", head_channels=256, crop_size=224, epochs=50, lr=0.01, val_every=1,
+                  workers=min(8, os.cpu_count() or 1))
 RECIPES = {
     # The companion notebook, which produced the paper's numbers.
-    "notebook": dict(arch="deeplabv3", ibe_placement="logits", poly_step="epoch", batch_size=30,
+    "notebook": dict(FULL_SCALE, arch="deeplabv3", ibe_placement="logits", poly_step="epoch", batch_size=30,
                      scribe_ignore_as_background=True),
     # The paper's text.
-    "paper": dict(arch="deeplabv3plus", ibe_placement="output", poly_step="iteration", batch_size=20,
+    "paper": dict(FULL_SCALE, arch="deeplabv3plus", ibe_placement="output", poly_step="iteration", batch_size=20,
                   scribe_ignore_as_background=False),
+    # reproduce.sh's quick mode: the notebook's recipe cut to a CPU budget on the synthetic set, each deviation
+    # forced by a measurement there (docs/training.md). Needs --pretrained-backbone (pretrain_backbone.py).
+    "quick": dict(arch="deeplabv3plus", ibe_placement="logits", poly_step="epoch", batch_size=8,
+                  scribe_ignore_as_background=False, backbone="resnet18", head_channels=64, crop_size=80,
+                  epochs=12, lr=0.02, val_every=12, workers=0),
 }
 
 # What --resume restores besides the weights (read_checkpoint checks model and model_config).
@@ -75,6 +85,12 @@ def resolve_recipe(args) -> dict:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.output_stride = args.output_stride or default_output_stride(args.arch, args.backbone)
+    if args.pretrained_backbone is None:
+        if args.recipe == "quick":
+            raise UsageError("--recipe quick trains from a backbone pretrained on the training set: run "
+                             "pretrain_backbone.py --out DIR first and pass --pretrained-backbone DIR/backbone.pt "
+                             "(or --pretrained-backbone none to train from scratch)")
+        args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
     return {k: getattr(args, k) for k in (*RECIPES[args.recipe], "output_stride")}
 
 
@@ -145,18 +161,16 @@ class ShardSampler(torch.utils.data.Sampler):
 def prepare_run(args):
     """Check and complete the arguments, join torchrun's process group, and return the checkpoint that
     ``--resume`` continues (None for a fresh run); rank 0 prints the commit, recipe and arguments."""
+    recipe = resolve_recipe(args)
     check_at_least("--epochs", args.epochs)
     check_at_least("--val-every", args.val_every, 0)
     check_at_least("--hold-out", args.hold_out, 0)
-    recipe = resolve_recipe(args)
     for flag, value in (("--batch-size", args.batch_size), ("--val-batch-size", args.val_batch_size)):
         check_at_least(flag, value)
     init_distributed(args)
     set_deterministic(args.deterministic)
     args.name = check_plain_name(args.name or args.model, "--name")   # a folder under --out, nowhere else
     args.run_dir = os.path.join(args.out, args.name)
-    if args.pretrained_backbone is None:
-        args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
     args.memory_format = memory_format(torch.device(args.device), args.amp)
     resume = checkpoint_to_resume(checkpoint_path(args), args)
     if is_main(args):
@@ -186,8 +200,11 @@ def checkpoint_to_resume(ckpt_path: str, args):
     old = resume.get("args", {})
     if not isinstance(old, dict):
         old = {}
-    # A setting the checkpoint does not record (written before the flag existed) is not held against it.
-    diff = changed_settings(old, {k: getattr(args, k) for k in MODEL_ARGS if k in old})
+    lacking = [f"--{k.replace('_', '-')}" for k in MODEL_ARGS if k not in old]
+    if lacking:
+        raise UsageError(f"{ckpt_path}: cannot resume from it, it records no {', '.join(lacking)} (an earlier "
+                         f"train.py's format); move it away and train again without --resume")
+    diff = changed_settings(old, {k: getattr(args, k) for k in MODEL_ARGS})
     if diff:
         raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
                          f"original flags or choose another --name")
@@ -465,47 +482,55 @@ def get_args_parser():
     p.add_argument("--recipe", choices=tuple(RECIPES), default="notebook",
                    help="notebook = the companion code that produced the paper's numbers (DeepLabV3 OS8, IBE before "
                         "upsampling, poly per epoch, batch 30, SCrIBE 255 -> background); paper = the paper's text "
-                        "(DeepLabV3+ OS16, IBE after upsampling, poly per iteration, batch 20, 255 masked)")
+                        "(DeepLabV3+ OS16, IBE after upsampling, poly per iteration, batch 20, 255 masked); quick = "
+                        "reproduce.sh's CPU recipe for the synthetic set (needs --pretrained-backbone)")
     p.add_argument("--arch", choices=ARCHS, default=None,
-                   help="recipe: deeplabv3 (notebook: torchvision's head, no decoder) or deeplabv3plus (paper)")
-    p.add_argument("--backbone", choices=list(BACKBONES), default="resnet50",
-                   help="resnet18/34 are for CPU work and run at output stride 32 (no dilation)")
+                   help="recipe: deeplabv3 (notebook: torchvision's head, no decoder) or deeplabv3plus (paper, quick)")
+    p.add_argument("--backbone", choices=list(BACKBONES), default=None,
+                   help="recipe: resnet50 (notebook, paper) or resnet18 (quick); resnet18/34 are for CPU work and run "
+                        "at output stride 32 (no dilation)")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None,
                    help="default: 8 for deeplabv3, 16 for deeplabv3plus, 32 for resnet18/34")
-    p.add_argument("--head-channels", type=int, default=256, help="ASPP/decoder width; 64 makes a tiny CPU model")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help="recipe: ASPP/decoder width, 256 (notebook, paper) or 64 (quick: a tiny CPU model)")
     p.add_argument("--ibe-placement", choices=IBE_PLACEMENTS, default=None,
                    help="recipe; IBE/SCrIBE: -logsumexp on the head's stride-8 logits before upsampling (logits, the "
                         "notebook) or on the upsampled output (output, the paper's text)")
     p.add_argument("--pretrained-backbone", default=None,
                    help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
-                        "to a backbone state dict; default: imagenet with --data voc, none with --data synthetic")
+                        "to a backbone state dict (pretrain_backbone.py's backbone.pt); default: imagenet with "
+                        "--data voc, none with --data synthetic; --recipe quick needs it given")
     add_data_arguments(p, "voc", sbd=True,
                        help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; "
                             "synthetic = the generated VOC-format dataset under --synthetic-root")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=None, help="recipe: 50 (notebook, paper) or 12 (quick)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="recipe: 30 (notebook) or 20 (paper); per process under torchrun")
+                   help="recipe: 30 (notebook), 20 (paper) or 8 (quick); per process under torchrun")
     p.add_argument("--val-batch-size", type=int, default=1,
                    help="validation keeps each image's aspect; batches above 1 pad images to one size, which changes "
                         "the logits near the padded borders (the notebook validated one image at a time)")
-    p.add_argument("--lr", type=float, default=0.01, help="backbone learning rate; the head gets --head-lr-mult x")
+    p.add_argument("--lr", type=float, default=None,
+                   help="recipe: backbone learning rate, 0.01 (notebook, paper) or 0.02 (quick); the head gets "
+                        "--head-lr-mult x")
     p.add_argument("--head-lr-mult", type=float, default=10.0)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-5)
     p.add_argument("--poly-step", choices=("epoch", "iteration"), default=None,
                    help="recipe: poly decay (1 - t/T)^0.9 with t in epochs, stepped after each epoch (notebook), "
                         "or in iterations (paper)")
-    p.add_argument("--crop-size", type=int, default=224,
-                   help="training crop; the short side is drawn from [crop/2, 2*crop]; val resizes short side to it")
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="recipe: training crop, 224 (notebook, paper) or 80 (quick); the short side is drawn from "
+                        "[crop/2, 2*crop]; val resizes the short side to it")
     p.add_argument("--scribe-ignore-as-background", action=argparse.BooleanOptionalAction, default=None,
                    help="recipe, SCrIBE only: map label 255 to background before the one-hot and average BCE over "
-                        "every element (notebook), or leave 255 pixels out of the loss (--no-..., paper)")
-    p.add_argument("--val-every", type=int, default=1,
-                   help="validate every N epochs and always after the last (0: after the last only)")
+                        "every element (notebook), or leave 255 pixels out of the loss (--no-..., paper, quick)")
+    p.add_argument("--val-every", type=int, default=None,
+                   help="recipe: validate every N epochs and after the last (0: the last only); 1 or 12 (quick)")
     p.add_argument("--save-best", action="store_true",
                    help="also keep best.pt, the epoch with the best val mIoU. VOC val is also the test set, so this "
                         "selects on the test split; the paper evaluated the final weights (checkpoint.pt)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="recipe: data loader processes, min(8, CPUs) or 0 (quick: load in the training process)")
     add_device_arguments(p, amp_help="autocast precision (bf16 is the fast choice on recent GPUs); the paper "
                                      "trained in fp32. A run may resume in another precision")
     p.add_argument("--deterministic", action="store_true",

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from .cli import UsageError, check_plain_name
-from .outputs import atomic_write
+from .folders import atomic_write
 
 
 def save_checkpoint(path: str, ckpt: dict) -> None:
@@ -102,8 +102,11 @@ def load_model(path: str, device="cpu"):
     ckpt = read_checkpoint(path)
     cfg = dict(ckpt["model_config"])
     cfg.pop("num_outputs", None)
-    # Checkpoints written before ibe_placement existed applied IBE after upsampling.
-    cfg["ibe_placement"] = cfg.get("ibe_placement") or "output"
+    if "ibe_placement" not in cfg:   # every model_config records it; build_model's default would be a guess
+        raise UsageError(f"checkpoint {path}: its model_config has no ibe_placement (an earlier train.py's "
+                         f"format); {_rewrite_hint(path)}")
+    if cfg["ibe_placement"] is None and cfg.get("kind") not in ("ibe", "scribe"):
+        cfg["ibe_placement"] = "output"   # the baseline records None (it has no IBE); build_model wants a value
     # Built on the meta device (no memory, no random init, which dominated loading: BENCHMARKS.md, Decisions),
     # then the checkpoint's tensors are assigned in place of the empty ones.
     try:

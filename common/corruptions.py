@@ -30,7 +30,7 @@ goes into every manifest):
   calling ``imagecorruptions.corrupt`` gets. Shape: HxWx3 in, same HxWx3 out for all 19 corruptions,
   checked at every severity on 32x32, 64x64, 64x96, 97x130, 96x150, 96x160, 224x224, 375x500 and
   500x375, and at severities 1 and 5 on 40 random sizes up to 600x600; no warnings, no prints.
-  tests/test_inputs.py checks every severity against the library called directly on the smallest
+  tests/test_input_data.py checks every severity against the library called directly on the smallest
   inputs the protocols produce (HxW): 32x32, 32x33, 33x32, 48x32, 32x44, 32x58, 2133x32, 32x2133.
   (zoom_blur's and snow's clipped zoom, ceil(n / z) * z, is never smaller than the image, and
   frost rescales its 315x560 ... 600x900 textures to 1.1x the image before its random crop, so

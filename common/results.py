@@ -13,23 +13,21 @@ file is a UsageError that names the file, what is wrong and the command that rew
 its own finished conditions as a cache: it drops a damaged row or NPZ with a warning and computes it again.
 
 A folder holds one run: ``first_difference`` compares the identity of two run.json dicts (checkpoint
-sha256s, protocol, size, precision, data, images, corruption-library and torch versions, the VOC-C dump),
-and ``Afresh`` is ``--overwrite``: the old folder is left as it is until the new run has its first result.
+sha256s, protocol, size, precision, data, images, corruption-library and torch versions, the VOC-C dump).
+Taking, locking and replacing the folder itself (``--overwrite``) is common/folders.py's.
 """
 import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import time
 
 import numpy as np
 
 from .cli import UsageError
 from .constants import NUM_CLASSES
 from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
-from .outputs import OutputLock, prepare_output_folder, write_npz, write_text
+from .folders import write_npz, write_text
 
 CLEAN = "clean"   # the severity-0 condition, shared by all corruptions
 K = NUM_CLASSES
@@ -47,13 +45,13 @@ def finite_or_none(x):
     return x if math.isfinite(x) else None
 
 
-def sweep_fix(folder) -> str:
+def sweep_rerun_hint(folder) -> str:
     """What rewrites a damaged row or NPZ of a sweep folder (the sweep recomputes what it finds damaged)."""
     return (f"rerun evaluate_corruptions.py with the same arguments and --out {folder}, which recomputes "
             f"every condition whose row or files are damaged")
 
 
-def short(value, width: int = 48) -> str:
+def clipped_json(value, width: int = 48) -> str:
     """A value for a one-line message: JSON, cut to ``width`` characters."""
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -87,7 +85,7 @@ def row_problem(row):
     return None
 
 
-def read_metrics(path, damaged: str = "error", fix=None):
+def read_metrics(path, damaged: str = "error", hint=None):
     """Rows of metrics.jsonl, each checked by ``row_problem``; no two rows for one (model, condition).
 
     ``damaged="error"`` (the readers): a bad line, a missing or empty file is a UsageError naming the file and
@@ -95,7 +93,7 @@ def read_metrics(path, damaged: str = "error", fix=None):
     (model, condition) are all dropped, a missing file is no rows; the sweep then recomputes those conditions.
     """
     folder = os.path.dirname(path) or "."
-    fix = fix or sweep_fix(folder)
+    hint = hint or sweep_rerun_hint(folder)
     if not os.path.isfile(path):
         if damaged == "drop":
             return []
@@ -105,7 +103,7 @@ def read_metrics(path, damaged: str = "error", fix=None):
         with open(path, "rb") as fh:
             lines = fh.read().split(b"\n")
     except OSError as e:
-        raise UsageError(f"{path}: unreadable ({e.strerror}); {fix}") from None
+        raise UsageError(f"{path}: unreadable ({e.strerror}); {hint}") from None
     rows, seen, bad = [], {}, set()
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
@@ -125,7 +123,7 @@ def read_metrics(path, damaged: str = "error", fix=None):
                 rows.append(row)
                 continue
         if damaged != "drop":
-            raise UsageError(f"{path} line {n}: {problem}; {fix}")
+            raise UsageError(f"{path} line {n}: {problem}; {hint}")
         print(f"warning: {path} line {n}: {problem}; dropped (a condition left without its rows is computed "
               f"again)", file=sys.stderr)
     if damaged == "drop":
@@ -137,16 +135,16 @@ def read_metrics(path, damaged: str = "error", fix=None):
 
 # ------------------------------------------------------------------------------------------------ run.json
 
-def read_run(path, fix=None):
+def read_run(path, hint=None):
     """run.json as a dict, or None when absent; a damaged one (not JSON, not an object, models not a list of
     {name, sha256}, protocol / size / images of the wrong type) is a UsageError."""
     if not os.path.exists(path):
         return None
-    fix = fix or (f"it is written by evaluate_corruptions.py; start the folder afresh with evaluate_corruptions.py "
+    hint = hint or (f"it is written by evaluate_corruptions.py; start the folder afresh with evaluate_corruptions.py "
                   f"--overwrite --out {os.path.dirname(path) or '.'}")
 
     def damaged(what):
-        return UsageError(f"{path}: damaged ({what}); {fix}")
+        return UsageError(f"{path}: damaged ({what}); {hint}")
 
     try:
         with open(path, "rb") as fh:
@@ -162,29 +160,30 @@ def read_run(path, fix=None):
     for key, types in (("protocol", (str,)), ("size", (int, type(None))), ("images", (int,)),
                        ("voc_root", (str,)), ("versions", (dict,)), ("args", (dict,))):
         if key in run and (not isinstance(run[key], types) or isinstance(run[key], bool)):
-            raise damaged(f"{key} is {short(run[key], 24)}")
+            raise damaged(f"{key} is {clipped_json(run[key], 24)}")
     return run
 
 
-def check_rows_match_run(rows, run, metrics_path, run_path, fix=None):
+def check_rows_match_run(rows, run, metrics_path, run_path, hint=None):
     """Refuse rows that another run wrote: a model run.json does not list, or another checkpoint sha256,
     protocol, size or number of images than run.json says (fields absent on either side are not compared)."""
     if run is None:
         return
-    fix = fix or (f"the folder mixes results of two runs; start it afresh with evaluate_corruptions.py "
+    hint = hint or (f"the folder mixes results of two runs; start it afresh with evaluate_corruptions.py "
                   f"--overwrite --out {os.path.dirname(run_path) or '.'}")
     shas = {m["name"]: m.get("sha256") for m in run.get("models", [])}
     for r in rows:
         where = f"{metrics_path}: the row for {r['model']} {r['corruption']}/{r['severity']}"
         if "models" in run and r["model"] not in shas:
             raise UsageError(f"{where} names a model that {run_path} does not list ({', '.join(shas) or 'none'}); "
-                             f"{fix}")
+                             f"{hint}")
         checks = [(k, r[k], run[k]) for k in ("corruption_code", "protocol", "size", "images") if k in r and k in run]
         if shas.get(r["model"]) is not None and r.get("checkpoint_sha256") is not None:
             checks.append(("checkpoint_sha256", r["checkpoint_sha256"], shas[r["model"]]))
         for key, got, want in checks:
             if got != want:
-                raise UsageError(f"{where} has {key} {short(got, 20)}, {run_path} says {short(want, 20)}; {fix}")
+                raise UsageError(f"{where} has {key} {clipped_json(got, 20)}, {run_path} says "
+                                 f"{clipped_json(want, 20)}; {hint}")
 
 
 # ------------------------------------------------------------------------------------------------ run identity
@@ -200,7 +199,7 @@ def files_sha256(dataset) -> str:
     The same files reached through a symlink, another spelling of the path or a copy on local scratch give the
     same digest, other pixels another one; so this, not the path, says whether two runs read the same data.
     Its cost is reading the split's files once per run (sha256's rate: BENCHMARKS.md, Decisions)."""
-    from .outputs import file_sha256
+    from .folders import file_sha256
 
     h = hashlib.sha256()
     for image, mask in sorted(zip(dataset.images, dataset.masks), key=lambda p: os.path.basename(p[0])):
@@ -209,20 +208,17 @@ def files_sha256(dataset) -> str:
 
 
 def same_data(key: str, old: dict, new: dict) -> bool:
-    """Whether the differing ``...voc_root`` field ``key`` of two identities names the same val set: both record
-    the files' digest (``data_sha256``, compared as a field of its own), or the paths resolve to one folder."""
+    """Whether the differing ``...voc_root`` field ``key`` of two identities is the same val set read through
+    another path: both record the files' digest (``data_sha256``), which is compared as a field of its own."""
     if not key.endswith("voc_root"):
         return False
     digest = key[:-len("voc_root")] + "data_sha256"
-    if old.get(digest) and new.get(digest):
-        return True
-    a, b = old[key], new[key]
-    return isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b)
+    return bool(old.get(digest) and new.get(digest))
 
 
 # run.json fields that decide the numbers, in the order a difference is reported. Checkpoints are compared by
 # their files' sha256, which covers the weights, the model config and the training recipe stored in them.
-# The val set is compared by its files' digest (data_sha256), voc_root only where a record lacks it (same_data).
+# The val set is compared by its files' digest (data_sha256), not by the path it was read from (same_data).
 RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256",
               "shard", "seed_rule", "data_sha256", "calibration_stride")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
@@ -231,28 +227,23 @@ VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_
 
 
 def identity(run) -> dict:
-    """{field: value} of what decides a run's numbers; a field the dict lacks (an older run.json) is absent."""
+    """{field: value} of what decides a run's numbers (``require_identity`` has checked that run.json has them)."""
     out = {}
     if "models" in run:
         out["models"] = [m.get("name") for m in run["models"]]
         for m in run["models"]:
             out[f"checkpoint sha256 of {m.get('name')}"] = m.get("sha256")
-    if "models" in run:   # results written before the code was recorded were all made with imagecorruptions
-        run = {"corruption_code": "imagecorruptions", **run}
     for k in RUN_FIELDS:
         if k in run:
             out[k] = run[k]
-        elif k == "amp" and "amp" in (run.get("args") or {}):   # older run.json: only in the arguments
-            out[k] = run["args"]["amp"]
     for k, v in sorted((run.get("versions") or {}).items()):
         out[f"versions.{k}"] = v
     # A dump passes its check against the run's protocol, size, versions and data before it is used, and its
     # pixels equal those computed on the fly; so only two dumps are compared, a dump and none are not.
     if isinstance(run.get("voc_c"), dict):
-        dump = {"corruption_code": "imagecorruptions", **run["voc_c"]}
         for k in VOCC_FIELDS + ("versions",):
-            if k in dump:
-                out[f"voc_c.{k}"] = dump[k]
+            if k in run["voc_c"]:
+                out[f"voc_c.{k}"] = run["voc_c"][k]
     # The clean images the temperatures were fitted on (evaluate_corruptions.py --calibration-split/-images);
     # null when none were. The fitted values follow from them and the checkpoints, so they are not compared.
     if "temperature" in run:
@@ -262,9 +253,20 @@ def identity(run) -> dict:
     return out
 
 
+def require_identity(run, path, hint) -> None:
+    """Refuse a run.json without every field of ``RUN_FIELDS`` (one written by an earlier evaluate_corruptions.py):
+    its numbers cannot be told apart from this run's."""
+    lacking = [k for k in RUN_FIELDS if k not in run]
+    if isinstance(run.get("voc_c"), dict):
+        lacking += [f"voc_c.{k}" for k in VOCC_FIELDS if k not in run["voc_c"]]
+    if lacking:
+        raise UsageError(f"{path}: no {', '.join(lacking)} (written by an earlier evaluate_corruptions.py); {hint}")
+
+
 def first_difference(old: dict, new: dict, skip=()):
-    """(field, old value, new value) of the first identity field that differs, or None. Fields missing from
-    ``old`` (written before they were recorded) are not compared."""
+    """(field, old value, new value) of the first identity field that differs, or None. A field only one side
+    has is not compared: a VOC-C dump against none (its pixels equal those computed on the fly), the temperature
+    fit's images where ``old`` has not recorded them yet."""
     a, b = identity(old), identity(json.loads(json.dumps(new)))
     # A model both runs name, from another checkpoint, is said first (more telling than the list of names).
     for key in sorted(b, key=lambda k: not k.startswith("checkpoint sha256 of ")):
@@ -282,7 +284,7 @@ LABELS = {"corruption_code": "--corruption-code", "models": "the models", "proto
           "data_sha256": "val files sha256", "calibration_stride": "--calibration-stride"}
 
 
-def shown(value) -> str:
+def message_value(value) -> str:
     """A value in a message: strings as they are (a sha256 as its first 12 digits), the rest as JSON; short."""
     if isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value):
         return value[:12] + "..."
@@ -295,117 +297,29 @@ def describe(diff, old_words="made with", new_words="this run has") -> str:
     field, was, now = diff
     if field.startswith("checkpoint sha256 of "):
         name = field[len("checkpoint sha256 of "):]
-        return (f"{old_words} model {name} from one checkpoint (sha256 {shown(was)}), {new_words} model {name} "
-                f"from another checkpoint (sha256 {shown(now)})")
+        return (f"{old_words} model {name} from one checkpoint (sha256 {message_value(was)}), {new_words} model "
+                f"{name} from another checkpoint (sha256 {message_value(now)})")
     if field.startswith("versions."):
         label = f"{field[len('versions.'):]}"
     elif field.startswith("voc_c."):
         label = f"the VOC-C dump's {field[len('voc_c.'):]}"
     else:
         label = LABELS.get(field, field)
-    return f"{old_words} {label} {shown(was)}, {new_words} {label} {shown(now)}"
-
-
-def has_contents(folder) -> bool:
-    """Anything in ``folder`` beyond the writer lock (an empty folder needs no starting afresh)."""
-    return os.path.isdir(folder) and any(name != ".lock" for name in os.listdir(folder))
+    return f"{old_words} {label} {message_value(was)}, {new_words} {label} {message_value(now)}"
 
 
 def has_results(folder) -> bool:
     return any(os.path.exists(os.path.join(folder, name)) for name in ("metrics.jsonl", "logits", "confusion"))
 
 
-class Afresh:
-    """``--overwrite``: start ``out`` afresh, never touching it before the new run has its first result.
-
-    The new run writes to a hidden sibling, ``.<name>.afresh-<pid>`` (same parent, so renames are atomic);
-    ``commit()``, called once the first result there is complete, moves the old folder aside to
-    ``<out>.replaced-<date>-<time>`` (printed: the user's files are never dropped silently) and renames the new
-    one into place. A kill or an error before that leaves ``out`` byte for byte as it was; the sibling is removed
-    on the way out, or by the next run that takes the folder's lock (``clear_stale``). ``path`` is where to write.
-    """
-
-    def __init__(self, out):
-        self.out = os.path.abspath(out)
-        self.folder = stale_prefix(self.out) + str(os.getpid())
-        self.committed = False
-        self.aside = None
-
-    @property
-    def path(self):
-        return self.out if self.committed else self.folder
-
-    def __enter__(self):
-        clear_stale(self.out)
-        try:
-            os.makedirs(self.folder)
-        except OSError as e:
-            raise UsageError(f"--overwrite: cannot create {self.folder} beside {self.out} to build the new run in "
-                             f"({e.strerror}); use another --out") from None
-        return self
-
-    def commit(self):
-        if self.committed:
-            return
-        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
-        self.aside = f"{self.out}.replaced-{stamp}"
-        while os.path.exists(self.aside):
-            n += 1
-            self.aside = f"{self.out}.replaced-{stamp}-{n}"
-        print(f"--overwrite: the earlier contents of {self.out} are moved to {self.aside} "
-              f"(delete that folder when you no longer need it)", flush=True)
-        os.rename(self.out, self.aside)
-        os.rename(self.folder, self.out)
-        self.committed = True
-
-    def __exit__(self, *exc):
-        if not self.committed:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        return False
-
-
-def hold(out, held, command, flag="--out") -> None:
-    """Take ``out`` for this run: create it, hold its writer lock (on ``held``, an ExitStack, until the run ends)
-    and remove what ``--overwrite`` runs killed before their first result left beside it."""
-    prepare_output_folder(out, flag)
-    held.enter_context(OutputLock(out, command))
-    clear_stale(out)
-
-
-def afresh(out, held, command):
-    """``--overwrite``: an ``Afresh`` of ``out``, entered on ``held`` with the new folder's own lock; None when
-    ``out`` holds nothing to replace (the run then writes there directly)."""
-    if not has_contents(out):
-        return None
-    fresh = held.enter_context(Afresh(out))
-    held.enter_context(OutputLock(fresh.folder, f"{command} --overwrite"))
-    return fresh
-
-
-def stale_prefix(out) -> str:
-    parent, name = os.path.split(os.path.abspath(out))
-    return os.path.join(parent, f".{name}.afresh-")
-
-
-def clear_stale(out) -> None:
-    """Remove the hidden new-run folders of ``--overwrite`` runs on ``out`` that were killed before their first
-    result. Call it holding ``out``'s lock: any such folder then belongs to a run that no longer holds it."""
-    prefix = stale_prefix(out)
-    parent = os.path.dirname(prefix)
-    for name in os.listdir(parent) if os.path.isdir(parent) else []:
-        path = os.path.join(parent, name)
-        if path.startswith(prefix) and name[len(os.path.basename(prefix)):].isdigit():
-            shutil.rmtree(path, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------------- NPZ files
 
-def load_npz(path, spec: dict, fix: str, optional=()):
+def load_npz(path, spec: dict, hint: str, optional=()):
     """The arrays ``spec`` names, loaded and checked: {key: (dtype kinds, shape)}, a shape entry None meaning
     any length and a str meaning "the same length as other entries with that str" (shape None: any shape).
     Keys in ``optional`` may be absent. Float arrays must be finite unless their kinds string holds "n" (NaN allowed)."""
     def damaged(what):
-        return UsageError(f"{path}: {what}; {fix}")
+        return UsageError(f"{path}: {what}; {hint}")
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -419,7 +333,7 @@ def load_npz(path, spec: dict, fix: str, optional=()):
         raise
     except Exception as e:   # a torn archive fails anywhere in zipfile (BadZipFile, EOFError) or numpy's parser
         raise UsageError(f"{path}: unreadable, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
-                         f"{fix}") from None
+                         f"{hint}") from None
     # Named lengths come from the one-dimensional arrays first (image_ids says how many images there are).
     sizes = {}
     for k in sorted((k for k in arrays if spec[k][1] is not None), key=lambda k: len(spec[k][1])):
@@ -446,19 +360,20 @@ CONFUSION_SPEC = {"confusion": ("iu", (K, K)), "image_ids": ("U", ("n",)), "tp":
                   "fp": ("iu", ("n", K)), "fn": ("iu", ("n", K))}
 
 
-def read_logits(path, fix, keys=tuple(LOGITS_SPEC)):
+def read_logits(path, hint, keys=tuple(LOGITS_SPEC)):
     """One logits/<model>/<condition>.npz: count (21,) >= 0, sum (21, 21), sq (21, 21, 21), float64 and finite;
     end_sum, pixels (scalars)."""
-    z = load_npz(path, {k: LOGITS_SPEC[k] for k in keys}, fix)
+    z = load_npz(path, {k: LOGITS_SPEC[k] for k in keys}, hint)
     if "count" in z and (z["count"] < 0).any():
-        raise UsageError(f"{path}: negative pixel counts (damaged); {fix}")
+        raise UsageError(f"{path}: negative pixel counts (damaged); {hint}")
     return z
 
 
-# The calibration bins (common/calibration.py; absent from files written before it): totals over b bins and one
-# row per image, in image_ids order; the fine log-odds bins (f) and the temperature where measured; the same under
-# each reading's prefix (calib_ the softmax, calib_sigmoid_, calib_softmax_ts_, calib_sigmoid_ts_), and the
-# sigmoid reading's class-wise table (K x b, totals only). Every key is optional: older files lack the newer ones.
+# The calibration bins (common/calibration.py): totals over b bins and one row per image, in image_ids order; the
+# fine log-odds bins (f) and the temperature; the same under each reading's prefix (calib_ the softmax,
+# calib_sigmoid_, calib_softmax_ts_, calib_sigmoid_ts_), and the sigmoid reading's class-wise table (K x b, totals
+# only). Every condition measures the softmax (no class-wise table) and sigmoid readings; the temperature-scaled
+# ones only follow a temperature fit, and keep no fine bins.
 def _calibration_spec(prefix):
     spec = {"count": ("iu", ("b",)), "conf_sum": ("f", ("b",)), "acc_sum": ("iuf", ("b",)), "nll_sum": ("f", ()),
             "brier_sum": ("f", ()), "pixels": ("iu", ()), "image_count": ("iu", ("n", "b")),
@@ -473,16 +388,18 @@ def _calibration_spec(prefix):
 
 CALIBRATION_PREFIXES = ("calib_", "calib_sigmoid_", "calib_softmax_ts_", "calib_sigmoid_ts_")
 CALIBRATION_SPEC = {k: v for p in CALIBRATION_PREFIXES for k, v in _calibration_spec(p).items()}
+CALIBRATION_OPTIONAL = tuple(k for k in CALIBRATION_SPEC if k.startswith(("calib_softmax_ts_", "calib_sigmoid_ts_"))
+                             or (k.startswith("calib_classwise_")))
 
 
-def read_confusion(path, fix, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
+def read_confusion(path, hint, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
     """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0,
-    and the calibration arrays where the file has them."""
+    the softmax and sigmoid readings' calibration arrays, and the temperature-scaled ones where the file has them."""
     spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC}
-    z = load_npz(path, {k: spec[k] for k in keys}, fix, optional=tuple(CALIBRATION_SPEC))
+    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=CALIBRATION_OPTIONAL)
     for k in ("confusion", "tp", "fp", "fn"):
         if k in z and (z[k] < 0).any():
-            raise UsageError(f"{path}: negative counts in {k} (damaged); {fix}")
+            raise UsageError(f"{path}: negative counts in {k} (damaged); {hint}")
     return z
 
 
@@ -534,7 +451,7 @@ ARRAY_SHAPES = {"count": (K,), "mean": (K, K), "distance": (K, K), "correlation"
                 "explained_variance_count": (K,)}
 
 
-def read_analysis_arrays(path, fix):
+def read_analysis_arrays(path, hint):
     """analysis_arrays.npz as {key: array}: models (M,) str, then float arrays of the documented shapes
     (NaN allowed: undefined entries); any other key is refused as damage."""
     try:
@@ -542,9 +459,9 @@ def read_analysis_arrays(path, fix):
             files = list(z.files) if hasattr(z, "files") else None
     except Exception as e:   # torn, zero bytes, not a zip
         raise UsageError(f"{path}: unreadable, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
-                         f"{fix}") from None
+                         f"{hint}") from None
     if files is None or "models" not in files:
-        raise UsageError(f"{path}: damaged (no models array); {fix}")
+        raise UsageError(f"{path}: damaged (no models array); {hint}")
     spec = {"models": ("U", (None,)), "classes": ("U", (K,)), "explained_variance_source": ("U", ())}
     for key in files:   # <model>/clean/<array> and <model>/<corruption>/<severity>/<array>; others unchecked
         parts = key.split("/")
@@ -553,10 +470,10 @@ def read_analysis_arrays(path, fix):
             spec[key] = ("fn", ARRAY_SHAPES[parts[-1]])
         elif key not in spec:   # written by another part of analyze_logits.py (calibration, say): passed on as is
             spec[key] = ("biufUn", None)
-    return load_npz(path, spec, fix, optional=("classes", "explained_variance_source"))
+    return load_npz(path, spec, hint, optional=("classes", "explained_variance_source"))
 
 
-def read_analysis(path, fix):
+def read_analysis(path, hint):
     """analysis.json as a dict, or None when absent; it must be analyze_logits.py's schema."""
     if not os.path.exists(path):
         return None
@@ -564,8 +481,8 @@ def read_analysis(path, fix):
         with open(path, "rb") as fh:
             a = json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: damaged (not valid JSON: {getattr(e, 'msg', None) or e}); {fix}") from None
+        raise UsageError(f"{path}: damaged (not valid JSON: {getattr(e, 'msg', None) or e}); {hint}") from None
     if not isinstance(a, dict) or not str(a.get("schema", "")).startswith("analyze_logits/") or \
             not isinstance(a.get("models"), list) or not isinstance(a.get("source"), (dict, type(None))):
-        raise UsageError(f"{path}: damaged (not analyze_logits.py's schema); {fix}")
+        raise UsageError(f"{path}: damaged (not analyze_logits.py's schema); {hint}")
     return a

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .cli import UsageError
 from .constants import voc_palette
-from .outputs import atomic_write
+from .folders import atomic_write
 
 MANIFEST = "manifest.json"
 SEED_RULE = ('seed = zlib.crc32(f"{image_id}|{corruption}|{severity}".encode()); np.random.seed(seed); '
@@ -29,8 +29,6 @@ SEED_RULES = {
                    'imagenet_c.corrupt(img, severity, corruption) (hendrycks imagenet-c 0.0.3, scikit-image 0.17.2; '
                    'glass_blur also seeds its pixel shuffle with seed)'),
 }
-# Folders written before the corruption code was recorded were all made with imagecorruptions.
-UNRECORDED_CODE = "imagecorruptions"
 
 
 def seed_rule(code: str) -> str:
@@ -127,10 +125,16 @@ def read_manifest(root):
         raise UsageError(f"{path}: damaged manifest (not valid JSON: {getattr(e, 'msg', None) or e}); "
                          f"{manifest_fix(root)}") from None
     types = {"protocol": str, "size": (int, type(None)), "seed_rule": str, "versions": dict, "images": dict}
+    if isinstance(m, dict) and all(k in m for k in types):
+        lacking = [k for k in IDENTITY if k not in m]
+        if lacking:   # the rest of the dump's identity, recorded since
+            raise UsageError(f"{path}: no {', '.join(lacking)} (an earlier dump_voc_c.py's format); "
+                             f"{manifest_fix(root)}")
+        types.update({k: str for k in IDENTITY if k not in types})
     if not isinstance(m, dict):
         what = "not a JSON object"
     else:   # size is null under --protocol native
-        bad = [k for k, t in types.items() if (k not in m and k != "size") or not isinstance(m.get(k), t)]
+        bad = [k for k, t in types.items() if k not in m or not isinstance(m[k], t)]
         if not bad and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in m["images"].values()):
             bad = ["images"]
         what = f"{', '.join(bad)} missing or of the wrong type" if bad else None
@@ -141,19 +145,18 @@ def read_manifest(root):
 
 # What makes two dumps' pixels differ, in the order a difference is reported (the sweep's run.json records the
 # same fields of the dump it read, under "voc_c").
-# The val set: by its files' digest (data_sha256); voc_root (by resolved path) only where the manifest lacks it.
+# The val set: by its files' digest (data_sha256), not by the path it was read from (results.same_data).
 IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
             "data_sha256")
 
 
 def manifest_difference(m: dict, want: dict):
-    """(field, manifest's value, wanted value) of the first identity field that differs, or None. Fields the
-    manifest lacks (written before they were recorded) are not compared; ``versions`` key by key."""
+    """(field, manifest's value, wanted value) of the first identity field that differs, or None; only the fields
+    ``want`` names (all of them from dump_voc_c.py, the data's from the sweep), ``versions`` key by key."""
     from .results import same_data
 
-    m = {"corruption_code": UNRECORDED_CODE, **m}
     for k in IDENTITY:
-        if k in want and k in m and m[k] != want[k] and not same_data(k, m, want):
+        if k in want and m[k] != want[k] and not same_data(k, m, want):
             return k, m[k], want[k]
     for k, v in sorted(want.get("versions", {}).items()):
         if k in m.get("versions", {}) and m["versions"][k] != v:
@@ -168,7 +171,7 @@ def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> 
     if m is None:
         raise UsageError(f"{root}: no {MANIFEST}; is this a folder written by dump_voc_c.py?")
     want = {"protocol": protocol, "size": size if protocol != "native" else None, "versions": versions, **expect}
-    diff = manifest_difference({**m, "size": m.get("size")}, want)
+    diff = manifest_difference(m, want)
     if diff is not None:
         field, got, wanted = diff
         hint = ("its pixels may differ: install requirements.txt's pins or dump again" if field.startswith("versions")

@@ -171,7 +171,7 @@ def test_sigkill_at_several_points_then_rerun_gives_the_same_metrics(setup, refe
     assert not [f for d, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
 
 
-# A corruption name, a severity, --shard, --batch-size and a foreign checkpoint: in test_bad_inputs.py.
+# A corruption name, a severity, --shard, --batch-size and a foreign checkpoint: in test_error_lines.py.
 @pytest.mark.parametrize("flags,needle", [
     (["--corruptions", "99"], "99"),
 ])

@@ -30,7 +30,7 @@ import make_video as mv
 import train
 from common.checkpoint import read_checkpoint, save_checkpoint
 from common.cli import Terminated, UsageError, run_cli
-from common.outputs import OutputLock, atomic_write
+from common.folders import OutputLock, atomic_write
 from helpers import ROOT, TINY_TRAIN, assert_same_results, digest, result_rows as rows, run_script
 
 SIZE = "32"
@@ -242,15 +242,15 @@ def test_atomic_write_refused_by_the_disk_names_the_file_and_keeps_the_old_one(t
 
 def test_torch_save_on_a_full_disk_says_so(tmp_path, monkeypatch):
     """torch.save raises RuntimeError('... unexpected pos ...') without an errno: asked, the disk says it is full."""
-    import common.outputs as outputs
+    import common.folders as folders
 
     monkeypatch.setattr(torch, "save", lambda obj, f: (f.write(b"x"),
                                                        (_ for _ in ()).throw(RuntimeError("unexpected pos 64 vs 0"))))
-    monkeypatch.setattr(outputs, "disk_is_full", lambda path: True)
+    monkeypatch.setattr(folders, "disk_is_full", lambda path: True)
     with pytest.raises(UsageError, match="no space left on the device"):
         save_checkpoint(str(tmp_path / "c.pt"), {})
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(outputs, "disk_is_full", lambda path: False)   # not full: a RuntimeError stays a bug
+    monkeypatch.setattr(folders, "disk_is_full", lambda path: False)   # not full: a RuntimeError stays a bug
     with pytest.raises(RuntimeError, match="unexpected pos"):
         save_checkpoint(str(tmp_path / "c.pt"), {})
 
@@ -628,7 +628,7 @@ def test_train_started_while_another_finishes_does_not_replace_its_checkpoint(wo
 def held_by_another_process(folder, what):
     """``folder``'s writer lock held by a second process (POSIX locks are per process: this one could take it
     again), as a running sweep holds it; yields that process's pid."""
-    code = ("import sys, time; from common.outputs import OutputLock\n"
+    code = ("import sys, time; from common.folders import OutputLock\n"
             "with OutputLock(sys.argv[1], sys.argv[2]):\n    print('held', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code, str(folder), what], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -695,12 +695,11 @@ def test_a_symlinked_or_copied_data_root_is_the_same_run(world, tmp_path):
                                       "--corruptions", "jpeg")) == 0
 
 
-def test_an_older_record_without_the_data_digest_compares_resolved_paths(world, tmp_path, capfd):
+def test_records_compare_the_data_digest_not_the_path(tmp_path):
     from common import results
 
-    link = tmp_path / "link"
-    os.symlink(world["root"], link)
-    old = {"voc_root": os.path.join(str(link), "voc"), "data": "synthetic"}
-    assert results.first_difference(old, {"voc_root": os.path.join(world["root"], "voc"), "data": "synthetic"}) is None
-    other = tmp_path / "elsewhere"
-    assert results.first_difference(old, {"voc_root": str(other), "data": "synthetic"})[0] == "voc_root"
+    old = {"voc_root": str(tmp_path / "voc"), "data": "synthetic", "data_sha256": "a" * 64}
+    # The same files read through another path (a symlink, a copy on scratch): the same run.
+    assert results.first_difference(old, {**old, "voc_root": str(tmp_path / "copy")}) is None
+    # Other files under the same path: another run, said by the digest.
+    assert results.first_difference(old, {**old, "data_sha256": "b" * 64})[0] == "data_sha256"

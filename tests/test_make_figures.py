@@ -182,10 +182,18 @@ def bad_case(results, tmp_path, case):
         return res, ["--only", "per_corruption", "class_means"], "run evaluate_corruptions.py"
     if case == "no_checkpoint":
         return results["dir"], ["--only", "voc_sample", "--checkpoints", str(tmp_path / "missing.pt")], "missing.pt"
+    if case == "earlier_run_json":   # the format before run.json recorded the corruption code
+        res = str(tmp_path / "copy")
+        shutil.copytree(results["dir"], res)
+        run = json.load(open(os.path.join(res, "run.json")))
+        del run["corruption_code"]
+        with open(os.path.join(res, "run.json"), "w") as fh:
+            json.dump(run, fh)
+        return res, ["--only", "voc_sample"], "run.json: no corruption_code (written by an earlier evaluate_corruptions"
     return results["dir"], ["--only", "miou_vs_severity", "contact_sheet", "--index", "3"], "--index 3"
 
 
-CASES = ["no_results", "no_arrays", "no_metrics", "no_checkpoint", "bad_index"]
+CASES = ["no_results", "no_arrays", "no_metrics", "no_checkpoint", "earlier_run_json", "bad_index"]
 
 
 @pytest.mark.parametrize("case", CASES)

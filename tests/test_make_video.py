@@ -152,7 +152,7 @@ def test_bad_input_exits_2(ckpts, tmp_path, case, capsys):
     base = str(tmp_path / "none.pt") if case == "checkpoint" else ckpts[0]
     extra = ["--corruptions", "shot", "no_such_corruption"] if case == "corruption" else []
     out = tmp_path / "out.mp4"
-    # As a shell sees it (exit status 2, nothing else on stderr): test_inputs.py's damaged checkpoint.
+    # As a shell sees it (exit status 2, nothing else on stderr): test_input_data.py's damaged checkpoint.
     line = refused(capsys, mv, *args, "--baseline", base, "--robust", ckpts[1], "--out", out, *extra)
     named = {"missing": str(video), "empty": str(video), "text": str(video), "checkpoint": "--baseline",
              "corruption": "no_such_corruption"}[case]

@@ -127,14 +127,18 @@ def test_amp_bf16_runs_the_forward_in_bf16_and_is_part_of_the_settings(tiny_data
     with pytest.raises(pb.UsageError, match="amp"):          # a float32 run may not reuse the bf16 backbone
         run(tiny_data, tmp_path / "a")
 
-    # A folder written before --amp existed holds a float32 backbone: found as done for --amp none.
+    # A float32 run is found as done for --amp none; a pretrain.json that records no --amp (the format before the
+    # flag) is another run's, refused without touching the folder.
     seen.clear()
-    run(tiny_data, tmp_path / "b")
+    final = run(tiny_data, tmp_path / "b")
     assert set(seen) == {(torch.float32, False)}           # float32: the default layout
+    assert run(tiny_data, tmp_path / "b") == final
     meta_path = tmp_path / "b" / "pretrain.json"
     meta = json.load(open(meta_path))
     del meta["settings"]["amp"]
     meta_path.write_text(json.dumps(meta))
-    assert run(tiny_data, tmp_path / "b") == meta["final"]
-    with pytest.raises(pb.UsageError, match="amp"):
-        run(tiny_data, tmp_path / "b", "--amp", "bf16")
+    before = {f: (tmp_path / "b" / f).read_bytes() for f in os.listdir(tmp_path / "b")}
+    for amp in ("none", "bf16"):
+        with pytest.raises(pb.UsageError, match="other settings .*--amp None -> " + amp):
+            run(tiny_data, tmp_path / "b", "--amp", amp)
+    assert {f: (tmp_path / "b" / f).read_bytes() for f in os.listdir(tmp_path / "b")} == before

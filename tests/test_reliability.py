@@ -179,7 +179,7 @@ def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(data, tmp_path)
 
 @pytest.mark.parametrize("durable", [True, False])
 def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, durable, monkeypatch):
-    from common.outputs import atomic_write
+    from common.folders import atomic_write
 
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")

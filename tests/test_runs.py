@@ -9,6 +9,7 @@ that gives the numbers of a clean run.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -249,6 +250,15 @@ def test_merge_refuses_shards_of_different_runs(world, base, tmp_path):
             merge(*folders)
         assert needle in str(e.value), str(e.value)
         assert not os.path.exists(tmp_path / "merged" / "metrics.jsonl")
+    # A shard whose NPZ has no calibration arrays (the format before they were measured): one line naming the file.
+    s1_old = tmp_path / "s1-old"
+    shutil.copytree(s1, s1_old)
+    npz = sorted(next((s1_old / "confusion").iterdir()).iterdir())[0]
+    z = dict(np.load(npz))
+    np.savez(npz, **{k: v for k, v in z.items() if not k.startswith("calib_")})
+    with pytest.raises(UsageError, match=f"{re.escape(str(npz))}: .*calib_.*rerun that shard"):
+        merge(s0, s1_old)
+    assert not os.path.exists(tmp_path / "merged" / "metrics.jsonl")
     assert merge(s0, s1) == 0
     run, ref = (json.load(open(d / "run.json")) for d in (tmp_path / "merged", base))
     assert run["images"] == 4 and run["image_ids_sha256"] == ref["image_ids_sha256"] and run["shard"] is None
@@ -291,16 +301,14 @@ def test_a_dump_of_another_kind_is_refused_and_overwrite_replaces_it(world, tmp_
     assert digest(out) == digest(fresh)
 
 
-def test_folders_of_the_other_corruption_code_are_refused_and_unrecorded_ones_are_imagecorruptions(world, tmp_path):
-    # A dump and a results folder written before the code was recorded (no corruption_code key) were made with
-    # imagecorruptions: reused under that code, refused under the default (the notebook's imagenet-c).
+def test_folders_of_the_other_corruption_code_or_without_one_are_refused(world, tmp_path):
+    # A dump or results folder of the other code is refused with the code on each side; one that records no code
+    # (the format before it was recorded) is refused as an earlier format, in one line, and left as it was.
     conds = ["--corruptions", "frost", "--severities", "1"]
     old = tmp_path / "old-vocc"
     assert dump(world, old, *conds, "--corruption-code", "imagecorruptions") == 0
     manifest = json.load(open(old / "manifest.json"))
     assert manifest["corruption_code"] == "imagecorruptions" and "imagecorruptions.corrupt" in manifest["seed_rule"]
-    del manifest["corruption_code"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
     before = digest(old)
     with pytest.raises(UsageError, match="--corruption-code imagecorruptions, this run has --corruption-code "
                                          "imagenet-c.*--overwrite"):
@@ -318,12 +326,26 @@ def test_folders_of_the_other_corruption_code_are_refused_and_unrecorded_ones_ar
     assert {r["corruption_code"] for r in rows(res)} == {"imagecorruptions"}
     assert analyse(res) == 0
     assert "corruptions by imagecorruptions" in (res / "tables.md").read_text()
-    for r in (run, run["voc_c"]):
-        del r["corruption_code"]
-    (res / "run.json").write_text(json.dumps(run))
     with pytest.raises(UsageError, match="--corruption-code imagecorruptions, this run has --corruption-code "
                                          "imagenet-c"):
         sweep(world, res, *conds)
+    # Without a recorded code: an earlier format, refused under either code.
+    del manifest["corruption_code"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    before = digest(old)
+    for code in ("imagecorruptions", "imagenet-c"):
+        with pytest.raises(UsageError, match="manifest.json: no corruption_code \\(an earlier dump_voc_c.py's "
+                                             "format\\).*--overwrite"):
+            dump(world, old, *conds, "--corruption-code", code)
+    assert digest(old) == before
+    for r in (run, run["voc_c"]):
+        del r["corruption_code"]
+    (res / "run.json").write_text(json.dumps(run))
+    before = digest(res)
+    with pytest.raises(UsageError, match="run.json: no corruption_code, voc_c.corruption_code \\(written by an "
+                                         "earlier evaluate_corruptions.py\\); .*--overwrite"):
+        sweep(world, res, "--corruption-code", "imagecorruptions", *conds)
+    assert digest(res) == before
     # The notebook's frost is another texture and crop: the two codes' dumps differ.
     new = tmp_path / "new-vocc"
     assert dump(world, new, *conds) == 0

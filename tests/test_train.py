@@ -85,6 +85,42 @@ def test_defaults_are_the_notebook_recipe_and_flags_override_it():
     assert (args.scribe_ignore_as_background, args.ibe_placement, args.arch) == (False, "output", "deeplabv3")
 
 
+def test_quick_recipe_is_the_flags_reproduce_sh_passed_and_a_flag_overrides_it():
+    # The expected values are the literal flags reproduce.sh's quick mode passed to train.py before the recipe
+    # had a name: --backbone resnet18 --head-channels 64 --crop-size 80 --epochs 12 --batch-size 8 --lr 0.02
+    # --workers 0 --val-every 12 --arch deeplabv3plus --no-scribe-ignore-as-background, on top of the default
+    # (notebook) recipe for everything else.
+    parse = train.get_args_parser().parse_args
+    args = parse(["--model", "scribe", "--recipe", "quick", "--data", "synthetic", "--pretrained-backbone", "b.pt"])
+    train.resolve_recipe(args)
+    got = {k: getattr(args, k) for k in ("backbone", "head_channels", "crop_size", "epochs", "batch_size", "lr",
+                                         "workers", "val_every", "arch", "scribe_ignore_as_background",
+                                         "ibe_placement", "poly_step", "output_stride", "head_lr_mult", "momentum",
+                                         "weight_decay", "val_batch_size", "pretrained_backbone")}
+    assert got == dict(backbone="resnet18", head_channels=64, crop_size=80, epochs=12, batch_size=8, lr=0.02,
+                       workers=0, val_every=12, arch="deeplabv3plus", scribe_ignore_as_background=False,
+                       ibe_placement="logits", poly_step="epoch", output_stride=32, head_lr_mult=10.0,
+                       momentum=0.9, weight_decay=5e-5, val_batch_size=1, pretrained_backbone="b.pt")
+    # An explicit flag overrides its entry and nothing else.
+    over = parse(["--model", "scribe", "--recipe", "quick", "--data", "synthetic", "--pretrained-backbone", "b.pt",
+                  "--epochs", "3", "--scribe-ignore-as-background"])
+    train.resolve_recipe(over)
+    assert (over.epochs, over.scribe_ignore_as_background) == (3, True)
+    assert {k: getattr(over, k) for k in got if k not in ("epochs", "scribe_ignore_as_background")} == \
+        {k: v for k, v in got.items() if k not in ("epochs", "scribe_ignore_as_background")}
+
+
+def test_quick_recipe_without_a_pretrained_backbone_is_refused():
+    # SCrIBE does not learn from scratch on the synthetic set: the recipe asks for the backbone (or an explicit none).
+    args = train.get_args_parser().parse_args(["--model", "ibe", "--recipe", "quick", "--data", "synthetic"])
+    with pytest.raises(train.UsageError, match="pretrain_backbone.py"):
+        train.resolve_recipe(args)
+    args = train.get_args_parser().parse_args(["--model", "ibe", "--recipe", "quick", "--data", "synthetic",
+                                               "--pretrained-backbone", "none"])
+    train.resolve_recipe(args)
+    assert args.pretrained_backbone == "none"
+
+
 def test_notebook_recipe_baseline_loads_into_torchvision_with_identical_logits(tmp_path):
     # What a default train.py run builds (the recipe's model, ResNet-50 at stride 8), saved as train.py saves it.
     import torchvision

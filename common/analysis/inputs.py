@@ -43,7 +43,7 @@ class Sweep:
 
 def rerun_hint(path):
     """How to rewrite a damaged logits/ or confusion/ file: rerun the sweep of the folder it lies in."""
-    return rf.sweep_fix(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+    return rf.sweep_rerun_hint(os.path.dirname(os.path.dirname(os.path.dirname(path))))
 
 
 def checkpoint_hashes(run):

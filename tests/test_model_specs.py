@@ -1,4 +1,4 @@
-"""Models from outside train.py (common/external.py) through the sweep, the analysis, the figures and the video,
+"""Models from outside train.py (common/model_specs.py) through the sweep, the analysis, the figures and the video,
 against the models called by hand and scored with numpy; import_checkpoint.py round trips; bad specs -> exit 2.
 
 The torchvision models have random weights saved in torchvision's own format (``state_dict()``): once in a

@@ -387,6 +387,8 @@ def damaged(source, case):
         "bare state dict": (lambda: saved(ck["model"]), "no model_config"),
         "no model": (lambda: saved({k: v for k, v in ck.items() if k != "model"}), "no model_config"),
         "model is a list": (lambda: saved({**ck, "model": [1, 2]}), "expected two dicts"),
+        "no ibe_placement": (lambda: saved({**ck, "model_config": {k: v for k, v in ck["model_config"].items()
+                                                                 if k != "ibe_placement"}}), "no ibe_placement"),
         "unknown kind": (lambda: config(kind="unet"), "unknown model kind 'unet'"),
         "unknown arch": (lambda: config(arch="fcn"), "unknown --arch 'fcn'"),
         "unknown backbone": (lambda: config(backbone="resnet9"), "unknown --backbone 'resnet9'"),
@@ -403,7 +405,7 @@ def damaged(source, case):
 
 
 CASES = ["truncated", "zero bytes", "text file", "numpy file", "bare state dict", "no model", "model is a list",
-         "unknown kind", "unknown arch", "unknown backbone", "head_channels as text", "config asks for other weights",
+         "no ibe_placement", "unknown kind", "unknown arch", "unknown backbone", "head_channels as text", "config asks for other weights",
          "shapes do not fit the config", "float16 weights", "stored name climbs out"]
 
 
@@ -430,7 +432,8 @@ def test_damaged_checkpoint_is_one_line_through_evaluate_and_make_video(world, t
 RESUME_CASES = {"truncated": "truncated", "zero bytes": "empty", "text file": "unreadable",
                 "bare state dict": "no model_config", "stored name climbs out": "escaped_model",
                 "no optimizer": "has no optimizer", "weights of another shape": "size mismatch",
-                "optimizer of another model": "cannot resume", "settings of another run": "--backbone resnet9"}
+                "optimizer of another model": "cannot resume", "settings of another run": "--backbone resnet9",
+                "settings not recorded": "records no --crop-size"}
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)
@@ -442,6 +445,7 @@ def test_damaged_checkpoint_is_one_line_through_train_resume(world, trained, tmp
         "weights of another shape": {**ck, "model": {**ck["model"], first: torch.zeros(3, 3)}},
         "optimizer of another model": {**ck, "optimizer": {**ck["optimizer"], "param_groups": []}},
         "settings of another run": {**ck, "args": {**ck["args"], "backbone": "resnet9"}},
+        "settings not recorded": {**ck, "args": {k: v for k, v in ck["args"].items() if k != "crop_size"}},
     }
     path = tmp_path / "runs" / "ibe" / "checkpoint.pt"
     path.parent.mkdir(parents=True)
@@ -460,7 +464,7 @@ def test_damaged_checkpoint_is_one_line_through_train_resume(world, trained, tmp
 
 def test_a_damaged_checkpoint_through_the_real_command_line(world, trained, tmp_path):
     # Exit status and the absence of a traceback as a user's shell sees them (evaluate_corruptions.py's: in
-    # test_bad_inputs.py).
+    # test_error_lines.py).
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(damaged(trained, "truncated")[0])
     r = cli("make_video.py", "--synthetic", "--frames", "2", "--size", "32", "--baseline", str(bad),

@@ -1,4 +1,4 @@
-"""common/host.py: glibc's malloc keeps freed memory, so a repeated allocation pattern stops page-faulting."""
+"""common/malloc.py: glibc's malloc keeps freed memory, so a repeated allocation pattern stops page-faulting."""
 import platform
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import pytest
 PATTERN = """
 import resource, sys
 import numpy as np
-from common.host import keep_freed_memory
+from common.malloc import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
 def step():
     live = [np.ones(8 << 20, np.uint8) for _ in range(10)]
@@ -41,6 +41,6 @@ def test_keep_freed_memory_stops_refaulting_the_same_buffers():
 
 
 def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
-    from common import host
-    monkeypatch.setattr(host.sys, "platform", "darwin")
-    assert host.keep_freed_memory() is False
+    from common import malloc
+    monkeypatch.setattr(malloc.sys, "platform", "darwin")
+    assert malloc.keep_freed_memory() is False

@@ -50,7 +50,7 @@ from .checkpoint import check_finite_weights, check_first_output, load_model
 from .cli import UsageError
 from .constants import CLASSES, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from .models import KINDS, implicit_background
-from .outputs import file_sha256
+from .folders import file_sha256
 
 TORCHVISION = "torchvision:"
 FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -306,7 +306,7 @@ def assign_state(net: nn.Module, state: dict, what: str) -> nn.Module:
                  f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
                  f"{len(shapes)} of another shape (e.g. {shapes[:1]})" if shapes else ""]
         raise UsageError(f"{what}: " + ", ".join(p for p in parts if p) + " key(s); these are weights of "
-                         f"another architecture or number of classes")
+                         "another architecture or number of classes")
     state = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     net.load_state_dict(state, assign=True)
     left = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]

@@ -1,3 +1,5 @@
+"""common/cli.py: the names that become paths (check_plain_name). run_cli's one error line and exit 2 are checked
+through every script in test_error_lines.py and test_failure_modes.py."""
 import pytest
 
 from common.cli import UsageError, check_plain_name

@@ -1,16 +1,23 @@
-"""Writing outputs safely: atomic writes, the one-writer lock of an output folder, file hashes, the git commit.
+"""Output folders from creation to replacement: atomic writes, the one-writer lock, --overwrite's replacement.
+
+Every script's output (checkpoints, VOC-C dumps, result folders, figures) goes through here; what the files of a
+results folder hold is common/results.py's.
 
     atomic_write(path, lambda tmp: np.save(tmp, a))   # temp file + fsync + rename: a kill never leaves half a file
     write_text(path, text); write_npz(path, **arrays)
     check_output_folder(args.out)                     # before any work: one UsageError if it is a file
     prepare_output_folder(args.out)                   # created, or one UsageError: a file, not writable
     with OutputLock(args.out, "train.py"): ...        # a second live writer is refused; a dead one's lock is taken
+    lock_folder(out, held, command)                   # the last two on an ExitStack, and dead replacements removed
+    fresh = replace_folder(out, held, command)        # --overwrite: build beside out, swap in at the first result
     file_sha256(path); git_commit()                   # what every run records about its inputs and code
 """
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
+import time
 
 import numpy as np
 
@@ -163,3 +170,94 @@ class OutputLock:
     def __exit__(self, *exc):
         self.fh.close()  # closing releases the lock; the file itself stays
         return False
+
+
+# ------------------------------------------------------------------ one run per folder, replaced only when done
+
+def has_contents(folder) -> bool:
+    """Anything in ``folder`` beyond the writer lock (an empty folder needs no replacing)."""
+    return os.path.isdir(folder) and any(name != ".lock" for name in os.listdir(folder))
+
+
+class Replacement:
+    """``--overwrite``: start ``out`` afresh, never touching it before the new run has its first result.
+
+    The new run writes to a hidden sibling, ``.<name>.afresh-<pid>`` (same parent, so renames are atomic);
+    ``commit()``, called once the first result there is complete, moves the old folder aside to
+    ``<out>.replaced-<date>-<time>`` (printed: the user's files are never dropped silently) and renames the new
+    one into place. A kill or an error before that leaves ``out`` byte for byte as it was; the sibling is removed
+    on the way out, or by the next run that takes the folder's lock (``clear_dead_replacements``). ``path`` is
+    where to write.
+    """
+
+    def __init__(self, out):
+        self.out = os.path.abspath(out)
+        self.folder = replacement_prefix(self.out) + str(os.getpid())
+        self.committed = False
+        self.aside = None
+
+    @property
+    def path(self):
+        return self.out if self.committed else self.folder
+
+    def __enter__(self):
+        clear_dead_replacements(self.out)
+        try:
+            os.makedirs(self.folder)
+        except OSError as e:
+            raise UsageError(f"--overwrite: cannot create {self.folder} beside {self.out} to build the new run in "
+                             f"({e.strerror}); use another --out") from None
+        return self
+
+    def commit(self):
+        if self.committed:
+            return
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+        self.aside = f"{self.out}.replaced-{stamp}"
+        while os.path.exists(self.aside):
+            n += 1
+            self.aside = f"{self.out}.replaced-{stamp}-{n}"
+        print(f"--overwrite: the earlier contents of {self.out} are moved to {self.aside} "
+              f"(delete that folder when you no longer need it)", flush=True)
+        os.rename(self.out, self.aside)
+        os.rename(self.folder, self.out)
+        self.committed = True
+
+    def __exit__(self, *exc):
+        if not self.committed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return False
+
+
+def lock_folder(out, held, command, flag="--out") -> None:
+    """Take ``out`` for this run: create it, hold its writer lock (on ``held``, an ExitStack, until the run ends)
+    and remove what ``--overwrite`` runs killed before their first result left beside it."""
+    prepare_output_folder(out, flag)
+    held.enter_context(OutputLock(out, command))
+    clear_dead_replacements(out)
+
+
+def replace_folder(out, held, command):
+    """``--overwrite``: a ``Replacement`` of ``out``, entered on ``held`` with the new folder's own lock; None when
+    ``out`` holds nothing to replace (the run then writes there directly)."""
+    if not has_contents(out):
+        return None
+    fresh = held.enter_context(Replacement(out))
+    held.enter_context(OutputLock(fresh.folder, f"{command} --overwrite"))
+    return fresh
+
+
+def replacement_prefix(out) -> str:
+    parent, name = os.path.split(os.path.abspath(out))
+    return os.path.join(parent, f".{name}.afresh-")
+
+
+def clear_dead_replacements(out) -> None:
+    """Remove the hidden new-run folders of ``--overwrite`` runs on ``out`` that were killed before their first
+    result. Call it holding ``out``'s lock: any such folder then belongs to a run that no longer holds it."""
+    prefix = replacement_prefix(out)
+    parent = os.path.dirname(prefix)
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        path = os.path.join(parent, name)
+        if path.startswith(prefix) and name[len(os.path.basename(prefix)):].isdigit():
+            shutil.rmtree(path, ignore_errors=True)
