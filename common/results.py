@@ -327,7 +327,8 @@ def load_npz(path, spec: dict, hint: str, optional=()):
                 raise damaged("a single .npy array, not an NPZ archive")
             absent = [k for k in spec if k not in z.files and k not in optional]
             if absent:
-                raise damaged(f"no {', '.join(absent)} array (damaged)")
+                more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+                raise damaged(f"no {absent[0]} array{more}: damaged, or written by an earlier version")
             arrays = {k: z[k] for k in spec if k in z.files}
     except UsageError:
         raise
