@@ -28,10 +28,8 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -47,6 +45,7 @@ from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
                            head_parameters, segmentation_loss)
 from common.folders import OutputLock, check_output_folder, git_commit, prepare_output_folder, write_text
+from common.resume import epoch_seed, file_state, rng_state, set_rng_state, truncate_log
 
 # What each --recipe sets (docs/protocol.md, docs/training.md); an explicit flag overrides its entry. Momentum,
 # weight decay, the head's lr multiplier and the augmentation are the same in all three.
@@ -128,23 +127,6 @@ def stored_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "memory_format"}
 
 
-def epoch_seed(args, epoch: int) -> int:
-    """All randomness of an epoch is a function of (seed, epoch, rank), so a resumed run repeats it."""
-    return (args.seed * 1_000_003 + epoch * 7919 + args.rank) % 2**63
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]), "python": random.getstate()}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
-    random.setstate(state["python"])
-
-
 class ShardSampler(torch.utils.data.Sampler):
     """Rank r evaluates indices r, r+W, r+2W...: every image exactly once (DistributedSampler pads)."""
 
@@ -209,15 +191,6 @@ def checkpoint_to_resume(ckpt_path: str, args):
         raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
                          f"original flags or choose another --name")
     return resume
-
-
-def file_state(path):
-    """(inode, size, mtime) of a file, or None when there is none: enough to see that another process replaced it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def check_still_ours(args, resume) -> None:
@@ -299,23 +272,6 @@ def restore(resume, model, optimizer, scheduler, scaler, args):
     if is_main(args):
         print(f"resumed {checkpoint_path(args)} after epoch {start_epoch} (best val mIoU {best:.4f})")
     return start_epoch, best
-
-
-def truncate_log(path: str, start_epoch: int) -> None:
-    """Keep only the log lines of epochs the checkpoint already holds (a kill may leave one more)."""
-    if not os.path.exists(path):
-        return
-    keep, lines = [], 0
-    with open(path) as fh:
-        for line in fh:
-            lines += 1
-            try:
-                if json.loads(line)["epoch"] <= start_epoch:
-                    keep.append(line if line.endswith("\n") else line + "\n")
-            except (json.JSONDecodeError, KeyError):
-                break  # a torn last line from a crash
-    if len(keep) != lines:   # atomically: a full disk must not leave the log empty
-        write_text(path, "".join(keep))
 
 
 def print_model_summary(model, train_set, val_set, loader, args):

@@ -18,6 +18,7 @@ from common.checkpoint import load_model
 from common.corruptions import corrupt_image, parse_corruptions, parse_severities
 from common.data import eval_sample, normalise_uint8, voc_dataset
 from common.device import autocast, memory_format
+from common.sweep import images as sweep_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository: dump_voc_c.py runs there
 
@@ -70,7 +71,7 @@ def run_sweep(cfg, ckpts, out, log):
             "--workers", "0", "--device", cfg["device"], "--amp", cfg["sweep_amp"], "--out", out]
     # The one seam into a script: corrupt_image wrapped, not replaced, to count its calls. With --workers 0 the
     # loader corrupts in this process, where the wrapper sees every call.
-    with mock.patch.object(evaluate_corruptions, "corrupt_image", wraps=evaluate_corruptions.corrupt_image) as calls:
+    with mock.patch.object(sweep_images, "corrupt_image", wraps=sweep_images.corrupt_image) as calls:
         return run_main(evaluate_corruptions, argv, log, cfg["device"])[0], calls.call_count
 
 

@@ -10,6 +10,7 @@ from benchmarks.measure import model_kw, result, timed
 from common.calibration import Calibration
 from common.checkpoint import load_model, save_random_checkpoint
 from common.logits import LogitTracker, channel_argmax
+from common.sweep.condition_stats import ConditionStats
 
 
 def notebook_moments(logits):
@@ -60,7 +61,7 @@ def bench_calibration(ctx):
     stride = evaluate_corruptions.get_args_parser().get_default("calibration_stride")
 
     def every_reading(s):     # what ConditionStats.update runs: the four readings (docs/calibration.md)
-        for cal in evaluate_corruptions.ConditionStats(bs, temps, s).calibrations.values():
+        for cal in ConditionStats(bs, temps, s).calibrations.values():
             cal.update(logits, labels, pos, pred=pred, top=top)
 
     calls = dict(calibration=lambda: every_reading(stride),
@@ -70,8 +71,7 @@ def bench_calibration(ctx):
                  calibration_sigmoid=lambda: Calibration(bs, reading="sigmoid", classwise=True, stride=stride).update(
                      logits, labels, pos, pred=pred, top=top),
                  calibration_alone=lambda: Calibration(bs, stride=stride).update(logits, labels, pos),
-                 condition_stats=lambda: evaluate_corruptions.ConditionStats(bs, temps, stride).update(logits, labels,
-                                                                                                       pos))
+                 condition_stats=lambda: ConditionStats(bs, temps, stride).update(logits, labels, pos))
     with torch.inference_mode():
         t_fwd = timed(lambda: model(x), dev, reps)[0]
         t = {name: timed(fn, dev, reps, warmup=True)[0] for name, fn in calls.items()}

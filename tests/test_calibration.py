@@ -14,6 +14,7 @@ import make_figures
 from common.analysis.bootstrap import worst_case_intervals
 from common.analysis.robustness import worst_case
 from common.calibration import BINS, Calibration, bin_index
+from common.sweep.condition_stats import ConditionStats, metrics_row
 from helpers import refused
 
 K = 21
@@ -312,7 +313,7 @@ def test_condition_stats_calibration_where_background_and_foreground_win():
     # ConditionStats passes the top logit from END's max(foreground max, z0): right whichever of the two wins.
     z, labels = random_case(7, b=2)
     z[:, 0] += np.where(np.arange(9) < 4, 20.0, -20.0)        # background on top in the left columns only
-    st = ev.ConditionStats(2)
+    st = ConditionStats(2)
     st.update(torch.from_numpy(z), torch.from_numpy(labels), np.array([1, 0]))
     pred = z.argmax(1)
     assert (pred == 0).mean() > 0.25 and (pred > 0).mean() > 0.25
@@ -322,8 +323,8 @@ def test_condition_stats_calibration_where_background_and_foreground_win():
     np.testing.assert_allclose(got["image_conf_sum"], want["conf"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["image_nll_sum"], want["nll"], rtol=1e-6)
     np.testing.assert_allclose(got["image_brier_sum"], want["brier"], rtol=1e-6)
-    row = ev.metrics_row(st, {"name": "m", "path": "p", "sha256": "0", "kind": "baseline"}, "clean", 0,
-                         ev.get_args_parser().parse_args([]), 2, 0.0)
+    row = metrics_row(st, {"name": "m", "path": "p", "sha256": "0", "kind": "baseline"}, "clean", 0,
+                      ev.get_args_parser().parse_args([]), 2, 0.0)
     assert row["ece"] == pytest.approx(want["ece"], rel=1e-6)
     assert row["nll"] == pytest.approx(want["nll_mean"], rel=1e-6)
     assert row["brier"] == pytest.approx(want["brier_mean"], rel=1e-6)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.calibration import (BINS, FINE_BINS, FINE_LOW, FINE_WIDTH, Calibration, fit_temperature,
-                                rank_metrics_from_fine)
+from common.calibration import BINS, FINE_BINS, FINE_LOW, FINE_WIDTH, Calibration, fit_temperature
+from common.calibration_metrics import rank_metrics_from_fine
 
 K = 21
 

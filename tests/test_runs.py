@@ -25,6 +25,7 @@ import dump_voc_c
 import evaluate_corruptions as ev
 import make_figures as mf
 from common.cli import UsageError
+from common.sweep import images
 from helpers import ROOT, assert_same_results, cli, digest, refused, result_rows as rows
 
 SIZE = 32
@@ -186,7 +187,7 @@ def test_overwrite_touches_nothing_before_the_first_result_then_moves_the_old_fo
     # and the half-built new run is gone.
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(ev, "corrupt_image", interrupted)
+    monkeypatch.setattr(images, "corrupt_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep(world, out, "--overwrite", "--severities", "1", ckpts=("a2", "b"))
     monkeypatch.undo()
