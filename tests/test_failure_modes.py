@@ -524,26 +524,8 @@ def nan_factory():
     return NaNNet()
 
 
-@pytest.mark.parametrize("where", ["backbone.conv1.weight", "running_var"])
-def test_a_checkpoint_with_a_nan_is_refused_at_load_by_every_script(world, tmp_path, capfd, where):
-    bad, key = poisoned(world["ck"]["a"], tmp_path / "nan.pt", where)
-    expect = f"checkpoint {bad}: {key} holds NaN or infinite values"
-    for module, argv in (
-            (ev, ["--checkpoints", bad, "--data", "synthetic", "--synthetic-root", world["root"], "--size", SIZE,
-                  "--workers", "0", "--out", tmp_path / "r", *CONDS]),
-            (mv, ["--synthetic", "--frames", "3", "--baseline", bad, "--robust", world["ck"]["b"], "--size", SIZE,
-                  "--device", "cpu", "--out", tmp_path / "v.mp4"]),
-            (mf, ["--results", world["results"], "--checkpoints", bad, "--out", tmp_path / "f", "--only",
-                  "voc_sample"])):
-        line = exits_with_one_line(capfd, module, *argv)
-        assert expect in line, line
-    assert sorted(os.listdir(tmp_path)) == ["nan.pt"]
-
-
-def test_a_model_whose_logits_are_nan_is_refused_at_its_first_batch(world, tmp_path, capfd, monkeypatch):
-    monkeypatch.syspath_prepend(os.path.dirname(__file__))
-    spec = "test_failure_modes:nan_factory"
-    expect = f"model nan_factory ({spec}): its logits hold NaN or infinite values"
+def refused_by_every_model_script(world, tmp_path, capfd, spec, expect):
+    """The sweep, the video and the figures each refuse the model ``spec`` with one line holding ``expect``."""
     for module, argv in (
             (ev, ["--checkpoints", spec, "--data", "synthetic", "--synthetic-root", world["root"], "--size", SIZE,
                   "--workers", "0", "--out", tmp_path / "r", *CONDS]),
@@ -553,6 +535,20 @@ def test_a_model_whose_logits_are_nan_is_refused_at_its_first_batch(world, tmp_p
                   "voc_sample"])):
         line = exits_with_one_line(capfd, module, *argv)
         assert expect in line, line
+
+
+@pytest.mark.parametrize("where", ["backbone.conv1.weight", "running_var"])
+def test_a_checkpoint_with_a_nan_is_refused_at_load_by_every_script(world, tmp_path, capfd, where):
+    bad, key = poisoned(world["ck"]["a"], tmp_path / "nan.pt", where)
+    refused_by_every_model_script(world, tmp_path, capfd, bad, f"checkpoint {bad}: {key} holds NaN or infinite values")
+    assert sorted(os.listdir(tmp_path)) == ["nan.pt"]
+
+
+def test_a_model_whose_logits_are_nan_is_refused_at_its_first_batch(world, tmp_path, capfd, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    spec = "test_failure_modes:nan_factory"
+    refused_by_every_model_script(world, tmp_path, capfd, spec,
+                                  f"model nan_factory ({spec}): its logits hold NaN or infinite values")
     assert not os.path.exists(tmp_path / "r" / "metrics.jsonl") and not os.path.exists(tmp_path / "v.mp4")
     assert not os.path.exists(tmp_path / "f" / "voc_sample.png")
 
