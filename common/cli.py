@@ -61,7 +61,15 @@ def run_cli(main, parser, kept=None):
     except ValueError:   # not the main thread: leave SIGTERM as it is
         previous = None
     try:
-        return main(args)
+        try:
+            return main(args)
+        except Exception as e:
+            # An error raised while an interrupt unwinds (torch.save's zip writer, cut mid-record, fails
+            # again in its __exit__) is the interrupt's consequence: report the interrupt.
+            interrupt = interrupt_behind(e)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except UsageError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
@@ -83,6 +91,17 @@ def run_cli(main, parser, kept=None):
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
             sys.unraisablehook = hook
+
+
+def interrupt_behind(e: BaseException):
+    """The KeyboardInterrupt (or Terminated) that ``e`` was raised while handling, if any; else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__context__
+    return None
 
 
 def quiet_worker(worker_id=None) -> None:

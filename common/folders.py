@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .cli import UsageError, write_problem
+from .cli import UsageError, interrupt_behind, write_problem
 
 
 def atomic_write(path: str, write, durable: bool = True) -> None:
@@ -42,6 +42,11 @@ def atomic_write(path: str, write, durable: bool = True) -> None:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        interrupt = interrupt_behind(e)
+        if interrupt is not None:   # Ctrl-C mid-write: torch.save's writer then fails in its __exit__ too
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise interrupt from None
         # torch.save reports a full disk as RuntimeError("... unexpected pos ..."), without an errno: ask the disk.
         full = not isinstance(e, (OSError, KeyboardInterrupt, UsageError)) and disk_is_full(path)
         if os.path.lexists(tmp):
