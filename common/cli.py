@@ -16,7 +16,9 @@ import os
 import signal
 import sys
 
-DATA_CHOICES = ("voc", "synthetic")
+DATA_CHOICES = ("voc", "synthetic", "cityscapes", "ade20k", "acdc", "folder")
+# The datasets of common/datasets read from one root flag each: --cityscapes-root, --ade20k-root, ...
+ROOTED_DATA = ("cityscapes", "ade20k", "acdc", "folder")
 AMP_CHOICES = ("none", "bf16", "fp16")
 
 
@@ -177,16 +179,27 @@ def check_at_least(flag: str, value, low: int = 1) -> None:
 
 
 def add_data_arguments(p, default="voc", sbd=False, help=None) -> None:
-    """--data, --voc-root, --synthetic-root (and --sbd-root for the scripts that train)."""
+    """--data, --voc-root, --synthetic-root (and --sbd-root for the scripts that train), and the root flag of
+    every other dataset (common/datasets, docs/datasets.md)."""
     p.add_argument("--data", choices=DATA_CHOICES, default=default,
                    help=help or "voc = PASCAL VOC 2012 under --voc-root; synthetic = the generated VOC-format dataset "
-                                "under --synthetic-root (written on first use)")
+                                "under --synthetic-root (written on first use); cityscapes, ade20k, acdc, folder: "
+                                "that dataset under its --<name>-root (docs/datasets.md)")
     p.add_argument("--voc-root", default=None, help="folder that contains VOCdevkit/VOC2012 (--data voc)")
     if sbd:
         p.add_argument("--sbd-root", default=None,
                        help="folder that contains img/, cls/ and train_noval.txt (--data voc)")
     p.add_argument("--synthetic-root", default="data/synthetic",
                    help="where the synthetic dataset is, or is generated (--data synthetic)")
+    p.add_argument("--cityscapes-root", default=None,
+                   help="folder that contains leftImg8bit/ and gtFine/ (--data cityscapes; 19 train ids)")
+    p.add_argument("--ade20k-root", default=None,
+                   help="folder that contains ADEChallengeData2016/ (or is it) (--data ade20k; 150 classes)")
+    p.add_argument("--acdc-root", default=None, help="folder that contains rgb_anon/ and gt/ (--data acdc)")
+    p.add_argument("--acdc-conditions", default=None,
+                   help="comma-separated ACDC conditions among fog,night,rain,snow (--data acdc; default all four)")
+    p.add_argument("--folder-root", default=None,
+                   help="folder with classes.txt, images/, labels/, train.txt, val.txt (--data folder)")
 
 
 def add_device_arguments(p, amp=True, default=None, amp_help="autocast precision for the forward") -> None:

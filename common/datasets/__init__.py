@@ -6,10 +6,17 @@
     val.ids[i], val.images[i]                           # the image id (file stem) and path of item i
     check_structure(spec, "ibe")                        # UsageError: Cityscapes has no background class
 
-Layouts, label mappings and sources: docs/datasets.md. The scripts still read VOC through common.data; this
-package is what ``--data cityscapes|ade20k|acdc|folder`` will go through.
+    data = open_data(args, "val")                     # --data and its root flag: .spec, .root, .dataset
+    run["dataset"] = dataset_record(data.spec)       # what a results folder records of the classes
+    spec = spec_from_record(run["dataset"])          # ... and what its readers rebuild (no loader)
+
+Layouts, label mappings and sources: docs/datasets.md.
 """
-from ..cli import UsageError
+import dataclasses
+
+import numpy as np
+
+from ..cli import ROOTED_DATA, UsageError
 from . import acdc, ade20k, cityscapes, folder, voc
 from .base import DatasetSpec, generated_palette
 
@@ -41,10 +48,52 @@ def check_structure(spec: DatasetSpec, kind: str) -> None:
                          f"{spec.classes[0]!r}); use --model baseline on {spec.name}")
 
 
+@dataclasses.dataclass
+class Data:
+    """The dataset of a script's ``--data``: its spec, root, the opened split, and (VOC) the SBD root."""
+    spec: DatasetSpec
+    root: str
+    dataset: object
+    sbd_root: str = None
+
+
+def open_data(args, split: str = "val", need_sbd: bool = False, quiet: bool = False) -> Data:
+    """Open split ``split`` of ``--data`` (add_data_arguments' flags): VOC and the synthetic VOC through
+    common.data (generated on first use), every other dataset through its adapter and ``--<name>-root``.
+    A root flag given for another dataset than --data is refused (it would be silently ignored)."""
+    stray = [n for n in ROOTED_DATA if n != args.data and getattr(args, f"{n}_root", None)]
+    if stray:
+        raise UsageError(f"--{stray[0]}-root is given but --data is {args.data}; pass --data {stray[0]}, or drop "
+                         f"--{stray[0]}-root")
+    if args.data in ("voc", "synthetic"):
+        from ..data import resolve_roots
+        voc_root, sbd_root = resolve_roots(args.data, args.voc_root, getattr(args, "sbd_root", None),
+                                           args.synthetic_root, need_sbd=need_sbd, quiet=quiet)
+        return Data(voc.SPEC, voc_root, voc.SPEC.eval_dataset(voc_root, split), sbd_root)
+    root = getattr(args, f"{args.data}_root")
+    spec = dataset_spec(args.data, root)
+    options = {"conditions": acdc.parse_conditions(args.acdc_conditions)} if args.data == "acdc" else {}
+    return Data(spec, root, spec.eval_dataset(root, split, **options))
+
+
+def dataset_record(spec: DatasetSpec) -> dict:
+    """What run.json (and a checkpoint) record of a dataset's classes: JSON-ready."""
+    return {"name": spec.name, "classes": list(spec.classes), "palette": spec.palette.astype(int).tolist(),
+            "has_background": bool(spec.has_background), "ignore_index": int(spec.ignore_index)}
+
+
+def spec_from_record(record: dict) -> DatasetSpec:
+    """The spec a ``dataset_record`` describes, for the scripts that read results (no loader)."""
+    return DatasetSpec(name=record["name"], classes=tuple(record["classes"]),
+                       palette=np.asarray(record["palette"], np.uint8).reshape(-1, 3),
+                       has_background=bool(record["has_background"]), loader=None,
+                       ignore_index=int(record.get("ignore_index", 255)))
+
+
 def image_ids(dataset) -> list:
     """The image ids of a dataset from this package (``dataset.ids``)."""
     return list(dataset.ids)
 
 
-__all__ = ["DatasetSpec", "DATASETS", "NAMES", "dataset_spec", "check_structure", "image_ids", "generated_palette",
+__all__ = ["Data", "open_data", "dataset_record", "spec_from_record", "DatasetSpec", "DATASETS", "NAMES", "dataset_spec", "check_structure", "image_ids", "generated_palette",
            "acdc", "ade20k", "cityscapes", "folder", "voc"]

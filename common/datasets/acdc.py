@@ -46,7 +46,7 @@ class ACDC(LabelMappedDataset):
         conds = parse_conditions(conditions)
         dirs = [(c, os.path.join(root or "", "rgb_anon", c, split), os.path.join(root or "", "gt", c, split))
                 for c in conds]
-        check_root(root, "--data-root", [d for _, a, b in dirs for d in (a, b)], LAYOUT, HINT)
+        check_root(root, "--acdc-root", [d for _, a, b in dirs for d in (a, b)], LAYOUT, HINT)
         self.images, self.targets, self.ids, self.conditions = [], [], [], []
         for cond, image_dir, label_dir in dirs:
             found = []
@@ -56,7 +56,7 @@ class ACDC(LabelMappedDataset):
                     continue
                 found += [(seq, n) for n in sorted(os.listdir(seq_dir)) if n.endswith(IMAGE_SUFFIX)]
             if not found:
-                raise UsageError(f"--data-root {root}: no *{IMAGE_SUFFIX} in {image_dir}/<sequence>/{HINT}")
+                raise UsageError(f"--acdc-root {root}: no *{IMAGE_SUFFIX} in {image_dir}/<sequence>/{HINT}")
             for seq, name in found:
                 stem = name[: -len(IMAGE_SUFFIX)]
                 self.images.append(os.path.join(image_dir, seq, name))

@@ -72,10 +72,10 @@ class ADE20K(LabelMappedDataset):
         base = dataset_folder(root)
         image_dir = os.path.join(base, "images", SPLIT_DIRS[split])
         label_dir = os.path.join(base, "annotations", SPLIT_DIRS[split])
-        check_root(root, "--data-root", (image_dir, label_dir), LAYOUT, HINT)
+        check_root(root, "--ade20k-root", (image_dir, label_dir), LAYOUT, HINT)
         names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(IMAGE_EXTS) and not n.startswith("."))
         if not names:
-            raise UsageError(f"--data-root {root}: no images (*.jpg) in {image_dir}/{HINT}")
+            raise UsageError(f"--ade20k-root {root}: no images (*.jpg) in {image_dir}/{HINT}")
         self.images = [os.path.join(image_dir, n) for n in names]
         self.ids = [os.path.splitext(n)[0] for n in names]
         self.targets = [os.path.join(label_dir, i + ".png") for i in self.ids]

@@ -88,7 +88,7 @@ class CityscapesSemantic(torchvision.datasets.Cityscapes):
     def __init__(self, root, split: str = "val", transforms=None):
         images_dir = os.path.join(root or "", "leftImg8bit", split)
         targets_dir = os.path.join(root or "", "gtFine", split)
-        check_root(root, "--data-root", (images_dir, targets_dir), LAYOUT, HINT)
+        check_root(root, "--cityscapes-root", (images_dir, targets_dir), LAYOUT, HINT)
         for city in sorted(os.listdir(images_dir)):
             if not os.path.isdir(os.path.join(images_dir, city)):
                 raise UsageError(f"{os.path.join(images_dir, city)}: expected only city folders in {images_dir}/; "
@@ -97,7 +97,7 @@ class CityscapesSemantic(torchvision.datasets.Cityscapes):
         pairs = sorted((img, tgt[0]) for img, tgt in zip(self.images, self.targets)
                        if img.endswith("_leftImg8bit.png"))
         if not pairs:
-            raise UsageError(f"--data-root {root}: no *_leftImg8bit.png under {images_dir}/<city>/{HINT}")
+            raise UsageError(f"--cityscapes-root {root}: no *_leftImg8bit.png under {images_dir}/<city>/{HINT}")
         self.images = [img for img, _ in pairs]
         self.targets = [[tgt] for _, tgt in pairs]
         self.ids = [os.path.basename(img)[: -len("_leftImg8bit.png")] for img in self.images]

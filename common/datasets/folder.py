@@ -38,7 +38,7 @@ def read_classes(root) -> tuple:
     """The class names of ``root/classes.txt``, checked: 1..255 distinct non-empty names, none blank inside."""
     path = os.path.join(root, "classes.txt")
     if not os.path.isfile(path):
-        raise UsageError(f"--data-root {root}: missing {path} (one class name per line; line k names train id k)"
+        raise UsageError(f"--folder-root {root}: missing {path} (one class name per line; line k names train id k)"
                          f"{HINT}")
     names = _read_lines(path, "class-names file")
     for number, name in enumerate(names, 1):
@@ -74,7 +74,7 @@ class SegmentationFolder(LabelMappedDataset):
 
     def __init__(self, root, split: str = "val", num_classes: int = None, transforms=None):
         image_dir, label_dir = os.path.join(root or "", "images"), os.path.join(root or "", "labels")
-        check_root(root, "--data-root", (image_dir, label_dir), LAYOUT, HINT)
+        check_root(root, "--folder-root", (image_dir, label_dir), LAYOUT, HINT)
         n = num_classes or len(read_classes(root))
         by_id = {}
         for name in sorted(os.listdir(image_dir)):
@@ -95,7 +95,7 @@ class SegmentationFolder(LabelMappedDataset):
         else:
             ids = list(by_id)
         if not ids:
-            raise UsageError(f"--data-root {root}: no images (*.jpg, *.png) in {image_dir}/")
+            raise UsageError(f"--folder-root {root}: no images (*.jpg, *.png) in {image_dir}/")
         check_unique_ids(ids, image_dir)
         self.ids = ids
         self.images = [by_id[i] for i in ids]
@@ -113,7 +113,7 @@ class SegmentationFolder(LabelMappedDataset):
 def spec(root) -> DatasetSpec:
     """The folder dataset at ``root``: its classes (and palette) come from the folder."""
     if not root or not os.path.isdir(root):
-        raise UsageError(f"--data-root {root}: not a folder (expected {LAYOUT}){HINT}")
+        raise UsageError(f"--folder-root {root}: not a folder (expected {LAYOUT}){HINT}")
     classes = read_classes(root)
 
     def loader(r, split="val"):
