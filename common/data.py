@@ -478,7 +478,15 @@ def image_id(dataset, index: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Corruption evaluation: what gets corrupted and what gets scored (docs/protocol.md, "Transforms").
 
-PROTOCOLS = ("paper", "shortside", "native")
+PROTOCOLS = ("paper", "shortside", "native", "keep_ratio")
+
+
+def keep_ratio_size(width: int, height: int, size: int):
+    """The "keep_ratio" protocol's size: mmsegmentation's test ``Resize(scale=(4 size, size), keep_ratio=True)``
+    (mmcv's rescale): the largest factor at which the long side fits 4 x size and the short side fits size,
+    each side rounded half up. ADE20K's test pipeline is size 512, i.e. scale (2048, 512)."""
+    factor = min(4 * size / max(width, height), size / min(width, height))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
 def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
@@ -486,8 +494,9 @@ def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
 
     "paper": exactly size x size (Pillow bilinear image, nearest label), as the paper's sweep evaluated;
     "shortside": short side ``size``, aspect kept (the notebook's FixScaleResize, its clean PCA pass);
-    "native": the original resolution (our extension); images under MIN_SIDE (32) a side are refused
-    (``check_native_size``), the other two protocols take any size (docs/reliability.md, "Input data").
+    "native": the original resolution (our extension; Cityscapes' presets); images under MIN_SIDE (32) a side are
+    refused (``check_native_size``), the other protocols take any size (docs/reliability.md, "Input data");
+    "keep_ratio": aspect kept, fitted into 4 size x size (``keep_ratio_size``; the ADE20K preset).
     """
     img, target = dataset[index]
     if protocol == "native":
@@ -498,6 +507,8 @@ def eval_sample(dataset, index: int, protocol: str = "paper", size: int = 224):
         image, label = shortside_resize(img, target, size)
     elif protocol == "native":
         image, label = np.asarray(img.convert("RGB")), np.array(target, dtype=np.uint8)
+    elif protocol == "keep_ratio":
+        image, label = _pil_resize(img, target, *keep_ratio_size(*img.size, size))
     else:
         raise UsageError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     return image_id(dataset, index), image, label

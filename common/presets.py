@@ -7,8 +7,10 @@ inference mode and aggregate each fixes, with its source (docs/datasets.md, "Pre
     p.inference                         # {"mode": "slide", "crop": (1024, 1024), "stride": (768, 768)}
     p.record()                          # what a results folder stores; check_recorded(record, p) refuses another
 
-Only data and small helpers: the scripts do not read presets yet (``--preset`` comes with ``--data``).
-Corruptions are the full names of common.corruptions; severity 0 (clean) is always evaluated besides these.
+``apply_preset(args)`` sets a script's --data-independent protocol flags from ``--preset`` (dump_voc_c.py and
+evaluate_corruptions.py): --corruptions, --severities, --protocol, --size, and (evaluate) --inference. A preset is
+a whole protocol: those flags given beside it are refused. Corruptions are the full names of common.corruptions;
+severity 0 (clean) is always evaluated besides these.
 """
 import dataclasses
 
@@ -77,13 +79,88 @@ def eval_size(resolution: dict, width: int, height: int) -> tuple:
     if kind == "shortside":   # the notebook's FixScaleResize (common.data.shortside_size)
         from .data import shortside_size
         return shortside_size(width, height, resolution["size"])
-    if kind == "keep_ratio":
-        # mmcv's rescale (mmsegmentation's Resize with keep_ratio=True): the largest scale at which the long side
-        # fits scale[0] and the short side fits scale[1], sizes rounded half up.
+    if kind == "keep_ratio":   # mmsegmentation's Resize(scale=(4 S, S), keep_ratio=True): common.data
+        from .data import keep_ratio_size
         long_edge, short_edge = resolution["scale"]
-        factor = min(long_edge / max(width, height), short_edge / min(width, height))
-        return int(width * factor + 0.5), int(height * factor + 0.5)
+        assert long_edge == 4 * short_edge, resolution
+        return keep_ratio_size(width, height, short_edge)
     raise ValueError(f"unknown resize rule {kind!r}")
+
+
+# The flags a preset fixes, with the defaults they have without one (a flag that differs was given).
+PRESET_FLAGS = ("corruptions", "severities", "protocol", "size", "inference")
+
+
+def protocol_of(resolution: dict) -> tuple:
+    """(--protocol, --size) for a preset's resolution rule (common.data.eval_sample's protocols)."""
+    kind = resolution["resize"]
+    if kind == "square":
+        return "paper", resolution["size"]
+    if kind == "native":
+        return "native", None
+    if kind == "shortside":
+        return "shortside", resolution["size"]
+    if kind == "keep_ratio":
+        return "keep_ratio", resolution["scale"][1]
+    raise ValueError(f"unknown resize rule {kind!r}")
+
+
+def inference_arg(inference: dict) -> str:
+    """--inference's text for a preset's inference: "whole" or "slide:CHxCW:SHxSW"."""
+    if inference["mode"] == "whole":
+        return "whole"
+    (ch, cw), (sh, sw) = inference["crop"], inference["stride"]
+    return f"slide:{ch}x{cw}:{sh}x{sw}"
+
+
+def parse_inference(text: str) -> dict:
+    """--inference whole | slide:HxW:HxW (crop, stride) -> {"mode": ...} (a Preset's inference)."""
+    if text == "whole":
+        return {"mode": "whole"}
+    try:
+        mode, crop, stride = text.split(":")
+        pair = [tuple(int(v) for v in part.lower().split("x")) for part in (crop, stride)]
+        if mode != "slide" or any(len(q) != 2 or min(q) < 1 for q in pair):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--inference {text!r}: expected whole, or slide:HxW:HxW (crop, then stride; e.g. "
+                         f"slide:1024x1024:768x768)") from None
+    return {"mode": "slide", "crop": pair[0], "stride": pair[1]}
+
+
+def apply_preset(args, parser, dataset: str) -> None:
+    """Fill args' protocol flags from ``args.preset`` (None: leave them; the record is then ``None``). A preset for
+    another dataset than ``dataset`` (--data's; synthetic counts as voc, acdc as cityscapes), or a protocol flag
+    given beside the preset, is refused with one line. Sets ``args.preset_record`` (run.json's "preset") and
+    ``args.preset_severities`` ({corruption: severities}: a preset may give corruptions different severities,
+    so the conditions are ``conditions_of(args)``'s, not the product of --corruptions and --severities)."""
+    args.preset_record, args.preset_severities = None, None
+    if getattr(args, "preset", None) is None:
+        return
+    preset = get_preset(args.preset)
+    data = "voc" if dataset == "synthetic" else dataset
+    if preset.dataset != data and not (preset.dataset == "cityscapes" and data == "acdc"):
+        raise UsageError(f"--preset {preset.name} is a {preset.dataset} protocol and --data is {dataset}; choose a "
+                         f"preset for {data} (docs/datasets.md, Presets) or no --preset")
+    for flag in PRESET_FLAGS:
+        if hasattr(args, flag) and getattr(args, flag) != parser.get_default(flag):
+            raise UsageError(f"--{flag} is fixed by --preset {preset.name}; drop --{flag} (or drop --preset and "
+                             f"give every protocol flag yourself)")
+    args.corruptions = list(preset.corruptions)
+    args.severities = ["0"] + sorted({str(s) for c in preset.corruptions for s in preset.severities[c]})
+    args.protocol, size = protocol_of(preset.resolution)
+    args.size = size if size is not None else parser.get_default("size")
+    if hasattr(args, "inference"):
+        args.inference = inference_arg(preset.inference)
+    args.preset_severities = {c: list(preset.severities[c]) for c in preset.corruptions}
+    args.preset_record = preset.record()
+
+
+def conditions_of(args, corruptions, severities) -> list:
+    """The (corruption, severity > 0) pairs a run evaluates: the product of the parsed --corruptions and
+    --severities, kept to each corruption's own severities under a preset."""
+    own = getattr(args, "preset_severities", None)
+    return [(c, s) for c in corruptions for s in severities if s > 0 and (own is None or s in own[c])]
 
 
 def _same(corruptions, severities):
