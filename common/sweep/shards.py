@@ -97,7 +97,8 @@ def merge(args, held):
             for d, _, rws in runs:
                 row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
                 lg, cf = parts[name, (c, s), d]
-                pieces.append((ConditionStats.from_files(lg, cf), (cf["tp"], cf["fp"], cf["fn"])))
+                pieces.append((ConditionStats.from_files(lg, cf, base["dataset"]["has_background"]),
+                               (cf["tp"], cf["fp"], cf["fn"])))
                 ids += list(cf["image_ids"])
                 secs += row[0].get("seconds") or 0.0
                 n += row[0].get("images") or len(cf["image_ids"])
