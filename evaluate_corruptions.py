@@ -62,8 +62,8 @@ from common.folders import check_output_folder, git_commit, lock_folder
 from common.malloc import keep_freed_memory
 from common.metrics import miou_from_confusion
 from common.results import CLEAN, read_metrics  # noqa: F401  (read_metrics: re-exported)
-from common.sweep.condition_stats import (ConditionStats, gather_ranks, metrics_row, per_image_counts, protocol_size,
-                                          write_condition)
+from common.sweep.condition_stats import (ConditionStats, gather_ranks, group_metrics, metrics_row, per_image_counts,
+                                          protocol_size, write_condition)
 from common.sweep.images import ConditionBatches, ConditionImages
 from common.sweep.run_folder import conditions_to_do, open_results, save_results
 from common.sweep.shards import merge, parse_shard
@@ -273,6 +273,7 @@ def evaluate(args, held, world=distributed.SINGLE):
     temperature = share_temperatures(world, args, device, models, infos, cal_set)
     if world.is_root:
         run["temperature"] = temperature
+    real_shifts = [dataset.conditions[i] for i in indices] if data.spec.name == "acdc" else None
     items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c,
                             args.corruption_code)
     start = time.perf_counter()
@@ -287,8 +288,11 @@ def evaluate(args, held, world=distributed.SINGLE):
         seconds = time.perf_counter() - t0
         new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
         folder = fresh.path if fresh else args.out
-        for st, info in zip(stats, infos):
-            write_condition(folder, info["name"], c, s, st, image_ids, *per_image_counts(st.per_image))
+        for st, info, row in zip(stats, infos, new):
+            counts = per_image_counts(st.per_image)
+            write_condition(folder, info["name"], c, s, st, image_ids, *counts)
+            if real_shifts is not None:   # ACDC: each real condition's mIoU under this corruption
+                row["real_conditions"] = group_metrics(*counts, real_shifts)
         rows = rows + new
         save_results(folder, fresh, run, rows)
         print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",

@@ -160,6 +160,22 @@ def per_image_counts(per_image):
     return tp, per_image.sum(1) - tp, per_image.sum(2) - tp
 
 
+def group_metrics(tp, fp, fn, groups) -> dict:
+    """{group: {"miou", "images"}} over the images of each group (ACDC's fog / night / rain / snow: its real shifts
+    reported one by one, as corruptions are), from the per-image TP / FP / FN; ``groups``: each image's group.
+    mIoU as ``miou_from_confusion``: IoU_k = TP_k / (TP_k + FP_k + FN_k), mean over the classes seen."""
+    groups = np.asarray(groups)
+    out = {}
+    for g in dict.fromkeys(groups.tolist()):
+        pick = groups == g
+        t, p_, n = (a[pick].sum(0).astype(np.float64) for a in (tp, fp, fn))
+        union = t + p_ + n
+        present = union > 0
+        out[g] = {"miou": finite_or_none(float(np.mean(t[present] / union[present])) if present.any() else None),
+                  "images": int(pick.sum())}
+    return out
+
+
 def shard_calibration(parts, order):
     """One condition's calibration from its shards' per-image rows, stacked and put in ``order`` as tp/fp/fn
     are: the rows and totals of a single run over the same logits, bit for bit. None for a temperature-scaled
