@@ -1,7 +1,10 @@
-"""Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep).
+"""Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep), or on
+another dataset's val under a published protocol (docs/datasets.md).
 
     python evaluate_corruptions.py --checkpoints runs/{baseline,ibe,scribe}/checkpoint.pt \
         --data voc --voc-root /data/voc --voc-c VOC-C --out results
+    python evaluate_corruptions.py --checkpoints runs/city/baseline/checkpoint.pt hf:/models/segformer \
+        --data cityscapes --cityscapes-root /data/cityscapes --preset segformer-cityscapes-c --out results-city
 
 Each image is decoded and corrupted once per condition (``--workers`` processes do that) and fed to
 every model. Severity 0 is the clean image, evaluated once as the condition ``clean/0``. Writes to --out:
@@ -9,7 +12,8 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
     run.json                                    models (path, sha256, config), protocol, versions, args
     metrics.jsonl                               one row per (model, corruption, severity), schema in docs/outputs.md
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
-    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
+    confusion/<model>/<corruption>_<severity>.npz   KxK confusion (K: the dataset's classes, 21 on VOC), image ids,
+                                                    per-image per-class TP/FP/FN,
                                                     calibration bins of every reading (totals and per image;
                                                     common/calibration.py, docs/calibration.md)
 
