@@ -294,7 +294,7 @@ def evaluate(args, held, world=distributed.SINGLE):
         folder = fresh.path if fresh else args.out
         for st, info, row in zip(stats, infos, new):
             counts = per_image_counts(st.per_image)
-            write_condition(folder, info["name"], c, s, st, image_ids, *counts)
+            write_condition(folder, info["name"], c, s, st, image_ids, *counts, groups=real_shifts)
             if real_shifts is not None:   # ACDC: each real condition's mIoU under this corruption
                 row["real_conditions"] = group_metrics(*counts, real_shifts)
         rows = rows + new

@@ -411,13 +411,15 @@ CALIBRATION_PREFIXES = ("calib_", "calib_sigmoid_", "calib_softmax_ts_", "calib_
 CALIBRATION_SPEC = {k: v for p in CALIBRATION_PREFIXES for k, v in _calibration_spec(p).items()}
 CALIBRATION_OPTIONAL = tuple(k for k in CALIBRATION_SPEC if k.startswith(("calib_softmax_ts_", "calib_sigmoid_ts_"))
                              or (k.startswith("calib_classwise_")))
+# ACDC's sweeps also store each image's real condition (fog, night, rain, snow), in image_ids order.
+GROUPS_SPEC = {"image_groups": ("U", ("n",))}
 
 
-def read_confusion(path, hint, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
+def read_confusion(path, hint, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC) + tuple(GROUPS_SPEC)):
     """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0,
     the softmax and sigmoid readings' calibration arrays, and the temperature-scaled ones where the file has them."""
-    spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC}
-    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=CALIBRATION_OPTIONAL)
+    spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC, **GROUPS_SPEC}
+    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=CALIBRATION_OPTIONAL + tuple(GROUPS_SPEC))
     for k in ("confusion", "tp", "fp", "fn"):
         if k in z and (z[k] < 0).any():
             raise UsageError(f"{path}: negative counts in {k} (damaged); {hint}")

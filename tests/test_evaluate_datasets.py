@@ -209,3 +209,15 @@ def test_a_preset_sweeps_exactly_its_sources_conditions():
     assert ("fog", 5) in conditions and ("gaussian_noise", 4) not in conditions
     assert args.protocol == "native" and args.inference_mode == {"mode": "slide", "crop": (1024, 1024),
                                                                  "stride": (768, 768)}
+
+
+def test_acdc_shards_merge_into_the_single_run(layouts, tmp_path):
+    root, whole = layouts["acdc"], tmp_path / "whole"
+    common = ["--corruptions", "snow", "--severities", "0", "1", "--calibration-images", "0"]
+    assert sweep(root, whole, *common, data="acdc") == 0
+    for k in (0, 1):
+        assert sweep(root, tmp_path / f"s{k}", *common, "--shard", f"{k}/2", data="acdc") == 0
+    assert run_script(ev, "--merge", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "m") == 0
+    for a, b in zip(rows(whole), rows(tmp_path / "m")):
+        assert (a["corruption"], a["miou"], a["iou"]) == (b["corruption"], b["miou"], b["iou"])
+        assert a["real_conditions"] == b["real_conditions"] and len(a["real_conditions"]) == 4

@@ -220,10 +220,13 @@ def gather_ranks(world, stats, mine, predictions):
     return merged, [w for p in parts for w in p[2]]
 
 
-def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn):
+def write_condition(out, model_name, corruption, severity, stats: ConditionStats, image_ids, tp, fp, fn,
+                    groups=None):
     """The condition's two NPZ files: logit state + END sums, and confusion + per-image TP/FP/FN + the
-    calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order)."""
-    calib = {}
+    calibration bins (``calib_*``: the condition's totals and one row per image, in image_ids order); with
+    ``groups`` (ACDC: each image's real condition) also ``image_groups``, from which --merge recomputes
+    ``group_metrics``."""
+    calib = {} if groups is None else {"image_groups": np.array(groups)}
     for key, cal in stats.calibrations.items():
         if cal is not None:
             calib.update(cal.state_dict(prefix_of(*VARIANTS[key])))
