@@ -330,7 +330,9 @@ def get_args_parser():
     p.add_argument("--checkpoints", nargs="+", default=[], metavar="SPEC",
                    help="the models: checkpoints written by train.py (self-describing), torchvision:<builder>"
                         "[:<weights>] (e.g. torchvision:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1; weights from the "
-                        "torch hub cache) or module.path:factory (a function returning an nn.Module)")
+                        "torch hub cache), hf:<model id or save_pretrained folder> (a transformers segmentation "
+                        "model; optional package) or module.path:factory (a function returning an nn.Module). Each "
+                        "must predict the dataset's classes")
     p.add_argument("--names", nargs="+", default=None,
                    help="display names (plain file names); default: the name stored in each checkpoint, the "
                         "builder's name for torchvision:, the factory's for module:factory")
