@@ -79,11 +79,12 @@ def load_hf_model(name: str, device="cpu"):
     type, class names (``config.id2label``), ``source``, ``name_or_path`` (the id, or the folder's absolute
     path), ``folder`` (that folder, or the id's snapshot in the Hugging Face cache), ``weight_files``,
     ``weights_sha256`` and ``config_sha256`` (``files_identity``) and the ``transformers`` version. The model
-    is loaded in float32. Every failure is one UsageError."""
+    is loaded in float32. A model id already in the local cache is read from it without the network (the
+    cached revision); another is downloaded unless HF_HUB_OFFLINE is set. Every failure is one UsageError."""
     tf = _transformers()
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     local = os.path.isdir(name)
-    kw = {"local_files_only": True} if offline or local else {}
+    kw = {"local_files_only": True} if offline or local or in_cache(name) else {}
     with _quiet(tf):
         try:
             config = tf.AutoConfig.from_pretrained(name, **kw)
@@ -121,23 +122,38 @@ def load_hf_model(name: str, device="cpu"):
                      **files_identity(folder, model), "transformers": str(tf.__version__)}
 
 
+def in_cache(name: str) -> bool:
+    """Whether model id ``name``'s config.json is in the local Hugging Face cache (then it is read from there:
+    a machine without internet need not set HF_HUB_OFFLINE, and no load waits on network retries)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:   # not a valid repo id: from_pretrained says so
+        return False
+
+
 class _quiet:
-    """transformers' loading progress bars and load report (warnings) off while loading: the report of a bad
-    folder is our one line, and a good load prints nothing."""
+    """transformers' loading progress bars and load report, and huggingface_hub's retry messages, off while
+    loading (warnings): the report of a bad folder is our one line, and a good load prints nothing."""
 
     def __init__(self, tf):
-        self.logging = tf.utils.logging
+        import huggingface_hub.utils.logging as hub_logging
+
+        self.loggers = (tf.utils.logging, hub_logging)
 
     def __enter__(self):
-        self.verbosity = self.logging.get_verbosity()
-        self.bars = self.logging.is_progress_bar_enabled()
-        self.logging.set_verbosity_error()
-        self.logging.disable_progress_bar()
+        self.verbosity = [log.get_verbosity() for log in self.loggers]
+        self.bars = self.loggers[0].is_progress_bar_enabled()
+        for log in self.loggers:
+            log.set_verbosity_error()
+        self.loggers[0].disable_progress_bar()
 
     def __exit__(self, *exc):
-        self.logging.set_verbosity(self.verbosity)
+        for log, v in zip(self.loggers, self.verbosity):
+            log.set_verbosity(v)
         if self.bars:
-            self.logging.enable_progress_bar()
+            self.loggers[0].enable_progress_bar()
 
 
 WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
