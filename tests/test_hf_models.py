@@ -1,6 +1,7 @@
 """Hugging Face models (common/hf_models.py) on randomly initialised tiny configs, against the library's own image
-processor and model called directly; the one-line refusals. Skipped where the optional transformers is missing,
-except the refusal that names it."""
+processor and model called directly; hf: model specs through common.model_specs.load_spec; the one-line refusals.
+Skipped where the optional transformers is missing (tests/requirements-optional.txt), except the refusals that name
+it; in CI (``CI`` set) its absence fails test_ci_has_transformers instead."""
 import hashlib
 import json
 import os
@@ -29,6 +30,12 @@ try:
 except ImportError:
     tf = None
 needs_transformers = pytest.mark.skipif(tf is None, reason="the optional package transformers is not installed")
+
+
+def test_ci_has_transformers():
+    """.ci/run installs it (tests/requirements-optional.txt): in CI the tests below must run, not skip."""
+    if tf is None and os.environ.get("CI"):
+        pytest.fail("transformers is not installed: .ci/run installs tests/requirements-optional.txt")
 
 
 def _image(h=48, w=80, seed=0):
