@@ -296,3 +296,37 @@ def test_hf_id_in_the_cache_is_read_without_the_network(tmp_path, monkeypatch):
         got = wrapped(normalise_uint8(torch.from_numpy(img)[None]))
     ref = F.interpolate(_reference(model, processor, img).logits, size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+@needs_transformers
+def test_hf_spec_in_the_sweep_on_voc(tmp_path, synthetic):
+    """evaluate_corruptions.py --checkpoints hf:<folder> (VOC, 21 labels): the metrics row's mIoU is that of the
+    library's own forward on the sweep's images, scored in numpy; run.json records the identity. The processor's
+    mean is not ImageNet's, so that the wrapper's renormalisation matters."""
+    import evaluate_corruptions as ev
+    from common.data import eval_sample, voc_dataset
+
+    model, processor = _tiny_segformer(tmp_path / "voc_segformer", num_labels=21, mean=(0.3, 0.5, 0.7))
+    root = synthetic(n_val=2, max_side=64)
+    args = ev.get_args_parser().parse_args(
+        ["--checkpoints", f"hf:{tmp_path / 'voc_segformer'}", "--data", "synthetic", "--synthetic-root", root,
+         "--size", "32", "--batch-size", "1", "--workers", "0", "--corruptions", "gaussian", "--severities", "0",
+         "--out", str(tmp_path / "out")])
+    ev.main(args)
+    row = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert [(r["model"], r["corruption"]) for r in row] == [("voc_segformer", "clean")]
+    ds = voc_dataset(os.path.join(root, "voc"), "val")
+    inter, union = np.zeros(21), np.zeros(21)
+    for i in range(len(ds)):
+        _, image, label = eval_sample(ds, i, "paper", 32)
+        img = np.asarray(image)
+        pred = F.interpolate(_reference(model, processor, img).logits, size=img.shape[:2], mode="bilinear",
+                             align_corners=False)[0].argmax(0).numpy()
+        keep = label != 255
+        for k in range(21):
+            inter[k] += np.sum((pred == k) & (label == k) & keep)
+            union[k] += np.sum(((pred == k) | (label == k)) & keep)
+    assert row[0]["miou"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]), abs=1e-12)
+    run = json.load(open(tmp_path / "out" / "run.json"))
+    ident = run["models"][0]["identity"]
+    assert ident["source"] == "hf" and ident["weights_sha256"] == _sha(tmp_path / "voc_segformer" / "model.safetensors")
