@@ -375,7 +375,7 @@ def load_torchvision(spec, builder, weights_name, weights_file, ds=None):
     kw = {"aux_loss": False} if "aux_loss" in inspect.signature(ctor).parameters else {}
     with torch.device("meta"):   # no random init: the weights replace every tensor (checked below)
         net = ctor(weights=None, weights_backbone=None, num_classes=ds.num_classes, **kw)
-    check_class_count(net, state, ds, source)
+    check_class_count(net, state, ds, f"{spec} with {source}")
     return assign_state(net, state, f"{source}: does not fit torchvision's {builder}"), identity
 
 

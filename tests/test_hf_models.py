@@ -167,7 +167,8 @@ def test_hf_spec_on_cityscapes_equals_the_library(tmp_path, arch, capfd):
         model, processor = _tiny_segformer(folder)
     else:
         torch.manual_seed(1)
-        backbone = tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage1", "stage2"])
+        backbone = tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
+                                     out_features=["stage1", "stage2"])
         model = tf.UperNetForSemanticSegmentation(tf.UperNetConfig(
             backbone_config=backbone, num_labels=19, hidden_size=16, use_auxiliary_head=False)).eval()
         processor = tf.SegformerImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3)

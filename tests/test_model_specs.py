@@ -424,8 +424,9 @@ def test_torchvision_weights_file_for_another_dataset(world, tmp_path):
                                              "predict the 21 VOC classes and cityscapes has 19.*--weights-file"):
             load_spec("torchvision:lraspp_mobilenet_v3_large", dataset=CITYSCAPES)
     # ... as is a 21-class state dict, and the 19-class one on VOC, each naming both numbers.
-    with pytest.raises(UsageError, match=r"dlv3\.pth: predicts 21 classes \(classifier\.4\.weight is \(21, 256, 1, "
-                                         r"1\)\) and cityscapes has 19"):
+    with pytest.raises(UsageError, match=r"deeplabv3_mobilenet_v3_large with --weights-file \S+dlv3\.pth: predicts "
+                                         r"21 classes \(classifier\.4\.weight is \(21, 256, 1, 1\)\) and "
+                                         r"cityscapes has 19"):
         load_spec("torchvision:deeplabv3_mobilenet_v3_large", "cpu", world["dlv3_file"], dataset=CITYSCAPES)
     with pytest.raises(UsageError, match=r"city\.pth: predicts 19 classes .* and voc has 21"):
         load_spec("torchvision:deeplabv3_mobilenet_v3_large", "cpu", str(tmp_path / "city.pth"))
