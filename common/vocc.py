@@ -270,8 +270,8 @@ def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> 
         field, got, wanted = diff
         hint = ("its pixels may differ: install requirements.txt's pins or dump again" if field.startswith("versions")
                 else "dump again or match the flags")
-        if field == "corruption_code":
-            field = "--corruption-code"
+        if field in ("corruption_code", "data"):
+            field = "--" + field.replace("_", "-")
         elif field == "preset":
             field, got, wanted = "--preset", got or "none", wanted or "none"
         raise UsageError(f"{root} was dumped with {field} {json.dumps(got)[:60]}, this run has "
