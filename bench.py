@@ -108,8 +108,8 @@ GROUPS = {"machine": (lambda ctx: bench_machine(ctx), False, 15, 5),
           "train": (lambda ctx: bench_train_input(ctx), True, 10, 10),
           "video": (lambda ctx: bench_video(ctx), True, 60, 60),
           "gradients": (lambda ctx: bench_loss_gradients(ctx), True, 120, 20),
-          "slide": (lambda ctx: bench_slide(ctx), False, 60, 10),
-          "dump_full": (lambda ctx: bench_dump_full(ctx), False, 300, 200)}
+          "slide": (lambda ctx: bench_slide(ctx), False, 120, 10),
+          "dump_full": (lambda ctx: bench_dump_full(ctx), False, 150, 150)}
 # Run only when --only names them: dump_full spends minutes of one core on 2048 x 1024 corruptions.
 OPT_IN = ("dump_full",)
 # "model": every group that needs the model on the device and nothing beyond torch, torchvision, numpy, Pillow.
