@@ -146,18 +146,16 @@ def open_val_set(args, shard):
 
 def root_field(data) -> dict:
     """run.json's root of the val set: "voc_root" for VOC (and the synthetic VOC), "data_root" for the others."""
-    return {"voc_root" if data.spec.name == "voc" else "data_root": os.path.abspath(data.root)}
+    return {vocc.root_key(data.spec.name): os.path.abspath(data.root)}
 
 
 def dump_identity(args, data):
     """run.json's "voc_c": the identity of the --voc-c dump, after checking that it holds this run's pixels (same
-    protocol, size, library versions, seed rule and val set); None without --voc-c."""
+    protocol, size, preset, library versions, seed rule and val set); None without --voc-c."""
     if args.voc_c is None:
         return None
-    dataset = data.dataset
     expect = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
-              "data": args.data, **root_field(data), "split": "val",
-              "image_ids_sha256": results.ids_sha256(dataset.ids), "data_sha256": results.files_sha256(dataset)}
+              "preset": args.preset_record, **vocc.data_identity(args.data, data.root, data.dataset)}
     m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **expect)
     return {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
             **{k: m[k] for k in vocc.IDENTITY if k in m}}

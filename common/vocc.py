@@ -188,19 +188,10 @@ def root_key(data) -> str:
 
 
 def data_sha256(dataset) -> str:
-    """A digest of a split's files wherever they are read from: each image id (sorted) with the sha256 of its
-    image and label files. For VOC (``masks``) it is results.files_sha256, the digest every VOC-C manifest and
-    run.json records; the other datasets' labels are their ``targets`` (Cityscapes': one-element lists)."""
+    """A digest of a split's files wherever they are read from (results.files_sha256: each image id with the
+    sha256 of its image and label files; VOC's labels are its ``masks``, the other datasets' their ``targets``)."""
     from .results import files_sha256
-    if hasattr(dataset, "masks"):
-        return files_sha256(dataset)
-    from .folders import file_sha256
-
-    labels = [t[0] if isinstance(t, (list, tuple)) else t for t in dataset.targets]
-    h = hashlib.sha256()
-    for image_id, image, label in sorted(zip(dataset.ids, dataset.images, labels)):
-        h.update(f"{image_id} {file_sha256(image)} {file_sha256(label)}\n".encode())
-    return h.hexdigest()
+    return files_sha256(dataset)
 
 
 def data_identity(data: str, root, dataset, split: str = "val") -> dict:
