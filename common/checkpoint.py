@@ -101,7 +101,9 @@ def load_model(path: str, device="cpu"):
 
     ckpt = read_checkpoint(path)
     cfg = dict(ckpt["model_config"])
-    cfg.pop("num_outputs", None)
+    outputs = cfg.pop("num_outputs", None)
+    if outputs is not None:   # the head's channels: N classes for the baseline, N - 1 for IBE / SCrIBE
+        cfg["num_classes"] = outputs + 1 if cfg.get("kind") in ("ibe", "scribe") and type(outputs) is int else outputs
     if "ibe_placement" not in cfg:   # every model_config records it; build_model's default would be a guess
         raise UsageError(f"checkpoint {path}: its model_config has no ibe_placement (an earlier train.py's "
                          f"format); {_rewrite_hint(path)}")
