@@ -153,3 +153,21 @@ def test_missing_or_wrong_cityscapes_root_is_one_line_and_no_output(cityscapes, 
                    "--folder-root", folder, "--cityscapes-root", cityscapes)
     assert "--cityscapes-root" in line
     assert not out.exists()
+
+
+def test_ade20k_and_acdc_train_their_own_classes_and_acdc_resumes_only_its_conditions(tmp_path, capsys):
+    ade = ensure_layout("ade20k", tmp_path / "ade", n_train=4, n_val=2, max_side=48, quiet=True)
+    acdc = ensure_layout("acdc", tmp_path / "acdc", n_train=2, n_val=1, width=64, height=32, quiet=True)
+    run(tmp_path / "a", "--model", "baseline", "--data", "ade20k", "--ade20k-root", ade, "--epochs", "1")
+    ckpt = read_checkpoint(str(tmp_path / "a" / "baseline" / "checkpoint.pt"))
+    assert ckpt["model_config"]["num_outputs"] == 150 and ckpt["dataset"]["name"] == "ade20k"
+    # ACDC: the train split of the chosen conditions only (2 images each).
+    capsys.readouterr()
+    run(tmp_path / "c", "--model", "baseline", "--data", "acdc", "--acdc-root", acdc, "--acdc-conditions", "fog,snow",
+        "--epochs", "1", "--batch-size", "2")
+    assert "train 4 images" in capsys.readouterr().out
+    ckpt = read_checkpoint(str(tmp_path / "c" / "baseline" / "checkpoint.pt"))
+    assert ckpt["model_config"]["num_outputs"] == 19 and ckpt["dataset"]["name"] == "acdc"
+    line = refused(capsys, train, *TINY, "--out", tmp_path / "c", "--model", "baseline", "--data", "acdc",
+                   "--acdc-root", acdc, "--acdc-conditions", "fog", "--epochs", "1", "--batch-size", "2", "--resume")
+    assert "--acdc-conditions fog,snow -> fog" in line
