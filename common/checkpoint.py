@@ -5,7 +5,9 @@
 
 Layout: ``model`` (state dict), ``model_config`` (kwargs of ``build_model`` minus the weights source),
 ``name``, ``epoch``, ``args`` (the training command's arguments), ``optimizer``, ``scheduler``,
-``scaler``, ``rng``, ``best_miou``, ``val`` (last validation metrics), ``git_commit``, ``versions``.
+``scaler``, ``rng``, ``best_miou``, ``val`` (last validation metrics), ``git_commit``, ``versions``, ``dataset``
+(``common.datasets.dataset_record``: the classes trained on). ``model_config["num_outputs"]`` is N for the
+baseline and N - 1 for IBE / SCrIBE: ``load_model`` rebuilds the model for the dataset's N classes from it.
 """
 import os
 import pickle

@@ -171,3 +171,18 @@ def test_ade20k_and_acdc_train_their_own_classes_and_acdc_resumes_only_its_condi
     line = refused(capsys, train, *TINY, "--out", tmp_path / "c", "--model", "baseline", "--data", "acdc",
                    "--acdc-root", acdc, "--acdc-conditions", "fog", "--epochs", "1", "--batch-size", "2", "--resume")
     assert "--acdc-conditions fog,snow -> fog" in line
+
+
+def test_load_model_rebuilds_n_classes_from_num_outputs(tmp_path):
+    # A checkpoint records num_outputs (the head's channels); the loader adds IBE / SCrIBE's implicit background.
+    from common.checkpoint import save_random_checkpoint
+    from common.models import build_model
+    for kind, n, outputs in (("baseline", 6, 6), ("ibe", 6, 5), ("scribe", 19, 18)):
+        path = save_random_checkpoint(tmp_path / f"{kind}.pt", kind, backbone="resnet18", head_channels=8,
+                                      num_classes=n)
+        assert read_checkpoint(path)["model_config"]["num_outputs"] == outputs
+        model, _ = load_model(path)
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, 32, 32)).shape == (1, n, 32, 32)
+    with pytest.raises(train.UsageError, match="at least 2"):
+        build_model("ibe", backbone="resnet18", num_classes=1)   # no foreground logit left
