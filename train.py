@@ -251,7 +251,7 @@ def open_training_data(args, splits):
     return with_training_transforms(train_split, val_split, args.crop_size, hold_out=args.held_out)
 
 
-def build_training_model(args, resume, num_classes: int):
+def build_training_model(args, resume, num_classes: int = voc.SPEC.num_classes):
     """(model to train, bare model): DistributedDataParallel around the bare one under torchrun, else the
     same module twice. Checkpoints hold the bare model's state dict."""
     device = torch.device(args.device)
