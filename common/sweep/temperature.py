@@ -91,6 +91,7 @@ def calibration_set(args, voc_root, val, infos, data=None):
     base = os.path.dirname(os.path.dirname(os.path.dirname(path)))
     dataset.images = [os.path.join(base, "JPEGImages", f"{i}.jpg") for i in picked]
     dataset.targets = [os.path.join(base, "SegmentationClass", f"{i}.png") for i in picked]
+    dataset.ids = list(picked)
     missing = [f for f in dataset.images + dataset.targets if not os.path.isfile(f)]
     if missing:
         raise UsageError(f"{path} names {len(missing)} file(s) that do not exist, first {missing[0]}; fix the split "
