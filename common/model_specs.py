@@ -114,7 +114,8 @@ def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_
         check_first_output(model, f"model {ckpt.get('name') or model.config['kind']} (checkpoint {spec})")
         return model, {"name": ckpt.get("name") or model.config["kind"], "path": os.path.abspath(spec),
                        "sha256": file_sha256(spec) if hash_file else None, "kind": model.config["kind"],
-                       "config": model.config, "held_out": (ckpt.get("args") or {}).get("held_out") or []}
+                       "config": model.config, "held_out": (ckpt.get("args") or {}).get("held_out") or [],
+                       "dataset": ckpt.get("dataset")}
     if kind == "torchvision":
         parts = spec[len(TORCHVISION):].split(":")
         if len(parts) > 2 or not parts[0]:

@@ -318,8 +318,9 @@ def per_class_markdown(analysis):
     if not models:
         return []
     entries = [analysis["per_model"][m]["per_class_iou"] for m in models]
-    rows = [[f"{i} {name}"] + [x for e in entries
-                               for x in (percent(e["clean"][i]), mark_incomplete(percent(e["corrupted"][i]), e["complete"]))]
+    rows = [[f"{i} {name}"] + [x for e in entries for x in (percent(e["clean"][i]),
+                                                             mark_incomplete(percent(e["corrupted"][i]),
+                                                                             e["complete"]))]
             for i, name in enumerate(analysis["dataset"]["classes"])]
     return [f"## IoU (%) per class ({analysis['dataset']['name']}, {num_classes(analysis)} classes)", "",
             "clean: the clean condition; corr.: the mean over the corrupted conditions (15 corruptions x severities "
