@@ -1,7 +1,10 @@
-"""Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep).
+"""Evaluate trained models on VOC val under the 15 corruptions x severities 0..5 (the paper's sweep), or on
+another dataset's val under a published protocol (docs/datasets.md).
 
     python evaluate_corruptions.py --checkpoints runs/{baseline,ibe,scribe}/checkpoint.pt \
         --data voc --voc-root /data/voc --voc-c VOC-C --out results
+    python evaluate_corruptions.py --checkpoints runs/city/baseline/checkpoint.pt hf:/models/segformer \
+        --data cityscapes --cityscapes-root /data/cityscapes --preset segformer-cityscapes-c --out results-city
 
 Each image is decoded and corrupted once per condition (``--workers`` processes do that) and fed to
 every model. Severity 0 is the clean image, evaluated once as the condition ``clean/0``. Writes to --out:
@@ -9,7 +12,8 @@ every model. Severity 0 is the clean image, evaluated once as the condition ``cl
     run.json                                    models (path, sha256, config), protocol, versions, args
     metrics.jsonl                               one row per (model, corruption, severity), schema in docs/outputs.md
     logits/<model>/<corruption>_<severity>.npz  LogitTracker state (count, sum, sq; float64) + END sums
-    confusion/<model>/<corruption>_<severity>.npz   21x21 confusion, image ids, per-image per-class TP/FP/FN,
+    confusion/<model>/<corruption>_<severity>.npz   KxK confusion (K: the dataset's classes, 21 on VOC), image ids,
+                                                    per-image per-class TP/FP/FN,
                                                     calibration bins of every reading (totals and per image;
                                                     common/calibration.py, docs/calibration.md)
 
@@ -53,15 +57,17 @@ from common.checkpoint import check_finite_logits
 from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name,
                         quiet_worker, run_cli)
 from common.corruptions import add_code_argument, corruption_versions, parse_corruptions, parse_severities
-from common.data import (PROTOCOLS, check_protocol_sizes, normalise_uint8, resolve_roots, single_thread_opencv,
-                         voc_dataset)
+from common.data import PROTOCOLS, check_protocol_sizes, normalise_uint8, single_thread_opencv
+from common.datasets import dataset_record, open_data
+from common.inference import with_inference
+from common.presets import PRESETS, apply_preset, conditions_of, parse_inference
 from common.device import autocast, memory_format, resolve_device, use_device
 from common.folders import check_output_folder, git_commit, lock_folder
 from common.malloc import keep_freed_memory
 from common.metrics import miou_from_confusion
 from common.results import CLEAN, read_metrics  # noqa: F401  (read_metrics: re-exported)
-from common.sweep.condition_stats import (ConditionStats, gather_ranks, metrics_row, per_image_counts, protocol_size,
-                                          write_condition)
+from common.sweep.condition_stats import (ConditionStats, gather_ranks, group_metrics, metrics_row, per_image_counts,
+                                          protocol_size, write_condition)
 from common.sweep.images import ConditionBatches, ConditionImages
 from common.sweep.run_folder import conditions_to_do, open_results, save_results
 from common.sweep.shards import merge, parse_shard
@@ -71,12 +77,14 @@ from common.sweep.temperature import calibration_set, check_not_val, fit_images,
 # ----------------------------------------------------------------------------------------------- sweep
 
 def check_sweep_args(args):
-    """(conditions, shard): clean/0 first (for severity 0), then every corruption x severity > 0, and this run's
-    (K, N) of --shard, after the checks that need no file."""
+    """(conditions, shard): clean/0 first (for severity 0), then every corruption x severity > 0 (a --preset's own
+    pairs), and this run's (K, N) of --shard, after the checks that need no file."""
+    apply_preset(args, get_args_parser(), args.data)
+    args.inference_mode = parse_inference(args.inference)
     severities = parse_severities(args.severities)
     corruptions = parse_corruptions(args.corruptions)
     conditions = [(CLEAN, 0)] if 0 in severities else []
-    conditions += [(c, s) for c in corruptions for s in severities if s > 0]
+    conditions += conditions_of(args, corruptions, severities)
     check_at_least("--batch-size", args.batch_size)
     if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
@@ -88,21 +96,24 @@ def check_sweep_args(args):
     return conditions, shard
 
 
-def load_models(args):
-    """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>] or module:factory specs,
-    common/model_specs.py) and their run.json entries, display names checked as plain file names."""
+def load_models(args, spec):
+    """The models of --checkpoints (checkpoint files, torchvision:<builder>[:<weights>], hf:<id or folder> or
+    module:factory specs, common/model_specs.py), each checked against the dataset ``spec``'s classes and run under
+    --inference, and their run.json entries, display names checked as plain file names."""
     if len(args.checkpoints) == 0:
         raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
                          "or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
     options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
+    data_spec = spec
     models, infos = [], []
     for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
         # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
         # cache; torchvision and factory models get an identity hash instead (common/model_specs.py).
-        model, info = model_specs.load_spec(spec, args.device, weights_file, kind)
+        model, info = model_specs.load_spec(spec, args.device, weights_file, kind, dataset=data_spec)
         model = model.to(memory_format=memory_format(torch.device(args.device), args.amp))
+        model = with_inference(model, args.inference_mode, data_spec.num_classes)
         if args.names:
             info["name"] = check_plain_name(args.names[i], f"--names (for {spec})")
         else:   # a checkpoint's stored name, or one derived from the spec: both become folder names
@@ -121,37 +132,44 @@ def load_models(args):
 
 
 def open_val_set(args, shard):
-    """(voc_root, dataset, indices of this shard's images, their ids); an image too small for the protocol stops
-    the run here."""
-    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
-    dataset = voc_dataset(voc_root, "val")
+    """(--data's val set (common.datasets.Data), indices of this shard's images, their ids); an image too small for
+    the protocol stops the run here."""
+    data = open_data(args, "val")
+    dataset = data.dataset
     n_total = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     indices = list(range(shard[0], n_total, shard[1]))
-    image_ids = [os.path.splitext(os.path.basename(dataset.images[i]))[0] for i in indices]
+    image_ids = [dataset.ids[i] for i in indices]
     check_protocol_sizes(dataset, indices, args.protocol)
-    return voc_root, dataset, indices, image_ids
+    return data, indices, image_ids
 
 
-def dump_identity(args, dataset, voc_root):
+def root_field(data) -> dict:
+    """run.json's root of the val set: "voc_root" for VOC (and the synthetic VOC), "data_root" for the others."""
+    return {"voc_root" if data.spec.name == "voc" else "data_root": os.path.abspath(data.root)}
+
+
+def dump_identity(args, data):
     """run.json's "voc_c": the identity of the --voc-c dump, after checking that it holds this run's pixels (same
     protocol, size, library versions, seed rule and val set); None without --voc-c."""
     if args.voc_c is None:
         return None
-    data = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
-            "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val",
-            "image_ids_sha256": results.ids_sha256(os.path.splitext(os.path.basename(p))[0] for p in dataset.images),
-            "data_sha256": results.files_sha256(dataset)}
-    m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **data)
+    dataset = data.dataset
+    expect = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
+              "data": args.data, **root_field(data), "split": "val",
+              "image_ids_sha256": results.ids_sha256(dataset.ids), "data_sha256": results.files_sha256(dataset)}
+    m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **expect)
     return {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
             **{k: m[k] for k in vocc.IDENTITY if k in m}}
 
 
-def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256) -> dict:
+def run_record(args, infos, data, image_ids, voc_c, data_sha256) -> dict:
     """run.json: what decides the numbers (results.identity) and the provenance; ``data_sha256``: the whole val
-    split's files (results.files_sha256), which identifies the data wherever it is read from."""
+    split's files (results.files_sha256), which identifies the data wherever it is read from. "dataset": the
+    classes, their names and colours (common.datasets.dataset_record), which the readers of the folder use."""
     versions = {**corruption_versions(), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
     return {"models": infos, "protocol": args.protocol, "size": protocol_size(args), "amp": args.amp,
-            "data": args.data, "voc_root": os.path.abspath(voc_root), "split": "val", "images": len(image_ids),
+            "data": args.data, **root_field(data), "split": "val", "images": len(image_ids),
+            "dataset": dataset_record(data.spec), "preset": args.preset_record, "inference": args.inference_mode,
             "image_ids_sha256": results.ids_sha256(image_ids), "data_sha256": data_sha256, "limit": args.limit,
             "shard": args.shard, "voc_c": voc_c, "versions": versions, "corruption_code": args.corruption_code,
             "seed_rule": vocc.seed_rule(args.corruption_code), "calibration_stride": args.calibration_stride,
@@ -159,14 +177,16 @@ def run_record(args, infos, voc_root, image_ids, voc_c, data_sha256) -> dict:
             "args": dict(vars(args))}   # the command's resolved arguments (--amp among them), as the docstring says
 
 
-def save_predictions(root, model_name, condition, preds, ids, write=vocc.write_bytes):
+def save_predictions(root, model_name, condition, preds, ids, spec, write=vocc.write_bytes):
+    """Each prediction as a palette PNG of class ids in the dataset's colours (VOC's: vocc.png_bytes)."""
     c, s = condition
     for pred, image_id in zip(preds, ids):
         path = os.path.join(root, model_name, f"{c}_{s}", f"{image_id}.png")
-        write(path, vocc.png_bytes(pred.astype(np.uint8), palette=True))
+        pred = pred.astype(np.uint8)
+        write(path, vocc.png_bytes(pred, palette=True) if spec.name == "voc" else spec.label_png(pred))
 
 
-def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batch):
+def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batch, spec):
     """Every model on every batch of ``items`` (this rank's images under each condition of ``todo``, in order).
     Yields (condition, [ConditionStats per model], its start time, this rank's predictions [(path, PNG bytes)]
     under torchrun) after the condition's last batch, so that it is written before the next one loads."""
@@ -185,8 +205,8 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
             cond = int(batch_["cond"][0])
             if cond != current:
                 current, t0, seen = cond, time.perf_counter(), 0
-                stats = [ConditionStats(len(mine), info.get("temperature"), args.calibration_stride)
-                         for info in infos]
+                stats = [ConditionStats(len(mine), info.get("temperature"), args.calibration_stride,
+                                        spec.num_classes, spec.has_background) for info in infos]
                 c, s = todo[cond]
                 bar = tqdm(total=len(mine), desc=f"{c}/{s}", unit="img", disable=None if world.is_root else True,
                            leave=False, dynamic_ncols=True)
@@ -201,7 +221,7 @@ def sweep(args, device, world, models, infos, todo, items, image_ids, mine, batc
                 pred = st.update(logits, labels, positions)
                 if args.save_predictions:
                     save_predictions(args.save_predictions, info["name"], todo[cond],
-                                     pred.cpu().numpy(), [image_ids[mine[p]] for p in positions], write)
+                                     pred.cpu().numpy(), [image_ids[mine[p]] for p in positions], spec, write)
             bar.update(len(positions))
             if bar.n % max(1, 4 * batch) < len(positions) or bar.n == len(mine):
                 bar.set_postfix_str(" ".join(f"{i['name']}={miou_from_confusion(st.confusion)['miou']:.3f}"
@@ -233,16 +253,17 @@ def evaluate(args, held, world=distributed.SINGLE):
     check_output_folder(args.out)
     if args.voc_c is not None:
         vocc.read_manifest(args.voc_c)   # a damaged manifest is refused before the models load
-    models, infos = load_models(args)
-    voc_root, dataset, indices, image_ids = open_val_set(args, shard)
-    voc_c = dump_identity(args, dataset, voc_root)
+    data, indices, image_ids = open_val_set(args, shard)
+    dataset = data.dataset
+    models, infos = load_models(args, data.spec)
+    voc_c = dump_identity(args, data)
     batch = args.batch_size if args.protocol == "paper" else 1  # other protocols keep each image's own size
     mine = world.split(len(indices), batch)   # positions (in indices) of this rank's images; all in one process
-    cal_set = calibration_set(args, voc_root, dataset, infos)
+    cal_set = calibration_set(args, data.root, dataset, infos, data)
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
     todo = None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
-        run = run_record(args, infos, voc_root, image_ids, voc_c, results.files_sha256(dataset))
+        run = run_record(args, infos, data, image_ids, voc_c, results.files_sha256(dataset))
         run["temperature"] = fit_images(args, cal_set)   # the images of the fit are part of the identity
         fresh, rows = open_results(args, held, run)
         todo, rows = conditions_to_do(args.out, conditions, infos, rows)
@@ -256,11 +277,12 @@ def evaluate(args, held, world=distributed.SINGLE):
     temperature = share_temperatures(world, args, device, models, infos, cal_set)
     if world.is_root:
         run["temperature"] = temperature
+    real_shifts = [dataset.conditions[i] for i in indices] if data.spec.name == "acdc" else None
     items = ConditionImages(dataset, [indices[p] for p in mine], todo, args.protocol, args.size, args.voc_c,
                             args.corruption_code)
     start = time.perf_counter()
     for (c, s), stats, t0, predictions in sweep(args, device, world, models, infos, todo, items, image_ids, mine,
-                                                batch):
+                                                batch, data.spec):
         if world.size > 1:   # the ranks' parts, merged on rank 0 into what one process would have
             stats, predictions = gather_ranks(world, stats, mine, predictions)
             if stats is None:
@@ -270,8 +292,11 @@ def evaluate(args, held, world=distributed.SINGLE):
         seconds = time.perf_counter() - t0
         new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
         folder = fresh.path if fresh else args.out
-        for st, info in zip(stats, infos):
-            write_condition(folder, info["name"], c, s, st, image_ids, *per_image_counts(st.per_image))
+        for st, info, row in zip(stats, infos, new):
+            counts = per_image_counts(st.per_image)
+            write_condition(folder, info["name"], c, s, st, image_ids, *counts, groups=real_shifts)
+            if real_shifts is not None:   # ACDC: each real condition's mIoU under this corruption
+                row["real_conditions"] = group_metrics(*counts, real_shifts)
         rows = rows + new
         save_results(folder, fresh, run, rows)
         print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",
@@ -305,16 +330,26 @@ def get_args_parser():
     p.add_argument("--checkpoints", nargs="+", default=[], metavar="SPEC",
                    help="the models: checkpoints written by train.py (self-describing), torchvision:<builder>"
                         "[:<weights>] (e.g. torchvision:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1; weights from the "
-                        "torch hub cache) or module.path:factory (a function returning an nn.Module)")
+                        "torch hub cache), hf:<model id or save_pretrained folder> (a transformers segmentation "
+                        "model; optional package) or module.path:factory (a function returning an nn.Module). Each "
+                        "must predict the dataset's classes")
     p.add_argument("--names", nargs="+", default=None,
                    help="display names (plain file names); default: the name stored in each checkpoint, the "
                         "builder's name for torchvision:, the factory's for module:factory")
     model_specs.add_model_arguments(p, "--checkpoints")
-    add_data_arguments(p, "voc", help="which val set: VOC 2012 val under --voc-root, or the synthetic one")
+    add_data_arguments(p, "voc", help="which val set: VOC 2012 val under --voc-root, the synthetic VOC, or the val "
+                                      "split of Cityscapes, ADE20K, ACDC or a folder dataset under its --<name>-root "
+                                      "(docs/datasets.md)")
     add_code_argument(p)
     p.add_argument("--voc-c", default=None,
                    help="a dump_voc_c.py folder: read corrupted images from it where present, corrupt on the fly "
                         "otherwise (identical pixels either way)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="a published protocol (docs/datasets.md, Presets, names each source): fixes --corruptions, "
+                        "--severities (per corruption), --protocol, --size and --inference, which are then refused; "
+                        "run.json records it and a folder of another preset is refused. paper is the default "
+                        "protocol's flags; kamann-rother-cityscapes-c, segformer-cityscapes-c (--data cityscapes), "
+                        "semsegbench-ade20k-c (--data ade20k)")
     p.add_argument("--corruptions", nargs="+", default=["all"],
                    help="names, short names, numbers, 'all' (the 15), 'held_out', or a group")
     p.add_argument("--severities", nargs="+", default=["0", "1", "2", "3", "4", "5"],
@@ -322,9 +357,15 @@ def get_args_parser():
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="paper: Pillow-resize to --size x --size, corrupt, score at that size (the paper's sweep); "
                         "shortside: short side --size, aspect kept (the notebook's FixScaleResize, for its clean PCA "
-                        "pass); native: original resolution")
+                        "pass); native: original resolution (Cityscapes' presets); keep_ratio: aspect kept, fitted "
+                        "into 4*size x size (mmsegmentation's test resize; ADE20K's 2048x512 at --size 512)")
     p.add_argument("--size", type=int, default=224,
-                   help="image side under --protocol paper, short side under shortside (smaller is faster)")
+                   help="image side under --protocol paper, short side under shortside and keep_ratio (smaller is "
+                        "faster)")
+    p.add_argument("--inference", default="whole",
+                   help="whole: one forward of the whole image; slide:HxW:HxW: crops of HxW at a stride of HxW, "
+                        "the logits averaged where crops overlap (mmsegmentation's slide mode; common/inference.py), "
+                        "e.g. slide:1024x1024:768x768 on Cityscapes' 2048x1024")
     p.add_argument("--batch-size", type=int, default=16,
                    help="images per forward pass (shortside and native protocols: always 1, sizes differ)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),

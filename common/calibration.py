@@ -1,11 +1,14 @@
 """Calibration and failure detection of a model's outputs, read two ways, additive over images.
 
     cal = Calibration(n_rows=len(images))          # one row per image (the bootstrap resamples rows)
-    cal.update(logits, labels, rows=positions)     # (B, 21, H, W) logits, (B, H, W) labels with 255
+    cal.update(logits, labels, rows=positions)     # (B, K, H, W) logits (K = 21 on VOC), (B, H, W) labels, 255
     cal.metrics()                                  # ece, ece_adaptive, nll, brier, aurc, auroc, ... over the pixels
     cal.state_dict()                               # -> numpy arrays for np.savez (totals and per row)
     Calibration.from_state_dict(npz) + other       # conditions add up; Calibration.concat(shards, order)
     Calibration(n, reading="sigmoid", temperature=t, classwise=True)   # another reading (below)
+
+Written below for VOC's 21 classes; every formula holds for any number of classes K (``num_classes``, the
+class-wise table's rows: the dataset's classes).
 
 The formulas, with their approximations and sizes, are in docs/calibration.md; in short. Over the pixels whose
 label is not 255, from the model's 21 output channels z as built (for IBE and SCrIBE channel 0 is
@@ -202,7 +205,7 @@ class Calibration:
     work, an unbiased systematic sample of the pixels (docs/calibration.md, "Pixel subgrid")."""
 
     def __init__(self, n_rows: int = 1, bins: int = BINS, reading: str = "softmax", temperature: float = 1.0,
-                 fine: bool = True, classwise: bool = False, stride: int = 1):
+                 fine: bool = True, classwise: bool = False, stride: int = 1, num_classes: int = NUM_CLASSES):
         if reading not in READINGS:
             raise ValueError(f"unknown reading {reading!r} (one of {', '.join(READINGS)})")
         if int(stride) < 1:
@@ -211,11 +214,12 @@ class Calibration:
         self.n_rows, self.bins = int(n_rows), int(bins)
         self.reading, self.temperature = reading, float(temperature)
         self.fine, self.classwise = bool(fine), bool(classwise)
+        self.num_classes = int(num_classes)   # the class-wise table's rows (the dataset's classes)
         self._tables = None            # allocated at the first update, on the logits' device
         self._from = None              # or numpy tables, when built from saved arrays
 
     def _sizes(self):
-        n, b, f, k = self.n_rows, self.bins, FINE_BINS, NUM_CLASSES
+        n, b, f, k = self.n_rows, self.bins, FINE_BINS, self.num_classes
         # One spare slot at the end of each table takes the ignored pixels (no boolean selection, which
         # would need the count on the host).
         sizes = {"count": (n * b + 1, torch.int64), "conf": (n * b + 1, torch.float64),
@@ -339,8 +343,8 @@ class Calibration:
         """Per-row numpy tables: image_count (n, bins) int64, image_conf_sum (n, bins) float64,
         image_acc_sum (n, bins) int64, image_nll_sum (n,) and image_brier_sum (n,) float64; with the fine
         bins image_fine_count, image_fine_correct (n, F) int64 and image_fine_conf_sum (n, F) float64; with
-        the class-wise table classwise_count, classwise_conf_sum, classwise_pos (21, bins), not per row."""
-        n, b, f, k = self.n_rows, self.bins, FINE_BINS, NUM_CLASSES
+        the class-wise table classwise_count, classwise_conf_sum, classwise_pos (K, bins), not per row."""
+        n, b, f, k = self.n_rows, self.bins, FINE_BINS, self.num_classes
         raw = self._raw()
         out = {"image_count": raw["count"][:n * b].reshape(n, b).copy(),
                "image_conf_sum": raw["conf"][:n * b].reshape(n, b).copy(),
@@ -398,7 +402,7 @@ class Calibration:
 
     def state_dict(self, prefix: str = PREFIX) -> dict:
         """Totals (count, conf_sum, acc_sum: (bins,); nll_sum, brier_sum, pixels: scalars; fine_count,
-        fine_correct, fine_conf_sum: (F,); classwise_*: (21, bins)) and the per-row tables, as numpy arrays
+        fine_correct, fine_conf_sum: (F,); classwise_*: (K, bins)) and the per-row tables, as numpy arrays
         named ``prefix + key`` for np.savez, and ``prefix + "temperature"`` (a scalar)."""
         out = {prefix + k: v for k, v in self.totals().items()}
         out.update({prefix + k: v for k, v in self.rows().items() if k.startswith("image_")})
@@ -411,8 +415,10 @@ class Calibration:
                   stride: int = 1) -> "Calibration":
         """From per-row numpy tables as ``rows()`` returns them (the fine and class-wise ones where present)."""
         count = np.asarray(rows["image_count"], dtype=np.int64)
+        classwise = all(k in rows for k in CLASSWISE_KEYS)
+        n_classes = np.asarray(rows["classwise_count"]).shape[0] if classwise else NUM_CLASSES
         new = cls(count.shape[0], count.shape[1], reading=reading, temperature=temperature, stride=stride,
-                  fine=all(k in rows for k in FINE_KEYS), classwise=all(k in rows for k in CLASSWISE_KEYS))
+                  fine=all(k in rows for k in FINE_KEYS), classwise=classwise, num_classes=n_classes)
         names = {"image_count": "count", "image_conf_sum": "conf", "image_acc_sum": "acc", "image_nll_sum": "nll",
                  "image_brier_sum": "brier", "image_fine_count": "fine_count", "image_fine_correct": "fine_correct",
                  "image_fine_conf_sum": "fine_conf", "classwise_count": "cw_count",

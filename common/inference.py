@@ -17,6 +17,7 @@ normalisation) to the full crop size and the logits of the padding are dropped, 
 fixed input size (a ViT's position embeddings) runs too. ``pad_value=None`` gives mmsegmentation's behaviour.
 """
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -89,3 +90,26 @@ def sliding_window_logits(model, x: torch.Tensor, crop, stride, num_classes: int
             total[:, :, y1:y2, x1:x2] += out[:, :, : y2 - y1, : x2 - x1].float()
             count[:, :, y1:y2, x1:x2] += 1
     return total / count
+
+
+class SlidingWindow(nn.Module):
+    """``model`` run as a sliding window: ``SlidingWindow(model, crop, stride, K)(x)`` is
+    ``sliding_window_logits(model, x, crop, stride, K)``, so that every caller of ``model(x)`` (the sweep, the
+    temperature fit) uses the window without knowing it."""
+
+    def __init__(self, model, crop, stride, num_classes: int, batch_crops: int = 1):
+        super().__init__()
+        self.model, self.crop, self.stride = model, _pair(crop, "crop"), _pair(stride, "stride")
+        self.num_classes, self.batch_crops = int(num_classes), int(batch_crops)
+
+    def forward(self, x):
+        return sliding_window_logits(self.model, x, self.crop, self.stride, self.num_classes,
+                                     batch_crops=self.batch_crops)
+
+
+def with_inference(model, inference: dict, num_classes: int):
+    """``model`` under an inference mode (common/presets.py ``parse_inference``): itself for "whole", wrapped in
+    ``SlidingWindow`` for "slide"."""
+    if inference["mode"] == "whole":
+        return model
+    return SlidingWindow(model, inference["crop"], inference["stride"], num_classes)

@@ -105,7 +105,7 @@ def model_options(specs, weights_files=None, model_kinds=None, where="--checkpoi
     return list(zip(files, chosen))
 
 
-def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_file=True):
+def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_file=True, dataset=None):
     """``(model.eval() on device, info)`` for any spec (module docstring). ``hash_file=False`` leaves a
     checkpoint's ``sha256`` as None for the caller to fill (make_video.py does not need it)."""
     kind = spec_kind(spec)

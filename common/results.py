@@ -25,12 +25,13 @@ import sys
 import numpy as np
 
 from .cli import UsageError
-from .constants import NUM_CLASSES
 from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from .folders import write_npz, write_text
 
 CLEAN = "clean"   # the severity-0 condition, shared by all corruptions
-K = NUM_CLASSES
+# The class dimension of every array: named, so that a file's arrays agree with each other on K (the dataset's
+# classes: 21 on VOC, 19 on Cityscapes, 150 on ADE20K); run.json's "dataset" says which.
+K = "k"
 NUMBER_FIELDS = ("miou", "pixel_acc", "end", "distance", "distance_predicted", "ece", "nll", "brier")
 
 
@@ -158,10 +159,18 @@ def read_run(path, hint=None):
                                                and isinstance(m.get("sha256"), (str, type(None))) for m in models):
         raise damaged("models must be a list of {name, sha256}")
     for key, types in (("protocol", (str,)), ("size", (int, type(None))), ("images", (int,)),
-                       ("voc_root", (str,)), ("versions", (dict,)), ("args", (dict,))):
+                       ("voc_root", (str,)), ("data_root", (str,)), ("versions", (dict,)), ("args", (dict,)),
+                       ("dataset", (dict,))):
         if key in run and (not isinstance(run[key], types) or isinstance(run[key], bool)):
             raise damaged(f"{key} is {clipped_json(run[key], 24)}")
     return run
+
+
+def dataset_of(run):
+    """The dataset a results folder was evaluated on (common.datasets.spec_from_record of run.json's "dataset"):
+    its classes, names, palette and whether class 0 is a background class."""
+    from .datasets import spec_from_record
+    return spec_from_record(run["dataset"])
 
 
 def check_rows_match_run(rows, run, metrics_path, run_path, hint=None):
@@ -202,25 +211,33 @@ def files_sha256(dataset) -> str:
     from .folders import file_sha256
 
     h = hashlib.sha256()
-    for image, mask in sorted(zip(dataset.images, dataset.masks), key=lambda p: os.path.basename(p[0])):
-        h.update(f"{os.path.splitext(os.path.basename(image))[0]} {file_sha256(image)} {file_sha256(mask)}\n".encode())
+    labels = getattr(dataset, "masks", None) or dataset.targets   # VOC's masks; the adapters' targets
+    labels = [t[0] if isinstance(t, (list, tuple)) else t for t in labels]   # torchvision Cityscapes: [path]
+    ids = getattr(dataset, "ids", None) or [os.path.splitext(os.path.basename(p))[0] for p in dataset.images]
+    for image_id, image, mask in sorted(zip(ids, dataset.images, labels), key=lambda t: os.path.basename(t[1])):
+        h.update(f"{image_id} {file_sha256(image)} {file_sha256(mask)}\n".encode())
     return h.hexdigest()
 
 
 def same_data(key: str, old: dict, new: dict) -> bool:
-    """Whether the differing ``...voc_root`` field ``key`` of two identities is the same val set read through
-    another path: both record the files' digest (``data_sha256``), which is compared as a field of its own."""
-    if not key.endswith("voc_root"):
+    """Whether the differing ``...voc_root`` (or ``...data_root``) field ``key`` of two identities is the same val
+    set read through another path: both record the files' digest (``data_sha256``), which is compared as a field
+    of its own."""
+    root = next((r for r in ROOT_FIELDS if key.endswith(r)), None)
+    if root is None:
         return False
-    digest = key[:-len("voc_root")] + "data_sha256"
+    digest = key[:-len(root)] + "data_sha256"
     return bool(old.get(digest) and new.get(digest))
 
 
 # run.json fields that decide the numbers, in the order a difference is reported. Checkpoints are compared by
 # their files' sha256, which covers the weights, the model config and the training recipe stored in them.
 # The val set is compared by its files' digest (data_sha256), not by the path it was read from (same_data).
-RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "split", "images", "image_ids_sha256",
-              "shard", "seed_rule", "data_sha256", "calibration_stride")
+RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", "data_root", "split", "images",
+              "image_ids_sha256", "shard", "seed_rule", "data_sha256", "calibration_stride", "dataset", "preset",
+              "inference")
+# The val set's root: "voc_root" on VOC, "data_root" on the other datasets; a run.json has one of them.
+ROOT_FIELDS = ("voc_root", "data_root")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
 VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
                "data_sha256")
@@ -256,7 +273,9 @@ def identity(run) -> dict:
 def require_identity(run, path, hint) -> None:
     """Refuse a run.json without every field of ``RUN_FIELDS`` (one written by an earlier evaluate_corruptions.py):
     its numbers cannot be told apart from this run's."""
-    lacking = [k for k in RUN_FIELDS if k not in run]
+    lacking = [k for k in RUN_FIELDS if k not in run and k not in ROOT_FIELDS]
+    if not any(k in run for k in ROOT_FIELDS):
+        lacking.append("voc_root")
     if isinstance(run.get("voc_c"), dict):
         lacking += [f"voc_c.{k}" for k in VOCC_FIELDS if k not in run["voc_c"]]
     if lacking:
@@ -281,7 +300,8 @@ def first_difference(old: dict, new: dict, skip=()):
 LABELS = {"corruption_code": "--corruption-code", "models": "the models", "protocol": "--protocol", "size": "--size", "amp": "--amp", "data": "--data",
           "voc_root": "the val set at", "split": "the split", "images": "images:",
           "image_ids_sha256": "image ids sha256", "shard": "--shard", "seed_rule": "the seed rule",
-          "data_sha256": "val files sha256", "calibration_stride": "--calibration-stride"}
+          "data_sha256": "val files sha256", "calibration_stride": "--calibration-stride", "data_root": "the val set at",
+          "dataset": "the dataset's classes", "preset": "--preset", "inference": "--inference"}
 
 
 def message_value(value) -> str:
@@ -391,13 +411,15 @@ CALIBRATION_PREFIXES = ("calib_", "calib_sigmoid_", "calib_softmax_ts_", "calib_
 CALIBRATION_SPEC = {k: v for p in CALIBRATION_PREFIXES for k, v in _calibration_spec(p).items()}
 CALIBRATION_OPTIONAL = tuple(k for k in CALIBRATION_SPEC if k.startswith(("calib_softmax_ts_", "calib_sigmoid_ts_"))
                              or (k.startswith("calib_classwise_")))
+# ACDC's sweeps also store each image's real condition (fog, night, rain, snow), in image_ids order.
+GROUPS_SPEC = {"image_groups": ("U", ("n",))}
 
 
-def read_confusion(path, hint, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC)):
+def read_confusion(path, hint, keys=tuple(CONFUSION_SPEC) + tuple(CALIBRATION_SPEC) + tuple(GROUPS_SPEC)):
     """One confusion/<model>/<condition>.npz: confusion (21, 21), image_ids (n,), tp / fp / fn (n, 21), counts >= 0,
     the softmax and sigmoid readings' calibration arrays, and the temperature-scaled ones where the file has them."""
-    spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC}
-    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=CALIBRATION_OPTIONAL)
+    spec = {**CONFUSION_SPEC, **CALIBRATION_SPEC, **GROUPS_SPEC}
+    z = load_npz(path, {k: spec[k] for k in keys}, hint, optional=CALIBRATION_OPTIONAL + tuple(GROUPS_SPEC))
     for k in ("confusion", "tp", "fp", "fn"):
         if k in z and (z[k] < 0).any():
             raise UsageError(f"{path}: negative counts in {k} (damaged); {hint}")

@@ -37,7 +37,7 @@ from .cli import UsageError
 from .datasets import ade20k, cityscapes
 from .synthetic import STAMP, _read_stamp, install_generated
 
-GENERATOR_VERSION = "synthetic-layouts-1"
+GENERATOR_VERSION = "synthetic-layouts-2"
 LAYOUTS = ("cityscapes", "ade20k", "acdc", "folder")
 DEFAULTS = dict(n_train=2, n_val=3, width=64, height=32, max_side=72, seed=0)
 CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt", "lindau", "munster")}
@@ -138,7 +138,8 @@ def _acdc(dest, cfg):
         for split, n in (("train", cfg["n_train"]), ("val", cfg["n_val"])):
             for i in range(n):
                 rng = _rng(cfg["seed"], "acdc", split, i, extra=1 + ("fog", "night", "rain", "snow").index(cond))
-                stem = f"{seq}_frame_{41 + 8 * i:06d}"
+                # Frames of the train split come later in the sequence: an id is never in two splits (as in ACDC).
+                stem = f"{seq}_frame_{41 + 8 * i + (800 if split == 'train' else 0):06d}"
                 lab = street_label(rng, cfg["height"], cfg["width"])
                 img = _condition(_paint(lab, _COLOURS, rng), cond, rng)
                 _save_png(img, os.path.join(dest, "rgb_anon", cond, split, seq, stem + "_rgb_anon.png"))

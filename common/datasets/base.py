@@ -54,6 +54,20 @@ class DatasetSpec:
         return pal[np.asarray(label, dtype=np.uint8)]
 
 
+    def label_png(self, label: np.ndarray) -> bytes:
+        """A label map (train ids, 255 ignore) as a palette PNG with this dataset's colours: the values stay the
+        class ids, the file shows the colours (evaluate_corruptions.py --save-predictions)."""
+        import io
+        label = np.ascontiguousarray(label, dtype=np.uint8)
+        im = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
+        pal = np.full((256, 3), 255, np.uint8)
+        pal[: self.num_classes] = self.palette
+        im.putpalette(pal.ravel().tolist())
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", compress_level=3)
+        return buf.getvalue()
+
+
 def generated_palette(n: int) -> np.ndarray:
     """(n, 3) uint8 colours for a dataset that ships none: the VOC bit-interleaved colormap of indices 1..n,
     so that no class is black (index 0's colour) and neighbouring indices differ in hue."""

@@ -8,7 +8,7 @@ from common import distributed, results
 from common.cli import UsageError
 from common.folders import replace_folder
 from common.results import read_metrics
-from common.sweep.condition_stats import ConditionStats, combine, metrics_row, write_condition
+from common.sweep.condition_stats import ConditionStats, combine, group_metrics, metrics_row, write_condition
 from common.sweep.run_folder import check_same_run, save_results
 
 
@@ -93,18 +93,24 @@ def merge(args, held):
     for c, s in conds:
         for info in base["models"]:
             name = info["name"]
-            pieces, ids, secs, n = [], [], 0.0, 0
+            pieces, ids, groups, secs, n = [], [], [], 0.0, 0
             for d, _, rws in runs:
                 row = [x for x in rws if (x["model"], x["corruption"], x["severity"]) == (name, c, s)]
                 lg, cf = parts[name, (c, s), d]
-                pieces.append((ConditionStats.from_files(lg, cf), (cf["tp"], cf["fp"], cf["fn"])))
+                pieces.append((ConditionStats.from_files(lg, cf, base["dataset"]["has_background"]),
+                               (cf["tp"], cf["fp"], cf["fn"])))
                 ids += list(cf["image_ids"])
+                groups += list(cf["image_groups"]) if "image_groups" in cf else [None] * len(cf["image_ids"])
                 secs += row[0].get("seconds") or 0.0
                 n += row[0].get("images") or len(cf["image_ids"])
             order = np.argsort(np.array(ids), kind="stable")
             st, (tp, fp, fn) = combine(pieces, order)
-            out_rows.append(metrics_row(st, info, c, s, args, n, secs))
-            write_condition(folder, name, c, s, st, np.array(ids)[order], tp, fp, fn)
+            row = metrics_row(st, info, c, s, args, n, secs)
+            grouped = None if None in groups else [groups[i] for i in order]   # ACDC's real conditions
+            if grouped is not None:
+                row["real_conditions"] = group_metrics(tp, fp, fn, grouped)
+            out_rows.append(row)
+            write_condition(folder, name, c, s, st, np.array(ids)[order], tp, fp, fn, groups=grouped)
     save_results(folder, fresh, merged, out_rows)
     print(f"merged {len(runs)} folders: {len(conds)} conditions x {len(base['models'])} models -> {args.out}")
     return 0

@@ -43,13 +43,48 @@ def calibration_ids(args, voc_root, infos):
     return name, path, read_split(path)
 
 
-def calibration_set(args, voc_root, val, infos):
+def other_calibration_set(args, data, infos):
+    """``calibration_set`` on a dataset of common/datasets (Cityscapes, ADE20K, ACDC, folder): --calibration-split
+    auto is the images of its train split every checkpoint held out (train.py --hold-out), else its train split
+    with a note; a name is one of the dataset's splits other than val."""
+    name, spec = args.calibration_split, data.spec
+    if name == "val":
+        raise UsageError(f"--calibration-split val: {spec.name} val is the test set, and a temperature fitted on it "
+                         f"would be tuned on the test images; use auto (default) or train, or --calibration-images 0")
+    held = None
+    if name == "auto":
+        held = [set(i.get("held_out") or ()) for i in infos if "identity" not in i]
+        held = set.intersection(*held) if held else set()
+        name = "train"
+    if name not in spec.splits:
+        raise UsageError(f"--calibration-split {name}: {spec.name} has the splits {', '.join(spec.splits)}; name "
+                         f"one other than val, or --calibration-images 0")
+    options = {"conditions": args.acdc_conditions} if spec.name == "acdc" else {}
+    dataset = spec.eval_dataset(data.root, name, **options)
+    ids = list(dataset.ids)
+    source = name
+    if held:
+        ids, source = [i for i in ids if i in held], "held-out"
+    elif args.calibration_split == "auto":
+        print("note: no checkpoint held training images out (train.py --hold-out N), so the temperatures are fitted "
+              f"on {spec.name} train images the models were trained on", flush=True)
+    picked = evenly_spaced(ids, args.calibration_images)
+    where = {i: k for k, i in enumerate(dataset.ids)}
+    indices = [where[i] for i in picked]
+    check_protocol_sizes(dataset, indices, args.protocol)
+    return dataset, indices, picked, source
+
+
+def calibration_set(args, voc_root, val, infos, data=None):
     """(dataset, indices, ids, what they are) of the clean images the temperatures are fitted on:
     --calibration-images of ``calibration_ids``, evenly spaced through them (deterministic); None with
-    --calibration-images 0. VOC val is the test set: naming it, or a split sharing an image with it, is refused."""
+    --calibration-images 0. VOC val is the test set: naming it, or a split sharing an image with it, is refused.
+    ``data`` (common.datasets.open_data) other than VOC: ``other_calibration_set``."""
     check_at_least("--calibration-images", args.calibration_images, 0)
     if args.calibration_images == 0:
         return None
+    if data is not None and data.spec.name != "voc":
+        return other_calibration_set(args, data, infos)
     source, path, ids = calibration_ids(args, voc_root, infos)
     picked = evenly_spaced(ids, args.calibration_images)
     dataset = copy.copy(val)           # val's loader and checks, over the calibration images' files
@@ -77,11 +112,11 @@ def check_not_val(args, cal_set, val):
     check, so that a val set changed under a run is reported as such first."""
     if cal_set is None:
         return
-    val_ids = {os.path.splitext(os.path.basename(p))[0] for p in val.images}
+    val_ids = set(getattr(val, "ids", None) or (os.path.splitext(os.path.basename(p))[0] for p in val.images))
     shared = [i for i in cal_set[2] if i in val_ids]
     if shared:
         raise UsageError(f"--calibration-split {args.calibration_split}: {len(shared)} of its images are val (test) "
-                         f"images, first {shared[0]}; fit the temperature on images that are not in val.txt")
+                         f"images, first {shared[0]}; fit the temperature on images that are not in val")
 
 
 def fit_temperatures(args, device, models, infos, cal_set):
