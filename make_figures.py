@@ -77,7 +77,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import model_specs, results as rf  # noqa: E402
 from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
-from common.analysis.inputs import read_analysis_arrays, results_dataset  # noqa: E402
+from common.analysis.inputs import results_dataset  # noqa: E402
 from common.corruptions import CORRUPTION_CODES, DEFAULT_CODE, MIN_SIDE  # noqa: E402
 from common.data import resolve_roots, voc_dataset  # noqa: E402
 from common.datasets import DATASETS, open_data  # noqa: E402
@@ -172,7 +172,7 @@ def read_arrays(d, wanted, run, run_path, classes):
         raise UsageError(f"{path}: missing; run analyze_logits.py --results {d} first "
                          f"(needed by {', '.join(f for f in wanted if 'arrays' in NEEDS[f])})")
     fix = f"rewrite it with analyze_logits.py --results {d}"
-    arrays = read_analysis_arrays(path, fix, classes.num_classes)
+    arrays = rf.read_analysis_arrays(path, fix)   # its K x K arrays agree with its classes, checked here
     if [str(c) for c in arrays.get("classes", [])] != list(classes.classes):
         raise UsageError(f"{path}: its classes are not the {classes.name} classes {run_path} records; {fix}")
     names = [str(n) for n in arrays.get("models", [])]

@@ -14,7 +14,7 @@ import analyze_logits
 import evaluate_corruptions
 import make_figures as mf
 from common.cli import UsageError
-from common.datasets import DATASETS
+from common.datasets import DATASETS, dataset_record
 from common.figures import drawing, miou, val_images
 from helpers import refused
 
@@ -271,11 +271,20 @@ def test_correlations_notebook_draws_the_notebook_quantity_on_08_to_1(results, t
     assert pixels[0].shape != pixels[1].shape or (pixels[0] != pixels[1]).any()
 
 
+def complete_run_json(root, run=None):
+    """Writes root/run.json (``run``, else the one there) with placeholders for the identity fields that
+    make_figures.py requires of a run.json and that a hand-made results folder lacks."""
+    from common.results import RUN_FIELDS
+    run = run or json.load(open(root / "run.json"))
+    placeholders = {"data_root": "", "protocol": "paper", "size": 224, "images": 3}   # the types results.py checks
+    json.dump({**{k: placeholders.get(k) for k in RUN_FIELDS if k != "voc_root"}, **run}, open(root / "run.json", "w"))
+
+
 def test_explained_variance_figure_names_its_pass():
     ev = np.linspace(0.5, 1, 21)
     count, pca_count = np.ones(21), np.ones(21)
     pca_count[[3, 4, 5]] = 0
-    ctx = {"array_names": ["m"], "styles": mf.styles([{"name": "m", "kind": "baseline"}]),
+    ctx = {"array_names": ["m"], "styles": mf.styles([{"name": "m", "kind": "baseline"}]), "classes": VOC,
            "arrays": {"m/clean/explained_variance": ev, "m/clean/count": count,
                       "m/clean/explained_variance_count": pca_count,
                       "explained_variance_source": np.array("shortside pass at /somewhere")}}
@@ -337,9 +346,11 @@ def test_class_means_and_distance_panels_are_those_of_the_logits_files(tmp_path)
         np.savez(tmp_path / "logits" / m / "clean_0.npz", count=count, sum=x * count[:, None],
                  sq=count[:, None, None] * (x[:, :, None] * x[:, None, :] + np.eye(21)), end_sum=np.float64(0),
                  pixels=np.int64(count.sum()))
-        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5,
+        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5, "iou": [None] * 21,
                      "distance_predicted": None, "ece": None, "nll": None, "brier": None, "calibration": {}})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    complete_run_json(tmp_path, {"models": [{"name": r["model"], "kind": r["kind"], "sha256": None} for r in rows],
+                                 "dataset": dataset_record(VOC)})
     analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(tmp_path), "--bootstrap", "0"]))
     args = mf.get_args_parser().parse_args(["--results", str(tmp_path), "--only", "class_means", "distance_matrices"])
     ctx = mf.read_results(args, args.only)
@@ -488,8 +499,8 @@ def test_correlation_class_is_the_notebooks_cell_45(results):
     z = np.load(os.path.join(results["dir"], "logits", names[0], "clean_0.npz"))
     k = int(np.argmax(z["count"][1:]) + 1)                      # a foreground class the first model predicts
     args = mf.get_args_parser().parse_args(["--results", results["dir"], "--only", "correlation_class"])
-    assert args.correlation_class == 13 and CLASSES[13] == "horse"  # the notebook's cor[-8:-7]
     ctx = mf.read_results(args, args.only)
+    assert mf.default_correlation_class(ctx) == 13 and CLASSES[13] == "horse"  # on VOC the notebook's cor[-8:-7]
     ctx["correlation_class"] = k
     fig = mf.fig_correlation_class(ctx)
     got = panels(fig)
@@ -516,12 +527,9 @@ def test_correlation_class_is_the_notebooks_cell_45(results):
 def k_class_results(root, dataset, kinds):
     """A results folder over the classes of ``dataset`` (test_analyze_logits.k_class_folder: counts and logit
     states drawn in numpy), its run.json completed with the identity fields make_figures.py requires, analysed."""
-    from common.results import RUN_FIELDS
     from test_analyze_logits import K_CONDS, k_class_folder
     _, means = k_class_folder(root, dataset, kinds, K_CONDS)
-    run = json.load(open(root / "run.json"))
-    placeholders = {"voc_root": "", "versions": {}, "args": {}}    # the types results.py checks
-    json.dump({**{k: placeholders.get(k) for k in RUN_FIELDS}, **run}, open(root / "run.json", "w"))
+    complete_run_json(root)
     analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(root), "--bootstrap", "0"]))
     return means
 

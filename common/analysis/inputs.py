@@ -82,29 +82,6 @@ def undefined_without_background(spec):
     return f"undefined: {spec.name} has no background class"
 
 
-def read_analysis_arrays(path, hint, k):
-    """analysis_arrays.npz of a results folder of k classes, checked as common/results.py ``read_analysis_arrays``
-    checks VOC's: models (M,) str, classes (k,) str, then float arrays of the documented shapes (docs/outputs.md)
-    with k for 21 (NaN allowed: undefined entries)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = list(z.files) if hasattr(z, "files") else None
-    except Exception as e:   # torn, zero bytes, not a zip
-        raise UsageError(f"{path}: unreadable, damaged or truncated ({type(e).__name__}: {str(e)[:80]}); "
-                         f"{hint}") from None
-    if files is None or "models" not in files:
-        raise UsageError(f"{path}: damaged (no models array); {hint}")
-    spec = {"models": ("U", (None,)), "classes": ("U", (k,)), "explained_variance_source": ("U", ())}
-    for key in files:   # <model>/clean/<array> and <model>/<corruption>/<severity>/<array>; others unchecked
-        parts = key.split("/")
-        if key not in spec and parts[-1] in rf.ARRAY_SHAPES and (
-                (len(parts) == 3 and parts[1] == CLEAN) or (len(parts) == 4 and parts[1] in ALL_CORRUPTIONS)):
-            spec[key] = ("fn", tuple(k if d == rf.K else d for d in rf.ARRAY_SHAPES[parts[-1]]))
-        elif key not in spec:   # written by another part of analyze_logits.py (calibration, say): passed on as is
-            spec[key] = ("biufUn", None)
-    return rf.load_npz(path, spec, hint, optional=("explained_variance_source",))
-
-
 def check_iou_lengths(rows, k, metrics_path, run_path):
     """Refuses rows whose per-class IoU list is not k numbers or nulls, k the classes run.json records."""
     for r in rows:
@@ -217,8 +194,8 @@ def source_of(run, metrics_sha256=None):
 # ------------------------------------------------------------------------------------------- NPZ files
 
 def sized(spec, k):
-    """common/results.py's NPZ ``spec`` {key: (dtype kinds, shape)} with its class dimension (``rf.K``) set to k,
-    the number of classes of the results folder."""
+    """common/results.py's NPZ ``spec`` {key: (dtype kinds, shape)} with its class dimension (``rf.K``, a named
+    length that only makes the arrays agree with each other) set to k, the classes run.json records."""
     return {key: (kinds, None if shape is None else tuple(k if d == rf.K else d for d in shape))
             for key, (kinds, shape) in spec.items()}
 
