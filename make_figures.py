@@ -80,7 +80,7 @@ from common.cli import UsageError, add_data_arguments, add_device_arguments, run
 from common.analysis.inputs import results_dataset  # noqa: E402
 from common.corruptions import CORRUPTION_CODES, DEFAULT_CODE, MIN_SIDE  # noqa: E402
 from common.data import resolve_roots, voc_dataset  # noqa: E402
-from common.datasets import DATASETS, open_data  # noqa: E402
+from common.datasets import DATASETS, NAMES, acdc, dataset_spec, open_data  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.figures.drawing import styles  # noqa: E402
 from common.figures.miou import BOOTSTRAP_RESAMPLES, fig_miou_vs_severity, fig_per_corruption  # noqa: E402
@@ -223,6 +223,11 @@ def read_images(args, ctx, wanted):
         ds, spec = data.dataset, data.spec
     elif run.get("voc_root") and run.get("data", "voc") in ("voc", "synthetic"):
         ds, spec = voc_dataset(run["voc_root"], "val"), DATASETS["voc"]  # the val set that was evaluated
+    elif run.get("data_root") and run.get("data") in NAMES:     # another dataset's val set, as evaluated
+        spec = dataset_spec(run["data"], run["data_root"])
+        conditions = (run.get("args") or {}).get("acdc_conditions")
+        options = {"conditions": acdc.parse_conditions(conditions)} if run["data"] == "acdc" else {}
+        ds = spec.eval_dataset(run["data_root"], "val", **options)
     else:
         raise UsageError(f"--data: {args.results}/run.json names no val set that this script can open; pass --data "
                          f"and its root (--voc-root R, --cityscapes-root R, ...), or --data synthetic")

@@ -607,3 +607,4 @@ def test_labels_are_drawn_in_the_results_palette():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["background", "ant", "bee", "cat", "dog",
                                                                    "ignore (255)"]
     mf.plt.close("all")
+
