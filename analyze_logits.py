@@ -11,8 +11,8 @@ per model, what docs/protocol.md defines (its sections Metrics and Logit structu
   rCD and their means against the --reference model, the worst case per severity, each class's IoU clean and
   under corruption (common/analysis/robustness.py);
 * END and both Distances, and the explained variance of the class-mean logit matrix per condition; the clean
-  one, with the clean matrices for the figures, from the --pca-pass when there is one (structure.py). END and the
-  notebook's Distance need class 0 = background: on a dataset without one they are undefined (null, with a note);
+  one, with the clean matrices for the figures, from the --pca-pass when there is one (structure.py). END and both
+  Distances need class 0 = background: on a dataset without one they are undefined (null, with a note);
 * calibration: ECE / NLL / Brier and every reading of docs/calibration.md (calibration_summary.py);
 * paired bootstrap 95% intervals of each model minus the reference, on the same resampled images for every model
   and condition (bootstrap.py).

@@ -814,8 +814,7 @@ def test_cityscapes_results_use_its_19_classes(tmp_path, capsys):
     kinds = {"base": "baseline", "other": "baseline"}
     names = CITYSCAPES["classes"]
     assert len(names) == 19
-    truth, means = k_class_folder(tmp_path, CITYSCAPES, kinds, K_CONDS,
-                                  distance_predicted={m: {cs: 1.5 for cs in K_CONDS} for m in kinds})
+    truth, means = k_class_folder(tmp_path, CITYSCAPES, kinds, K_CONDS)
     a = analyse(tmp_path, "--bootstrap", "30")
     assert a["dataset"]["classes"] == names and a["dataset"]["has_background"] is False
     bench = [cs for cs in K_CONDS if cs[0] != "clean"]
@@ -830,13 +829,12 @@ def test_cityscapes_results_use_its_19_classes(tmp_path, capsys):
         want = np.array([[truth[m, *cs]["iou"][c] for c in range(18)] for cs in bench]).mean(0)
         np.testing.assert_allclose(per_class["corrupted"][:18], want, rtol=1e-12)
         assert per_class["n_conditions"] == 4 and not per_class["complete"]
-        # END and the notebook's Distance need a background class: null, the per-prediction one passes through.
-        assert entry["end"]["clean"] is None and entry["distance"]["clean"] is None
-        assert entry["distance_predicted"]["clean"] == 1.5
+        # END and both Distances need a background class: null (as evaluate_corruptions.py writes them there).
+        assert all(entry[key]["clean"] is None and entry[key]["corrupted"]["value"] is None
+                   for key in ("end", "distance", "distance_predicted"))
     diff = truth["other", "clean", 0]["miou"] - truth["base", "clean", 0]["miou"]
     assert a["bootstrap"]["comparisons"]["other"]["clean"]["observed"] == pytest.approx(diff)
-    note = ("END and Distance (the notebook's, over the foreground classes): undefined: cityscapes has no "
-            "background class (class 0 is 'road')")
+    note = "END and both Distances: undefined: cityscapes has no background class (class 0 is 'road')"
     assert note in a["notes"] and f"note: {note}" in capsys.readouterr().out
     tables = open(tmp_path / "tables.md").read()
     assert "## IoU (%) per class (cityscapes, 19 classes)" in tables
@@ -844,7 +842,7 @@ def test_cityscapes_results_use_its_19_classes(tmp_path, capsys):
         row = f"| {i} {name} | {100 * truth['base', 'clean', 0]['iou'][i]:.1f} |" if i < 18 else f"| 18 {name} | – |"
         assert row in tables, row
     assert not any(line.startswith("| 19 ") for line in tables.splitlines())
-    assert "END and Distance: undefined: cityscapes has no background class" in tables
+    assert "END, Distance and Distance (pred.): undefined: cityscapes has no background class" in tables
     assert "softmax over the 19 output channels as the models build them. ECE" in tables   # no IBE/SCrIBE note
     assert "notebook (all 19, NaN as 0)" in tables
     assert not any(f"21 {word}" in tables for word in ("output", "classes", "one-vs-rest", "with a")), tables

@@ -6,7 +6,7 @@ Explained variance: PCA of the K x K class-mean matrix (K classes of the results
 predicted classes as samples, columns = the K logits, centred, via numpy's SVD; classes never predicted have no
 mean (NaN rows) and are dropped. Beside it the notebook's definition: sklearn PCA(K) on all K rows with NaN means
 set to 0. The clean ones come from the --pca-pass (the notebook's FixScaleResize pass, cells 44-45) where it has
-the model. END and the Distances need class 0 = background: on a dataset without one they are null in
+the model. END and both Distances need class 0 = background: on a dataset without one they are null in
 metrics.jsonl and stay undefined here (one note says so)."""
 import math
 import os
@@ -93,8 +93,8 @@ def per_condition_structure(sweep, conditions):
     per_condition, clean_trackers, found = {m: {} for m in sweep.models}, {}, Findings()
     k, has_background = sweep.dataset.num_classes, sweep.dataset.has_background
     if not has_background:
-        found.notes.append(f"END and Distance (the notebook's, over the foreground classes): "
-                           f"{undefined_without_background(sweep.dataset)} (class 0 is {sweep.dataset.classes[0]!r})")
+        found.notes.append(f"END and both Distances: {undefined_without_background(sweep.dataset)} (class 0 is "
+                           f"{sweep.dataset.classes[0]!r})")
     disagree, lacking = {}, {}             # (model, row field) -> [(condition, row, recomputed)]; model -> [c/s]
     for m in sweep.models:
         for c, s in conditions:

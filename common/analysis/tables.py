@@ -83,9 +83,8 @@ SUMMARY_CAPTION = (     # {fg}: the number of foreground classes
     "over the foreground classes predicted at least once. corr. = mean over the corrupted conditions.")
 # The Distance sentence on a dataset without a background class ({name}: the dataset's).
 NO_BACKGROUND_DISTANCE = (
-    "END and Distance: undefined: {name} has no background class (both compare each class's logit with class 0's "
-    "as the background). Distance (pred.): metrics.jsonl's distance_predicted, over all classes on such a dataset "
-    "(docs/outputs.md). corr. = mean over the corrupted conditions.")
+    "END, Distance and Distance (pred.): undefined: {name} has no background class (each compares a class's logit "
+    "with class 0's as the background; metrics.jsonl has them null). corr. = mean over the corrupted conditions.")
 CALIBRATION_CAPTION = (  # {k}: the number of classes; {structures}: how IBE/SCrIBE build theirs, if they can
     "Over the pixels whose label is not 255, from the softmax over the {k} output channels as the models "
     "build them{structures}. ECE: expected "
