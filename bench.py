@@ -5,14 +5,15 @@
     python bench.py --gpu --only model logits             # needs only torch, torchvision, numpy and Pillow
     python bench.py --only machine   # this machine's speed (R50 forward, 32x3x96x96), quoted beside run times
     python bench.py --only quick_step   # the quick model's step and forward: fp32 / bf16, each layout
+    python bench.py --only dump_full slide   # the dump per corruption at 2048x1024; sliding window vs whole image
 
 Prints one JSON line per group as it ends (also appended to --out), then a table, the breakdown and one JSON
 object of every row; a failing group does not stop the others (exit status 1). Scratch files go to --root, this
 run's folder removed unless --keep. BENCHMARKS.md says how each script is run, defines every group, target and
 JSON field, and keeps every run's numbers. This file holds the modes, the order of the groups, the budget and the
 summary; the groups themselves are in benchmarks/, by topic: models.py (training and inference rates, MFU,
---deterministic, gradients, the study projection), corruption.py (the sweep, the dump, corrupt_image alone),
-logits.py (LogitTracker and the calibration readings), train_input.py (the training sample), video.py (the
+--deterministic, gradients, the study projection), corruption.py (the sweep, the dump, the dump at 2048 x 1024,
+corrupt_image alone), inference.py (the sliding window against the whole image), logits.py (LogitTracker and the calibration readings), train_input.py (the training sample), video.py (the
 video's frames), and measure.py (the timers and the result row they share).
 """
 import argparse
@@ -28,7 +29,8 @@ import traceback
 import torch
 
 import train as train_script
-from benchmarks.corruption import bench_corrupt, bench_dump, bench_sweep
+from benchmarks.corruption import bench_corrupt, bench_dump, bench_dump_full, bench_sweep
+from benchmarks.inference import bench_slide
 from benchmarks.logits import bench_calibration, bench_logits
 from benchmarks.measure import KINDS, SHORT, Skip, model_kw, peak_memory, torch_threads
 from benchmarks.models import (bench_deterministic, bench_infer_model, bench_loss_gradients, bench_machine,
@@ -51,7 +53,13 @@ COMMON = dict(backbone="resnet50", head_channels=256, severities=[0, 1, 3, 5], s
               dump_repeats=2, logit_batch=8, logit_size=224, corrupt_size=224, corrupt_corruptions=["all"],
               min_val=100, synthetic_min_side=None, synthetic_max_side=None, train_workers=None,
               machine_backbone="resnet50", machine_head_channels=256, machine_batch=32, machine_size=96,
-              quick_step_batch=8, quick_step_eval_batch=20, quick_step_size=80, quick_step_repeats=5)
+              quick_step_batch=8, quick_step_eval_batch=20, quick_step_size=80, quick_step_repeats=5,
+              # dump_full: every corruption of ImageNet-C and Cityscapes-C (the 15 and the held-out 4) once
+              dump_full_corruptions=["all", "held_out"], dump_full_size=(2048, 1024), dump_full_severity=3,
+              dump_full_repeats=1,
+              # slide: the Cityscapes sliding window (SegFormer's test mode) on reproduce.sh's quick model's size
+              slide_size=(2048, 1024), slide_crop=1024, slide_stride=768, slide_backbone="resnet18",
+              slide_head_channels=64, slide_repeats=2)
 MODES = {"quick": dict(COMMON, device="cpu", images=32, size=96, batch_size=16, repeats=3, logit_repeats=3,
                        train_images=32, frames=40, video_size=128, video_batch=8, train_crop=96, train_batch=4,
                        train_steps=3, infer_steps=2, infer_batch=4, infer_size=96, corrupt_images=1,
@@ -72,7 +80,9 @@ TINY = dict(backbone="resnet18", head_channels=8, images=2, size=32, batch_size=
             dump_images=[1, 2], dump_repeats=1, deterministic_pairs=1, min_val=4, synthetic_min_side=32,
             synthetic_max_side=48, train_workers=0, gradient_batch=2, gradient_batches=1,
             machine_backbone="resnet18", machine_head_channels=8, machine_batch=1, machine_size=32,
-            quick_step_batch=2, quick_step_eval_batch=2, quick_step_size=32, quick_step_repeats=1)
+            quick_step_batch=2, quick_step_eval_batch=2, quick_step_size=32, quick_step_repeats=1,
+            dump_full_corruptions=["contrast"], dump_full_size=(64, 32), dump_full_repeats=1, slide_size=(96, 48),
+            slide_crop=48, slide_stride=36, slide_head_channels=8, slide_repeats=1)
 # Calibrated on the 2-core CPU, where the forward passes dominate: "info" on a GPU, with the CPU target beside.
 CPU_CALIBRATED = ("shared_time_v3", "shared_time_v3plus", "logits_vs_forward")
 
@@ -97,7 +107,11 @@ GROUPS = {"machine": (lambda ctx: bench_machine(ctx), False, 15, 5),
           "dump": (lambda ctx: bench_dump(ctx), True, 200, 90),
           "train": (lambda ctx: bench_train_input(ctx), True, 10, 10),
           "video": (lambda ctx: bench_video(ctx), True, 60, 60),
-          "gradients": (lambda ctx: bench_loss_gradients(ctx), True, 120, 20)}
+          "gradients": (lambda ctx: bench_loss_gradients(ctx), True, 120, 20),
+          "slide": (lambda ctx: bench_slide(ctx), False, 120, 10),
+          "dump_full": (lambda ctx: bench_dump_full(ctx), False, 150, 150)}
+# Run only when --only names them: dump_full spends minutes of one core on 2048 x 1024 corruptions.
+OPT_IN = ("dump_full",)
 # "model": every group that needs the model on the device and nothing beyond torch, torchvision, numpy, Pillow.
 ALIASES = {"model": ("machine", "quick_step", "train_v3", "train_v3plus", "infer_v3", "infer_v3plus", "deterministic",
                      "study"),
@@ -138,7 +152,7 @@ def make_context(args, mode, cfg):
     root = os.path.abspath(args.root)
     cfg["synthetic_root"] = os.path.join(root, "synthetic")
     name = torch.cuda.get_device_name(torch.device(cfg["device"])) if mode == "gpu" else platform.processor() or "cpu"
-    ctx = dict(mode=mode, cfg=cfg, scratch=os.path.join(root, f"run-{os.getpid()}"), device_name=name,
+    ctx = dict(mode=mode, cfg=cfg, root=root, scratch=os.path.join(root, f"run-{os.getpid()}"), device_name=name,
                peak=peak_tflops(name) if mode == "gpu" else None, train_ips={}, infer_ips={}, cache={})
     ctx["log"] = os.path.join(ctx["scratch"], "scripts.log")   # what the scripts print
     os.makedirs(ctx["scratch"], exist_ok=True)
@@ -194,7 +208,7 @@ def main(args):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     ctx, t_start, lines = make_context(args, mode, cfg), time.perf_counter(), []
     only = ([g for g in GROUPS if g in {x for name in args.only for x in ALIASES.get(name, (name,))}] if args.only
-            else list(GROUPS if mode == "gpu" else QUICK_GROUPS))
+            else [g for g in GROUPS if g not in OPT_IN] if mode == "gpu" else list(QUICK_GROUPS))
     print(f"bench.py --{mode}{' --tiny' if args.tiny else ''}: {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), {ctx['device_name']}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
@@ -234,7 +248,8 @@ def get_args_parser():
     mode.add_argument("--gpu", action="store_true", help="one CUDA GPU: the model groups at 224 first, then the rest")
     p.add_argument("--only", nargs="+", choices=tuple(GROUPS) + tuple(ALIASES), default=None, metavar="GROUP",
                    help=f"run these groups only: {', '.join(GROUPS)}; model = {' '.join(ALIASES['model'])}; sweep = "
-                        f"both sweeps (default: all with --gpu, {' '.join(QUICK_GROUPS)} with --quick)")
+                        f"both sweeps (default: all but {' '.join(OPT_IN)} with --gpu, {' '.join(QUICK_GROUPS)} with "
+                        f"--quick)")
     p.add_argument("--minutes", type=float, default=None, help="budget: skip a group whose estimate no longer fits")
     p.add_argument("--out", default=None, help="also append each group's JSON line here as it ends (flushed)")
     p.add_argument("--backbone", choices=tuple(BACKBONES), default=None, help=f"default {q['backbone']}")

@@ -1,18 +1,27 @@
-"""Precompute corrupted VOC val images (VOC-C) as lossless PNGs, reproducibly and resumably.
+"""Precompute corrupted val images (VOC-C, Cityscapes-C, ADE20K-C, ...) as lossless PNGs, reproducibly and resumably.
 
 The paper precomputed the four slow corruptions (glass, motion, zoom blur and snow); that is the default:
 
     python dump_voc_c.py --data voc --voc-root /data/voc --workers 16          # -> VOC-C/
     python dump_voc_c.py --data synthetic --corruptions all --workers 2        # all 15 on the synthetic set
     for c in glass_blur motion_blur zoom_blur snow; do python dump_voc_c.py --corruptions $c; done
+    python dump_voc_c.py --data cityscapes --cityscapes-root /data/cityscapes --preset segformer-cityscapes-c \
+        --workers 16 --out Cityscapes-C                                        # 2048 x 1024, as evaluated
+    python dump_voc_c.py --data ade20k --ade20k-root /data/ade --preset semsegbench-ade20k-c --out ADE20K-C
 
-Writes ``<out>/<corruption>/<severity>/<id>.png``, ``<out>/labels/<id>.png`` and ``<out>/manifest.json``
-(protocol, size, seed rule, package versions, counts). Every file is written under a temporary name and
+Any ``--data`` (common/datasets): the images are corrupted at the resolution they are evaluated at
+(``common.data.eval_sample`` under --protocol: Cityscapes at its native 2048 x 1024), so that the costly
+corruptions are paid once. ``--preset`` (common/presets.py) sets the corruptions, each one's severities and the
+protocol of a published benchmark; ACDC dumps the val images of ``--acdc-conditions``.
+
+Writes ``<out>/<corruption>/<severity>/<id>.png`` (``<id>``: the dataset's image id, e.g.
+``frankfurt_000000_000294``), ``<out>/labels/<id>.png`` and ``<out>/manifest.json`` (protocol, size, seed rule,
+package versions, the val set and its digest, the preset, counts). Every file is written under a temporary name and
 renamed; a re-run skips files that decode to the right shape, so a killed dump resumes where it stopped.
 ``--verify`` recomputes a sample and compares pixels. Pixels equal ``common.corruptions.corrupt_image`` under
 ``--corruption-code`` (default imagenet-c, the notebook's package; docs/corruptions.md) and the seed rule.
 
-A folder holds one dump: one made under another protocol, size, seed rule, package versions or val set is
+A folder holds one dump: one made under another protocol, size, seed rule, package versions, preset or val set is
 refused with one line naming the difference (more corruptions or severities are added to it); ``--overwrite``
 starts it afresh, moving the old folder to ``<out>.replaced-<date>-<time>`` once the first image is written.
 """
@@ -27,25 +36,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import results, vocc
+from common import vocc
 from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.corruptions import SLOW, add_code_argument, corrupt_image, corruption_versions, parse_corruptions, parse_severities
-from common.data import (PROTOCOLS, check_protocol_sizes, eval_sample, image_id, resolve_roots, single_thread_opencv,
-                         voc_dataset)
+from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, single_thread_opencv
+from common.datasets import open_data
 from common.folders import check_output_folder, git_commit, lock_folder, replace_folder, write_text
+from common.presets import PRESETS, apply_preset, conditions_of
 
 
-def dump_one(index, conditions, out, protocol, size, dataset, code):
+def dump_one(index, conditions, out, protocol, size, dataset, code, palette=True):
     """Decode image ``index`` once and write its label and every pending (corruption, severity) PNG.
 
-    Returns (image_id, number of files written). Exceptions carry the image so the run can name it.
+    Returns (image_id, number of files written). Exceptions carry the image so the run can name it. ``palette``:
+    the label PNG's colours (True: VOC's; else the dataset's class colours).
     """
     image_id = None
     try:
         image_id, image, label = eval_sample(dataset, index, protocol, size)
         written = 0
         if vocc.read_png(vocc.label_path(out, image_id), label.shape) is None:
-            vocc.write_bytes(vocc.label_path(out, image_id), vocc.png_bytes(label, palette=True))
+            vocc.write_bytes(vocc.label_path(out, image_id), vocc.png_bytes(label, palette=palette))
             written += 1
         for corruption, severity in conditions:
             path = vocc.image_path(out, corruption, severity, image_id)
@@ -66,16 +77,17 @@ class DumpImages(torch.utils.data.Dataset):
     it reaches the dump's process as the one line it is (a DataLoader worker's exception arrives with its traceback
     in the message)."""
 
-    def __init__(self, dataset, conditions, out, protocol, size, code):
+    def __init__(self, dataset, conditions, out, protocol, size, code, palette=True):
         self.dataset, self.conditions, self.out, self.protocol, self.size = dataset, conditions, out, protocol, size
-        self.code = code
+        self.code, self.palette = code, palette
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, index):
         try:
-            return dump_one(index, self.conditions, self.out, self.protocol, self.size, self.dataset, self.code)
+            return dump_one(index, self.conditions, self.out, self.protocol, self.size, self.dataset, self.code,
+                            self.palette)
         except (RuntimeError, UsageError) as e:
             return e
 
@@ -115,28 +127,29 @@ def verify(out, dataset, n, conditions, protocol, size, sample: int, code):
 
 
 def check_dump_args(args):
-    """(corruptions, severities), after the checks that need no file."""
+    """The (corruption, severity) conditions to dump, after the checks that need no file; ``--preset`` applied
+    first (it fills the protocol flags, and refuses those given beside it or a preset of another dataset)."""
+    apply_preset(args, get_args_parser(), args.data)
     corruptions = parse_corruptions(args.corruptions)
     severities = parse_severities(args.severities)
-    if 0 in severities:
+    if 0 in severities and args.preset_record is None:
         raise UsageError("--severities: 0 is the clean image, which is not dumped; use 1..5")
     if args.protocol != "native" and args.size < 32:
         raise UsageError(f"--size {args.size}: imagecorruptions needs images of at least 32x32")
     check_at_least("--limit", args.limit)
     check_at_least("--workers", args.workers)
     check_output_folder(args.out)
-    return corruptions, severities
+    return conditions_of(args, corruptions, severities)
 
 
-def dump_identity(args, dataset, voc_root) -> dict:
-    """What makes the pixels: a folder holds one dump of it (the --limit is not part of it: each PNG is a
-    function of its own image, and the manifest counts the images of each condition)."""
+def dump_identity(args, data) -> dict:
+    """What makes the pixels, and which conditions: a folder holds one dump of it (the --limit is not part of it:
+    each PNG is a function of its own image, and the manifest counts the images of each condition). For --data
+    voc and synthetic these are the fields every VOC-C manifest has, with "preset" after them."""
     return {"protocol": args.protocol, "size": args.size if args.protocol != "native" else None,
             "corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
-            "versions": corruption_versions(), "data": args.data,
-            "voc_root": os.path.abspath(voc_root), "split": "val",
-            "image_ids_sha256": results.ids_sha256(image_id(dataset, i) for i in range(len(dataset))),
-            "data_sha256": results.files_sha256(dataset)}
+            "versions": corruption_versions(), **vocc.data_identity(args.data, data.root, data.dataset),
+            "preset": args.preset_record}
 
 
 def open_dump(args, held, ident):
@@ -150,7 +163,7 @@ def open_dump(args, held, ident):
     diff = None if old is None else vocc.manifest_difference(old, ident)
     if diff is not None:
         raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump, "
-                         f"{results.describe(diff)}; use another --out, or --overwrite to start it afresh "
+                         f"{vocc.describe(diff)}; use another --out, or --overwrite to start it afresh "
                          f"(the old dump is then moved aside, untouched)")
     return None, old
 
@@ -163,7 +176,7 @@ def write_manifest(folder, ident, done):
     write_text(os.path.join(folder, vocc.MANIFEST), json.dumps(manifest, indent=1) + "\n")
 
 
-def dump(args, dataset, n, conditions, ident, old, fresh):
+def dump(args, dataset, n, conditions, ident, old, fresh, palette=True):
     """Write every missing file of ``conditions`` x the first ``n`` images, then the manifest; returns the
     number of files written.
 
@@ -179,13 +192,14 @@ def dump(args, dataset, n, conditions, ident, old, fresh):
     bar = tqdm(total=n, desc="images", unit="img", disable=None, dynamic_ncols=True)
     try:
         first = fresh.path if fresh else args.out
-        written = dump_one(0, conditions, first, args.protocol, args.size, dataset, args.corruption_code)[1]
+        written = dump_one(0, conditions, first, args.protocol, args.size, dataset, args.corruption_code,
+                           palette)[1]
         bar.update()
         write_manifest(first, ident, done)
         if fresh:
             fresh.commit()
         for files in dump_rest(args, DumpImages(dataset, conditions, args.out, args.protocol, args.size,
-                                                       args.corruption_code), n):
+                                                args.corruption_code, palette), n):
             written += files
             bar.update()
     except (RuntimeError, UsageError) as e:
@@ -201,17 +215,17 @@ def dump(args, dataset, n, conditions, ident, old, fresh):
 
 
 def main(args):
-    corruptions, severities = check_dump_args(args)
-    voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False)
-    dataset = voc_dataset(voc_root, "val")
+    conditions = check_dump_args(args)
+    data = open_data(args, "val")
+    dataset = data.dataset
+    # VOC's labels keep the VOC palette (its dumps stay byte for byte what they were); others their classes'.
+    palette = True if data.spec.name == "voc" else data.spec.palette
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     check_protocol_sizes(dataset, range(n), args.protocol)   # an image too small for it stops the run here
-    conditions = [(c, s) for c in corruptions for s in severities]
-    ident = dump_identity(args, dataset, voc_root)
+    ident = dump_identity(args, data)
     if args.verify:
         vocc.check_manifest(args.out, args.protocol, args.size, ident["versions"],
-                            **{k: ident[k] for k in ("corruption_code", "seed_rule", "data", "voc_root", "split",
-                                                "image_ids_sha256", "data_sha256")})
+                            **{k: ident[k] for k in vocc.IDENTITY if k in ident and k not in ("protocol", "size")})
         checked, bad = verify(args.out, dataset, n, conditions, args.protocol, args.size, args.verify_sample,
                               args.corruption_code)
         print(f"verify: {checked - bad} of {checked} recomputed files match pixel for pixel")
@@ -219,11 +233,14 @@ def main(args):
     with contextlib.ExitStack() as held:
         fresh, old = open_dump(args, held, ident)
         size = ident["size"]
-        print(f"dumping {len(conditions)} conditions x {n} images ({', '.join(corruptions)}; severities "
-              f"{severities}; corruption code {args.corruption_code}; protocol {args.protocol}{f' {size}px' if size else ''}) to {args.out} "
-              f"with {args.workers} worker(s)", flush=True)
+        corruptions = list(dict.fromkeys(c for c, _ in conditions))
+        what = (f"preset {args.preset}" if args.preset else
+                f"severities {sorted({s for _, s in conditions})}")
+        print(f"dumping {len(conditions)} conditions x {n} {args.data} val images ({', '.join(corruptions)}; "
+              f"{what}; corruption code {args.corruption_code}; protocol {args.protocol}"
+              f"{f' {size}px' if size else ''}) to {args.out} with {args.workers} worker(s)", flush=True)
         t0 = time.perf_counter()
-        written = dump(args, dataset, n, conditions, ident, old, fresh)
+        written = dump(args, dataset, n, conditions, ident, old, fresh, palette)
         seconds = time.perf_counter() - t0
     rate = n / seconds if seconds > 0 else float("inf")
     print(f"done: {written} files written, {n * (len(conditions) + 1) - written} already there; "
@@ -232,19 +249,26 @@ def main(args):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Dump corrupted VOC val images (VOC-C) as lossless PNGs.",
+    p = argparse.ArgumentParser(description="Dump corrupted val images (VOC-C, Cityscapes-C, ...) as lossless PNGs.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--corruptions", nargs="+", default=list(SLOW),
                    help="names, short names or numbers; 'all' = the 15, 'held_out', 'slow', or a group "
                         "(noise, blur, weather, digital)")
     p.add_argument("--severities", nargs="+", default=["1", "2", "3", "4", "5"], help="severities in 1..5")
-    add_data_arguments(p, "voc", help="which val set to corrupt: VOC 2012 val under --voc-root, or the synthetic one")
+    add_data_arguments(p, "voc", help="which val set to corrupt: VOC 2012 val under --voc-root, the synthetic one, "
+                                      "or cityscapes, ade20k, acdc, folder under their --<name>-root "
+                                      "(docs/datasets.md)")
     add_code_argument(p)
     p.add_argument("--out", default="VOC-C", help="output folder (layout in the module docstring)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="a published benchmark's protocol: sets --corruptions, each one's severities, --protocol and "
+                        "--size (refused beside them, and for another dataset); docs/datasets.md, Presets")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                    help="paper: Pillow-resize to --size x --size before corrupting; shortside: short side --size, "
-                        "aspect kept; native: original resolution")
-    p.add_argument("--size", type=int, default=224, help="image side under --protocol paper (short side: shortside)")
+                        "aspect kept; native: original resolution; keep_ratio: aspect kept, fitted into "
+                        "4 --size x --size (mmsegmentation's test resize; ADE20K: --size 512)")
+    p.add_argument("--size", type=int, default=224,
+                   help="image side under --protocol paper (short side: shortside; short-side bound: keep_ratio)")
     p.add_argument("--workers", type=int, default=1, help="processes; a failure in any stops the run")
     p.add_argument("--limit", type=int, default=None, help="only the first N val images")
     p.add_argument("--overwrite", action="store_true",

@@ -101,16 +101,16 @@ def load_models(args, spec):
     module:factory specs, common/model_specs.py), each checked against the dataset ``spec``'s classes and run under
     --inference, and their run.json entries, display names checked as plain file names."""
     if len(args.checkpoints) == 0:
-        raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder> "
-                         "or module:factory")
+        raise UsageError("--checkpoints: give at least one checkpoint written by train.py, torchvision:<builder>, "
+                         "hf:<id or folder> or module:factory")
     if args.names and len(args.names) != len(args.checkpoints):
         raise UsageError(f"--names: {len(args.names)} names for {len(args.checkpoints)} checkpoints")
     options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
-    data_spec = spec
+    data_spec = spec   # the loop below names each model spec "spec"
     models, infos = [], []
     for i, (spec, (weights_file, kind)) in enumerate(zip(args.checkpoints, options)):
         # A checkpoint's SHA-256 (provenance, in every metrics row) is read right after it loads, from the page
-        # cache; torchvision and factory models get an identity hash instead (common/model_specs.py).
+        # cache; torchvision, hf and factory models get an identity hash instead (common/model_specs.py).
         model, info = model_specs.load_spec(spec, args.device, weights_file, kind, dataset=data_spec)
         model = model.to(memory_format=memory_format(torch.device(args.device), args.amp))
         model = with_inference(model, args.inference_mode, data_spec.num_classes)
@@ -120,9 +120,10 @@ def load_models(args, spec):
             check_plain_name(info["name"], f"checkpoint {spec}" if "identity" not in info else spec)
         if "identity" in info:
             ident = info["identity"]
+            library = (f"transformers {ident['transformers']}" if ident.get("source") == "hf"
+                       else f"torchvision {ident['torchvision']}")
             print(f"model {info['name']}: {spec} (kind {info['kind']}, weights "
-                  f"{ident['weights_file'] or 'its own'}, sha256 {ident['weights_sha256'][:12]}, torchvision "
-                  f"{ident['torchvision']})")
+                  f"{ident['weights_file'] or 'its own'}, sha256 {ident['weights_sha256'][:12]}, {library})")
         models.append(model)
         infos.append(info)
     names = [m["name"] for m in infos]
@@ -145,18 +146,16 @@ def open_val_set(args, shard):
 
 def root_field(data) -> dict:
     """run.json's root of the val set: "voc_root" for VOC (and the synthetic VOC), "data_root" for the others."""
-    return {"voc_root" if data.spec.name == "voc" else "data_root": os.path.abspath(data.root)}
+    return {vocc.root_key(data.spec.name): os.path.abspath(data.root)}
 
 
 def dump_identity(args, data):
     """run.json's "voc_c": the identity of the --voc-c dump, after checking that it holds this run's pixels (same
-    protocol, size, library versions, seed rule and val set); None without --voc-c."""
+    protocol, size, preset, library versions, seed rule and val set); None without --voc-c."""
     if args.voc_c is None:
         return None
-    dataset = data.dataset
     expect = {"corruption_code": args.corruption_code, "seed_rule": vocc.seed_rule(args.corruption_code),
-              "data": args.data, **root_field(data), "split": "val",
-              "image_ids_sha256": results.ids_sha256(dataset.ids), "data_sha256": results.files_sha256(dataset)}
+              "preset": args.preset_record, **vocc.data_identity(args.data, data.root, data.dataset)}
     m = vocc.check_manifest(args.voc_c, args.protocol, args.size, corruption_versions(), **expect)
     return {"path": os.path.abspath(args.voc_c), "versions": m["versions"],
             **{k: m[k] for k in vocc.IDENTITY if k in m}}

@@ -260,11 +260,12 @@ def read_images(args, ctx, wanted):
     use_device(device)
     ctx["cache"], ctx["device"], ctx["models"] = {}, str(device), []
     if any("models" in NEEDS[f] for f in wanted):
-        ctx["models"] = load_models(args, run, ctx["device"])
+        ctx["models"] = load_models(args, run, ctx["device"], ctx["classes"])
 
 
-def load_models(args, run, device):
-    """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated)."""
+def load_models(args, run, device, classes):
+    """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated), each
+    checked to predict ``classes`` (the results' DatasetSpec)."""
     known = {m.get("sha256"): m for m in run.get("models", [])}
     if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/model_specs.py)
         options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
@@ -283,9 +284,9 @@ def load_models(args, run, device):
             raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
         if recorded is not None:
-            model, info = model_specs.load_recorded(recorded, device)
+            model, info = model_specs.load_recorded(recorded, device, dataset=classes)
         else:
-            model, info = model_specs.load_spec(spec, device, *opts)
+            model, info = model_specs.load_spec(spec, device, *opts, dataset=classes)
         # The display name of the evaluation when this exact model was evaluated, else its own.
         info = known.get(info["sha256"]) or info
         models.append({"name": info["name"], "kind": model.config["kind"], "model": model})

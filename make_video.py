@@ -14,8 +14,9 @@ Each frame is 960x540, four 480x270 tiles (docs/protocol.md, "Figures and video"
 
 The predictions are coloured in the palette of the checkpoints' dataset: ``ckpt["dataset"]``, the
 ``common.datasets.dataset_record`` train.py stores (Cityscapes' 19 colours, ADE20K's 150, VOC's 21). A checkpoint
-without that key (VOC checkpoints made before train.py recorded it) and a torchvision: or module:factory spec
-(21 VOC-labelled outputs) count as VOC: the one default. Two models of different datasets are refused.
+without that key (VOC checkpoints made before train.py recorded it) and a torchvision:, hf: or module:factory spec
+count as VOC (21 outputs; a spec of another class count is refused by common/model_specs.py's check): the one
+default. Two models of different datasets are refused.
 
 What is the notebook's (cells 55-59 of ICIP2020_OnTheStructuresOfRepresentation_LehmanTemelAlRegib.ipynb):
 - Geometry. Each frame is resized to 480 x 270 (Pillow's default filter, bicubic in the notebook's Pillow 7.2),
@@ -67,6 +68,7 @@ from tqdm import tqdm
 
 from common import model_specs
 from common.cli import UsageError, add_device_arguments, check_at_least, run_cli, write_problem
+from common.checkpoint import read_checkpoint
 from common.datasets import DATASETS, spec_from_record
 from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SIDE, add_code_argument, corrupt_image,
                                 parse_corruptions)
@@ -263,10 +265,11 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
 
 # ---------------------------------------------------------------------------------------------- main
 
-def model_classes(info):
-    """(DatasetSpec, whether recorded) of one model's classes: its checkpoint's "dataset" record, else VOC's (a
-    checkpoint from before train.py recorded it, or a torchvision:/module:factory spec with VOC's 21 labels)."""
-    record = info.get("dataset")
+def model_classes(spec):
+    """(DatasetSpec, whether recorded) of one model's classes: its checkpoint's "dataset" record (read here once
+    more, before the model is built and checked against it), else VOC's (a checkpoint from before train.py
+    recorded it, or a torchvision:/module:factory spec with VOC's 21 labels)."""
+    record = read_checkpoint(spec).get("dataset") if model_specs.spec_kind(spec) == "checkpoint" else None
     return (spec_from_record(record), True) if record else (DATASETS["voc"], False)
 
 
@@ -283,12 +286,12 @@ def load_pair(args):
         if model_specs.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
             raise UsageError(f"{flag} {spec}: no such checkpoint; pass a checkpoint written by train.py, "
                              f"torchvision:<builder> or module:factory")
-        model, info = model_specs.load_spec(spec, args.device, *options[k], hash_file=False)
+        classes.append(model_classes(spec))
+        model, info = model_specs.load_spec(spec, args.device, *options[k], hash_file=False, dataset=classes[-1][0])
         # NHWC convolutions: faster for these ResNets on CPU (oneDNN; BENCHMARKS.md, Decisions) as on GPU; the
         # frames arrive as NHWC arrays already. Same device and arguments -> same predictions, run after run.
         models.append(model.to(memory_format=torch.channels_last))
         names.append(args.names[k] if args.names else info["name"])
-        classes.append(model_classes(info))
         print(f"{flag[2:]}: {spec} ({names[-1]}, {model.config['kind']}, {model.config.get('arch')}"
               f"{' ' + model.config['backbone'] if model.config.get('backbone') else ''}; classes of "
               f"{classes[-1][0].name}{'' if classes[-1][1] else ', no record in the checkpoint: VOC assumed'})")

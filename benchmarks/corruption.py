@@ -1,6 +1,7 @@
 """bench.py's groups that corrupt: evaluate_corruptions.py's sweep (sweep_efficiency, shared_calls, shared_time),
-dump_voc_c.py's dump (dump_scaling, dump_overhead) and corrupt_image alone (corrupt); BENCHMARKS.md defines each
-target and JSON field."""
+dump_voc_c.py's dump (dump_scaling, dump_overhead), its cost per corruption at 2048 x 1024 (dump_full) and
+corrupt_image alone (corrupt); BENCHMARKS.md defines each target and JSON field."""
+import contextlib
 import multiprocessing
 import os
 import re
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 import evaluate_corruptions
-from benchmarks.measure import SHORT, result, run_main, timed
+from benchmarks.measure import SHORT, result, run_main, timed, torch_threads
 from common.checkpoint import load_model
 from common.corruptions import corrupt_image, parse_corruptions, parse_severities
 from common.data import eval_sample, normalise_uint8, voc_dataset
@@ -167,3 +168,62 @@ def bench_corrupt(ctx):
     ctx["corrupt_per_val_image"] = total / len(samples)    # all 75 conditions of one image
     return {"corrupt_all_75_per_image": result(total / len(samples), None, "info", {
         c: t / len(samples) for c, t in per.items()}, images=len(samples), size=cfg["corrupt_size"])}
+
+
+def project_dump_hours(per_condition, fixed, severities, images, cores):
+    """Hours to dump ``images`` images under a preset's ``severities`` ({corruption: severities}) on ``cores``
+    dump workers, from the seconds of one condition of one image (``per_condition``: {corruption: seconds of
+    dump_one with that one condition}) and of none (``fixed``: decoding, resizing, the label): each image is
+    decoded once and then corrupted under every condition, the measured severity standing for every other."""
+    per_image = fixed + sum((per_condition[c] - fixed) * len(s) for c, s in severities.items())
+    return images * per_image / cores / 3600
+
+
+def bench_dump_full(ctx):
+    """dump_full_<corruption>: images/s of dump_voc_c.dump_one (decode, --protocol native, corrupt, encode, write)
+    of one condition on one synthetic Cityscapes val image at full size (2048 x 1024), one thread, as one dump
+    worker runs it; dump_full_fixed_s (the same with no condition) and the SegFormer preset's projection beside.
+    Opt-in (``--only dump_full``): glass blur alone takes about a minute an image."""
+    import dump_voc_c
+    from common import vocc
+    from common.corruptions import DEFAULT_CODE
+    from common.datasets import dataset_spec
+    from common.presets import PRESETS
+    from common.synthetic_layouts import ensure_layout
+
+    cfg = ctx["cfg"]
+    (w, h), severity, repeats = cfg["dump_full_size"], cfg["dump_full_severity"], cfg["dump_full_repeats"]
+    spec = dataset_spec("cityscapes")
+    root = ensure_layout("cityscapes", os.path.join(ctx["root"], f"cityscapes-{w}x{h}"), n_train=1, n_val=1,
+                         width=w, height=h, quiet=True)
+    dataset = spec.eval_dataset(root, "val")
+    image_id, image, _ = eval_sample(dataset, 0, "native", None)
+    out = os.path.join(ctx["scratch"], "dump-full")
+    cors = parse_corruptions(cfg["dump_full_corruptions"])
+
+    def dump(conditions):
+        for c, s in conditions:   # a dumped file is skipped: time the writing of a new one
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(vocc.image_path(out, c, s, image_id))
+        t0 = time.perf_counter()
+        dump_voc_c.dump_one(0, conditions, out, "native", None, dataset, DEFAULT_CODE, spec.palette)
+        return time.perf_counter() - t0
+
+    seconds = {}
+    with torch_threads(1):
+        for c in cors:   # imports and numba's compiles, on a small crop
+            corrupt_image(np.ascontiguousarray(image[:64, :64]), image_id, c, severity)
+        dump([])          # the label, written once
+        fixed = min(dump([]) for _ in range(max(repeats, 2)))
+        for c in cors:
+            seconds[c] = min(dump([(c, severity)]) for _ in range(repeats))
+    rows = {f"dump_full_{c}": result(1 / t, None, "info", {"dump_one": t}, size=f"{w}x{h}", severity=severity,
+                                     threads=1) for c, t in seconds.items()}
+    rows["dump_full_fixed_s"] = result(fixed, None, "info", {"dump_one_no_condition": fixed}, size=f"{w}x{h}")
+    preset = PRESETS["segformer-cityscapes-c"]
+    if all(c in seconds for c in preset.corruptions):
+        rows["dump_full_segformer_hours_16_cores"] = result(
+            project_dump_hours(seconds, fixed, preset.severities, 500, 16), None, "info",
+            images=500, cores=16, conditions=len(preset.conditions()) - 1,
+            note=f"severity {severity} standing for every severity")
+    return rows

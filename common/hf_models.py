@@ -16,9 +16,11 @@ std, so the wrapper undoes that and applies the processor's rescale and mean / s
 others differ). The processor's resize is not applied: the protocol decides the size (docs/datasets.md).
 
 Offline (this project's machines have no internet), a model id must be in the local Hugging Face cache or be a
-folder written by ``save_pretrained``; set HF_HUB_OFFLINE=1 to never try the network. Not wired into the scripts
-yet: ``--checkpoints hf:<id or folder>`` comes with ``--data`` (docs/datasets.md).
+folder written by ``save_pretrained``; set HF_HUB_OFFLINE=1 to never try the network. ``common.model_specs``
+reads the model spec ``hf:<id or folder>`` through ``load_hf_model`` (docs/datasets.md).
 """
+import glob
+import hashlib
 import os
 
 import torch
@@ -73,33 +75,115 @@ class HFSegmentation(nn.Module):
 
 
 def load_hf_model(name: str, device="cpu"):
-    """``(HFSegmentation in eval mode, info)`` for a model id or a ``save_pretrained`` folder; ``info``: the model
-    type, class names (``config.id2label``) and where it came from. Every failure is one UsageError."""
+    """``(HFSegmentation in eval mode, info)`` for a model id or a ``save_pretrained`` folder. ``info``: the model
+    type, class names (``config.id2label``), ``source``, ``name_or_path`` (the id, or the folder's absolute
+    path), ``folder`` (that folder, or the id's snapshot in the Hugging Face cache), ``weight_files``,
+    ``weights_sha256`` and ``config_sha256`` (``files_identity``) and the ``transformers`` version. The model
+    is loaded in float32. A model id already in the local cache is read from it without the network (the
+    cached revision); another is downloaded unless HF_HUB_OFFLINE is set. Every failure is one UsageError."""
     tf = _transformers()
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     local = os.path.isdir(name)
-    kw = {"local_files_only": True} if offline or local else {}
-    try:
-        config = tf.AutoConfig.from_pretrained(name, **kw)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if local:
-            raise UsageError(f"hf:{name}: not a transformers model folder ({first}); it needs the config.json and "
-                             f"weights that save_pretrained writes") from None
-        raise UsageError(f"hf:{name}: cannot load it here ({first[:160]}); it is neither a local folder nor in this "
-                         f"machine's Hugging Face cache. Where there is internet, run `hf download {name}` and copy "
-                         f"the cache (HF_HOME) here, or save_pretrained it into a folder and pass hf:<folder>"
-                         ) from None
-    universal = config.model_type in UNIVERSAL_TYPES
-    auto = tf.AutoModelForUniversalSegmentation if universal else tf.AutoModelForSemanticSegmentation
-    try:
-        model = auto.from_pretrained(name, **kw)
-        processor = tf.AutoImageProcessor.from_pretrained(name, **kw)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"hf:{name}: a {config.model_type} config, but its weights or image processor cannot be "
-                         f"loaded ({first[:160]}); semantic-segmentation models (SegFormer, UperNet, ...) and "
-                         f"MaskFormer / Mask2Former are supported") from None
+    kw = {"local_files_only": True} if offline or local or in_cache(name) else {}
+    with _quiet(tf):
+        try:
+            config = tf.AutoConfig.from_pretrained(name, **kw)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if local:
+                raise UsageError(f"hf:{name}: not a transformers model folder ({first}); it needs the config.json "
+                                 f"and weights that save_pretrained writes") from None
+            raise UsageError(f"hf:{name}: cannot load it here ({first[:160]}); it is neither a local folder nor in "
+                             f"this machine's Hugging Face cache. Where there is internet, run `hf download {name}` "
+                             f"and copy the cache (HF_HOME) here, then set HF_HUB_OFFLINE=1; or save_pretrained it "
+                             f"into a folder and pass hf:<folder>") from None
+        universal = config.model_type in UNIVERSAL_TYPES
+        auto = tf.AutoModelForUniversalSegmentation if universal else tf.AutoModelForSemanticSegmentation
+        try:
+            # float32 as every model here (a half-precision upload would otherwise load as such: "auto")
+            model, loading = auto.from_pretrained(name, dtype=torch.float32, output_loading_info=True, **kw)
+            processor = tf.AutoImageProcessor.from_pretrained(name, **kw)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"hf:{name}: a {config.model_type} config, but its weights or image processor cannot "
+                             f"be loaded ({first[:160]}); semantic-segmentation models (SegFormer, UperNet, ...) and "
+                             f"MaskFormer / Mask2Former are supported") from None
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:   # transformers would initialise them randomly (and say so in a warning): never evaluate that
+        raise UsageError(f"hf:{name}: its weights lack {len(missing)} tensor(s) of {type(model).__name__} (e.g. "
+                         f"{missing[0]}), which transformers would initialise at random; is it a backbone or "
+                         f"another task's model? Give a semantic-segmentation model")
+    folder = os.path.abspath(name) if local else os.path.dirname(
+        tf.utils.cached_file(name, "config.json", local_files_only=True))
     wrapped = HFSegmentation(model, processor).to(device).eval()
     names = [config.id2label.get(k, config.id2label.get(str(k), str(k))) for k in range(config.num_labels)]
-    return wrapped, {"model_type": config.model_type, "classes": names, "source": f"hf:{name}"}
+    return wrapped, {"model_type": config.model_type, "classes": names, "source": f"hf:{name}",
+                     "name_or_path": os.path.abspath(name) if local else name, "folder": folder,
+                     **files_identity(folder, model), "transformers": str(tf.__version__)}
+
+
+def in_cache(name: str) -> bool:
+    """Whether model id ``name``'s config.json is in the local Hugging Face cache (then it is read from there:
+    a machine without internet need not set HF_HUB_OFFLINE, and no load waits on network retries)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:   # not a valid repo id: from_pretrained says so
+        return False
+
+
+class _quiet:
+    """transformers' loading progress bars and load report, and huggingface_hub's retry messages, off while
+    loading (warnings): the report of a bad folder is our one line, and a good load prints nothing."""
+
+    def __init__(self, tf):
+        import huggingface_hub.utils.logging as hub_logging
+
+        self.loggers = (tf.utils.logging, hub_logging)
+
+    def __enter__(self):
+        self.verbosity = [log.get_verbosity() for log in self.loggers]
+        self.bars = self.loggers[0].is_progress_bar_enabled()
+        for log in self.loggers:
+            log.set_verbosity_error()
+        self.loggers[0].disable_progress_bar()
+
+    def __exit__(self, *exc):
+        for log, v in zip(self.loggers, self.verbosity):
+            log.set_verbosity(v)
+        if self.bars:
+            self.loggers[0].enable_progress_bar()
+
+
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def files_identity(folder: str, model) -> dict:
+    """What fixes the numbers of a loaded model, from the files it was read from:
+
+    ``weight_files``: the first of ``model*.safetensors`` / ``pytorch_model*.bin`` present in ``folder``
+    (transformers prefers safetensors; shards included; a Trainer's ``training_args.bin`` is not weights);
+    ``weights_sha256``: the SHA-256 of that file when there is one, else of the lines ``<name> <sha256>`` of
+    each in name order; with no such file, the SHA-256 of the loaded state dict (``state_dict_sha256``).
+    ``config_sha256``: of ``config.json`` and ``preprocessor_config.json`` (the processor's mean and std feed
+    the model), as the lines ``<name> <sha256>`` of those present."""
+    from .folders import file_sha256
+
+    def listing(files):
+        return "".join(f"{f} {file_sha256(os.path.join(folder, f))}\n" for f in files)
+
+    for pattern in WEIGHT_PATTERNS:
+        files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, pattern)))
+        if files:
+            break
+    if len(files) == 1:
+        weights = file_sha256(os.path.join(folder, files[0]))
+    elif files:
+        weights = hashlib.sha256(listing(files).encode()).hexdigest()
+    else:
+        from .model_specs import state_dict_sha256
+        weights = state_dict_sha256(model)
+    configs = [f for f in ("config.json", "preprocessor_config.json") if os.path.isfile(os.path.join(folder, f))]
+    return {"weight_files": files, "weights_sha256": weights,
+            "config_sha256": hashlib.sha256(listing(configs).encode()).hexdigest()}

@@ -4,34 +4,56 @@
     model, info = load_spec("torchvision:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1")
     model, info = load_spec("torchvision:fcn_resnet50", weights_file="my_fcn.pth")   # a state dict
     model, info = load_spec("mypackage.models:build_net", model_kind="ibe")          # your own factory
+    model, info = load_spec("hf:models/segformer-city", dataset=dataset_spec("cityscapes"))   # transformers
 
-Three kinds of spec, told apart by their form:
+Four kinds of spec, told apart by their form:
 
 * a path to an existing file: a self-describing checkpoint written by train.py (``common.checkpoint``);
 * ``torchvision:<builder>[:<weights>]``: a builder of ``torchvision.models.segmentation`` whose published
   weights predict the 21 VOC classes (all six of torchvision 0.29: deeplabv3 / fcn on ResNet-50/101,
   deeplabv3 / lraspp on MobileNetV3). ``<weights>`` is the weights enum's member name (default ``DEFAULT``),
   loaded through torchvision's weights API, which reads ``torch.hub.get_dir()/checkpoints/<file of the URL>``
-  (``$TORCH_HOME/hub/checkpoints``) and downloads there when online; or ``weights_file`` (a state dict) instead.
-  The model is built with ``aux_loss=False`` and the weights' ``aux_classifier.*`` keys are dropped, so the
-  auxiliary head is neither built nor run; its ``out`` output is used. These weights expect ImageNet mean/std
-  normalisation, the same as ours (checked against the weights' own preset); torchvision's preset also
-  resizes the short side to 520, which the sweep does not: the model sees the protocol's size, like ours.
+  (``$TORCH_HOME/hub/checkpoints``) and downloads there when online; or ``weights_file`` (a state dict) instead,
+  for which the net is built with the dataset's number of classes. The model is built with ``aux_loss=False``
+  and the weights' ``aux_classifier.*`` keys are dropped, so the auxiliary head is neither built nor run; its
+  ``out`` output is used. These weights expect ImageNet mean/std normalisation, the same as ours (checked
+  against the weights' own preset); torchvision's preset also resizes the short side to 520, which the sweep
+  does not: the model sees the protocol's size, like ours.
+* ``hf:<model id or folder>``: a Hugging Face ``transformers`` segmentation model (optional dependency),
+  through ``common.hf_models.load_hf_model``: a folder written by ``save_pretrained``, or a model id in the
+  local Hugging Face cache (offline: HF_HUB_OFFLINE=1). It gets its own image processor's normalisation and
+  its logits are resized to the input; ``weights_file``, when given, is a state dict of the transformers
+  model that replaces its weights. Always read as baseline.
 * ``module.path:factory``: ``importlib.import_module("module.path").factory()`` (the current folder is
   importable) must return an ``nn.Module`` whose output, a tensor or a dict with ``out``, is B x C x h x w
   logits with h x w at most the input's; smaller outputs are upsampled bilinearly (align_corners=False) to
-  the input size. ``model_kind`` says how to read them: ``baseline`` wants C = 21 softmax logits; ``ibe``
-  and ``scribe`` take C = 21 as built (channel 0 already the background) or C = 20 foreground logits, to which
-  the background -logsumexp is added after the upsampling (``--ibe-placement output``).
+  the input size. ``model_kind`` says how to read them: ``baseline`` wants C = N softmax logits, N the
+  dataset's classes (21 on VOC); ``ibe`` and ``scribe`` take C = N as built (channel 0 already the background)
+  or C = N - 1 foreground logits, to which the background -logsumexp is added after the upsampling
+  (``--ibe-placement output``).
+
+Every spec is checked against the dataset (``dataset``, a ``common.datasets.DatasetSpec``; None: VOC) before
+any image is read, each failure one UsageError: the model must predict the dataset's N classes (a checkpoint's
+outputs plus IBE's background, a torchvision state dict's classifier, a factory's C, an hf config's
+num_labels); torchvision's published weights need VOC's classes; IBE / SCrIBE models (checkpoints, factories
+read as ibe / scribe) need a background class at index 0, as ``common.datasets.check_structure`` says; a
+checkpoint that records the classes it was trained on (``ckpt["dataset"]``) must name the dataset's.
 
 ``info`` is what evaluate_corruptions.py writes to run.json for the model: ``name`` (a default display name;
 the caller checks it with ``check_plain_name``), ``path`` (the checkpoint's absolute path, or the spec string),
-``sha256``, ``kind``, ``config``, and for torchvision and factory models ``identity`` {spec, source, builder or
-factory, weights, weights_file, weights_sha256, model_kind, torchvision}. For those, ``sha256`` is the SHA-256
-of the identity's parts that fix the numbers (builder or factory, weights SHA-256, model kind, torchvision
-version), so a rerun into the same folder, or a merge, with other weights or another kind is refused just as
-it is for another checkpoint file. ``weights_sha256`` is the weights file's SHA-256 (the hub cache file or
-``weights_file``); a factory without a weights file has the SHA-256 of its state dict (``state_dict_sha256``).
+``sha256``, ``kind``, ``config``, ``num_classes`` (the channels the model yields, IBE's background included:
+the dataset's N), and for torchvision, hf and factory models ``identity`` {spec, source, builder or factory or
+model_type, weights, weights_file, weights_sha256, model_kind, torchvision}. For those, ``sha256`` is the
+SHA-256 of the identity's parts that fix the numbers (builder or factory, weights SHA-256, model kind,
+torchvision version), so a rerun into the same folder, or a merge, with other weights or another kind is
+refused just as it is for another checkpoint file. ``weights_sha256`` is the weights file's SHA-256 (the hub
+cache file or ``weights_file``); a factory without a weights file has the SHA-256 of its state dict
+(``state_dict_sha256``). An hf identity also has name_or_path (the id, or the folder's absolute path),
+folder (where the files were read: the folder or the cache snapshot), weight_files, config_sha256,
+classes (config.id2label) and transformers (the version); its ``weights_sha256`` is that of the weight files
+(``common.hf_models.files_identity``) or of ``weights_file``, and its ``sha256`` is made of ``HF_FIXED``
+(source, model_type, weights_sha256, config_sha256, model_kind, transformers). Its name is the folder's name
+or the id's last part.
 """
 import hashlib
 import importlib
@@ -53,16 +75,19 @@ from .models import KINDS, implicit_background
 from .folders import file_sha256
 
 TORCHVISION = "torchvision:"
+HF = "hf:"
 FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 PROBE_SIDE = 64  # a factory's output is checked on one 64x64 zero image before any work
 
 
 def spec_kind(spec: str) -> str:
-    """"checkpoint", "torchvision" or "factory". An existing file is always a checkpoint (a path may hold a
-    colon); anything that is neither a torchvision spec nor module:factory is taken as a checkpoint path, so
-    that a missing file is reported as one."""
+    """"checkpoint", "torchvision", "hf" or "factory". An existing file is always a checkpoint (a path may hold
+    a colon); anything that is none of the other forms is taken as a checkpoint path, so that a missing file is
+    reported as one."""
     if spec.startswith(TORCHVISION):
         return "torchvision"
+    if spec.startswith(HF):
+        return "hf"
     if not os.path.exists(spec) and FACTORY_RE.match(spec):
         return "factory"
     return "checkpoint"
@@ -71,13 +96,16 @@ def spec_kind(spec: str) -> str:
 def add_model_arguments(p, where: str) -> None:
     """--weights-file and --model-kind, for the scripts whose ``where`` flags take model specs."""
     p.add_argument("--weights-file", nargs="+", default=None, metavar="PATH",
-                   help=f"state dicts for the torchvision:<builder> and module:factory specs of {where}, one per "
-                        f"such spec in their order ('-': none; a torchvision spec then loads its weights through "
-                        f"torchvision's weights API, a factory keeps its own)")
+                   help=f"state dicts for the torchvision:<builder>, hf:<id or folder> and module:factory specs of "
+                        f"{where}, one per such spec in their order ('-': none; a torchvision spec then loads its "
+                        f"weights through torchvision's weights API, an hf model and a factory keep their own); "
+                        f"a torchvision net is built with the dataset's number of classes to receive it")
     p.add_argument("--model-kind", nargs="+", choices=KINDS, default=None, metavar="KIND",
-                   help=f"how to read the logits of the module:factory specs of {where} (baseline: 21 softmax "
-                        f"logits; ibe/scribe: 21 as built, or 20 foreground logits that get background = "
-                        f"-logsumexp): one for all, or one per factory spec in order; default baseline")
+                   help=f"how to read the logits of the module:factory specs of {where} (baseline: one softmax "
+                        f"logit per class of --data, 21 on VOC; ibe/scribe: as many as built, or one fewer, "
+                        f"foreground only, that get background = -logsumexp): one for all, or one per factory "
+                        f"spec in order; default baseline. Checkpoints know their kind; torchvision: and hf: "
+                        f"models are baseline")
 
 
 def model_options(specs, weights_files=None, model_kinds=None, where="--checkpoints"):
@@ -88,15 +116,15 @@ def model_options(specs, weights_files=None, model_kinds=None, where="--checkpoi
     files = [None] * len(specs)
     if weights_files:
         if len(weights_files) != len(external):
-            raise UsageError(f"--weights-file: {len(weights_files)} file(s) for {len(external)} torchvision: or "
-                             f"module:factory spec(s) in {where}; give one per such spec, in order ('-' for none)")
+            raise UsageError(f"--weights-file: {len(weights_files)} file(s) for {len(external)} torchvision:, hf: "
+                             f"or module:factory spec(s) in {where}; give one per such spec, in order ('-' for none)")
         for i, f in zip(external, weights_files):
             files[i] = None if f == "-" else f
     chosen = [None] * len(specs)
     if model_kinds:
         if not factories:
             raise UsageError(f"--model-kind applies to module:factory specs only, and {where} has none "
-                             f"(checkpoints know their kind; torchvision's models are baseline)")
+                             f"(checkpoints know their kind; torchvision: and hf: models are baseline)")
         if len(model_kinds) not in (1, len(factories)):
             raise UsageError(f"--model-kind: {len(model_kinds)} kinds for {len(factories)} factory spec(s); give "
                              f"one for all or one per factory spec")
@@ -106,62 +134,128 @@ def model_options(specs, weights_files=None, model_kinds=None, where="--checkpoi
 
 
 def load_spec(spec: str, device="cpu", weights_file=None, model_kind=None, hash_file=True, dataset=None):
-    """``(model.eval() on device, info)`` for any spec (module docstring). ``hash_file=False`` leaves a
-    checkpoint's ``sha256`` as None for the caller to fill (make_video.py does not need it)."""
+    """``(model.eval() on device, info)`` for any spec (module docstring), checked against ``dataset`` (a
+    ``DatasetSpec``; None: VOC). ``hash_file=False`` leaves a checkpoint's ``sha256`` as None for the caller to
+    fill (make_video.py does not need it)."""
+    ds = dataset if dataset is not None else voc_spec()
     kind = spec_kind(spec)
     if kind == "checkpoint":
         model, ckpt = load_model(spec, device)
+        num_classes = check_checkpoint_classes(spec, model.config, ckpt, ds)
         check_first_output(model, f"model {ckpt.get('name') or model.config['kind']} (checkpoint {spec})")
         return model, {"name": ckpt.get("name") or model.config["kind"], "path": os.path.abspath(spec),
                        "sha256": file_sha256(spec) if hash_file else None, "kind": model.config["kind"],
                        "config": model.config, "held_out": (ckpt.get("args") or {}).get("held_out") or [],
-                       "dataset": ckpt.get("dataset")}
+                       "num_classes": num_classes}
+    if kind in ("torchvision", "hf") and model_kind not in (None, "baseline"):
+        raise UsageError(f"{spec}: {kind} models are read as baseline (softmax over their classes), not "
+                         f"{model_kind}; --model-kind applies to module:factory specs")
     if kind == "torchvision":
         parts = spec[len(TORCHVISION):].split(":")
         if len(parts) > 2 or not parts[0]:
             raise UsageError(f"{spec}: expected torchvision:<builder>[:<weights>], e.g. "
                              f"torchvision:deeplabv3_resnet50:COCO_WITH_VOC_LABELS_V1")
-        net, identity = load_torchvision(spec, parts[0], parts[1] if len(parts) == 2 else None, weights_file)
+        net, identity = load_torchvision(spec, parts[0], parts[1] if len(parts) == 2 else None, weights_file, ds)
         name = parts[0]
-        model = ExternalModel(net, "baseline", {"source": "torchvision", "builder": name, "arch": name}, spec)
+        model = ExternalModel(net, "baseline", {"source": "torchvision", "builder": name, "arch": name}, spec, ds)
+    elif kind == "hf":
+        net, identity = load_hf(spec, device, weights_file, ds)
+        name = hf_name(spec)
+        model = ExternalModel(net, "baseline", {"source": "hf", "model_type": identity["model_type"],
+                                                "arch": identity["model_type"]}, spec, ds)
     else:
         module, attr = spec.split(":")
+        if model_kind in BACKGROUND_KINDS and not ds.has_background:
+            raise UsageError(f"{spec} --model-kind {model_kind}: {no_background(model_kind, ds)}; read it as "
+                             f"--model-kind baseline on {ds.name}")
         net, identity = load_factory(spec, module, attr, weights_file)
         name = attr.split(".")[-1]
         model = ExternalModel(net, model_kind or "baseline", {"source": "factory", "factory": spec, "arch": attr},
-                              spec)
+                              spec, ds)
     check_finite_weights(net.state_dict(), spec, "use other weights (--weights-file) or fix the model")
-    if kind != "torchvision":
+    if kind == "factory":
         probe(model.to(device), spec)
     check_first_output(model, f"model {name} ({spec})")
     identity["model_kind"] = model.config["kind"]
     identity["torchvision"] = torchvision_version()
-    fixed = {k: identity.get(k) for k in ("source", "builder", "factory", "weights_sha256", "model_kind",
-                                          "torchvision")}
+    # What fixes the numbers; the torchvision and factory keys are those of every earlier run.json (so that a
+    # results folder written before hf: existed still resumes).
+    keys = HF_FIXED if kind == "hf" else ("source", "builder", "factory", "weights_sha256", "model_kind",
+                                          "torchvision")
+    fixed = {k: identity.get(k) for k in keys}
     sha = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
     return model.to(device).eval(), {"name": name, "path": spec, "sha256": sha, "kind": model.config["kind"],
-                                     "config": model.config, "identity": identity}
+                                     "config": model.config, "identity": identity, "num_classes": ds.num_classes}
 
 
-def load_recorded(info: dict, device="cpu"):
+def load_recorded(info: dict, device="cpu", dataset=None):
     """Reload a model from its run.json entry (make_figures.py's default): the checkpoint file, or the spec
-    with the weights file and kind it was evaluated with."""
+    with the weights file and kind it was evaluated with. ``dataset``: the results' DatasetSpec
+    (``common.datasets.spec_from_record(run["dataset"])``; None: VOC)."""
     ident = info.get("identity")
     if not ident:
-        return load_spec(info["path"], device)
+        return load_spec(info["path"], device, dataset=dataset)
     # weights named in a torchvision spec come through the weights API again; a --weights-file is reread
     weights_file = ident.get("weights_file") if not ident.get("weights") else None
-    return load_spec(ident["spec"], device, weights_file, ident.get("model_kind"))
+    spec = HF + ident["name_or_path"] if ident.get("source") == "hf" else ident["spec"]   # a folder: absolute
+    return load_spec(spec, device, weights_file, ident.get("model_kind"), dataset=dataset)
+
+
+# ------------------------------------------------------------------------------------ dataset checks
+
+BACKGROUND_KINDS = ("ibe", "scribe")
+
+
+def voc_spec():
+    from .datasets import voc
+
+    return voc.SPEC
+
+
+def voc_like(ds) -> bool:
+    """The dataset's classes are VOC's 21, in VOC's order (what torchvision's published weights predict)."""
+    return tuple(ds.classes) == tuple(CLASSES)
+
+
+def no_background(kind: str, ds) -> str:
+    """check_structure's wording (common.datasets), for a model rather than a --model flag."""
+    return (f"the {kind.upper() if kind == 'ibe' else 'SCrIBE'} structure needs a background class at index 0 and "
+            f"{ds.name} has none (class 0 is {ds.classes[0]!r})")
+
+
+def check_checkpoint_classes(spec: str, config: dict, ckpt: dict, ds) -> int:
+    """The number of classes a checkpoint's model predicts (its outputs, plus IBE's background), which must be
+    the dataset's; an IBE / SCrIBE model needs the dataset's background class; a checkpoint that records the
+    classes it was trained on (``ckpt["dataset"]``, a ``dataset_record``) must name the dataset's."""
+    kind = config["kind"]
+    if kind in BACKGROUND_KINDS and not ds.has_background:
+        raise UsageError(f"checkpoint {spec}: its model kind is {kind}, and {no_background(kind, ds)}; evaluate "
+                         f"baseline models on {ds.name}")
+    n = int(config.get("num_outputs", NUM_CLASSES - (kind in BACKGROUND_KINDS))) + (kind in BACKGROUND_KINDS)
+    if n != ds.num_classes:
+        raise UsageError(f"checkpoint {spec}: its {kind} model predicts {n} classes and {ds.name} has "
+                         f"{ds.num_classes}; evaluate a checkpoint trained on {ds.name} (or pass the --data it was "
+                         f"trained on)")
+    rec = ckpt.get("dataset")
+    if isinstance(rec, dict) and rec.get("classes") is not None and list(rec["classes"]) != list(ds.classes):
+        diff = next(i for i, (a, b) in enumerate(zip(rec["classes"], ds.classes)) if a != b)
+        raise UsageError(f"checkpoint {spec}: trained on {rec.get('name')}, whose class {diff} is "
+                         f"{rec['classes'][diff]!r}, and {ds.name}'s is {ds.classes[diff]!r}; evaluate it on the "
+                         f"dataset it was trained on")
+    return n
 
 
 class ExternalModel(nn.Module):
-    """A torchvision or factory model read as ours: B x 21 x H x W logits at the input's resolution."""
+    """A torchvision, hf or factory model read as ours: B x N x H x W logits at the input's resolution, N the
+    dataset's classes (``dataset``: a DatasetSpec; None: VOC's 21)."""
 
-    def __init__(self, net: nn.Module, kind: str, config: dict, spec: str):
+    def __init__(self, net: nn.Module, kind: str, config: dict, spec: str, dataset=None):
         super().__init__()
         self.net = net
         self.spec = spec
         self.config = dict(kind=kind, **config)
+        ds = dataset if dataset is not None else voc_spec()
+        self.num_classes, self.dataset_name = ds.num_classes, ds.name
 
     def forward(self, x):
         out = self.net(x)
@@ -170,19 +264,21 @@ class ExternalModel(nn.Module):
                 raise UsageError(f"{self.spec}: the model returned a dict without 'out' (keys {sorted(out)[:5]}); "
                                  f"return the logits or a dict with 'out'")
             out = out["out"]
-        want = (NUM_CLASSES - 1, NUM_CLASSES) if self.config["kind"] in ("ibe", "scribe") else (NUM_CLASSES,)
+        n = self.num_classes
+        want = (n - 1, n) if self.config["kind"] in BACKGROUND_KINDS else (n,)
         if not torch.is_tensor(out) or out.dim() != 4 or out.shape[0] != x.shape[0] or out.shape[1] not in want:
             shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
             raise UsageError(f"{self.spec}: the model returned {shape} for an input of {tuple(x.shape)}; expected "
-                             f"B x {' or '.join(map(str, want))} x h x w logits "
-                             f"(model kind {self.config['kind']}; --model-kind says how to read them)")
+                             f"B x {' or '.join(map(str, want))} x h x w logits for the {n} classes of "
+                             f"{self.dataset_name} (model kind {self.config['kind']}; --model-kind says how to read "
+                             f"them)")
         size = x.shape[-2:]
         if out.shape[-2] > size[0] or out.shape[-1] > size[1]:
             raise UsageError(f"{self.spec}: the model's output {tuple(out.shape[-2:])} is larger than its input "
                              f"{tuple(size)}; return logits at the input's resolution or lower")
         if out.shape[-2:] != size:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        if out.shape[1] == NUM_CLASSES - 1:
+        if out.shape[1] == n - 1:
             out = implicit_background(out)   # after the upsampling: exact -logsumexp at every scored pixel
         return out
 
@@ -222,8 +318,11 @@ def voc_builders() -> dict:
     return found
 
 
-def load_torchvision(spec, builder, weights_name, weights_file):
-    """(the torchvision model with its weights, without the aux head; identity dict)."""
+def load_torchvision(spec, builder, weights_name, weights_file, ds=None):
+    """(the torchvision model with its weights, without the aux head; identity dict). Published weights predict
+    VOC's 21 classes: refused on another dataset (``ds``; None: VOC); a ``weights_file`` is loaded into the
+    builder's net made with the dataset's number of classes."""
+    ds = ds if ds is not None else voc_spec()
     from torchvision.models import get_model_builder
 
     builders = voc_builders()
@@ -239,6 +338,10 @@ def load_torchvision(spec, builder, weights_name, weights_file):
         state = read_state_dict(weights_file, f"--weights-file {weights_file}")
         identity.update(weights_file=os.path.abspath(weights_file), weights_sha256=file_sha256(weights_file))
         source = f"--weights-file {weights_file}"
+    elif not voc_like(ds):
+        raise UsageError(f"{spec}: torchvision's published weights predict the 21 VOC classes and {ds.name} has "
+                         f"{ds.num_classes} ({', '.join(ds.classes[:3])}, ...); pass --weights-file with a "
+                         f"{builder} state dict trained on {ds.name}")
     else:
         names = [w.name for w in enum]
         try:
@@ -271,8 +374,22 @@ def load_torchvision(spec, builder, weights_name, weights_file):
     ctor = get_model_builder(builder)
     kw = {"aux_loss": False} if "aux_loss" in inspect.signature(ctor).parameters else {}
     with torch.device("meta"):   # no random init: the weights replace every tensor (checked below)
-        net = ctor(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, **kw)
+        net = ctor(weights=None, weights_backbone=None, num_classes=ds.num_classes, **kw)
+    check_class_count(net, state, ds, f"{spec} with {source}")
     return assign_state(net, state, f"{source}: does not fit torchvision's {builder}"), identity
+
+
+def check_class_count(net: nn.Module, state: dict, ds, what: str) -> None:
+    """One line when a state dict's classifier has another number of classes than the dataset's: a weight or
+    bias whose first dimension is the class count in ``net`` and another number in ``state``, the rest of its
+    shape equal."""
+    for k, t in net.state_dict().items():
+        got = state.get(k)
+        if (torch.is_tensor(got) and t.dim() >= 1 and t.shape[0] == ds.num_classes and got.dim() == t.dim()
+                and got.shape[0] != ds.num_classes and got.shape[1:] == t.shape[1:]
+                and k.rsplit(".", 1)[-1] in ("weight", "bias")):
+            raise UsageError(f"{what}: predicts {got.shape[0]} classes ({k} is {tuple(got.shape)}) and {ds.name} "
+                             f"has {ds.num_classes}; give weights trained on {ds.name}")
 
 
 def read_state_dict(path, what):
@@ -314,6 +431,48 @@ def assign_state(net: nn.Module, state: dict, what: str) -> nn.Module:
     if left:   # a buffer outside the state dict (non-persistent): never run a model with empty tensors
         raise UsageError(f"{what}: no values for {left[:3]}")
     return net
+
+
+# ---------------------------------------------------------------------------------- Hugging Face models
+
+# What fixes an hf model's numbers: its weights, its config and image processor (mean / std), how it is read,
+# and the library that runs it.
+HF_FIXED = ("source", "model_type", "weights_sha256", "config_sha256", "model_kind", "transformers")
+
+
+def load_hf(spec, device, weights_file, ds):
+    """(common.hf_models' wrapper, with ``weights_file`` loaded into the transformers model when given; identity
+    dict). Its config's num_labels must be the dataset's number of classes."""
+    from .hf_models import load_hf_model
+
+    target = spec[len(HF):]
+    if not target:
+        raise UsageError(f"{spec}: expected hf:<model id or folder>, e.g. hf:nvidia/segformer-b0-finetuned-ade-512-512 "
+                         f"or hf:models/my_segformer")
+    net, info = load_hf_model(target, device)
+    if net.num_classes != ds.num_classes:
+        raise UsageError(f"{spec}: the model predicts {net.num_classes} classes (its config's num_labels) and "
+                         f"{ds.name} has {ds.num_classes}; evaluate it on the dataset it was trained on, or give one "
+                         f"fine-tuned to {ds.name}'s classes")
+    identity = {"spec": spec, "source": "hf", "model_type": info["model_type"],
+                "name_or_path": info["name_or_path"], "folder": info["folder"], "weights": None,
+                "weights_file": None, "weight_files": info["weight_files"], "weights_sha256": info["weights_sha256"],
+                "config_sha256": info["config_sha256"], "classes": info["classes"],
+                "transformers": info["transformers"]}
+    if weights_file is not None:
+        state = read_state_dict(weights_file, f"--weights-file {weights_file}")
+        assign_state(net.model, state, f"--weights-file {weights_file}: does not fit {spec} "
+                                       f"({type(net.model).__name__}, its state_dict())")
+        identity.update(weights_file=os.path.abspath(weights_file), weight_files=[],
+                        weights_sha256=file_sha256(weights_file))
+    return net, identity
+
+
+def hf_name(spec: str) -> str:
+    """A plain display name from an hf: spec: the folder's name, or the last part of the model id."""
+    target = spec[len(HF):].rstrip("/\\")
+    base = os.path.basename(os.path.abspath(target)) if os.path.isdir(target) else target.split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", base).lstrip(".") or "hf_model"
 
 
 # ------------------------------------------------------------------------------------------ factories

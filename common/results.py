@@ -239,8 +239,8 @@ RUN_FIELDS = ("corruption_code", "protocol", "size", "amp", "data", "voc_root", 
 # The val set's root: "voc_root" on VOC, "data_root" on the other datasets; a run.json has one of them.
 ROOT_FIELDS = ("voc_root", "data_root")
 # What makes two VOC-C dumps give other pixels (dump_voc_c.py's manifest): the same in run.json's "voc_c".
-VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
-               "data_sha256")
+VOCC_FIELDS = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "data_root", "split",
+               "image_ids_sha256", "data_sha256", "preset")
 
 
 def identity(run) -> dict:
@@ -277,7 +277,10 @@ def require_identity(run, path, hint) -> None:
     if not any(k in run for k in ROOT_FIELDS):
         lacking.append("voc_root")
     if isinstance(run.get("voc_c"), dict):
-        lacking += [f"voc_c.{k}" for k in VOCC_FIELDS if k not in run["voc_c"]]
+        dump = run["voc_c"]
+        lacking += [f"voc_c.{k}" for k in VOCC_FIELDS if k not in dump and k not in ROOT_FIELDS + ("preset",)]
+        if not any(k in dump for k in ROOT_FIELDS):
+            lacking.append("voc_c.voc_root")
     if lacking:
         raise UsageError(f"{path}: no {', '.join(lacking)} (written by an earlier evaluate_corruptions.py); {hint}")
 

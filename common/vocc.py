@@ -1,11 +1,18 @@
-"""The on-disk VOC-C layout that dump_voc_c.py writes and evaluate_corruptions.py reads (docs/protocol.md).
+"""The on-disk VOC-C layout that dump_voc_c.py writes and evaluate_corruptions.py reads (docs/protocol.md);
+the same layout for every dataset of ``--data`` (Cityscapes-C, ADE20K-C, ...).
 
-    <root>/manifest.json                           protocol, size, seed rule, package versions, counts
+    <root>/manifest.json                           protocol, size, seed rule, package versions, data, preset, counts
     <root>/<corruption>/<severity>/<id>.png        corrupted RGB image, lossless PNG
-    <root>/labels/<id>.png                         the label under the same protocol (VOC palette PNG)
+    <root>/labels/<id>.png                         the label under the same protocol (palette PNG of train ids)
 
-PNG is lossless, so an image read back from a dump is the very array ``corrupt_image`` returned.
+PNG is lossless, so an image read back from a dump is the very array ``corrupt_image`` returned. A reader
+checks that a dump holds its pixels with ``check_manifest``:
+
+    expect = {"corruption_code": code, "seed_rule": seed_rule(code), "preset": args.preset_record,
+              **data_identity(args.data, data.root, data.dataset)}
+    check_manifest(folder, args.protocol, args.size, corruption_versions(), **expect)
 """
+import hashlib
 import io
 import json
 import os
@@ -74,12 +81,23 @@ def rgb_png(array: np.ndarray) -> bytes:
     return _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
-def png_bytes(array: np.ndarray, palette: bool = False) -> bytes:
-    """Encode RGB (or, with ``palette``, a VOC label as a palette PNG) with fixed settings: same bytes every time."""
-    if palette:  # the values are class indices: store them as they are, with the VOC colours
+def label_palette(colours=None) -> np.ndarray:
+    """The 256 x 3 palette of a label PNG: VOC's own (``colours`` None), else ``colours`` (a dataset's N x 3 class
+    colours) with every later index, 255 = ignore among them, white."""
+    if colours is None:
+        return voc_palette()
+    pal = np.full((256, 3), 255, np.uint8)
+    pal[: len(colours)] = np.asarray(colours, np.uint8)
+    return pal
+
+
+def png_bytes(array: np.ndarray, palette=False) -> bytes:
+    """Encode RGB (or, with ``palette``, a label as a palette PNG: True = VOC's colours, an N x 3 array = a
+    dataset's class colours) with fixed settings: same bytes every time."""
+    if palette is not False:  # the values are class indices: store them as they are, with the class colours
         array = np.ascontiguousarray(array, dtype=np.uint8)
         im = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
-        im.putpalette(voc_palette().ravel().tolist())
+        im.putpalette(label_palette(None if palette is True else palette).ravel().tolist())
         buf = io.BytesIO()
         im.save(buf, format="PNG", compress_level=3)
         return buf.getvalue()
@@ -114,7 +132,7 @@ def manifest_fix(root) -> str:
 
 def read_manifest(root):
     """manifest.json as a dict, or None when absent; a damaged one (not JSON, fields missing or of the wrong
-    type) is a UsageError naming it."""
+    type) is a UsageError naming it. A manifest written before presets has no "preset" (it counts as none)."""
     path = os.path.join(root, MANIFEST)
     if not os.path.exists(path):
         return None
@@ -126,17 +144,23 @@ def read_manifest(root):
                          f"{manifest_fix(root)}") from None
     types = {"protocol": str, "size": (int, type(None)), "seed_rule": str, "versions": dict, "images": dict}
     if isinstance(m, dict) and all(k in m for k in types):
-        lacking = [k for k in IDENTITY if k not in m]
+        lacking = [k for k in REQUIRED if k not in m]
+        if not lacking and root_key(m.get("data")) not in m:
+            lacking = [root_key(m.get("data"))]
         if lacking:   # the rest of the dump's identity, recorded since
             raise UsageError(f"{path}: no {', '.join(lacking)} (an earlier dump_voc_c.py's format); "
                              f"{manifest_fix(root)}")
-        types.update({k: str for k in IDENTITY if k not in types})
+        types.update({k: str for k in REQUIRED if k not in types})
+        types[root_key(m["data"])] = str
+        types["preset"] = (dict, type(None))
     if not isinstance(m, dict):
         what = "not a JSON object"
     else:   # size is null under --protocol native
-        bad = [k for k, t in types.items() if k not in m or not isinstance(m[k], t)]
+        bad = [k for k, t in types.items() if k != "preset" and k not in m or not isinstance(m.get(k), t)]
         if not bad and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in m["images"].values()):
             bad = ["images"]
+        if not bad and isinstance(m.get("preset"), dict) and not isinstance(m["preset"].get("name"), str):
+            bad = ["preset"]
         what = f"{', '.join(bad)} missing or of the wrong type" if bad else None
     if what:
         raise UsageError(f"{path}: damaged manifest ({what}); {manifest_fix(root)}")
@@ -144,29 +168,90 @@ def read_manifest(root):
 
 
 # What makes two dumps' pixels differ, in the order a difference is reported (the sweep's run.json records the
-# same fields of the dump it read, under "voc_c").
-# The val set: by its files' digest (data_sha256), not by the path it was read from (results.same_data).
-IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "split", "image_ids_sha256",
-            "data_sha256")
+# same fields of the dump it read, under "voc_c"). The val set's folder is "voc_root" for --data voc and
+# synthetic (as every VOC-C manifest has it) and "data_root" for every other dataset; the val set is compared
+# by its files' digest (data_sha256), not by the path it was read from. "preset": the preset's record
+# (common/presets.py), null without --preset; compared by name, a dump without one counting as "paper" (the
+# protocol of every dump made before presets), and by the whole record where both have one.
+IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_root", "data_root", "split",
+            "image_ids_sha256", "data_sha256", "preset")
+ROOT_KEYS = ("voc_root", "data_root")
+# Fields every manifest has (besides its root key; "preset" may be absent: none).
+REQUIRED = tuple(k for k in IDENTITY if k not in ROOT_KEYS + ("preset",))
+# How a difference is named in messages (results.describe's labels for the rest).
+LABELS = {"preset": "--preset", "data_root": "the val set at"}
+
+
+def root_key(data) -> str:
+    """The manifest key of the val set's folder for ``--data data``."""
+    return "voc_root" if data in ("voc", "synthetic") else "data_root"
+
+
+def data_sha256(dataset) -> str:
+    """A digest of a split's files wherever they are read from (results.files_sha256: each image id with the
+    sha256 of its image and label files; VOC's labels are its ``masks``, the other datasets' their ``targets``)."""
+    from .results import files_sha256
+    return files_sha256(dataset)
+
+
+def data_identity(data: str, root, dataset, split: str = "val") -> dict:
+    """The val set's part of a dump's identity: {"data", "voc_root" | "data_root", "split", "image_ids_sha256",
+    "data_sha256"}, for the split ``dataset`` of ``--data data`` under ``root`` (common.datasets.open_data's
+    Data: data.root, data.dataset). Every image of the split counts, whatever --limit a run has."""
+    from .results import ids_sha256
+    ids = dataset.ids if getattr(dataset, "ids", None) is not None else \
+        [os.path.splitext(os.path.basename(p))[0] for p in dataset.images]
+    return {"data": data, root_key(data): os.path.abspath(root), "split": split,
+            "image_ids_sha256": ids_sha256(ids), "data_sha256": data_sha256(dataset)}
+
+
+def preset_name(record):
+    """A preset record's name, "paper" for none (a dump or run without --preset has the paper's protocol flags
+    or differs from it in a flag that is compared on its own)."""
+    return record["name"] if isinstance(record, dict) else "paper"
+
+
+def _differs(k, m, want) -> bool:
+    got, wanted = m.get(k), want[k]
+    if k == "preset":
+        return preset_name(got) != preset_name(wanted) or (isinstance(got, dict) and isinstance(wanted, dict)
+                                                           and got != wanted)
+    if k in ROOT_KEYS:   # the same val set read through another path: the digests are compared on their own
+        return got != wanted and not (m.get("data_sha256") and want.get("data_sha256"))
+    return got != wanted
 
 
 def manifest_difference(m: dict, want: dict):
     """(field, manifest's value, wanted value) of the first identity field that differs, or None; only the fields
-    ``want`` names (all of them from dump_voc_c.py, the data's from the sweep), ``versions`` key by key."""
-    from .results import same_data
-
+    ``want`` names (all of them from dump_voc_c.py, the data's from the sweep), ``versions`` key by key. A
+    preset is reported by its name (None: none)."""
     for k in IDENTITY:
-        if k in want and m[k] != want[k] and not same_data(k, m, want):
-            return k, m[k], want[k]
+        if k in want and _differs(k, m, want):
+            if k == "preset":
+                return k, (m.get(k) or {}).get("name"), (want[k] or {}).get("name")
+            return k, m.get(k), want[k]
     for k, v in sorted(want.get("versions", {}).items()):
         if k in m.get("versions", {}) and m["versions"][k] != v:
             return f"versions.{k}", m["versions"][k], v
     return None
 
 
+def describe(diff, old_words="made with", new_words="this run has") -> str:
+    """A difference as results.describe says it, with the fields it does not know (--preset, data_root)."""
+    from .results import describe as describe_run, message_value
+    field, was, now = diff
+    if field in LABELS:
+        label = LABELS[field]
+        show = (lambda v: "none" if v is None else message_value(v))
+        return f"{old_words} {label} {show(was)}, {new_words} {label} {show(now)}"
+    return describe_run(diff, old_words, new_words)
+
+
 def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> dict:
-    """Refuse a dump made under another protocol, size, package versions or from other images (its pixels would
-    differ). ``expect``: other identity fields to compare (data, voc_root, split, image_ids_sha256)."""
+    """Refuse a dump made under another protocol, size, package versions, preset or from other images (its pixels
+    would differ, or its conditions). ``expect``: other identity fields to compare, by name (IDENTITY):
+    corruption_code, seed_rule, preset, and the val set's (``data_identity``: data, voc_root or data_root,
+    split, image_ids_sha256, data_sha256)."""
     m = read_manifest(root)
     if m is None:
         raise UsageError(f"{root}: no {MANIFEST}; is this a folder written by dump_voc_c.py?")
@@ -176,8 +261,10 @@ def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> 
         field, got, wanted = diff
         hint = ("its pixels may differ: install requirements.txt's pins or dump again" if field.startswith("versions")
                 else "dump again or match the flags")
-        if field == "corruption_code":
-            field = "--corruption-code"
+        if field in ("corruption_code", "data"):
+            field = "--" + field.replace("_", "-")
+        elif field == "preset":
+            field, got, wanted = "--preset", got or "none", wanted or "none"
         raise UsageError(f"{root} was dumped with {field} {json.dumps(got)[:60]}, this run has "
                          f"{json.dumps(wanted)[:60]}; {hint}")
     return m

@@ -181,3 +181,55 @@ def test_quick_step_times_the_quick_model_in_three_layouts_and_precisions(monkey
             row["seconds"]["fp32_contiguous"] / row["seconds"][label], rel=0.02)   # seconds rounded to 0.1 ms
     assert res["quick_train_speedup_bf16_channels_last"]["seconds"] != res["quick_eval_speedup_bf16_channels_last"][
         "seconds"]
+
+
+def test_dump_projection_by_hand():
+    # One image: decoded once (1 s), then corruption a at 3 severities (2 s - 1 s each), b at 5 (11 s - 1 s each):
+    # 1 + 3 x 1 + 5 x 10 = 54 s; 500 images on 16 cores: 500 x 54 / 16 s = 0.46875 h.
+    hours = corruption.project_dump_hours({"a": 2.0, "b": 11.0}, 1.0, {"a": (1, 2, 3), "b": (1, 2, 3, 4, 5)}, 500, 16)
+    assert hours == pytest.approx(500 * 54 / 16 / 3600)
+
+
+def test_dump_full_times_dump_one_of_one_condition_on_the_full_size_image(tmp_path, monkeypatch):
+    import dump_voc_c
+    calls = []
+    real = dump_voc_c.dump_one
+
+    def spy(index, conditions, out, protocol, size, dataset, code, palette=True):
+        calls.append((list(conditions), protocol, dataset[index][0].size))
+        return real(index, conditions, out, protocol, size, dataset, code, palette)
+    monkeypatch.setattr(dump_voc_c, "dump_one", spy)
+    cfg = {**bench.MODES["quick"], **bench.TINY, "dump_full_corruptions": ["contrast", "fog"]}
+    ctx = dict(cfg=cfg, root=str(tmp_path), scratch=str(tmp_path / "run"))
+    res = corruption.bench_dump_full(ctx)
+    # The label once, the fixed part twice, then each corruption at severity 3, all at 64 x 32, --protocol native.
+    assert calls == [([], "native", (64, 32))] * 3 + [([("contrast", 3)], "native", (64, 32)),
+                                                      ([("fog", 3)], "native", (64, 32))]
+    image = next((tmp_path / "run" / "dump-full" / "fog" / "3").iterdir())
+    assert np.asarray(__import__("PIL.Image").Image.open(image)).shape == (32, 64, 3)
+    assert set(res) == {"dump_full_contrast", "dump_full_fog", "dump_full_fixed_s"}   # no projection: 2 of 16
+    for c in ("contrast", "fog"):
+        row = res[f"dump_full_{c}"]
+        assert row["measured"] == pytest.approx(1 / row["seconds"]["dump_one"], rel=0.02)
+
+
+def test_slide_runs_the_model_on_the_whole_image_and_on_mmsegs_crops(monkeypatch):
+    from benchmarks import inference
+    seen = []
+
+    class Stub(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            time.sleep(0.02)   # seconds the row's rounding keeps (its ratio is checked against them, not a time)
+            return torch.zeros(x.shape[0], 21, *x.shape[2:])
+    monkeypatch.setattr(inference, "build_model", lambda kind, **kw: Stub())
+    cfg = {**bench.MODES["quick"], **bench.TINY, "slide_repeats": 2}   # 96 x 48, crops 48 at stride 36
+    row = inference.bench_slide(dict(cfg=cfg))["slide_vs_whole"]
+    # mmsegmentation's grid by hand: rows max(48 - 48 + 35, 0) // 36 + 1 = 1, columns (96 - 48 + 35) // 36 + 1 = 3.
+    whole, crop = (1, 3, 48, 96), (1, 3, 48, 48)
+    # Each warmed up and timed, then one more round of both.
+    assert seen == [whole, whole] + [crop] * 6 + [whole] + [crop] * 3
+    assert row["crops"] == 3 and row["pixel_ratio"] == 1.5
+    assert row["measured"] == pytest.approx(row["seconds"]["slide"] / row["seconds"]["whole"], rel=0.02)
+    # The Cityscapes protocol: 1024 x 1024 crops at stride 768 on 2048 x 1024 are 1 x 3 crops, 1.5x the pixels.
+    assert inference.crop_count(2048, 1024, 1024, 768) == 3

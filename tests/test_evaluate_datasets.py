@@ -221,3 +221,26 @@ def test_acdc_shards_merge_into_the_single_run(layouts, tmp_path):
     for a, b in zip(rows(whole), rows(tmp_path / "m")):
         assert (a["corruption"], a["miou"], a["iou"]) == (b["corruption"], b["miou"], b["iou"])
         assert a["real_conditions"] == b["real_conditions"] and len(a["real_conditions"]) == 4
+
+
+def test_a_cityscapes_dump_gives_the_sweep_the_same_numbers(layouts, tmp_path):
+    import dump_voc_c
+
+    root = layouts["cityscapes"]
+    common = ["--corruptions", "gaussian_noise", "--severities", "0", "3", "--calibration-images", "0"]
+    assert run_script(dump_voc_c, "--data", "cityscapes", "--cityscapes-root", root, "--protocol", "native",
+                      "--corruptions", "gaussian_noise", "--severities", "3", "--workers", "1",
+                      "--out", tmp_path / "C") == 0
+    assert sweep(root, tmp_path / "fly", *common) == 0
+    assert sweep(root, tmp_path / "dumped", *common, "--voc-c", tmp_path / "C") == 0
+    assert [r["miou"] for r in rows(tmp_path / "fly")] == [r["miou"] for r in rows(tmp_path / "dumped")]
+    run = json.load(open(tmp_path / "dumped" / "run.json"))
+    assert run["voc_c"]["data"] == "cityscapes" and run["voc_c"]["data_root"] == root
+    # The dumped PNGs replaced by grey images of their size: a sweep that reads them scores other pixels, so the
+    # dump is what the sweep above read.
+    pngs = glob.glob(str(tmp_path / "C" / "gaussian_noise" / "3" / "*.png"))
+    assert len(pngs) == 2
+    for path in pngs:
+        Image.fromarray(np.full_like(np.array(Image.open(path)), 128)).save(path)
+    assert sweep(root, tmp_path / "grey", *common, "--voc-c", tmp_path / "C") == 0
+    assert rows(tmp_path / "grey")[1]["miou"] != rows(tmp_path / "fly")[1]["miou"]

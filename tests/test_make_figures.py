@@ -608,3 +608,41 @@ def test_labels_are_drawn_in_the_results_palette():
                                                                    "ignore (255)"]
     mf.plt.close("all")
 
+
+
+@pytest.mark.slow
+def test_cityscapes_sweep_end_to_end(tmp_path, capsys):
+    # evaluate_corruptions.py --data cityscapes on the synthetic layout (a 19-class model), then analyze_logits.py
+    # and every figure: the tables list Cityscapes' names, the label tiles are in its palette.
+    from common.datasets import spec_from_record
+    from common.synthetic_layouts import ensure_layout
+    from test_evaluate_datasets import FACTORY, sweep
+    root = ensure_layout("cityscapes", tmp_path / "cs", n_train=2, n_val=2, width=96, height=48, quiet=True)
+    out = str(tmp_path / "results")
+    assert sweep(root, out, "--corruptions", "gaussian", "brightness", "--severities", "0", "1", "2") == 0
+    analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", out, "--bootstrap", "10"]))
+    run = json.load(open(os.path.join(out, "run.json")))
+    spec = spec_from_record(run["dataset"])
+    assert spec.name == "cityscapes" and spec.num_classes == 19
+    tables = open(os.path.join(out, "tables.md")).read()
+    assert all(f"| {i} {name} |" in tables for i, name in enumerate(spec.classes))
+    assert "undefined: cityscapes has no background class" in tables
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    bench = [r["miou"] for r in rows if r["corruption"] != "clean"]
+    analysis = json.load(open(os.path.join(out, "analysis.json")))
+    model = analysis["models"][0]
+    assert analysis["per_model"][model]["mpc"]["value"] == pytest.approx(np.mean(bench))
+    capsys.readouterr()
+    draw("--results", out, "--out", str(tmp_path / "figs"), "--index", "0", "--qualitative-index", "1",
+         "--contact-start", "0")
+    assert sorted(os.listdir(tmp_path / "figs")) == sorted(f"{f}.png" for f in mf.FIGURES)
+    # voc_sample's label tile: its colours are Cityscapes' (and white for 255), not VOC's.
+    args = mf.get_args_parser().parse_args(["--results", out, "--only", "voc_sample", "--index", "0"])
+    ctx = mf.read_results(args, args.only)
+    mf.read_images(args, ctx, args.only)
+    fig = mf.fig_voc_sample(ctx)
+    shown = fig.axes[1].images[0].get_array().reshape(-1, 3)
+    allowed = {tuple(c) for c in spec.palette.tolist()} | {(255, 255, 255)}
+    assert {tuple(c) for c in shown.tolist()} <= allowed and len({tuple(c) for c in shown.tolist()}) > 2
+    assert fig._suptitle.get_text().startswith("cityscapes val image 0")
+    mf.plt.close("all")

@@ -274,7 +274,7 @@ def with_dataset(src, dest, record):
 
 
 # 21 classes (the tiny models' outputs) with another palette: class c drawn (10 c, 255 - 10 c, 77).
-OTHER = {"name": "other", "classes": [f"c{i}" for i in range(21)], "has_background": False, "ignore_index": 255,
+OTHER = {"name": "other", "classes": [f"c{i}" for i in range(21)], "has_background": True, "ignore_index": 255,
          "palette": [[10 * c, 255 - 10 * c, 77] for c in range(21)]}
 
 

@@ -22,9 +22,12 @@ import import_checkpoint
 import make_figures
 import make_video
 from common.checkpoint import load_model, save_checkpoint
+from common.cli import UsageError
 from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from common.corruptions import corrupt_image
 from common.data import eval_sample, voc_dataset
+from common.datasets import DatasetSpec, dataset_spec, generated_palette
+from common.model_specs import load_spec, spec_kind
 from common.models import build_model
 from helpers import refused, tiny_checkpoint
 
@@ -364,3 +367,99 @@ def test_unimportable_factory_from_the_command_line(world, tmp_path, capsys):
     assert "my_models_nowhere" in refused(capsys, ev, "--checkpoints", "my_models_nowhere:build", "--data",
                                           "synthetic", "--synthetic-root", world["root"], "--out", tmp_path / "o")
     assert not os.path.exists(tmp_path / "o" / "run.json")
+
+
+# ------------------------------------------------------------------------------- datasets other than VOC
+
+CITYSCAPES = dataset_spec("cityscapes")   # 19 classes, no background
+
+
+def folder_spec(classes):
+    """A --data folder dataset's spec, as its adapter makes it from classes.txt (no loader needed here)."""
+    return DatasetSpec(name="folder", classes=tuple(classes), palette=generated_palette(len(classes)),
+                       has_background=classes[0] == "background", loader=None)
+
+
+def test_checkpoints_must_predict_the_datasets_classes(tmp_path):
+    base = tiny_checkpoint(tmp_path / "base.pt", "baseline")
+    ibe = tiny_checkpoint(tmp_path / "ibe.pt", "ibe")
+    for path, n in ((base, 21), (ibe, 21)):   # VOC (dataset None, and named): 21 outputs, IBE's 20 + background
+        assert load_spec(path)[1]["num_classes"] == n
+        assert load_spec(path, dataset=dataset_spec("voc"))[1]["num_classes"] == n
+    with pytest.raises(UsageError, match=r"base\.pt: its baseline model predicts 21 classes and cityscapes has 19"):
+        load_spec(base, dataset=CITYSCAPES)
+    with pytest.raises(UsageError, match=r"ibe\.pt: its model kind is ibe, and the IBE structure needs a background "
+                                         r"class at index 0 and cityscapes has none \(class 0 is 'road'\)"):
+        load_spec(ibe, dataset=CITYSCAPES)
+    # A checkpoint that records the classes it was trained on: the same count under other names is refused.
+    ckpt = torch.load(base, weights_only=True)
+    other = ["background"] + [f"thing{k}" for k in range(1, 21)]
+    ckpt["dataset"] = {"name": "folder", "classes": other}
+    save_checkpoint(str(tmp_path / "named.pt"), ckpt)
+    assert load_spec(str(tmp_path / "named.pt"), dataset=folder_spec(other))[1]["num_classes"] == 21
+    with pytest.raises(UsageError, match=r"named\.pt: trained on folder, whose class 1 is 'thing1', and voc's is "
+                                         r"'aeroplane'"):
+        load_spec(str(tmp_path / "named.pt"))
+
+
+def test_torchvision_weights_file_for_another_dataset(world, tmp_path):
+    """A random 19-class deeplabv3 state dict (aux head included, as torchvision saves) loaded for Cityscapes:
+    the net is built with 19 classes and gives what torchvision's own 19-class model gives."""
+    torch.manual_seed(7)
+    net = randomise_bn(segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                 num_classes=19, aux_loss=True), 5)
+    torch.save(net.state_dict(), tmp_path / "city.pth")
+    model, info = load_spec("torchvision:deeplabv3_mobilenet_v3_large", "cpu", str(tmp_path / "city.pth"),
+                            dataset=CITYSCAPES)
+    x = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(x), net(x)["out"]
+    assert got.shape == (1, 19, 40, 56) and torch.equal(got, want)
+    assert info["num_classes"] == 19 and info["kind"] == "baseline"
+    assert info["identity"]["weights_sha256"] == hashlib.sha256((tmp_path / "city.pth").read_bytes()).hexdigest()
+    # torchvision's published weights (VOC's 21 classes) are refused on Cityscapes ...
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(world["dir"] / "torch_home"))
+        with pytest.raises(UsageError, match="torchvision:lraspp_mobilenet_v3_large: torchvision's published weights "
+                                             "predict the 21 VOC classes and cityscapes has 19.*--weights-file"):
+            load_spec("torchvision:lraspp_mobilenet_v3_large", dataset=CITYSCAPES)
+    # ... as is a 21-class state dict, and the 19-class one on VOC, each naming both numbers.
+    with pytest.raises(UsageError, match=r"deeplabv3_mobilenet_v3_large with --weights-file \S+dlv3\.pth: predicts "
+                                         r"21 classes \(classifier\.4\.weight is \(21, 256, 1, 1\)\) and "
+                                         r"cityscapes has 19"):
+        load_spec("torchvision:deeplabv3_mobilenet_v3_large", "cpu", world["dlv3_file"], dataset=CITYSCAPES)
+    with pytest.raises(UsageError, match=r"city\.pth: predicts 19 classes .* and voc has 21"):
+        load_spec("torchvision:deeplabv3_mobilenet_v3_large", "cpu", str(tmp_path / "city.pth"))
+
+
+def test_factories_against_the_datasets_classes():
+    seven = [f"c{k}" for k in range(7)]
+    model, info = load_spec(f"{HERE}:seven_channel_factory", dataset=folder_spec(seven))
+    assert info["num_classes"] == 7
+    with pytest.raises(UsageError, match=r"seven_channel_factory: the model returned \(1, 7, 32, 32\) .*expected B x "
+                                         r"19 x h x w logits for the 19 classes of cityscapes"):
+        load_spec(f"{HERE}:seven_channel_factory", dataset=CITYSCAPES)
+    # Read as IBE on an 8-class dataset with a background: 7 foreground logits + background = -logsumexp.
+    eight = ["background"] + seven
+    model, info = load_spec(f"{HERE}:seven_channel_factory", model_kind="ibe", dataset=folder_spec(eight))
+    x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = nn.functional.interpolate(model.net(x)["out"], size=(24, 24), mode="bilinear", align_corners=False)
+        got = model(x)
+    z = z[0].numpy().astype(np.float64)
+    bg = -np.log(np.exp(z).sum(0))
+    assert info["num_classes"] == 8 and got.shape == (1, 8, 24, 24)
+    np.testing.assert_allclose(got[0, 0].numpy(), bg, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[0, 1:].numpy(), z, rtol=1e-6, atol=1e-6)
+    with pytest.raises(UsageError, match=r"tiny_ibe_factory --model-kind scribe: the SCrIBE structure needs a "
+                                         r"background class at index 0 and cityscapes has none"):
+        load_spec(f"{HERE}:tiny_ibe_factory", model_kind="scribe", dataset=CITYSCAPES)
+
+
+def test_spec_kinds():
+    assert [spec_kind(s) for s in ("hf:nvidia/segformer-b0", "torchvision:fcn_resnet50", f"{HERE}:tiny_factory",
+                                   "runs/x.pt")] == ["hf", "torchvision", "factory", "checkpoint"]
+    with pytest.raises(UsageError, match="expected hf:<model id or folder>"):
+        load_spec("hf:", dataset=CITYSCAPES)
+    with pytest.raises(UsageError, match="torchvision models are read as baseline"):
+        load_spec("torchvision:fcn_resnet50", model_kind="ibe")
