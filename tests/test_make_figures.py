@@ -616,7 +616,7 @@ def test_cityscapes_sweep_end_to_end(tmp_path, capsys):
     # and every figure: the tables list Cityscapes' names, the label tiles are in its palette.
     from common.datasets import spec_from_record
     from common.synthetic_layouts import ensure_layout
-    from test_evaluate_datasets import FACTORY, sweep
+    from test_evaluate_datasets import sweep
     root = ensure_layout("cityscapes", tmp_path / "cs", n_train=2, n_val=2, width=96, height=48, quiet=True)
     out = str(tmp_path / "results")
     assert sweep(root, out, "--corruptions", "gaussian", "brightness", "--severities", "0", "1", "2") == 0
