@@ -1,4 +1,5 @@
-"""Train one of the paper's three models (baseline, IBE, SCrIBE) on VOC 2012 + SBD or the synthetic set.
+"""Train one of the paper's three models (baseline, IBE, SCrIBE) on VOC 2012 + SBD, the synthetic set, or
+another dataset (Cityscapes, ADE20K, ACDC, a folder: docs/datasets.md).
 
 The default recipe is the companion notebook's, which produced the paper's table (``--recipe notebook``):
 torchvision's DeepLabV3 head on an ImageNet ResNet-50 at output stride 8, IBE applied before upsampling,
@@ -17,12 +18,22 @@ docs/training.md, "The quick CPU recipe"):
     python pretrain_backbone.py --data synthetic --out runs/quick/backbone
     python train.py --model ibe --recipe quick --data synthetic --pretrained-backbone runs/quick/backbone/backbone.pt
 
+Other datasets train on their train split and validate on their val split, with the same transforms, over
+their own N classes (the baseline emits N logits; IBE and SCrIBE N - 1 and need a background class at index 0,
+so they are refused on Cityscapes, ADE20K, ACDC, and a folder whose class 0 is not "background"):
+
+    python train.py --model baseline --data cityscapes --cityscapes-root /data/cityscapes
+    python train.py --model baseline --data ade20k --ade20k-root /data/ade
+    python train.py --model baseline --data acdc --acdc-root /data/acdc --acdc-conditions fog,rain
+    python train.py --model ibe --data folder --folder-root /data/mine     # classes.txt starts with background
+
 Several GPUs or nodes: ``torchrun --nproc_per_node=8 train.py ...`` (--batch-size is per process).
 
 Writes ``<out>/<name>/``: ``checkpoint.pt`` (after every epoch, atomically; after the last epoch it holds
 the final weights, which are what the paper evaluated) and ``log.jsonl`` (one line per epoch); with
 ``--save-best`` also ``best.pt``, the epoch with the best val mIoU (VOC val is also the test set, so that
-selects on the test split). ``--resume`` continues from ``checkpoint.pt``.
+selects on the test split). ``--resume`` continues from ``checkpoint.pt``. Every checkpoint records the
+dataset's classes (``ckpt["dataset"]``: common.datasets.dataset_record).
 """
 import argparse
 import contextlib
@@ -38,7 +49,9 @@ from tqdm import tqdm
 from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
 from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, quiet_worker,
                         run_cli, write_problem)
-from common.data import build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.data import (build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots,
+                         single_thread_opencv, with_training_transforms)
+from common.datasets import check_structure, dataset_record, dataset_spec, open_data, voc
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
@@ -89,7 +102,8 @@ def resolve_recipe(args) -> dict:
             raise UsageError("--recipe quick trains from a backbone pretrained on the training set: run "
                              "pretrain_backbone.py --out DIR first and pass --pretrained-backbone DIR/backbone.pt "
                              "(or --pretrained-backbone none to train from scratch)")
-        args.pretrained_backbone = "imagenet" if args.data == "voc" else "none"
+        # ImageNet weights for real photographs (the paper's start); none for the generated VOC-format set.
+        args.pretrained_backbone = "none" if args.data == "synthetic" else "imagenet"
     return {k: getattr(args, k) for k in (*RECIPES[args.recipe], "output_stride")}
 
 
@@ -186,7 +200,10 @@ def checkpoint_to_resume(ckpt_path: str, args):
     if lacking:
         raise UsageError(f"{ckpt_path}: cannot resume from it, it records no {', '.join(lacking)} (an earlier "
                          f"train.py's format); move it away and train again without --resume")
-    diff = changed_settings(old, {k: getattr(args, k) for k in MODEL_ARGS})
+    # ACDC's conditions choose its training images; other datasets have no such flag (and runs made before it
+    # existed do not record it), so it is compared for --data acdc only.
+    keys = MODEL_ARGS + (("acdc_conditions",) if args.data == "acdc" else ())
+    diff = changed_settings(old, {k: getattr(args, k, None) for k in keys})
     if diff:
         raise UsageError(f"{ckpt_path} was made with other settings ({'; '.join(diff)}); resume with the "
                          f"original flags or choose another --name")
@@ -207,13 +224,41 @@ def check_still_ours(args, resume) -> None:
                          f"overwritten; run the same command again to resume from the new checkpoint")
 
 
-def build_training_model(args, resume):
+def training_data(args):
+    """(spec, splits) of --data, checked before any work: the DatasetSpec (VOC's for voc and synthetic), refused
+    with --model ibe or scribe when it has no background class at index 0 (common.datasets.check_structure);
+    for every other dataset also its opened train and val splits (``open_data``: a missing or wrong root flag is
+    refused here, before the output folder exists), None for VOC (``open_training_data`` opens it)."""
+    if args.data in ("voc", "synthetic"):
+        check_structure(voc.SPEC, args.model)
+        return voc.SPEC, None
+    spec = dataset_spec(args.data, getattr(args, f"{args.data}_root"))
+    check_structure(spec, args.model)
+    return spec, (open_data(args, "train").dataset, open_data(args, "val").dataset)
+
+
+def open_training_data(args, splits):
+    """(training set, validation set) with their transforms; sets ``args.held_out``. VOC and the synthetic set:
+    VOC train + SBD train_noval, VOC val (``build_datasets``); any other dataset: its train and val ``splits``
+    (``training_data``), with --hold-out's ids taken evenly spaced from its train split."""
+    if splits is None:
+        voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
+                                           quiet=not is_main(args))
+        args.held_out = held_out_ids(voc_root, args.hold_out)
+        return build_datasets(voc_root, sbd_root, args.crop_size, hold_out=args.held_out)
+    train_split, val_split = splits
+    args.held_out = held_out_ids(None, args.hold_out, dataset=train_split)
+    return with_training_transforms(train_split, val_split, args.crop_size, hold_out=args.held_out)
+
+
+def build_training_model(args, resume, num_classes: int = voc.SPEC.num_classes):
     """(model to train, bare model): DistributedDataParallel around the bare one under torchrun, else the
     same module twice. Checkpoints hold the bare model's state dict."""
     device = torch.device(args.device)
     # A resumed run takes every weight from its checkpoint: no pretrained file needs to be read.
     model = build_model(args.model, args.arch, args.backbone, args.output_stride, args.head_channels,
-                        "none" if resume is not None else args.pretrained_backbone, args.ibe_placement)
+                        "none" if resume is not None else args.pretrained_backbone, args.ibe_placement,
+                        num_classes=num_classes)
     if args.sync_bn and args.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=args.memory_format)
@@ -274,18 +319,18 @@ def restore(resume, model, optimizer, scheduler, scaler, args):
     return start_epoch, best
 
 
-def print_model_summary(model, train_set, val_set, loader, args):
+def print_model_summary(model, spec, train_set, val_set, loader, args):
     if not is_main(args):
         return
     n = sum(p.numel() for p in model.parameters())
     c = model.config
     ibe = f", IBE on the {c['ibe_placement']}" if c.get("ibe_placement") else ""
     print(f"model {c['kind']}: {c['arch']} {c['backbone']} OS{c['output_stride']} head {c['head_channels']}{ibe}, "
-          f"{n:,} parameters; train {len(train_set)} images ({len(loader)} steps/epoch x {args.world_size} "
+          f"{c['num_outputs']} outputs for {spec.name}'s {spec.num_classes} classes, {n:,} parameters; train {len(train_set)} images ({len(loader)} steps/epoch x {args.world_size} "
           f"process(es)), val {len(val_set)}; device {args.device}, amp {args.amp}")
 
 
-def save_epoch(row, val, best, epoch, model, optimizer, scheduler, scaler, args) -> float:
+def save_epoch(row, val, best, epoch, model, optimizer, scheduler, scaler, spec, args) -> float:
     """Rank 0 after an epoch: the log line, checkpoint.pt (and best.pt when val mIoU improved), the progress
     line; returns the best val mIoU so far."""
     improved = val is not None and val["miou"] > best
@@ -293,7 +338,8 @@ def save_epoch(row, val, best, epoch, model, optimizer, scheduler, scaler, args)
     ckpt = {"model": model.state_dict(), "model_config": model.config, "name": args.name, "epoch": epoch,
             "args": stored_args(args), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(), "best_miou": best, "val": val,
-            "git_commit": git_commit(), "versions": {"torch": str(torch.__version__)}}
+            "git_commit": git_commit(), "versions": {"torch": str(torch.__version__)},
+            "dataset": dataset_record(spec)}
     # The log line goes first: if a kill lands between the two writes, the resumed run drops the
     # line again (truncate_log) and redoes the epoch, so log and checkpoint never disagree.
     log = os.path.join(args.run_dir, "log.jsonl")
@@ -313,13 +359,13 @@ def save_epoch(row, val, best, epoch, model, optimizer, scheduler, scaler, args)
 
 # ----------------------------------------------------------------------------------------- train / eval
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, args):
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, epoch, num_classes, args):
     model.train()
     # Training crops all have one size, so cuDNN's per-shape autotuning pays off; validation keeps each
     # image's aspect (a new shape nearly every batch), where it would autotune over and over.
     torch.backends.cudnn.benchmark = not args.deterministic
     device = torch.device(args.device)
-    cm = ConfusionMatrix()
+    cm = ConfusionMatrix(num_classes)
     loss_sum = torch.zeros((), device=args.device, dtype=torch.float64)
     steps = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=None if is_main(args) else True,
@@ -360,11 +406,11 @@ def check_finite(loss_sum, epoch, step, args):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, args):
+def evaluate(model, loader, num_classes, args):
     model.eval()
     torch.backends.cudnn.benchmark = False
     device = torch.device(args.device)
-    cm = ConfusionMatrix()
+    cm = ConfusionMatrix(num_classes)
     for images, labels in tqdm(loader, desc="val", disable=None if is_main(args) else True, leave=False):
         images = images.to(args.device, non_blocking=True, memory_format=args.memory_format)
         with autocast(device, args.amp):
@@ -377,13 +423,11 @@ def evaluate(model, loader, args):
 # ------------------------------------------------------------------------------------------------- main
 
 def main(args):
+    spec, splits = training_data(args)   # --model ibe without a background class, a wrong root: refused here
     resume = prepare_run(args)
-    voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
-                                       quiet=not is_main(args))
-    args.held_out = held_out_ids(voc_root, args.hold_out)
-    train_set, val_set = build_datasets(voc_root, sbd_root, args.crop_size, hold_out=args.held_out)
+    train_set, val_set = open_training_data(args, splits)
     seed_everything(args.seed)
-    model, bare = build_training_model(args, resume)
+    model, bare = build_training_model(args, resume, spec.num_classes)
     generator = torch.Generator()
     train_sampler, train_loader, val_loader = build_loaders(train_set, val_set, generator, args)
     optimizer = make_optimizer(bare, args)
@@ -399,7 +443,7 @@ def main(args):
             truncate_log(os.path.join(args.run_dir, "log.jsonl"), start_epoch)
             if args.held_out:
                 write_text(os.path.join(args.run_dir, "held_out.txt"), "".join(f"{i}\n" for i in args.held_out))
-        print_model_summary(bare, train_set, val_set, train_loader, args)
+        print_model_summary(bare, spec, train_set, val_set, train_loader, args)
         for epoch in range(start_epoch, args.epochs):
             seed = epoch_seed(args, epoch)
             seed_everything(seed)
@@ -408,18 +452,19 @@ def main(args):
                 train_sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]   # the backbone's, at the epoch's first step
-            loss, train_miou = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, epoch, args)
+            loss, train_miou = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, epoch,
+                                               spec.num_classes, args)
             if args.poly_step == "epoch":
                 scheduler.step()   # the notebook's LambdaLR, stepped after the epoch
             train_seconds = time.perf_counter() - t0
             validate = epoch + 1 == args.epochs or (args.val_every > 0 and (epoch + 1) % args.val_every == 0)
-            val = evaluate(model, val_loader, args) if validate else None
+            val = evaluate(model, val_loader, spec.num_classes, args) if validate else None
             row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "amp": args.amp, "train_miou": train_miou,
                    "val_miou": val["miou"] if val else None, "val_pixel_acc": val["pixel_acc"] if val else None,
                    "val_iou": val["iou"] if val else None, "seconds": time.perf_counter() - t0,
                    "images_per_s": len(train_loader) * args.batch_size * args.world_size / train_seconds}
             if is_main(args):
-                best = save_epoch(row, val, best, epoch, bare, optimizer, scheduler, scaler, args)
+                best = save_epoch(row, val, best, epoch, bare, optimizer, scheduler, scaler, spec, args)
             if args.distributed:
                 dist.barrier()
         if args.distributed:
@@ -433,8 +478,10 @@ def get_args_parser():
                                 "'recipe' default to --recipe's value.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=KINDS, required=True,
-                   help="output structure: baseline = softmax CE over 21 logits; ibe = 20 logits with "
-                        "background -logsumexp, CE; scribe = the IBE structure with per-class sigmoid BCE")
+                   help="output structure: baseline = softmax CE over the dataset's N logits (21 on VOC); ibe = N-1 "
+                        "logits with background -logsumexp, CE; scribe = the IBE structure with per-class sigmoid "
+                        "BCE. ibe and scribe need a background class 0 (VOC, a folder whose class 0 is "
+                        "'background'), so they are refused on cityscapes, ade20k and acdc")
     p.add_argument("--recipe", choices=tuple(RECIPES), default="notebook",
                    help="notebook = the companion code that produced the paper's numbers (DeepLabV3 OS8, IBE before "
                         "upsampling, poly per epoch, batch 30, SCrIBE 255 -> background); paper = the paper's text "
@@ -454,11 +501,13 @@ def get_args_parser():
                         "notebook) or on the upsampled output (output, the paper's text)")
     p.add_argument("--pretrained-backbone", default=None,
                    help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
-                        "to a backbone state dict (pretrain_backbone.py's backbone.pt); default: imagenet with "
-                        "--data voc, none with --data synthetic; --recipe quick needs it given")
+                        "to a backbone state dict (pretrain_backbone.py's backbone.pt); default: none with --data "
+                        "synthetic, imagenet with every other --data; --recipe quick needs it given")
     add_data_arguments(p, "voc", sbd=True,
                        help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; "
-                            "synthetic = the generated VOC-format dataset under --synthetic-root")
+                            "synthetic = the generated VOC-format dataset under --synthetic-root; cityscapes, "
+                            "ade20k, acdc, folder = that dataset's train split, val on its val split, under its "
+                            "--<name>-root (docs/datasets.md)")
     p.add_argument("--epochs", type=int, default=None, help="recipe: 50 (notebook, paper) or 12 (quick)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="recipe: 30 (notebook), 20 (paper) or 8 (quick); per process under torchrun")
@@ -495,7 +544,8 @@ def get_args_parser():
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hold-out", type=int, default=0, metavar="N",
-                   help="withhold N VOC train images (evenly spaced through train.txt) from training, so that "
+                   help="withhold N train images (VOC: evenly spaced through train.txt; other --data: through "
+                        "its train split's ids) from training, so that "
                         "evaluate_corruptions.py can fit its calibration temperatures on clean images the model never "
                         "saw; their ids go to <out>/<name>/held_out.txt and the checkpoint. 0 (default): the "
                         "notebook's whole training set")

@@ -5,7 +5,9 @@
 
 Layout: ``model`` (state dict), ``model_config`` (kwargs of ``build_model`` minus the weights source),
 ``name``, ``epoch``, ``args`` (the training command's arguments), ``optimizer``, ``scheduler``,
-``scaler``, ``rng``, ``best_miou``, ``val`` (last validation metrics), ``git_commit``, ``versions``.
+``scaler``, ``rng``, ``best_miou``, ``val`` (last validation metrics), ``git_commit``, ``versions``, ``dataset``
+(``common.datasets.dataset_record``: the classes trained on). ``model_config["num_outputs"]`` is N for the
+baseline and N - 1 for IBE / SCrIBE: ``load_model`` rebuilds the model for the dataset's N classes from it.
 """
 import os
 import pickle
@@ -101,7 +103,9 @@ def load_model(path: str, device="cpu"):
 
     ckpt = read_checkpoint(path)
     cfg = dict(ckpt["model_config"])
-    cfg.pop("num_outputs", None)
+    outputs = cfg.pop("num_outputs", None)
+    if outputs is not None:   # the head's channels: N classes for the baseline, N - 1 for IBE / SCrIBE
+        cfg["num_classes"] = outputs + 1 if cfg.get("kind") in ("ibe", "scribe") and type(outputs) is int else outputs
     if "ibe_placement" not in cfg:   # every model_config records it; build_model's default would be a guess
         raise UsageError(f"checkpoint {path}: its model_config has no ibe_placement (an earlier train.py's "
                          f"format); {_rewrite_hint(path)}")

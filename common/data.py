@@ -431,15 +431,22 @@ def evenly_spaced(ids: list, n: int) -> list:
     return [ids[i] for i in sorted(set(np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int)))]
 
 
-def held_out_ids(voc_root, n: int) -> list:
+def held_out_ids(voc_root, n: int, dataset=None) -> list:
     """The ids train.py --hold-out n withholds from training: n VOC train images, evenly spaced through
-    ImageSets/Segmentation/train.txt (they have VOC labels, so a calibration fit can read them as it reads val)."""
-    return evenly_spaced(read_split(check_voc_root(voc_root, "train")), n) if n > 0 else []
+    ImageSets/Segmentation/train.txt (they have VOC labels, so a calibration fit can read them as it reads val).
+    For another dataset (common/datasets), pass its opened train split as ``dataset``: n of its ids, evenly
+    spaced through the split's order (``dataset.ids``)."""
+    if n <= 0:
+        return []
+    if dataset is not None:
+        return evenly_spaced(list(dataset.ids), n)
+    return evenly_spaced(read_split(check_voc_root(voc_root, "train")), n)
 
 
-def _without(dataset, ids: set, lists=("images", "targets", "masks")):
-    """The dataset without the images whose id (file name without extension) is in ``ids``."""
-    keep = [i for i, path in enumerate(dataset.images) if os.path.splitext(os.path.basename(path))[0] not in ids]
+def _without(dataset, ids: set, lists=("images", "targets", "masks", "ids", "conditions")):
+    """The dataset without the images whose id (``image_id``: the file stem, or the adapter's ``ids``) is in
+    ``ids``; every per-image list the dataset keeps is filtered alike."""
+    keep = [i for i in range(len(dataset.images)) if image_id(dataset, i) not in ids]
     for name in lists:
         if name in vars(dataset):      # VOC's masks is a property over its targets
             setattr(dataset, name, [getattr(dataset, name)[i] for i in keep])
@@ -455,6 +462,17 @@ def build_datasets(voc_root, sbd_root, crop_size: int = 224, hold_out=()):
         parts = [_without(part, set(hold_out)) for part in parts]
     train = torch.utils.data.ConcatDataset(parts)
     val = voc_dataset(voc_root, "val", val_transform(crop_size))
+    return train, val
+
+
+def with_training_transforms(train, val, crop_size: int = 224, hold_out=()):
+    """Any other dataset's opened train and val splits (common.datasets.open_data) given the transforms VOC's
+    get in ``build_datasets``: the same augmentation and validation resize, at ``crop_size``; the ids in
+    ``hold_out`` are left out of training. Returns ``(train, val)``."""
+    train.transforms = train_transform(crop_size)
+    val.transforms = val_transform(crop_size)
+    if hold_out:
+        train = _without(train, set(hold_out))
     return train, val
 
 

@@ -3,8 +3,9 @@
     model = build_model("scribe")                       # the paper: DeepLabV3+ R50, output stride 16
     model = build_model("baseline", arch="deeplabv3", output_stride=8)   # the companion code
     model = build_model("ibe", backbone="resnet18", head_channels=64)   # small enough for a CPU
+    model = build_model("baseline", num_classes=19)      # another dataset's classes (Cityscapes' 19 train ids)
 
-Every model returns ``(B, 21, H, W)`` logits at input resolution. For IBE and SCrIBE the network emits
+Every model returns ``(B, N, H, W)`` logits at input resolution, N = ``num_classes`` (VOC's 21 by default). For IBE and SCrIBE the network emits
 20 foreground logits z and channel 0 is ``-logsumexp(z)`` (Implicit Background Estimation). Where it is
 applied is ``ibe_placement``: "logits" applies it to the classifier's output at the feature stride and
 then upsamples the 21 channels, as the companion notebook did (train.py's default recipe); "output"
@@ -108,7 +109,7 @@ class SegmentationModel(nn.Module):
 
 
 def implicit_background(z: torch.Tensor) -> torch.Tensor:
-    """IBE: 20 foreground logits -> 21 channels, background = -logsumexp(foreground).
+    """IBE: N - 1 foreground logits -> N channels (20 -> 21 on VOC), background = -logsumexp(foreground).
 
     logsumexp runs in float32 even under autocast: in bf16 it would round the background logit.
     """
@@ -118,9 +119,11 @@ def implicit_background(z: torch.Tensor) -> torch.Tensor:
 
 def build_model(kind: str, arch: str = "deeplabv3plus", backbone: str = "resnet50", output_stride=None,
                 head_channels: int = 256, pretrained_backbone: str = "none",
-                ibe_placement: str = "output") -> SegmentationModel:
+                ibe_placement: str = "output", num_classes: int = NUM_CLASSES) -> SegmentationModel:
     """Build one of the paper's models. ``pretrained_backbone``: "none", "imagenet" or a state-dict path;
-    ``ibe_placement`` ("logits" or "output", IBE/SCrIBE only): see the module docstring."""
+    ``ibe_placement`` ("logits" or "output", IBE/SCrIBE only): see the module docstring. ``num_classes``: the
+    dataset's N; the baseline emits N logits, IBE and SCrIBE N - 1 (class 0, background, is implicit). The
+    config records ``num_outputs``, from which ``common.checkpoint.load_model`` recovers N."""
     if kind not in KINDS:
         raise UsageError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
     if arch not in ARCHS:
@@ -136,11 +139,15 @@ def build_model(kind: str, arch: str = "deeplabv3plus", backbone: str = "resnet5
         raise UsageError(f"--head-channels {head_channels}: must be at least 8")
     if ibe_placement not in IBE_PLACEMENTS:
         raise UsageError(f"--ibe-placement {ibe_placement!r}: expected one of {', '.join(IBE_PLACEMENTS)}")
+    implicit = kind in ("ibe", "scribe")
+    if type(num_classes) is not int or num_classes < (2 if implicit else 1):
+        raise UsageError(f"num_classes {num_classes!r}: the {kind} structure needs an integer of at least "
+                         f"{2 if implicit else 1}")
 
     dilate = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
     net = ctor(weights=None, replace_stride_with_dilation=dilate if can_dilate else None)
     load_backbone_weights(net, backbone, pretrained_backbone)
-    num_outputs = NUM_CLASSES - 1 if kind in ("ibe", "scribe") else NUM_CLASSES
+    num_outputs = num_classes - 1 if implicit else num_classes
     if arch == "deeplabv3plus":
         body = IntermediateLayerGetter(net, return_layers={"layer1": "low", "layer4": "out"})
         head = DeepLabV3PlusHead(low_ch, high_ch, num_outputs, aspp_rates(output_stride), head_channels)
@@ -201,19 +208,20 @@ def segmentation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor,
                       ignore_as_background: bool = False) -> torch.Tensor:
     """Cross-entropy (ignore 255) for baseline and IBE; one-hot BCE-with-logits for SCrIBE.
 
-    SCrIBE's loss is averaged over the 21 channels and the non-255 pixels. ``ignore_as_background``
+    SCrIBE's loss is averaged over the N channels (21 on VOC) and the non-255 pixels. ``ignore_as_background``
     is the companion notebook's (the default recipe): 255 becomes background before the one-hot, and the
-    loss is ``BCEWithLogitsLoss()``'s mean over all B x 21 x H x W elements.
+    loss is ``BCEWithLogitsLoss()``'s mean over all B x N x H x W elements.
     """
     if kind != "scribe":
         return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
     if ignore_as_background:
         target = target.masked_fill(target == IGNORE_INDEX, 0)
     valid = target != IGNORE_INDEX
-    onehot = F.one_hot(target.masked_fill(~valid, 0), NUM_CLASSES).permute(0, 3, 1, 2).float()
-    per = F.binary_cross_entropy_with_logits(logits.float(), onehot, reduction="none")  # B,21,H,W
+    n = logits.shape[1]   # the classes, background included (IBE's channel 0)
+    onehot = F.one_hot(target.masked_fill(~valid, 0), n).permute(0, 3, 1, 2).float()
+    per = F.binary_cross_entropy_with_logits(logits.float(), onehot, reduction="none")  # B,N,H,W
     per = per * valid.unsqueeze(1)
-    return per.sum() / (valid.sum().clamp(min=1) * NUM_CLASSES)
+    return per.sum() / (valid.sum().clamp(min=1) * n)
 
 
 @torch.inference_mode()

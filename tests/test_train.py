@@ -37,6 +37,9 @@ def test_training_writes_checkpoints_and_log(tiny_data, tmp_path):
     ckpt = read_checkpoint(str(run / "checkpoint.pt"))
     assert ckpt["epoch"] == 2 and ckpt["args"]["model"] == "scribe"
     assert ckpt["model_config"]["kind"] == "scribe" and ckpt["model_config"]["num_outputs"] == 20
+    # The classes trained on: the synthetic set is VOC-format, VOC's 21 with background first.
+    assert ckpt["dataset"]["name"] == "voc" and ckpt["dataset"]["classes"][:2] == ["background", "aeroplane"]
+    assert len(ckpt["dataset"]["classes"]) == 21 and ckpt["dataset"]["has_background"] is True
     groups = ckpt["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == pytest.approx([0.01, 0.1])
     assert [(g["momentum"], g["weight_decay"], g["nesterov"]) for g in groups] == [(0.9, 5e-5, False)] * 2
