@@ -636,6 +636,10 @@ def test_cityscapes_sweep_end_to_end(tmp_path, capsys):
     draw("--results", out, "--out", str(tmp_path / "figs"), "--index", "0", "--qualitative-index", "1",
          "--contact-start", "0")
     assert sorted(os.listdir(tmp_path / "figs")) == sorted(f"{f}.png" for f in mf.FIGURES)
+    # As reproduce.sh --data cityscapes calls it: the val set from --data and its root flag.
+    draw("--results", out, "--out", str(tmp_path / "figs2"), "--data", "cityscapes", "--cityscapes-root", root,
+         "--only", "qualitative_grid", "--qualitative-index", "1")
+    assert os.listdir(tmp_path / "figs2") == ["qualitative_grid.png"]
     # voc_sample's label tile: its colours are Cityscapes' (and white for 255), not VOC's.
     args = mf.get_args_parser().parse_args(["--results", out, "--only", "voc_sample", "--index", "0"])
     ctx = mf.read_results(args, args.only)

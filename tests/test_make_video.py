@@ -305,3 +305,19 @@ def test_predictions_are_drawn_in_the_checkpoints_palette(ckpts, tmp_path, capsy
                    "--size", SIZE, "--device", "cpu", "--out", tmp_path / "mixed.mp4")
     assert "predicts the 21 classes of other, --robust" in line and "the 21 of voc" in line
     assert not (tmp_path / "mixed.mp4").exists()
+
+
+def test_a_cityscapes_checkpoint_is_drawn_in_its_19_colours(tmp_path, capsys):
+    from common.checkpoint import save_random_checkpoint
+    record = dataset_record(DATASETS["cityscapes"])
+    raw = save_random_checkpoint(tmp_path / "raw.pt", "baseline", 4, backbone="resnet18", head_channels=8,
+                                 num_classes=19)
+    ckpt = with_dataset(raw, tmp_path / "cs.pt", record)
+    out = tmp_path / "cs.mp4"
+    assert run((ckpt, ckpt), "--synthetic", "--frames", "2", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "classes of cityscapes)" in printed and "note: the --synthetic clip draws the synthetic VOC" in printed
+    frames, _, _ = decode(out)
+    tile = frames[0][270 + 20:540 - 20, 20:460].reshape(-1, 3).astype(int)
+    cs = np.array(record["palette"])
+    assert (np.abs(tile[:, None] - cs[None]).max(-1) <= 12).any(1).mean() > 0.9     # H.264: near its colours
