@@ -51,7 +51,7 @@ from common.cli import (UsageError, add_data_arguments, add_device_arguments, ch
                         run_cli, write_problem)
 from common.data import (build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots,
                          single_thread_opencv, with_training_transforms)
-from common.datasets import check_structure, dataset_record, dataset_spec, open_data, voc
+from common.datasets import check_root_flags, check_structure, dataset_record, dataset_spec, open_data, voc
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
 from common.metrics import ConfusionMatrix
@@ -229,6 +229,7 @@ def training_data(args):
     with --model ibe or scribe when it has no background class at index 0 (common.datasets.check_structure);
     for every other dataset also its opened train and val splits (``open_data``: a missing or wrong root flag is
     refused here, before the output folder exists), None for VOC (``open_training_data`` opens it)."""
+    check_root_flags(args)
     if args.data in ("voc", "synthetic"):
         check_structure(voc.SPEC, args.model)
         return voc.SPEC, None

@@ -152,6 +152,11 @@ def test_missing_or_wrong_cityscapes_root_is_one_line_and_no_output(cityscapes, 
     line = refused(capsys, train, *TINY, "--out", out, "--model", "baseline", "--data", "folder",
                    "--folder-root", folder, "--cityscapes-root", cityscapes)
     assert "--cityscapes-root" in line
+    line = refused(capsys, train, *TINY, "--out", out, "--model", "baseline", "--data", "synthetic",
+                   "--cityscapes-root", cityscapes)
+    assert "--cityscapes-root is given but --data is synthetic" in line
+    line = refused(capsys, train, *TINY, "--out", out, "--model", "baseline", "--data", "folder")
+    assert "--folder-root is required" in line
     assert not out.exists()
 
 

@@ -60,11 +60,8 @@ class Data:
 def open_data(args, split: str = "val", need_sbd: bool = False, quiet: bool = False) -> Data:
     """Open split ``split`` of ``--data`` (add_data_arguments' flags): VOC and the synthetic VOC through
     common.data (generated on first use), every other dataset through its adapter and ``--<name>-root``.
-    A root flag given for another dataset than --data is refused (it would be silently ignored)."""
-    stray = [n for n in ROOTED_DATA if n != args.data and getattr(args, f"{n}_root", None)]
-    if stray:
-        raise UsageError(f"--{stray[0]}-root is given but --data is {args.data}; pass --data {stray[0]}, or drop "
-                         f"--{stray[0]}-root")
+    A root flag given for another dataset than --data is refused (``check_root_flags``)."""
+    check_root_flags(args)
     if args.data in ("voc", "synthetic"):
         from ..data import resolve_roots
         voc_root, sbd_root = resolve_roots(args.data, args.voc_root, getattr(args, "sbd_root", None),
@@ -74,6 +71,14 @@ def open_data(args, split: str = "val", need_sbd: bool = False, quiet: bool = Fa
     spec = dataset_spec(args.data, root)
     options = {"conditions": acdc.parse_conditions(args.acdc_conditions)} if args.data == "acdc" else {}
     return Data(spec, root, spec.eval_dataset(root, split, **options))
+
+
+def check_root_flags(args) -> None:
+    """Refuse a root flag given for another dataset than --data: it would be silently ignored."""
+    stray = [n for n in ROOTED_DATA if n != args.data and getattr(args, f"{n}_root", None)]
+    if stray:
+        raise UsageError(f"--{stray[0]}-root is given but --data is {args.data}; pass --data {stray[0]}, or drop "
+                         f"--{stray[0]}-root")
 
 
 def dataset_record(spec: DatasetSpec) -> dict:
@@ -95,5 +100,5 @@ def image_ids(dataset) -> list:
     return list(dataset.ids)
 
 
-__all__ = ["Data", "open_data", "dataset_record", "spec_from_record", "DatasetSpec", "DATASETS", "NAMES", "dataset_spec", "check_structure", "image_ids", "generated_palette",
+__all__ = ["Data", "open_data", "check_root_flags", "dataset_record", "spec_from_record", "DatasetSpec", "DATASETS", "NAMES", "dataset_spec", "check_structure", "image_ids", "generated_palette",
            "acdc", "ade20k", "cityscapes", "folder", "voc"]

@@ -112,7 +112,9 @@ class SegmentationFolder(LabelMappedDataset):
 
 def spec(root) -> DatasetSpec:
     """The folder dataset at ``root``: its classes (and palette) come from the folder."""
-    if not root or not os.path.isdir(root):
+    if not root:
+        raise UsageError(f"--folder-root is required with --data folder (the folder that contains {LAYOUT}){HINT}")
+    if not os.path.isdir(root):
         raise UsageError(f"--folder-root {root}: not a folder (expected {LAYOUT}){HINT}")
     classes = read_classes(root)
 
