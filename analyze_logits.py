@@ -8,12 +8,18 @@ per model, what docs/protocol.md defines (its sections Metrics and Logit structu
 
 * the mIoU aggregates: clean mIoU, mPC (the paper's headline: the mean over the 15 corruptions x severities 1..5),
   rPC, the mean over severities 0..5 (the notebook's results table), mIoU per corruption and per severity, CD /
-  rCD and their means against the --reference model, the worst case per severity (common/analysis/robustness.py);
+  rCD and their means against the --reference model, the worst case per severity, each class's IoU clean and
+  under corruption (common/analysis/robustness.py);
 * END and both Distances, and the explained variance of the class-mean logit matrix per condition; the clean
-  one, with the clean matrices for the figures, from the --pca-pass when there is one (structure.py);
+  one, with the clean matrices for the figures, from the --pca-pass when there is one (structure.py). END and both
+  Distances need class 0 = background: on a dataset without one they are undefined (null, with a note);
 * calibration: ECE / NLL / Brier and every reading of docs/calibration.md (calibration_summary.py);
 * paired bootstrap 95% intervals of each model minus the reference, on the same resampled images for every model
   and condition (bootstrap.py).
+
+The classes (how many, their names and colours, whether class 0 is a background) are the results folder's: run.json's
+"dataset" record (common/analysis/inputs.py ``results_dataset``), so VOC's 21 classes and Cityscapes' 19 or ADE20K's
+150 go through the same code.
 
 Partial results (fewer corruptions, severities or models) are analysed as far as they go: every gap is listed in
 ``missing`` and printed as one ``missing: ...`` line, and every aggregate says how many conditions it covers and
@@ -40,12 +46,12 @@ from common.analysis.calibration_summary import calibration_analysis, readings_a
 from common.analysis.conditions import SEVERITIES, Findings
 from common.analysis.inputs import (MAIN_SWEEP, miou_by_model, missing_rows, pca_pass_trackers, per_image_counts,
                                     read_sweep, resolve_pca_pass, source_of)
-from common.analysis.robustness import miou_summary, worst_case
+from common.analysis.robustness import miou_summary, per_class_iou, worst_case
 from common.analysis.structure import clean_structure, logit_summary, per_condition_structure
 from common.analysis.tables import print_summary, tables_markdown
 from common.cli import UsageError, run_cli, write_problem
-from common.constants import CLASSES
 from common.corruptions import CORRUPTIONS
+from common.datasets import dataset_record
 from common.folders import OutputLock, check_output_folder, file_sha256, git_commit, prepare_output_folder
 
 SCHEMA = "analyze_logits/2"
@@ -62,6 +68,7 @@ def per_model_summaries(sweep, miou, per_condition, clean_trackers, pca):
         fields, arrays = clean_structure(m, tracker, source, pca_trackers is not None, m in clean_trackers)
         found.add(Findings(notes=notes, arrays=arrays))
         per_model[m] = {"kind": sweep.kinds.get(m), **summary, **logit_summary(per_condition[m]), **fields,
+                        "per_class_iou": per_class_iou(sweep.table, m, sweep.dataset.num_classes),
                         "per_condition": per_condition[m]}
     return per_model, found
 
@@ -78,7 +85,7 @@ def analyse(args):
     if pca_dir is not None:
         pca_trackers, ev_source, pca_found = pca_pass_trackers(pca_dir, sweep)
         found.add(pca_found)
-    found.arrays.update(models=np.array(sweep.models), classes=np.array(CLASSES),
+    found.arrays.update(models=np.array(sweep.models), classes=np.array(sweep.dataset.classes),
                         explained_variance_source=np.array(ev_source))
     per_condition, clean_trackers, structure_found = per_condition_structure(sweep, sweep.conditions())
     counts, image_order, counts_found = per_image_counts(sweep)
@@ -100,7 +107,7 @@ def analyse(args):
         "schema": SCHEMA, "args": vars(args), "git_commit": git_commit(),
         "results": os.path.abspath(args.results), "source": source_of(sweep.run, metrics_sha256),
         "pca_pass": None if pca_dir is None else os.path.abspath(pca_dir), "explained_variance_source": ev_source,
-        "reference": reference, "models": sweep.models,
+        "dataset": dataset_record(sweep.dataset), "reference": reference, "models": sweep.models,
         "benchmark_corruptions": list(CORRUPTIONS), "severities": list(SEVERITIES),
         "units": "mIoU, mPC, differences: fractions in [0, 1]; tables.md shows mIoU in percent",
         "missing": found.missing, "notes": found.notes, "per_model": per_model, "bootstrap": boot,

@@ -18,17 +18,19 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
                             of that mean (1000 resamples of the corruptions, seeded by --band-seed; written out
                             with numpy, seaborn is not needed); --band normal: mean +- 1.96 * SD / sqrt(n)
     per_corruption.png      one panel per corruption present: mIoU vs severity 0..5 per model
-    explained_variance.png  cumulative explained variance of the clean class-mean logit matrix, components 1..21,
+    explained_variance.png  cumulative explained variance of the clean class-mean logit matrix, components 1..K,
                             from the pass analysis_arrays.npz names (the shortside pass when there was one)
     class_means.png         clean class-mean logits (rows: predicted class, columns: logit), models side by side
     distance_matrices.png   clean distances ||mu_i - mu_j|| between class means, models side by side
-    correlations.png        correlation of the 21 logits over the pixels predicted as background and as the
-                            3 foreground classes predicted most often (over all models), one row per model
+    correlations.png        correlation of the K logits over the pixels predicted as background and as the
+                            3 foreground classes predicted most often (over all models; without a background
+                            class, the 4 classes predicted most often), one row per model
     correlations_notebook.png  the same panels of the notebook's quantity, (Q - mu mu^T) / N scaled by its
                             diagonal (not the covariance; near 1 wherever the mean logits dominate), in the
                             paper's colour range 0.8..1 (lower values drawn as 0.8), for comparison with its figure
-    correlation_class.png   the notebook's cell 45: class --correlation-class (default 13, horse), the notebook's
-                            quantity per model in -1..1 (plasma), and below it the true correlation, same scale
+    correlation_class.png   the notebook's cell 45: class --correlation-class (default on VOC the notebook's 13,
+                            horse; on another dataset the class predicted most often), the notebook's quantity per
+                            model in -1..1 (plasma), and below it the true correlation, same scale
     calibration.png         top: one reliability diagram per model (accuracy vs mean confidence in each of the
                             15 bins, bins summed over the 15 corruptions) for clean, severity 3 and severity 5,
                             with the diagonal; bottom: ECE vs severity per model (mean over the corruptions)
@@ -44,6 +46,10 @@ Writes to --out one PNG per figure (and the same figure as PDF with --pdf):
                             --crop-top 50 and bottom --crop-bottom 1 rows (rows of a 224-px image, scaled to --size)
     contact_sheet.png       the notebook's cell 49: 100 val images from --contact-start (default 700), 10 a row,
                             each with its index, for picking --index / --qualitative-index
+Classes: the results folder's (run.json's "dataset": names, palette, background; K of them, 21 on VOC), read by
+common/analysis/inputs.py ``results_dataset`` as analyze_logits.py reads them; labels and predictions are drawn
+in that palette, and matrices with more than 40 classes (ADE20K's 150) carry class indices on their axes instead
+of names (tables.md lists the names in index order). The val set of the image figures must have those classes.
 Indices: the defaults are the notebook's (VOC val has 1449 images); where one is beyond a smaller val set
 (the synthetic one has 100), the figure uses it modulo the set's size (the contact sheet: 0) and prints one
 ``note:`` line saying which index it used. An index passed beyond the set is refused.
@@ -71,16 +77,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import model_specs, results as rf  # noqa: E402
 from common.cli import UsageError, add_data_arguments, add_device_arguments, run_cli  # noqa: E402
-from common.constants import NUM_CLASSES  # noqa: E402
+from common.analysis.inputs import results_dataset  # noqa: E402
 from common.corruptions import CORRUPTION_CODES, DEFAULT_CODE, MIN_SIDE  # noqa: E402
 from common.data import resolve_roots, voc_dataset  # noqa: E402
+from common.datasets import DATASETS, NAMES, acdc, dataset_spec, open_data  # noqa: E402
 from common.device import resolve_device, use_device  # noqa: E402
 from common.figures.drawing import styles  # noqa: E402
 from common.figures.miou import BOOTSTRAP_RESAMPLES, fig_miou_vs_severity, fig_per_corruption  # noqa: E402
 from common.figures.reliability import check_calibration, fig_calibration, fig_readings, has_readings  # noqa: E402
-from common.figures.structure import (NOTEBOOK_CORRELATION_CLASS, fig_class_means, fig_correlation_class,  # noqa: E402
-                                      fig_correlations, fig_correlations_notebook, fig_distance_matrices,
-                                      fig_explained_variance)
+from common.figures.structure import (NOTEBOOK_CORRELATION_CLASS, default_correlation_class,  # noqa: E402
+                                      fig_class_means, fig_correlation_class, fig_correlations,
+                                      fig_correlations_notebook, fig_distance_matrices, fig_explained_variance)
 from common.figures.val_images import (CONTACT_MAX, NOTEBOOK_CONTACT_START, NOTEBOOK_CROP,  # noqa: E402
                                        NOTEBOOK_GRID_INDEX, NOTEBOOK_QUALITATIVE_INDEX, crop_rows, fig_contact_sheet,
                                        fig_corruption_grid, fig_qualitative_grid, fig_voc_sample, sample)
@@ -136,6 +143,8 @@ def read_results(args, wanted):
     if ctx["run"]:
         rf.require_identity(ctx["run"], run_path, f"rerun evaluate_corruptions.py --overwrite --out {d}")
     needs = set().union(*(NEEDS[f] for f in wanted))
+    if needs & {"arrays", "images"}:   # class names and colours; the mIoU curves need none
+        ctx["classes"] = results_dataset(d, ctx["run"] or None)
     if "metrics" in needs:
         ctx["metrics_path"] = os.path.join(d, "metrics.jsonl")
         ctx["rows"] = rf.read_metrics(ctx["metrics_path"])
@@ -143,7 +152,7 @@ def read_results(args, wanted):
         if "per_corruption" in wanted and all(r["corruption"] == CLEAN for r in ctx["rows"]):
             raise UsageError(f"{ctx['metrics_path']}: only clean rows; per_corruption needs corrupted ones")
     if "arrays" in needs:
-        ctx["arrays"], ctx["array_names"] = read_arrays(d, wanted, ctx["run"], run_path)
+        ctx["arrays"], ctx["array_names"] = read_arrays(d, wanted, ctx["run"], run_path, ctx["classes"])
     # Display names and kinds: run.json's order, then any model only the metrics or arrays know.
     models = [{"name": m["name"], "kind": m.get("kind")} for m in ctx["run"].get("models", [])]
     kinds = {r["model"]: r.get("kind") for r in ctx["rows"]}
@@ -155,15 +164,17 @@ def read_results(args, wanted):
     return ctx
 
 
-def read_arrays(d, wanted, run, run_path):
+def read_arrays(d, wanted, run, run_path, classes):
     """analysis_arrays.npz of results folder ``d`` and the models it lists, checked to come from the run that
-    run.json describes."""
+    run.json describes and to be over its ``classes`` (a DatasetSpec)."""
     path = os.path.join(d, "analysis_arrays.npz")
     if not os.path.exists(path):
         raise UsageError(f"{path}: missing; run analyze_logits.py --results {d} first "
                          f"(needed by {', '.join(f for f in wanted if 'arrays' in NEEDS[f])})")
     fix = f"rewrite it with analyze_logits.py --results {d}"
-    arrays = rf.read_analysis_arrays(path, fix)
+    arrays = rf.read_analysis_arrays(path, fix)   # its K x K arrays agree with its classes, checked here
+    if [str(c) for c in arrays.get("classes", [])] != list(classes.classes):
+        raise UsageError(f"{path}: its classes are not the {classes.name} classes {run_path} records; {fix}")
     names = [str(n) for n in arrays.get("models", [])]
     if not names:
         raise UsageError(f"{path}: lists no models; rerun analyze_logits.py --results {d}")
@@ -204,14 +215,26 @@ def pick_index(flag, value, default, n, figures, wrap=True):
 def read_images(args, ctx, wanted):
     """The val set, the indices of the image figures, and (for the prediction figures) the models."""
     run = ctx["run"]
-    if args.data:
+    if args.data in ("voc", "synthetic"):
         voc_root, _ = resolve_roots(args.data, args.voc_root, None, args.synthetic_root, need_sbd=False, quiet=True)
-    elif run.get("voc_root"):
-        voc_root = run["voc_root"]  # the val set that was evaluated
+        ds, spec = voc_dataset(voc_root, "val"), DATASETS["voc"]
+    elif args.data:        # Cityscapes, ADE20K, ACDC, a folder dataset: through its adapter and --<name>-root
+        data = open_data(args, "val", quiet=True)
+        ds, spec = data.dataset, data.spec
+    elif run.get("voc_root") and run.get("data", "voc") in ("voc", "synthetic"):
+        ds, spec = voc_dataset(run["voc_root"], "val"), DATASETS["voc"]  # the val set that was evaluated
+    elif run.get("data_root") and run.get("data") in NAMES:     # another dataset's val set, as evaluated
+        spec = dataset_spec(run["data"], run["data_root"])
+        conditions = (run.get("args") or {}).get("acdc_conditions")
+        options = {"conditions": acdc.parse_conditions(conditions)} if run["data"] == "acdc" else {}
+        ds = spec.eval_dataset(run["data_root"], "val", **options)
     else:
-        raise UsageError(f"--data: {args.results}/run.json names no val set; pass --data voc --voc-root R "
-                         f"or --data synthetic")
-    ctx["dataset"] = ds = voc_dataset(voc_root, "val")
+        raise UsageError(f"--data: {args.results}/run.json names no val set that this script can open; pass --data "
+                         f"and its root (--voc-root R, --cityscapes-root R, ...), or --data synthetic")
+    if tuple(spec.classes) != tuple(ctx["classes"].classes):
+        raise UsageError(f"--data {args.data}: its {spec.num_classes} classes are not the {ctx['classes'].name} "
+                         f"classes of {args.results}/run.json; pass the val set that was evaluated")
+    ctx["dataset"] = ds
     ctx["size"] = size = args.size or run.get("size") or 224  # run.json size is null under --protocol native
     if size < MIN_SIDE:
         raise UsageError(f"--size {size}: the corruptions need at least {MIN_SIDE}")
@@ -237,11 +260,12 @@ def read_images(args, ctx, wanted):
     use_device(device)
     ctx["cache"], ctx["device"], ctx["models"] = {}, str(device), []
     if any("models" in NEEDS[f] for f in wanted):
-        ctx["models"] = load_models(args, run, ctx["device"])
+        ctx["models"] = load_models(args, run, ctx["device"], ctx["classes"])
 
 
-def load_models(args, run, device):
-    """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated)."""
+def load_models(args, run, device, classes):
+    """[{name, kind, model}] of --checkpoints, else of the models run.json lists (as they were evaluated), each
+    checked to predict ``classes`` (the results' DatasetSpec)."""
     known = {m.get("sha256"): m for m in run.get("models", [])}
     if args.checkpoints:   # checkpoints or torchvision:/module:factory specs (common/model_specs.py)
         options = model_specs.model_options(args.checkpoints, args.weights_file, args.model_kind)
@@ -260,9 +284,9 @@ def load_models(args, run, device):
             raise UsageError(f"checkpoint {spec}: no such file; pass --checkpoints with the files that were "
                              f"evaluated (run.json lists them)")
         if recorded is not None:
-            model, info = model_specs.load_recorded(recorded, device)
+            model, info = model_specs.load_recorded(recorded, device, dataset=classes)
         else:
-            model, info = model_specs.load_spec(spec, device, *opts)
+            model, info = model_specs.load_spec(spec, device, *opts, dataset=classes)
         # The display name of the evaluation when this exact model was evaluated, else its own.
         info = known.get(info["sha256"]) or info
         models.append({"name": info["name"], "kind": model.config["kind"], "model": model})
@@ -275,7 +299,14 @@ def main(args):
     wanted = [f for f in FIGURES if f in (args.only or FIGURES)]
     print(f"arguments: {json.dumps(vars(args), sort_keys=True)}")
     ctx = read_results(args, wanted)
-    ctx.update(band=args.band, band_seed=args.band_seed, correlation_class=args.correlation_class)
+    ctx.update(band=args.band, band_seed=args.band_seed)
+    if "correlation_class" in wanted:     # the classes are the results folder's: checked here, not by argparse
+        k = ctx["classes"].num_classes
+        if args.correlation_class is not None and not 0 <= args.correlation_class < k:
+            raise UsageError(f"--correlation-class {args.correlation_class}: {ctx['classes'].name} has classes "
+                             f"0..{k - 1}")
+        ctx["correlation_class"] = (default_correlation_class(ctx) if args.correlation_class is None
+                                    else args.correlation_class)
     if "calibration" in wanted:
         check_calibration(dict(ctx, results_dir=args.results))
     if "readings" in wanted and not has_readings(ctx):
@@ -325,8 +356,9 @@ def get_args_parser():
     p.add_argument("--crop-bottom", type=int, default=NOTEBOOK_CROP[1],
                    help="rows cut from the bottom of each qualitative_grid tile, likewise; default: the notebook's "
                         "crop_bot")
-    p.add_argument("--correlation-class", type=int, default=NOTEBOOK_CORRELATION_CLASS, choices=range(NUM_CLASSES),
-                   metavar="K", help="class of correlation_class (0..20); default: the notebook's 13, horse")
+    p.add_argument("--correlation-class", type=int, default=None, metavar="K",
+                   help=f"class index of correlation_class (0..K-1, K the results folder's classes); default: on VOC "
+                        f"the notebook's {NOTEBOOK_CORRELATION_CLASS}, horse; elsewhere the class predicted most often")
     p.add_argument("--band", choices=("bootstrap", "normal"), default="bootstrap",
                    help="miou_vs_severity's band: bootstrap (the notebook's seaborn lineplot: 95%% percentile "
                         f"interval of the mean over corruptions, {BOOTSTRAP_RESAMPLES} resamples) or normal "

@@ -10,7 +10,13 @@ frame per input frame at the input's frame rate (its stream's average rate; ``--
 Each frame is 960x540, four 480x270 tiles (docs/protocol.md, "Figures and video"), captioned as the notebook's:
 
     original                     | corrupted, "Corruption: <name>" ("Corruption: None" when clean)
-    baseline prediction, "Theirs" | robust (SCrIBE) prediction, "Ours"          (VOC palette colours)
+    baseline prediction, "Theirs" | robust (SCrIBE) prediction, "Ours"          (the dataset's palette)
+
+The predictions are coloured in the palette of the checkpoints' dataset: ``ckpt["dataset"]``, the
+``common.datasets.dataset_record`` train.py stores (Cityscapes' 19 colours, ADE20K's 150, VOC's 21). A checkpoint
+without that key (VOC checkpoints made before train.py recorded it) and a torchvision:, hf: or module:factory spec
+count as VOC (21 outputs; a spec of another class count is refused by common/model_specs.py's check): the one
+default. Two models of different datasets are refused.
 
 What is the notebook's (cells 55-59 of ICIP2020_OnTheStructuresOfRepresentation_LehmanTemelAlRegib.ipynb):
 - Geometry. Each frame is resized to 480 x 270 (Pillow's default filter, bicubic in the notebook's Pillow 7.2),
@@ -62,6 +68,8 @@ from tqdm import tqdm
 
 from common import model_specs
 from common.cli import UsageError, add_device_arguments, check_at_least, run_cli, write_problem
+from common.checkpoint import read_checkpoint
+from common.datasets import DATASETS, spec_from_record
 from common.corruptions import (CORRUPTIONS, DEFAULT_CODE, MAX_SEVERITY, MIN_SIDE, add_code_argument, corrupt_image,
                                 parse_corruptions)
 from common.device import resolve_device, use_device
@@ -239,13 +247,14 @@ def prepare_batch(batch, start, n_frames, schedule, size, code=DEFAULT_CODE):
     return conds, originals, corrupted
 
 
-def encode_batch(batch, start, n_frames, schedule, size, models, names, args, container, stream, bar):
-    """Resize, corrupt, predict, compose and encode frames start .. start+len(batch)-1; returns the next index."""
+def encode_batch(batch, start, n_frames, schedule, size, models, names, args, container, stream, bar, spec):
+    """Resize, corrupt, predict, compose and encode frames start .. start+len(batch)-1 (predictions in the palette
+    of ``spec``, the models' DatasetSpec); returns the next index."""
     conds, originals, corrupted = prepare_batch(batch, start, n_frames, schedule, size, args.corruption_code)
     preds = [predict(m, corrupted, args.device, args.batch_size) for m in models]
     for k, (c, s) in enumerate(conds):
         frame = compose(originals[k], corrupted[k], preds[0][k], preds[1][k],
-                        ("", condition_label(c, s), names[0], names[1]))
+                        ("", condition_label(c, s), names[0], names[1]), spec)
         video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
         video_frame.pts = start + k  # one tick of 1/fps per frame: constant frame rate
         for packet in stream.encode(video_frame):
@@ -256,26 +265,41 @@ def encode_batch(batch, start, n_frames, schedule, size, models, names, args, co
 
 # ---------------------------------------------------------------------------------------------- main
 
+def model_classes(spec):
+    """(DatasetSpec, whether recorded) of one model's classes: its checkpoint's "dataset" record (read here once
+    more, before the model is built and checked against it), else VOC's (a checkpoint from before train.py
+    recorded it, or a torchvision:/module:factory spec with VOC's 21 labels)."""
+    record = read_checkpoint(spec).get("dataset") if model_specs.spec_kind(spec) == "checkpoint" else None
+    return (spec_from_record(record), True) if record else (DATASETS["voc"], False)
+
+
 def load_pair(args):
-    """(baseline, robust) models and their names (--names, else each checkpoint's name). Either may be
-    a checkpoint, torchvision:<builder>[:<weights>] or module:factory (common/model_specs.py)."""
+    """(baseline, robust) models, their names (--names, else each checkpoint's name) and the DatasetSpec of their
+    classes (both must have the same). Either may be a checkpoint, torchvision:<builder>[:<weights>] or
+    module:factory (common/model_specs.py)."""
     if args.names is not None and len(args.names) != 2:
         raise UsageError(f"--names: give two names (baseline, robust), got {len(args.names)}")
     specs = [args.baseline, args.robust]
     options = model_specs.model_options(specs, args.weights_file, args.model_kind, where="--baseline/--robust")
-    models, names = [], []
+    models, names, classes = [], [], []
     for k, (flag, spec) in enumerate((("--baseline", args.baseline), ("--robust", args.robust))):
         if model_specs.spec_kind(spec) == "checkpoint" and not os.path.isfile(spec):
             raise UsageError(f"{flag} {spec}: no such checkpoint; pass a checkpoint written by train.py, "
                              f"torchvision:<builder> or module:factory")
-        model, info = model_specs.load_spec(spec, args.device, *options[k], hash_file=False)
+        classes.append(model_classes(spec))
+        model, info = model_specs.load_spec(spec, args.device, *options[k], hash_file=False, dataset=classes[-1][0])
         # NHWC convolutions: faster for these ResNets on CPU (oneDNN; BENCHMARKS.md, Decisions) as on GPU; the
         # frames arrive as NHWC arrays already. Same device and arguments -> same predictions, run after run.
         models.append(model.to(memory_format=torch.channels_last))
         names.append(args.names[k] if args.names else info["name"])
         print(f"{flag[2:]}: {spec} ({names[-1]}, {model.config['kind']}, {model.config.get('arch')}"
-              f"{' ' + model.config['backbone'] if model.config.get('backbone') else ''})")
-    return models, names
+              f"{' ' + model.config['backbone'] if model.config.get('backbone') else ''}; classes of "
+              f"{classes[-1][0].name}{'' if classes[-1][1] else ', no record in the checkpoint: VOC assumed'})")
+    (base, _), (robust, _) = classes
+    if tuple(base.classes) != tuple(robust.classes):
+        raise UsageError(f"--baseline {args.baseline} predicts the {base.num_classes} classes of {base.name}, --robust "
+                         f"{args.robust} the {robust.num_classes} of {robust.name}; give two models of one dataset")
+    return models, names, base
 
 
 def describe_input(args):
@@ -306,7 +330,10 @@ def main(args):
         raise UsageError(f"--out {args.out}: is the input --video; give another name")
 
     print(f"git commit: {git_commit()}\narguments: {json.dumps(vars(args), sort_keys=True)}")
-    (base, robust), names = load_pair(args)
+    (base, robust), names, classes = load_pair(args)
+    if args.synthetic and classes.name != "voc":
+        print(f"note: the --synthetic clip draws the synthetic VOC set's objects; these {classes.name} models were "
+              f"not trained on them (give --video for a clip of their own)")
     captions = args.names or (THEIRS, OURS)   # the notebook's, unless --names
     mw, mh = model_size(*src_size, args.size)
     geometry = (f"the notebook's: {TILE_W}x{TILE_H} -> {NOTEBOOK_SQUARE}x{NOTEBOOK_SQUARE} -> corrupted -> "
@@ -325,8 +352,7 @@ def main(args):
         with container, tqdm(total=n_frames, unit="frame", desc="video", disable=None) as bar:
             for batch in batches(frames, args.batch_size):
                 written = encode_batch(batch, written, n_frames, schedule, None if args.size is None else (mw, mh),
-                                       (base, robust),
-                                       captions, args, container, stream, bar)
+                                       (base, robust), captions, args, container, stream, bar, classes)
             for packet in stream.encode(None):  # flush frames the encoder still holds (B-frame lookahead)
                 container.mux(packet)
         with open(tmp, "rb") as fh:

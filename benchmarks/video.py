@@ -9,22 +9,22 @@ from PIL import Image
 from benchmarks.corruption import corrupt_seconds
 from benchmarks.measure import result, run_main, timed
 from common.checkpoint import load_model
-from common.constants import colorize
+from common.datasets import DATASETS
 from common.corruptions import corrupt_image, parse_corruptions
 from common.models import predict
 from common.synthetic_clip import synthetic_frames
 from common.video import OURS, THEIRS, compose, condition_label
 
 
-def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels):
+def mpl_compose(original, corrupted, pred_baseline, pred_robust, labels, spec):
     """make_video's 960x540 2x2 frame drawn the notebook way: a matplotlib figure per frame, rasterised by Agg."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9.6, 5.4), dpi=100, facecolor="black")
     canvas = FigureCanvasAgg(fig)
-    tiles = ((original, "bilinear"), (corrupted, "bilinear"), (colorize(pred_baseline), "nearest"),
-             (colorize(pred_robust), "nearest"))
+    tiles = ((original, "bilinear"), (corrupted, "bilinear"), (spec.colorize(pred_baseline), "nearest"),
+             (spec.colorize(pred_robust), "nearest"))
     for k, ((img, interp), text) in enumerate(zip(tiles, labels)):
         ax = fig.add_axes([(k % 2) / 2, 0.5 - (k // 2) / 2, 0.5, 0.5])
         ax.imshow(img, interpolation=interp)
@@ -47,7 +47,7 @@ def video_frames(make_video, text, ckpts, cfg):
     preds = [predict(load_model(ckpts[k], cfg["device"])[0], corrupted, cfg["device"], cfg["video_batch"])
              for k in (0, 2)]
     return [(originals[i], corrupted[i], preds[0][i], preds[1][i],
-             ("", condition_label(*conds[i]), THEIRS, OURS)) for i in range(n)]
+             ("", condition_label(*conds[i]), THEIRS, OURS), DATASETS["voc"]) for i in range(n)]   # VOC models
 
 
 def bench_video(ctx):

@@ -1,5 +1,6 @@
-"""make_video.py's --synthetic clip: moving, rotating objects of the synthetic dataset's classes, drawn by
-common/synthetic.py's own pieces so that models trained on the synthetic set recognise them."""
+"""make_video.py's --synthetic clip: moving, rotating objects of the synthetic VOC-format dataset's 20 foreground
+classes, drawn by common/synthetic.py's own pieces so that models trained on the synthetic set recognise them
+(models of another dataset see the same objects; their predictions are coloured in their own palette)."""
 import math
 
 import numpy as np
@@ -34,7 +35,7 @@ class SyntheticClip:
         self.pan = 40
         self.blot = synthetic.blotches(rng, height + 2 * self.pan, width + 2 * self.pan) * 0.12
         sizes = np.sort(rng.uniform(0.22, 0.42, n_objects))[::-1] * height  # big first: small ones stay on top
-        classes = rng.choice(np.arange(1, 21), n_objects, replace=False)
+        classes = rng.choice(np.arange(1, len(synthetic.CLASS_TABLE) + 1), n_objects, replace=False)
         self.objects = [self._object(rng, int(k), size) for k, size in zip(classes, sizes)]
 
     def _object(self, rng, k, size):

@@ -3,13 +3,14 @@ input frame, and the captions, composed with numpy and Pillow.
 
     original                     | corrupted, "Corruption: <name>"
     baseline prediction, "Theirs" | robust prediction, "Ours"
+
+The predictions are drawn in the palette of the models' dataset (a DatasetSpec, ``compose``'s ``spec``).
 """
 import functools
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from common.constants import colorize
 from common.corruptions import DEFAULT_CODE, MIN_SIDE, corrupt_image
 
 TILE_W, TILE_H = 480, 270               # docs/protocol.md: 2x2 tiles of 480x270 -> 960x540
@@ -93,16 +94,17 @@ def put_caption(canvas, text, x, y, clip):
     canvas[cy0:cy1, cx0:cx1] = region.round().astype(np.uint8)
 
 
-def compose(original, corrupted, pred_baseline, pred_robust, labels):
+def compose(original, corrupted, pred_baseline, pred_robust, labels, spec):
     """One 540x960x3 output frame: 2x2 tiles, each with its caption (empty: none).
 
-    ``labels``: four texts, in the order top-left, top-right, bottom-left, bottom-right. Arrays of another
+    ``labels``: four texts, in the order top-left, top-right, bottom-left, bottom-right; ``spec``: the DatasetSpec
+    whose palette colours the two predictions (255 and anything past its classes white). Arrays of another
     size than a tile (the --size geometry) are scaled to fit it, centred.
     """
     canvas = np.full((FRAME_H, FRAME_W, 3), LETTERBOX, np.uint8)
     x, y, w, h = fit_box(corrupted.shape[1], corrupted.shape[0])
     tiles = ((original, Image.BILINEAR), (corrupted, Image.BILINEAR),
-             (colorize(pred_baseline), Image.NEAREST), (colorize(pred_robust), Image.NEAREST))
+             (spec.colorize(pred_baseline), Image.NEAREST), (spec.colorize(pred_robust), Image.NEAREST))
     for k, ((img, resample), text) in enumerate(zip(tiles, labels)):
         ty, tx = (k // 2) * TILE_H, (k % 2) * TILE_W
         if img.shape[:2] != (h, w):

@@ -14,26 +14,32 @@ from common.analysis.structure import explained_variance
 from common.calibration import VARIANTS, Calibration, prefix_of
 from common.corruptions import CORRUPTIONS, corruption_number
 from common.cli import UsageError
+from common.datasets import dataset_record, dataset_spec
 from common.results import finite_or_none
 from helpers import refused
 
 K = 21
+VOC = dataset_record(dataset_spec("voc"))
 
 
 # ------------------------------------------------------------------------------------------- helpers
 
 def write_results(root, mious, kinds, end=None, distance=None, confusion=None, logits=None, run_models=None,
-                  distance_predicted=None, protocol="paper", sha256=None, readings=False):
+                  distance_predicted=None, protocol="paper", sha256=None, readings=False, dataset=VOC, iou=None):
     """A results folder as evaluate_corruptions.py lays it out.
 
     mious {model: {(corruption, severity): mIoU}}; end/distance/distance_predicted same shape (optional; null
     where absent); confusion {model: {(c, s): (ids, tp, fp, fn)}}, each file with the calibration bins of random
     logits (``calibration_files``: the softmax reading only, and rows without calibration values, unless
     ``readings``: then all four readings and their values in the rows); logits {model: {(c, s): (count, sum, sq)}};
-    run.json lists run_models [(name, kind)] with checkpoint hashes sha256 {name: hex} (default 0...0).
+    run.json lists run_models [(name, kind)] (default: the models of ``mious``) with checkpoint hashes sha256
+    {name: hex} (default 0...0) and the classes of ``dataset`` (a dataset_record; None: no dataset record);
+    iou {model: {(c, s): [k IoUs]}} (default: null for every class).
     """
     os.makedirs(root, exist_ok=True)
-    calibration = {(m, c, s): calibration_files(len(ids), readings, seed=n)
+    k = len((dataset or VOC)["classes"])
+    run_models = list(kinds.items()) if run_models is None else run_models
+    calibration = {(m, c, s): calibration_files(len(ids), readings, seed=n, k=k)
                    for n, (m, c, s, ids) in enumerate((m, c, s, v[0]) for m, conds in (confusion or {}).items()
                                                       for (c, s), v in conds.items())}
     no_values = ({}, {"ece": None, "nll": None, "brier": None, "calibration": {}})
@@ -43,22 +49,22 @@ def write_results(root, mious, kinds, end=None, distance=None, confusion=None, l
             row = {"model": m, "kind": kinds[m], "corruption": c,
                    "corruption_number": None if c == "clean" else corruption_number(c), "severity": s,
                    "protocol": protocol, "size": 224 if protocol == "paper" else None, "miou": v, "pixel_acc": 0.9,
-                   "iou": [None] * K, "end": (end or {}).get(m, {}).get((c, s)),
+                   "iou": (iou or {}).get(m, {}).get((c, s), [None] * k), "end": (end or {}).get(m, {}).get((c, s)),
                    "distance": (distance or {}).get(m, {}).get((c, s)),
                    "distance_predicted": (distance_predicted or {}).get(m, {}).get((c, s)),
                    **calibration.get((m, c, s), no_values)[1], "images": 3, "seconds": 0.1, "shard": None}
             lines.append(json.dumps(row))
     with open(os.path.join(root, "metrics.jsonl"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    if run_models is not None:
-        with open(os.path.join(root, "run.json"), "w") as fh:
-            json.dump({"models": [{"name": m, "kind": k, "sha256": (sha256 or {}).get(m, "0" * 64)}
-                                  for m, k in run_models],
-                       "protocol": protocol, "size": 224 if protocol == "paper" else None, "images": 3}, fh)
+    with open(os.path.join(root, "run.json"), "w") as fh:
+        json.dump({"models": [{"name": m, "kind": kind, "sha256": (sha256 or {}).get(m, "0" * 64)}
+                              for m, kind in run_models],
+                   "protocol": protocol, "size": 224 if protocol == "paper" else None, "images": 3,
+                   **({"dataset": dataset} if dataset else {})}, fh)
     for m, conds in (confusion or {}).items():
         for (c, s), (ids, tp, fp, fn) in conds.items():
             os.makedirs(os.path.join(root, "confusion", m), exist_ok=True)
-            np.savez(os.path.join(root, "confusion", m, f"{c}_{s}.npz"), confusion=np.zeros((K, K), np.int64),
+            np.savez(os.path.join(root, "confusion", m, f"{c}_{s}.npz"), confusion=np.zeros((k, k), np.int64),
                      image_ids=np.array(ids), tp=tp, fp=fp, fn=fn, **calibration[m, c, s][0])
     for m, conds in (logits or {}).items():
         for (c, s), (count, sm, sq) in conds.items():
@@ -67,13 +73,13 @@ def write_results(root, mious, kinds, end=None, distance=None, confusion=None, l
                      end_sum=np.float64(0), pixels=np.int64(count.sum()))
 
 
-def calibration_files(n_images, readings=False, seed=0):
+def calibration_files(n_images, readings=False, seed=0, k=K):
     """(the calib_* arrays of one confusion NPZ, the calibration fields of its metrics.jsonl row) for random
     logits of n_images 2x2 images, made by common/calibration.py as evaluate_corruptions.py makes them: the
     softmax reading only and null row values, or with ``readings`` all four (temperature 1.5 for the scaled ones)."""
     rng = np.random.default_rng(seed)
-    logits = torch.from_numpy(rng.normal(0, 3, (n_images, K, 2, 2)))
-    labels = torch.from_numpy(rng.integers(0, K, (n_images, 2, 2)))
+    logits = torch.from_numpy(rng.normal(0, 3, (n_images, k, 2, 2)))
+    labels = torch.from_numpy(rng.integers(0, k, (n_images, 2, 2)))
     arrays, values = {}, {}
     for v, (reading, scaled) in (VARIANTS if readings else {"softmax": VARIANTS["softmax"]}).items():
         cal = Calibration(n_images, reading=reading, temperature=1.5 if scaled else 1.0, fine=not scaled,
@@ -115,12 +121,12 @@ def random_counts(rng, n_images, skill):
     return tp, fp, fn
 
 
-def class_means_state(rng, count):
-    """LogitTracker state with row n of sum = count_n * mu_n and a valid second moment."""
-    mu = rng.normal(size=(K, K)) * 3
+def class_means_state(rng, count, k=K):
+    """LogitTracker state with row n of sum = count_n * mu_n and a valid second moment, over k classes."""
+    mu = rng.normal(size=(k, k)) * 3
     mu[:, :3] *= 4        # a few dominant directions, like real logits
     sm = mu * count[:, None]
-    sq = count[:, None, None] * (mu[:, :, None] * mu[:, None, :] + np.eye(K))
+    sq = count[:, None, None] * (mu[:, :, None] * mu[:, None, :] + np.eye(k))
     return count.astype(np.float64), sm, sq, mu
 
 
@@ -759,3 +765,140 @@ def test_held_out_corruptions_enter_no_aggregate(tmp_path):
                                               "benchmark": False}
             assert p["per_condition"][f"{c}/3"]["miou"] == 0.0
     assert a["per_model"]["ibe"]["mcd"]["value"] == pytest.approx((0.912 + 1.6 / 1.75) / 2)
+
+
+# ------------------------------------------------------------------------------ any number of classes
+
+CITYSCAPES = dataset_record(dataset_spec("cityscapes"))
+# Six classes, the first a background (as a --data folder dataset with one might record them).
+SIX = {"name": "six", "classes": ["background", "ant", "bee", "cat", "dog", "eel"],
+       "palette": [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128]],
+       "has_background": True, "ignore_index": 255}
+SIX_NO_BACKGROUND = {**SIX, "name": "six_nb", "classes": ["road", "ant", "bee", "cat", "dog", "eel"],
+                     "has_background": False}
+
+
+def k_class_folder(root, dataset, kinds, conds, seed=0, n_images=4, pixels=300, **extra):
+    """A consistent results folder over the classes of ``dataset`` (a dataset_record) from labels and predictions
+    drawn here: per model and condition, n_images random label vectors, predictions right 60% of the time; the
+    last class never occurs (its IoU undefined). tp/fp/fn per image, the per-class IoU and the mIoU of each row
+    are counted in numpy from them; each model gets a logit state (count, sum, sq) of random class means.
+    Returns (truth {(model, c, s): {"iou": [k], "miou"}}, {model: class means (k, k)})."""
+    k = len(dataset["classes"])
+    rng = np.random.default_rng(seed)
+    ids = [f"img{i:02d}" for i in range(n_images)]
+    truth, mious, ious, confusion, logits, means = {}, {m: {} for m in kinds}, {m: {} for m in kinds}, {}, {}, {}
+    for m in kinds:
+        count = rng.integers(1, 500, k).astype(float)
+        state = class_means_state(rng, count, k)
+        logits[m], means[m] = {cs: state[:3] for cs in conds}, state[3]
+        confusion[m] = {}
+        for cs in conds:
+            label = rng.integers(0, k - 1, (n_images, pixels))
+            pred = np.where(rng.random((n_images, pixels)) < 0.6, label, rng.integers(0, k - 1, (n_images, pixels)))
+            tp, fp, fn = (np.array([[((a(lab, c)) & (b(prd, c))).sum() for c in range(k)]
+                                    for lab, prd in zip(label, pred)], np.int64)
+                          for a, b in ((np.equal, np.equal), (np.not_equal, np.equal), (np.equal, np.not_equal)))
+            t, u = tp.sum(0), (tp + fp + fn).sum(0)
+            iou = [float(t[c] / u[c]) if u[c] else None for c in range(k)]
+            truth[m, *cs] = {"iou": iou, "miou": float(np.mean([v for v in iou if v is not None]))}
+            mious[m][cs], ious[m][cs], confusion[m][cs] = truth[m, *cs]["miou"], iou, (ids, tp, fp, fn)
+    write_results(root, mious, kinds, confusion=confusion, logits=logits, iou=ious, dataset=dataset, **extra)
+    return truth, means
+
+
+K_CONDS = [("clean", 0), ("fog", 1), ("fog", 3), ("gaussian_noise", 2), ("snow", 5)]
+
+
+def test_cityscapes_results_use_its_19_classes(tmp_path, capsys):
+    kinds = {"base": "baseline", "other": "baseline"}
+    names = CITYSCAPES["classes"]
+    assert len(names) == 19
+    truth, means = k_class_folder(tmp_path, CITYSCAPES, kinds, K_CONDS)
+    a = analyse(tmp_path, "--bootstrap", "30")
+    assert a["dataset"]["classes"] == names and a["dataset"]["has_background"] is False
+    bench = [cs for cs in K_CONDS if cs[0] != "clean"]
+    for m in kinds:
+        entry = a["per_model"][m]
+        assert entry["clean_miou"] == pytest.approx(truth[m, "clean", 0]["miou"])
+        assert entry["mpc"]["value"] == pytest.approx(np.mean([truth[m, *cs]["miou"] for cs in bench]))
+        assert entry["mpc"]["n_conditions"] == len(bench)
+        per_class = entry["per_class_iou"]
+        assert len(per_class["clean"]) == 19 and per_class["clean"][18] is None
+        np.testing.assert_allclose(per_class["clean"][:18], truth[m, "clean", 0]["iou"][:18], rtol=1e-12)
+        want = np.array([[truth[m, *cs]["iou"][c] for c in range(18)] for cs in bench]).mean(0)
+        np.testing.assert_allclose(per_class["corrupted"][:18], want, rtol=1e-12)
+        assert per_class["n_conditions"] == 4 and not per_class["complete"]
+        # END and both Distances need a background class: null (as evaluate_corruptions.py writes them there).
+        assert all(entry[key]["clean"] is None and entry[key]["corrupted"]["value"] is None
+                   for key in ("end", "distance", "distance_predicted"))
+    diff = truth["other", "clean", 0]["miou"] - truth["base", "clean", 0]["miou"]
+    assert a["bootstrap"]["comparisons"]["other"]["clean"]["observed"] == pytest.approx(diff)
+    note = "END and both Distances: undefined: cityscapes has no background class (class 0 is 'road')"
+    assert note in a["notes"] and f"note: {note}" in capsys.readouterr().out
+    tables = open(tmp_path / "tables.md").read()
+    assert "## IoU (%) per class (cityscapes, 19 classes)" in tables
+    for i, name in enumerate(names):
+        row = f"| {i} {name} | {100 * truth['base', 'clean', 0]['iou'][i]:.1f} |" if i < 18 else f"| 18 {name} | – |"
+        assert row in tables, row
+    assert not any(line.startswith("| 19 ") for line in tables.splitlines())
+    assert "END, Distance and Distance (pred.): undefined: cityscapes has no background class" in tables
+    assert "softmax over the 19 output channels as the models build them. ECE" in tables   # no IBE/SCrIBE note
+    assert "notebook (all 19, NaN as 0)" in tables
+    assert not any(f"21 {word}" in tables for word in ("output", "classes", "one-vs-rest", "with a")), tables
+    z = np.load(tmp_path / "analysis_arrays.npz")
+    assert list(z["classes"]) == names
+    assert z["base/clean/mean"].shape == (19, 19) and z["base/clean/correlation"].shape == (19, 19, 19)
+    np.testing.assert_allclose(z["base/clean/mean"], means["base"], rtol=1e-12)
+    np.testing.assert_allclose(z["base/clean/explained_variance"], eigh_explained(means["base"]), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_six_classes_with_a_background(tmp_path):
+    kinds = {"base": "baseline", "ibe": "ibe"}
+    truth, _ = k_class_folder(tmp_path, SIX, kinds, K_CONDS[:3], seed=1,
+                              end={m: {cs: 0.25 for cs in K_CONDS} for m in kinds},
+                              distance={m: {cs: 2.0 for cs in K_CONDS} for m in kinds})
+    a = analyse(tmp_path, "--bootstrap", "0")
+    for m in kinds:
+        assert a["per_model"][m]["mpc"]["value"] == pytest.approx(
+            np.mean([truth[m, *cs]["miou"] for cs in K_CONDS[1:3]]))
+        assert a["per_model"][m]["end"]["clean"] == 0.25 and a["per_model"][m]["distance"]["clean"] == 2.0
+    tables = open(tmp_path / "tables.md").read()
+    assert "mean over all 5 foreground classes" in tables and "undefined" not in tables
+    assert "(IBE/SCrIBE: background = -logsumexp of the 5 foreground logits)" in tables
+    # Explained variance after 1, 2, 3 and 5 components: there are no 10 of six classes.
+    assert "| model | definition | 1 comp. | 2 comp. | 3 comp. | 5 comp. | rows |" in tables
+    assert [line.split(" | ")[0] for line in tables.splitlines() if line.startswith("| 5 ")] == ["| 5 eel"]
+
+
+def test_six_classes_without_a_background(tmp_path):
+    truth, _ = k_class_folder(tmp_path, SIX_NO_BACKGROUND, {"base": "baseline"}, K_CONDS[:2], seed=2)
+    a = analyse(tmp_path, "--bootstrap", "0")
+    assert a["per_model"]["base"]["clean_miou"] == pytest.approx(truth["base", "clean", 0]["miou"])
+    assert "undefined: six_nb has no background class (class 0 is 'road')" in " ".join(a["notes"])
+
+
+def test_results_without_their_classes_are_refused(tmp_path, capsys):
+    k_class_folder(tmp_path, CITYSCAPES, {"base": "baseline"}, K_CONDS[:2])
+    run = json.load(open(tmp_path / "run.json"))
+    del run["dataset"]
+    json.dump(run, open(tmp_path / "run.json", "w"))
+    line = refused(capsys, al, "--results", tmp_path)
+    assert "run.json: no dataset record (an earlier evaluate_corruptions.py's format)" in line
+    os.remove(tmp_path / "run.json")
+    assert "run.json: not found, so the classes of the results are unknown" in refused(capsys, al, "--results",
+                                                                                         tmp_path)
+    # Rows over another number of classes than run.json records.
+    k_class_folder(tmp_path / "b", SIX, {"base": "baseline"}, K_CONDS[:2])
+    run = json.load(open(tmp_path / "b" / "run.json"))
+    json.dump({**run, "dataset": CITYSCAPES}, open(tmp_path / "b" / "run.json", "w"))
+    assert "has 6 per-class IoUs" in refused(capsys, al, "--results", tmp_path / "b")
+    assert not os.path.exists(tmp_path / "b" / "analysis.json")
+
+
+def test_pca_pass_of_another_dataset_is_refused(tmp_path, capsys):
+    k_class_folder(tmp_path, CITYSCAPES, {"base": "baseline"}, K_CONDS[:2])
+    k_class_folder(tmp_path / "shortside", SIX_NO_BACKGROUND, {"base": "baseline"}, K_CONDS[:1], protocol="shortside")
+    line = refused(capsys, al, "--results", tmp_path)
+    assert "its run.json records other classes (six_nb)" in line

@@ -14,8 +14,11 @@ import analyze_logits
 import evaluate_corruptions
 import make_figures as mf
 from common.cli import UsageError
+from common.datasets import DATASETS, dataset_record
 from common.figures import drawing, miou, val_images
 from helpers import refused
+
+VOC = DATASETS["voc"]
 
 
 @pytest.fixture(scope="module")
@@ -140,13 +143,14 @@ def test_matrices_share_one_colour_scale():
     rng = np.random.default_rng(1)
     mats = [rng.normal(0, s, (21, 21)) for s in (1, 3, 5)]
     mats[1][4] = np.nan  # a never-predicted class
-    fig = drawing.draw_matrices([[(str(i), m) for i, m in enumerate(mats)]], "t", "logit")
+    names = [f"c{i}" for i in range(21)]
+    fig = drawing.draw_matrices([[(str(i), m) for i, m in enumerate(mats)]], "t", "logit", names)
     clims = {im.get_clim() for ax in fig.axes for im in ax.images}
     stack = np.stack(mats)
     assert clims == {(np.nanmin(stack), np.nanmax(stack))}
     assert len(fig.axes) == len(mats) + 1  # one colorbar for all panels
     assert drawing.shared_limits(mats) == (np.nanmin(stack), np.nanmax(stack))
-    fixed = drawing.draw_matrices([[("a", mats[0])], [("b", mats[2])]], "t", "r", limits=(-1, 1))
+    fixed = drawing.draw_matrices([[("a", mats[0])], [("b", mats[2])]], "t", "r", names, limits=(-1, 1))
     assert {im.get_clim() for ax in fixed.axes for im in ax.images} == {(-1, 1)}
     assert drawing.shared_limits([np.full((2, 2), np.nan)]) == (0.0, 1.0)
 
@@ -267,11 +271,20 @@ def test_correlations_notebook_draws_the_notebook_quantity_on_08_to_1(results, t
     assert pixels[0].shape != pixels[1].shape or (pixels[0] != pixels[1]).any()
 
 
+def complete_run_json(root, run=None):
+    """Writes root/run.json (``run``, else the one there) with placeholders for the identity fields that
+    make_figures.py requires of a run.json and that a hand-made results folder lacks."""
+    from common.results import RUN_FIELDS
+    run = run or json.load(open(root / "run.json"))
+    placeholders = {"data_root": "", "protocol": "paper", "size": 224, "images": 3}   # the types results.py checks
+    json.dump({**{k: placeholders.get(k) for k in RUN_FIELDS if k != "voc_root"}, **run}, open(root / "run.json", "w"))
+
+
 def test_explained_variance_figure_names_its_pass():
     ev = np.linspace(0.5, 1, 21)
     count, pca_count = np.ones(21), np.ones(21)
     pca_count[[3, 4, 5]] = 0
-    ctx = {"array_names": ["m"], "styles": mf.styles([{"name": "m", "kind": "baseline"}]),
+    ctx = {"array_names": ["m"], "styles": mf.styles([{"name": "m", "kind": "baseline"}]), "classes": VOC,
            "arrays": {"m/clean/explained_variance": ev, "m/clean/count": count,
                       "m/clean/explained_variance_count": pca_count,
                       "explained_variance_source": np.array("shortside pass at /somewhere")}}
@@ -333,9 +346,11 @@ def test_class_means_and_distance_panels_are_those_of_the_logits_files(tmp_path)
         np.savez(tmp_path / "logits" / m / "clean_0.npz", count=count, sum=x * count[:, None],
                  sq=count[:, None, None] * (x[:, :, None] * x[:, None, :] + np.eye(21)), end_sum=np.float64(0),
                  pixels=np.int64(count.sum()))
-        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5,
+        rows.append({"model": m, "kind": kind, "corruption": "clean", "severity": 0, "miou": 0.5, "iou": [None] * 21,
                      "distance_predicted": None, "ece": None, "nll": None, "brier": None, "calibration": {}})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    complete_run_json(tmp_path, {"models": [{"name": r["model"], "kind": r["kind"], "sha256": None} for r in rows],
+                                 "dataset": dataset_record(VOC)})
     analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(tmp_path), "--bootstrap", "0"]))
     args = mf.get_args_parser().parse_args(["--results", str(tmp_path), "--only", "class_means", "distance_matrices"])
     ctx = mf.read_results(args, args.only)
@@ -432,7 +447,7 @@ def test_the_notebooks_crop_and_inset_at_224():
     label = rng.integers(0, 21, (173, 224)).astype(np.uint8)
     label[:5] = 255
     image = rng.integers(0, 256, (173, 224, 3)).astype(np.uint8)
-    got = val_images.label_inset(image, label)
+    got = val_images.label_inset(image, label, VOC)
     small = torch.nn.functional.interpolate(torch.from_numpy(paint(label)).permute(2, 0, 1)[None].float(),
                                             scale_factor=0.4)[0].permute(1, 2, 0).numpy().astype(np.uint8)
     assert small.shape == (69, 89, 3)
@@ -484,8 +499,8 @@ def test_correlation_class_is_the_notebooks_cell_45(results):
     z = np.load(os.path.join(results["dir"], "logits", names[0], "clean_0.npz"))
     k = int(np.argmax(z["count"][1:]) + 1)                      # a foreground class the first model predicts
     args = mf.get_args_parser().parse_args(["--results", results["dir"], "--only", "correlation_class"])
-    assert args.correlation_class == 13 and CLASSES[13] == "horse"  # the notebook's cor[-8:-7]
     ctx = mf.read_results(args, args.only)
+    assert mf.default_correlation_class(ctx) == 13 and CLASSES[13] == "horse"  # on VOC the notebook's cor[-8:-7]
     ctx["correlation_class"] = k
     fig = mf.fig_correlation_class(ctx)
     got = panels(fig)
@@ -505,3 +520,133 @@ def test_correlation_class_is_the_notebooks_cell_45(results):
     data = got[f"{names[0]}: correlation"][0]
     ok = np.isfinite(data)
     np.testing.assert_allclose(data[ok], corr[ok], rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------ any number of classes
+
+def k_class_results(root, dataset, kinds):
+    """A results folder over the classes of ``dataset`` (test_analyze_logits.k_class_folder: counts and logit
+    states drawn in numpy), its run.json completed with the identity fields make_figures.py requires, analysed."""
+    from test_analyze_logits import K_CONDS, k_class_folder
+    _, means = k_class_folder(root, dataset, kinds, K_CONDS)
+    complete_run_json(root)
+    analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(root), "--bootstrap", "0"]))
+    return means
+
+
+def tick_texts(ax, axis):
+    return [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")()]
+
+
+def test_cityscapes_matrices_are_over_its_19_classes(tmp_path, capsys):
+    from test_analyze_logits import CITYSCAPES
+    means = k_class_results(tmp_path, CITYSCAPES, {"base": "baseline", "other": "baseline"})
+    names = CITYSCAPES["classes"]
+    for m in ("base", "other"):   # class 0 (road) predicted least: without a background it is no special panel
+        path = tmp_path / "logits" / m / "clean_0.npz"
+        z = dict(np.load(path))
+        scale = 0.5 / z["count"][0]        # the same class mean from 0.5 pixels
+        z["count"][0], z["sum"][0], z["sq"][0] = 0.5, z["sum"][0] * scale, z["sq"][0] * scale
+        np.savez(path, **z)
+    analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(tmp_path), "--bootstrap", "0"]))
+    args = mf.get_args_parser().parse_args(["--results", str(tmp_path), "--only", "class_means", "correlations",
+                                            "correlation_class", "explained_variance"])
+    ctx = mf.read_results(args, args.only)
+    assert ctx["classes"].num_classes == 19
+    fig = mf.fig_class_means(ctx)
+    drawn = panels(fig)
+    np.testing.assert_allclose(drawn["base"][0], means["base"], rtol=1e-12)
+    matrix_axes = [ax for ax in fig.axes if ax.images]
+    assert tick_texts(matrix_axes[0], "y") == names and tick_texts(matrix_axes[0], "x") == names
+    # No background class: the four classes predicted most often (over both models), named by Cityscapes.
+    counts = sum(np.load(tmp_path / "logits" / m / "clean_0.npz")["count"] for m in ("base", "other"))
+    top = np.argsort(-counts, kind="stable")[:4]
+    titles = [ax.get_title() for ax in mf.fig_correlations(ctx).axes if ax.images]
+    assert [t.split("\n")[0] for t in titles[:4]] == [f"base: {names[k]}" for k in top]
+    ev = mf.fig_explained_variance(ctx).axes[0]
+    assert len(ev.lines[0].get_xdata()) == 19 and ev.get_xlim() == (0.5, 19.5)
+    # --correlation-class follows the dataset: 18 is Cityscapes' last, 19 is refused at run time.
+    draw("--results", str(tmp_path), "--out", str(tmp_path / "f"), "--only", "correlation_class",
+         "--correlation-class", "18")
+    assert (tmp_path / "f" / "correlation_class.png").exists()
+    line = refused(capsys, mf, "--results", tmp_path, "--out", tmp_path / "g", "--only", "correlation_class",
+                   "--correlation-class", "19")
+    assert line == "error: --correlation-class 19: cityscapes has classes 0..18"
+    ctx["correlation_class"] = mf.default_correlation_class(ctx)
+    assert ctx["correlation_class"] == int(top[0])
+    assert mf.fig_correlation_class(ctx)._suptitle.get_text().startswith(f"Class {top[0]} ({names[top[0]]}), clean")
+    mf.plt.close("all")
+
+
+def test_150_classes_keep_their_matrices_with_index_ticks(tmp_path):
+    names = [f"class{i:03d}" for i in range(150)]
+    dataset = {"name": "many", "classes": names, "palette": [[i, 255 - i, (7 * i) % 256] for i in range(150)],
+               "has_background": False, "ignore_index": 255}
+    means = k_class_results(tmp_path, dataset, {"base": "baseline"})
+    args = mf.get_args_parser().parse_args(["--results", str(tmp_path), "--only", "distance_matrices"])
+    ctx = mf.read_results(args, args.only)
+    fig = mf.fig_distance_matrices(ctx)
+    ax = next(ax for ax in fig.axes if ax.images)
+    want = np.sqrt(((means["base"][:, None] - means["base"][None]) ** 2).sum(-1))
+    np.testing.assert_allclose(panels(fig)["base"][0], want, rtol=1e-9, atol=1e-9)
+    assert panels(fig)["base"][0].shape == (150, 150)
+    assert tick_texts(ax, "x") == [str(t) for t in range(0, 150, 20)] and "index" in ax.get_xlabel()
+    mf.plt.close("all")
+
+
+def test_labels_are_drawn_in_the_results_palette():
+    from common.datasets import spec_from_record
+    from test_analyze_logits import SIX
+    spec = spec_from_record(SIX)
+    label = np.array([[0, 1, 2], [3, 4, 255]], np.uint8)
+    fig, ax = mf.plt.subplots()
+    drawing.show(ax, label, label=spec)
+    want = np.array([SIX["palette"][c] if c < 6 else [255, 255, 255] for c in label.ravel()]).reshape(2, 3, 3)
+    np.testing.assert_array_equal(ax.images[0].get_array(), want)
+    drawing.class_legend(fig, [label], spec)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["background", "ant", "bee", "cat", "dog",
+                                                                   "ignore (255)"]
+    mf.plt.close("all")
+
+
+
+@pytest.mark.slow
+def test_cityscapes_sweep_end_to_end(tmp_path, capsys):
+    # evaluate_corruptions.py --data cityscapes on the synthetic layout (a 19-class model), then analyze_logits.py
+    # and every figure: the tables list Cityscapes' names, the label tiles are in its palette.
+    from common.datasets import spec_from_record
+    from common.synthetic_layouts import ensure_layout
+    from test_evaluate_datasets import sweep
+    root = ensure_layout("cityscapes", tmp_path / "cs", n_train=2, n_val=2, width=96, height=48, quiet=True)
+    out = str(tmp_path / "results")
+    assert sweep(root, out, "--corruptions", "gaussian", "brightness", "--severities", "0", "1", "2") == 0
+    analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", out, "--bootstrap", "10"]))
+    run = json.load(open(os.path.join(out, "run.json")))
+    spec = spec_from_record(run["dataset"])
+    assert spec.name == "cityscapes" and spec.num_classes == 19
+    tables = open(os.path.join(out, "tables.md")).read()
+    assert all(f"| {i} {name} |" in tables for i, name in enumerate(spec.classes))
+    assert "undefined: cityscapes has no background class" in tables
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    bench = [r["miou"] for r in rows if r["corruption"] != "clean"]
+    analysis = json.load(open(os.path.join(out, "analysis.json")))
+    model = analysis["models"][0]
+    assert analysis["per_model"][model]["mpc"]["value"] == pytest.approx(np.mean(bench))
+    capsys.readouterr()
+    draw("--results", out, "--out", str(tmp_path / "figs"), "--index", "0", "--qualitative-index", "1",
+         "--contact-start", "0")
+    assert sorted(os.listdir(tmp_path / "figs")) == sorted(f"{f}.png" for f in mf.FIGURES)
+    # As reproduce.sh --data cityscapes calls it: the val set from --data and its root flag.
+    draw("--results", out, "--out", str(tmp_path / "figs2"), "--data", "cityscapes", "--cityscapes-root", root,
+         "--only", "qualitative_grid", "--qualitative-index", "1")
+    assert os.listdir(tmp_path / "figs2") == ["qualitative_grid.png"]
+    # voc_sample's label tile: its colours are Cityscapes' (and white for 255), not VOC's.
+    args = mf.get_args_parser().parse_args(["--results", out, "--only", "voc_sample", "--index", "0"])
+    ctx = mf.read_results(args, args.only)
+    mf.read_images(args, ctx, args.only)
+    fig = mf.fig_voc_sample(ctx)
+    shown = fig.axes[1].images[0].get_array().reshape(-1, 3)
+    allowed = {tuple(c) for c in spec.palette.tolist()} | {(255, 255, 255)}
+    assert {tuple(c) for c in shown.tolist()} <= allowed and len({tuple(c) for c in shown.tolist()}) > 2
+    assert fig._suptitle.get_text().startswith("cityscapes val image 0")
+    mf.plt.close("all")

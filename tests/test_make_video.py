@@ -15,8 +15,10 @@ import make_video as mv
 from common import synthetic_clip, video
 from common.constants import voc_palette
 from common.corruptions import corrupt_image
+from common.datasets import DATASETS, dataset_record, spec_from_record
 from helpers import ROOT, refused, run_script
 
+VOC = DATASETS["voc"]
 SIZE = "64"  # the --size geometry: models see 112x64 frames, a few ms per frame with the tiny test models
 GREY = 200   # the test clip's background: bright, so the red captions stand out after H.264
 
@@ -220,7 +222,7 @@ def test_notebook_geometry_against_pillow_and_corrupt_image():
     assert not np.array_equal(corrupted[0], originals[0])   # the 224 squash blurs it
     # Composed at 960x540 with the tiles unscaled: tile pixels are these arrays (away from the captions).
     p = np.zeros((270, 480), np.uint8)
-    frame = mv.compose(originals[0], corrupted[0], p, p, ("", "Corruption: None", "Theirs", "Ours"))
+    frame = mv.compose(originals[0], corrupted[0], p, p, ("", "Corruption: None", "Theirs", "Ours"), VOC)
     np.testing.assert_array_equal(frame[100:270, :480], originals[0][100:])
     np.testing.assert_array_equal(frame[100:270, 480:], corrupted[0][100:])
 
@@ -231,7 +233,7 @@ def test_compose_layout_and_captions():
     p1, p15 = np.full((h, w), 1, np.uint8), np.full((h, w), 15, np.uint8)
     labels = ("", mv.condition_label("shot_noise", 2), "Theirs", "Ours")
     assert labels[1] == "Corruption: shot_noise" and mv.condition_label("clean", 0) == "Corruption: None"
-    frame = mv.compose(a, b, p1, p15, labels)
+    frame = mv.compose(a, b, p1, p15, labels, VOC)
     assert frame.shape == (540, 960, 3) and frame.dtype == np.uint8
     pal = voc_palette()
     for (ty, tx), colour in zip(((0, 0), (0, 480), (270, 0), (270, 480)), ((200, 200, 200), (40, 200, 40),
@@ -260,3 +262,62 @@ def test_synthetic_clip_is_deterministic_and_moves():
     f0, f1 = synthetic_clip.SyntheticClip(3).frame(7), synthetic_clip.SyntheticClip(3).frame(7)
     assert np.array_equal(f0, f1) and f0.shape == (mv.SYNTH_H, mv.SYNTH_W, 3)
     assert np.abs(f0.astype(int) - synthetic_clip.SyntheticClip(3).frame(20)).mean() > 2
+
+
+def with_dataset(src, dest, record):
+    """A copy of checkpoint ``src`` carrying ``record`` as its "dataset" (what train.py stores)."""
+    import torch
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt["dataset"] = record
+    torch.save(ckpt, dest)
+    return str(dest)
+
+
+# 21 classes (the tiny models' outputs) with another palette: class c drawn (10 c, 255 - 10 c, 77).
+OTHER = {"name": "other", "classes": [f"c{i}" for i in range(21)], "has_background": True, "ignore_index": 255,
+         "palette": [[10 * c, 255 - 10 * c, 77] for c in range(21)]}
+
+
+def test_predictions_are_drawn_in_the_checkpoints_palette(ckpts, tmp_path, capsys):
+    spec = spec_from_record(OTHER)
+    p = np.array([[0, 3], [20, 255]], np.uint8).repeat(135, 0).repeat(240, 1)
+    frame = mv.compose(np.zeros((270, 480, 3), np.uint8), np.zeros((270, 480, 3), np.uint8), p, p,
+                       ("", "", "", ""), spec)
+    for (y, x), c in (((60, 100), 0), ((60, 300), 3), ((200, 100), 20)):    # both prediction tiles
+        for x0 in (0, 480):
+            assert (frame[270 + y, x0 + x] == OTHER["palette"][c]).all(), (y, x0 + x, c)
+    assert (frame[270 + 200, 480 + 300] == 255).all()     # 255: white
+    # End to end: both checkpoints record OTHER; the video's prediction tiles hold its colours, not VOC's.
+    pair = [with_dataset(c, tmp_path / f"{k}.pt", OTHER) for k, c in enumerate(ckpts)]
+    out = tmp_path / "other.mp4"
+    assert run(pair, "--synthetic", "--frames", "3", "--out", str(out)) == 0
+    assert "classes of other)" in capsys.readouterr().out
+    frames, _, _ = decode(out)
+    tile = frames[1][270 + 20:540 - 20, 20:460].reshape(-1, 3).astype(int)
+    other = np.array(OTHER["palette"])
+    near = lambda pal: (np.abs(tile[:, None] - pal[None]).max(-1) <= 12).any(1).mean()  # noqa: E731 (H.264)
+    assert near(other) > 0.9 and near(voc_palette()[:21].astype(int)) < 0.5
+    # No record: VOC, said so; two datasets: refused.
+    assert run(ckpts, "--synthetic", "--frames", "1", "--out", str(tmp_path / "voc.mp4")) == 0
+    assert "no record in the checkpoint: VOC assumed" in capsys.readouterr().out
+    voc = with_dataset(ckpts[1], tmp_path / "voc.pt", dataset_record(VOC))
+    line = refused(capsys, mv, "--baseline", pair[0], "--robust", voc, "--synthetic", "--frames", "1",
+                   "--size", SIZE, "--device", "cpu", "--out", tmp_path / "mixed.mp4")
+    assert "predicts the 21 classes of other, --robust" in line and "the 21 of voc" in line
+    assert not (tmp_path / "mixed.mp4").exists()
+
+
+def test_a_cityscapes_checkpoint_is_drawn_in_its_19_colours(tmp_path, capsys):
+    from common.checkpoint import save_random_checkpoint
+    record = dataset_record(DATASETS["cityscapes"])
+    raw = save_random_checkpoint(tmp_path / "raw.pt", "baseline", 4, backbone="resnet18", head_channels=8,
+                                 num_classes=19)
+    ckpt = with_dataset(raw, tmp_path / "cs.pt", record)
+    out = tmp_path / "cs.mp4"
+    assert run((ckpt, ckpt), "--synthetic", "--frames", "2", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "classes of cityscapes)" in printed and "note: the --synthetic clip draws the synthetic VOC" in printed
+    frames, _, _ = decode(out)
+    tile = frames[0][270 + 20:540 - 20, 20:460].reshape(-1, 3).astype(int)
+    cs = np.array(record["palette"])
+    assert (np.abs(tile[:, None] - cs[None]).max(-1) <= 12).any(1).mean() > 0.9     # H.264: near its colours

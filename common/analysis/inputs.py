@@ -1,5 +1,6 @@
 """Reading an evaluate_corruptions.py results folder for the analysis: metrics.jsonl and run.json (checked
-against each other), the clean pass of --pca-pass, and the logits/ and confusion/ files of one condition.
+against each other), the classes of the folder (run.json's "dataset", ``results_dataset``: make_figures.py reads
+them the same way), the clean pass of --pca-pass, and the logits/ and confusion/ files of one condition.
 
 Every file must be in the format evaluate_corruptions.py writes today (docs/outputs.md); a damaged file or one
 from an earlier format is a UsageError naming it and the command that rewrites it."""
@@ -11,7 +12,7 @@ import numpy as np
 from common import results as rf
 from common.calibration import BINS, FINE_KEYS, ROW_KEYS
 from common.cli import UsageError
-from common.constants import NUM_CLASSES
+from common.datasets import spec_from_record
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 from common.logits import LogitTracker
 from common.results import CLEAN, finite_or_none
@@ -19,20 +20,22 @@ from common.results import CLEAN, finite_or_none
 from .conditions import BENCHMARK, SEVERITIES, Findings, cond_key, severity_ranges, shown_list
 
 # Fields every row of today's evaluate_corruptions.py carries beyond those common/results.py checks.
-ROW_FIELDS = ("distance_predicted", "ece", "nll", "brier", "calibration")
+ROW_FIELDS = ("iou", "distance_predicted", "ece", "nll", "brier", "calibration")
 MAIN_SWEEP = "clean condition of the main sweep"
 
 
 @dataclass
 class Sweep:
     """The rows of one results folder: ``table`` {(model, corruption, severity): row}, ``run`` (run.json or None),
-    ``models`` (run.json's order, then any only in metrics.jsonl), ``kinds`` {model: kind}, ``reference``."""
+    ``models`` (run.json's order, then any only in metrics.jsonl), ``kinds`` {model: kind}, ``reference``,
+    ``dataset`` (the DatasetSpec of its classes, ``results_dataset``)."""
     folder: str
     table: dict
     run: dict
     models: list
     kinds: dict
     reference: str
+    dataset: object
 
     def conditions(self):
         """Clean, the paper's 75, then the held-out corruptions' conditions that have rows."""
@@ -49,6 +52,47 @@ def rerun_hint(path):
 def checkpoint_hashes(run):
     """{model name: checkpoint sha256} of a run.json."""
     return {m.get("name"): m.get("sha256") for m in run.get("models", []) or [] if isinstance(m, dict)}
+
+
+def results_dataset(folder, run):
+    """The classes of a results folder: the DatasetSpec (names, palette, background) of run.json's "dataset"
+    record (common.datasets.dataset_record), which every evaluate_corruptions.py run writes. ``run``: the folder's
+    run.json as read (None when absent). No record, or one whose names and colours disagree, is a UsageError:
+    nothing else says how many classes the numbers are over."""
+    path = os.path.join(folder, "run.json")
+    fix = "rerun evaluate_corruptions.py into a new --out (its run.json records the classes)"
+    if run is None:
+        raise UsageError(f"{path}: not found, so the classes of the results are unknown; {fix}")
+    record = run.get("dataset")
+    if not isinstance(record, dict):
+        raise UsageError(f"{path}: no dataset record (an earlier evaluate_corruptions.py's format); {fix}")
+    try:
+        spec = spec_from_record(record)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: damaged dataset record ({type(e).__name__}: {str(e)[:60]}); {fix}") from None
+    if spec.num_classes < 2 or spec.palette.shape != (spec.num_classes, 3):
+        raise UsageError(f"{path}: dataset record with {spec.num_classes} classes and {len(spec.palette)} "
+                         f"palette colours (damaged); {fix}")
+    return spec
+
+
+def undefined_without_background(spec):
+    """The note that says why an analysis that needs class 0 = background (END, the notebook's Distance, the
+    IBE/SCrIBE comparisons) is absent."""
+    return f"undefined: {spec.name} has no background class"
+
+
+def check_iou_lengths(rows, k, metrics_path, run_path):
+    """Refuses rows whose per-class IoU list is not k numbers or nulls, k the classes run.json records."""
+    for r in rows:
+        iou, where = r["iou"], f"{metrics_path}: the row for {r['model']} {cond_key(r['corruption'], r['severity'])}"
+        if not isinstance(iou, list) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                                for v in iou):
+            raise UsageError(f"{where} has iou {rf.clipped_json(iou)}, not a list of numbers or nulls (damaged); "
+                             f"{rf.sweep_rerun_hint(os.path.dirname(metrics_path))}")
+        if len(iou) != k:
+            raise UsageError(f"{where} has {len(iou)} per-class IoUs, {run_path} records {k} classes; rerun "
+                             f"evaluate_corruptions.py into a new --out")
 
 
 def check_row_fields(rows, metrics_path):
@@ -83,11 +127,12 @@ def read_sweep(results, reference):
     # Strictly: here a bad line means the numbers cannot be trusted (the sweep itself recomputes such rows).
     rows = rf.read_metrics(metrics_path)
     check_row_fields(rows, metrics_path)
-    run = rf.read_run(os.path.join(results, "run.json"))
-    rf.check_rows_match_run(rows, run, metrics_path, os.path.join(results, "run.json"))
+    run_path = os.path.join(results, "run.json")
+    run = rf.read_run(run_path)
+    rf.check_rows_match_run(rows, run, metrics_path, run_path)
+    dataset = results_dataset(results, run)
+    check_iou_lengths(rows, dataset.num_classes, metrics_path, run_path)
     found = Findings()
-    if run is None:
-        found.notes.append("no run.json: model order and kinds come from metrics.jsonl")
     models, kinds = model_order(rows, run)
     table = {(r["model"], r["corruption"], r["severity"]): r for r in rows}
     with_rows = [m for m in models if any(k[0] == m for k in table)]
@@ -96,7 +141,7 @@ def read_sweep(results, reference):
                          f"(models: {', '.join(with_rows)})")
     if reference is None:
         reference = next((m for m in with_rows if kinds.get(m) == "baseline"), with_rows[0])
-    return Sweep(results, table, run, models, kinds, reference), found
+    return Sweep(results, table, run, models, kinds, reference, dataset), found
 
 
 def miou_by_model(sweep):
@@ -148,9 +193,21 @@ def source_of(run, metrics_sha256=None):
 
 # ------------------------------------------------------------------------------------------- NPZ files
 
-def read_tracker(path):
-    """The LogitTracker state of one logits/<model>/<condition>.npz file, checked (21 classes, float64, finite)."""
-    return LogitTracker.from_state_dict(rf.read_logits(path, rerun_hint(path), keys=("count", "sum", "sq")))
+def sized(spec, k):
+    """common/results.py's NPZ ``spec`` {key: (dtype kinds, shape)} with its class dimension (``rf.K``, a named
+    length that only makes the arrays agree with each other) set to k, the classes run.json records."""
+    return {key: (kinds, None if shape is None else tuple(k if d == rf.K else d for d in shape))
+            for key, (kinds, shape) in spec.items()}
+
+
+def read_tracker(path, k):
+    """The LogitTracker state of one logits/<model>/<condition>.npz file, checked (k classes: count (k,), sum
+    (k, k), sq (k, k, k); float64, finite, counts >= 0)."""
+    hint = rerun_hint(path)
+    z = rf.load_npz(path, sized({key: rf.LOGITS_SPEC[key] for key in ("count", "sum", "sq")}, k), hint)
+    if (z["count"] < 0).any():
+        raise UsageError(f"{path}: negative pixel counts (damaged); {hint}")
+    return LogitTracker.from_state_dict(z)
 
 
 def read_calibration(path, prefix, fine):
@@ -187,17 +244,21 @@ def align(ids, ids_ref, path, ref_path):
     return np.array([pos[i] for i in ids_ref])
 
 
-def image_counts(path, ids_ref, ref_path):
-    """(image_ids, per-image TP, TP+FP+FN) of one confusion/ file, in the order of ids_ref (None: its own)."""
-    z = rf.read_confusion(path, rerun_hint(path), ("image_ids", "tp", "fp", "fn"))
+def image_counts(path, ids_ref, ref_path, k):
+    """(image_ids, per-image TP, TP+FP+FN) of one confusion/ file of k classes, in the order of ids_ref (None:
+    its own)."""
+    hint = rerun_hint(path)
+    z = rf.load_npz(path, sized({key: rf.CONFUSION_SPEC[key] for key in ("image_ids", "tp", "fp", "fn")}, k), hint)
+    if any((z[key] < 0).any() for key in ("tp", "fp", "fn")):
+        raise UsageError(f"{path}: negative counts in tp/fp/fn (damaged); {hint}")
     ids = np.asarray(z["image_ids"]).astype(str)
     if ids_ref is None:
         ids_ref, ref_path = ids, path
     order = align(ids, ids_ref, path, ref_path)
     tp, fp, fn = (np.asarray(z[k])[order] for k in ("tp", "fp", "fn"))
-    if not (tp.shape == fp.shape == fn.shape == (len(ids_ref), NUM_CLASSES)):
+    if not (tp.shape == fp.shape == fn.shape == (len(ids_ref), k)):
         raise UsageError(f"{path}: tp/fp/fn shapes {tp.shape}, {fp.shape}, {fn.shape}; expected "
-                         f"({len(ids_ref)}, {NUM_CLASSES})")
+                         f"({len(ids_ref)}, {k})")
     return ids, tp, tp + fp + fn
 
 
@@ -222,7 +283,7 @@ def per_image_counts(sweep):
             if not os.path.exists(path):
                 lacking.setdefault(m, []).append(cond_key(c, s))
                 continue
-            ids, tp, union = image_counts(path, ids_ref, ids_path)
+            ids, tp, union = image_counts(path, ids_ref, ids_path, sweep.dataset.num_classes)
             if ids_ref is None:
                 ids_ref, ids_path = ids, path
             counts[m][c, s] = (tp, union)
@@ -272,6 +333,10 @@ def pca_pass_trackers(folder, sweep):
     A model the pass lacks (not in its run.json or no clean_0.npz) gets a ``pca_logits`` entry in ``missing`` and
     no explained variance, rather than one from the main sweep's other protocol under the same heading."""
     pass_run, found = checked_pca_run(folder, sweep), Findings()
+    if results_dataset(folder, pass_run).classes != sweep.dataset.classes:
+        raise UsageError(f"--pca-pass {folder}: its run.json records other classes ({pass_run['dataset']['name']}) "
+                         f"than {os.path.join(sweep.folder, 'run.json')} ({sweep.dataset.name}); give the clean pass "
+                         f"of the same models on the same dataset, or --pca-pass none")
     if pass_run.get("protocol") != "shortside":
         found.notes.append(f"--pca-pass {folder} ran protocol {pass_run.get('protocol')}, not shortside (the "
                            f"notebook's FixScaleResize pass for the PCA figure)")
@@ -279,7 +344,7 @@ def pca_pass_trackers(folder, sweep):
     for m in sweep.models:
         path = os.path.join(folder, "logits", m, f"{CLEAN}_0.npz")
         if m in pass_sha and os.path.exists(path):
-            trackers[m] = read_tracker(path)
+            trackers[m] = read_tracker(path, sweep.dataset.num_classes)
         else:
             lacking.append(m)
     if lacking:

@@ -1,12 +1,13 @@
 """mIoU aggregates of one model (docs/protocol.md, Metrics): clean mIoU, mPC, rPC, the mean over
-severities 0-5, mIoU per corruption and per severity, CD / rCD against the reference model, the worst case.
+severities 0-5, mIoU per corruption and per severity, CD / rCD against the reference model, the worst case;
+and each class's IoU, clean and over the corrupted conditions (``per_class_iou``, from metrics.jsonl's "iou").
 
 Every function takes {(corruption, severity): mIoU or None} (severity 0 = clean) and averages whatever a partial
 sweep has, saying how many conditions it used and whether that is all of them (``complete``)."""
 import numpy as np
 
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
-from common.results import CLEAN
+from common.results import CLEAN, finite_or_none
 
 from .conditions import BENCHMARK, SEVERITIES, aggregate_entry, mean_or_none, mean_over, severity_ranges
 
@@ -115,3 +116,15 @@ def worst_case(miou):
         out[str(s)] = {"miou": lowest, "corruption": corruption, "n_corruptions": len(have),
                        "of": len(CORRUPTIONS), "complete": len(have) == len(CORRUPTIONS)}
     return out
+
+
+def per_class_iou(table, m, k):
+    """Each class's IoU of model ``m``: clean, and its mean over the benchmark conditions present where it is
+    defined (a class absent from a condition's labels and predictions has IoU null there). ``table``:
+    {(model, corruption, severity): metrics.jsonl row}, whose "iou" lists are over the folder's k classes."""
+    rows = [table[m, c, s] for c, s in BENCHMARK if (m, c, s) in table]
+    clean = table.get((m, CLEAN, 0))
+    columns = [finite_or_none(r["iou"]) for r in rows]
+    return {"clean": finite_or_none(clean["iou"]) if clean else [None] * k,
+            "corrupted": [mean_or_none([col[i] for col in columns]) for i in range(k)],
+            "n_conditions": len(rows), "of": len(BENCHMARK), "complete": len(rows) == len(BENCHMARK)}

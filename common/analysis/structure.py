@@ -2,10 +2,12 @@
 variance of the class-mean logit matrix recomputed from logits/, END and both Distances aggregated over the
 conditions, and the clean matrices (counts, class means, distances, correlations) for the figures.
 
-Explained variance: PCA of the 21x21 class-mean matrix, rows = predicted classes as samples, columns = the 21
-logits, centred, via numpy's SVD; classes never predicted have no mean (NaN rows) and are dropped. Beside it the
-notebook's definition: sklearn PCA(21) on all 21 rows with NaN means set to 0. The clean ones come from the
---pca-pass (the notebook's FixScaleResize pass, cells 44-45) where it has the model."""
+Explained variance: PCA of the K x K class-mean matrix (K classes of the results folder, 21 on VOC), rows =
+predicted classes as samples, columns = the K logits, centred, via numpy's SVD; classes never predicted have no
+mean (NaN rows) and are dropped. Beside it the notebook's definition: sklearn PCA(K) on all K rows with NaN means
+set to 0. The clean ones come from the --pca-pass (the notebook's FixScaleResize pass, cells 44-45) where it has
+the model. END and both Distances need class 0 = background: on a dataset without one they are null in
+metrics.jsonl and stay undefined here (one note says so)."""
 import math
 import os
 
@@ -14,15 +16,15 @@ import numpy as np
 from common.results import CLEAN, finite_or_none
 
 from .conditions import BENCHMARK, Findings, aggregate_entry, cond_key, finite_list, mean_over
-from .inputs import MAIN_SWEEP, absent_files, read_tracker
+from .inputs import MAIN_SWEEP, absent_files, read_tracker, undefined_without_background
 
 
 def explained_variance(mean, notebook=False):
-    """Cumulative explained-variance ratio (21,) of the PCA of a class-mean matrix, and the rows used.
+    """Cumulative explained-variance ratio (K,) of the PCA of a class-mean matrix, and the rows used.
 
     Rows are samples (predicted classes), columns variables (logits), centred per column. NaN rows
     (classes never predicted) are dropped, or with ``notebook`` set to 0 and kept, as the companion
-    notebook's sklearn PCA(21) on the NaN-to-0 matrix did. The squared singular values of the centred
+    notebook's sklearn PCA(K) on the NaN-to-0 matrix did. The squared singular values of the centred
     matrix are the component variances (times a constant that cancels in the ratio). Fewer than 2 rows, or
     rows that are all equal: NaN (undefined).
     """
@@ -37,7 +39,7 @@ def explained_variance(mean, notebook=False):
         return out, int(rows.shape[0])
     cum = np.cumsum(var) / total
     out[:cum.size] = cum
-    out[cum.size:] = 1.0    # components beyond min(rows, 21) have zero variance
+    out[cum.size:] = 1.0    # components beyond min(rows, K) have zero variance
     return out, int(rows.shape[0])
 
 
@@ -63,9 +65,10 @@ def clean_matrices(tracker, m):
             f"{m}/clean/correlation_notebook": tracker.correlation_notebook()}
 
 
-def condition_structure(tracker, m, c, s, entry):
+def condition_structure(tracker, m, c, s, entry, has_background=True):
     """(the explained-variance fields of one condition's per_condition ``entry``, its npz arrays, and the
-    (field, metrics.jsonl value, recomputed value) of each Distance the row disagrees on)."""
+    (field, metrics.jsonl value, recomputed value) of each Distance the row disagrees on; the recomputation takes
+    class 0 as the background, so without one nothing is compared)."""
     class_means = tracker.mean()
     ev, used, ev_notebook = both_explained_variances(class_means)
     fields = {"explained_variance": finite_list(ev), "classes_used": used,
@@ -75,7 +78,8 @@ def condition_structure(tracker, m, c, s, entry):
     else:
         arrays = {f"{m}/{c}/{s}/mean": class_means, f"{m}/{c}/{s}/explained_variance": ev,
                   f"{m}/{c}/{s}/explained_variance_notebook": ev_notebook}
-    recomputed = (("distance", tracker.distance_notebook()), ("distance_predicted", tracker.distance_margin()))
+    recomputed = ((("distance", tracker.distance_notebook()), ("distance_predicted", tracker.distance_margin()))
+                  if has_background else ())
     disagree = [(key, entry[key], value) for key, value in recomputed
                 if entry[key] is not None and finite_or_none(value) is not None
                 and not math.isclose(entry[key], value, rel_tol=1e-9, abs_tol=1e-12)]
@@ -87,6 +91,10 @@ def per_condition_structure(sweep, conditions):
     logits/ file. Returns (per_condition {model: {"c/s": entry}}, {model: clean LogitTracker}, Findings: the npz
     arrays, a note per Distance that logits/ recompute otherwise, the absent logits/ files)."""
     per_condition, clean_trackers, found = {m: {} for m in sweep.models}, {}, Findings()
+    k, has_background = sweep.dataset.num_classes, sweep.dataset.has_background
+    if not has_background:
+        found.notes.append(f"END and both Distances: {undefined_without_background(sweep.dataset)} (class 0 is "
+                           f"{sweep.dataset.classes[0]!r})")
     disagree, lacking = {}, {}             # (model, row field) -> [(condition, row, recomputed)]; model -> [c/s]
     for m in sweep.models:
         for c, s in conditions:
@@ -98,10 +106,10 @@ def per_condition_structure(sweep, conditions):
             if not os.path.exists(path):
                 lacking.setdefault(m, []).append(cond_key(c, s))
                 continue
-            tracker = read_tracker(path)
+            tracker = read_tracker(path, k)
             if c == CLEAN:
                 clean_trackers[m] = tracker
-            fields, arrays, differ = condition_structure(tracker, m, c, s, entry)
+            fields, arrays, differ = condition_structure(tracker, m, c, s, entry, has_background)
             entry.update(fields)
             found.arrays.update(arrays)
             for key, row_value, value in differ:

@@ -1,9 +1,10 @@
 """tables.md and the summary analyze_logits.py prints, both made from analysis.json's dict alone.
 
 mIoU in percent with 1 decimal (as the paper's 42.1), ECE in percent with 2, other values to 3 decimals; a
-trailing * marks an aggregate over an incomplete set of conditions; "–" an undefined value."""
+trailing * marks an aggregate over an incomplete set of conditions; "–" an undefined value. The number of classes
+and their names are analysis.json's "dataset" (the results folder's), so the captions say 21 on VOC and 19 on
+Cityscapes; on a dataset without a background class, END and the notebook's Distance are said to be undefined."""
 from common.calibration import VARIANTS
-from common.constants import NUM_CLASSES
 from common.corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 
 from .calibration_summary import BOOTSTRAPPED
@@ -72,30 +73,34 @@ def summary_rows(analysis):
 SUMMARY_HEADER = ["model", "clean mIoU", "mPC", "mean sev. 0-5", "rPC", "mCD", "mrCD", "END clean", "END corr.",
                   "Distance clean", "Distance corr.", "Distance (pred.) clean", "Distance (pred.) corr.",
                   "Δ clean mIoU [95% CI]", "Δ mPC [95% CI]"]
-SUMMARY_CAPTION = (
+SUMMARY_CAPTION = (     # {fg}: the number of foreground classes
     "mPC: mean mIoU over the 15 corruptions x severities 1-5 (75 conditions), the benchmark's definition. "
     "mean sev. 0-5: mean over the 15 corruptions of each corruption's mean mIoU over severities 0-5, severity 0 "
     "being the clean mIoU (one row of the notebook's results table per corruption, levels 0-5); complete, it is "
     "(clean + 5 x mPC) / 6. Which of the two the paper's headline (42.1 / 40.3 / 37.5) is, is not stated. "
-    "Distance: the notebook's, mean over all 20 foreground classes n of mean logit n minus mean background "
+    "Distance: the notebook's, mean over all {fg} foreground classes n of mean logit n minus mean background "
     "logit over the pixels predicted n, classes never predicted counting 0; Distance (pred.): the same mean "
     "over the foreground classes predicted at least once. corr. = mean over the corrupted conditions.")
-CALIBRATION_CAPTION = (
-    "Over the pixels whose label is not 255, from the softmax over the 21 output channels as the models "
-    "build them (IBE/SCrIBE: background = -logsumexp of the 20 foreground logits). ECE: expected "
+# The Distance sentence on a dataset without a background class ({name}: the dataset's).
+NO_BACKGROUND_DISTANCE = (
+    "END, Distance and Distance (pred.): undefined: {name} has no background class (each compares a class's logit "
+    "with class 0's as the background; metrics.jsonl has them null). corr. = mean over the corrupted conditions.")
+CALIBRATION_CAPTION = (  # {k}: the number of classes; {structures}: how IBE/SCrIBE build theirs, if they can
+    "Over the pixels whose label is not 255, from the softmax over the {k} output channels as the models "
+    "build them{structures}. ECE: expected "
     "calibration error of the top-1 confidence, 15 equal-width bins, in **percent**; NLL: mean negative "
-    "log-likelihood of the true class (nats); Brier: mean over pixels of the sum over the 21 classes of "
+    "log-likelihood of the true class (nats); Brier: mean over pixels of the sum over the {k} classes of "
     "(p - one-hot)^2. corr. = mean over the corrupted conditions (15 corruptions x severities 1-5) of "
     "each condition's value. Δ: model minus the reference, with a paired bootstrap 95% interval on the "
     "mIoU bootstrap's resamples; lower is better for all three.")
 READINGS_CAPTION = (
     "Each reading's formulas are in docs/calibration.md. ECE: 15 equal-width bins of the top-label "
     "confidence; adaptive ECE: 15 equal-mass bins; NLL and Brier of that reading's probabilities (the "
-    "sigmoid's sum over the 21 one-vs-rest classes, so they are not comparable across readings); AURC: "
+    "sigmoid's sum over the {k} one-vs-rest classes, so they are not comparable across readings); AURC: "
     "area under the risk-coverage curve (pixel error against confidence, lower is better); AUROC: "
     "confidence separating correct from wrong pixels (higher is better). corr. = mean over the corrupted "
     "conditions; * = incomplete.")
-READING_TITLES = {"softmax": "softmax (21-way, every model's common reading)",
+READING_TITLES = {"softmax": "softmax ({k}-way, every model's common reading)",
                   "sigmoid": "sigmoid (one-vs-rest per class, SCrIBE's own)",
                   "softmax_ts": "softmax after temperature scaling", "sigmoid_ts": "sigmoid after temperature scaling"}
 # The columns of a reading's table: (metric, title, format).
@@ -103,6 +108,35 @@ READING_COLUMNS = [("ece", "ECE (%)", percent_2dp), ("ece_adaptive", "adaptive E
                    ("nll", "NLL", three_decimals), ("brier", "Brier", three_decimals), ("aurc", "AURC", three_decimals),
                    ("auroc", "AUROC", three_decimals)]
 READING_HEADER = [f"{title} {part}" for _, title, _ in READING_COLUMNS for part in ("clean", "corr.")]
+
+
+def num_classes(analysis):
+    return len(analysis["dataset"]["classes"])
+
+
+def reading_title(analysis, v):
+    """A reading's title with the number of classes."""
+    return READING_TITLES[v].format(k=num_classes(analysis))
+
+
+def readings_caption(analysis):
+    return READINGS_CAPTION.format(k=num_classes(analysis))
+
+
+def summary_caption(analysis):
+    """The summary's caption: the Distance sentence over the dataset's foreground classes, or why it is undefined."""
+    dataset = analysis["dataset"]
+    text = SUMMARY_CAPTION.format(fg=num_classes(analysis) - 1)
+    if not dataset["has_background"]:
+        text = text[:text.index("Distance: ")] + NO_BACKGROUND_DISTANCE.format(name=dataset["name"])
+    return text
+
+
+def calibration_caption(analysis):
+    k = num_classes(analysis)
+    structures = (f" (IBE/SCrIBE: background = -logsumexp of the {k - 1} foreground logits)"
+                  if analysis["dataset"]["has_background"] else "")
+    return CALIBRATION_CAPTION.format(k=k, structures=structures)
 
 
 def calibration_markdown(analysis):
@@ -130,7 +164,7 @@ def calibration_markdown(analysis):
               "Δ ECE clean [95% CI]", "Δ ECE corr. [95% CI]", "Δ NLL corr. [95% CI]", "Δ Brier corr. [95% CI]"]
     sev_rows = [[m] + [aggregate_cell(per_model[m]["calibration"]["per_severity"][str(s)], percent_2dp, "ece")
                        for s in range(6)] for m in models if per_model[m].get("calibration")]
-    return ["## Calibration", "", CALIBRATION_CAPTION, "", md_table(header, rows), "",
+    return ["## Calibration", "", calibration_caption(analysis), "", md_table(header, rows), "",
             "### ECE (%) per severity, mean over the 15 corruptions (0 = clean)", "",
             md_table(["model"] + [str(s) for s in range(6)], sev_rows), ""]
 
@@ -152,8 +186,9 @@ def own_reading_markdown(analysis):
     if not rows:
         return []
     return ["## Calibration in each structure's own reading", "",
-            "Baseline and IBE: the 21-way softmax they were trained with; SCrIBE: the per-class sigmoid of its "
-            "BCE training. " + READINGS_CAPTION, "", md_table(["model", "reading"] + READING_HEADER, rows), ""]
+            f"Baseline and IBE: the {num_classes(analysis)}-way softmax they were trained with; SCrIBE: the "
+            "per-class sigmoid of its BCE training. " + readings_caption(analysis), "",
+            md_table(["model", "reading"] + READING_HEADER, rows), ""]
 
 
 def temperature_text(entry):
@@ -178,13 +213,14 @@ def reading_markdown(analysis, v):
                                      for part in ("clean", "corrupted") for k in BOOTSTRAPPED])
     if not rows:
         return []
-    out = [f"## Calibration, reading: {READING_TITLES[v]}", "",
+    out = [f"## Calibration, reading: {reading_title(analysis, v)}", "",
            ("Temperature T fitted per model on clean images that are not the test set (run.json's "
-            "temperature), applied unchanged under every corruption. " if v.endswith("_ts") else "") + READINGS_CAPTION,
+            "temperature), applied unchanged under every corruption. " if v.endswith("_ts") else "")
+           + readings_caption(analysis),
            "", md_table(["model", "T"] + READING_HEADER + (["class-wise ECE (%) clean"] if v == "sigmoid" else []),
                         rows), ""]
     if delta_rows:
-        out += [f"Δ to {analysis['reference']} ({READING_TITLES[v]}), paired bootstrap 95% intervals "
+        out += [f"Δ to {analysis['reference']} ({reading_title(analysis, v)}), paired bootstrap 95% intervals "
                 f"(ECE in points of %):",
                 "", md_table(["model"] + [f"Δ {k} {part}" for part in ("clean", "corr.") for k in BOOTSTRAPPED],
                              delta_rows), ""]
@@ -249,7 +285,7 @@ def header_markdown(analysis):
                 f"{boot['n_images']} images, seed {boot['seed']})" if boot["comparisons"]
                 else " (no bootstrap: --bootstrap 0 or no confusion/ files)")
             + ". A trailing * marks an aggregate over an incomplete set of conditions.", "",
-            "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(analysis)), "", SUMMARY_CAPTION, ""]
+            "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(analysis)), "", summary_caption(analysis), ""]
 
 
 def robustness_markdown(analysis):
@@ -275,13 +311,30 @@ def robustness_markdown(analysis):
     return out
 
 
+def per_class_markdown(analysis):
+    """tables.md: each class's IoU per model, clean and the mean over the corrupted conditions, one row a class."""
+    models = [m for m in analysis["models"] if analysis["per_model"][m].get("per_class_iou")]
+    if not models:
+        return []
+    entries = [analysis["per_model"][m]["per_class_iou"] for m in models]
+    rows = [[f"{i} {name}"] + [x for e in entries for x in (percent(e["clean"][i]),
+                                                             mark_incomplete(percent(e["corrupted"][i]),
+                                                                             e["complete"]))]
+            for i, name in enumerate(analysis["dataset"]["classes"])]
+    return [f"## IoU (%) per class ({analysis['dataset']['name']}, {num_classes(analysis)} classes)", "",
+            "clean: the clean condition; corr.: the mean over the corrupted conditions (15 corruptions x severities "
+            "1-5) where the class's IoU is defined (\"–\": absent from both labels and predictions everywhere).", "",
+            md_table(["class"] + [f"{m} {part}" for m in models for part in ("clean", "corr.")], rows), ""]
+
+
 def explained_variance_markdown(analysis):
     """tables.md: the clean cumulative explained variance after 1, 2, 3, 5, 10 components, both definitions."""
-    components, rows = (1, 2, 3, 5, 10), []
+    k = num_classes(analysis)
+    components, rows = [c for c in (1, 2, 3, 5, 10) if c <= k], []
     for m in analysis["models"]:
         ev = analysis["per_model"][m]["explained_variance_clean"]
         for key, definition, used in (("cumulative", "predicted classes", (ev or {}).get("classes_used")),
-                                      ("cumulative_notebook", "notebook (all 21, NaN as 0)", NUM_CLASSES)):
+                                      ("cumulative_notebook", f"notebook (all {k}, NaN as 0)", k)):
             cumulative = (ev or {}).get(key)
             rows.append([m, definition]
                         + [three_decimals(cumulative[k - 1]) if cumulative else "–" for k in components]
@@ -289,14 +342,15 @@ def explained_variance_markdown(analysis):
     return ["## Cumulative explained variance of the clean class-mean logit matrix", "",
             f"From the {analysis['explained_variance_source']}. Rows of the PCA: the predicted classes' mean logit "
             "vectors "
-            "(classes never predicted left out), or as the notebook did, all 21 with a never-predicted class's "
+            f"(classes never predicted left out), or as the notebook did, all {k} with a never-predicted class's "
             "mean set to 0.", "",
             md_table(["model", "definition"] + [f"{k} comp." for k in components] + ["rows"], rows), ""]
 
 
 def tables_markdown(analysis):
     """The whole of tables.md from analysis.json's dict."""
-    out = (header_markdown(analysis) + robustness_markdown(analysis) + explained_variance_markdown(analysis)
+    out = (header_markdown(analysis) + robustness_markdown(analysis) + per_class_markdown(analysis)
+           + explained_variance_markdown(analysis)
            + calibration_markdown(analysis) + readings_markdown(analysis) + worst_case_markdown(analysis))
     if analysis["missing"]:
         out += ["## Missing", ""] + [f"- {x['message'][len('missing: '):]}" for x in analysis["missing"]] + [""]

@@ -1,12 +1,12 @@
 """The figures drawn from val images: a sample with each model's prediction, the notebook's corruption grid,
 its qualitative grid of input and predictions under corruption, and the contact sheet. Images are the "paper"
-protocol's size x size arrays, corrupted with the project's seeded rule (common/corruptions.py)."""
+protocol's size x size arrays, corrupted with the project's seeded rule (common/corruptions.py). Labels and
+predictions are drawn in the palette of the results folder's classes (ctx["classes"], a DatasetSpec)."""
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import patheffects
 from PIL import Image
 
-from common.constants import colorize
 from common.corruptions import corrupt_image
 from common.data import eval_sample
 from common.figures.drawing import class_legend, show, tile_figure
@@ -55,11 +55,13 @@ def fig_voc_sample(ctx):
     preds = [predict(m["model"], s["image"][None], ctx["device"])[0] for m in models]
     fig, axes = plt.subplots(1, 2 + len(models), figsize=(2.6 * (2 + len(models)), 3.4), layout="constrained")
     show(axes[0], s["image"], f"image {s['id']}")
-    show(axes[1], s["label"], "label", label=True)
+    show(axes[1], s["label"], "label", label=ctx["classes"])
     for ax, m, p in zip(axes[2:], models, preds):
-        show(ax, p, f"{m['name']} prediction", label=True)
-    class_legend(fig, [s["label"]] + preds)
-    fig.suptitle(f"VOC val image {ctx['index']} ({ctx['size']}x{ctx['size']}, as evaluated)")
+        show(ax, p, f"{m['name']} prediction", label=ctx["classes"])
+    class_legend(fig, [s["label"]] + preds, ctx["classes"])
+    name = ctx["classes"].name
+    fig.suptitle(f"{'VOC' if name == 'voc' else name} val image {ctx['index']} ({ctx['size']}x{ctx['size']}, "
+                 f"as evaluated)")
     return fig
 
 
@@ -91,10 +93,11 @@ def crop_rows(ctx):
     return slice(top, size - bottom)
 
 
-def label_inset(image, label):
-    """The notebook's "Original" input tile (cell 50): ``image`` with the coloured ``label`` shrunk by 0.4 pasted
-    into its bottom-right corner. The shrink is torch's ``interpolate(scale_factor=0.4)`` (nearest): floor(0.4 n)
-    pixels a side, output pixel i taken from source pixel floor(i * 2.5)."""
+def label_inset(image, label, spec):
+    """The notebook's "Original" input tile (cell 50): ``image`` with ``label`` coloured in the palette of
+    ``spec`` (a DatasetSpec) shrunk by 0.4 pasted into its bottom-right corner. The shrink is torch's
+    ``interpolate(scale_factor=0.4)`` (nearest): floor(0.4 n) pixels a side, output pixel i taken from source
+    pixel floor(i * 2.5)."""
     h, w = label.shape
     oh, ow = int(np.floor(h * INSET_SCALE)), int(np.floor(w * INSET_SCALE))
     step = 1 / INSET_SCALE   # 2.5 exactly in binary: floor(i * step) has no rounding trap
@@ -102,7 +105,7 @@ def label_inset(image, label):
     cols = np.minimum(np.floor(np.arange(ow) * step).astype(int), w - 1)
     out = image.copy()
     if oh and ow:
-        out[h - oh:, w - ow:] = colorize(label)[rows][:, cols]
+        out[h - oh:, w - ow:] = spec.colorize(label)[rows][:, cols]
     return out
 
 
@@ -134,11 +137,12 @@ def fig_qualitative_grid(ctx):
 
     def tile(x, y, img, label, title=None, colour=False):
         ax = fig.add_axes((x / width, 1 - (y + th) / height, tw / width, th / height), label=label)
-        show(ax, img, title, label=colour)
+        show(ax, img, title, label=ctx["classes"] if colour else None)
         return ax
 
     # "Original": clean input with the label inset, then each model's clean prediction.
-    tile(left, top, label_inset(s["image"][keep], s["label"][keep]), f"original|input|{CLEAN}|0", "Input")
+    tile(left, top, label_inset(s["image"][keep], s["label"][keep], ctx["classes"]), f"original|input|{CLEAN}|0",
+         "Input")
     for n, m in enumerate(chosen):
         tile(left + (n + 1) * (tw + gap), top, preds[n][0][keep], f"original|{m['name']}|{CLEAN}|0", m["name"], True)
     fig.text((left + 1.5 * tw + gap) / width, 1 - (top - 0.38) / height, "Original", ha="center", va="bottom",
@@ -158,7 +162,7 @@ def fig_qualitative_grid(ctx):
                                   fontweight="bold" if r == 0 else "normal")
     fig.text((left + (len(sevs) * tw + (len(sevs) - 1) * gap) / 2) / width, 1 - (y0 - 0.38) / height,
              "Corrupted (severity)", ha="center", va="bottom", fontweight="bold", fontsize=11)
-    class_legend(fig, [p[:, keep] for p in preds] + [s["label"][keep]], loc="lower center")
+    class_legend(fig, [p[:, keep] for p in preds] + [s["label"][keep]], ctx["classes"], loc="lower center")
     fig.suptitle(f"Val image {index} ({s['id']}), rows {keep.start}..{keep.stop - 1} of {ctx['size']}: "
                  f"input and predictions", fontsize=10)
     return fig
