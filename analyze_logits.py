@@ -46,7 +46,7 @@ from common.analysis.calibration_summary import calibration_analysis, readings_a
 from common.analysis.conditions import SEVERITIES, Findings
 from common.analysis.inputs import (MAIN_SWEEP, miou_by_model, missing_rows, pca_pass_trackers, per_image_counts,
                                     read_sweep, resolve_pca_pass, source_of)
-from common.analysis.robustness import miou_summary, per_class_iou, worst_case
+from common.analysis.robustness import miou_summary, per_class_iou, preset_aggregate, worst_case
 from common.analysis.structure import clean_structure, logit_summary, per_condition_structure
 from common.analysis.tables import print_summary, tables_markdown
 from common.cli import UsageError, run_cli, write_problem
@@ -67,6 +67,7 @@ def per_model_summaries(sweep, miou, per_condition, clean_trackers, pca):
         tracker = (clean_trackers if pca_trackers is None else pca_trackers).get(m)
         fields, arrays = clean_structure(m, tracker, source, pca_trackers is not None, m in clean_trackers)
         found.add(Findings(notes=notes, arrays=arrays))
+        summary["preset"] = preset_aggregate(miou[m], (sweep.run or {}).get("preset"))
         per_model[m] = {"kind": sweep.kinds.get(m), **summary, **logit_summary(per_condition[m]), **fields,
                         "per_class_iou": per_class_iou(sweep.table, m, sweep.dataset.num_classes),
                         "per_condition": per_condition[m]}

@@ -107,6 +107,25 @@ def miou_summary(miou, ref_miou, m):
     return out, notes
 
 
+def preset_aggregate(miou, preset):
+    """The single number of a --preset (run.json's "preset" record; common/presets.py AGGREGATES) over its own
+    conditions: ``mean_conditions``, the mean over every (corruption, severity) it lists; or
+    ``mean_of_corruption_means``, each corruption's mIoU averaged over its severities, then the mean over its
+    corruptions (SegFormer's and Kamann & Rother's tables). None without a preset."""
+    if not preset:
+        return None
+    severities = preset["severities"]
+    if preset["aggregate"] == "mean_conditions":
+        conds = [(c, s) for c in preset["corruptions"] for s in severities[c]]
+        agg = aggregate_entry(mean_over([miou.get(cs) for cs in conds], len(conds)))
+    else:
+        means = [mean_over([miou.get((c, s)) for s in severities[c]], len(severities[c]))
+                 for c in preset["corruptions"]]
+        agg = aggregate_entry(mean_over([m["value"] for m in means], len(means)), "n_corruptions")
+        agg["complete"] = agg["complete"] and all(m["complete"] for m in means)
+    return {"preset": preset["name"], "aggregate": preset["aggregate"], **agg}
+
+
 def worst_case(miou):
     """Per severity 1-5 ("1".."5"): the lowest mIoU over the 15 corruptions present and which corruption it is."""
     out = {}

@@ -288,10 +288,24 @@ def header_markdown(analysis):
             "## Summary", "", md_table(SUMMARY_HEADER, summary_rows(analysis)), "", summary_caption(analysis), ""]
 
 
+def preset_markdown(analysis):
+    """tables.md: the --preset's own single number per model, when the sweep ran under one."""
+    models, per_model = analysis["models"], analysis["per_model"]
+    entries = {m: per_model[m].get("preset") for m in models if per_model[m].get("preset")}
+    if not entries:
+        return []
+    first = next(iter(entries.values()))
+    rule = ("mean over its corruptions of each one's mean over its severities"
+            if first["aggregate"] == "mean_of_corruption_means" else "mean over its conditions")
+    rows = [[m, aggregate_cell(e, percent)] for m, e in entries.items()]
+    return [f"## Preset {first['preset']}", "", md_table(["model", "mIoU (%)"], rows), "",
+            f"The preset's own aggregate ({first['aggregate']}: {rule}; docs/datasets.md, Presets).", ""]
+
+
 def robustness_markdown(analysis):
     """tables.md: mIoU per corruption and per severity, CD and rCD per corruption."""
     models, per_model = analysis["models"], analysis["per_model"]
-    out = []
+    out = preset_markdown(analysis)
     corrs = [c for c in ALL_CORRUPTIONS if any(c in per_model[m]["per_corruption"] for m in models)]
     if corrs:
         rows = [[m] + [aggregate_cell(per_model[m]["per_corruption"][c], percent, "miou")
