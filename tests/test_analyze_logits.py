@@ -902,3 +902,23 @@ def test_pca_pass_of_another_dataset_is_refused(tmp_path, capsys):
     k_class_folder(tmp_path / "shortside", SIX_NO_BACKGROUND, {"base": "baseline"}, K_CONDS[:1], protocol="shortside")
     line = refused(capsys, al, "--results", tmp_path)
     assert "its run.json records other classes (six_nb)" in line
+
+
+def test_a_presets_own_aggregate_by_hand():
+    from common.analysis.robustness import preset_aggregate
+    from common.presets import PRESETS
+
+    rng = np.random.default_rng(0)
+    segformer = PRESETS["segformer-cityscapes-c"].record()
+    miou = {(c, s): float(rng.uniform(0.2, 0.7)) for c in segformer["corruptions"] for s in segformer["severities"][c]}
+    # SegFormer's Table 6: one mIoU per corruption (mean over its 3 or 5 severities), then their mean.
+    per_corruption = [np.mean([miou[c, s] for s in segformer["severities"][c]]) for c in segformer["corruptions"]]
+    got = preset_aggregate(miou, segformer)
+    assert got["value"] == pytest.approx(np.mean(per_corruption), abs=1e-12) and got["complete"]
+    assert got["value"] != pytest.approx(np.mean(list(miou.values())), abs=1e-6)   # not the mean over conditions
+    del miou["gaussian_noise", 2]
+    assert preset_aggregate(miou, segformer)["complete"] is False
+    ade = PRESETS["semsegbench-ade20k-c"].record()
+    miou = {(c, 3): float(rng.uniform(0, 1)) for c in ade["corruptions"]}
+    assert preset_aggregate(miou, ade)["value"] == pytest.approx(np.mean(list(miou.values())), abs=1e-12)
+    assert preset_aggregate(miou, None) is None
