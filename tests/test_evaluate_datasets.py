@@ -244,3 +244,43 @@ def test_a_cityscapes_dump_gives_the_sweep_the_same_numbers(layouts, tmp_path):
         Image.fromarray(np.full_like(np.array(Image.open(path)), 128)).save(path)
     assert sweep(root, tmp_path / "grey", *common, "--voc-c", tmp_path / "C") == 0
     assert rows(tmp_path / "grey")[1]["miou"] != rows(tmp_path / "fly")[1]["miou"]
+
+
+@pytest.mark.slow
+def test_torchvision_hf_and_our_checkpoint_on_cityscapes_under_a_preset(layouts, tmp_path):
+    # The command: --data cityscapes --preset ... --checkpoints torchvision:deeplabv3_resnet50 hf:<folder>
+    # (and one of ours), on the synthetic Cityscapes tree; every mIoU equals a numpy confusion over the model's own
+    # saved predictions, and analyze_logits.py reads the folder.
+    tf = pytest.importorskip("transformers")
+    import analyze_logits
+    from torchvision.models import segmentation
+
+    from common.checkpoint import save_random_checkpoint
+
+    torch.manual_seed(0)
+    net = segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=19, aux_loss=False)
+    torch.save(net.state_dict(), tmp_path / "dlv3.pth")
+    cfg = tf.SegformerConfig(num_labels=19, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                             num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16)
+    tf.SegformerForSemanticSegmentation(cfg).eval().save_pretrained(tmp_path / "segformer")
+    tf.SegformerImageProcessor().save_pretrained(tmp_path / "segformer")
+    ours = save_random_checkpoint(tmp_path / "ours.pt", "baseline", 1, "ours", backbone="resnet18", head_channels=8,
+                                  num_classes=19)
+    root, out = layouts["cityscapes"], tmp_path / "r"
+    assert run_script(ev, "--checkpoints", "torchvision:deeplabv3_resnet50", f"hf:{tmp_path / 'segformer'}", ours,
+                      "--weights-file", tmp_path / "dlv3.pth", "-", "--data", "cityscapes", "--cityscapes-root", root,
+                      "--preset", "kamann-rother-cityscapes-c", "--limit", "1", "--workers", "1",
+                      "--calibration-images", "1", "--save-predictions", tmp_path / "p", "--out", out) == 0
+    got = rows(out)
+    assert {r["model"] for r in got} == {"deeplabv3_resnet50", "segformer", "ours"} and len(got) == 3 * 81
+    labels = labels_by_hand(root)
+    for row in got:
+        folder = tmp_path / "p" / row["model"] / f"{row['corruption']}_{row['severity']}"
+        (png,) = os.listdir(folder)
+        pred = np.array(Image.open(folder / png))
+        assert row["miou"] == pytest.approx(miou_by_hand([(pred, labels[png[:-4]])]), abs=1e-12)
+    assert analyze_logits.main(analyze_logits.get_args_parser().parse_args(["--results", str(out)])) in (0, None)
+    analysis = json.load(open(out / "analysis.json"))
+    for m in ("deeplabv3_resnet50", "segformer", "ours"):
+        entry = analysis["per_model"][m]["preset"]
+        assert entry["preset"] == "kamann-rother-cityscapes-c" and entry["complete"] and entry["n_corruptions"] == 16
