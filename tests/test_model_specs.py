@@ -265,8 +265,8 @@ def test_video_takes_specs(world):
     args = make_video.get_args_parser().parse_args(
         ["--synthetic", "--baseline", world["specs"][0], "--robust", f"{HERE}:tiny_ibe_factory",
          "--model-kind", "ibe", "--device", "cpu"])
-    models, names = make_video.load_pair(args)
-    assert names == ["lraspp_mobilenet_v3_large", "tiny_ibe_factory"]
+    models, names, classes = make_video.load_pair(args)
+    assert names == ["lraspp_mobilenet_v3_large", "tiny_ibe_factory"] and classes.name == "voc"
     x = normalise(images(world, "clean", 0)[0][0])
     with torch.no_grad():
         assert np.allclose(models[1](x)[0].numpy(), hand_logits(world, "tiny_ibe_factory", x), atol=1e-5)
