@@ -61,6 +61,16 @@ def _reference(model, processor, img):
         return model(pixel_values=pv)
 
 
+def _assert_matches_library(wrapped, model, processor, seed):
+    """``wrapped`` (load_spec's model) on a 64 x 64 image equals the library's forward, resized bilinearly."""
+    img = _image(64, 64, seed)
+    with torch.no_grad():
+        got = wrapped(normalise_uint8(torch.from_numpy(img)[None]))
+    ref = F.interpolate(_reference(model, processor, img).logits, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    return got
+
+
 @needs_transformers
 @pytest.mark.parametrize("mean,std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3)])
 def test_segformer_uses_its_processors_normalisation(tmp_path, mean, std):
@@ -177,12 +187,7 @@ def test_hf_spec_on_cityscapes_equals_the_library(tmp_path, arch, capfd):
     capfd.readouterr()
     wrapped, info = load_spec("hf:" + str(folder), "cpu", None, None, dataset=dataset_spec("cityscapes"))
     assert capfd.readouterr().err == ""   # no progress bar, no load report
-    img = _image(64, 64, 4)
-    with torch.no_grad():
-        got = wrapped(normalise_uint8(torch.from_numpy(img)[None]))
-    ref = F.interpolate(_reference(model, processor, img).logits, size=(64, 64), mode="bilinear", align_corners=False)
-    assert got.shape == (1, 19, 64, 64)
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    assert _assert_matches_library(wrapped, model, processor, 4).shape == (1, 19, 64, 64)
     assert info["num_classes"] == 19 and info["kind"] == "baseline" and info["name"] == f"city_{arch}"
     ident = info["identity"]
     assert ident["source"] == "hf" and ident["model_type"] == arch and ident["name_or_path"] == str(folder)
@@ -205,11 +210,7 @@ def test_hf_identity_follows_weights_and_processor(tmp_path):
     torch.save(other.state_dict(), tmp_path / "b.pth")
     model, info = load_spec(f"hf:{tmp_path / 'a'}", "cpu", str(tmp_path / "b.pth"), dataset=city)
     assert info["identity"]["weights_sha256"] == _sha(tmp_path / "b.pth") and info["sha256"] not in sha.values()
-    img = _image(64, 64, 5)
-    with torch.no_grad():
-        got = model(normalise_uint8(torch.from_numpy(img)[None]))
-    ref = F.interpolate(_reference(other, processor, img).logits, size=(64, 64), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    _assert_matches_library(model, other, processor, 5)
 
 
 @needs_transformers
@@ -292,11 +293,7 @@ def test_hf_id_in_the_cache_is_read_without_the_network(tmp_path, monkeypatch):
     assert info["name"] == "city-segformer" and ident["name_or_path"] == "tinyorg/city-segformer"
     assert ident["folder"] == str(repo / "snapshots" / commit)
     assert ident["weights_sha256"] == _sha(tmp_path / "saved" / "model.safetensors")
-    img = _image(64, 64, 6)
-    with torch.no_grad():
-        got = wrapped(normalise_uint8(torch.from_numpy(img)[None]))
-    ref = F.interpolate(_reference(model, processor, img).logits, size=(64, 64), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    _assert_matches_library(wrapped, model, processor, 6)
 
 
 @needs_transformers
