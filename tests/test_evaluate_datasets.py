@@ -283,4 +283,4 @@ def test_torchvision_hf_and_our_checkpoint_on_cityscapes_under_a_preset(layouts,
     analysis = json.load(open(out / "analysis.json"))
     for m in ("deeplabv3_resnet50", "segformer", "ours"):
         entry = analysis["per_model"][m]["preset"]
-        assert entry["preset"] == "kamann-rother-cityscapes-c" and entry["complete"] and entry["n_corruptions"] == 16
+        assert entry["preset"] == "kamann-rother-cityscapes-c" and entry["complete"] and entry["n"] == entry["of"] == 16

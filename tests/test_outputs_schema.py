@@ -15,6 +15,7 @@ import numpy as np
 import analyze_logits as al
 from common.calibration import VARIANTS
 from common.corruptions import ALL_CORRUPTIONS
+from common.presets import PRESETS
 from test_analyze_logits import class_means_state, miou_oracle, random_counts, write_results
 
 DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "outputs.md")
@@ -92,6 +93,10 @@ def results_folder(root):
     logits = {m: {cs: state for cs in conds} for m in kinds}
     write_results(root, mious, kinds, confusion=confusion, logits=logits, run_models=list(kinds.items()),
                   readings=True, end={m: {cs: 0.1 for cs in conds} for m in kinds})
+    # Swept under the paper's preset, so that analysis.json has the preset's aggregate too.
+    run = json.load(open(root / "run.json"))
+    run["preset"] = PRESETS["paper"].record()
+    (root / "run.json").write_text(json.dumps(run))
     write_results(root / "shortside", {m: {("clean", 0): 0.5} for m in kinds}, kinds,
                   logits={m: {("clean", 0): state} for m in kinds}, run_models=list(kinds.items()),
                   protocol="shortside")

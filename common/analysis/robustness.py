@@ -117,11 +117,11 @@ def preset_aggregate(miou, preset):
     severities = preset["severities"]
     if preset["aggregate"] == "mean_conditions":
         conds = [(c, s) for c in preset["corruptions"] for s in severities[c]]
-        agg = aggregate_entry(mean_over([miou.get(cs) for cs in conds], len(conds)))
+        agg = aggregate_entry(mean_over([miou.get(cs) for cs in conds], len(conds)), "n")
     else:
         means = [mean_over([miou.get((c, s)) for s in severities[c]], len(severities[c]))
                  for c in preset["corruptions"]]
-        agg = aggregate_entry(mean_over([m["value"] for m in means], len(means)), "n_corruptions")
+        agg = aggregate_entry(mean_over([m["value"] for m in means], len(means)), "n")
         agg["complete"] = agg["complete"] and all(m["complete"] for m in means)
     return {"preset": preset["name"], "aggregate": preset["aggregate"], **agg}
 
