@@ -242,6 +242,19 @@ def print_plan(args, n_models, n_conditions, n_todo, n_images):
           f"{f' {args.size}px' if args.protocol != 'native' else ''}, device {args.device}", flush=True)
 
 
+def write_models(args, folder, condition, stats, infos, image_ids, seconds, real_shifts):
+    """Each model's two NPZ files of one finished condition, and its metrics row (returned); ``real_shifts``:
+    each image's ACDC condition (its rows then give each real condition's mIoU), None elsewhere."""
+    c, s = condition
+    new = [metrics_row(st, info, c, s, args, len(image_ids), seconds) for st, info in zip(stats, infos)]
+    for st, info, row in zip(stats, infos, new):
+        counts = per_image_counts(st.per_image)
+        write_condition(folder, info["name"], c, s, st, image_ids, *counts, groups=real_shifts)
+        if real_shifts is not None:
+            row["real_conditions"] = group_metrics(*counts, real_shifts)
+    return new
+
+
 def evaluate(args, held, world=distributed.SINGLE):
     """The sweep; under torchrun (``world``) every rank runs it on its share of each condition's images and
     rank 0 alone owns --out (common/distributed.py)."""
@@ -286,16 +299,11 @@ def evaluate(args, held, world=distributed.SINGLE):
             stats, predictions = gather_ranks(world, stats, mine, predictions)
             if stats is None:
                 continue
-            for path, data in predictions:
-                vocc.write_bytes(path, data)
+            for path, png in predictions:
+                vocc.write_bytes(path, png)
         seconds = time.perf_counter() - t0
-        new = [metrics_row(st, info, c, s, args, len(indices), seconds) for st, info in zip(stats, infos)]
         folder = fresh.path if fresh else args.out
-        for st, info, row in zip(stats, infos, new):
-            counts = per_image_counts(st.per_image)
-            write_condition(folder, info["name"], c, s, st, image_ids, *counts, groups=real_shifts)
-            if real_shifts is not None:   # ACDC: each real condition's mIoU under this corruption
-                row["real_conditions"] = group_metrics(*counts, real_shifts)
+        new = write_models(args, folder, (c, s), stats, infos, image_ids, seconds, real_shifts)
         rows = rows + new
         save_results(folder, fresh, run, rows)
         print(f"{c}/{s}: " + "  ".join(f"{r['model']} {r['miou']:.4f}" for r in new) + f"  ({seconds:.1f}s)",

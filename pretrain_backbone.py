@@ -35,7 +35,8 @@ from tqdm import tqdm
 from common.checkpoint import changed_settings
 from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.constants import IGNORE_INDEX, NUM_CLASSES
-from common.data import build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.data import pad_collate, require_a_batch, resolve_roots, single_thread_opencv
+from common.training_sets import build_datasets, held_out_ids
 from common.device import autocast, memory_format, seed_everything
 from common.models import BACKBONES
 from common.folders import OutputLock, atomic_write, file_sha256, git_commit, prepare_output_folder, write_text

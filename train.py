@@ -49,11 +49,11 @@ from tqdm import tqdm
 from common.checkpoint import changed_settings, read_checkpoint, save_checkpoint
 from common.cli import (UsageError, add_data_arguments, add_device_arguments, check_at_least, check_plain_name, quiet_worker,
                         run_cli, write_problem)
-from common.data import (build_datasets, held_out_ids, pad_collate, require_a_batch, resolve_roots,
-                         single_thread_opencv, with_training_transforms)
-from common.datasets import check_root_flags, check_structure, dataset_record, dataset_spec, open_data, voc
+from common.data import pad_collate, require_a_batch, single_thread_opencv
+from common.datasets import dataset_record, voc
 from common.device import autocast, memory_format, resolve_device, seed_everything, set_deterministic, use_device
 from common.logits import channel_argmax
+from common.training_sets import open_training_data, training_data
 from common.metrics import ConfusionMatrix
 from common.models import (ARCHS, BACKBONES, IBE_PLACEMENTS, KINDS, build_model, default_output_stride,
                            head_parameters, segmentation_loss)
@@ -222,34 +222,6 @@ def check_still_ours(args, resume) -> None:
     if resume is not None and now != resume.get("file_state"):
         raise UsageError(f"{path} changed while this run started (another train.py wrote it); nothing was "
                          f"overwritten; run the same command again to resume from the new checkpoint")
-
-
-def training_data(args):
-    """(spec, splits) of --data, checked before any work: the DatasetSpec (VOC's for voc and synthetic), refused
-    with --model ibe or scribe when it has no background class at index 0 (common.datasets.check_structure);
-    for every other dataset also its opened train and val splits (``open_data``: a missing or wrong root flag is
-    refused here, before the output folder exists), None for VOC (``open_training_data`` opens it)."""
-    check_root_flags(args)
-    if args.data in ("voc", "synthetic"):
-        check_structure(voc.SPEC, args.model)
-        return voc.SPEC, None
-    spec = dataset_spec(args.data, getattr(args, f"{args.data}_root"))
-    check_structure(spec, args.model)
-    return spec, (open_data(args, "train").dataset, open_data(args, "val").dataset)
-
-
-def open_training_data(args, splits):
-    """(training set, validation set) with their transforms; sets ``args.held_out``. VOC and the synthetic set:
-    VOC train + SBD train_noval, VOC val (``build_datasets``); any other dataset: its train and val ``splits``
-    (``training_data``), with --hold-out's ids taken evenly spaced from its train split."""
-    if splits is None:
-        voc_root, sbd_root = resolve_roots(args.data, args.voc_root, args.sbd_root, args.synthetic_root,
-                                           quiet=not is_main(args))
-        args.held_out = held_out_ids(voc_root, args.hold_out)
-        return build_datasets(voc_root, sbd_root, args.crop_size, hold_out=args.held_out)
-    train_split, val_split = splits
-    args.held_out = held_out_ids(None, args.hold_out, dataset=train_split)
-    return with_training_transforms(train_split, val_split, args.crop_size, hold_out=args.held_out)
 
 
 def build_training_model(args, resume, num_classes: int = voc.SPEC.num_classes):
@@ -426,7 +398,7 @@ def evaluate(model, loader, num_classes, args):
 def main(args):
     spec, splits = training_data(args)   # --model ibe without a background class, a wrong root: refused here
     resume = prepare_run(args)
-    train_set, val_set = open_training_data(args, splits)
+    train_set, val_set = open_training_data(args, splits, quiet=not is_main(args))
     seed_everything(args.seed)
     model, bare = build_training_model(args, resume, spec.num_classes)
     generator = torch.Generator()

@@ -15,7 +15,7 @@ import torch
 import train as train_script
 from benchmarks.measure import (HEADLINE_ARCH, KINDS, RECIPE_OF, SHORT, Skip, model_kw, peak_memory, result, run_main,
                                 timed)
-from common.data import build_datasets
+from common.training_sets import build_datasets
 from common.device import autocast
 from common.models import build_model, segmentation_loss
 

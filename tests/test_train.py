@@ -48,7 +48,7 @@ def test_training_writes_checkpoints_and_log(tiny_data, tmp_path):
 
 
 def test_hold_out_keeps_evenly_spaced_train_images_out_of_training(tiny_data, tmp_path, capsys):
-    from common.data import build_datasets
+    from common.training_sets import build_datasets
     base = os.path.join(tiny_data, "voc", "VOCdevkit", "VOC2012")
     train_ids = open(os.path.join(base, "ImageSets", "Segmentation", "train.txt")).read().split()
     run_train(tiny_data, tmp_path, "--model", "baseline", "--epochs", "1", "--val-every", "0", "--hold-out", "2")

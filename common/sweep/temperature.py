@@ -11,7 +11,8 @@ from common import results
 from common.calibration import fit_temperature
 from common.cli import UsageError, check_at_least, check_plain_name
 from common.constants import IGNORE_INDEX
-from common.data import VOC_BASE_DIR, check_protocol_sizes, eval_sample, evenly_spaced, normalise_uint8, read_split
+from common.data import VOC_BASE_DIR, check_protocol_sizes, eval_sample, normalise_uint8, read_split
+from common.training_sets import evenly_spaced
 from common.device import autocast, memory_format
 
 
