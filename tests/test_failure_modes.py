@@ -601,20 +601,21 @@ def test_train_started_while_another_finishes_does_not_replace_its_checkpoint(wo
     argv = [*TINY_TRAIN, "--model", "baseline", "--synthetic-root", world["root"], "--epochs", "1", "--val-every", "0"]
     assert run_script(train, *argv, "--out", first) == 0
     out = tmp_path / "runs"
-    real = train.resolve_roots
+    from common import training_sets
+    real = training_sets.resolve_roots
 
     def first_run_finishes_meanwhile(*a, **k):
         shutil.copytree(first, out)
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "resolve_roots", first_run_finishes_meanwhile)
+    monkeypatch.setattr(training_sets, "resolve_roots", first_run_finishes_meanwhile)
     line = exits_with_one_line(capfd, train, *argv, "--out", out)
     assert "checkpoint.pt was written by another train.py while this one started" in line
     assert digest(out) == digest(first)
     # With --resume the same: the checkpoint read before the lock was replaced by the time the lock was held.
     shutil.rmtree(out)
     shutil.copytree(first, out)
-    monkeypatch.setattr(train, "resolve_roots", lambda *a, **k: (
+    monkeypatch.setattr(training_sets, "resolve_roots", lambda *a, **k: (
         os.utime(out / "baseline" / "checkpoint.pt", ns=(1, 1)), real(*a, **k))[1])
     line = exits_with_one_line(capfd, train, *argv, "--out", out, "--resume")
     assert "changed while this run started" in line
