@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import vocc
+from common import results, vocc
 from common.cli import UsageError, add_data_arguments, check_at_least, run_cli
 from common.corruptions import SLOW, add_code_argument, corrupt_image, corruption_versions, parse_corruptions, parse_severities
 from common.data import PROTOCOLS, check_protocol_sizes, eval_sample, single_thread_opencv
@@ -163,7 +163,7 @@ def open_dump(args, held, ident):
     diff = None if old is None else vocc.manifest_difference(old, ident)
     if diff is not None:
         raise UsageError(f"{os.path.join(args.out, vocc.MANIFEST)}: this folder holds another dump, "
-                         f"{vocc.describe(diff)}; use another --out, or --overwrite to start it afresh "
+                         f"{results.describe(diff)}; use another --out, or --overwrite to start it afresh "
                          f"(the old dump is then moved aside, untouched)")
     return None, old
 

@@ -322,6 +322,8 @@ def describe(diff, old_words="made with", new_words="this run has") -> str:
         name = field[len("checkpoint sha256 of "):]
         return (f"{old_words} model {name} from one checkpoint (sha256 {message_value(was)}), {new_words} model "
                 f"{name} from another checkpoint (sha256 {message_value(now)})")
+    if field in ("preset", "voc_c.preset"):   # a preset record (or its name) is told by its name
+        was, now = (v.get("name") if isinstance(v, dict) else (v or "none") for v in (was, now))
     if field.startswith("versions."):
         label = f"{field[len('versions.'):]}"
     elif field.startswith("voc_c."):

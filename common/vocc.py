@@ -12,7 +12,6 @@ checks that a dump holds its pixels with ``check_manifest``:
               **data_identity(args.data, data.root, data.dataset)}
     check_manifest(folder, args.protocol, args.size, corruption_versions(), **expect)
 """
-import hashlib
 import io
 import json
 import os
@@ -156,7 +155,7 @@ def read_manifest(root):
     if not isinstance(m, dict):
         what = "not a JSON object"
     else:   # size is null under --protocol native
-        bad = [k for k, t in types.items() if k != "preset" and k not in m or not isinstance(m.get(k), t)]
+        bad = [k for k, t in types.items() if (k not in m and k != "preset") or not isinstance(m.get(k), t)]
         if not bad and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in m["images"].values()):
             bad = ["images"]
         if not bad and isinstance(m.get("preset"), dict) and not isinstance(m["preset"].get("name"), str):
@@ -178,8 +177,6 @@ IDENTITY = ("corruption_code", "protocol", "size", "seed_rule", "data", "voc_roo
 ROOT_KEYS = ("voc_root", "data_root")
 # Fields every manifest has (besides its root key; "preset" may be absent: none).
 REQUIRED = tuple(k for k in IDENTITY if k not in ROOT_KEYS + ("preset",))
-# How a difference is named in messages (results.describe's labels for the rest).
-LABELS = {"preset": "--preset", "data_root": "the val set at"}
 
 
 def root_key(data) -> str:
@@ -187,22 +184,15 @@ def root_key(data) -> str:
     return "voc_root" if data in ("voc", "synthetic") else "data_root"
 
 
-def data_sha256(dataset) -> str:
-    """A digest of a split's files wherever they are read from (results.files_sha256: each image id with the
-    sha256 of its image and label files; VOC's labels are its ``masks``, the other datasets' their ``targets``)."""
-    from .results import files_sha256
-    return files_sha256(dataset)
-
-
 def data_identity(data: str, root, dataset, split: str = "val") -> dict:
     """The val set's part of a dump's identity: {"data", "voc_root" | "data_root", "split", "image_ids_sha256",
     "data_sha256"}, for the split ``dataset`` of ``--data data`` under ``root`` (common.datasets.open_data's
     Data: data.root, data.dataset). Every image of the split counts, whatever --limit a run has."""
-    from .results import ids_sha256
+    from .results import files_sha256, ids_sha256
     ids = dataset.ids if getattr(dataset, "ids", None) is not None else \
         [os.path.splitext(os.path.basename(p))[0] for p in dataset.images]
     return {"data": data, root_key(data): os.path.abspath(root), "split": split,
-            "image_ids_sha256": ids_sha256(ids), "data_sha256": data_sha256(dataset)}
+            "image_ids_sha256": ids_sha256(ids), "data_sha256": files_sha256(dataset)}
 
 
 def preset_name(record):
@@ -212,39 +202,28 @@ def preset_name(record):
 
 
 def _differs(k, m, want) -> bool:
+    from .results import same_data
+
     got, wanted = m.get(k), want[k]
     if k == "preset":
         return preset_name(got) != preset_name(wanted) or (isinstance(got, dict) and isinstance(wanted, dict)
                                                            and got != wanted)
-    if k in ROOT_KEYS:   # the same val set read through another path: the digests are compared on their own
-        return got != wanted and not (m.get("data_sha256") and want.get("data_sha256"))
-    return got != wanted
+    return got != wanted and not same_data(k, m, want)
 
 
 def manifest_difference(m: dict, want: dict):
     """(field, manifest's value, wanted value) of the first identity field that differs, or None; only the fields
     ``want`` names (all of them from dump_voc_c.py, the data's from the sweep), ``versions`` key by key. A
-    preset is reported by its name (None: none)."""
+    preset is reported by its name ("none" without one)."""
     for k in IDENTITY:
         if k in want and _differs(k, m, want):
             if k == "preset":
-                return k, (m.get(k) or {}).get("name"), (want[k] or {}).get("name")
+                return k, (m.get(k) or {}).get("name", "none"), (want[k] or {}).get("name", "none")
             return k, m.get(k), want[k]
     for k, v in sorted(want.get("versions", {}).items()):
         if k in m.get("versions", {}) and m["versions"][k] != v:
             return f"versions.{k}", m["versions"][k], v
     return None
-
-
-def describe(diff, old_words="made with", new_words="this run has") -> str:
-    """A difference as results.describe says it, with the fields it does not know (--preset, data_root)."""
-    from .results import describe as describe_run, message_value
-    field, was, now = diff
-    if field in LABELS:
-        label = LABELS[field]
-        show = (lambda v: "none" if v is None else message_value(v))
-        return f"{old_words} {label} {show(was)}, {new_words} {label} {show(now)}"
-    return describe_run(diff, old_words, new_words)
 
 
 def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> dict:
@@ -264,7 +243,7 @@ def check_manifest(root, protocol: str, size: int, versions: dict, **expect) -> 
         if field in ("corruption_code", "data"):
             field = "--" + field.replace("_", "-")
         elif field == "preset":
-            field, got, wanted = "--preset", got or "none", wanted or "none"
+            field = "--preset"
         raise UsageError(f"{root} was dumped with {field} {json.dumps(got)[:60]}, this run has "
                          f"{json.dumps(wanted)[:60]}; {hint}")
     return m

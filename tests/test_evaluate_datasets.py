@@ -284,3 +284,14 @@ def test_torchvision_hf_and_our_checkpoint_on_cityscapes_under_a_preset(layouts,
     for m in ("deeplabv3_resnet50", "segformer", "ours"):
         entry = analysis["per_model"][m]["preset"]
         assert entry["preset"] == "kamann-rother-cityscapes-c" and entry["complete"] and entry["n"] == entry["of"] == 16
+
+
+def test_a_preset_difference_is_told_by_the_presets_names():
+    from common import results
+    from common.presets import PRESETS
+
+    record = PRESETS["segformer-cityscapes-c"].record()
+    assert results.describe(("preset", record, None)) == \
+        "made with --preset segformer-cityscapes-c, this run has --preset none"
+    assert results.describe(("voc_c.preset", "kamann-rother-cityscapes-c", record)).endswith(
+        "this run has the VOC-C dump's preset segformer-cityscapes-c")
