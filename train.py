@@ -450,6 +450,21 @@ def get_args_parser():
                                 "Defaults reproduce the companion notebook behind the paper's table; flags marked "
                                 "'recipe' default to --recipe's value.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_structure_arguments(p.add_argument_group("model"))
+    add_data_arguments(p, "voc", sbd=True,
+                       help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; "
+                            "synthetic = the generated VOC-format dataset under --synthetic-root; cityscapes, "
+                            "ade20k, acdc, folder = that dataset's train split, val on its val split, under its "
+                            "--<name>-root (docs/datasets.md)")
+    add_schedule_arguments(p.add_argument_group("optimisation and schedule"))
+    add_device_arguments(p, amp_help="autocast precision (bf16 is the fast choice on recent GPUs); the paper "
+                                     "trained in fp32. A run may resume in another precision")
+    add_run_arguments(p.add_argument_group("the run"))
+    return p
+
+
+def add_structure_arguments(p):
+    """--model, --recipe and the architecture flags."""
     p.add_argument("--model", choices=KINDS, required=True,
                    help="output structure: baseline = softmax CE over the dataset's N logits (21 on VOC); ibe = N-1 "
                         "logits with background -logsumexp, CE; scribe = the IBE structure with per-class sigmoid "
@@ -476,11 +491,10 @@ def get_args_parser():
                    help="'imagenet' (torchvision weights API, needs the cached file offline), 'none', or a path "
                         "to a backbone state dict (pretrain_backbone.py's backbone.pt); default: none with --data "
                         "synthetic, imagenet with every other --data; --recipe quick needs it given")
-    add_data_arguments(p, "voc", sbd=True,
-                       help="voc = VOC 2012 train + SBD train_noval (7,087 images), val on VOC val; "
-                            "synthetic = the generated VOC-format dataset under --synthetic-root; cityscapes, "
-                            "ade20k, acdc, folder = that dataset's train split, val on its val split, under its "
-                            "--<name>-root (docs/datasets.md)")
+
+
+def add_schedule_arguments(p):
+    """The optimiser, schedule, crops, loss option and validation cadence (most of them set by --recipe)."""
     p.add_argument("--epochs", type=int, default=None, help="recipe: 50 (notebook, paper) or 12 (quick)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="recipe: 30 (notebook), 20 (paper) or 8 (quick); per process under torchrun")
@@ -509,8 +523,10 @@ def get_args_parser():
                         "selects on the test split; the paper evaluated the final weights (checkpoint.pt)")
     p.add_argument("--workers", type=int, default=None,
                    help="recipe: data loader processes, min(8, CPUs) or 0 (quick: load in the training process)")
-    add_device_arguments(p, amp_help="autocast precision (bf16 is the fast choice on recent GPUs); the paper "
-                                     "trained in fp32. A run may resume in another precision")
+
+
+def add_run_arguments(p):
+    """Determinism, processes, the held-out images, and where the run goes."""
     p.add_argument("--deterministic", action="store_true",
                    help="cuDNN deterministic algorithms and torch's deterministic kernels, for repeatable GPU runs "
                         "(slower; CPU runs are deterministic already)")
@@ -528,7 +544,6 @@ def get_args_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/<name>/checkpoint.pt (model, optimizer, schedule, scaler, epoch, RNG); "
                         "starts fresh if there is none")
-    return p
 
 
 def interrupted_note(args) -> str:
