@@ -275,7 +275,9 @@ def evaluate(args, held, world=distributed.SINGLE):
     world.sync()                       # every rank's checks passed, or every rank stops with the first one's error
     todo = None
     if world.is_root:   # rank 0 alone owns --out: the lock, run.json, and what is left to do
-        run = run_record(args, infos, data, image_ids, voc_c, results.files_sha256(dataset))
+        # The val files' digest: the dump's check above computed it already (it passed only if they are equal).
+        digest = voc_c["data_sha256"] if voc_c else results.files_sha256(dataset)
+        run = run_record(args, infos, data, image_ids, voc_c, digest)
         run["temperature"] = fit_images(args, cal_set)   # the images of the fit are part of the identity
         fresh, rows = open_results(args, held, run)
         todo, rows = conditions_to_do(args.out, conditions, infos, rows)
